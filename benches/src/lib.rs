@@ -1,0 +1,33 @@
+//! VoxEdge capacity benches, run as `voxedge bench …`.
+//!
+//! Each bench prints a human-readable report, or one JSON object with `--json`, so capacity
+//! planners can script and compare runs.
+
+pub mod gen;
+pub mod proc;
+pub mod relay;
+
+use clap::{Args, Subcommand};
+
+/// `voxedge bench …`
+#[derive(Debug, Args)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub kind: BenchKind,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchKind {
+    /// RTP relay capacity through `voxedge media` on loopback.
+    Relay(relay::RelayArgs),
+}
+
+/// Runs the chosen bench.
+///
+/// # Errors
+/// The bench could not be set up (process start, API calls, sockets).
+pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
+    match &cmd.kind {
+        BenchKind::Relay(a) => relay::main(a),
+    }
+}

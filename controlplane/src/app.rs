@@ -1,0 +1,169 @@
+//! Running the roles: `serve` (dataplane + admin; SIP and REST join later) and `media`
+//! (dataplane + admin + management API). [`start`] binds everything and returns the bound
+//! addresses, so tests run it in-process on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use voxedge_dataplane::{BackendKind, Dataplane, MemoryNet};
+
+use crate::config::Config;
+use crate::http::{admin_router, management_router, AppState};
+use crate::metrics::BusyWindow;
+
+/// Which process role to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Media,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Media => "media",
+        }
+    }
+}
+
+/// A started process: bound addresses and the means to stop it.
+pub struct Running {
+    pub admin: SocketAddr,
+    pub management: Option<SocketAddr>,
+    pub dataplane: Arc<Dataplane>,
+    /// The in-memory network, when started with the memory backend.
+    pub memory: Option<MemoryNet>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops listeners, waits for in-flight requests, then stops the workers.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let dp = self.dataplane;
+        // Workers are joined when the last handle drops; do that off the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(dp)).await;
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// Starts a role. With `backend = Memory` the dataplane runs on the in-memory network (tests).
+///
+/// # Errors
+/// Invalid configuration, a port that cannot be bound, or a dataplane that cannot start; each
+/// message names what failed.
+pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Result<Running> {
+    cfg.validate()?;
+    let admin_listener = bind(cfg.admin.listen, "admin (dataplane health and metrics)").await?;
+    let mgmt_listener = match role {
+        Role::Media => Some(bind(cfg.management.listen, "the management API").await?),
+        Role::Serve => None,
+    };
+    let dp_cfg = cfg.dataplane.clone();
+    let (dataplane, memory) = tokio::task::spawn_blocking(move || match backend {
+        BackendKind::Socket => Dataplane::start(dp_cfg).map(|d| (d, None)),
+        BackendKind::Memory => Dataplane::start_memory(dp_cfg).map(|(d, m)| (d, Some(m))),
+    })
+    .await
+    .context("dataplane start-up task failed")?
+    .context("cannot start the dataplane")?;
+    let dataplane = Arc::new(dataplane);
+    let workers: Vec<i64> = dataplane
+        .workers()
+        .map(|w| w.pinned_core.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    tracing::info!(
+        role = role.name(),
+        backend = ?backend,
+        workers = workers.len(),
+        pinned_cores = ?workers,
+        ports = %format!("{}-{}", cfg.dataplane.port_min, cfg.dataplane.port_max),
+        bind = %cfg.dataplane.bind,
+        advertise = %dataplane.advertise(),
+        "dataplane started"
+    );
+    let state = Arc::new(AppState {
+        dataplane: dataplane.clone(),
+        busy: BusyWindow::default(),
+        list_limit_max: cfg.management.list_limit_max,
+        role: role.name(),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let admin = admin_listener.local_addr()?;
+    tasks.push(serve_http(
+        admin_listener,
+        admin_router(state.clone()),
+        stop_rx.clone(),
+    ));
+    tracing::info!(%admin, "admin listener (GET /health, GET /metrics)");
+    let mut management = None;
+    if let Some(l) = mgmt_listener {
+        let addr = l.local_addr()?;
+        management = Some(addr);
+        tasks.push(serve_http(
+            l,
+            management_router(state.clone(), cfg.management.body_bytes_max),
+            stop_rx.clone(),
+        ));
+        tracing::info!(%addr, "management API (/v1/relays)");
+    }
+    tasks.push(drain_events(dataplane.clone(), stop_rx));
+    Ok(Running {
+        admin,
+        management,
+        dataplane,
+        memory,
+        stop,
+        tasks,
+    })
+}
+
+fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    })
+}
+
+/// Until call control consumes media events, log them so they are visible and the queue never
+/// fills.
+fn drain_events(dp: Arc<Dataplane>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            for ev in dp.events().try_iter().take(10_000) {
+                tracing::debug!(event = ?ev, "media event");
+            }
+        }
+    })
+}

@@ -1,0 +1,10 @@
+//! VoxEdge control plane: configuration, process roles, the admin listener and the
+//! dataplane's management API. SIP, call control, REST and the store arrive in later issues.
+//!
+//! Run loop: a tokio runtime owns the listeners; calls into the dataplane are blocking
+//! crossbeam round trips and run on the blocking pool.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,168 @@
+//! The `voxedge` binary: `serve`, `media`, `bench`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use voxedge_controlplane::app::{self, Role};
+use voxedge_controlplane::config::{Config, LogFormat};
+use voxedge_dataplane::BackendKind;
+
+#[derive(Parser)]
+#[command(
+    name = "voxedge",
+    version,
+    about = "VoxEdge media edge appliance and control plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Control plane and embedded dataplane in one process (the default single box).
+    Serve(RunArgs),
+    /// Dataplane appliance only, driven through its management API.
+    Media(RunArgs),
+    /// Capacity benches.
+    Bench(voxedge_bench::BenchCommand),
+    /// Print the effective configuration (defaults, file, environment, flags) as TOML.
+    Config(RunArgs),
+}
+
+/// Settings shared by the roles. Precedence: flag > environment > file > default.
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// TOML configuration file (unknown keys are rejected).
+    #[arg(long, env = "VOXEDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Admin listener (health, metrics).
+    #[arg(long, env = "VOXEDGE_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Management API listener (`voxedge media`).
+    #[arg(long, env = "VOXEDGE_MANAGEMENT_LISTEN")]
+    management_listen: Option<std::net::SocketAddr>,
+    /// Dataplane worker threads (0 = auto).
+    #[arg(long, env = "VOXEDGE_WORKERS")]
+    workers: Option<usize>,
+    /// Address media sockets bind to.
+    #[arg(long, env = "VOXEDGE_MEDIA_BIND")]
+    media_bind: Option<std::net::IpAddr>,
+    /// Address announced for media.
+    #[arg(long, env = "VOXEDGE_MEDIA_ADVERTISE")]
+    media_advertise: Option<std::net::IpAddr>,
+    /// First media port.
+    #[arg(long, env = "VOXEDGE_PORT_MIN")]
+    port_min: Option<u16>,
+    /// Last media port.
+    #[arg(long, env = "VOXEDGE_PORT_MAX")]
+    port_max: Option<u16>,
+    /// Do not pin workers to cores.
+    #[arg(long, env = "VOXEDGE_NO_PIN")]
+    no_pin: bool,
+    /// Log filter (e.g. `info`, `debug`); RUST_LOG wins when set.
+    #[arg(long, env = "VOXEDGE_LOG")]
+    log: Option<String>,
+}
+
+impl RunArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref())?;
+        let d = &mut c.dataplane;
+        if let Some(v) = self.admin_listen {
+            c.admin.listen = v;
+        }
+        if let Some(v) = self.management_listen {
+            c.management.listen = v;
+        }
+        if let Some(v) = self.workers {
+            d.workers = v;
+        }
+        if let Some(v) = self.media_bind {
+            d.bind = v;
+        }
+        if let Some(v) = self.media_advertise {
+            d.advertise = Some(v);
+        }
+        if let Some(v) = self.port_min {
+            d.port_min = v;
+        }
+        if let Some(v) = self.port_max {
+            d.port_max = v;
+        }
+        if self.no_pin {
+            d.pin_cores = false;
+        }
+        if let Some(v) = &self.log {
+            c.log.level = v.clone();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn init_logging(c: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&c.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match c.log.format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn run_role(role: Role, args: &RunArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("voxedge-ctl")
+        .build()?;
+    rt.block_on(async move {
+        let running = app::start(role, cfg, BackendKind::Socket).await?;
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(a) => run_role(Role::Serve, a),
+        Command::Media(a) => run_role(Role::Media, a),
+        Command::Bench(b) => voxedge_bench::run(b),
+        Command::Config(a) => a.config().and_then(|c| {
+            print!("{}", toml::to_string(&c)?);
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voxedge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Prometheus text exposition (format 0.0.4) of the dataplane's counters.
+//!
+//! Label values are bounded: worker ids and the fixed drop-reason set.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+
+use voxedge_dataplane::Dataplane;
+
+/// Upper bounds (seconds) of the processing-time histogram buckets.
+const BUCKETS_S: [f64; 12] = [
+    50e-9, 100e-9, 250e-9, 500e-9, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 100e-6, 1e-3, 10e-3,
+];
+
+/// Remembers the previous scrape so the busy ratio covers the interval between scrapes.
+#[derive(Default)]
+pub struct BusyWindow {
+    last: Mutex<Vec<(u64, u64)>>,
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Renders all dataplane metrics.
+pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
+    let mut out = String::with_capacity(8192);
+    let workers: Vec<_> = dp.workers().collect();
+    let counter = |out: &mut String, name: &str, help: &str, get: &dyn Fn(usize) -> u64| {
+        header(out, name, "counter", help);
+        for (i, _) in workers.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(i));
+        }
+    };
+    counter(
+        &mut out,
+        "voxedge_packets_received_total",
+        "Datagrams received on media ports.",
+        &|i| workers[i].packets_in.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_bytes_received_total",
+        "UDP payload bytes received on media ports.",
+        &|i| workers[i].bytes_in.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_packets_forwarded_total",
+        "Datagrams relayed and accepted by the backend for sending.",
+        &|i| workers[i].packets_forwarded.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_bytes_forwarded_total",
+        "UDP payload bytes relayed.",
+        &|i| workers[i].bytes_out.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_events_dropped_total",
+        "Media events dropped because the event queue was full.",
+        &|i| workers[i].events_dropped.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_rx_calls_total",
+        "Receive calls made by the packet I/O backend.",
+        &|i| workers[i].rx_calls.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_tx_calls_total",
+        "Send calls made by the packet I/O backend.",
+        &|i| workers[i].tx_calls.load(Ordering::Relaxed),
+    );
+
+    header(
+        &mut out,
+        "voxedge_drops_total",
+        "counter",
+        "Datagrams not forwarded, by reason (detail: the wire error of malformed packets).",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        for (reason, n) in w.drops().nonzero() {
+            let (r, d) = reason.labels();
+            let _ = writeln!(
+                out,
+                "voxedge_drops_total{{worker=\"{i}\",reason=\"{r}\",detail=\"{d}\"}} {n}"
+            );
+        }
+    }
+
+    let gauge = |out: &mut String, name: &str, help: &str, get: &dyn Fn(usize) -> String| {
+        header(out, name, "gauge", help);
+        for (i, _) in workers.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{worker=\"{i}\"}} {}", get(i));
+        }
+    };
+    gauge(
+        &mut out,
+        "voxedge_streams",
+        "Streams (media ports) held by the worker.",
+        &|i| workers[i].streams.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        &mut out,
+        "voxedge_relays",
+        "Relays held by the worker.",
+        &|i| workers[i].relays.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        &mut out,
+        "voxedge_worker_pinned_core",
+        "Core the worker is pinned to (-1: not pinned).",
+        &|i| workers[i].pinned_core.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        &mut out,
+        "voxedge_worker_up",
+        "1 while the worker loop runs.",
+        &|i| u8::from(workers[i].running.load(Ordering::Relaxed)).to_string(),
+    );
+
+    header(
+        &mut out,
+        "voxedge_worker_busy_seconds_total",
+        "counter",
+        "Time the worker spent processing rather than waiting for packets.",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "voxedge_worker_busy_seconds_total{{worker=\"{i}\"}} {:.6}",
+            w.busy_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+    }
+    let now: Vec<(u64, u64)> = workers
+        .iter()
+        .map(|w| {
+            (
+                w.busy_ns.load(Ordering::Relaxed),
+                w.wall_ns.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    let mut last = window
+        .last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    header(&mut out, "voxedge_worker_busy_ratio", "gauge", "Share of wall time the worker was busy since the previous scrape (since start on the first).");
+    for (i, (busy, wall)) in now.iter().enumerate() {
+        let (b0, w0) = last.get(i).copied().unwrap_or((0, 0));
+        let (db, dw) = (busy.saturating_sub(b0), wall.saturating_sub(w0));
+        let ratio = if dw == 0 { 0.0 } else { db as f64 / dw as f64 };
+        let _ = writeln!(
+            out,
+            "voxedge_worker_busy_ratio{{worker=\"{i}\"}} {ratio:.4}"
+        );
+    }
+    *last = now;
+    drop(last);
+
+    header(
+        &mut out,
+        "voxedge_packet_processing_seconds",
+        "histogram",
+        "Per-packet processing time in the worker (burst time divided by burst size).",
+    );
+    let mut quantiles = String::new();
+    for (i, w) in workers.iter().enumerate() {
+        let h = w
+            .processing_ns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for b in BUCKETS_S {
+            let le_ns = (b * 1e9) as u64;
+            let n = h.count_between(0, le_ns);
+            let _ = writeln!(
+                out,
+                "voxedge_packet_processing_seconds_bucket{{worker=\"{i}\",le=\"{b:e}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "voxedge_packet_processing_seconds_bucket{{worker=\"{i}\",le=\"+Inf\"}} {}",
+            h.len()
+        );
+        let sum_s = h.mean() * h.len() as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "voxedge_packet_processing_seconds_sum{{worker=\"{i}\"}} {sum_s:.9}"
+        );
+        let _ = writeln!(
+            out,
+            "voxedge_packet_processing_seconds_count{{worker=\"{i}\"}} {}",
+            h.len()
+        );
+        for q in [0.5, 0.99, 0.999] {
+            let _ = writeln!(
+                quantiles,
+                "voxedge_packet_processing_ns{{worker=\"{i}\",quantile=\"{q}\"}} {}",
+                h.value_at_quantile(q)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "voxedge_packet_processing_ns",
+        "gauge",
+        "Per-packet processing time quantiles since start, nanoseconds.",
+    );
+    out.push_str(&quantiles);
+
+    header(
+        &mut out,
+        "voxedge_uptime_seconds",
+        "gauge",
+        "Seconds since the dataplane started.",
+    );
+    let _ = writeln!(out, "voxedge_uptime_seconds {}", dp.uptime().as_secs());
+    out
+}

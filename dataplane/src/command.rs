@@ -1,0 +1,138 @@
+//! Messages between the control plane and workers: [`MediaCommand`] in, [`MediaEvent`] out.
+//!
+//! Commands that need an answer carry a bounded(1) reply channel; the worker never blocks on it.
+
+use std::net::SocketAddr;
+
+use crossbeam_channel::Sender;
+use serde::Serialize;
+
+use crate::ids::{Component, RelayId, Side};
+use crate::stats::StreamCounters;
+use crate::table::SourcePolicy;
+
+/// One leg of a relay as the worker should build it. Ports are chosen by the control plane's
+/// allocator from the worker's own range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegSpec {
+    pub rtp_port: u16,
+    /// `None` with rtcp-mux (RTCP shares the RTP port, RFC 5761).
+    pub rtcp_port: Option<u16>,
+    /// The leg's endpoint; `None` latches it from the first packet.
+    pub remote: Option<SocketAddr>,
+    /// RTCP endpoint; defaults to the RTP remote's port + 1 (or the RTP remote with mux).
+    pub rtcp_remote: Option<SocketAddr>,
+    pub clock_rate_hz: u32,
+    pub dtmf_pt: Option<u8>,
+}
+
+/// A relay joining two legs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelaySpec {
+    pub id: RelayId,
+    pub legs: [LegSpec; 2],
+    pub policy: SourcePolicy,
+    /// Rewrite SSRC/seq/ts on egress so each far end sees one continuous stream.
+    pub rewrite: bool,
+}
+
+/// Changes to a live leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LegUpdate {
+    pub remote: Option<SocketAddr>,
+    pub rtcp_remote: Option<SocketAddr>,
+    pub blocked: Option<bool>,
+}
+
+/// Why a worker refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("relay {0:?} already exists")]
+    Exists(RelayId),
+    #[error("relay {0:?} not found")]
+    NotFound(RelayId),
+    #[error("cannot open media port {addr}: {reason}")]
+    Open { addr: SocketAddr, reason: String },
+    #[error("worker stream table is full ({0} streams)")]
+    Full(usize),
+}
+
+/// Snapshot of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StreamSnapshot {
+    pub local_port: u16,
+    pub remote: Option<SocketAddr>,
+    pub counters: StreamCounters,
+    /// Last RTP SSRC received.
+    pub ssrc: u32,
+    /// RFC 3550 cumulative packets lost (expected − received).
+    pub cumulative_lost: i64,
+    /// RFC 3550 interarrival jitter, in timestamp units.
+    pub jitter: u32,
+    pub extended_max_seq: u32,
+    pub timed_out: bool,
+    /// Milliseconds since the last packet arrived (or since creation).
+    pub idle_ms: u64,
+}
+
+/// Snapshot of one leg: its RTP stream and, without mux, its RTCP stream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LegSnapshot {
+    pub rtp: StreamSnapshot,
+    pub rtcp: Option<StreamSnapshot>,
+}
+
+/// Snapshot of a relay, legs in [A, B] order.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RelaySnapshot {
+    pub id: RelayId,
+    pub legs: [LegSnapshot; 2],
+}
+
+/// Control plane → worker.
+#[derive(Debug)]
+pub enum MediaCommand {
+    CreateRelay {
+        spec: RelaySpec,
+        reply: Sender<Result<(), CommandError>>,
+    },
+    UpdateLeg {
+        relay: RelayId,
+        side: Side,
+        update: LegUpdate,
+        reply: Sender<Result<(), CommandError>>,
+    },
+    QueryRelay {
+        relay: RelayId,
+        reply: Sender<Result<RelaySnapshot, CommandError>>,
+    },
+    /// Removes the relay and closes its ports; replies with final statistics.
+    DeleteRelay {
+        relay: RelayId,
+        reply: Sender<Result<RelaySnapshot, CommandError>>,
+    },
+    /// Stops the worker loop after draining nothing further.
+    Shutdown,
+}
+
+/// Worker → control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum MediaEvent {
+    /// An RFC 4733 digit ended.
+    Dtmf {
+        relay: RelayId,
+        side: Side,
+        digit: char,
+        duration: u16,
+    },
+    /// A stream learned (or, with handover, changed) its remote address.
+    SourceLatched {
+        relay: RelayId,
+        side: Side,
+        component: Component,
+        addr: SocketAddr,
+    },
+    /// An RTP stream received nothing for the configured media timeout.
+    MediaTimeout { relay: RelayId, side: Side },
+}

@@ -1,0 +1,531 @@
+//! The control plane's handle on the dataplane: starts workers, allocates ports, sends
+//! commands and reads statistics. Blocking (crossbeam) calls with timeouts; async callers
+//! run them on a blocking thread.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde::Serialize;
+
+use crate::alloc::PortAllocator;
+use crate::command::{
+    CommandError, LegSpec, LegUpdate, MediaCommand, MediaEvent, RelaySnapshot, RelaySpec,
+};
+use crate::config::{ConfigError, DataplaneConfig};
+use crate::ids::{RelayId, Side, WorkerId};
+use crate::io::memory::{Datagram, MemoryIo};
+use crate::io::socket::{SocketIo, SocketOptions};
+use crate::io::{IoError, PacketIo};
+use crate::table::SourcePolicy;
+use crate::worker::{Worker, WorkerConfig, WorkerShared};
+
+/// How long a caller waits for a worker to answer a command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which packet I/O the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Socket,
+    Memory,
+}
+
+/// Why the dataplane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("worker {worker}: {source}")]
+    Backend { worker: u16, source: IoError },
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("worker {0} exited during start-up")]
+    WorkerDied(u16),
+}
+
+/// Why a dataplane operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("no free media ports")]
+    PortsExhausted,
+    #[error("worker {0} is not accepting commands (queue full)")]
+    Busy(u16),
+    #[error("worker {0} did not answer within {1:?}")]
+    Timeout(u16, Duration),
+    #[error("worker {0} has stopped")]
+    Stopped(u16),
+    #[error("relay {0} not found")]
+    NotFound(u64),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// One leg as requested by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegRequest {
+    pub remote: Option<SocketAddr>,
+    pub rtcp_remote: Option<SocketAddr>,
+    pub rtcp_mux: bool,
+    pub clock_rate_hz: u32,
+    pub dtmf_pt: Option<u8>,
+}
+
+impl Default for LegRequest {
+    fn default() -> Self {
+        LegRequest {
+            remote: None,
+            rtcp_remote: None,
+            rtcp_mux: false,
+            clock_rate_hz: 8000,
+            dtmf_pt: Some(101),
+        }
+    }
+}
+
+/// A relay as requested by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayRequest {
+    pub legs: [LegRequest; 2],
+    pub policy: SourcePolicy,
+    pub rewrite: bool,
+}
+
+/// Local addresses of one leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LegInfo {
+    pub local: SocketAddr,
+    pub rtcp_local: Option<SocketAddr>,
+}
+
+/// A created relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RelayInfo {
+    pub id: RelayId,
+    pub worker: WorkerId,
+    pub legs: [LegInfo; 2],
+}
+
+struct WorkerHandle {
+    commands: Sender<MediaCommand>,
+    shared: Arc<WorkerShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ControlState {
+    allocators: Vec<PortAllocator>,
+    relays: HashMap<RelayId, RelayInfo>,
+    relays_per_worker: Vec<usize>,
+}
+
+/// Test-side view of the in-memory network (only with [`BackendKind::Memory`]).
+pub struct MemoryNet {
+    inboxes: Vec<(u16, u16, Sender<Datagram>)>,
+    out: Receiver<Datagram>,
+}
+
+impl MemoryNet {
+    /// Delivers a datagram to the worker owning its destination port. False if its queue is full.
+    pub fn send(&self, d: Datagram) -> bool {
+        let port = d.dst.port();
+        let inbox = self
+            .inboxes
+            .iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&port))
+            .or(self.inboxes.first());
+        inbox.is_some_and(|(_, _, tx)| tx.try_send(d).is_ok())
+    }
+
+    /// Next datagram any worker sent.
+    pub fn recv_timeout(&self, t: Duration) -> Option<Datagram> {
+        self.out.recv_timeout(t).ok()
+    }
+}
+
+/// The running dataplane.
+pub struct Dataplane {
+    cfg: DataplaneConfig,
+    advertise: IpAddr,
+    backend: BackendKind,
+    workers: Vec<WorkerHandle>,
+    events: Receiver<MediaEvent>,
+    state: Mutex<ControlState>,
+    next_id: AtomicU64,
+    started: Instant,
+}
+
+impl Dataplane {
+    /// Starts workers on kernel sockets.
+    ///
+    /// # Errors
+    /// Invalid configuration, or a worker could not create its backend.
+    pub fn start(cfg: DataplaneConfig) -> Result<Self, StartError> {
+        cfg.validate()?;
+        let opts = SocketOptions {
+            dscp: cfg.dscp,
+            rcvbuf_bytes: cfg.socket_rcvbuf_bytes,
+            sndbuf_bytes: cfg.socket_sndbuf_bytes,
+            ports_max: cfg.streams_per_worker_max,
+        };
+        Self::spawn(cfg, BackendKind::Socket, |_| move || SocketIo::new(opts))
+    }
+
+    /// Starts workers on the in-memory network; the returned [`MemoryNet`] is its far side.
+    ///
+    /// # Errors
+    /// Invalid configuration.
+    pub fn start_memory(cfg: DataplaneConfig) -> Result<(Self, MemoryNet), StartError> {
+        cfg.validate()?;
+        let n = cfg.worker_count();
+        let (out_tx, out_rx) = bounded(1 << 16);
+        let mut ios = Vec::new();
+        let mut inboxes = Vec::new();
+        for a in PortAllocator::split(cfg.port_min, cfg.port_max, n) {
+            let (tx, rx) = bounded(1 << 16);
+            ios.push(Some(MemoryIo::new(rx, out_tx.clone())));
+            let (lo, hi) = a.range();
+            inboxes.push((lo, hi, tx));
+        }
+        let dp = Self::spawn(cfg, BackendKind::Memory, move |w| {
+            let io = ios.get_mut(usize::from(w.0)).and_then(Option::take);
+            move || io.ok_or(IoError::TooManyPorts(0))
+        })?;
+        Ok((
+            dp,
+            MemoryNet {
+                inboxes,
+                out: out_rx,
+            },
+        ))
+    }
+
+    fn spawn<Io, F, M>(
+        cfg: DataplaneConfig,
+        backend: BackendKind,
+        mut make: M,
+    ) -> Result<Self, StartError>
+    where
+        Io: PacketIo + 'static,
+        F: FnOnce() -> Result<Io, IoError> + Send + 'static,
+        M: FnMut(WorkerId) -> F,
+    {
+        let n = cfg.worker_count();
+        let allocators = PortAllocator::split(cfg.port_min, cfg.port_max, n);
+        let (ev_tx, ev_rx) = bounded(cfg.event_queue_max);
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = WorkerId(i as u16);
+            let (cmd_tx, cmd_rx) = bounded(cfg.command_queue_max);
+            let shared = Arc::new(WorkerShared::new(id));
+            let wcfg = WorkerConfig {
+                id,
+                bind: cfg.bind,
+                burst_size: cfg.burst_size,
+                idle_wait: Duration::from_micros(cfg.idle_wait_us),
+                media_timeout: (cfg.media_timeout_ms > 0)
+                    .then(|| Duration::from_millis(cfg.media_timeout_ms)),
+                streams_max: cfg.streams_per_worker_max,
+            };
+            let core = if !cfg.pin_cores || cores.is_empty() {
+                None
+            } else if let Some(&c) = cfg.cores.get(i) {
+                Some(core_affinity::CoreId { id: c })
+            } else {
+                // Leave core 0 to the control plane and the kernel when there is more than one.
+                Some(cores[(i + usize::from(cores.len() > 1)) % cores.len()])
+            };
+            let make_io = make(id);
+            let (ready_tx, ready_rx) = bounded::<Result<(), IoError>>(1);
+            let ev = ev_tx.clone();
+            let sh = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("voxedge-w{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        let pinned = core_affinity::set_for_current(core);
+                        sh.pinned_core
+                            .store(if pinned { core.id as i64 } else { -1 }, Ordering::Relaxed);
+                    }
+                    match make_io() {
+                        Ok(io) => {
+                            let _ = ready_tx.send(Ok(()));
+                            Worker::new(wcfg, io, cmd_rx, ev, sh).run();
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                })
+                .map_err(StartError::Thread)?;
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => {
+                    return Err(StartError::Backend {
+                        worker: id.0,
+                        source,
+                    })
+                }
+                Err(_) => return Err(StartError::WorkerDied(id.0)),
+            }
+            workers.push(WorkerHandle {
+                commands: cmd_tx,
+                shared,
+                thread: Some(thread),
+            });
+        }
+        let advertise = cfg.advertise.unwrap_or_else(|| resolve_advertise(cfg.bind));
+        Ok(Dataplane {
+            state: Mutex::new(ControlState {
+                relays_per_worker: vec![0; n],
+                allocators,
+                relays: HashMap::new(),
+            }),
+            cfg,
+            advertise,
+            backend,
+            workers,
+            events: ev_rx,
+            next_id: AtomicU64::new(1),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// The address announced to peers.
+    pub fn advertise(&self) -> IpAddr {
+        self.advertise
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Events from all workers (DTMF, latching, media timeouts).
+    pub fn events(&self) -> &Receiver<MediaEvent> {
+        &self.events
+    }
+
+    /// Per-worker shared counters.
+    pub fn workers(&self) -> impl Iterator<Item = &Arc<WorkerShared>> {
+        self.workers.iter().map(|w| &w.shared)
+    }
+
+    fn state(&self) -> MutexGuard<'_, ControlState> {
+        // A panic while holding this lock would be a bug elsewhere; the state stays usable.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Creates a relay on the least-loaded worker.
+    ///
+    /// # Errors
+    /// No ports left, the worker is overloaded or could not open a port.
+    pub fn create_relay(&self, req: RelayRequest) -> Result<RelayInfo, DataplaneError> {
+        let id = RelayId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (w, ports) = {
+            let mut st = self.state();
+            let w = (0..self.workers.len())
+                .filter(|&w| st.allocators[w].available() >= 2)
+                .min_by_key(|&w| st.relays_per_worker[w])
+                .ok_or(DataplaneError::PortsExhausted)?;
+            let (Some(a), Some(b)) = (st.allocators[w].alloc(), st.allocators[w].alloc()) else {
+                return Err(DataplaneError::PortsExhausted);
+            };
+            st.relays_per_worker[w] += 1;
+            (w, [a, b])
+        };
+        let leg_spec = |i: usize| {
+            let l = req.legs[i];
+            LegSpec {
+                rtp_port: ports[i],
+                rtcp_port: (!l.rtcp_mux).then_some(ports[i] + 1),
+                remote: l.remote,
+                rtcp_remote: l.rtcp_remote,
+                clock_rate_hz: l.clock_rate_hz,
+                dtmf_pt: l.dtmf_pt,
+            }
+        };
+        let spec = RelaySpec {
+            id,
+            legs: [leg_spec(0), leg_spec(1)],
+            policy: req.policy,
+            rewrite: req.rewrite,
+        };
+        let result = self
+            .call(w, |reply| MediaCommand::CreateRelay { spec, reply })
+            .and_then(|r| r.map_err(DataplaneError::from));
+        let mut st = self.state();
+        match result {
+            Ok(()) => {
+                let leg = |i: usize| LegInfo {
+                    local: SocketAddr::new(self.advertise, ports[i]),
+                    rtcp_local: spec.legs[i]
+                        .rtcp_port
+                        .map(|p| SocketAddr::new(self.advertise, p)),
+                };
+                let info = RelayInfo {
+                    id,
+                    worker: WorkerId(w as u16),
+                    legs: [leg(0), leg(1)],
+                };
+                st.relays.insert(id, info);
+                Ok(info)
+            }
+            Err(e) => {
+                st.relays_per_worker[w] -= 1;
+                for p in ports {
+                    st.allocators[w].release(p);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Statistics of a relay, with local ports filled in.
+    ///
+    /// # Errors
+    /// Unknown relay, or the worker did not answer.
+    pub fn query_relay(&self, id: RelayId) -> Result<(RelayInfo, RelaySnapshot), DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let w = usize::from(info.worker.0);
+        let mut snap = self.call(w, |reply| MediaCommand::QueryRelay { relay: id, reply })??;
+        fill_ports(&info, &mut snap);
+        Ok((info, snap))
+    }
+
+    /// Changes a leg's remote address or blocks it.
+    ///
+    /// # Errors
+    /// Unknown relay, or the worker did not answer.
+    pub fn update_leg(
+        &self,
+        id: RelayId,
+        side: Side,
+        update: LegUpdate,
+    ) -> Result<(), DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let w = usize::from(info.worker.0);
+        Ok(self.call(w, |reply| MediaCommand::UpdateLeg {
+            relay: id,
+            side,
+            update,
+            reply,
+        })??)
+    }
+
+    /// Removes a relay, frees its ports and returns its final statistics.
+    ///
+    /// # Errors
+    /// Unknown relay, or the worker did not answer (the relay is then kept).
+    pub fn delete_relay(&self, id: RelayId) -> Result<(RelayInfo, RelaySnapshot), DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let w = usize::from(info.worker.0);
+        let mut snap = self.call(w, |reply| MediaCommand::DeleteRelay { relay: id, reply })??;
+        fill_ports(&info, &mut snap);
+        let mut st = self.state();
+        if st.relays.remove(&id).is_some() {
+            st.relays_per_worker[w] -= 1;
+            for leg in info.legs {
+                st.allocators[w].release(leg.local.port());
+            }
+        }
+        Ok((info, snap))
+    }
+
+    pub fn relay(&self, id: RelayId) -> Option<RelayInfo> {
+        self.state().relays.get(&id).copied()
+    }
+
+    /// All relays, ordered by id.
+    pub fn list_relays(&self) -> Vec<RelayInfo> {
+        let mut v: Vec<RelayInfo> = self.state().relays.values().copied().collect();
+        v.sort_by_key(|r| r.id);
+        v
+    }
+
+    fn call<T>(
+        &self,
+        w: usize,
+        make: impl FnOnce(Sender<T>) -> MediaCommand,
+    ) -> Result<T, DataplaneError> {
+        let worker = &self.workers[w];
+        let (tx, rx) = bounded(1);
+        match worker.commands.try_send(make(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(DataplaneError::Busy(w as u16)),
+            Err(TrySendError::Disconnected(_)) => return Err(DataplaneError::Stopped(w as u16)),
+        }
+        rx.recv_timeout(COMMAND_TIMEOUT).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => {
+                DataplaneError::Timeout(w as u16, COMMAND_TIMEOUT)
+            }
+            crossbeam_channel::RecvTimeoutError::Disconnected => DataplaneError::Stopped(w as u16),
+        })
+    }
+
+    /// Stops all workers and waits for them.
+    pub fn shutdown(&mut self) {
+        for w in &self.workers {
+            let _ = w
+                .commands
+                .send_timeout(MediaCommand::Shutdown, Duration::from_secs(1));
+        }
+        for w in &mut self.workers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn fill_ports(info: &RelayInfo, snap: &mut RelaySnapshot) {
+    for (leg, li) in snap.legs.iter_mut().zip(info.legs) {
+        leg.rtp.local_port = li.local.port();
+        if let (Some(r), Some(l)) = (leg.rtcp.as_mut(), li.rtcp_local) {
+            r.local_port = l.port();
+        }
+    }
+}
+
+/// Address to announce when none is configured: the bind address, or for a wildcard bind the
+/// first non-loopback IPv4 address of an interface that is up, else loopback.
+fn resolve_advertise(bind: IpAddr) -> IpAddr {
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    };
+    for a in addrs {
+        let up = a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+        let loopback = a
+            .flags
+            .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK);
+        if !up || loopback {
+            continue;
+        }
+        if let Some(v4) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+            return IpAddr::V4(v4.ip());
+        }
+    }
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}

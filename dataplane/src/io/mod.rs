@@ -1,0 +1,124 @@
+//! Packet I/O backends behind one trait: bursts of datagrams in, bursts out.
+//!
+//! `memory` (always built) drives tests and micro-benches; `socket` is the default (UDP
+//! sockets, mio, recvmmsg/sendmmsg). A backend is constructed on its worker thread and
+//! owned by it; nothing here is shared between workers.
+
+pub mod memory;
+pub mod socket;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::BURST_SIZE_MAX;
+use crate::ids::{PortHandle, StreamIdx};
+
+/// Largest datagram a worker accepts; larger ones are counted as oversize drops.
+pub const PACKET_BUF_SIZE: usize = 2048;
+
+/// Port handle a backend reports for a datagram addressed to no open port.
+pub const NO_PORT: PortHandle = PortHandle(u32::MAX);
+
+/// Metadata of one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxMeta {
+    pub port: PortHandle,
+    pub src: SocketAddr,
+    pub len: u16,
+    /// The datagram was larger than [`PACKET_BUF_SIZE`] and was cut.
+    pub truncated: bool,
+}
+
+impl Default for RxMeta {
+    fn default() -> Self {
+        RxMeta {
+            port: NO_PORT,
+            src: SocketAddr::from(([0, 0, 0, 0], 0)),
+            len: 0,
+            truncated: false,
+        }
+    }
+}
+
+/// Buffers for one burst, allocated once per worker and reused for every burst.
+pub struct PacketBatch {
+    pub bufs: Box<[[u8; PACKET_BUF_SIZE]; BURST_SIZE_MAX]>,
+    pub meta: [RxMeta; BURST_SIZE_MAX],
+}
+
+impl Default for PacketBatch {
+    fn default() -> Self {
+        PacketBatch {
+            bufs: Box::new([[0u8; PACKET_BUF_SIZE]; BURST_SIZE_MAX]),
+            meta: [RxMeta::default(); BURST_SIZE_MAX],
+        }
+    }
+}
+
+/// A datagram to send: buffer `buf` of the batch, first `len` bytes, out of `port` to `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxDesc {
+    pub buf: u8,
+    pub len: u16,
+    pub port: PortHandle,
+    pub dst: SocketAddr,
+    /// Egress stream, for counting failures on it.
+    pub stream: StreamIdx,
+    /// Set by the backend.
+    pub sent: bool,
+}
+
+/// Counters a backend keeps about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub rx_calls: u64,
+    pub tx_calls: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+}
+
+/// Why a port could not be opened or a backend could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("socket option {option} on {addr}: {source}")]
+    SockOpt {
+        option: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("event poller: {0}")]
+    Poller(std::io::Error),
+    #[error("port {0} is already open")]
+    InUse(SocketAddr),
+    #[error("too many open ports ({0})")]
+    TooManyPorts(usize),
+}
+
+/// A packet I/O backend owned by one worker.
+pub trait PacketIo {
+    /// Short name for logs and metrics ("memory", "socket", "dpdk").
+    fn kind(&self) -> &'static str;
+
+    /// Starts receiving datagrams addressed to `local`.
+    ///
+    /// # Errors
+    /// The address cannot be bound or configured.
+    fn open_port(&mut self, local: SocketAddr) -> Result<PortHandle, IoError>;
+
+    /// Stops receiving on `port`; the handle may be reused. Unknown handles are ignored.
+    fn close_port(&mut self, port: PortHandle);
+
+    /// Receives up to `max` datagrams into `batch`, waiting at most `wait` when none is ready.
+    /// Returns how many `batch.meta[..n]` entries are filled.
+    fn rx_burst(&mut self, batch: &mut PacketBatch, max: usize, wait: Duration) -> usize;
+
+    /// Sends each descriptor's datagram, setting `sent`. Returns the number sent.
+    fn tx_burst(&mut self, batch: &PacketBatch, tx: &mut [TxDesc]) -> usize;
+
+    fn counters(&self) -> IoCounters;
+}

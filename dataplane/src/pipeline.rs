@@ -1,0 +1,234 @@
+//! The per-packet pipeline: plain functions over a datagram and the worker's stream table,
+//! returning a [`Verdict`]. No I/O, no clock (time is an argument), no allocation, no locks.
+//!
+//! Steps for a datagram that arrived on a port:
+//! 1. find the stream by port handle (array index);
+//! 2. check or latch the source address (strict-source, handover);
+//! 3. demultiplex RTP / RTCP (RFC 5761, RFC 7983) and validate the header;
+//! 4. account RFC 3550 receive statistics; report RFC 4733 digits as events;
+//! 5. pick the egress stream (other leg), rewrite SSRC/seq/ts if asked, and forward to its remote.
+
+use std::net::SocketAddr;
+
+use crate::command::MediaEvent;
+use crate::ids::{Component, PortHandle, StreamIdx};
+use crate::stats::DropReason;
+use crate::table::StreamTable;
+use crate::wire::dtmf::{digit_char, TelephoneEvent};
+use crate::wire::rtcp::{rewrite_sender_ssrc, validate_compound};
+use crate::wire::rtp::RtpPacket;
+use crate::wire::{classify, PayloadKind};
+
+/// What to do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the (possibly rewritten) datagram out of `port` to `dst`; `out` is the egress stream.
+    Forward {
+        out: StreamIdx,
+        port: PortHandle,
+        dst: SocketAddr,
+    },
+    /// Not forwarded; already counted on the stream (the caller counts the worker total).
+    Drop(DropReason),
+}
+
+/// Receives events raised while processing packets (DTMF, latching).
+pub trait EventSink {
+    fn emit(&mut self, event: MediaEvent);
+}
+
+impl EventSink for Vec<MediaEvent> {
+    fn emit(&mut self, event: MediaEvent) {
+        self.push(event);
+    }
+}
+
+/// Converts nanoseconds of worker time to RTP clock ticks (wrapping, as RTP timestamps do).
+#[inline]
+fn rtp_clock(now_ns: u64, clock_rate_hz: u32) -> u32 {
+    ((now_ns / 1000).wrapping_mul(u64::from(clock_rate_hz)) / 1_000_000) as u32
+}
+
+/// Runs the pipeline for one datagram received on `port` from `src`.
+///
+/// `buf` is exactly the UDP payload and may be rewritten in place.
+#[inline]
+pub fn process<E: EventSink>(
+    table: &mut StreamTable,
+    port: PortHandle,
+    src: SocketAddr,
+    buf: &mut [u8],
+    now_ns: u64,
+    events: &mut E,
+) -> Verdict {
+    let Some(idx) = table.by_port(port) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    let Some(s) = table.get_mut(idx) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    s.counters.packets_in += 1;
+    s.counters.bytes_in += buf.len() as u64;
+    s.last_rx_ns = now_ns;
+    s.timed_out = false;
+
+    // Source address: latch, validate or follow.
+    match s.remote {
+        None => {
+            s.remote = Some(src);
+            events.emit(MediaEvent::SourceLatched {
+                relay: s.relay,
+                side: s.side,
+                component: s.component,
+                addr: src,
+            });
+        }
+        Some(r) if r != src => {
+            if s.policy.strict {
+                return drop(s, DropReason::SourceMismatch);
+            }
+            if s.policy.handover {
+                s.remote = Some(src);
+                events.emit(MediaEvent::SourceLatched {
+                    relay: s.relay,
+                    side: s.side,
+                    component: s.component,
+                    addr: src,
+                });
+            }
+        }
+        Some(_) => {}
+    }
+
+    let is_rtcp = match s.component {
+        Component::Rtcp => true,
+        Component::Rtp => match classify(buf) {
+            PayloadKind::Rtp => false,
+            PayloadKind::Rtcp => true,
+            PayloadKind::Stun | PayloadKind::Dtls | PayloadKind::Unknown => {
+                return drop(s, DropReason::UnsupportedPayload);
+            }
+        },
+    };
+    if is_rtcp {
+        return process_rtcp(table, idx, buf);
+    }
+
+    let (ssrc, seq, ts, pt) = match RtpPacket::new_checked(&buf[..]) {
+        Ok(p) => (
+            p.ssrc(),
+            p.sequence_number(),
+            p.timestamp(),
+            p.payload_type(),
+        ),
+        Err(e) => return drop(s, DropReason::RtpMalformed(e)),
+    };
+    s.rx.update(ssrc, seq, ts, rtp_clock(now_ns, s.clock_rate_hz));
+    if s.dtmf_pt == Some(pt) {
+        report_dtmf(s, buf, ts, events);
+    }
+    if s.blocked {
+        return drop(s, DropReason::Blocked);
+    }
+    let out_idx = s.peer;
+    let Some(out) = table.get_mut(out_idx) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    let Some(dst) = out.remote else {
+        out.counters.drops.count(DropReason::NoRemote);
+        return Verdict::Drop(DropReason::NoRemote);
+    };
+    if out.rewrite {
+        let w = out.egress.map(ssrc, seq, ts, now_ns, out.clock_rate_hz);
+        if let Ok(mut p) = RtpPacket::new_checked(&mut buf[..]) {
+            p.set_ssrc(w.ssrc);
+            p.set_sequence_number(w.seq);
+            p.set_timestamp(w.ts);
+        }
+    }
+    out.counters.packets_out += 1;
+    out.counters.bytes_out += buf.len() as u64;
+    let port = out.port;
+    if let Some(s) = table.get_mut(idx) {
+        s.counters.packets_forwarded += 1;
+    }
+    Verdict::Forward {
+        out: out_idx,
+        port,
+        dst,
+    }
+}
+
+#[inline]
+fn drop(s: &mut crate::table::Stream, reason: DropReason) -> Verdict {
+    s.counters.drops.count(reason);
+    Verdict::Drop(reason)
+}
+
+fn report_dtmf<E: EventSink>(s: &mut crate::table::Stream, buf: &[u8], ts: u32, events: &mut E) {
+    let Ok(p) = RtpPacket::new_checked(buf) else {
+        return;
+    };
+    let Ok(ev) = TelephoneEvent::new_checked(p.payload()) else {
+        return;
+    };
+    // RFC 4733 §2.5.1.4: the end packet is sent three times; report the event once.
+    if ev.end() && s.last_dtmf_ts != Some(ts) {
+        s.last_dtmf_ts = Some(ts);
+        if let Some(digit) = digit_char(ev.event()) {
+            events.emit(MediaEvent::Dtmf {
+                relay: s.relay,
+                side: s.side,
+                digit,
+                duration: ev.duration(),
+            });
+        }
+    }
+}
+
+fn process_rtcp(table: &mut StreamTable, idx: StreamIdx, buf: &mut [u8]) -> Verdict {
+    let Some(s) = table.get_mut(idx) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    s.counters.rtcp_in += 1;
+    if let Err(e) = validate_compound(buf) {
+        return drop(s, DropReason::RtcpMalformed(e));
+    }
+    if s.blocked {
+        return drop(s, DropReason::Blocked);
+    }
+    let out_idx = s.rtcp_peer;
+    let Some(out) = table.get(out_idx) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    let sibling = out.rtp_sibling;
+    let (port, dst) = (out.port, out.remote);
+    let Some(dst) = dst else {
+        if let Some(s) = table.get_mut(idx) {
+            s.counters.drops.count(DropReason::NoRemote);
+        }
+        return Verdict::Drop(DropReason::NoRemote);
+    };
+    // RTCP leaving a leg whose RTP is SSRC-rewritten must name the rewritten SSRC.
+    if let Some(rtp) = table.get(sibling) {
+        if rtp.rewrite {
+            if let Some((from, to)) = rtp.egress.ssrc_map() {
+                if from != to {
+                    rewrite_sender_ssrc(buf, from, to);
+                }
+            }
+        }
+    }
+    if let Some(out) = table.get_mut(out_idx) {
+        out.counters.packets_out += 1;
+        out.counters.bytes_out += buf.len() as u64;
+    }
+    if let Some(s) = table.get_mut(idx) {
+        s.counters.packets_forwarded += 1;
+    }
+    Verdict::Forward {
+        out: out_idx,
+        port,
+        dst,
+    }
+}

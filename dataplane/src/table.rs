@@ -1,0 +1,234 @@
+//! The stream table a worker owns: a slab of streams plus a port-handle index.
+//!
+//! A *stream* is one local port (RTP, or RTCP on its own port) of one leg. A *relay* joins the
+//! streams of two legs: what arrives on leg A's port leaves through leg B's port towards B's
+//! remote, and the reverse. Lookup per packet is two array indexings, no hashing.
+
+use std::net::SocketAddr;
+
+use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx};
+use crate::rewrite::EgressRewrite;
+use crate::stats::{RtpReceiveStats, StreamCounters};
+
+/// How a stream treats the source address of what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourcePolicy {
+    /// Drop packets from any address but the stream's remote (given or latched).
+    pub strict: bool,
+    /// Re-latch the remote to every new source address (RFC 4961 symmetric, roaming peers).
+    pub handover: bool,
+}
+
+/// One local port of one leg.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub port: PortHandle,
+    /// Stream whose port transmits what arrives here (same component, other leg).
+    pub peer: StreamIdx,
+    /// Stream whose port transmits RTCP arriving here (differs from `peer` with rtcp-mux on
+    /// one leg only).
+    pub rtcp_peer: StreamIdx,
+    /// The RTP stream of this leg (itself for RTP streams); RTCP egress uses its SSRC map.
+    pub rtp_sibling: StreamIdx,
+    /// Where packets leaving through this port go: this leg's endpoint.
+    pub remote: Option<SocketAddr>,
+    pub policy: SourcePolicy,
+    /// RTCP may arrive on this RTP port (RFC 5761).
+    pub rtcp_mux: bool,
+    /// Rewrite SSRC/seq/ts of RTP leaving through this port.
+    pub rewrite: bool,
+    pub blocked: bool,
+    pub timed_out: bool,
+    pub component: Component,
+    pub relay: RelayId,
+    pub side: Side,
+    pub clock_rate_hz: u32,
+    /// RFC 4733 payload type reported as DTMF events.
+    pub dtmf_pt: Option<u8>,
+    pub last_dtmf_ts: Option<u32>,
+    pub egress: EgressRewrite,
+    pub counters: StreamCounters,
+    pub rx: RtpReceiveStats,
+    pub last_rx_ns: u64,
+    pub created_ns: u64,
+}
+
+impl Stream {
+    /// A stream not yet linked to a peer (links are set by [`StreamTable::link`]).
+    pub fn new(
+        port: PortHandle,
+        relay: RelayId,
+        side: Side,
+        component: Component,
+        now_ns: u64,
+    ) -> Self {
+        Stream {
+            port,
+            peer: StreamIdx(u32::MAX),
+            rtcp_peer: StreamIdx(u32::MAX),
+            rtp_sibling: StreamIdx(u32::MAX),
+            remote: None,
+            policy: SourcePolicy::default(),
+            rtcp_mux: false,
+            rewrite: false,
+            blocked: false,
+            timed_out: false,
+            component,
+            relay,
+            side,
+            clock_rate_hz: 8000,
+            dtmf_pt: None,
+            last_dtmf_ts: None,
+            egress: EgressRewrite::default(),
+            counters: StreamCounters::default(),
+            rx: RtpReceiveStats::default(),
+            last_rx_ns: now_ns,
+            created_ns: now_ns,
+        }
+    }
+}
+
+/// Slab of streams with a dense port-handle index. Capacity is bounded by the caller.
+#[derive(Debug, Default)]
+pub struct StreamTable {
+    streams: Vec<Option<Stream>>,
+    free: Vec<u32>,
+    /// `by_port[handle] = stream index + 1`, 0 = no stream.
+    by_port: Vec<u32>,
+    live: usize,
+}
+
+impl StreamTable {
+    pub fn with_capacity(streams: usize) -> Self {
+        StreamTable {
+            streams: Vec::with_capacity(streams),
+            free: Vec::new(),
+            by_port: Vec::with_capacity(streams),
+            live: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Upper bound of stream indices ever used (for sweeps).
+    pub fn slots(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Inserts a stream and indexes it by its port.
+    pub fn insert(&mut self, stream: Stream) -> StreamIdx {
+        let port = stream.port.0 as usize;
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.streams[i as usize] = Some(stream);
+                i
+            }
+            None => {
+                self.streams.push(Some(stream));
+                (self.streams.len() - 1) as u32
+            }
+        };
+        if self.by_port.len() <= port {
+            self.by_port.resize(port + 1, 0);
+        }
+        self.by_port[port] = idx + 1;
+        self.live += 1;
+        StreamIdx(idx)
+    }
+
+    /// Removes a stream, returning it. Its peers must be removed too (relays go as a whole).
+    pub fn remove(&mut self, idx: StreamIdx) -> Option<Stream> {
+        let s = self.streams.get_mut(idx.0 as usize)?.take()?;
+        if let Some(slot) = self.by_port.get_mut(s.port.0 as usize) {
+            if *slot == idx.0 + 1 {
+                *slot = 0;
+            }
+        }
+        self.free.push(idx.0);
+        self.live -= 1;
+        Some(s)
+    }
+
+    #[inline]
+    pub fn by_port(&self, port: PortHandle) -> Option<StreamIdx> {
+        match self.by_port.get(port.0 as usize) {
+            Some(&v) if v != 0 => Some(StreamIdx(v - 1)),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, idx: StreamIdx) -> Option<&Stream> {
+        self.streams.get(idx.0 as usize).and_then(Option::as_ref)
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, idx: StreamIdx) -> Option<&mut Stream> {
+        self.streams
+            .get_mut(idx.0 as usize)
+            .and_then(Option::as_mut)
+    }
+
+    /// Two distinct streams mutably at once.
+    #[inline]
+    pub fn pair_mut(&mut self, a: StreamIdx, b: StreamIdx) -> Option<(&mut Stream, &mut Stream)> {
+        let (ai, bi) = (a.0 as usize, b.0 as usize);
+        if ai == bi || ai >= self.streams.len() || bi >= self.streams.len() {
+            return None;
+        }
+        let (x, y) = if ai < bi {
+            let (lo, hi) = self.streams.split_at_mut(bi);
+            (&mut lo[ai], &mut hi[0])
+        } else {
+            let (lo, hi) = self.streams.split_at_mut(ai);
+            (&mut hi[0], &mut lo[bi])
+        };
+        match (x.as_mut(), y.as_mut()) {
+            (Some(x), Some(y)) => Some((x, y)),
+            _ => None,
+        }
+    }
+
+    /// Iterates live streams with their indices.
+    pub fn iter(&self) -> impl Iterator<Item = (StreamIdx, &Stream)> {
+        self.streams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| (StreamIdx(i as u32), s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(port: u32) -> Stream {
+        Stream::new(PortHandle(port), RelayId(1), Side::A, Component::Rtp, 0)
+    }
+
+    #[test]
+    fn insert_lookup_remove_reuse() {
+        let mut t = StreamTable::default();
+        let a = t.insert(s(5));
+        let b = t.insert(s(2));
+        assert_eq!(t.by_port(PortHandle(5)), Some(a));
+        assert_eq!(t.by_port(PortHandle(2)), Some(b));
+        assert_eq!(t.by_port(PortHandle(3)), None);
+        assert_eq!(t.by_port(PortHandle(99)), None);
+        assert!(t.remove(a).is_some());
+        assert!(t.remove(a).is_none(), "double remove is harmless");
+        assert_eq!(t.by_port(PortHandle(5)), None);
+        let c = t.insert(s(7));
+        assert_eq!(c, a, "slot reused");
+        assert_eq!(t.len(), 2);
+        let (x, y) = t.pair_mut(b, c).expect("two live streams");
+        assert_eq!((x.port, y.port), (PortHandle(2), PortHandle(7)));
+        assert!(t.pair_mut(b, b).is_none());
+    }
+}

@@ -1,0 +1,404 @@
+//! Whole UDP frames: Ethernet II (+ up to two VLAN tags, IEEE 802.1Q /
+//! 802.1ad) → IPv4 (RFC 791) or IPv6 (RFC 8200) → UDP (RFC 768), parsed in
+//! one pass and built with valid checksums.
+//!
+//! [`parse_udp_frame`] does not verify checksums (receive paths usually rely
+//! on NIC/kernel offload); use [`verify_udp_frame_checksums`] when needed.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::ethernet::{self, EthernetFrame, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use super::ipv4::{self, Ipv4Packet, PROTO_UDP};
+use super::ipv6::{self, Ipv6Packet};
+use super::udp::{self, UdpPacket};
+use super::WireError;
+
+/// Where the pieces of a parsed UDP frame are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpFrame {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Outermost VLAN ID, if tagged.
+    pub vlan: Option<u16>,
+    /// Offset of the IP header.
+    pub l3_offset: usize,
+    /// Offset of the UDP header.
+    pub l4_offset: usize,
+    /// Offset of the UDP payload.
+    pub payload_offset: usize,
+    /// Payload length per the UDP length field.
+    pub payload_len: usize,
+    /// DSCP of an IPv4 packet (`None` for IPv6).
+    pub ipv4_dscp: Option<u8>,
+}
+
+impl UdpFrame {
+    /// The UDP payload inside the buffer this frame was parsed from.
+    pub fn payload<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        self.payload_offset
+            .checked_add(self.payload_len)
+            .and_then(|end| buf.get(self.payload_offset..end))
+            .unwrap_or(&[])
+    }
+}
+
+/// Parse Ethernet (+VLAN) → IPv4/IPv6 → UDP.
+///
+/// Errors: any error of the individual views, plus `UnsupportedEtherType`
+/// (neither IPv4 nor IPv6), `Fragmented` (IPv4 fragment) and
+/// `UnsupportedProtocol` (not UDP; for IPv6 this includes any extension
+/// header, which is not walked).
+pub fn parse_udp_frame(buf: &[u8]) -> Result<UdpFrame, WireError> {
+    let eth = EthernetFrame::new_checked(buf)?;
+    let l3_offset = eth.header_len();
+    let vlan = eth.vlan_id();
+    let ethertype = eth.ethertype();
+    let l3 = eth.into_payload();
+    let (src_ip, dst_ip, ip_header_len, ip_end, ipv4_dscp): (IpAddr, IpAddr, _, _, _) =
+        match ethertype {
+            ETHERTYPE_IPV4 => {
+                let ip = Ipv4Packet::new_checked(l3)?;
+                if ip.is_fragment() {
+                    return Err(WireError::Fragmented);
+                }
+                if ip.protocol() != PROTO_UDP {
+                    return Err(WireError::UnsupportedProtocol);
+                }
+                (
+                    ip.src_addr().into(),
+                    ip.dst_addr().into(),
+                    ip.header_len(),
+                    ip.total_len(),
+                    Some(ip.dscp()),
+                )
+            }
+            ETHERTYPE_IPV6 => {
+                let ip = Ipv6Packet::new_checked(l3)?;
+                if ip.next_header() != ipv6::NEXT_HEADER_UDP {
+                    return Err(WireError::UnsupportedProtocol);
+                }
+                (
+                    ip.src_addr().into(),
+                    ip.dst_addr().into(),
+                    ip.header_len(),
+                    ip.total_len(),
+                    None,
+                )
+            }
+            _ => return Err(WireError::UnsupportedEtherType),
+        };
+    // Both IP views checked header_len <= total_len <= l3.len().
+    let ip_payload = l3.get(ip_header_len..ip_end).ok_or(WireError::Truncated)?;
+    let udp = UdpPacket::new_checked(ip_payload)?;
+    let l4_offset = l3_offset + ip_header_len;
+    Ok(UdpFrame {
+        src: SocketAddr::new(src_ip, udp.src_port()),
+        dst: SocketAddr::new(dst_ip, udp.dst_port()),
+        vlan,
+        l3_offset,
+        l4_offset,
+        payload_offset: l4_offset + udp::HEADER_LEN,
+        payload_len: udp.payload().len(),
+        ipv4_dscp,
+    })
+}
+
+/// Verify the IPv4 header checksum (if IPv4) and the UDP checksum of a frame
+/// previously parsed from `buf` by [`parse_udp_frame`].
+pub fn verify_udp_frame_checksums(buf: &[u8], frame: &UdpFrame) -> bool {
+    let l3 = buf.get(frame.l3_offset..).unwrap_or(&[]);
+    match (frame.src.ip(), frame.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let Ok(ip) = Ipv4Packet::new_checked(l3) else {
+                return false;
+            };
+            let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+                return false;
+            };
+            ip.verify_checksum() && udp.verify_checksum_v4(s, d)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let Ok(ip) = Ipv6Packet::new_checked(l3) else {
+                return false;
+            };
+            let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+                return false;
+            };
+            udp.verify_checksum_v6(s, d)
+        }
+        _ => false,
+    }
+}
+
+/// Build a complete Ethernet (+ optional 802.1Q tag) / IP / UDP frame into
+/// `buf` and return its length.
+///
+/// IPv4 gets DF set, TTL 64 and a valid header checksum; IPv6 gets hop
+/// limit 64 and traffic class `dscp << 2`. The UDP checksum is always
+/// filled. `dscp` is masked to 6 bits and `vlan` to 12 bits. No minimum
+/// frame padding is added.
+///
+/// Errors: `BadVersion` (src and dst of different families), `Truncated`
+/// (`buf` too small), `BadTotalLength` / `BadLength` (payload too large for
+/// an IPv4 / UDP or IPv6 length field).
+#[allow(clippy::too_many_arguments)]
+pub fn build_udp_frame(
+    buf: &mut [u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+    src: SocketAddr,
+    dst: SocketAddr,
+    dscp: u8,
+    payload: &[u8],
+) -> Result<usize, WireError> {
+    let udp_len = payload
+        .len()
+        .checked_add(udp::HEADER_LEN)
+        .ok_or(WireError::BadLength)?;
+    let (ethertype, ip_header_len) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => (ETHERTYPE_IPV4, ipv4::MIN_HEADER_LEN),
+        (IpAddr::V6(_), IpAddr::V6(_)) => (ETHERTYPE_IPV6, ipv6::HEADER_LEN),
+        _ => return Err(WireError::BadVersion),
+    };
+    let l2_len = ethernet::HEADER_LEN
+        + if vlan.is_some() {
+            ethernet::VLAN_TAG_LEN
+        } else {
+            0
+        };
+    let total = l2_len
+        .checked_add(ip_header_len)
+        .and_then(|n| n.checked_add(udp_len))
+        .ok_or(WireError::BadLength)?;
+    // Length-field limits first, so that the error does not depend on `buf`.
+    if u16::try_from(udp_len).is_err() {
+        return Err(WireError::BadLength);
+    }
+    if ethertype == ETHERTYPE_IPV4 && u16::try_from(ip_header_len + udp_len).is_err() {
+        return Err(WireError::BadTotalLength);
+    }
+    let frame = buf.get_mut(..total).ok_or(WireError::Truncated)?;
+
+    let l3 = ethernet::emit_header(frame, dst_mac, src_mac, vlan, ethertype)?;
+    let l4 = l3 + ip_header_len;
+    let (ip_buf, udp_buf) = frame.split_at_mut(l4);
+    let ip_buf = ip_buf.get_mut(l3..).ok_or(WireError::Truncated)?;
+
+    udp::emit_header(udp_buf, src.port(), dst.port(), payload.len())?;
+    udp_buf
+        .get_mut(udp::HEADER_LEN..)
+        .ok_or(WireError::Truncated)?
+        .copy_from_slice(payload);
+    let mut udp = UdpPacket::new_unchecked(udp_buf);
+
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            ipv4::emit_header(ip_buf, s, d, PROTO_UDP, ipv4::DEFAULT_TTL, dscp, udp_len)?;
+            udp.fill_checksum_v4(s, d);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let tc = (dscp & 0x3f) << 2;
+            ipv6::emit_header(
+                ip_buf,
+                s,
+                d,
+                ipv6::NEXT_HEADER_UDP,
+                ipv6::DEFAULT_HOP_LIMIT,
+                tc,
+                udp_len,
+            )?;
+            udp.fill_checksum_v6(s, d);
+        }
+        _ => return Err(WireError::BadVersion),
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const MAC_A: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a];
+    const MAC_B: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0b];
+
+    /// A hand-written 802.1Q-tagged IPv4/UDP frame: VLAN 42, 10.0.0.1:5004
+    /// → 10.0.0.2:6000, DSCP 46, payload "RTP!", 6 bytes of Ethernet padding.
+    fn tagged_v4() -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&MAC_B);
+        v.extend_from_slice(&MAC_A);
+        v.extend_from_slice(&[0x81, 0x00, 0x00, 0x2a, 0x08, 0x00]);
+        v.extend_from_slice(&[
+            0x45, 0xb8, 0x00, 0x20, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 10, 0, 0, 1,
+            10, 0, 0, 2,
+        ]);
+        v.extend_from_slice(&[0x13, 0x8c, 0x17, 0x70, 0x00, 0x0c, 0x00, 0x00]);
+        v.extend_from_slice(b"RTP!");
+        v.extend_from_slice(&[0; 6]);
+        let c = super::super::internet_checksum(&v[18..38]);
+        v[28..30].copy_from_slice(&c.to_be_bytes());
+        v
+    }
+
+    /// A hand-written untagged IPv6/UDP frame: [2001:db8::1]:5004 →
+    /// [2001:db8::2]:5006 with a 2-byte payload (checksum left zero).
+    fn plain_v6() -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&MAC_B);
+        v.extend_from_slice(&MAC_A);
+        v.extend_from_slice(&[0x86, 0xdd]);
+        v.extend_from_slice(&[0x60, 0, 0, 0, 0x00, 0x0a, 17, 64]);
+        v.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        v.extend_from_slice(&"2001:db8::2".parse::<Ipv6Addr>().unwrap().octets());
+        v.extend_from_slice(&[0x13, 0x8c, 0x13, 0x8e, 0x00, 0x0a, 0x00, 0x00, 0xab, 0xcd]);
+        v
+    }
+
+    #[test]
+    fn parse_tagged_v4() {
+        let buf = tagged_v4();
+        let f = parse_udp_frame(&buf).unwrap();
+        assert_eq!(f.src, "10.0.0.1:5004".parse().unwrap());
+        assert_eq!(f.dst, "10.0.0.2:6000".parse().unwrap());
+        assert_eq!(f.vlan, Some(42));
+        assert_eq!(f.l3_offset, 18);
+        assert_eq!(f.l4_offset, 38);
+        assert_eq!(f.payload_offset, 46);
+        assert_eq!(f.payload_len, 4);
+        assert_eq!(f.ipv4_dscp, Some(46));
+        assert_eq!(f.payload(&buf), b"RTP!");
+        // UDP checksum is zero ("none") and the IP checksum is valid.
+        assert!(verify_udp_frame_checksums(&buf, &f));
+    }
+
+    #[test]
+    fn parse_plain_v6() {
+        let buf = plain_v6();
+        let f = parse_udp_frame(&buf).unwrap();
+        assert_eq!(f.src, "[2001:db8::1]:5004".parse().unwrap());
+        assert_eq!(f.dst, "[2001:db8::2]:5006".parse().unwrap());
+        assert_eq!(f.vlan, None);
+        assert_eq!((f.l3_offset, f.l4_offset, f.payload_offset), (14, 54, 62));
+        assert_eq!(f.payload(&buf), &[0xab, 0xcd]);
+        assert_eq!(f.ipv4_dscp, None);
+        // A zero UDP checksum is invalid over IPv6.
+        assert!(!verify_udp_frame_checksums(&buf, &f));
+    }
+
+    #[test]
+    fn unsupported_and_fragmented() {
+        let mut b = tagged_v4();
+        b[16..18].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(parse_udp_frame(&b), Err(WireError::UnsupportedEtherType));
+        let mut b = tagged_v4();
+        b[27] = 6; // TCP
+        assert_eq!(parse_udp_frame(&b), Err(WireError::UnsupportedProtocol));
+        let mut b = tagged_v4();
+        b[24] = 0x20; // MF
+        assert_eq!(parse_udp_frame(&b), Err(WireError::Fragmented));
+        let mut b = plain_v6();
+        b[20] = 0; // hop-by-hop extension header
+        assert_eq!(parse_udp_frame(&b), Err(WireError::UnsupportedProtocol));
+        let mut b = tagged_v4();
+        b[42..44].copy_from_slice(&4u16.to_be_bytes());
+        assert_eq!(parse_udp_frame(&b), Err(WireError::BadLength));
+    }
+
+    #[test]
+    fn every_truncation() {
+        for buf in [tagged_v4(), plain_v6()] {
+            let full = parse_udp_frame(&buf).unwrap();
+            let min = full.payload_offset + full.payload_len;
+            for n in 0..buf.len() {
+                match parse_udp_frame(&buf[..n]) {
+                    Ok(f) => {
+                        assert!(n >= min);
+                        assert_eq!(f, full);
+                    }
+                    Err(e) => {
+                        assert!(n < min);
+                        assert_eq!(e, WireError::Truncated);
+                    }
+                }
+            }
+        }
+    }
+
+    fn round_trip(vlan: Option<u16>, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
+        let mut buf = [0u8; 1600];
+        let n = build_udp_frame(&mut buf, MAC_A, MAC_B, vlan, src, dst, 46, payload).unwrap();
+        let f = parse_udp_frame(&buf[..n]).unwrap();
+        assert_eq!(f.src, src);
+        assert_eq!(f.dst, dst);
+        assert_eq!(f.vlan, vlan);
+        assert_eq!(f.payload(&buf[..n]), payload);
+        assert_eq!(f.payload_offset + f.payload_len, n);
+        assert!(verify_udp_frame_checksums(&buf[..n], &f));
+        let eth = EthernetFrame::new_checked(&buf[..n]).unwrap();
+        assert_eq!(eth.src(), MAC_A);
+        assert_eq!(eth.dst(), MAC_B);
+        if src.is_ipv4() {
+            assert_eq!(f.ipv4_dscp, Some(46));
+            let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+            assert!(ip.verify_checksum());
+        } else {
+            let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+            assert_eq!(ip.dscp(), 46);
+        }
+    }
+
+    #[test]
+    fn build_round_trips() {
+        let v4a: SocketAddr = "192.0.2.10:40000".parse().unwrap();
+        let v4b: SocketAddr = "198.51.100.7:5004".parse().unwrap();
+        let v6a: SocketAddr = "[2001:db8::10]:40000".parse().unwrap();
+        let v6b: SocketAddr = "[2001:db8:1::7]:5004".parse().unwrap();
+        for payload in [&b""[..], b"x", b"hello world", &[0xffu8; 333][..]] {
+            round_trip(None, v4a, v4b, payload);
+            round_trip(Some(100), v4a, v4b, payload);
+            round_trip(None, v6a, v6b, payload);
+            round_trip(Some(4095), v6b, v6a, payload);
+        }
+    }
+
+    #[test]
+    fn build_errors() {
+        let v4: SocketAddr = (Ipv4Addr::LOCALHOST, 1).into();
+        let v6: SocketAddr = (Ipv6Addr::LOCALHOST, 1).into();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            build_udp_frame(&mut buf, MAC_A, MAC_B, None, v4, v6, 0, b""),
+            Err(WireError::BadVersion)
+        );
+        assert_eq!(
+            build_udp_frame(&mut buf, MAC_A, MAC_B, None, v4, v4, 0, &[0; 23]),
+            Err(WireError::Truncated)
+        );
+        assert_eq!(
+            build_udp_frame(&mut buf, MAC_A, MAC_B, None, v4, v4, 0, &[0; 22]),
+            Ok(64)
+        );
+        assert_eq!(
+            build_udp_frame(&mut buf, MAC_A, MAC_B, Some(1), v6, v6, 0, b""),
+            Err(WireError::Truncated)
+        );
+        let mut buf = [0u8; 66];
+        assert_eq!(
+            build_udp_frame(&mut buf, MAC_A, MAC_B, Some(1), v6, v6, 0, b""),
+            Ok(66)
+        );
+        let big = vec![0u8; 65_508];
+        assert_eq!(
+            build_udp_frame(&mut buf, MAC_A, MAC_B, None, v4, v4, 0, &big),
+            Err(WireError::BadTotalLength)
+        );
+        let big = vec![0u8; 65_528];
+        assert_eq!(
+            build_udp_frame(&mut buf, MAC_A, MAC_B, None, v6, v6, 0, &big),
+            Err(WireError::BadLength)
+        );
+    }
+}

@@ -1,0 +1,631 @@
+//! A worker: one thread (pinned to a core when configured) that owns a [`PacketIo`] backend,
+//! its stream table and its statistics, and runs the poll loop.
+//!
+//! Loop, each iteration bounded:
+//! 1. apply up to [`COMMANDS_PER_LOOP`] commands;
+//! 2. receive one burst (≤ 32), waiting at most `idle_wait` when nothing is ready;
+//! 3. read the clock once; run the pipeline on each datagram; queue forwards;
+//! 4. transmit the burst; count failures;
+//! 5. record per-packet processing time; every few milliseconds sweep a bounded slice of
+//!    streams for media timeouts and publish counters to [`WorkerShared`].
+//!
+//! Nothing on the packet path locks, allocates or logs. The histogram is handed over through a
+//! mutex once per publish interval with `try_lock`, never waiting.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use hdrhistogram::Histogram;
+
+use crate::command::{
+    CommandError, LegSnapshot, LegSpec, LegUpdate, MediaCommand, MediaEvent, RelaySnapshot,
+    RelaySpec, StreamSnapshot,
+};
+use crate::config::BURST_SIZE_MAX;
+use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx, WorkerId};
+use crate::io::{PacketBatch, PacketIo, TxDesc};
+use crate::pipeline::{self, EventSink, Verdict};
+use crate::stats::{DropCounters, DropReason, DROP_SLOTS};
+use crate::table::{Stream, StreamTable};
+
+/// Commands applied per loop iteration, so a command storm cannot starve packets.
+pub const COMMANDS_PER_LOOP: usize = 64;
+/// How often counters are published and timeouts swept.
+const HOUSEKEEPING_NS: u64 = 5_000_000;
+/// Histogram publish interval.
+const HIST_PUBLISH_NS: u64 = 250_000_000;
+/// Highest per-packet processing time the histogram resolves (10 ms); larger values saturate.
+const HIST_MAX_NS: u64 = 10_000_000;
+
+/// Per-worker numbers readable from other threads (metrics, benches).
+#[derive(Debug)]
+pub struct WorkerShared {
+    pub id: WorkerId,
+    pub packets_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub packets_forwarded: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub drops: [AtomicU64; DROP_SLOTS],
+    pub streams: AtomicU64,
+    pub relays: AtomicU64,
+    /// Nanoseconds spent processing (not waiting for packets).
+    pub busy_ns: AtomicU64,
+    /// Nanoseconds of loop wall time.
+    pub wall_ns: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub rx_calls: AtomicU64,
+    pub tx_calls: AtomicU64,
+    pub running: AtomicBool,
+    /// Core the worker is pinned to, −1 when not pinned.
+    pub pinned_core: std::sync::atomic::AtomicI64,
+    /// Per-packet processing time, nanoseconds (cumulative since start).
+    pub processing_ns: Mutex<Histogram<u64>>,
+}
+
+impl WorkerShared {
+    pub fn new(id: WorkerId) -> Self {
+        WorkerShared {
+            id,
+            packets_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            packets_forwarded: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            streams: AtomicU64::new(0),
+            relays: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            wall_ns: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            rx_calls: AtomicU64::new(0),
+            tx_calls: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            pinned_core: std::sync::atomic::AtomicI64::new(-1),
+            processing_ns: Mutex::new(new_histogram()),
+        }
+    }
+
+    pub fn drops(&self) -> DropCounters {
+        let mut d = DropCounters::default();
+        for (i, a) in self.drops.iter().enumerate() {
+            d.0[i] = a.load(Ordering::Relaxed);
+        }
+        d
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts; failure would be a programming error.
+    Histogram::new_with_bounds(1, HIST_MAX_NS, 2).expect("valid histogram bounds")
+}
+
+/// Settings a worker needs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub id: WorkerId,
+    pub bind: IpAddr,
+    pub burst_size: usize,
+    pub idle_wait: Duration,
+    pub media_timeout: Option<Duration>,
+    pub streams_max: usize,
+}
+
+/// Events go to a bounded channel; when it is full they are counted and dropped.
+struct ChannelSink<'a> {
+    tx: &'a Sender<MediaEvent>,
+    dropped: u64,
+}
+
+impl EventSink for ChannelSink<'_> {
+    fn emit(&mut self, event: MediaEvent) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(event)
+        {
+            self.dropped += 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RelayStreams {
+    rtp: [StreamIdx; 2],
+    rtcp: [Option<StreamIdx>; 2],
+}
+
+/// Local totals, published to [`WorkerShared`] periodically.
+#[derive(Default)]
+struct Totals {
+    packets_in: u64,
+    bytes_in: u64,
+    packets_forwarded: u64,
+    bytes_out: u64,
+    drops: DropCounters,
+    busy_ns: u64,
+    wall_ns: u64,
+    events_dropped: u64,
+}
+
+/// The worker state; [`Worker::run`] is its thread body.
+pub struct Worker<Io: PacketIo> {
+    cfg: WorkerConfig,
+    io: Io,
+    table: StreamTable,
+    relays: HashMap<RelayId, RelayStreams>,
+    commands: Receiver<MediaCommand>,
+    events: Sender<MediaEvent>,
+    shared: Arc<WorkerShared>,
+    hist: Histogram<u64>,
+    totals: Totals,
+    batch: PacketBatch,
+    tx: [TxDesc; BURST_SIZE_MAX],
+    epoch: Instant,
+    sweep_cursor: usize,
+    last_housekeeping_ns: u64,
+    last_hist_ns: u64,
+    stop: bool,
+}
+
+impl<Io: PacketIo> Worker<Io> {
+    pub fn new(
+        cfg: WorkerConfig,
+        io: Io,
+        commands: Receiver<MediaCommand>,
+        events: Sender<MediaEvent>,
+        shared: Arc<WorkerShared>,
+    ) -> Self {
+        let streams_hint = cfg.streams_max.min(1 << 16);
+        let tx0 = TxDesc {
+            buf: 0,
+            len: 0,
+            port: PortHandle(0),
+            dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stream: StreamIdx(0),
+            sent: false,
+        };
+        Worker {
+            cfg,
+            io,
+            table: StreamTable::with_capacity(streams_hint),
+            relays: HashMap::new(),
+            commands,
+            events,
+            shared,
+            hist: new_histogram(),
+            totals: Totals::default(),
+            batch: PacketBatch::default(),
+            tx: [tx0; BURST_SIZE_MAX],
+            epoch: Instant::now(),
+            sweep_cursor: 0,
+            last_housekeeping_ns: 0,
+            last_hist_ns: 0,
+            stop: false,
+        }
+    }
+
+    #[inline]
+    fn now_ns(&self) -> u64 {
+        // Nanoseconds since the worker started; u64 lasts 584 years.
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Runs until a `Shutdown` command arrives or the command channel closes.
+    pub fn run(mut self) {
+        self.shared.running.store(true, Ordering::Release);
+        let mut t_prev = self.now_ns();
+        while !self.stop {
+            self.poll_once();
+            let t = self.now_ns();
+            self.totals.wall_ns += t - t_prev;
+            t_prev = t;
+        }
+        self.publish(self.now_ns(), true);
+        self.shared.running.store(false, Ordering::Release);
+    }
+
+    /// One loop iteration. Public so single-threaded tests and benches can drive a worker.
+    pub fn poll_once(&mut self) -> usize {
+        let t_cmd = self.now_ns();
+        let did_commands = self.apply_commands();
+        let wait = if did_commands {
+            Duration::ZERO
+        } else {
+            self.cfg.idle_wait
+        };
+        let n = self.io.rx_burst(&mut self.batch, self.cfg.burst_size, wait);
+        let now = self.now_ns();
+        if did_commands {
+            self.totals.busy_ns += now.saturating_sub(t_cmd);
+        }
+        if n > 0 {
+            self.process_burst(n, now);
+            let done = self.now_ns();
+            let per_packet = (done - now) / n as u64;
+            self.hist.saturating_record_n(per_packet.max(1), n as u64);
+            self.totals.busy_ns += done - now;
+        }
+        if now.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
+            self.housekeeping(now);
+        }
+        n
+    }
+
+    fn process_burst(&mut self, n: usize, now: u64) {
+        let mut sink = ChannelSink {
+            tx: &self.events,
+            dropped: 0,
+        };
+        let mut ntx = 0;
+        for i in 0..n {
+            let meta = self.batch.meta[i];
+            self.totals.packets_in += 1;
+            self.totals.bytes_in += u64::from(meta.len);
+            if meta.truncated {
+                count_drop(
+                    &mut self.table,
+                    &mut self.totals,
+                    meta.port,
+                    DropReason::Oversize,
+                );
+                continue;
+            }
+            let buf = &mut self.batch.bufs[i][..usize::from(meta.len)];
+            match pipeline::process(&mut self.table, meta.port, meta.src, buf, now, &mut sink) {
+                Verdict::Forward { out, port, dst } => {
+                    self.tx[ntx] = TxDesc {
+                        buf: i as u8,
+                        len: meta.len,
+                        port,
+                        dst,
+                        stream: out,
+                        sent: false,
+                    };
+                    ntx += 1;
+                }
+                Verdict::Drop(r) => self.totals.drops.count(r),
+            }
+        }
+        self.totals.events_dropped += sink.dropped;
+        if ntx == 0 {
+            return;
+        }
+        let sent = self.io.tx_burst(&self.batch, &mut self.tx[..ntx]);
+        self.totals.packets_forwarded += sent as u64;
+        for d in &self.tx[..ntx] {
+            if d.sent {
+                self.totals.bytes_out += u64::from(d.len);
+            } else {
+                self.totals.drops.count(DropReason::TxFailed);
+                if let Some(s) = self.table.get_mut(d.stream) {
+                    s.counters.drops.count(DropReason::TxFailed);
+                }
+            }
+        }
+    }
+
+    fn apply_commands(&mut self) -> bool {
+        let mut any = false;
+        for _ in 0..COMMANDS_PER_LOOP {
+            match self.commands.try_recv() {
+                Ok(cmd) => {
+                    any = true;
+                    self.apply(cmd);
+                    if self.stop {
+                        break;
+                    }
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    self.stop = true;
+                    break;
+                }
+            }
+        }
+        any
+    }
+
+    fn apply(&mut self, cmd: MediaCommand) {
+        let now = self.now_ns();
+        // A reply whose receiver gave up (timed out) is simply discarded.
+        match cmd {
+            MediaCommand::CreateRelay { spec, reply } => {
+                let _ = reply.try_send(self.create_relay(&spec, now));
+            }
+            MediaCommand::UpdateLeg {
+                relay,
+                side,
+                update,
+                reply,
+            } => {
+                let _ = reply.try_send(self.update_leg(relay, side, update));
+            }
+            MediaCommand::QueryRelay { relay, reply } => {
+                let r = self
+                    .relays
+                    .get(&relay)
+                    .map(|r| self.snapshot(relay, r, now))
+                    .ok_or(CommandError::NotFound(relay));
+                let _ = reply.try_send(r);
+            }
+            MediaCommand::DeleteRelay { relay, reply } => {
+                let _ = reply.try_send(self.delete_relay(relay, now));
+            }
+            MediaCommand::Shutdown => self.stop = true,
+        }
+        self.shared
+            .streams
+            .store(self.table.len() as u64, Ordering::Relaxed);
+        self.shared
+            .relays
+            .store(self.relays.len() as u64, Ordering::Relaxed);
+    }
+
+    fn open(
+        &mut self,
+        port: u16,
+        opened: &mut Vec<PortHandle>,
+    ) -> Result<PortHandle, CommandError> {
+        let addr = SocketAddr::new(self.cfg.bind, port);
+        match self.io.open_port(addr) {
+            Ok(h) => {
+                opened.push(h);
+                Ok(h)
+            }
+            Err(e) => Err(CommandError::Open {
+                addr,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    fn create_relay(&mut self, spec: &RelaySpec, now: u64) -> Result<(), CommandError> {
+        if self.relays.contains_key(&spec.id) {
+            return Err(CommandError::Exists(spec.id));
+        }
+        let needed = spec
+            .legs
+            .iter()
+            .map(|l| 1 + usize::from(l.rtcp_port.is_some()))
+            .sum::<usize>();
+        if self.table.len() + needed > self.cfg.streams_max {
+            return Err(CommandError::Full(self.cfg.streams_max));
+        }
+        let mut opened = Vec::with_capacity(4);
+        let mut handles = [[None; 2]; 2];
+        for (i, leg) in spec.legs.iter().enumerate() {
+            let r = self.open(leg.rtp_port, &mut opened).and_then(|rtp| {
+                let rtcp = leg
+                    .rtcp_port
+                    .map(|p| self.open(p, &mut opened))
+                    .transpose()?;
+                Ok((rtp, rtcp))
+            });
+            match r {
+                Ok((rtp, rtcp)) => handles[i] = [Some(rtp), rtcp],
+                Err(e) => {
+                    for h in opened {
+                        self.io.close_port(h);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut rtp = [StreamIdx(0); 2];
+        let mut rtcp = [None; 2];
+        for (i, (leg, side)) in spec.legs.iter().zip([Side::A, Side::B]).enumerate() {
+            let Some(rtp_h) = handles[i][0] else { continue };
+            let mut s = Stream::new(rtp_h, spec.id, side, Component::Rtp, now);
+            configure_stream(&mut s, spec, leg, leg.remote);
+            s.rtcp_mux = leg.rtcp_port.is_none();
+            rtp[i] = self.table.insert(s);
+            if let Some(h) = handles[i][1] {
+                let mut c = Stream::new(h, spec.id, side, Component::Rtcp, now);
+                let remote = leg.rtcp_remote.or(leg
+                    .remote
+                    .map(|r| SocketAddr::new(r.ip(), r.port().wrapping_add(1))));
+                configure_stream(&mut c, spec, leg, remote);
+                c.rewrite = false;
+                rtcp[i] = Some(self.table.insert(c));
+            }
+        }
+        // Link: RTP to the other leg's RTP; RTCP (muxed or not) to the other leg's RTCP port,
+        // which is its RTP port when that leg muxes.
+        for i in 0..2 {
+            let o = 1 - i;
+            let rtcp_out = rtcp[o].unwrap_or(rtp[o]);
+            if let Some(s) = self.table.get_mut(rtp[i]) {
+                s.peer = rtp[o];
+                s.rtcp_peer = rtcp_out;
+                s.rtp_sibling = rtp[i];
+            }
+            if let Some(c) = rtcp[i].and_then(|c| self.table.get_mut(c)) {
+                c.peer = rtcp_out;
+                c.rtcp_peer = rtcp_out;
+                c.rtp_sibling = rtp[i];
+            }
+        }
+        self.relays.insert(spec.id, RelayStreams { rtp, rtcp });
+        Ok(())
+    }
+
+    fn update_leg(
+        &mut self,
+        relay: RelayId,
+        side: Side,
+        update: LegUpdate,
+    ) -> Result<(), CommandError> {
+        let r = *self
+            .relays
+            .get(&relay)
+            .ok_or(CommandError::NotFound(relay))?;
+        let i = side.index();
+        if let Some(s) = self.table.get_mut(r.rtp[i]) {
+            if let Some(remote) = update.remote {
+                s.remote = Some(remote);
+            }
+            if let Some(b) = update.blocked {
+                s.blocked = b;
+            }
+        }
+        if let Some(c) = r.rtcp[i].and_then(|c| self.table.get_mut(c)) {
+            let remote = update.rtcp_remote.or(update
+                .remote
+                .map(|r| SocketAddr::new(r.ip(), r.port().wrapping_add(1))));
+            if let Some(remote) = remote {
+                c.remote = Some(remote);
+            }
+            if let Some(b) = update.blocked {
+                c.blocked = b;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_relay(&mut self, relay: RelayId, now: u64) -> Result<RelaySnapshot, CommandError> {
+        let r = self
+            .relays
+            .remove(&relay)
+            .ok_or(CommandError::NotFound(relay))?;
+        let snap = self.snapshot(relay, &r, now);
+        for idx in r.rtp.into_iter().chain(r.rtcp.into_iter().flatten()) {
+            if let Some(s) = self.table.remove(idx) {
+                self.io.close_port(s.port);
+            }
+        }
+        Ok(snap)
+    }
+
+    fn snapshot(&self, relay: RelayId, r: &RelayStreams, now: u64) -> RelaySnapshot {
+        let snap = |idx: StreamIdx| self.table.get(idx).map(|s| stream_snapshot(s, now));
+        let leg = |i: usize| LegSnapshot {
+            rtp: snap(r.rtp[i]).unwrap_or_else(empty_snapshot),
+            rtcp: r.rtcp[i].and_then(snap),
+        };
+        RelaySnapshot {
+            id: relay,
+            legs: [leg(0), leg(1)],
+        }
+    }
+
+    fn housekeeping(&mut self, now: u64) {
+        self.last_housekeeping_ns = now;
+        self.sweep_timeouts(now);
+        let hist_due = now.saturating_sub(self.last_hist_ns) >= HIST_PUBLISH_NS;
+        self.publish(now, hist_due);
+    }
+
+    /// Checks a bounded slice of streams, sized so each is visited several times per timeout.
+    fn sweep_timeouts(&mut self, now: u64) {
+        let Some(timeout) = self.cfg.media_timeout else {
+            return;
+        };
+        let slots = self.table.slots();
+        if slots == 0 {
+            return;
+        }
+        let timeout_ns = timeout.as_nanos() as u64;
+        let rounds_per_timeout = (timeout_ns / 4 / HOUSEKEEPING_NS).max(1) as usize;
+        let per_sweep = slots
+            .div_ceil(rounds_per_timeout)
+            .clamp(64, 8192)
+            .min(slots);
+        let mut sink = ChannelSink {
+            tx: &self.events,
+            dropped: 0,
+        };
+        for _ in 0..per_sweep {
+            self.sweep_cursor = (self.sweep_cursor + 1) % slots;
+            let Some(s) = self.table.get_mut(StreamIdx(self.sweep_cursor as u32)) else {
+                continue;
+            };
+            if s.component == Component::Rtp
+                && !s.timed_out
+                && now.saturating_sub(s.last_rx_ns) >= timeout_ns
+            {
+                s.timed_out = true;
+                sink.emit(MediaEvent::MediaTimeout {
+                    relay: s.relay,
+                    side: s.side,
+                });
+            }
+        }
+        self.totals.events_dropped += sink.dropped;
+    }
+
+    fn publish(&mut self, now: u64, hist: bool) {
+        let sh = &self.shared;
+        let t = &self.totals;
+        sh.packets_in.store(t.packets_in, Ordering::Relaxed);
+        sh.bytes_in.store(t.bytes_in, Ordering::Relaxed);
+        sh.packets_forwarded
+            .store(t.packets_forwarded, Ordering::Relaxed);
+        sh.bytes_out.store(t.bytes_out, Ordering::Relaxed);
+        for (a, v) in sh.drops.iter().zip(t.drops.0.iter()) {
+            a.store(*v, Ordering::Relaxed);
+        }
+        sh.busy_ns.store(t.busy_ns, Ordering::Relaxed);
+        sh.wall_ns.store(t.wall_ns, Ordering::Relaxed);
+        sh.events_dropped.store(t.events_dropped, Ordering::Relaxed);
+        let c = self.io.counters();
+        sh.rx_calls.store(c.rx_calls, Ordering::Relaxed);
+        sh.tx_calls.store(c.tx_calls, Ordering::Relaxed);
+        if hist {
+            if let Ok(mut h) = sh.processing_ns.try_lock() {
+                // Same bounds on both sides: `add` cannot fail or allocate.
+                let _ = h.add(&self.hist);
+                self.hist.reset();
+                self.last_hist_ns = now;
+            }
+        }
+    }
+
+    /// The stream table, for tests and benches driving the worker in-thread.
+    pub fn table(&self) -> &StreamTable {
+        &self.table
+    }
+}
+
+fn count_drop(table: &mut StreamTable, totals: &mut Totals, port: PortHandle, reason: DropReason) {
+    totals.drops.count(reason);
+    if let Some(s) = table.by_port(port).and_then(|idx| table.get_mut(idx)) {
+        s.counters.packets_in += 1;
+        s.counters.drops.count(reason);
+    }
+}
+
+fn configure_stream(s: &mut Stream, spec: &RelaySpec, leg: &LegSpec, remote: Option<SocketAddr>) {
+    s.remote = remote;
+    s.policy = spec.policy;
+    s.rewrite = spec.rewrite;
+    s.clock_rate_hz = leg.clock_rate_hz.max(1);
+    s.dtmf_pt = leg.dtmf_pt;
+}
+
+fn stream_snapshot(s: &Stream, now: u64) -> StreamSnapshot {
+    StreamSnapshot {
+        local_port: 0,
+        remote: s.remote,
+        counters: s.counters,
+        ssrc: s.rx.ssrc(),
+        cumulative_lost: s.rx.cumulative_lost(),
+        jitter: s.rx.jitter(),
+        extended_max_seq: s.rx.extended_max_seq(),
+        timed_out: s.timed_out,
+        idle_ms: now.saturating_sub(s.last_rx_ns) / 1_000_000,
+    }
+}
+
+fn empty_snapshot() -> StreamSnapshot {
+    StreamSnapshot {
+        local_port: 0,
+        remote: None,
+        counters: Default::default(),
+        ssrc: 0,
+        cumulative_lost: 0,
+        jitter: 0,
+        extended_max_seq: 0,
+        timed_out: false,
+        idle_ms: 0,
+    }
+}
