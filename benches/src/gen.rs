@@ -1,16 +1,16 @@
 //! Paced RTP load generator and receiver for relay benches.
 //!
 //! A few UDP sockets on loopback stand for all call endpoints: each stream sends from one of
-//! them to a relay port and its relayed packets come back to another. Sending uses `sendmmsg`
-//! (many destinations per call) once per millisecond tick; receiving uses `recvmmsg`. Each
-//! packet carries its phase, stream id and send time, so delivery and latency are attributed
-//! to the phase in which the packet was sent, whatever time it arrives.
+//! them to a relay port and its relayed packets come back to another. One thread, pinned to a
+//! core the relay does not use, sends with `sendmmsg` (many destinations per call) and
+//! busy-polls its sockets with `recvmmsg`. It never sleeps in the kernel, so the relay's sends
+//! never pay for waking a sleeping receiver (a cost that exists only on loopback; a remote peer
+//! is woken by its own CPU). Each packet carries its phase, stream id and send time, so
+//! delivery and latency are attributed to the phase in which the packet was sent.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -109,37 +109,30 @@ impl Generator {
         self.socks.is_empty()
     }
 
-    /// Runs the phases back to back, then waits `drain` for stragglers. `at_boundary(i)` is
-    /// called on the sending thread as phase `i` starts, and with `phases.len()` at the end.
+    /// Runs the phases back to back on the calling thread (pinned to `core` when given), then
+    /// keeps receiving for `drain`. `at_boundary(i)` is called as phase `i` starts, and with
+    /// `phases.len()` at the end.
     ///
     /// # Errors
-    /// Socket setup for the receiver fails.
+    /// None today; kept fallible for set-up steps.
     pub fn run(
         &self,
         streams: &[StreamDef],
         phases: &[Phase],
         drain: Duration,
+        core: Option<usize>,
         mut at_boundary: impl FnMut(usize),
     ) -> anyhow::Result<Vec<PhaseResult>> {
+        if let Some(c) = core {
+            core_affinity::set_for_current(core_affinity::CoreId { id: c });
+        }
         let epoch = Instant::now();
-        let stop = Arc::new(AtomicBool::new(false));
-        let rx_socks: Vec<UdpSocket> = self
-            .socks
-            .iter()
-            .map(UdpSocket::try_clone)
-            .collect::<Result<_, _>>()?;
-        let n_streams = streams.len();
-        let n_phases = phases.len();
-        let rx_stop = stop.clone();
-        let receiver = std::thread::Builder::new()
-            .name("bench-rx".into())
-            .spawn(move || receive(rx_socks, n_streams, n_phases, epoch, &rx_stop))
-            .context("spawn receiver")?;
+        let mut rx = Receiver::new(&self.socks, streams.len(), phases.len(), epoch);
         let mut results = Vec::with_capacity(phases.len());
         let mut sender = Sender::new(&self.socks, epoch);
         for (pi, phase) in phases.iter().enumerate() {
             at_boundary(pi);
-            let (sent, send_errors) = sender.phase(streams, pi as u8, phase);
+            let (sent, send_errors) = sender.phase(streams, pi as u8, phase, &mut rx);
             results.push(PhaseResult {
                 name: phase.name,
                 measured: phase.measured,
@@ -151,12 +144,11 @@ impl Generator {
             });
         }
         at_boundary(phases.len());
-        std::thread::sleep(drain);
-        stop.store(true, Ordering::Release);
-        let received = receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?;
-        for (r, (delivered, hist)) in results.iter_mut().zip(received) {
+        let end = Instant::now() + drain;
+        while Instant::now() < end {
+            rx.poll_all();
+        }
+        for (r, (delivered, hist)) in results.iter_mut().zip(rx.out) {
             r.delivered = delivered;
             r.latency_ns = hist;
         }
@@ -187,12 +179,21 @@ impl<'a> Sender<'a> {
     }
 
     /// Sends one phase; returns per-stream sent counts and send errors.
-    fn phase(&mut self, streams: &[StreamDef], phase_id: u8, phase: &Phase) -> (Vec<u32>, u64) {
+    fn phase(
+        &mut self,
+        streams: &[StreamDef],
+        phase_id: u8,
+        phase: &Phase,
+        rx: &mut Receiver<'_>,
+    ) -> (Vec<u32>, u64) {
         let n = streams.len();
         let mut sent = vec![0u32; n];
         let mut errors = 0u64;
         if n == 0 || phase.pps_per_stream <= 0.0 {
-            std::thread::sleep(phase.duration);
+            let end = Instant::now() + phase.duration;
+            while Instant::now() < end {
+                rx.poll_all();
+            }
             return (sent, errors);
         }
         let period_ns = 1e9 / phase.pps_per_stream;
@@ -234,9 +235,11 @@ impl<'a> Sender<'a> {
                 }
             }
             errors += self.flush_all();
-            let after = Instant::now();
-            if after < end {
-                std::thread::sleep(TICK.saturating_sub(after - now).min(end - after));
+            // Receive until the next tick; packets due in between wait for it (their send
+            // time is stamped when they leave, so latency stays exact).
+            let tick_end = (now + TICK).min(end);
+            while Instant::now() < tick_end {
+                rx.poll_all();
             }
         }
         errors += self.flush_all();
@@ -331,75 +334,75 @@ impl<'a> Sender<'a> {
 
 type Received = Vec<(Vec<u32>, Histogram<u64>)>;
 
-fn receive(
-    socks: Vec<UdpSocket>,
-    n_streams: usize,
-    n_phases: usize,
+/// Busy-polling receive side: per phase, per-stream delivered counts and latency.
+struct Receiver<'a> {
+    fds: Vec<i32>,
     epoch: Instant,
-    stop: &AtomicBool,
-) -> Received {
-    let mut out: Received = (0..n_phases)
-        .map(|_| (vec![0u32; n_streams], new_hist()))
-        .collect();
-    let Ok(mut poll) = mio::Poll::new() else {
-        return out;
-    };
-    let mut events = mio::Events::with_capacity(256);
-    let fds: Vec<i32> = socks.iter().map(AsRawFd::as_raw_fd).collect();
-    for (i, fd) in fds.iter().enumerate() {
-        let _ = poll.registry().register(
-            &mut mio::unix::SourceFd(fd),
-            mio::Token(i),
-            mio::Interest::READABLE,
-        );
-    }
-    let mut bufs = Box::new([[0u8; 256]; BATCH]);
-    let mut hdrs: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(BATCH, None);
-    let mut pending: Vec<usize> = (0..fds.len()).collect();
-    while !stop.load(Ordering::Acquire) {
-        if pending.is_empty() {
-            if poll
-                .poll(&mut events, Some(Duration::from_millis(20)))
-                .is_err()
-            {
-                continue;
-            }
-            pending.extend(events.iter().map(|e| e.token().0));
+    bufs: Box<[[u8; 256]; BATCH]>,
+    hdrs: MultiHeaders<SockaddrStorage>,
+    out: Received,
+    _socks: std::marker::PhantomData<&'a UdpSocket>,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(socks: &'a [UdpSocket], n_streams: usize, n_phases: usize, epoch: Instant) -> Self {
+        Receiver {
+            fds: socks.iter().map(AsRawFd::as_raw_fd).collect(),
+            epoch,
+            bufs: Box::new([[0u8; 256]; BATCH]),
+            hdrs: MultiHeaders::preallocate(BATCH, None),
+            out: (0..n_phases)
+                .map(|_| (vec![0u32; n_streams], new_hist()))
+                .collect(),
+            _socks: std::marker::PhantomData,
         }
-        let mut still = Vec::new();
-        for &k in &pending {
-            let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
-            let lens: Vec<usize> = match recvmmsg(
-                fds[k],
-                &mut hdrs,
+    }
+
+    /// Reads every socket until it has nothing queued.
+    fn poll_all(&mut self) {
+        for k in 0..self.fds.len() {
+            // Bounded: a socket refilled faster than we read is left for the next round.
+            for _ in 0..16 {
+                if self.read(k) < BATCH {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, k: usize) -> usize {
+        let mut lens = [0usize; BATCH];
+        let mut n = 0;
+        {
+            let mut iovs = self.bufs.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
+            if let Ok(msgs) = recvmmsg(
+                self.fds[k],
+                &mut self.hdrs,
                 iovs.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,
             ) {
-                Ok(msgs) => msgs.map(|m| m.bytes).collect(),
-                Err(_) => continue,
-            };
-            let now = (Instant::now() - epoch).as_nanos() as u64;
-            if lens.len() == BATCH {
-                still.push(k);
-            }
-            for (b, len) in bufs.iter().zip(lens) {
-                if len < 32 || b[12..16] != MAGIC {
-                    continue;
-                }
-                let phase = usize::from(b[16]);
-                let stream = u32::from_be_bytes([b[20], b[21], b[22], b[23]]) as usize;
-                let ts =
-                    u64::from_be_bytes([b[24], b[25], b[26], b[27], b[28], b[29], b[30], b[31]]);
-                if let Some((delivered, hist)) = out.get_mut(phase) {
-                    if let Some(d) = delivered.get_mut(stream) {
-                        *d += 1;
-                        hist.saturating_record(now.saturating_sub(ts).max(1));
-                    }
+                for m in msgs {
+                    lens[n] = m.bytes;
+                    n += 1;
                 }
             }
         }
-        pending = still;
+        let now = (Instant::now() - self.epoch).as_nanos() as u64;
+        for (b, &len) in self.bufs.iter().zip(&lens[..n]) {
+            if len < 32 || b[12..16] != MAGIC {
+                continue;
+            }
+            let phase = usize::from(b[16]);
+            let stream = u32::from_be_bytes([b[20], b[21], b[22], b[23]]) as usize;
+            let ts = u64::from_be_bytes([b[24], b[25], b[26], b[27], b[28], b[29], b[30], b[31]]);
+            if let Some((delivered, hist)) = self.out.get_mut(phase) {
+                if let Some(d) = delivered.get_mut(stream) {
+                    *d += 1;
+                    hist.saturating_record(now.saturating_sub(ts).max(1));
+                }
+            }
+        }
+        n
     }
-    out
 }

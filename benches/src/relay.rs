@@ -48,6 +48,10 @@ pub struct RelayArgs {
     /// Generator sockets (endpoints shared by all streams).
     #[arg(long, default_value_t = 16)]
     pub gen_sockets: usize,
+    /// Core the generator thread is pinned to (it busy-polls); default: the last core not used
+    /// by the relay's workers (which start at core 1), or core 0.
+    #[arg(long)]
+    pub gen_core: Option<usize>,
     /// Run normal → overload → normal and report per-stream delivery per phase.
     #[arg(long)]
     pub overload: bool,
@@ -357,9 +361,19 @@ pub fn main(a: &RelayArgs) -> anyhow::Result<()> {
         });
     }
     let mut samples = vec![Sample::default(); phases.len() + 1];
-    let results = gen.run(&streams, &phases, Duration::from_millis(500), |i| {
-        samples[i] = sample(&t)
-    })?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let gen_core = a.gen_core.or(if cores > a.workers + 1 {
+        Some(cores - 1)
+    } else {
+        Some(0)
+    });
+    let results = gen.run(
+        &streams,
+        &phases,
+        Duration::from_millis(500),
+        gen_core,
+        |i| samples[i] = sample(&t),
+    )?;
     let phase_reports: Vec<Value> = results
         .iter()
         .enumerate()

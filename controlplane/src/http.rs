@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
@@ -244,13 +246,39 @@ fn info_json(info: &RelayInfo) -> serde_json::Value {
 
 async fn create_relay(
     State(st): State<Arc<AppState>>,
-    body: Result<Json<CreateBody>, JsonRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = match body {
-        Ok(Json(b)) => b,
-        // An absent body means "all defaults"; anything else must be valid JSON.
-        Err(JsonRejection::MissingJsonContentType(_)) => CreateBody::default(),
-        Err(e) => return Err(e.into()),
+    let body = body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
+        ApiError::new(status, code, e.body_text())
+    })?;
+    // An empty body means "all defaults"; anything else must be a JSON object.
+    let body: CreateBody = if body.is_empty() {
+        CreateBody::default()
+    } else {
+        let json = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be application/json",
+            ));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
     };
     let req = RelayRequest {
         legs: [leg_request(&body.a)?, leg_request(&body.b)?],

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::{IoCounters, IoError, PacketBatch, PacketIo, RxMeta, TxDesc, NO_PORT, PACKET_BUF_SIZE};
 use crate::ids::PortHandle;
@@ -104,10 +104,7 @@ impl PacketIo for MemoryIo {
         let first = if wait.is_zero() {
             self.inbox.try_recv().ok()
         } else {
-            match self.inbox.recv_timeout(wait) {
-                Ok(d) => Some(d),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            }
+            self.inbox.recv_timeout(wait).ok()
         };
         let Some(first) = first else { return 0 };
         self.fill(first, batch, 0);

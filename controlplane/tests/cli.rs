@@ -1,0 +1,160 @@
+//! The `voxedge` binary as an operator runs it.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
+
+fn wait_health(url: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = ureq::get(url).timeout(Duration::from_secs(1)).call() {
+            return r.into_json().expect("health is JSON");
+        }
+        assert!(Instant::now() < deadline, "no answer from {url}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `voxedge serve` with no configuration at all: defaults, admin on 127.0.0.1:9091.
+#[test]
+fn serve_starts_with_no_configuration_and_stops_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("voxedge-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn voxedge serve");
+    let health = wait_health("http://127.0.0.1:9091/health");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["role"], "serve");
+    let metrics = ureq::get("http://127.0.0.1:9091/metrics")
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    assert!(metrics.contains("# TYPE voxedge_packets_received_total counter"));
+    let status = terminate(&mut child);
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(
+        log.contains("dataplane started") && log.contains("stopped"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_configuration_exits_non_zero_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("voxedge-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let cases = [
+        ("[dataplane]\nworkrs = 2\n", "workrs"),
+        (
+            "[dataplane]\nport_min = 9000\nport_max = 8000\n",
+            "port_min",
+        ),
+        ("[admin]\nlisten = \"not an address\"\n", "listen"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle} not named in: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/voxedge.toml"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/voxedge.toml"));
+}
+
+#[test]
+fn config_command_prints_effective_settings() {
+    let out = Command::new(BIN)
+        .args(["config", "--workers", "3", "--port-min", "20000"])
+        .env_remove("VOXEDGE_CONFIG")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("workers = 3") && text.contains("port_min = 20000"),
+        "{text}"
+    );
+}
+
+/// The relay bench end to end at a small size: a real `voxedge media` child, real sockets.
+/// It checks the report's shape and that an unloaded relay loses nothing; capacity figures
+/// come from running the bench itself, not from this test.
+#[test]
+fn relay_bench_reports_json() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "relay",
+            "--calls",
+            "20",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--json",
+        ])
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for k in [
+        "offered_pps",
+        "delivered_pps",
+        "loss_ratio",
+        "latency_us_p50",
+        "latency_us_p99",
+        "latency_us_p999",
+        "relay_cpu_us_per_packet",
+    ] {
+        assert!(v[k].is_number(), "{k} missing in {v}");
+    }
+    assert_eq!(v["streams"], 40);
+    assert!(v["offered_pps"].as_f64().expect("number") > 1000.0, "{v}");
+    assert_eq!(v["loss_ratio"].as_f64(), Some(0.0), "{v}");
+}
