@@ -146,17 +146,7 @@ pub fn process<E: EventSink>(
             p.set_timestamp(w.ts);
         }
     }
-    out.counters.packets_out += 1;
-    out.counters.bytes_out += buf.len() as u64;
-    let port = out.port;
-    if let Some(s) = table.get_mut(idx) {
-        s.counters.packets_forwarded += 1;
-    }
-    Verdict::Forward {
-        out: out_idx,
-        port,
-        dst,
-    }
+    forwarded(table, idx, out_idx, dst, buf.len())
 }
 
 #[inline]
@@ -202,7 +192,7 @@ fn process_rtcp(table: &mut StreamTable, idx: StreamIdx, buf: &mut [u8]) -> Verd
         return Verdict::Drop(DropReason::UnknownStream);
     };
     let sibling = out.rtp_sibling;
-    let (port, dst) = (out.port, out.remote);
+    let dst = out.remote;
     let Some(dst) = dst else {
         if let Some(s) = table.get_mut(idx) {
             s.counters.drops.count(DropReason::NoRemote);
@@ -219,10 +209,24 @@ fn process_rtcp(table: &mut StreamTable, idx: StreamIdx, buf: &mut [u8]) -> Verd
             }
         }
     }
-    if let Some(out) = table.get_mut(out_idx) {
-        out.counters.packets_out += 1;
-        out.counters.bytes_out += buf.len() as u64;
-    }
+    forwarded(table, idx, out_idx, dst, buf.len())
+}
+
+/// Counts a forward on the ingress and egress streams and builds the verdict.
+#[inline]
+fn forwarded(
+    table: &mut StreamTable,
+    idx: StreamIdx,
+    out_idx: StreamIdx,
+    dst: SocketAddr,
+    len: usize,
+) -> Verdict {
+    let Some(out) = table.get_mut(out_idx) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    out.counters.packets_out += 1;
+    out.counters.bytes_out += len as u64;
+    let port = out.port;
     if let Some(s) = table.get_mut(idx) {
         s.counters.packets_forwarded += 1;
     }
