@@ -72,6 +72,12 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
     );
     counter(
         &mut out,
+        "voxedge_rx_errors_total",
+        "Receive calls that failed (other than nothing queued).",
+        &|i| workers[i].rx_errors.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "voxedge_tx_calls_total",
         "Send calls made by the packet I/O backend.",
         &|i| workers[i].tx_calls.load(Ordering::Relaxed),

@@ -62,10 +62,6 @@ impl PortAllocator {
     pub fn range(&self) -> (u16, u16) {
         (self.lo, self.hi)
     }
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.lo..=self.hi).contains(&port)
-    }
 }
 
 #[cfg(test)]

@@ -223,7 +223,6 @@ impl Dataplane {
             let (cmd_tx, cmd_rx) = bounded(cfg.command_queue_max);
             let shared = Arc::new(WorkerShared::new(id));
             let wcfg = WorkerConfig {
-                id,
                 bind: cfg.bind,
                 burst_size: cfg.burst_size,
                 idle_wait: Duration::from_micros(cfg.idle_wait_us),

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use crate::command::MediaEvent;
 use crate::ids::{Component, PortHandle, StreamIdx};
 use crate::stats::DropReason;
-use crate::table::StreamTable;
+use crate::table::{Stream, StreamTable};
 use crate::wire::dtmf::{digit_char, TelephoneEvent};
 use crate::wire::rtcp::{rewrite_sender_ssrc, validate_compound};
 use crate::wire::rtp::RtpPacket;
@@ -74,27 +74,13 @@ pub fn process<E: EventSink>(
 
     // Source address: latch, validate or follow.
     match s.remote {
-        None => {
-            s.remote = Some(src);
-            events.emit(MediaEvent::SourceLatched {
-                relay: s.relay,
-                side: s.side,
-                component: s.component,
-                addr: src,
-            });
-        }
+        None => latch(s, src, events),
         Some(r) if r != src => {
             if s.policy.strict {
                 return drop(s, DropReason::SourceMismatch);
             }
             if s.policy.handover {
-                s.remote = Some(src);
-                events.emit(MediaEvent::SourceLatched {
-                    relay: s.relay,
-                    side: s.side,
-                    component: s.component,
-                    addr: src,
-                });
+                latch(s, src, events);
             }
         }
         Some(_) => {}
@@ -114,52 +100,53 @@ pub fn process<E: EventSink>(
         return process_rtcp(table, idx, buf);
     }
 
-    let (ssrc, seq, ts, pt) = match RtpPacket::new_checked(&buf[..]) {
-        Ok(p) => (
-            p.ssrc(),
-            p.sequence_number(),
-            p.timestamp(),
-            p.payload_type(),
-        ),
+    let len = buf.len();
+    let mut p = match RtpPacket::new_checked(buf) {
+        Ok(p) => p,
         Err(e) => return drop(s, DropReason::RtpMalformed(e)),
     };
+    let (ssrc, seq, ts) = (p.ssrc(), p.sequence_number(), p.timestamp());
     s.rx.update(ssrc, seq, ts, rtp_clock(now_ns, s.clock_rate_hz));
-    if s.dtmf_pt == Some(pt) {
-        report_dtmf(s, buf, ts, events);
+    if s.dtmf_pt == Some(p.payload_type()) {
+        report_dtmf(s, p.payload(), ts, events);
     }
     if s.blocked {
         return drop(s, DropReason::Blocked);
     }
     let out_idx = s.peer;
-    let Some(out) = table.get_mut(out_idx) else {
+    let Some((s, out)) = table.pair_mut(idx, out_idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
     let Some(dst) = out.remote else {
-        out.counters.drops.count(DropReason::NoRemote);
-        return Verdict::Drop(DropReason::NoRemote);
+        return drop(s, DropReason::NoRemote);
     };
     if out.rewrite {
         let w = out.egress.map(ssrc, seq, ts, now_ns, out.clock_rate_hz);
-        if let Ok(mut p) = RtpPacket::new_checked(&mut buf[..]) {
-            p.set_ssrc(w.ssrc);
-            p.set_sequence_number(w.seq);
-            p.set_timestamp(w.ts);
-        }
+        p.set_ssrc(w.ssrc);
+        p.set_sequence_number(w.seq);
+        p.set_timestamp(w.ts);
     }
-    forwarded(table, idx, out_idx, dst, buf.len())
+    forwarded(s, out, out_idx, dst, len)
+}
+
+fn latch<E: EventSink>(s: &mut Stream, src: SocketAddr, events: &mut E) {
+    s.remote = Some(src);
+    events.emit(MediaEvent::SourceLatched {
+        relay: s.relay,
+        side: s.side,
+        component: s.component,
+        addr: src,
+    });
 }
 
 #[inline]
-fn drop(s: &mut crate::table::Stream, reason: DropReason) -> Verdict {
+fn drop(s: &mut Stream, reason: DropReason) -> Verdict {
     s.counters.drops.count(reason);
     Verdict::Drop(reason)
 }
 
-fn report_dtmf<E: EventSink>(s: &mut crate::table::Stream, buf: &[u8], ts: u32, events: &mut E) {
-    let Ok(p) = RtpPacket::new_checked(buf) else {
-        return;
-    };
-    let Ok(ev) = TelephoneEvent::new_checked(p.payload()) else {
+fn report_dtmf<E: EventSink>(s: &mut Stream, payload: &[u8], ts: u32, events: &mut E) {
+    let Ok(ev) = TelephoneEvent::new_checked(payload) else {
         return;
     };
     // RFC 4733 §2.5.1.4: the end packet is sent three times; report the event once.
@@ -188,51 +175,39 @@ fn process_rtcp(table: &mut StreamTable, idx: StreamIdx, buf: &mut [u8]) -> Verd
         return drop(s, DropReason::Blocked);
     }
     let out_idx = s.rtcp_peer;
-    let Some(out) = table.get(out_idx) else {
+    // RTCP leaving a leg whose RTP is SSRC-rewritten must name the rewritten SSRC.
+    let ssrc_map = table
+        .get(out_idx)
+        .and_then(|out| table.get(out.rtp_sibling))
+        .filter(|rtp| rtp.rewrite)
+        .and_then(|rtp| rtp.egress.ssrc_map());
+    let Some((s, out)) = table.pair_mut(idx, out_idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
-    let sibling = out.rtp_sibling;
-    let dst = out.remote;
-    let Some(dst) = dst else {
-        if let Some(s) = table.get_mut(idx) {
-            s.counters.drops.count(DropReason::NoRemote);
-        }
-        return Verdict::Drop(DropReason::NoRemote);
+    let Some(dst) = out.remote else {
+        return drop(s, DropReason::NoRemote);
     };
-    // RTCP leaving a leg whose RTP is SSRC-rewritten must name the rewritten SSRC.
-    if let Some(rtp) = table.get(sibling) {
-        if rtp.rewrite {
-            if let Some((from, to)) = rtp.egress.ssrc_map() {
-                if from != to {
-                    rewrite_sender_ssrc(buf, from, to);
-                }
-            }
-        }
+    if let Some((from, to)) = ssrc_map.filter(|(from, to)| from != to) {
+        rewrite_sender_ssrc(buf, from, to);
     }
-    forwarded(table, idx, out_idx, dst, buf.len())
+    forwarded(s, out, out_idx, dst, buf.len())
 }
 
 /// Counts a forward on the ingress and egress streams and builds the verdict.
 #[inline]
 fn forwarded(
-    table: &mut StreamTable,
-    idx: StreamIdx,
+    s: &mut Stream,
+    out: &mut Stream,
     out_idx: StreamIdx,
     dst: SocketAddr,
     len: usize,
 ) -> Verdict {
-    let Some(out) = table.get_mut(out_idx) else {
-        return Verdict::Drop(DropReason::UnknownStream);
-    };
+    s.counters.packets_forwarded += 1;
     out.counters.packets_out += 1;
     out.counters.bytes_out += len as u64;
-    let port = out.port;
-    if let Some(s) = table.get_mut(idx) {
-        s.counters.packets_forwarded += 1;
-    }
     Verdict::Forward {
         out: out_idx,
-        port,
+        port: out.port,
         dst,
     }
 }

@@ -33,8 +33,6 @@ pub struct Stream {
     /// Where packets leaving through this port go: this leg's endpoint.
     pub remote: Option<SocketAddr>,
     pub policy: SourcePolicy,
-    /// RTCP may arrive on this RTP port (RFC 5761).
-    pub rtcp_mux: bool,
     /// Rewrite SSRC/seq/ts of RTP leaving through this port.
     pub rewrite: bool,
     pub blocked: bool,
@@ -50,7 +48,6 @@ pub struct Stream {
     pub counters: StreamCounters,
     pub rx: RtpReceiveStats,
     pub last_rx_ns: u64,
-    pub created_ns: u64,
 }
 
 impl Stream {
@@ -69,7 +66,6 @@ impl Stream {
             rtp_sibling: StreamIdx(u32::MAX),
             remote: None,
             policy: SourcePolicy::default(),
-            rtcp_mux: false,
             rewrite: false,
             blocked: false,
             timed_out: false,
@@ -83,7 +79,6 @@ impl Stream {
             counters: StreamCounters::default(),
             rx: RtpReceiveStats::default(),
             last_rx_ns: now_ns,
-            created_ns: now_ns,
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct WorkerShared {
     pub wall_ns: AtomicU64,
     pub events_dropped: AtomicU64,
     pub rx_calls: AtomicU64,
+    /// Receive calls that failed (not counting "nothing queued").
+    pub rx_errors: AtomicU64,
     pub tx_calls: AtomicU64,
     pub running: AtomicBool,
     /// Core the worker is pinned to, −1 when not pinned.
@@ -81,6 +83,7 @@ impl WorkerShared {
             wall_ns: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             rx_calls: AtomicU64::new(0),
+            rx_errors: AtomicU64::new(0),
             tx_calls: AtomicU64::new(0),
             running: AtomicBool::new(false),
             pinned_core: std::sync::atomic::AtomicI64::new(-1),
@@ -105,7 +108,6 @@ fn new_histogram() -> Histogram<u64> {
 /// Settings a worker needs.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub id: WorkerId,
     pub bind: IpAddr,
     pub burst_size: usize,
     pub idle_wait: Duration,
@@ -215,18 +217,16 @@ impl<Io: PacketIo> Worker<Io> {
         self.shared.running.store(true, Ordering::Release);
         let mut t_prev = self.now_ns();
         while !self.stop {
-            self.poll_once();
-            let t = self.now_ns();
-            self.totals.wall_ns += t - t_prev;
+            let t = self.poll_once();
+            self.totals.wall_ns += t.saturating_sub(t_prev);
             t_prev = t;
         }
         self.publish(self.now_ns(), true);
         self.shared.running.store(false, Ordering::Release);
     }
 
-    /// One loop iteration. Public so single-threaded tests and benches can drive a worker.
-    pub fn poll_once(&mut self) -> usize {
-        let t_cmd = self.now_ns();
+    /// One loop iteration; returns the last clock reading it took.
+    fn poll_once(&mut self) -> u64 {
         let did_commands = self.apply_commands();
         let wait = if did_commands {
             Duration::ZERO
@@ -235,20 +235,18 @@ impl<Io: PacketIo> Worker<Io> {
         };
         let n = self.io.rx_burst(&mut self.batch, self.cfg.burst_size, wait);
         let now = self.now_ns();
-        if did_commands {
-            self.totals.busy_ns += now.saturating_sub(t_cmd);
-        }
+        let mut end = now;
         if n > 0 {
             self.process_burst(n, now);
-            let done = self.now_ns();
-            let per_packet = (done - now) / n as u64;
+            end = self.now_ns();
+            let per_packet = (end - now) / n as u64;
             self.hist.saturating_record_n(per_packet.max(1), n as u64);
-            self.totals.busy_ns += done - now;
+            self.totals.busy_ns += end - now;
         }
         if now.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
             self.housekeeping(now);
         }
-        n
+        end
     }
 
     fn process_burst(&mut self, n: usize, now: u64) {
@@ -304,13 +302,16 @@ impl<Io: PacketIo> Worker<Io> {
         }
     }
 
+    /// Applies pending commands; the time they take counts as busy. The clock is read only
+    /// when there is a command.
     fn apply_commands(&mut self) -> bool {
-        let mut any = false;
+        let mut started = None;
         for _ in 0..COMMANDS_PER_LOOP {
             match self.commands.try_recv() {
                 Ok(cmd) => {
-                    any = true;
-                    self.apply(cmd);
+                    let now = self.now_ns();
+                    started.get_or_insert(now);
+                    self.apply(cmd, now);
                     if self.stop {
                         break;
                     }
@@ -322,11 +323,12 @@ impl<Io: PacketIo> Worker<Io> {
                 }
             }
         }
-        any
+        let Some(t0) = started else { return false };
+        self.totals.busy_ns += self.now_ns().saturating_sub(t0);
+        true
     }
 
-    fn apply(&mut self, cmd: MediaCommand) {
-        let now = self.now_ns();
+    fn apply(&mut self, cmd: MediaCommand, now: u64) {
         // A reply whose receiver gave up (timed out) is simply discarded.
         match cmd {
             MediaCommand::CreateRelay { spec, reply } => {
@@ -417,7 +419,6 @@ impl<Io: PacketIo> Worker<Io> {
             let Some(rtp_h) = handles[i][0] else { continue };
             let mut s = Stream::new(rtp_h, spec.id, side, Component::Rtp, now);
             configure_stream(&mut s, spec, leg, leg.remote);
-            s.rtcp_mux = leg.rtcp_port.is_none();
             rtp[i] = self.table.insert(s);
             if let Some(h) = handles[i][1] {
                 let mut c = Stream::new(h, spec.id, side, Component::Rtcp, now);
@@ -569,6 +570,7 @@ impl<Io: PacketIo> Worker<Io> {
         sh.events_dropped.store(t.events_dropped, Ordering::Relaxed);
         let c = self.io.counters();
         sh.rx_calls.store(c.rx_calls, Ordering::Relaxed);
+        sh.rx_errors.store(c.rx_errors, Ordering::Relaxed);
         sh.tx_calls.store(c.tx_calls, Ordering::Relaxed);
         if hist {
             if let Ok(mut h) = sh.processing_ns.try_lock() {
@@ -578,11 +580,6 @@ impl<Io: PacketIo> Worker<Io> {
                 self.last_hist_ns = now;
             }
         }
-    }
-
-    /// The stream table, for tests and benches driving the worker in-thread.
-    pub fn table(&self) -> &StreamTable {
-        &self.table
     }
 }
 

@@ -42,9 +42,8 @@ fn table(strict: bool, rewrite: bool) -> StreamTable {
     };
     let a = t.insert(mk(0, Side::A, Component::Rtp, 5000));
     let ac = t.insert(mk(1, Side::A, Component::Rtcp, 5001));
-    let mut bs = mk(2, Side::B, Component::Rtp, 6000);
-    bs.rtcp_mux = true;
-    let b = t.insert(bs);
+    // Leg B muxes RTCP: it has no RTCP stream, so RTCP for B leaves through B's RTP port.
+    let b = t.insert(mk(2, Side::B, Component::Rtp, 6000));
     let link = |t: &mut StreamTable, i: StreamIdx, peer, rtcp_peer, sib| {
         let s = t.get_mut(i).expect("inserted");
         s.peer = peer;

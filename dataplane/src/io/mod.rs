@@ -73,8 +73,8 @@ pub struct TxDesc {
 pub struct IoCounters {
     pub rx_calls: u64,
     pub tx_calls: u64,
+    /// Receive calls that failed for a reason other than "nothing queued".
     pub rx_errors: u64,
-    pub tx_errors: u64,
 }
 
 /// Why a port could not be opened or a backend could not start.

@@ -92,7 +92,7 @@ impl SocketIo {
         })?;
         setsockopt(sock, sockopt::RcvBuf, &self.opts.rcvbuf_bytes).map_err(err("SO_RCVBUF"))?;
         setsockopt(sock, sockopt::SndBuf, &self.opts.sndbuf_bytes).map_err(err("SO_SNDBUF"))?;
-        let tos = libc_int(self.opts.dscp) << 2;
+        let tos = i32::from(self.opts.dscp) << 2;
         if addr.is_ipv4() {
             setsockopt(sock, sockopt::IpTos, &tos).map_err(err("IP_TOS"))?;
         } else {
@@ -155,7 +155,9 @@ impl SocketIo {
     /// Sends `tx[..]`, all out of the same port, in `sendmmsg` calls.
     fn send_run(&mut self, batch: &PacketBatch, tx: &mut [TxDesc]) -> usize {
         let Some(Some(port)) = self.ports.get(tx[0].port.0 as usize) else {
-            self.counters.tx_errors += tx.len() as u64;
+            for d in tx.iter_mut() {
+                d.sent = false;
+            }
             return 0;
         };
         let fd = port.sock.as_raw_fd();
@@ -190,26 +192,20 @@ impl SocketIo {
                     sent += k;
                     start += k;
                     if start < n {
-                        // The next datagram failed (e.g. buffer full): count it and go on.
+                        // The next datagram failed (e.g. buffer full): the worker counts it.
                         tx[start].sent = false;
-                        self.counters.tx_errors += 1;
                         start += 1;
                     }
                 }
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(_) => {
                     tx[start].sent = false;
-                    self.counters.tx_errors += 1;
                     start += 1;
                 }
             }
         }
         sent
     }
-}
-
-fn libc_int(v: u8) -> i32 {
-    i32::from(v)
 }
 
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -250,20 +246,14 @@ impl PacketIo for SocketIo {
             self.free.push(h);
             return Err(IoError::Poller(e));
         }
-        self.ports[h as usize] = Some(Port {
-            sock,
-            queued: false,
-        });
         self.open += 1;
         // Reserve so that queueing readiness never allocates on the packet path.
         if self.ready.capacity() < self.ports.len() {
             self.ready.reserve(self.ports.len() - self.ready.len());
         }
         // A datagram may have arrived between bind and register: look once.
-        if let Some(Some(p)) = self.ports.get_mut(h as usize) {
-            p.queued = true;
-            self.ready.push_back(h);
-        }
+        self.ports[h as usize] = Some(Port { sock, queued: true });
+        self.ready.push_back(h);
         Ok(PortHandle(h))
     }
 
