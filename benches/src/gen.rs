@@ -296,10 +296,7 @@ impl<'a> Sender<'a> {
             b[24..32].copy_from_slice(&ts.to_be_bytes());
         }
         let fd = self.socks[k].as_raw_fd();
-        let slices: Vec<[IoSlice<'_>; 1]> = self.bufs[k][..n]
-            .iter()
-            .map(|b| [IoSlice::new(&b[..])])
-            .collect();
+        let slices = self.bufs[k].each_ref().map(|b| [IoSlice::new(&b[..])]);
         let mut start = 0;
         let mut failed = 0;
         while start < n {
