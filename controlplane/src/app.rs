@@ -75,8 +75,9 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
     };
     let dp_cfg = cfg.dataplane.clone();
     let (dataplane, memory) = tokio::task::spawn_blocking(move || match backend {
-        BackendKind::Socket => Dataplane::start(dp_cfg).map(|d| (d, None)),
         BackendKind::Memory => Dataplane::start_memory(dp_cfg).map(|(d, m)| (d, Some(m))),
+        // Socket or DPDK, as `dataplane.backend` says.
+        BackendKind::Socket | BackendKind::Dpdk => Dataplane::start(dp_cfg).map(|d| (d, None)),
     })
     .await
     .context("dataplane start-up task failed")?
@@ -88,7 +89,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         .collect();
     tracing::info!(
         role = role.name(),
-        backend = ?backend,
+        backend = dataplane.backend().as_str(),
         workers = workers.len(),
         pinned_cores = ?workers,
         ports = %format!("{}-{}", cfg.dataplane.port_min, cfg.dataplane.port_max),

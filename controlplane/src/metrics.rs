@@ -228,5 +228,9 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
         "Seconds since the dataplane started.",
     );
     let _ = writeln!(out, "voxedge_uptime_seconds {}", dp.uptime().as_secs());
+    for (name, help, value) in dp.backend_metrics() {
+        header(&mut out, &name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
     out
 }

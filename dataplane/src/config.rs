@@ -1,6 +1,8 @@
 //! Validated dataplane configuration: what the control plane hands to [`crate::Dataplane::start`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::io::netstack::{parse_mac, Interface, IpNet};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +14,9 @@ pub const BURST_SIZE_MAX: usize = 32;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataplaneConfig {
+    /// Packet I/O: `socket` (kernel UDP sockets, the default) or `dpdk` (kernel bypass; needs a
+    /// build with the `dpdk` feature and the `[dataplane.dpdk]` table).
+    pub backend: Backend,
     /// Number of worker threads (each owns a slice of the port range). 0 means "auto":
     /// half the cores, at least one, so the control plane and kernel keep the rest.
     pub workers: usize,
@@ -47,6 +52,169 @@ pub struct DataplaneConfig {
     pub event_queue_max: usize,
     /// Streams (ports) one worker may hold.
     pub streams_per_worker_max: usize,
+    /// Settings of the DPDK backend (used when `backend = "dpdk"`).
+    pub dpdk: DpdkConfig,
+}
+
+/// Which packet I/O the configured dataplane uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Socket,
+    Dpdk,
+}
+
+/// How received packets reach the worker that owns their UDP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Steering {
+    /// rte_flow rules when the device accepts them, else RSS plus software hand-off.
+    #[default]
+    Auto,
+    /// rte_flow rules or fail to start.
+    RteFlow,
+    /// RSS plus software hand-off between workers.
+    Rss,
+}
+
+/// `[dataplane.dpdk]`: the EAL, the port that carries media and the appliance's addresses on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpdkConfig {
+    /// EAL main lcore. Workers are registered with the EAL as further lcores.
+    pub main_lcore: usize,
+    /// PCI devices given to the EAL (`-a`). Empty with `vdevs` set means `--no-pci`.
+    pub devices: Vec<String>,
+    /// Virtual devices (`--vdev`), e.g. `net_af_xdp0,iface=eth1` or a bonding device.
+    pub vdevs: Vec<String>,
+    /// The ethdev that carries media: a device name, or a port id written as a string.
+    pub port: String,
+    /// Hugepage memory per NUMA socket in MiB (`--socket-mem`); empty = EAL default. With
+    /// `no_huge`, their sum (or 256) is passed as `-m`.
+    pub memory_mb: Vec<u32>,
+    /// Run without hugepages (tests, development; slower).
+    pub no_huge: bool,
+    pub huge_dir: Option<String>,
+    /// EAL file prefix; distinct per process on one host.
+    pub file_prefix: String,
+    /// Extra EAL arguments, appended last.
+    pub eal_args: Vec<String>,
+    /// mbufs in each NUMA socket's pool.
+    pub mbufs: u32,
+    /// Per-lcore mbuf cache (0 disables it).
+    pub mbuf_cache: u32,
+    pub rx_descriptors: u16,
+    pub tx_descriptors: u16,
+    /// The appliance's addresses on the port, with their prefixes (`203.0.113.10/24`).
+    pub addresses: Vec<String>,
+    pub gateway: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    /// Fixed MAC for the gateways instead of ARP/ND (`02:00:00:00:00:01`).
+    pub gateway_mac: Option<String>,
+    /// 802.1Q VLAN id of media traffic.
+    pub vlan: Option<u16>,
+    pub steering: Steering,
+    /// Verify IPv4 and UDP checksums in software when the port did not (drop and count bad
+    /// ones), as the kernel does.
+    pub verify_checksums: bool,
+    /// When a poll finds nothing, sleep this long (0 = pure busy polling, the production
+    /// setting; tests use a little to share cores).
+    pub idle_sleep_us: u64,
+    /// Neighbour (ARP/ND) cache entries per worker.
+    pub neighbours_max: usize,
+}
+
+impl Default for DpdkConfig {
+    fn default() -> Self {
+        DpdkConfig {
+            main_lcore: 0,
+            devices: Vec::new(),
+            vdevs: Vec::new(),
+            port: "0".into(),
+            memory_mb: Vec::new(),
+            no_huge: false,
+            huge_dir: None,
+            file_prefix: "voxedge".into(),
+            eal_args: Vec::new(),
+            mbufs: 65535,
+            mbuf_cache: 256,
+            rx_descriptors: 1024,
+            tx_descriptors: 1024,
+            addresses: Vec::new(),
+            gateway: None,
+            gateway6: None,
+            gateway_mac: None,
+            vlan: None,
+            steering: Steering::Auto,
+            verify_checksums: true,
+            idle_sleep_us: 0,
+            neighbours_max: 65536,
+        }
+    }
+}
+
+impl DpdkConfig {
+    /// The EAL argument list (argv, program name first) these settings produce.
+    pub fn eal_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec!["voxedge".into()];
+        let main = self.main_lcore.to_string();
+        a.extend(["-l".into(), main.clone(), "--main-lcore".into(), main]);
+        a.extend(["--file-prefix".into(), self.file_prefix.clone()]);
+        if self.no_huge {
+            let mb: u32 = self.memory_mb.iter().sum();
+            a.extend([
+                "--no-huge".into(),
+                "-m".into(),
+                if mb == 0 { 256 } else { mb }.to_string(),
+            ]);
+        } else if !self.memory_mb.is_empty() {
+            let per: Vec<String> = self.memory_mb.iter().map(u32::to_string).collect();
+            a.extend(["--socket-mem".into(), per.join(",")]);
+        }
+        if let Some(d) = &self.huge_dir {
+            a.extend(["--huge-dir".into(), d.clone()]);
+        }
+        for d in &self.devices {
+            a.extend(["-a".into(), d.clone()]);
+        }
+        if self.devices.is_empty() {
+            a.push("--no-pci".into());
+        }
+        for v in &self.vdevs {
+            a.extend(["--vdev".into(), v.clone()]);
+        }
+        a.extend(self.eal_args.iter().cloned());
+        a
+    }
+
+    /// The interface description of the media port (MAC filled in once the port is known).
+    ///
+    /// # Errors
+    /// An address, prefix or MAC that does not parse.
+    pub fn interface(&self, mac: [u8; 6], dscp: u8) -> Result<Interface, ConfigError> {
+        let addresses = self
+            .addresses
+            .iter()
+            .map(|s| s.parse::<IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Dpdk(format!("dataplane.dpdk.addresses: {e}")))?;
+        let gateway_mac = self
+            .gateway_mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()
+            .map_err(|e| ConfigError::Dpdk(format!("dataplane.dpdk.gateway_mac: {e}")))?;
+        Ok(Interface {
+            mac,
+            vlan: self.vlan,
+            addresses,
+            gateway4: self.gateway,
+            gateway6: self.gateway6,
+            gateway_mac,
+            dscp,
+        })
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -68,6 +236,8 @@ impl Default for DataplaneConfig {
             command_queue_max: 4096,
             event_queue_max: 65536,
             streams_per_worker_max: 1 << 20,
+            backend: Backend::Socket,
+            dpdk: DpdkConfig::default(),
         }
     }
 }
@@ -92,6 +262,10 @@ pub enum ConfigError {
     Cores { cores: usize, workers: usize },
     #[error("dataplane.{0} must be at least 1")]
     Zero(&'static str),
+    #[error("dataplane.cores: core {core} does not exist (this machine has {online} cores: 0-{last})", last = online.saturating_sub(1))]
+    NoSuchCore { core: usize, online: usize },
+    #[error("{0}")]
+    Dpdk(String),
 }
 
 impl DataplaneConfig {
@@ -138,6 +312,14 @@ impl DataplaneConfig {
                 workers,
             });
         }
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let online = core_affinity::get_core_ids().map_or(online, |c| c.len().max(online));
+        if let Some(&core) = self.cores.iter().find(|&&c| c >= online) {
+            return Err(ConfigError::NoSuchCore { core, online });
+        }
+        if self.backend == Backend::Dpdk {
+            self.validate_dpdk(online)?;
+        }
         for (name, v) in [
             ("command_queue_max", self.command_queue_max),
             ("event_queue_max", self.event_queue_max),
@@ -148,5 +330,134 @@ impl DataplaneConfig {
             }
         }
         Ok(())
+    }
+
+    fn validate_dpdk(&self, online: usize) -> Result<(), ConfigError> {
+        let d = &self.dpdk;
+        if d.main_lcore >= online {
+            return Err(ConfigError::Dpdk(format!(
+                "dataplane.dpdk.main_lcore: core {} does not exist (this machine has {online} cores)",
+                d.main_lcore
+            )));
+        }
+        let ifc = d.interface([0; 6], self.dscp)?;
+        if ifc.addresses.is_empty() {
+            return Err(ConfigError::Dpdk(
+                "dataplane.dpdk.addresses: the DPDK backend needs at least one address of the \
+                 appliance on its port (e.g. \"203.0.113.10/24\")"
+                    .into(),
+            ));
+        }
+        if !self.bind.is_unspecified() && !ifc.is_local(self.bind) {
+            return Err(ConfigError::Dpdk(format!(
+                "dataplane.bind {} is not one of dataplane.dpdk.addresses",
+                self.bind
+            )));
+        }
+        if let Some(v) = d.vlan {
+            if v == 0 || v > 4094 {
+                return Err(ConfigError::Dpdk(format!(
+                    "dataplane.dpdk.vlan must be 1..=4094, got {v}"
+                )));
+            }
+        }
+        if d.mbufs < 1024 || d.rx_descriptors == 0 || d.tx_descriptors == 0 {
+            return Err(ConfigError::Dpdk(
+                "dataplane.dpdk: mbufs must be at least 1024 and rx/tx_descriptors at least 1"
+                    .into(),
+            ));
+        }
+        if d.file_prefix.is_empty() || d.file_prefix.contains('/') {
+            return Err(ConfigError::Dpdk(
+                "dataplane.dpdk.file_prefix must be a non-empty name without '/'".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn dpdk_cfg() -> DataplaneConfig {
+        DataplaneConfig {
+            backend: Backend::Dpdk,
+            workers: 1,
+            bind: "192.0.2.1".parse().unwrap(),
+            dpdk: DpdkConfig {
+                vdevs: vec!["net_null0".into()],
+                addresses: vec!["192.0.2.1/24".into()],
+                no_huge: true,
+                ..DpdkConfig::default()
+            },
+            ..DataplaneConfig::default()
+        }
+    }
+
+    #[test]
+    fn eal_arguments_follow_the_settings() {
+        let c = dpdk_cfg();
+        assert_eq!(
+            c.dpdk.eal_args().join(" "),
+            "voxedge -l 0 --main-lcore 0 --file-prefix voxedge --no-huge -m 256 --no-pci --vdev net_null0"
+        );
+        let d = DpdkConfig {
+            main_lcore: 1,
+            devices: vec!["0000:3b:00.0".into(), "0000:3b:00.1".into()],
+            memory_mb: vec![4096, 2048],
+            huge_dir: Some("/dev/hugepages".into()),
+            file_prefix: "pop1".into(),
+            eal_args: vec!["--log-level=pmd.net.*:debug".into()],
+            ..DpdkConfig::default()
+        };
+        assert_eq!(
+            d.eal_args().join(" "),
+            "voxedge -l 1 --main-lcore 1 --file-prefix pop1 --socket-mem 4096,2048 --huge-dir /dev/hugepages -a 0000:3b:00.0 -a 0000:3b:00.1 --log-level=pmd.net.*:debug"
+        );
+    }
+
+    #[test]
+    fn dpdk_settings_are_checked_with_clear_messages() {
+        assert!(dpdk_cfg().validate().is_ok());
+        let mut c = dpdk_cfg();
+        c.cores = vec![4096];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("core 4096 does not exist"), "{e}");
+        let mut c = dpdk_cfg();
+        c.dpdk.main_lcore = 4096;
+        assert!(c.validate().unwrap_err().to_string().contains("main_lcore"));
+        let mut c = dpdk_cfg();
+        c.dpdk.addresses = vec!["192.0.2.1".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("dataplane.dpdk.addresses"), "{e}");
+        let mut c = dpdk_cfg();
+        c.dpdk.addresses.clear();
+        assert!(c.validate().is_err());
+        let mut c = dpdk_cfg();
+        c.bind = "192.0.2.2".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("not one of"));
+        let mut c = dpdk_cfg();
+        c.dpdk.gateway_mac = Some("zz".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("gateway_mac"));
+        let mut c = dpdk_cfg();
+        c.dpdk.vlan = Some(4095);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn dpdk_table_parses_from_toml() {
+        let c: DataplaneConfig = toml::from_str(
+            "backend = \"dpdk\"\nbind = \"192.0.2.1\"\n[dpdk]\nvdevs = [\"net_null0\"]\naddresses = [\"192.0.2.1/24\"]\nsteering = \"rte_flow\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Dpdk);
+        assert_eq!(c.dpdk.steering, Steering::RteFlow);
+        assert!(toml::from_str::<DataplaneConfig>("[dpdk]\nno_such_key = 1\n").is_err());
     }
 }

@@ -32,6 +32,17 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum BackendKind {
     Socket,
     Memory,
+    Dpdk,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Socket => "socket",
+            BackendKind::Memory => "memory",
+            BackendKind::Dpdk => "dpdk",
+        }
+    }
 }
 
 /// Why the dataplane did not start.
@@ -45,6 +56,10 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("worker {0} exited during start-up")]
     WorkerDied(u16),
+    #[error("{0}")]
+    Dpdk(String),
+    #[error("dataplane.backend = \"dpdk\" but this voxedge was built without DPDK support; rebuild with `cargo build --release --features dpdk` (needs libdpdk-dev, pkg-config and libclang-dev)")]
+    NoDpdk,
 }
 
 /// Why a dataplane operation failed.
@@ -156,6 +171,8 @@ pub struct Dataplane {
     state: Mutex<ControlState>,
     next_id: AtomicU64,
     started: Instant,
+    #[cfg(feature = "dpdk")]
+    dpdk: Option<Arc<crate::io::dpdk::PortCtx>>,
 }
 
 impl Dataplane {
@@ -165,6 +182,9 @@ impl Dataplane {
     /// Invalid configuration, or a worker could not create its backend.
     pub fn start(cfg: DataplaneConfig) -> Result<Self, StartError> {
         cfg.validate()?;
+        if cfg.backend == crate::config::Backend::Dpdk {
+            return Self::start_dpdk(cfg);
+        }
         let opts = SocketOptions {
             dscp: cfg.dscp,
             rcvbuf_bytes: cfg.socket_rcvbuf_bytes,
@@ -172,6 +192,94 @@ impl Dataplane {
             ports_max: cfg.streams_per_worker_max,
         };
         Self::spawn(cfg, BackendKind::Socket, |_| move || SocketIo::new(opts))
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    fn start_dpdk(_cfg: DataplaneConfig) -> Result<Self, StartError> {
+        Err(StartError::NoDpdk)
+    }
+
+    /// Starts workers on the DPDK port of `cfg.dpdk`, one queue pair per worker.
+    #[cfg(feature = "dpdk")]
+    fn start_dpdk(cfg: DataplaneConfig) -> Result<Self, StartError> {
+        use crate::io::dpdk::{start_port, DpdkIo, DpdkIoParts};
+        let n = cfg.worker_count();
+        let ranges: Vec<(u16, u16)> = PortAllocator::split(cfg.port_min, cfg.port_max, n)
+            .iter()
+            .map(PortAllocator::range)
+            .collect();
+        let ctx = start_port(&cfg.dpdk, &ranges).map_err(|e| StartError::Dpdk(e.to_string()))?;
+        let iface = cfg.dpdk.interface(ctx.mac, cfg.dscp)?;
+        let (neigh_tx, neigh_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded(1024)).unzip();
+        let mut neigh_rx: Vec<_> = neigh_rx.into_iter().map(Some).collect();
+        let bind = cfg.bind;
+        let dcfg = cfg.dpdk.clone();
+        let c2 = ctx.clone();
+        let mut dp = Self::spawn(cfg, BackendKind::Dpdk, move |w| {
+            let q = usize::from(w.0);
+            let parts = neigh_rx[q].take().map(|neigh_in| DpdkIoParts {
+                ctx: c2.clone(),
+                queue: w.0,
+                ranges: ranges.clone(),
+                bind,
+                iface: iface.clone(),
+                neighbours_max: dcfg.neighbours_max,
+                neigh_out: neigh_tx
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != q)
+                    .map(|(_, t)| t.clone())
+                    .collect(),
+                neigh_in,
+                idle_sleep: Duration::from_micros(dcfg.idle_sleep_us),
+                verify_checksums: dcfg.verify_checksums,
+            });
+            move || parts.ok_or(IoError::TooManyPorts(0)).and_then(DpdkIo::new)
+        })?;
+        dp.dpdk = Some(ctx);
+        Ok(dp)
+    }
+
+    /// Counters of the packet I/O backend beyond the common ones, as Prometheus
+    /// (name, help, value) triples summed over workers. Empty for socket and memory.
+    pub fn backend_metrics(&self) -> Vec<(String, &'static str, u64)> {
+        #[cfg(feature = "dpdk")]
+        if let Some(ctx) = &self.dpdk {
+            let mut out: Vec<(String, &'static str, u64)> = crate::io::dpdk::STAT_FIELDS
+                .iter()
+                .map(|(name, help, get)| {
+                    let v = ctx
+                        .stats
+                        .iter()
+                        .map(|s| get(s).load(Ordering::Relaxed))
+                        .sum();
+                    (format!("voxedge_dpdk_{name}_total"), *help, v)
+                })
+                .collect();
+            let (missed, nombuf, ierr, oerr) = ctx.port_counters();
+            out.push((
+                "voxedge_dpdk_rx_missed_total".into(),
+                "Packets the port dropped because its RX queues were full (imissed)",
+                missed,
+            ));
+            out.push((
+                "voxedge_dpdk_rx_nombuf_total".into(),
+                "RX mbuf allocation failures",
+                nombuf,
+            ));
+            out.push((
+                "voxedge_dpdk_rx_errors_total".into(),
+                "Erroneous packets received by the port",
+                ierr,
+            ));
+            out.push((
+                "voxedge_dpdk_tx_errors_total".into(),
+                "Packets the port failed to transmit",
+                oerr,
+            ));
+            return out;
+        }
+        Vec::new()
     }
 
     /// Starts workers on the in-memory network; the returned [`MemoryNet`] is its far side.
@@ -291,6 +399,8 @@ impl Dataplane {
             events: ev_rx,
             next_id: AtomicU64::new(1),
             started: Instant::now(),
+            #[cfg(feature = "dpdk")]
+            dpdk: None,
         })
     }
 
@@ -487,6 +597,9 @@ impl Dataplane {
                 let _ = t.join();
             }
         }
+        // The port stops once the workers (which hold it too) are gone.
+        #[cfg(feature = "dpdk")]
+        drop(self.dpdk.take());
     }
 }
 

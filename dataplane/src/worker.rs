@@ -27,7 +27,7 @@ use crate::command::{
 };
 use crate::config::BURST_SIZE_MAX;
 use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx, WorkerId};
-use crate::io::{PacketBatch, PacketIo, TxDesc};
+use crate::io::{PacketIo, RxBatch, TxDesc};
 use crate::pipeline::{self, EventSink, Verdict};
 use crate::stats::{DropCounters, DropReason, DROP_SLOTS};
 use crate::table::{Stream, StreamTable};
@@ -160,7 +160,7 @@ pub struct Worker<Io: PacketIo> {
     shared: Arc<WorkerShared>,
     hist: Histogram<u64>,
     totals: Totals,
-    batch: PacketBatch,
+    batch: Io::Batch,
     tx: [TxDesc; BURST_SIZE_MAX],
     epoch: Instant,
     sweep_cursor: usize,
@@ -186,6 +186,7 @@ impl<Io: PacketIo> Worker<Io> {
             stream: StreamIdx(0),
             sent: false,
         };
+        let batch = io.new_batch();
         Worker {
             cfg,
             io,
@@ -196,7 +197,7 @@ impl<Io: PacketIo> Worker<Io> {
             shared,
             hist: new_histogram(),
             totals: Totals::default(),
-            batch: PacketBatch::default(),
+            batch,
             tx: [tx0; BURST_SIZE_MAX],
             epoch: Instant::now(),
             sweep_cursor: 0,
@@ -256,7 +257,7 @@ impl<Io: PacketIo> Worker<Io> {
         };
         let mut ntx = 0;
         for i in 0..n {
-            let meta = self.batch.meta[i];
+            let meta = self.batch.meta(i);
             self.totals.packets_in += 1;
             self.totals.bytes_in += u64::from(meta.len);
             if meta.truncated {
@@ -268,7 +269,7 @@ impl<Io: PacketIo> Worker<Io> {
                 );
                 continue;
             }
-            let buf = &mut self.batch.bufs[i][..usize::from(meta.len)];
+            let buf = self.batch.payload_mut(i);
             match pipeline::process(&mut self.table, meta.port, meta.src, buf, now, &mut sink) {
                 Verdict::Forward { out, port, dst } => {
                     self.tx[ntx] = TxDesc {
@@ -285,10 +286,7 @@ impl<Io: PacketIo> Worker<Io> {
             }
         }
         self.totals.events_dropped += sink.dropped;
-        if ntx == 0 {
-            return;
-        }
-        let sent = self.io.tx_burst(&self.batch, &mut self.tx[..ntx]);
+        let sent = self.io.tx_burst(&mut self.batch, n, &mut self.tx[..ntx]);
         self.totals.packets_forwarded += sent as u64;
         for d in &self.tx[..ntx] {
             if d.sent {
@@ -511,6 +509,7 @@ impl<Io: PacketIo> Worker<Io> {
 
     fn housekeeping(&mut self, now: u64) {
         self.last_housekeeping_ns = now;
+        self.io.housekeeping(now);
         self.sweep_timeouts(now);
         let hist_due = now.saturating_sub(self.last_hist_ns) >= HIST_PUBLISH_NS;
         self.publish(now, hist_due);

@@ -1,6 +1,10 @@
 //! Shared pieces of the system tests: a network abstraction so that one relay scenario runs
 //! on the in-memory backend and on real UDP sockets.
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+pub mod scenarios;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 

@@ -64,6 +64,12 @@ impl MemoryIo {
 }
 
 impl PacketIo for MemoryIo {
+    type Batch = PacketBatch;
+
+    fn new_batch(&self) -> PacketBatch {
+        PacketBatch::default()
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -121,7 +127,10 @@ impl PacketIo for MemoryIo {
         n
     }
 
-    fn tx_burst(&mut self, batch: &PacketBatch, tx: &mut [TxDesc]) -> usize {
+    fn tx_burst(&mut self, batch: &mut PacketBatch, _n: usize, tx: &mut [TxDesc]) -> usize {
+        if tx.is_empty() {
+            return 0;
+        }
         self.counters.tx_calls += 1;
         let mut sent = 0;
         for d in tx.iter_mut() {

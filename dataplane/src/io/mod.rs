@@ -4,7 +4,10 @@
 //! sockets, mio, recvmmsg/sendmmsg). A backend is constructed on its worker thread and
 //! owned by it; nothing here is shared between workers.
 
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod memory;
+pub mod netstack;
 pub mod socket;
 
 use std::net::SocketAddr;
@@ -40,6 +43,16 @@ impl Default for RxMeta {
     }
 }
 
+/// A burst of received datagrams as the worker sees it: metadata and a mutable payload per
+/// datagram. Backends that copy (memory, socket) use [`PacketBatch`]; zero-copy backends (DPDK)
+/// hand out views into their own packet buffers.
+pub trait RxBatch {
+    /// Metadata of datagram `i` of the last burst.
+    fn meta(&self, i: usize) -> RxMeta;
+    /// Payload of datagram `i` (`meta(i).len` bytes), which the pipeline may rewrite in place.
+    fn payload_mut(&mut self, i: usize) -> &mut [u8];
+}
+
 /// Buffers for one burst, allocated once per worker and reused for every burst.
 pub struct PacketBatch {
     pub bufs: Box<[[u8; PACKET_BUF_SIZE]; BURST_SIZE_MAX]>,
@@ -52,6 +65,18 @@ impl Default for PacketBatch {
             bufs: Box::new([[0u8; PACKET_BUF_SIZE]; BURST_SIZE_MAX]),
             meta: [RxMeta::default(); BURST_SIZE_MAX],
         }
+    }
+}
+
+impl RxBatch for PacketBatch {
+    #[inline]
+    fn meta(&self, i: usize) -> RxMeta {
+        self.meta[i]
+    }
+    #[inline]
+    fn payload_mut(&mut self, i: usize) -> &mut [u8] {
+        let len = usize::from(self.meta[i].len).min(PACKET_BUF_SIZE);
+        &mut self.bufs[i][..len]
     }
 }
 
@@ -97,12 +122,20 @@ pub enum IoError {
     InUse(SocketAddr),
     #[error("too many open ports ({0})")]
     TooManyPorts(usize),
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// A packet I/O backend owned by one worker.
 pub trait PacketIo {
     /// Short name for logs and metrics ("memory", "socket", "dpdk").
     fn kind(&self) -> &'static str;
+
+    /// Per-burst buffers; the worker makes one and reuses it.
+    type Batch: RxBatch;
+
+    /// A batch for this backend.
+    fn new_batch(&self) -> Self::Batch;
 
     /// Starts receiving datagrams addressed to `local`.
     ///
@@ -115,10 +148,15 @@ pub trait PacketIo {
 
     /// Receives up to `max` datagrams into `batch`, waiting at most `wait` when none is ready.
     /// Returns how many `batch.meta[..n]` entries are filled.
-    fn rx_burst(&mut self, batch: &mut PacketBatch, max: usize, wait: Duration) -> usize;
+    fn rx_burst(&mut self, batch: &mut Self::Batch, max: usize, wait: Duration) -> usize;
 
-    /// Sends each descriptor's datagram, setting `sent`. Returns the number sent.
-    fn tx_burst(&mut self, batch: &PacketBatch, tx: &mut [TxDesc]) -> usize;
+    /// Ends a burst of `n` received datagrams: sends each descriptor's datagram, setting
+    /// `sent`, and releases the buffers of the others. Returns the number sent.
+    fn tx_burst(&mut self, batch: &mut Self::Batch, n: usize, tx: &mut [TxDesc]) -> usize;
+
+    /// Periodic work (every few milliseconds): flush buffered output, resolve neighbours,
+    /// publish backend counters. Most backends have none.
+    fn housekeeping(&mut self, _now_ns: u64) {}
 
     fn counters(&self) -> IoCounters;
 }

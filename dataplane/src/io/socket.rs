@@ -217,6 +217,12 @@ fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
 }
 
 impl PacketIo for SocketIo {
+    type Batch = PacketBatch;
+
+    fn new_batch(&self) -> PacketBatch {
+        PacketBatch::default()
+    }
+
     fn kind(&self) -> &'static str {
         "socket"
     }
@@ -308,7 +314,7 @@ impl PacketIo for SocketIo {
         n
     }
 
-    fn tx_burst(&mut self, batch: &PacketBatch, tx: &mut [TxDesc]) -> usize {
+    fn tx_burst(&mut self, batch: &mut PacketBatch, _n: usize, tx: &mut [TxDesc]) -> usize {
         let mut sent = 0;
         let mut i = 0;
         while i < tx.len() {

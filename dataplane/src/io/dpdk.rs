@@ -1,0 +1,1348 @@
+//! The `dpdk` packet I/O backend (feature `dpdk`): poll-mode RX/TX on one ethdev, one RX and
+//! one TX queue per worker, zero-copy (the pipeline rewrites the RTP payload inside the mbuf
+//! and the headers are rewritten in place for forwarding).
+//!
+//! This module and `voxedge-dpdk-sys` are the only places with `unsafe`; every block says why
+//! it is sound. Protocol logic (ARP, ND, ICMP echo, header rewriting) is in the safe
+//! [`super::netstack`] module.
+//!
+//! Ownership: an mbuf received by a worker is owned by that worker until it is handed to
+//! `rte_eth_tx_burst`, to another worker's hand-off ring, or freed. [`DpdkBatch`] holds the
+//! mbufs of one burst; `tx_burst` always consumes all of them.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use voxedge_dpdk_sys as sys;
+
+use super::netstack::{
+    build_arp_request, build_neighbour_solicitation, format_mac, handle_control, write_udp_headers,
+    Control, IgnoreReason, Interface, Neighbours, ReplyKind, Resolve,
+};
+use super::{IoCounters, IoError, PacketIo, RxBatch, RxMeta, TxDesc, NO_PORT};
+use crate::config::{DpdkConfig, Steering, BURST_SIZE_MAX};
+use crate::ids::PortHandle;
+use crate::wire::frame::{parse_udp_frame, verify_udp_frame_checksums};
+
+/// Why the DPDK backend could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("dpdk: {0}")]
+pub struct DpdkError(pub String);
+
+fn errno_text(code: i32) -> String {
+    let code = code.abs();
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string.
+    let s = unsafe { CStr::from_ptr(sys::rte_strerror(code)) };
+    format!("{} (errno {code})", s.to_string_lossy())
+}
+
+fn rte_errno() -> i32 {
+    // SAFETY: reads the calling thread's rte_errno through the C shim.
+    unsafe { sys::voxedge_rte_errno() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// EAL
+// ---------------------------------------------------------------------------------------------
+
+static EAL: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
+
+/// Initialises the EAL with the arguments `cfg` produces, once per process. Later calls with
+/// the same arguments succeed; with different ones they fail (the EAL cannot restart).
+///
+/// # Errors
+/// The EAL refused its arguments or its environment (hugepages, cores, devices).
+pub fn init_eal(cfg: &DpdkConfig) -> Result<(), DpdkError> {
+    let args = cfg.eal_args();
+    let done = EAL.get_or_init(|| {
+        tracing::info!(target: "voxedge::dpdk", "EAL arguments: {}", args.join(" "));
+        // rte_eal_init pins the calling thread to the main lcore; a short-lived thread keeps
+        // that away from the caller (a control-plane thread).
+        let a = args.clone();
+        std::thread::Builder::new()
+            .name("voxedge-eal".into())
+            .spawn(move || eal_init_here(&a))
+            .map_err(|e| format!("cannot start the EAL thread: {e}"))
+            .and_then(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("EAL thread panicked".into()))
+            })
+            .map(|()| args.clone())
+    });
+    match done {
+        Ok(a) if *a == args => Ok(()),
+        Ok(a) => Err(DpdkError(format!(
+            "the EAL is already initialised in this process with different arguments ({})",
+            a.join(" ")
+        ))),
+        Err(e) => Err(DpdkError(e.clone())),
+    }
+}
+
+fn eal_init_here(args: &[String]) -> Result<(), String> {
+    let cstrings: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_str()).map_err(|_| format!("EAL argument `{a}` contains NUL")))
+        .collect::<Result<_, _>>()?;
+    // The EAL keeps pointers into argv for the life of the process: leak them on purpose
+    // (once per process).
+    let mut argv: Vec<*mut c_char> = cstrings.into_iter().map(CString::into_raw).collect();
+    let argc = argv.len() as i32;
+    let argv_ptr = argv.as_mut_ptr();
+    std::mem::forget(argv);
+    // SAFETY: argv holds argc valid NUL-terminated strings that live forever.
+    let rc = unsafe { sys::rte_eal_init(argc, argv_ptr) };
+    if rc < 0 {
+        let e = rte_errno();
+        let hint = match e {
+            libc::EACCES => " — permission denied: run as root or with the capabilities in deploy/systemd/voxedge-media-dpdk.service",
+            libc::ENOMEM | libc::EAGAIN => " — no hugepages available or not enough memory: reserve hugepages (deploy/dpdk/prepare-host.sh hugepages N) or set dataplane.dpdk.no_huge = true",
+            libc::EINVAL => " — invalid EAL arguments: check dataplane.dpdk (main_lcore, devices, vdevs, eal_args)",
+            libc::ENODEV => " — no device matched: check dataplane.dpdk.devices / vdevs",
+            libc::EALREADY => " — the EAL was already initialised by something else in this process",
+            libc::EPROTOTYPE => " — multi-process mismatch: another process uses this file_prefix",
+            _ => "",
+        };
+        return Err(format!(
+            "EAL initialisation failed: {}{hint}",
+            errno_text(if e == 0 { libc::EINVAL } else { e })
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Port
+// ---------------------------------------------------------------------------------------------
+
+/// Counters of one worker's DPDK queue pair, readable from other threads.
+#[derive(Debug, Default)]
+pub struct DpdkStats {
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    /// Dropped at transmit: the TX queue stayed full.
+    pub tx_dropped: AtomicU64,
+    /// Packets passed to the owning worker over its hand-off ring.
+    pub handoff: AtomicU64,
+    pub handoff_dropped: AtomicU64,
+    pub arp_replies: AtomicU64,
+    pub nd_replies: AtomicU64,
+    pub echo_replies: AtomicU64,
+    pub neighbour_requests: AtomicU64,
+    /// Forwarded packets dropped because the next hop's MAC is not known yet.
+    pub no_neighbour: AtomicU64,
+    pub not_ours: AtomicU64,
+    pub malformed: AtomicU64,
+    pub unsupported: AtomicU64,
+    pub bad_checksum: AtomicU64,
+    pub multi_segment: AtomicU64,
+}
+
+/// Reads one counter of [`DpdkStats`].
+pub type StatGetter = fn(&DpdkStats) -> &AtomicU64;
+
+/// (metric suffix, help, getter) for every [`DpdkStats`] counter.
+pub const STAT_FIELDS: &[(&str, &str, StatGetter)] = &[
+    (
+        "rx_packets",
+        "Packets received from the port's queues",
+        |s| &s.rx_packets,
+    ),
+    ("tx_packets", "Packets handed to the port's queues", |s| {
+        &s.tx_packets
+    }),
+    (
+        "tx_dropped",
+        "Packets dropped because a TX queue stayed full",
+        |s| &s.tx_dropped,
+    ),
+    (
+        "handoff",
+        "Packets that arrived on another worker's queue and were passed to their owner",
+        |s| &s.handoff,
+    ),
+    (
+        "handoff_dropped",
+        "Packets dropped because the owner's hand-off ring was full",
+        |s| &s.handoff_dropped,
+    ),
+    (
+        "arp_replies",
+        "ARP requests for our addresses answered",
+        |s| &s.arp_replies,
+    ),
+    ("nd_replies", "IPv6 neighbour solicitations answered", |s| {
+        &s.nd_replies
+    }),
+    (
+        "icmp_echo_replies",
+        "ICMP and ICMPv6 echo requests answered",
+        |s| &s.echo_replies,
+    ),
+    (
+        "neighbour_requests",
+        "ARP requests and neighbour solicitations sent",
+        |s| &s.neighbour_requests,
+    ),
+    (
+        "no_neighbour",
+        "Forwarded packets dropped while the next hop was being resolved",
+        |s| &s.no_neighbour,
+    ),
+    ("not_ours", "Frames for other addresses or VLANs", |s| {
+        &s.not_ours
+    }),
+    ("malformed", "Malformed or truncated frames", |s| {
+        &s.malformed
+    }),
+    (
+        "unsupported",
+        "Frames of protocols the appliance does not handle (IPv4 fragments, other ICMP, ...)",
+        |s| &s.unsupported,
+    ),
+    (
+        "bad_checksum",
+        "UDP frames with a bad IPv4 or UDP checksum",
+        |s| &s.bad_checksum,
+    ),
+    (
+        "multi_segment",
+        "Multi-segment frames (larger than one mbuf)",
+        |s| &s.multi_segment,
+    ),
+];
+
+/// A started ethdev with one queue pair per worker; stopped when dropped.
+pub struct PortCtx {
+    pub port_id: u16,
+    pub name: String,
+    pub driver: String,
+    pub mac: [u8; 6],
+    pub queues: u16,
+    pub steering: String,
+    pool: *mut sys::rte_mempool,
+    rings: Vec<*mut sys::rte_ring>,
+    pub stats: Vec<Arc<DpdkStats>>,
+}
+
+// SAFETY: the mempool and rings are DPDK objects designed for concurrent use from many
+// threads (multi-producer/consumer mempool ops; each hand-off ring has many producers and one
+// consumer, its owner worker). The raw pointers are never freed while the PortCtx lives.
+unsafe impl Send for PortCtx {}
+// SAFETY: see Send; shared access only goes through DPDK's thread-safe functions.
+unsafe impl Sync for PortCtx {}
+
+impl Drop for PortCtx {
+    fn drop(&mut self) {
+        // SAFETY: the port id is valid (it was started by us); stopping an ethdev is allowed
+        // once no worker polls it (workers hold an Arc<PortCtx>, so they are gone).
+        let rc = unsafe { sys::rte_eth_dev_stop(self.port_id) };
+        if rc != 0 {
+            tracing::warn!(target: "voxedge::dpdk", "stopping port {}: {}", self.name, errno_text(rc));
+        }
+        for r in &self.rings {
+            // Drain and free what is left in the ring, then the ring.
+            let mut objs = [std::ptr::null_mut::<c_void>(); 64];
+            loop {
+                // SAFETY: the ring is valid, no worker uses it any more, objs has room for 64.
+                let n = unsafe {
+                    sys::rte_ring_sc_dequeue_burst(*r, objs.as_mut_ptr(), 64, std::ptr::null_mut())
+                };
+                if n == 0 {
+                    break;
+                }
+                for o in &objs[..n as usize] {
+                    // SAFETY: only mbufs are put into hand-off rings.
+                    unsafe { sys::rte_pktmbuf_free(o.cast()) };
+                }
+            }
+            // SAFETY: created by rte_ring_create, freed once.
+            unsafe { sys::rte_ring_free(*r) };
+        }
+    }
+}
+
+impl PortCtx {
+    /// Port-level counters: (imissed, rx_nombuf, ierrors, oerrors).
+    pub fn port_counters(&self) -> (u64, u64, u64, u64) {
+        let mut st = sys::rte_eth_stats::default();
+        // SAFETY: valid port id and a valid out pointer.
+        let rc = unsafe { sys::rte_eth_stats_get(self.port_id, &mut st) };
+        if rc != 0 {
+            return (0, 0, 0, 0);
+        }
+        (st.imissed, st.rx_nombuf, st.ierrors, st.oerrors)
+    }
+}
+
+fn port_name(id: u16) -> String {
+    let mut buf = [0 as c_char; sys::RTE_ETH_NAME_MAX_LEN as usize];
+    // SAFETY: buf has RTE_ETH_NAME_MAX_LEN bytes as the function requires.
+    let rc = unsafe { sys::rte_eth_dev_get_name_by_port(id, buf.as_mut_ptr()) };
+    if rc != 0 {
+        return format!("port{id}");
+    }
+    // SAFETY: on success the name is NUL-terminated within buf.
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn available_ports() -> Vec<String> {
+    // SAFETY: plain queries on the ethdev table.
+    let max = unsafe { sys::voxedge_max_ethports() } as u16;
+    (0..max)
+        // SAFETY: any u16 may be asked about.
+        .filter(|&p| unsafe { sys::rte_eth_dev_is_valid_port(p) } == 1)
+        .map(|p| format!("{p}={}", port_name(p)))
+        .collect()
+}
+
+fn find_port(spec: &str) -> Result<u16, DpdkError> {
+    let id = if let Ok(id) = spec.parse::<u16>() {
+        id
+    } else {
+        let name = CString::new(spec)
+            .map_err(|_| DpdkError(format!("dataplane.dpdk.port `{spec}` contains NUL")))?;
+        let mut id = 0u16;
+        // SAFETY: valid C string and out pointer.
+        let rc = unsafe { sys::rte_eth_dev_get_port_by_name(name.as_ptr(), &mut id) };
+        if rc != 0 {
+            u16::MAX
+        } else {
+            id
+        }
+    };
+    // SAFETY: any id may be checked.
+    if unsafe { sys::rte_eth_dev_is_valid_port(id) } != 1 {
+        let avail = available_ports();
+        return Err(DpdkError(format!(
+            "dataplane.dpdk.port `{spec}`: no such ethdev (available: {}). Check \
+             dataplane.dpdk.devices (PCI devices must be bound to vfio-pci) and vdevs",
+            if avail.is_empty() {
+                "none".to_string()
+            } else {
+                avail.join(", ")
+            }
+        )));
+    }
+    Ok(id)
+}
+
+fn mempool(cfg: &DpdkConfig, socket: i32) -> Result<*mut sys::rte_mempool, DpdkError> {
+    let name = CString::new(format!("vx_mb_s{socket}_{}", cfg.mbuf_cache))
+        .map_err(|_| DpdkError("mempool name".into()))?;
+    // SAFETY: valid C string.
+    let existing = unsafe { sys::rte_mempool_lookup(name.as_ptr()) };
+    if !existing.is_null() {
+        return Ok(existing);
+    }
+    // SAFETY: valid name; sizes are checked by DPDK; socket -1 means any.
+    let p = unsafe {
+        sys::rte_pktmbuf_pool_create(
+            name.as_ptr(),
+            cfg.mbufs,
+            cfg.mbuf_cache.min(512),
+            0,
+            sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+            socket,
+        )
+    };
+    if p.is_null() {
+        return Err(DpdkError(format!(
+            "cannot create a pool of {} mbufs on NUMA socket {socket}: {} — lower \
+             dataplane.dpdk.mbufs or give the EAL more memory (memory_mb)",
+            cfg.mbufs,
+            errno_text(rte_errno())
+        )));
+    }
+    Ok(p)
+}
+
+/// Splits `[lo, hi]` into (value, mask) pairs that match exactly those ports.
+pub fn port_range_masks(lo: u16, hi: u16) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    let mut p = u32::from(lo);
+    let hi = u32::from(hi);
+    while p <= hi {
+        let mut size = if p == 0 {
+            1 << 16
+        } else {
+            p & p.wrapping_neg()
+        };
+        while p + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((p as u16, (!(size - 1) & 0xffff) as u16));
+        p += size;
+    }
+    out
+}
+
+/// Installs rte_flow rules sending each worker's UDP port range to its queue. Returns the
+/// number of rules, or why the device refused them (nothing is left installed then).
+fn flow_steering(port: u16, ranges: &[(u16, u16)]) -> Result<usize, String> {
+    let mut rules = 0;
+    for (q, &(lo, hi)) in ranges.iter().enumerate() {
+        for (value, mask) in port_range_masks(lo, hi) {
+            for ip in [sys::RTE_FLOW_ITEM_TYPE_IPV4, sys::RTE_FLOW_ITEM_TYPE_IPV6] {
+                let mut attr = sys::rte_flow_attr::default();
+                attr.set_ingress(1);
+                let mut spec = sys::rte_flow_item_udp::default();
+                spec.hdr.dst_port = value.to_be();
+                let mut umask = sys::rte_flow_item_udp::default();
+                umask.hdr.dst_port = mask.to_be();
+                let pattern = [
+                    sys::rte_flow_item {
+                        type_: sys::RTE_FLOW_ITEM_TYPE_ETH,
+                        ..Default::default()
+                    },
+                    sys::rte_flow_item {
+                        type_: ip,
+                        ..Default::default()
+                    },
+                    sys::rte_flow_item {
+                        type_: sys::RTE_FLOW_ITEM_TYPE_UDP,
+                        spec: (&spec as *const sys::rte_flow_item_udp).cast(),
+                        last: std::ptr::null(),
+                        mask: (&umask as *const sys::rte_flow_item_udp).cast(),
+                    },
+                    sys::rte_flow_item {
+                        type_: sys::RTE_FLOW_ITEM_TYPE_END,
+                        ..Default::default()
+                    },
+                ];
+                let queue = sys::rte_flow_action_queue { index: q as u16 };
+                let actions = [
+                    sys::rte_flow_action {
+                        type_: sys::RTE_FLOW_ACTION_TYPE_QUEUE,
+                        conf: (&queue as *const sys::rte_flow_action_queue).cast(),
+                    },
+                    sys::rte_flow_action {
+                        type_: sys::RTE_FLOW_ACTION_TYPE_END,
+                        conf: std::ptr::null(),
+                    },
+                ];
+                let mut err = sys::rte_flow_error::default();
+                // SAFETY: all pointers refer to locals that outlive the call.
+                let rc = unsafe {
+                    sys::rte_flow_validate(
+                        port,
+                        &attr,
+                        pattern.as_ptr(),
+                        actions.as_ptr(),
+                        &mut err,
+                    )
+                };
+                let flow = if rc == 0 {
+                    // SAFETY: as above.
+                    unsafe {
+                        sys::rte_flow_create(
+                            port,
+                            &attr,
+                            pattern.as_ptr(),
+                            actions.as_ptr(),
+                            &mut err,
+                        )
+                    }
+                } else {
+                    std::ptr::null_mut()
+                };
+                if flow.is_null() {
+                    let msg = if err.message.is_null() {
+                        errno_text(if rc == 0 { rte_errno() } else { rc })
+                    } else {
+                        // SAFETY: DPDK sets message to a static NUL-terminated string.
+                        unsafe { CStr::from_ptr(err.message) }
+                            .to_string_lossy()
+                            .into_owned()
+                    };
+                    let mut e2 = sys::rte_flow_error::default();
+                    // SAFETY: valid port and out pointer; removes the rules added so far.
+                    unsafe { sys::rte_flow_flush(port, &mut e2) };
+                    return Err(msg);
+                }
+                rules += 1;
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// Configures and starts the media port with `ranges.len()` queue pairs (one per worker;
+/// `ranges[w]` is worker `w`'s UDP port range).
+///
+/// # Errors
+/// Unknown port, too many queues for the device, no memory, or a steering mode the device
+/// cannot do.
+pub fn start_port(cfg: &DpdkConfig, ranges: &[(u16, u16)]) -> Result<Arc<PortCtx>, DpdkError> {
+    init_eal(cfg)?;
+    let port = find_port(&cfg.port)?;
+    let name = port_name(port);
+    let queues = ranges.len() as u16;
+    let mut info = sys::rte_eth_dev_info::default();
+    // SAFETY: valid port and out pointer.
+    let rc = unsafe { sys::rte_eth_dev_info_get(port, &mut info) };
+    if rc != 0 {
+        return Err(DpdkError(format!(
+            "port {name}: cannot read device info: {}",
+            errno_text(rc)
+        )));
+    }
+    let driver = if info.driver_name.is_null() {
+        "?".to_string()
+    } else {
+        // SAFETY: driver_name is a static NUL-terminated string of the driver.
+        unsafe { CStr::from_ptr(info.driver_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    if queues > info.max_rx_queues || queues > info.max_tx_queues {
+        return Err(DpdkError(format!(
+            "port {name} ({driver}) has {} RX / {} TX queues, fewer than dataplane.workers = {queues}",
+            info.max_rx_queues, info.max_tx_queues
+        )));
+    }
+    // SAFETY: valid port.
+    let socket = unsafe { sys::rte_eth_dev_socket_id(port) };
+    let pool = mempool(cfg, socket)?;
+
+    let mut conf = sys::rte_eth_conf::default();
+    // SAFETY: constant getters in the shim.
+    let rss_udp = unsafe { sys::voxedge_eth_rss_udp() } & info.flow_type_rss_offloads;
+    let mut steering = String::from("single queue");
+    if queues > 1 && rss_udp != 0 {
+        conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
+        conf.rx_adv_conf.rss_conf.rss_hf = rss_udp;
+    }
+    // SAFETY: valid port and conf.
+    let rc = unsafe { sys::rte_eth_dev_configure(port, queues, queues, &conf) };
+    if rc != 0 {
+        return Err(DpdkError(format!(
+            "port {name} ({driver}): configure {queues} queues: {}",
+            errno_text(rc)
+        )));
+    }
+    let mut rxd = cfg.rx_descriptors;
+    let mut txd = cfg.tx_descriptors;
+    // SAFETY: valid port and pointers; adjusts to the device's limits.
+    let rc = unsafe { sys::rte_eth_dev_adjust_nb_rx_tx_desc(port, &mut rxd, &mut txd) };
+    if rc != 0 {
+        return Err(DpdkError(format!(
+            "port {name}: descriptor counts: {}",
+            errno_text(rc)
+        )));
+    }
+    for q in 0..queues {
+        // SAFETY: valid port, queue < configured count, pool valid; null conf = defaults.
+        let rc = unsafe {
+            sys::rte_eth_rx_queue_setup(port, q, rxd, socket.max(0) as u32, std::ptr::null(), pool)
+        };
+        if rc != 0 {
+            return Err(DpdkError(format!(
+                "port {name}: RX queue {q}: {}",
+                errno_text(rc)
+            )));
+        }
+        // SAFETY: as above.
+        let rc = unsafe {
+            sys::rte_eth_tx_queue_setup(port, q, txd, socket.max(0) as u32, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(DpdkError(format!(
+                "port {name}: TX queue {q}: {}",
+                errno_text(rc)
+            )));
+        }
+    }
+    // SAFETY: valid, configured port.
+    let rc = unsafe { sys::rte_eth_dev_start(port) };
+    if rc != 0 {
+        return Err(DpdkError(format!(
+            "port {name} ({driver}): start: {}",
+            errno_text(rc)
+        )));
+    }
+    // Neighbour discovery uses multicast; not every PMD has the knob, so failure is fine.
+    // SAFETY: valid, started port.
+    let _ = unsafe { sys::rte_eth_allmulticast_enable(port) };
+
+    if queues > 1 {
+        steering = match (cfg.steering, flow_steering(port, ranges)) {
+            (Steering::Rss, _) => {
+                let mut e = sys::rte_flow_error::default();
+                // SAFETY: valid port; removes any rule flow_steering installed.
+                unsafe { sys::rte_flow_flush(port, &mut e) };
+                "RSS + software hand-off".into()
+            }
+            (_, Ok(n)) => format!("rte_flow ({n} rules)"),
+            (Steering::RteFlow, Err(e)) => {
+                // SAFETY: valid started port.
+                unsafe { sys::rte_eth_dev_stop(port) };
+                return Err(DpdkError(format!(
+                    "port {name} ({driver}) refused rte_flow steering ({e}); set \
+                     dataplane.dpdk.steering = \"rss\" or \"auto\""
+                )));
+            }
+            (Steering::Auto, Err(e)) => format!("RSS + software hand-off (rte_flow: {e})"),
+        };
+    }
+
+    let mut rings = Vec::with_capacity(usize::from(queues));
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+    for q in 0..queues {
+        let rname = CString::new(format!("vx_ho{generation}_{q}"))
+            .map_err(|_| DpdkError("ring name".into()))?;
+        // SAFETY: valid name; power-of-two count; single consumer (the owner worker).
+        let r = unsafe { sys::rte_ring_create(rname.as_ptr(), 4096, socket, sys::RING_F_SC_DEQ) };
+        if r.is_null() {
+            return Err(DpdkError(format!(
+                "hand-off ring {q}: {}",
+                errno_text(rte_errno())
+            )));
+        }
+        rings.push(r);
+    }
+    let mut mac = sys::rte_ether_addr::default();
+    // SAFETY: valid port and out pointer.
+    unsafe { sys::rte_eth_macaddr_get(port, &mut mac) };
+    let ctx = PortCtx {
+        port_id: port,
+        name,
+        driver,
+        mac: mac.addr_bytes,
+        queues,
+        steering,
+        pool,
+        rings,
+        stats: (0..queues)
+            .map(|_| Arc::new(DpdkStats::default()))
+            .collect(),
+    };
+    tracing::info!(
+        target: "voxedge::dpdk",
+        "dpdk port {} started: driver={}, rx/tx queues={}, descriptors={}/{}, mac={}, numa socket={}, steering={}",
+        ctx.name, ctx.driver, queues, rxd, txd, format_mac(ctx.mac), socket, ctx.steering
+    );
+    Ok(Arc::new(ctx))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker backend
+// ---------------------------------------------------------------------------------------------
+
+/// The mbufs of one burst and where each payload is.
+pub struct DpdkBatch {
+    mbufs: [*mut sys::rte_mbuf; BURST_SIZE_MAX],
+    meta: [RxMeta; BURST_SIZE_MAX],
+    payload_off: [u16; BURST_SIZE_MAX],
+}
+
+impl RxBatch for DpdkBatch {
+    #[inline]
+    fn meta(&self, i: usize) -> RxMeta {
+        self.meta[i]
+    }
+
+    #[inline]
+    fn payload_mut(&mut self, i: usize) -> &mut [u8] {
+        let m = self.mbufs[i];
+        if m.is_null() {
+            return &mut [];
+        }
+        // SAFETY: `m` was received in this burst and is owned by the batch until tx_burst;
+        // rx_burst checked payload_off + len <= data_len of its single segment, so the range
+        // lies inside the mbuf's data; `&mut self` makes the slice unique.
+        unsafe {
+            let base = sys::voxedge_pktmbuf_mtod(m).cast::<u8>();
+            std::slice::from_raw_parts_mut(
+                base.add(usize::from(self.payload_off[i])),
+                usize::from(self.meta[i].len),
+            )
+        }
+    }
+}
+
+/// Neighbour announcements between workers.
+pub type NeighbourMsg = (IpAddr, [u8; 6]);
+
+/// Local counters, published to [`DpdkStats`] in housekeeping.
+#[derive(Default, Clone, Copy)]
+struct Local {
+    rx: u64,
+    tx: u64,
+    tx_dropped: u64,
+    handoff: u64,
+    handoff_dropped: u64,
+    arp: u64,
+    nd: u64,
+    echo: u64,
+    requests: u64,
+    no_neighbour: u64,
+    not_ours: u64,
+    malformed: u64,
+    unsupported: u64,
+    bad_checksum: u64,
+    multi: u64,
+}
+
+/// Largest number of frames waiting for room in the TX queue.
+const TX_PENDING_MAX: usize = 4 * BURST_SIZE_MAX;
+
+/// One worker's queue pair on the media port.
+pub struct DpdkIo {
+    ctx: Arc<PortCtx>,
+    queue: u16,
+    /// UDP port ranges of all workers (index = worker = queue).
+    ranges: Vec<(u16, u16)>,
+    open: Vec<bool>,
+    bind: IpAddr,
+    iface: Interface,
+    neigh: Neighbours,
+    neigh_out: Vec<Sender<NeighbourMsg>>,
+    neigh_in: Receiver<NeighbourMsg>,
+    pending: Vec<*mut sys::rte_mbuf>,
+    local: Local,
+    counters: IoCounters,
+    idle_sleep: Duration,
+    verify_checksums: bool,
+    epoch: Instant,
+}
+
+/// What the worker needs to build its [`DpdkIo`] on its own thread.
+pub struct DpdkIoParts {
+    pub ctx: Arc<PortCtx>,
+    pub queue: u16,
+    pub ranges: Vec<(u16, u16)>,
+    pub bind: IpAddr,
+    pub iface: Interface,
+    pub neighbours_max: usize,
+    pub neigh_out: Vec<Sender<NeighbourMsg>>,
+    pub neigh_in: Receiver<NeighbourMsg>,
+    pub idle_sleep: Duration,
+    pub verify_checksums: bool,
+}
+
+/// Serialises `rte_thread_register` calls (the EAL's lcore table is updated under its own
+/// lock, but registration order is easier to read in logs this way).
+static REGISTER: Mutex<()> = Mutex::new(());
+
+impl DpdkIo {
+    /// Builds the backend on the calling (worker) thread, registering it with the EAL so that
+    /// it gets an lcore id and a mempool cache.
+    ///
+    /// # Errors
+    /// The EAL has no free lcore slot for this thread.
+    pub fn new(p: DpdkIoParts) -> Result<Self, IoError> {
+        {
+            let _g = REGISTER.lock();
+            // SAFETY: called on the worker thread itself, after EAL initialisation.
+            let rc = unsafe { sys::rte_thread_register() };
+            if rc != 0 {
+                return Err(IoError::Backend(format!(
+                    "cannot register worker thread with the EAL: {}",
+                    errno_text(rte_errno())
+                )));
+            }
+        }
+        Ok(DpdkIo {
+            queue: p.queue,
+            ranges: p.ranges,
+            open: vec![false; 1 << 16],
+            bind: p.bind,
+            iface: p.iface,
+            neigh: Neighbours::new(p.neighbours_max),
+            neigh_out: p.neigh_out,
+            neigh_in: p.neigh_in,
+            pending: Vec::with_capacity(TX_PENDING_MAX + BURST_SIZE_MAX),
+            local: Local::default(),
+            counters: IoCounters::default(),
+            idle_sleep: p.idle_sleep,
+            verify_checksums: p.verify_checksums,
+            epoch: Instant::now(),
+            ctx: p.ctx,
+        })
+    }
+
+    fn owner(&self, port: u16) -> Option<usize> {
+        self.ranges
+            .iter()
+            .position(|&(lo, hi)| (lo..=hi).contains(&port))
+    }
+
+    fn learn(&mut self, ip: IpAddr, mac: [u8; 6]) {
+        if self.neigh.learn(ip, mac) {
+            for tx in &self.neigh_out {
+                let _ = tx.try_send((ip, mac));
+            }
+        }
+    }
+
+    fn free(m: *mut sys::rte_mbuf) {
+        // SAFETY: callers pass an mbuf they own and never use it again.
+        unsafe { sys::rte_pktmbuf_free(m) };
+    }
+
+    /// Sends what is pending; keeps what the queue did not take, up to a bound.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = self.pending.len().min(u16::MAX as usize) as u16;
+        // SAFETY: pending holds owned, fully built mbufs; the queue belongs to this worker.
+        let sent = unsafe {
+            sys::rte_eth_tx_burst(self.ctx.port_id, self.queue, self.pending.as_mut_ptr(), n)
+        };
+        self.counters.tx_calls += 1;
+        self.local.tx += u64::from(sent);
+        self.pending.drain(..usize::from(sent));
+        while self.pending.len() > TX_PENDING_MAX {
+            if let Some(m) = self.pending.pop() {
+                Self::free(m);
+                self.local.tx_dropped += 1;
+            }
+        }
+    }
+
+    /// A new mbuf with `frame` built into it by `build`, queued for transmit.
+    fn send_built(&mut self, build: impl FnOnce(&mut [u8]) -> Option<usize>) {
+        // SAFETY: the pool is valid for the life of ctx.
+        let m = unsafe { sys::rte_pktmbuf_alloc(self.ctx.pool) };
+        if m.is_null() {
+            return;
+        }
+        // SAFETY: a freshly allocated single-segment mbuf: its data area after data_off has
+        // tailroom bytes we may write.
+        let (buf, room) = unsafe { mbuf_room(m) };
+        match build(&mut buf[..room]) {
+            Some(len) if len <= room => {
+                // SAFETY: m is owned; len fits its room.
+                unsafe { set_len(m, 0, len) };
+                self.pending.push(m);
+            }
+            _ => Self::free(m),
+        }
+    }
+
+    fn request(&mut self, hop: IpAddr) {
+        let iface = self.iface.clone();
+        self.local.requests += 1;
+        match hop {
+            IpAddr::V4(a) => self.send_built(|b| build_arp_request(&iface, a, b)),
+            IpAddr::V6(a) => self.send_built(|b| build_neighbour_solicitation(&iface, a, b)),
+        }
+    }
+
+    /// Classifies one received frame: returns the payload offset and metadata of a UDP
+    /// datagram for this worker, or consumes the mbuf (reply, hand-off, drop).
+    fn classify(&mut self, m: *mut sys::rte_mbuf, from_handoff: bool) -> Option<(u16, RxMeta)> {
+        // SAFETY: m is an mbuf we own, freshly received.
+        let (segs, data_len) = unsafe { ((*m).nb_segs, usize::from((*m).data_len)) };
+        if segs != 1 {
+            self.local.multi += 1;
+            Self::free(m);
+            return None;
+        }
+        // SAFETY: single segment; the room slice covers data_len (and the tailroom).
+        let (buf, room) = unsafe { mbuf_room(m) };
+        let frame = &buf[..data_len.min(room)];
+        let f = match parse_udp_frame(frame) {
+            Ok(f) => f,
+            Err(_) => {
+                match handle_control(&self.iface, &mut buf[..room], data_len) {
+                    Control::Reply { len, kind, learned } => {
+                        match kind {
+                            ReplyKind::Arp => self.local.arp += 1,
+                            ReplyKind::Nd => self.local.nd += 1,
+                            ReplyKind::Echo => self.local.echo += 1,
+                        }
+                        // SAFETY: owned mbuf; len <= room.
+                        unsafe { set_len(m, 0, len) };
+                        self.pending.push(m);
+                        if let Some((ip, mac)) = learned {
+                            self.learn(ip, mac);
+                        }
+                    }
+                    Control::Learned(ip, mac) => {
+                        self.learn(ip, mac);
+                        Self::free(m);
+                    }
+                    Control::Ignore(r) => {
+                        match r {
+                            IgnoreReason::Malformed => self.local.malformed += 1,
+                            IgnoreReason::NotOurs => self.local.not_ours += 1,
+                            IgnoreReason::Unsupported => self.local.unsupported += 1,
+                        }
+                        Self::free(m);
+                    }
+                }
+                return None;
+            }
+        };
+        if f.vlan != self.iface.vlan || !self.iface.is_local(f.dst.ip()) {
+            self.local.not_ours += 1;
+            Self::free(m);
+            return None;
+        }
+        // SAFETY: owned mbuf.
+        let ol = unsafe { (*m).ol_flags };
+        let l4 = ol & u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_MASK);
+        let l3 = ol & u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_MASK);
+        let bad = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_BAD)
+            || l3 == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_BAD);
+        let verified = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_GOOD);
+        if bad || (!verified && self.verify_checksums && !verify_udp_frame_checksums(frame, &f)) {
+            self.local.bad_checksum += 1;
+            Self::free(m);
+            return None;
+        }
+        let port = f.dst.port();
+        if !from_handoff {
+            if let Some(owner) = self.owner(port) {
+                if owner != usize::from(self.queue) {
+                    let ring = self.ctx.rings[owner];
+                    let obj = m.cast::<c_void>();
+                    // SAFETY: the ring is valid; multi-producer enqueue of one owned mbuf,
+                    // whose ownership passes to the ring's consumer on success.
+                    let n = unsafe {
+                        sys::rte_ring_mp_enqueue_burst(ring, &obj, 1, std::ptr::null_mut())
+                    };
+                    if n == 1 {
+                        self.local.handoff += 1;
+                    } else {
+                        self.local.handoff_dropped += 1;
+                        Self::free(m);
+                    }
+                    return None;
+                }
+            }
+        }
+        let handle = if self.open[usize::from(port)] {
+            PortHandle(u32::from(port))
+        } else {
+            NO_PORT
+        };
+        let len = f.payload_len.min(data_len.saturating_sub(f.payload_offset));
+        Some((
+            f.payload_offset as u16,
+            RxMeta {
+                port: handle,
+                src: f.src,
+                len: len as u16,
+                truncated: false,
+            },
+        ))
+    }
+
+    fn publish(&self) {
+        let s = &self.ctx.stats[usize::from(self.queue)];
+        let l = self.local;
+        for (a, v) in [
+            (&s.rx_packets, l.rx),
+            (&s.tx_packets, l.tx),
+            (&s.tx_dropped, l.tx_dropped),
+            (&s.handoff, l.handoff),
+            (&s.handoff_dropped, l.handoff_dropped),
+            (&s.arp_replies, l.arp),
+            (&s.nd_replies, l.nd),
+            (&s.echo_replies, l.echo),
+            (&s.neighbour_requests, l.requests),
+            (&s.no_neighbour, l.no_neighbour),
+            (&s.not_ours, l.not_ours),
+            (&s.malformed, l.malformed),
+            (&s.unsupported, l.unsupported),
+            (&s.bad_checksum, l.bad_checksum),
+            (&s.multi_segment, l.multi),
+        ] {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The data area of a single-segment mbuf from its data offset to the end of its buffer, and
+/// that length.
+///
+/// # Safety
+/// `m` must be a valid mbuf owned by the caller, not shared with another thread, and the
+/// returned slice must not outlive the caller's ownership.
+unsafe fn mbuf_room<'a>(m: *mut sys::rte_mbuf) -> (&'a mut [u8], usize) {
+    // SAFETY: per the function contract; buf_len covers the whole buffer from buf_addr.
+    unsafe {
+        let start = (*m).buf_addr.cast::<u8>().add(usize::from((*m).data_off));
+        let room = usize::from((*m).buf_len).saturating_sub(usize::from((*m).data_off));
+        (std::slice::from_raw_parts_mut(start, room), room)
+    }
+}
+
+/// Moves the start of `m`'s data forward by `skip` bytes and sets its length to `len`.
+///
+/// # Safety
+/// `m` must be a valid single-segment mbuf owned by the caller, and `skip + len` must fit in
+/// its room (see [`mbuf_room`]).
+unsafe fn set_len(m: *mut sys::rte_mbuf, skip: usize, len: usize) {
+    // SAFETY: per the function contract.
+    unsafe {
+        (*m).data_off += skip as u16;
+        (*m).data_len = len as u16;
+        (*m).pkt_len = len as u32;
+        (*m).ol_flags = 0;
+    }
+}
+
+impl PacketIo for DpdkIo {
+    type Batch = DpdkBatch;
+
+    fn kind(&self) -> &'static str {
+        "dpdk"
+    }
+
+    fn new_batch(&self) -> DpdkBatch {
+        DpdkBatch {
+            mbufs: [std::ptr::null_mut(); BURST_SIZE_MAX],
+            meta: [RxMeta::default(); BURST_SIZE_MAX],
+            payload_off: [0; BURST_SIZE_MAX],
+        }
+    }
+
+    fn open_port(&mut self, local: SocketAddr) -> Result<PortHandle, IoError> {
+        if !local.ip().is_unspecified() && !self.iface.is_local(local.ip()) {
+            return Err(IoError::Backend(format!(
+                "{} is not an address of this port (dataplane.dpdk.addresses)",
+                local.ip()
+            )));
+        }
+        if self.owner(local.port()) != Some(usize::from(self.queue)) {
+            return Err(IoError::Backend(format!(
+                "port {} belongs to another worker's range",
+                local.port()
+            )));
+        }
+        let slot = &mut self.open[usize::from(local.port())];
+        if *slot {
+            return Err(IoError::InUse(local));
+        }
+        *slot = true;
+        Ok(PortHandle(u32::from(local.port())))
+    }
+
+    fn close_port(&mut self, port: PortHandle) {
+        if let Some(s) = self.open.get_mut(port.0 as usize) {
+            *s = false;
+        }
+    }
+
+    fn rx_burst(&mut self, batch: &mut DpdkBatch, max: usize, _wait: Duration) -> usize {
+        self.flush();
+        let max = max.min(BURST_SIZE_MAX);
+        let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST_SIZE_MAX];
+        // Hand-offs from other workers first: they waited already.
+        // SAFETY: our own ring (single consumer = this worker); raw has room for max.
+        let ho = unsafe {
+            sys::rte_ring_sc_dequeue_burst(
+                self.ctx.rings[usize::from(self.queue)],
+                raw.as_mut_ptr().cast(),
+                max as u32,
+                std::ptr::null_mut(),
+            )
+        } as usize;
+        // SAFETY: our queue; raw[ho..max] is free space.
+        let nrx = unsafe {
+            sys::rte_eth_rx_burst(
+                self.ctx.port_id,
+                self.queue,
+                raw.as_mut_ptr().add(ho),
+                (max - ho) as u16,
+            )
+        } as usize;
+        self.counters.rx_calls += 1;
+        self.local.rx += nrx as u64;
+        let mut n = 0;
+        for (i, &m) in raw[..ho + nrx].iter().enumerate() {
+            if let Some((off, meta)) = self.classify(m, i < ho) {
+                batch.mbufs[n] = m;
+                batch.payload_off[n] = off;
+                batch.meta[n] = meta;
+                n += 1;
+            }
+        }
+        if ho + nrx == 0 {
+            self.flush();
+            if !self.idle_sleep.is_zero() {
+                std::thread::sleep(self.idle_sleep);
+            }
+        }
+        n
+    }
+
+    fn tx_burst(&mut self, batch: &mut DpdkBatch, n: usize, tx: &mut [TxDesc]) -> usize {
+        let mut used = [false; BURST_SIZE_MAX];
+        let mut sent = 0;
+        let mut now = None;
+        for d in tx.iter_mut() {
+            d.sent = false;
+            let i = usize::from(d.buf);
+            if i >= n {
+                continue;
+            }
+            let m = batch.mbufs[i];
+            let dst = d.dst;
+            let Some(mac) = self.neigh.lookup(&self.iface, dst.ip()) else {
+                let t = *now.get_or_insert_with(|| self.epoch.elapsed().as_nanos() as u64);
+                if let Resolve::Request(hop) = self.neigh.resolve(&self.iface, dst.ip(), t) {
+                    self.request(hop);
+                }
+                self.local.no_neighbour += 1;
+                continue;
+            };
+            let Some(src_ip) = self.iface.source_for(dst.ip(), self.bind) else {
+                continue;
+            };
+            let src = SocketAddr::new(src_ip, d.port.0 as u16);
+            let hdr = self.iface.udp_header_len(dst.ip());
+            let off = usize::from(batch.payload_off[i]);
+            let len = usize::from(d.len);
+            // SAFETY: m is owned by this batch; the new frame starts `hdr` bytes before the
+            // payload, which stays inside the buffer because data_off + off >= headroom (128)
+            // + Ethernet/IP/UDP of the received frame, and we need at most 66 bytes; checked.
+            unsafe {
+                let abs_payload = usize::from((*m).data_off) + off;
+                let Some(start) = abs_payload.checked_sub(hdr) else {
+                    continue;
+                };
+                let total = hdr + len;
+                if start + total > usize::from((*m).buf_len) {
+                    continue;
+                }
+                (*m).data_off = start as u16;
+                (*m).data_len = total as u16;
+                (*m).pkt_len = total as u32;
+                (*m).ol_flags = 0;
+                let frame =
+                    std::slice::from_raw_parts_mut((*m).buf_addr.cast::<u8>().add(start), total);
+                if write_udp_headers(
+                    frame,
+                    hdr,
+                    self.iface.mac,
+                    mac,
+                    self.iface.vlan,
+                    src,
+                    dst,
+                    self.iface.dscp,
+                )
+                .is_err()
+                {
+                    continue;
+                }
+            }
+            used[i] = true;
+            self.pending.push(m);
+            d.sent = true;
+            sent += 1;
+        }
+        for (i, &m) in batch.mbufs[..n].iter().enumerate() {
+            if !used[i] && !m.is_null() {
+                Self::free(m);
+            }
+        }
+        batch.mbufs[..n].fill(std::ptr::null_mut());
+        if self.pending.len() >= BURST_SIZE_MAX || sent > 0 {
+            self.flush();
+        }
+        sent
+    }
+
+    fn housekeeping(&mut self, _now_ns: u64) {
+        self.flush();
+        for _ in 0..1024 {
+            match self.neigh_in.try_recv() {
+                Ok((ip, mac)) => {
+                    self.neigh.learn(ip, mac);
+                }
+                Err(_) => break,
+            }
+        }
+        self.publish();
+    }
+
+    fn counters(&self) -> IoCounters {
+        self.counters
+    }
+}
+
+impl Drop for DpdkIo {
+    fn drop(&mut self) {
+        for m in self.pending.drain(..) {
+            Self::free(m);
+        }
+        self.publish();
+        // SAFETY: this thread registered itself in new().
+        unsafe { sys::rte_thread_unregister() };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process test wire
+// ---------------------------------------------------------------------------------------------
+
+/// The far end of an ethdev built from rings (`rte_eth_from_rings`): what the appliance
+/// transmits can be read here, and frames sent here arrive on the appliance's RX queues. Used
+/// by tests and by the loopback self-test; the appliance sees an ordinary `net_ring` port.
+pub struct RingWire {
+    /// The appliance's RX rings (we enqueue).
+    to_dp: Vec<*mut sys::rte_ring>,
+    /// The appliance's TX rings (we dequeue).
+    from_dp: Vec<*mut sys::rte_ring>,
+    pool: *mut sys::rte_mempool,
+    /// The ethdev's name (the ring PMD prefixes the requested name with `net_ring_`).
+    pub name: String,
+    pub port_id: u16,
+}
+
+// SAFETY: rings and mempool are thread-safe DPDK objects (multi-producer/consumer).
+unsafe impl Send for RingWire {}
+// SAFETY: as for Send; every method goes through DPDK's multi-thread-safe ring/pool ops.
+unsafe impl Sync for RingWire {}
+
+impl RingWire {
+    /// Creates an ethdev named `name` with `queues` queue pairs over fresh rings, and its far
+    /// end. Initialises the EAL with `cfg` first.
+    ///
+    /// # Errors
+    /// EAL or ring creation failed.
+    pub fn create(cfg: &DpdkConfig, name: &str, queues: u16) -> Result<RingWire, DpdkError> {
+        init_eal(cfg)?;
+        let mk = |kind: &str, q: u16| -> Result<*mut sys::rte_ring, DpdkError> {
+            let n = CString::new(format!("{name}_{kind}{q}"))
+                .map_err(|_| DpdkError("ring name".into()))?;
+            // SAFETY: valid name; power-of-two size; MP/MC.
+            let r = unsafe { sys::rte_ring_create(n.as_ptr(), 4096, 0, 0) };
+            if r.is_null() {
+                return Err(DpdkError(format!(
+                    "ring {name}: {}",
+                    errno_text(rte_errno())
+                )));
+            }
+            Ok(r)
+        };
+        let to_dp = (0..queues)
+            .map(|q| mk("rx", q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let from_dp = (0..queues)
+            .map(|q| mk("tx", q))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cname = CString::new(name).map_err(|_| DpdkError("port name".into()))?;
+        // SAFETY: arrays of `queues` valid rings; the name is copied.
+        let port = unsafe {
+            sys::rte_eth_from_rings(
+                cname.as_ptr(),
+                to_dp.as_ptr(),
+                u32::from(queues),
+                from_dp.as_ptr(),
+                u32::from(queues),
+                0,
+            )
+        };
+        if port < 0 {
+            return Err(DpdkError(format!(
+                "rte_eth_from_rings({name}): {}",
+                errno_text(rte_errno())
+            )));
+        }
+        let pool_cfg = DpdkConfig {
+            mbufs: 4095,
+            mbuf_cache: 0,
+            ..cfg.clone()
+        };
+        let pool = mempool(&pool_cfg, -1)?;
+        Ok(RingWire {
+            to_dp,
+            from_dp,
+            pool,
+            name: port_name(port as u16),
+            port_id: port as u16,
+        })
+    }
+
+    /// The MAC address of the appliance's side.
+    pub fn appliance_mac(&self) -> [u8; 6] {
+        let mut mac = sys::rte_ether_addr::default();
+        // SAFETY: valid port id and out pointer.
+        unsafe { sys::rte_eth_macaddr_get(self.port_id, &mut mac) };
+        mac.addr_bytes
+    }
+
+    /// Puts `frame` on the appliance's RX queue `queue`. False when the ring is full.
+    pub fn send(&self, queue: u16, frame: &[u8]) -> bool {
+        let Some(&ring) = self.to_dp.get(usize::from(queue)) else {
+            return false;
+        };
+        // SAFETY: valid pool.
+        let m = unsafe { sys::rte_pktmbuf_alloc(self.pool) };
+        if m.is_null() {
+            return false;
+        }
+        // SAFETY: fresh owned mbuf.
+        let (buf, room) = unsafe { mbuf_room(m) };
+        if frame.len() > room {
+            DpdkIo::free(m);
+            return false;
+        }
+        buf[..frame.len()].copy_from_slice(frame);
+        // SAFETY: owned mbuf, length fits.
+        unsafe { set_len(m, 0, frame.len()) };
+        let obj = m.cast::<c_void>();
+        // SAFETY: valid ring; ownership passes to the ring on success.
+        let n = unsafe { sys::rte_ring_mp_enqueue_burst(ring, &obj, 1, std::ptr::null_mut()) };
+        if n != 1 {
+            DpdkIo::free(m);
+        }
+        n == 1
+    }
+
+    /// Takes every frame the appliance has transmitted so far (all queues), in queue order.
+    pub fn recv_all(&self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for &r in &self.from_dp {
+            let mut objs = [std::ptr::null_mut::<c_void>(); 32];
+            loop {
+                // SAFETY: valid ring; objs has room for 32.
+                let n = unsafe {
+                    sys::rte_ring_mc_dequeue_burst(r, objs.as_mut_ptr(), 32, std::ptr::null_mut())
+                } as usize;
+                for &o in &objs[..n] {
+                    let m = o.cast::<sys::rte_mbuf>();
+                    // SAFETY: the ring only carries mbufs the appliance transmitted; we own
+                    // them now. Single segment (the appliance never chains).
+                    let (buf, _) = unsafe { mbuf_room(m) };
+                    // SAFETY: owned mbuf.
+                    let len = usize::from(unsafe { (*m).data_len });
+                    out.push(buf[..len].to_vec());
+                    DpdkIo::free(m);
+                }
+                if n < 32 {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// CPU time-stamp counter (for latency measurements across processes on one host).
+pub fn tsc() -> u64 {
+    // SAFETY: reads the TSC; no memory access.
+    unsafe { sys::rte_rdtsc() }
+}
+
+/// TSC ticks per second.
+pub fn tsc_hz() -> u64 {
+    // SAFETY: plain query after EAL initialisation (returns 0 before).
+    unsafe { sys::rte_get_tsc_hz() }
+}

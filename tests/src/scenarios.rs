@@ -1,0 +1,190 @@
+//! Scenarios shared by the backend tests: the same relay behaviour on the in-memory backend,
+//! kernel sockets and DPDK.
+
+use std::time::Duration;
+
+use voxedge_dataplane::command::MediaEvent;
+use voxedge_dataplane::ids::Side;
+use voxedge_dataplane::stats::DropReason;
+use voxedge_dataplane::table::SourcePolicy;
+use voxedge_dataplane::wire::WireError;
+use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
+
+use crate::{parse_rtp, rtp, TestNet};
+
+pub const WAIT: Duration = Duration::from_secs(2);
+
+/// Drops of `reason` over all workers.
+pub fn total_drops(dp: &Dataplane, reason: DropReason) -> u64 {
+    // Counters are published every few milliseconds; wait until they settle.
+    std::thread::sleep(Duration::from_millis(30));
+    dp.workers().map(|w| w.drops().get(reason)).sum()
+}
+
+pub fn relay_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
+    let (a1, a2, b, b_rtcp) = (
+        net.endpoint(),
+        net.endpoint(),
+        net.endpoint(),
+        net.endpoint(),
+    );
+    let req = RelayRequest {
+        legs: [
+            LegRequest {
+                remote: Some(a1),
+                ..Default::default()
+            },
+            LegRequest {
+                remote: Some(b),
+                rtcp_remote: Some(b_rtcp),
+                ..Default::default()
+            },
+        ],
+        policy: SourcePolicy::default(),
+        rewrite: true,
+    };
+    let info = dp.create_relay(req).expect("relay created");
+    let (a_local, b_local) = (info.legs[0].local, info.legs[1].local);
+
+    // A sends 50 packets from a1 (SSRC 1), then moves to a2 with a new SSRC and sequence base.
+    let mut received = Vec::new();
+    for i in 0..100u32 {
+        let (from, ssrc, seq, ts) = if i < 50 {
+            (a1, 1, 1000 + i, 8000 + 160 * i)
+        } else {
+            (a2, 2, 50_000 + i, 777 + 160 * i)
+        };
+        net.send(from, a_local, &rtp(0, seq as u16, ts, ssrc, i));
+        let (src, payload) = net
+            .recv(b, WAIT)
+            .unwrap_or_else(|| panic!("packet {i} relayed to b"));
+        assert_eq!(src, b_local, "leaves from b's local address");
+        received.push(parse_rtp(&payload));
+    }
+    for (i, (ssrc, seq, ts, tag)) in received.iter().enumerate() {
+        assert_eq!(*tag, i as u32, "in order, payload intact");
+        assert_eq!(*ssrc, 1, "one SSRC towards b across the source change");
+        assert_eq!(*seq, 1000 + i as u16, "continuous sequence numbers");
+        if i > 0 {
+            let step = ts.wrapping_sub(received[i - 1].2);
+            assert!(
+                (160..=8000).contains(&step),
+                "timestamp keeps moving forward at packet {i}: step {step}"
+            );
+        }
+    }
+
+    // B answers; packets go to a1 (the given remote; no handover configured).
+    for i in 0..10u16 {
+        net.send(
+            b,
+            b_local,
+            &rtp(8, 300 + i, 160 * u32::from(i), 0xbbbb, 1000 + u32::from(i)),
+        );
+        let (src, payload) = net.recv(a1, WAIT).expect("relayed to a1");
+        assert_eq!(src, a_local);
+        assert_eq!(parse_rtp(&payload).0, 0xbbbb);
+    }
+
+    // RTCP on A's RTCP port leaves b's RTCP port towards b's RTCP endpoint, with the sender
+    // SSRC rewritten like the RTP (2 → 1).
+    let mut rr = vec![0x81, 201, 0, 7];
+    rr.extend_from_slice(&2u32.to_be_bytes());
+    rr.extend_from_slice(&[0u8; 24]);
+    let a_rtcp_local = info.legs[0].rtcp_local.expect("rtcp port without mux");
+    net.send(a2, a_rtcp_local, &rr);
+    let (src, got) = net.recv(b_rtcp, WAIT).expect("RTCP relayed");
+    assert_eq!(Some(src), info.legs[1].rtcp_local);
+    assert_eq!(got[..4], rr[..4]);
+    assert_eq!(got[4..8], 1u32.to_be_bytes(), "sender SSRC rewritten");
+
+    // RFC 4733: digit 5 end packet, sent three times, reported once.
+    for _ in 0..3 {
+        let mut p = rtp(101, 2000, 99_000, 2, 0);
+        p.truncate(12);
+        p.extend_from_slice(&[5, 0x80 | 10, 0x03, 0x20]);
+        net.send(a2, a_local, &p);
+        net.recv(b, WAIT).expect("DTMF relayed");
+    }
+    let dtmf: Vec<_> = dp
+        .events()
+        .try_iter()
+        .filter(|e| matches!(e, MediaEvent::Dtmf { .. }))
+        .collect();
+    assert_eq!(
+        dtmf,
+        vec![MediaEvent::Dtmf {
+            relay: info.id,
+            side: Side::A,
+            digit: '5',
+            duration: 800
+        }]
+    );
+
+    // Malformed: not RTP at all, and RTP with a CSRC count overrunning the packet.
+    net.send(a1, a_local, b"\x00\x01junk");
+    net.send(a1, a_local, &[0x8f, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]);
+    assert_eq!(total_drops(dp, DropReason::UnsupportedPayload), 1);
+    assert_eq!(
+        total_drops(dp, DropReason::RtpMalformed(WireError::Truncated)),
+        1
+    );
+
+    let (_, snap) = dp.query_relay(info.id).expect("query");
+    let [a, bl] = snap.legs;
+    assert_eq!(a.rtp.counters.packets_in, 105);
+    assert_eq!(a.rtp.counters.packets_forwarded, 103);
+    assert_eq!(a.rtp.counters.drops.total(), 2);
+    assert_eq!(bl.rtp.counters.packets_out, 103);
+    assert_eq!(bl.rtp.counters.packets_in, 10);
+    assert_eq!(a.rtcp.expect("a rtcp").counters.packets_in, 1);
+    assert_eq!(a.rtp.ssrc, 2, "receive stats follow the current source");
+    assert_eq!(a.rtp.cumulative_lost, 0);
+    let (_, final_snap) = dp.delete_relay(info.id).expect("delete");
+    assert_eq!(final_snap.legs[0].rtp.counters.packets_in, 105);
+    assert!(dp.query_relay(info.id).is_err(), "gone after delete");
+}
+
+pub fn strict_source_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
+    let (a, intruder, b) = (net.endpoint(), net.endpoint(), net.endpoint());
+    let req = RelayRequest {
+        legs: [
+            LegRequest::default(),
+            LegRequest {
+                remote: Some(b),
+                rtcp_mux: true,
+                ..Default::default()
+            },
+        ],
+        policy: SourcePolicy {
+            strict: true,
+            handover: false,
+        },
+        rewrite: false,
+    };
+    let info = dp.create_relay(req).expect("relay");
+    assert!(
+        info.legs[1].rtcp_local.is_none(),
+        "rtcp-mux leg has no RTCP port"
+    );
+    // First packet latches a; the intruder is then dropped.
+    net.send(a, info.legs[0].local, &rtp(0, 1, 0, 9, 1));
+    assert!(net.recv(b, WAIT).is_some());
+    net.send(intruder, info.legs[0].local, &rtp(0, 2, 160, 9, 2));
+    net.send(a, info.legs[0].local, &rtp(0, 3, 320, 9, 3));
+    let (_, p) = net.recv(b, WAIT).expect("latched source still relayed");
+    assert_eq!(parse_rtp(&p).3, 3, "intruder's packet was not relayed");
+    // B's reply goes to the latched a.
+    net.send(b, info.legs[1].local, &rtp(0, 1, 0, 7, 4));
+    assert!(net.recv(a, WAIT).is_some());
+    assert_eq!(total_drops(dp, DropReason::SourceMismatch), 1);
+    // Media timeout fires for a silent relay.
+    std::thread::sleep(Duration::from_millis(600));
+    let timeouts = dp
+        .events()
+        .try_iter()
+        .filter(|e| matches!(e, MediaEvent::MediaTimeout { relay, .. } if *relay == info.id))
+        .count();
+    assert_eq!(timeouts, 2, "both legs time out once");
+    dp.delete_relay(info.id).expect("delete");
+}
