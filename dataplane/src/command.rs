@@ -2,7 +2,7 @@
 //!
 //! Commands that need an answer carry a bounded(1) reply channel; the worker never blocks on it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crossbeam_channel::Sender;
 use serde::Serialize;
@@ -15,6 +15,8 @@ use crate::table::SourcePolicy;
 /// allocator from the worker's own range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegSpec {
+    /// Local address of the leg's ports (one of the dataplane's media addresses).
+    pub local_ip: IpAddr,
     pub rtp_port: u16,
     /// `None` with rtcp-mux (RTCP shares the RTP port, RFC 5761).
     pub rtcp_port: Option<u16>,

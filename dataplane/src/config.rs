@@ -26,6 +26,9 @@ pub struct DataplaneConfig {
     pub cores: Vec<usize>,
     /// Address the media sockets bind to.
     pub bind: IpAddr,
+    /// Further local media addresses. Each adds a full port range of capacity (a UDP port
+    /// range holds at most ~32k RTP/RTCP pairs per address); relays are spread over them.
+    pub extra_addresses: Vec<IpAddr>,
     /// Address announced to peers (SDP, relay API). Defaults to `bind`, or to the host's
     /// primary address when `bind` is unspecified (0.0.0.0 / ::).
     pub advertise: Option<IpAddr>,
@@ -198,13 +201,13 @@ impl DpdkConfig {
             .iter()
             .map(|s| s.parse::<IpNet>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConfigError::Dpdk(format!("dataplane.dpdk.addresses: {e}")))?;
+            .map_err(|e| ConfigError::Invalid(format!("dataplane.dpdk.addresses: {e}")))?;
         let gateway_mac = self
             .gateway_mac
             .as_deref()
             .map(parse_mac)
             .transpose()
-            .map_err(|e| ConfigError::Dpdk(format!("dataplane.dpdk.gateway_mac: {e}")))?;
+            .map_err(|e| ConfigError::Invalid(format!("dataplane.dpdk.gateway_mac: {e}")))?;
         Ok(Interface {
             mac,
             vlan: self.vlan,
@@ -225,6 +228,7 @@ impl Default for DataplaneConfig {
             cores: Vec::new(),
             bind: IpAddr::from([0, 0, 0, 0]),
             advertise: None,
+            extra_addresses: Vec::new(),
             port_min: 30000,
             port_max: 40000,
             burst_size: BURST_SIZE_MAX,
@@ -265,10 +269,17 @@ pub enum ConfigError {
     #[error("dataplane.cores: core {core} does not exist (this machine has {online} cores: 0-{last})", last = online.saturating_sub(1))]
     NoSuchCore { core: usize, online: usize },
     #[error("{0}")]
-    Dpdk(String),
+    Invalid(String),
 }
 
 impl DataplaneConfig {
+    /// Local media addresses: `bind`, then `extra_addresses`.
+    pub fn media_addresses(&self) -> Vec<IpAddr> {
+        std::iter::once(self.bind)
+            .chain(self.extra_addresses.iter().copied())
+            .collect()
+    }
+
     /// Worker count after resolving "auto".
     pub fn worker_count(&self) -> usize {
         if self.workers > 0 {
@@ -317,6 +328,20 @@ impl DataplaneConfig {
         if let Some(&core) = self.cores.iter().find(|&&c| c >= online) {
             return Err(ConfigError::NoSuchCore { core, online });
         }
+        if let Some(a) = self
+            .extra_addresses
+            .iter()
+            .find(|a| a.is_unspecified() || a.is_multicast() || **a == self.bind)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "dataplane.extra_addresses: {a} is not a usable extra media address"
+            )));
+        }
+        if self.extra_addresses.len() > 255 {
+            return Err(ConfigError::Invalid(
+                "dataplane.extra_addresses: at most 255".into(),
+            ));
+        }
         if self.backend == Backend::Dpdk {
             self.validate_dpdk(online)?;
         }
@@ -335,40 +360,45 @@ impl DataplaneConfig {
     fn validate_dpdk(&self, online: usize) -> Result<(), ConfigError> {
         let d = &self.dpdk;
         if d.main_lcore >= online {
-            return Err(ConfigError::Dpdk(format!(
+            return Err(ConfigError::Invalid(format!(
                 "dataplane.dpdk.main_lcore: core {} does not exist (this machine has {online} cores)",
                 d.main_lcore
             )));
         }
         let ifc = d.interface([0; 6], self.dscp)?;
         if ifc.addresses.is_empty() {
-            return Err(ConfigError::Dpdk(
+            return Err(ConfigError::Invalid(
                 "dataplane.dpdk.addresses: the DPDK backend needs at least one address of the \
                  appliance on its port (e.g. \"203.0.113.10/24\")"
                     .into(),
             ));
         }
-        if !self.bind.is_unspecified() && !ifc.is_local(self.bind) {
-            return Err(ConfigError::Dpdk(format!(
+        if let Some(a) = self.extra_addresses.iter().find(|a| !ifc.is_local(**a)) {
+            return Err(ConfigError::Invalid(format!(
+                "dataplane.extra_addresses: {a} is not one of dataplane.dpdk.addresses"
+            )));
+        }
+        if !ifc.is_local(self.bind) {
+            return Err(ConfigError::Invalid(format!(
                 "dataplane.bind {} is not one of dataplane.dpdk.addresses",
                 self.bind
             )));
         }
         if let Some(v) = d.vlan {
             if v == 0 || v > 4094 {
-                return Err(ConfigError::Dpdk(format!(
+                return Err(ConfigError::Invalid(format!(
                     "dataplane.dpdk.vlan must be 1..=4094, got {v}"
                 )));
             }
         }
         if d.mbufs < 1024 || d.rx_descriptors == 0 || d.tx_descriptors == 0 {
-            return Err(ConfigError::Dpdk(
+            return Err(ConfigError::Invalid(
                 "dataplane.dpdk: mbufs must be at least 1024 and rx/tx_descriptors at least 1"
                     .into(),
             ));
         }
         if d.file_prefix.is_empty() || d.file_prefix.contains('/') {
-            return Err(ConfigError::Dpdk(
+            return Err(ConfigError::Invalid(
                 "dataplane.dpdk.file_prefix must be a non-empty name without '/'".into(),
             ));
         }

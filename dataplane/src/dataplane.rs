@@ -132,7 +132,8 @@ struct WorkerHandle {
 
 #[derive(Default)]
 struct ControlState {
-    allocators: Vec<PortAllocator>,
+    /// `allocators[worker][address]`: each worker's port slice on each media address.
+    allocators: Vec<Vec<PortAllocator>>,
     relays: HashMap<RelayId, RelayInfo>,
     relays_per_worker: Vec<usize>,
 }
@@ -164,6 +165,8 @@ impl MemoryNet {
 /// The running dataplane.
 pub struct Dataplane {
     cfg: DataplaneConfig,
+    /// Local media addresses: `bind` first, then `extra_addresses`.
+    addrs: Vec<IpAddr>,
     advertise: IpAddr,
     backend: BackendKind,
     workers: Vec<WorkerHandle>,
@@ -238,6 +241,12 @@ impl Dataplane {
         })?;
         dp.dpdk = Some(ctx);
         Ok(dp)
+    }
+
+    /// The DPDK port, when the dataplane runs on DPDK.
+    #[cfg(feature = "dpdk")]
+    pub fn dpdk_port(&self) -> Option<&Arc<crate::io::dpdk::PortCtx>> {
+        self.dpdk.as_ref()
     }
 
     /// Counters of the packet I/O backend beyond the common ones, as Prometheus
@@ -322,7 +331,12 @@ impl Dataplane {
         M: FnMut(WorkerId) -> F,
     {
         let n = cfg.worker_count();
-        let allocators = PortAllocator::split(cfg.port_min, cfg.port_max, n);
+        let addrs = cfg.media_addresses();
+        let allocators: Vec<Vec<PortAllocator>> =
+            PortAllocator::split(cfg.port_min, cfg.port_max, n)
+                .into_iter()
+                .map(|a| vec![a; addrs.len()])
+                .collect();
         let (ev_tx, ev_rx) = bounded(cfg.event_queue_max);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut workers = Vec::with_capacity(n);
@@ -392,6 +406,7 @@ impl Dataplane {
                 allocators,
                 relays: HashMap::new(),
             }),
+            addrs,
             cfg,
             advertise,
             backend,
@@ -444,21 +459,29 @@ impl Dataplane {
     /// No ports left, the worker is overloaded or could not open a port.
     pub fn create_relay(&self, req: RelayRequest) -> Result<RelayInfo, DataplaneError> {
         let id = RelayId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (w, ports) = {
+        let (w, k, ports) = {
             let mut st = self.state();
             let w = (0..self.workers.len())
-                .filter(|&w| st.allocators[w].available() >= 2)
+                .filter(|&w| st.allocators[w].iter().any(|a| a.available() >= 2))
                 .min_by_key(|&w| st.relays_per_worker[w])
                 .ok_or(DataplaneError::PortsExhausted)?;
-            let (Some(a), Some(b)) = (st.allocators[w].alloc(), st.allocators[w].alloc()) else {
+            // Both legs on the address of this worker with the most free ports.
+            let k = (0..st.allocators[w].len())
+                .max_by_key(|&k| st.allocators[w][k].available())
+                .unwrap_or(0);
+            let al = &mut st.allocators[w][k];
+            let (Some(a), Some(b)) = (al.alloc(), al.alloc()) else {
                 return Err(DataplaneError::PortsExhausted);
             };
             st.relays_per_worker[w] += 1;
-            (w, [a, b])
+            (w, k, [a, b])
         };
+        let local_ip = self.addrs[k];
+        let shown_ip = if k == 0 { self.advertise } else { local_ip };
         let leg_spec = |i: usize| {
             let l = req.legs[i];
             LegSpec {
+                local_ip,
                 rtp_port: ports[i],
                 rtcp_port: (!l.rtcp_mux).then_some(ports[i] + 1),
                 remote: l.remote,
@@ -480,10 +503,8 @@ impl Dataplane {
         match result {
             Ok(()) => {
                 let leg = |i: usize| LegInfo {
-                    local: SocketAddr::new(self.advertise, ports[i]),
-                    rtcp_local: spec.legs[i]
-                        .rtcp_port
-                        .map(|p| SocketAddr::new(self.advertise, p)),
+                    local: SocketAddr::new(shown_ip, ports[i]),
+                    rtcp_local: spec.legs[i].rtcp_port.map(|p| SocketAddr::new(shown_ip, p)),
                 };
                 let info = RelayInfo {
                     id,
@@ -496,7 +517,7 @@ impl Dataplane {
             Err(e) => {
                 st.relays_per_worker[w] -= 1;
                 for p in ports {
-                    st.allocators[w].release(p);
+                    st.allocators[w][k].release(p);
                 }
                 Err(e)
             }
@@ -547,11 +568,21 @@ impl Dataplane {
         let mut st = self.state();
         if st.relays.remove(&id).is_some() {
             st.relays_per_worker[w] -= 1;
+            let k = self.address_index(info.legs[0].local.ip());
             for leg in info.legs {
-                st.allocators[w].release(leg.local.port());
+                st.allocators[w][k].release(leg.local.port());
             }
         }
         Ok((info, snap))
+    }
+
+    /// Index in [`DataplaneConfig::media_addresses`] of a leg's reported local address.
+    fn address_index(&self, shown: IpAddr) -> usize {
+        self.addrs
+            .iter()
+            .skip(1)
+            .position(|a| *a == shown)
+            .map_or(0, |i| i + 1)
     }
 
     pub fn relay(&self, id: RelayId) -> Option<RelayInfo> {

@@ -66,6 +66,9 @@ pub struct WorkerShared {
     pub pinned_core: std::sync::atomic::AtomicI64,
     /// Per-packet processing time, nanoseconds (cumulative since start).
     pub processing_ns: Mutex<Histogram<u64>>,
+    /// Time from the end of a receive call to the end of the matching transmit, nanoseconds,
+    /// one sample per packet: the latency the worker adds to a packet already received.
+    pub burst_ns: Mutex<Histogram<u64>>,
 }
 
 impl WorkerShared {
@@ -88,6 +91,7 @@ impl WorkerShared {
             running: AtomicBool::new(false),
             pinned_core: std::sync::atomic::AtomicI64::new(-1),
             processing_ns: Mutex::new(new_histogram()),
+            burst_ns: Mutex::new(new_histogram()),
         }
     }
 
@@ -159,6 +163,7 @@ pub struct Worker<Io: PacketIo> {
     events: Sender<MediaEvent>,
     shared: Arc<WorkerShared>,
     hist: Histogram<u64>,
+    burst_hist: Histogram<u64>,
     totals: Totals,
     batch: Io::Batch,
     tx: [TxDesc; BURST_SIZE_MAX],
@@ -196,6 +201,7 @@ impl<Io: PacketIo> Worker<Io> {
             events,
             shared,
             hist: new_histogram(),
+            burst_hist: new_histogram(),
             totals: Totals::default(),
             batch,
             tx: [tx0; BURST_SIZE_MAX],
@@ -242,6 +248,8 @@ impl<Io: PacketIo> Worker<Io> {
             end = self.now_ns();
             let per_packet = (end - now) / n as u64;
             self.hist.saturating_record_n(per_packet.max(1), n as u64);
+            self.burst_hist
+                .saturating_record_n((end - now).max(1), n as u64);
             self.totals.busy_ns += end - now;
         }
         if now.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
@@ -363,10 +371,11 @@ impl<Io: PacketIo> Worker<Io> {
 
     fn open(
         &mut self,
+        ip: IpAddr,
         port: u16,
         opened: &mut Vec<PortHandle>,
     ) -> Result<PortHandle, CommandError> {
-        let addr = SocketAddr::new(self.cfg.bind, port);
+        let addr = SocketAddr::new(ip, port);
         match self.io.open_port(addr) {
             Ok(h) => {
                 opened.push(h);
@@ -394,13 +403,15 @@ impl<Io: PacketIo> Worker<Io> {
         let mut opened = Vec::with_capacity(4);
         let mut handles = [[None; 2]; 2];
         for (i, leg) in spec.legs.iter().enumerate() {
-            let r = self.open(leg.rtp_port, &mut opened).and_then(|rtp| {
-                let rtcp = leg
-                    .rtcp_port
-                    .map(|p| self.open(p, &mut opened))
-                    .transpose()?;
-                Ok((rtp, rtcp))
-            });
+            let r = self
+                .open(leg.local_ip, leg.rtp_port, &mut opened)
+                .and_then(|rtp| {
+                    let rtcp = leg
+                        .rtcp_port
+                        .map(|p| self.open(leg.local_ip, p, &mut opened))
+                        .transpose()?;
+                    Ok((rtp, rtcp))
+                });
             match r {
                 Ok((rtp, rtcp)) => handles[i] = [Some(rtp), rtcp],
                 Err(e) => {

@@ -306,7 +306,7 @@ reserve_pages() {
             rc=1
         fi
     done < <(pool_dirs "$kb")
-    return $rc
+    return "$rc"
 }
 
 cmd_hugepages() {
@@ -770,7 +770,8 @@ Ends with a list of problems and exits 1 if there is any (warnings alone exit 0)
 voxedge-media-dpdk.service runs it as ExecStartPre, as the service user.
 
 Options:
-  <pci-addr>...        these devices must be bound to vfio-pci (default: at least one is)
+  <pci-addr>...        these devices must be bound to vfio-pci (default: at least one is);
+                       not for NVIDIA ConnectX ports, which stay on mlx5_core (use --no-vfio)
   --huge-dir DIR       hugepage directory, as dpdk.huge_dir (default $HUGE_DIR)
   --file-prefix P      as dpdk.file_prefix (default $FILE_PREFIX): pages held by hugepage
                        files a previous run left behind count as available (EAL removes them)
@@ -910,7 +911,10 @@ cmd_check() {
         fi
         if devbind=$(find_devbind); then
             echo "   dpdk-devbind.py --status-dev net:"
-            "$devbind" --status-dev net | sed -e '/^$/d' -e 's/^/     /' || warnings+=("dpdk-devbind.py --status-dev net failed")
+            # lspci cannot reach the kernel modules from inside the unit (ProtectKernelModules=)
+            # and says so once per device: drop that line, keep the rest.
+            "$devbind" --status-dev net 2>&1 | sed -e '/Unable to load libkmod/d' -e '/^$/d' -e 's/^/     /' ||
+                warnings+=("dpdk-devbind.py --status-dev net failed")
         else
             warnings+=("dpdk-devbind.py not found (apt-get install dpdk); devices checked through sysfs only")
         fi
@@ -954,9 +958,11 @@ cmd_check() {
     if [[ -e $SYS_CPU/nohz_full ]]; then nohz_present=1; fi
     nohz=$(cpulist_file "$SYS_CPU/nohz_full")
     echo "   online:    $(compress_cpulist "$online")"
-    echo "   isolated:  ${isolated:+$(compress_cpulist "$isolated")}${isolated:-none}"
+    v=$(compress_cpulist "$isolated")
+    echo "   isolated:  ${v:-none}"
     if ((nohz_present)); then
-        echo "   nohz_full: ${nohz:+$(compress_cpulist "$nohz")}${nohz:-none}"
+        v=$(compress_cpulist "$nohz")
+        echo "   nohz_full: ${v:-none}"
     else
         echo "   nohz_full: not supported by this kernel"
     fi

@@ -446,3 +446,49 @@ fn pcap_port_replays_a_capture_and_captures_the_answers() {
         "echo reply captured: {frames:?}"
     );
 }
+
+#[test]
+fn extra_media_addresses_add_capacity_and_are_used_as_sources() {
+    let (env, _g) = env();
+    let mut cfg = config(ONE_Q, 1, 31000);
+    cfg.port_max = 31003; // two pairs per address: one relay each
+    cfg.extra_addresses = vec!["10.9.0.2".parse().expect("ip")];
+    cfg.dpdk.addresses.push("10.9.0.2/24".into());
+    let dp = Dataplane::start(cfg).expect("start");
+    let mut net = DpdkNet::new(&env.one_q, None);
+    let mut locals = Vec::new();
+    for i in 0..2u16 {
+        let (a, b) = (net.endpoint(), net.endpoint());
+        let info = dp
+            .create_relay(RelayRequest {
+                legs: [
+                    LegRequest {
+                        remote: Some(a),
+                        ..Default::default()
+                    },
+                    LegRequest {
+                        remote: Some(b),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            })
+            .expect("relay fits on one of the two addresses");
+        net.send(a, info.legs[0].local, &rtp(0, i, 0, 1, 1));
+        let (src, _) = net.recv(b, WAIT).expect("forwarded");
+        assert_eq!(src, info.legs[1].local, "sent from the leg's own address");
+        locals.push(info.legs[0].local.ip());
+    }
+    locals.sort();
+    assert_eq!(
+        locals,
+        vec![
+            "10.9.0.1".parse::<IpAddr>().expect("ip"),
+            "10.9.0.2".parse().expect("ip")
+        ]
+    );
+    assert!(matches!(
+        dp.create_relay(RelayRequest::default()),
+        Err(voxedge_dataplane::DataplaneError::PortsExhausted)
+    ));
+}

@@ -269,6 +269,36 @@ impl Drop for PortCtx {
 }
 
 impl PortCtx {
+    /// Writes a frame into every free mbuf of the port's pool: `fill(i, room)` returns the
+    /// frame length written at the start of `room` (0 leaves the mbuf empty). With a pool
+    /// without per-lcore cache (`mbuf_cache = 0`) mbufs are handed out in FIFO order, so a
+    /// `net_null` port then "receives" these frames round-robin for ever: the max-rate bench
+    /// uses this to drive the full RTP path with no generator. Returns how many were written.
+    pub fn fill_pool(&self, mut fill: impl FnMut(usize, &mut [u8]) -> usize) -> usize {
+        let mut all = Vec::new();
+        loop {
+            // SAFETY: valid pool; a null return means it is empty.
+            let m = unsafe { sys::rte_pktmbuf_alloc(self.pool) };
+            if m.is_null() {
+                break;
+            }
+            all.push(m);
+        }
+        let mut written = 0;
+        for (i, &m) in all.iter().enumerate() {
+            // SAFETY: freshly allocated, owned by us until freed below.
+            let (buf, room) = unsafe { mbuf_room(m) };
+            let len = fill(i, &mut buf[..room]).min(room);
+            // SAFETY: owned mbuf; len fits.
+            unsafe { set_len(m, 0, len) };
+            written += usize::from(len > 0);
+        }
+        for m in all {
+            DpdkIo::free(m);
+        }
+        written
+    }
+
     /// Port-level counters: (imissed, rx_nombuf, ierrors, oerrors).
     pub fn port_counters(&self) -> (u64, u64, u64, u64) {
         let mut st = sys::rte_eth_stats::default();
@@ -755,7 +785,7 @@ impl DpdkIo {
         Ok(DpdkIo {
             queue: p.queue,
             ranges: p.ranges,
-            open: vec![false; 1 << 16],
+            open: vec![false; p.iface.addresses.len() << 16],
             bind: p.bind,
             iface: p.iface,
             neigh: Neighbours::new(p.neighbours_max),
@@ -769,6 +799,13 @@ impl DpdkIo {
             epoch: Instant::now(),
             ctx: p.ctx,
         })
+    }
+
+    /// Stream handle of local (address, port): address index in the high bits.
+    #[inline]
+    fn handle_of(&self, ip: IpAddr, port: u16) -> Option<usize> {
+        let k = self.iface.addresses.iter().position(|n| n.addr == ip)?;
+        Some((k << 16) | usize::from(port))
     }
 
     fn owner(&self, port: u16) -> Option<usize> {
@@ -886,7 +923,12 @@ impl DpdkIo {
                 return None;
             }
         };
-        if f.vlan != self.iface.vlan || !self.iface.is_local(f.dst.ip()) {
+        let Some(slot) = self.handle_of(f.dst.ip(), f.dst.port()) else {
+            self.local.not_ours += 1;
+            Self::free(m);
+            return None;
+        };
+        if f.vlan != self.iface.vlan {
             self.local.not_ours += 1;
             Self::free(m);
             return None;
@@ -924,8 +966,8 @@ impl DpdkIo {
                 }
             }
         }
-        let handle = if self.open[usize::from(port)] {
-            PortHandle(u32::from(port))
+        let handle = if self.open[slot] {
+            PortHandle(slot as u32)
         } else {
             NO_PORT
         };
@@ -1012,24 +1054,23 @@ impl PacketIo for DpdkIo {
     }
 
     fn open_port(&mut self, local: SocketAddr) -> Result<PortHandle, IoError> {
-        if !local.ip().is_unspecified() && !self.iface.is_local(local.ip()) {
+        let Some(slot) = self.handle_of(local.ip(), local.port()) else {
             return Err(IoError::Backend(format!(
                 "{} is not an address of this port (dataplane.dpdk.addresses)",
                 local.ip()
             )));
-        }
+        };
         if self.owner(local.port()) != Some(usize::from(self.queue)) {
             return Err(IoError::Backend(format!(
                 "port {} belongs to another worker's range",
                 local.port()
             )));
         }
-        let slot = &mut self.open[usize::from(local.port())];
-        if *slot {
+        if self.open[slot] {
             return Err(IoError::InUse(local));
         }
-        *slot = true;
-        Ok(PortHandle(u32::from(local.port())))
+        self.open[slot] = true;
+        Ok(PortHandle(slot as u32))
     }
 
     fn close_port(&mut self, port: PortHandle) {
@@ -1101,10 +1142,15 @@ impl PacketIo for DpdkIo {
                 self.local.no_neighbour += 1;
                 continue;
             };
-            let Some(src_ip) = self.iface.source_for(dst.ip(), self.bind) else {
+            let local_ip = self
+                .iface
+                .addresses
+                .get((d.port.0 >> 16) as usize)
+                .map_or(self.bind, |n| n.addr);
+            let Some(src_ip) = self.iface.source_for(dst.ip(), local_ip) else {
                 continue;
             };
-            let src = SocketAddr::new(src_ip, d.port.0 as u16);
+            let src = SocketAddr::new(src_ip, (d.port.0 & 0xffff) as u16);
             let hdr = self.iface.udp_header_len(dst.ip());
             let off = usize::from(batch.payload_off[i]);
             let len = usize::from(d.len);
