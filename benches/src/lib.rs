@@ -3,6 +3,7 @@
 //! Each bench prints a human-readable report, or one JSON object with `--json`, so capacity
 //! planners can script and compare runs.
 
+pub mod dpdk;
 pub mod gen;
 pub mod proc;
 pub mod relay;
@@ -20,6 +21,8 @@ pub struct BenchCommand {
 pub enum BenchKind {
     /// RTP relay capacity through `voxedge media` on loopback.
     Relay(relay::RelayArgs),
+    /// RTP forwarding rate of the DPDK backend (`--mode null` or `memif`).
+    Dpdk(dpdk::DpdkArgs),
 }
 
 /// Runs the chosen bench.
@@ -29,5 +32,6 @@ pub enum BenchKind {
 pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
     match &cmd.kind {
         BenchKind::Relay(a) => relay::main(a),
+        BenchKind::Dpdk(a) => dpdk::main(a),
     }
 }

@@ -159,6 +159,19 @@ mod tests {
     }
 
     #[test]
+    fn dpdk_example_config_parses() {
+        // Its cores and devices are those of a real server, so it is parsed, not validated.
+        let text = include_str!("../../deploy/voxedge-dpdk-2x25g.example.toml");
+        let c = Config::from_toml(text, "dpdk example").expect("dpdk example parses");
+        assert_eq!(
+            c.dataplane.backend,
+            voxedge_dataplane::config::Backend::Dpdk
+        );
+        assert_eq!(c.dataplane.dpdk.addresses.len(), 2);
+        assert!(c.dataplane.dpdk.interface([2, 0, 0, 0, 0, 1], 46).is_ok());
+    }
+
+    #[test]
     fn example_config_parses_and_validates() {
         let text = include_str!("../../deploy/voxedge.example.toml");
         let c = Config::from_toml(text, "example").expect("example parses");

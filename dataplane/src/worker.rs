@@ -583,6 +583,10 @@ impl<Io: PacketIo> Worker<Io> {
         sh.rx_errors.store(c.rx_errors, Ordering::Relaxed);
         sh.tx_calls.store(c.tx_calls, Ordering::Relaxed);
         if hist {
+            if let Ok(mut h) = sh.burst_ns.try_lock() {
+                let _ = h.add(&self.burst_hist);
+                self.burst_hist.reset();
+            }
             if let Ok(mut h) = sh.processing_ns.try_lock() {
                 // Same bounds on both sides: `add` cannot fail or allocate.
                 let _ = h.add(&self.hist);

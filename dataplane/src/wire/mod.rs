@@ -143,15 +143,35 @@ pub fn classify(payload: &[u8]) -> PayloadKind {
 /// odd length. The result is already folded to 16 bits and can be fed back
 /// in as `acc`.
 pub fn checksum_add(acc: u32, data: &[u8]) -> u32 {
-    let mut sum = u64::from(acc);
-    let mut chunks = data.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    // The one's-complement sum does not depend on byte order (RFC 1071 §2(B)): sum native
+    // 64-bit words with end-around carry, fold to 16 bits, then convert to big-endian.
+    let mut sum: u64 = 0;
+    let mut carry: u64 = 0;
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let (s, o) = sum.overflowing_add(u64::from_ne_bytes(w));
+        sum = s;
+        carry += u64::from(o);
     }
-    if let [last] = chunks.remainder() {
-        sum += u64::from(*last) << 8;
+    let mut rest = chunks.remainder();
+    let mut tail: u64 = 0;
+    while rest.len() >= 2 {
+        tail += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        rest = &rest[2..];
     }
-    fold64(sum)
+    if let [last] = rest {
+        // An odd trailing byte is the high byte of a big-endian word.
+        tail += u64::from(u16::from_ne_bytes([*last, 0]));
+    }
+    let (s, o) = sum.overflowing_add(tail);
+    sum = s;
+    carry += u64::from(o);
+    let (s, o) = sum.overflowing_add(carry);
+    sum = s + u64::from(o);
+    let native = fold64(sum) as u16;
+    fold64(u64::from(acc) + u64::from(u16::from_be(native)))
 }
 
 fn fold64(mut sum: u64) -> u32 {
@@ -343,5 +363,44 @@ mod tests {
         wr_u8(&mut m, 9, 1);
         assert_eq!(m, [0, 0, 0]);
         assert!(sub_mut(&mut m, 4, 5).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod checksum_tests {
+    use super::*;
+
+    /// RFC 1071's definition, word by word, as the reference.
+    fn reference(acc: u32, data: &[u8]) -> u32 {
+        let mut sum = u64::from(acc);
+        for pair in data.chunks(2) {
+            let hi = u64::from(pair[0]) << 8;
+            let lo = pair.get(1).map_or(0, |b| u64::from(*b));
+            sum += hi | lo;
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u32
+    }
+
+    #[test]
+    fn wide_sum_matches_the_word_by_word_definition() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in 0..300 {
+            for _ in 0..20 {
+                let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                let acc = (next() as u32) & 0x1_ffff;
+                assert_eq!(checksum_add(acc, &data), reference(acc, &data), "len {len}");
+            }
+        }
+        let ones = vec![0xffu8; 4096];
+        assert_eq!(checksum_add(0xffff, &ones), reference(0xffff, &ones));
     }
 }

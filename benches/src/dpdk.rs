@@ -1,0 +1,328 @@
+//! `voxedge bench dpdk`: RTP-aware forwarding rate of the DPDK backend.
+//!
+//! `--mode null` (one process): the dataplane runs on a `net_null` port whose mbuf pool is
+//! pre-filled with valid RTP frames, one per stream, each addressed to a stream of a relay
+//! whose far end is the appliance itself. `net_null` "receives" those mbufs round-robin and the
+//! worker parses, looks up, accounts, rewrites and transmits every one of them through the full
+//! RTP path; the forwarded frame is identical to the received one, so the traffic sustains
+//! itself with no generator cost. Reports packets/s per worker core and the time each packet
+//! spends inside the worker (receive → transmit).
+//!
+//! `--mode memif` (two processes): `voxedge media` on a `net_memif` server port, and this
+//! process as a DPDK load generator on the client end: paced RTP for N streams with a TSC
+//! timestamp in the payload, forwarded frames received back; reports delivered rate, loss and
+//! added latency (generator clock, both processes on one host).
+
+use clap::{Args, ValueEnum};
+
+/// Which port the bench drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Null,
+    Memif,
+}
+
+/// Options of `voxedge bench dpdk`.
+#[derive(Debug, Clone, Args)]
+pub struct DpdkArgs {
+    #[arg(long, value_enum, default_value_t = Mode::Null)]
+    pub mode: Mode,
+    /// Active streams (each relay has two).
+    #[arg(long, default_value_t = 100_000)]
+    pub streams: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Warm-up seconds before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Worker cores of the dataplane (pinned from core 1).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// memif: offered packets/s in total (0 = as fast as the generator can).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Do not verify IPv4/UDP checksums in software on receive (shows what that costs).
+    #[arg(long)]
+    pub no_verify_checksums: bool,
+    /// null: mbufs circulating through the port (their data is what the worker touches;
+    /// 4095 × 2 KiB fits in a server's last-level cache, as packets DMA'd by a NIC with DDIO do).
+    #[arg(long, default_value_t = 4095)]
+    pub mbufs: usize,
+    /// Use hugepages (default: `--no-huge`, which works anywhere but is slower).
+    #[arg(long)]
+    pub hugepages: bool,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: the `voxedge media` child of memif mode uses this socket path.
+    #[arg(long, hide = true)]
+    pub memif_socket: Option<String>,
+}
+
+/// Runs the bench.
+///
+/// # Errors
+/// The bench could not be set up.
+#[cfg(not(feature = "dpdk"))]
+pub fn main(_a: &DpdkArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this voxedge was built without DPDK support; rebuild with `--features dpdk` \
+         (needs libdpdk-dev, pkg-config and libclang-dev)"
+    )
+}
+
+#[cfg(feature = "dpdk")]
+pub use imp::main;
+
+#[cfg(feature = "dpdk")]
+mod imp {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Context};
+    use hdrhistogram::Histogram;
+    use serde_json::{json, Value};
+    use voxedge_dataplane::config::{Backend, DataplaneConfig, DpdkConfig};
+    use voxedge_dataplane::wire::frame::build_udp_frame;
+    use voxedge_dataplane::wire::rtp::emit_header;
+    use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
+
+    use super::{DpdkArgs, Mode};
+
+    /// G.711 20 ms: 160 bytes of audio + 12 of RTP header = 214-byte frames on the wire.
+    const RTP_PAYLOAD: usize = 172;
+    const FRAME: usize = 14 + 20 + 8 + RTP_PAYLOAD;
+    /// Relays per media address (a port range holds ~32k pairs; each relay takes two).
+    const RELAYS_PER_ADDRESS: usize = 15_000;
+    const PORT_MIN: u16 = 2000;
+    const PORT_MAX: u16 = 65_000;
+
+    pub fn main(a: &DpdkArgs) -> anyhow::Result<()> {
+        let report = match a.mode {
+            Mode::Null => null_mode(a)?,
+            Mode::Memif => bail!("--mode memif is not built yet; use --mode null"),
+        };
+        if a.json {
+            println!("{report}");
+        } else {
+            print_report(&report);
+        }
+        Ok(())
+    }
+
+    fn addr(k: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 99, (k / 250) as u8, (k % 250) as u8 + 1))
+    }
+
+    fn dataplane_config(a: &DpdkArgs, relays: usize, vdev: String, mbufs: u32) -> DataplaneConfig {
+        let addresses = relays.div_ceil(RELAYS_PER_ADDRESS).max(1);
+        let cores: Vec<usize> = (1..=a.workers).collect();
+        DataplaneConfig {
+            backend: Backend::Dpdk,
+            workers: a.workers,
+            pin_cores: true,
+            cores,
+            bind: addr(0),
+            extra_addresses: (1..addresses).map(addr).collect(),
+            port_min: PORT_MIN,
+            port_max: PORT_MAX,
+            media_timeout_ms: 0,
+            streams_per_worker_max: relays * 4 + 16,
+            dpdk: DpdkConfig {
+                vdevs: vec![vdev],
+                port: "0".into(),
+                no_huge: !a.hugepages,
+                memory_mb: vec![
+                    (u64::from(mbufs) * 2600 / (1 << 20)) as u32 + 256 + (relays / 1000) as u32,
+                ],
+                file_prefix: format!("vxbench{}", std::process::id()),
+                eal_args: vec!["--no-shconf".into(), "--log-level=*:error".into()],
+                mbufs,
+                mbuf_cache: 0,
+                addresses: (0..addresses).map(|k| format!("{}/16", addr(k))).collect(),
+                verify_checksums: !a.no_verify_checksums,
+                ..DpdkConfig::default()
+            },
+            ..DataplaneConfig::default()
+        }
+    }
+
+    fn rtp_frame(
+        buf: &mut [u8],
+        mac: [u8; 6],
+        src: SocketAddr,
+        dst: SocketAddr,
+        ssrc: u32,
+    ) -> usize {
+        let mut payload = [0xd5u8; RTP_PAYLOAD];
+        let _ = emit_header(&mut payload, 0, false, 1, 160, ssrc);
+        build_udp_frame(buf, mac, mac, None, src, dst, 46, &payload).unwrap_or(0)
+    }
+
+    /// Creates `relays` relays chained into a ring through the appliance itself: relay i's
+    /// leg A talks to relay i−1's leg B and its leg B to relay i+1's leg A. A frame received on
+    /// Aᵢ leaves Bᵢ towards Aᵢ₊₁ and one received on Bᵢ leaves Aᵢ towards Bᵢ₋₁, so every mbuf
+    /// walks through every stream in turn. Returns each stream's (local, remote) pair.
+    fn chained_relays(
+        dp: &Dataplane,
+        relays: usize,
+    ) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+        use voxedge_dataplane::command::LegUpdate;
+        use voxedge_dataplane::ids::Side;
+        let mut infos = Vec::with_capacity(relays);
+        for i in 0..relays {
+            let leg = LegRequest {
+                rtcp_mux: true,
+                ..Default::default()
+            };
+            let info = dp
+                .create_relay(RelayRequest {
+                    legs: [leg, leg],
+                    ..Default::default()
+                })
+                .with_context(|| format!("creating relay {i} of {relays}"))?;
+            infos.push(info);
+        }
+        let mut streams = Vec::with_capacity(relays * 2);
+        for i in 0..relays {
+            let prev = infos[(i + relays - 1) % relays].legs[1].local;
+            let next = infos[(i + 1) % relays].legs[0].local;
+            let (a, b) = (infos[i].legs[0].local, infos[i].legs[1].local);
+            for (side, remote) in [(Side::A, prev), (Side::B, next)] {
+                dp.update_leg(
+                    infos[i].id,
+                    side,
+                    LegUpdate {
+                        remote: Some(remote),
+                        ..Default::default()
+                    },
+                )
+                .context("pointing a leg at its neighbour")?;
+            }
+            streams.push((a, prev));
+            streams.push((b, next));
+        }
+        Ok(streams)
+    }
+
+    struct Snap {
+        at: Instant,
+        rx: u64,
+        forwarded: u64,
+        drops: u64,
+        busy: Histogram<u64>,
+    }
+
+    fn snap(dp: &Dataplane) -> Snap {
+        let port = dp.dpdk_port().expect("dpdk dataplane");
+        let rx = port
+            .stats
+            .iter()
+            .map(|s| s.rx_packets.load(Ordering::Relaxed))
+            .sum();
+        let mut busy = Histogram::new_with_bounds(1, 10_000_000, 2).expect("bounds");
+        let mut forwarded = 0;
+        let mut drops = 0;
+        for w in dp.workers() {
+            forwarded += w.packets_forwarded.load(Ordering::Relaxed);
+            drops += w.drops().total();
+            if let Ok(h) = w.burst_ns.lock() {
+                let _ = busy.add(&*h);
+            }
+        }
+        Snap {
+            at: Instant::now(),
+            rx,
+            forwarded,
+            drops,
+            busy,
+        }
+    }
+
+    fn null_mode(a: &DpdkArgs) -> anyhow::Result<Value> {
+        if a.streams < 2 {
+            bail!("--streams must be at least 2");
+        }
+        let relays = a.streams / 2;
+        let mbufs = ((a.mbufs.max(1024) + 1).next_power_of_two() - 1) as u32;
+        let cfg = dataplane_config(a, relays, format!("net_null0,size={FRAME}"), mbufs);
+        let t0 = Instant::now();
+        let dp = Dataplane::start(cfg).context("starting the DPDK dataplane on net_null")?;
+        let streams = chained_relays(&dp, relays)?;
+        let setup_s = t0.elapsed().as_secs_f64();
+        let port = dp.dpdk_port().context("dpdk port")?.clone();
+        let mac = port.mac;
+        let filled = port.fill_pool(|i, buf| {
+            // Spread the circulating frames evenly over the streams.
+            let (local, remote) = streams[i * streams.len() / mbufs as usize % streams.len()];
+            rtp_frame(buf, mac, remote, local, i as u32)
+        });
+        std::thread::sleep(Duration::from_secs_f64(a.warmup));
+        let s0 = snap(&dp);
+        std::thread::sleep(Duration::from_secs_f64(a.duration));
+        let s1 = snap(&dp);
+        let secs = s1.at.duration_since(s0.at).as_secs_f64();
+        let rx = (s1.rx - s0.rx) as f64;
+        let fwd = (s1.forwarded - s0.forwarded) as f64;
+        let mut lat = s1.busy.clone();
+        let _ = lat.subtract(&s0.busy);
+        let q = |p: f64| lat.value_at_quantile(p) as f64 / 1000.0;
+        let backend: serde_json::Map<String, Value> = dp
+            .backend_metrics()
+            .into_iter()
+            .filter(|(_, _, v)| *v > 0)
+            .map(|(n, _, v)| (n, json!(v)))
+            .collect();
+        Ok(json!({
+            "bench": "dpdk",
+            "mode": "null",
+            "streams": a.streams,
+            "relays": relays,
+            "workers": a.workers,
+            "frame_bytes": FRAME,
+            "mbufs_circulating": filled,
+            "traffic_note": "relays chained through the appliance: each frame walks every stream in turn, so all streams carry traffic",
+            "hugepages": a.hugepages,
+            "verify_checksums": !a.no_verify_checksums,
+            "setup_s": setup_s,
+            "duration_s": secs,
+            "offered_pps": rx / secs,
+            "delivered_pps": fwd / secs,
+            "loss_ratio": if rx > 0.0 { ((rx - fwd) / rx).max(0.0) } else { 1.0 },
+            "drops": s1.drops - s0.drops,
+            "mpps_per_core": fwd / secs / a.workers as f64 / 1e6,
+            "ns_per_packet": if fwd > 0.0 { secs * a.workers as f64 * 1e9 / fwd } else { 0.0 },
+            "latency_us_p50": q(0.5),
+            "latency_us_p99": q(0.99),
+            "latency_us_p999": q(0.999),
+            "latency_note": "null mode: time inside the worker from the end of rx_burst to the end of tx_burst",
+            "backend_counters": backend,
+        }))
+    }
+
+    fn print_report(r: &Value) {
+        println!(
+            "voxedge bench dpdk --mode {}: {} streams, {} worker(s), {} s",
+            r["mode"].as_str().unwrap_or("?"),
+            r["streams"],
+            r["workers"],
+            r["duration_s"]
+        );
+        println!(
+            "  delivered {:.0} packets/s ({:.2} M packets/s per worker core, {:.1} ns/packet), loss {:.4}",
+            r["delivered_pps"].as_f64().unwrap_or(0.0),
+            r["mpps_per_core"].as_f64().unwrap_or(0.0),
+            r["ns_per_packet"].as_f64().unwrap_or(0.0),
+            r["loss_ratio"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "  latency p50 {} µs, p99 {} µs, p99.9 {} µs ({})",
+            r["latency_us_p50"],
+            r["latency_us_p99"],
+            r["latency_us_p999"],
+            r["latency_note"].as_str().unwrap_or("")
+        );
+    }
+}
