@@ -76,6 +76,9 @@ pub fn main(_a: &DpdkArgs) -> anyhow::Result<()> {
 pub use imp::main;
 
 #[cfg(feature = "dpdk")]
+mod memif;
+
+#[cfg(feature = "dpdk")]
 mod imp {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use std::sync::atomic::Ordering;
@@ -89,7 +92,7 @@ mod imp {
     use voxedge_dataplane::wire::rtp::emit_header;
     use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
 
-    use super::{DpdkArgs, Mode};
+    use super::{memif, DpdkArgs, Mode};
 
     /// G.711 20 ms: 160 bytes of audio + 12 of RTP header = 214-byte frames on the wire.
     const RTP_PAYLOAD: usize = 172;
@@ -102,7 +105,7 @@ mod imp {
     pub fn main(a: &DpdkArgs) -> anyhow::Result<()> {
         let report = match a.mode {
             Mode::Null => null_mode(a)?,
-            Mode::Memif => bail!("--mode memif is not built yet; use --mode null"),
+            Mode::Memif => memif::run(a)?,
         };
         if a.json {
             println!("{report}");
@@ -302,7 +305,7 @@ mod imp {
         }))
     }
 
-    fn print_report(r: &Value) {
+    pub(super) fn print_report(r: &Value) {
         println!(
             "voxedge bench dpdk --mode {}: {} streams, {} worker(s), {} s",
             r["mode"].as_str().unwrap_or("?"),

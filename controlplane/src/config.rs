@@ -97,7 +97,7 @@ pub enum ConfigFileError {
         source: toml::de::Error,
     },
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] voxedge_dataplane::config::ConfigError),
+    Invalid(voxedge_dataplane::config::ConfigError),
 }
 
 impl Config {
@@ -133,8 +133,7 @@ impl Config {
     /// # Errors
     /// The first invalid setting.
     pub fn validate(&self) -> Result<(), ConfigFileError> {
-        self.dataplane.validate()?;
-        Ok(())
+        self.dataplane.validate().map_err(ConfigFileError::Invalid)
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::config::{Config, LogFormat};
+use voxedge_controlplane::sdnotify;
 use voxedge_dataplane::BackendKind;
 
 #[derive(Parser)]
@@ -139,7 +140,43 @@ fn run_role(role: Role, args: &RunArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let running = app::start(role, cfg, BackendKind::Socket).await?;
+        let notifier = sdnotify::Notifier::from_env();
+        if let Some(n) = &notifier {
+            n.notify(&format!(
+                "READY=1\nSTATUS=serving: admin {}, {} dataplane worker(s)",
+                running.admin,
+                running.dataplane.workers().count()
+            ));
+        }
+        // The watchdog is fed only while every dataplane worker is running, so a dead worker
+        // gets the service restarted.
+        let watchdog = match (&notifier, sdnotify::watchdog_interval()) {
+            (Some(n), Some(every)) => {
+                let (n, dp) = (n.clone(), running.dataplane.clone());
+                Some(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        let alive = dp
+                            .workers()
+                            .all(|w| w.running.load(std::sync::atomic::Ordering::Acquire));
+                        if alive {
+                            n.notify("WATCHDOG=1");
+                        } else {
+                            tracing::error!("a dataplane worker stopped; not feeding the watchdog");
+                        }
+                    }
+                }))
+            }
+            _ => None,
+        };
         shutdown_signal().await;
+        if let Some(n) = &notifier {
+            n.notify("STOPPING=1");
+        }
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         tracing::info!("shutting down");
         running.shutdown().await;
         tracing::info!("stopped");

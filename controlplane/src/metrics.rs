@@ -223,6 +223,42 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
 
     header(
         &mut out,
+        "voxedge_worker_latency_seconds",
+        "histogram",
+        "Time a received packet spends in the worker until its burst is transmitted (per packet).",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let h = w
+            .burst_ns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for b in BUCKETS_S {
+            let n = h.count_between(0, (b * 1e9) as u64);
+            let _ = writeln!(
+                out,
+                "voxedge_worker_latency_seconds_bucket{{worker=\"{i}\",le=\"{b:e}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "voxedge_worker_latency_seconds_bucket{{worker=\"{i}\",le=\"+Inf\"}} {}",
+            h.len()
+        );
+        let _ = writeln!(
+            out,
+            "voxedge_worker_latency_seconds_sum{{worker=\"{i}\"}} {:.9}",
+            h.mean() * h.len() as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "voxedge_worker_latency_seconds_count{{worker=\"{i}\"}} {}",
+            h.len()
+        );
+    }
+
+    header(
+        &mut out,
         "voxedge_uptime_seconds",
         "gauge",
         "Seconds since the dataplane started.",

@@ -158,3 +158,54 @@ fn relay_bench_reports_json() {
     assert!(v["offered_pps"].as_f64().expect("number") > 1000.0, "{v}");
     assert_eq!(v["loss_ratio"].as_f64(), Some(0.0), "{v}");
 }
+
+/// Under systemd (`Type=notify`): READY=1 once serving, WATCHDOG=1 at half the interval,
+/// STOPPING=1 on SIGTERM.
+#[test]
+fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
+    let dir = std::env::temp_dir().join(format!("voxedge-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let sock_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--admin-listen", "127.0.0.1:39111"])
+        .args(["--port-min", "33000", "--port-max", "33099"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("VOXEDGE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(first.starts_with("READY=1"), "{first}");
+    // Already serving when READY is sent.
+    wait_health("http://127.0.0.1:39111/health");
+    let mut watchdogs = 0;
+    while watchdogs < 3 {
+        let m = recv();
+        assert_eq!(m, "WATCHDOG=1");
+        watchdogs += 1;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let mut stopping = false;
+    for _ in 0..10 {
+        if recv() == "STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 after SIGTERM");
+    let status = terminate(&mut child);
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -101,7 +101,7 @@ fn eal_init_here(args: &[String]) -> Result<(), String> {
     if rc < 0 {
         let e = rte_errno();
         let hint = match e {
-            libc::EACCES => " — permission denied: run as root or with the capabilities in deploy/systemd/voxedge-media-dpdk.service",
+            libc::EACCES => " — no usable hugepages or no permission: reserve hugepages and mount hugetlbfs (deploy/dpdk/prepare-host.sh hugepages N; check with prepare-host.sh check), point dataplane.dpdk.huge_dir at that mount, run as root or with the capabilities in deploy/systemd/voxedge-media-dpdk.service — or set dataplane.dpdk.no_huge = true (tests, development)",
             libc::ENOMEM | libc::EAGAIN => " — no hugepages available or not enough memory: reserve hugepages (deploy/dpdk/prepare-host.sh hugepages N) or set dataplane.dpdk.no_huge = true",
             libc::EINVAL => " — invalid EAL arguments: check dataplane.dpdk (main_lcore, devices, vdevs, eal_args)",
             libc::ENODEV => " — no device matched: check dataplane.dpdk.devices / vdevs",
@@ -1391,4 +1391,145 @@ pub fn tsc() -> u64 {
 pub fn tsc_hz() -> u64 {
     // SAFETY: plain query after EAL initialisation (returns 0 before).
     unsafe { sys::rte_get_tsc_hz() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A plain port for load generators
+// ---------------------------------------------------------------------------------------------
+
+/// An ethdev with one queue pair driven directly (no pipeline): what a DPDK load generator in
+/// another process (the memif bench) uses to send frames and read what comes back.
+pub struct RawPort {
+    port_id: u16,
+    pool: *mut sys::rte_mempool,
+    pub name: String,
+    pub mac: [u8; 6],
+}
+
+impl RawPort {
+    /// Initialises the EAL with `cfg` and starts `cfg.port` with one RX and one TX queue.
+    ///
+    /// # Errors
+    /// EAL, device or memory errors.
+    pub fn start(cfg: &DpdkConfig) -> Result<RawPort, DpdkError> {
+        init_eal(cfg)?;
+        let port = find_port(&cfg.port)?;
+        // SAFETY: valid port.
+        let socket = unsafe { sys::rte_eth_dev_socket_id(port) };
+        let pool = mempool(cfg, socket)?;
+        let conf = sys::rte_eth_conf::default();
+        // SAFETY: valid port and conf.
+        let rc = unsafe { sys::rte_eth_dev_configure(port, 1, 1, &conf) };
+        if rc != 0 {
+            return Err(DpdkError(format!(
+                "configure {}: {}",
+                cfg.port,
+                errno_text(rc)
+            )));
+        }
+        // SAFETY: valid port, queue 0, valid pool; defaults for queue config.
+        let rc = unsafe {
+            sys::rte_eth_rx_queue_setup(
+                port,
+                0,
+                cfg.rx_descriptors,
+                socket.max(0) as u32,
+                std::ptr::null(),
+                pool,
+            )
+        };
+        if rc != 0 {
+            return Err(DpdkError(format!("RX queue: {}", errno_text(rc))));
+        }
+        // SAFETY: as above.
+        let rc = unsafe {
+            sys::rte_eth_tx_queue_setup(
+                port,
+                0,
+                cfg.tx_descriptors,
+                socket.max(0) as u32,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(DpdkError(format!("TX queue: {}", errno_text(rc))));
+        }
+        // SAFETY: configured port.
+        let rc = unsafe { sys::rte_eth_dev_start(port) };
+        if rc != 0 {
+            return Err(DpdkError(format!("start {}: {}", cfg.port, errno_text(rc))));
+        }
+        let mut mac = sys::rte_ether_addr::default();
+        // SAFETY: valid port and out pointer.
+        unsafe { sys::rte_eth_macaddr_get(port, &mut mac) };
+        Ok(RawPort {
+            port_id: port,
+            pool,
+            name: port_name(port),
+            mac: mac.addr_bytes,
+        })
+    }
+
+    /// Whether the link is up (for memif: the peer has connected).
+    pub fn link_up(&self) -> bool {
+        let mut link = sys::rte_eth_link::default();
+        // SAFETY: valid port and out pointer.
+        let rc = unsafe { sys::rte_eth_link_get_nowait(self.port_id, &mut link) };
+        rc == 0 && link.link_status() == 1
+    }
+
+    /// Builds up to `n` (≤ 32) frames with `fill(i, room) -> len` and transmits them; returns
+    /// how many the port took (the rest are freed).
+    pub fn send_burst(
+        &mut self,
+        n: usize,
+        mut fill: impl FnMut(usize, &mut [u8]) -> usize,
+    ) -> usize {
+        let n = n.min(BURST_SIZE_MAX);
+        let mut m = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST_SIZE_MAX];
+        // SAFETY: valid pool; m has room for n pointers.
+        if unsafe { sys::rte_pktmbuf_alloc_bulk(self.pool, m.as_mut_ptr(), n as u32) } != 0 {
+            return 0;
+        }
+        for (i, &mb) in m[..n].iter().enumerate() {
+            // SAFETY: freshly allocated, owned.
+            let (buf, room) = unsafe { mbuf_room(mb) };
+            let len = fill(i, &mut buf[..room]).min(room);
+            // SAFETY: owned, len fits.
+            unsafe { set_len(mb, 0, len) };
+        }
+        // SAFETY: n built mbufs; ownership of the first `sent` passes to the driver.
+        let sent = usize::from(unsafe {
+            sys::rte_eth_tx_burst(self.port_id, 0, m.as_mut_ptr(), n as u16)
+        });
+        for &mb in &m[sent..n] {
+            DpdkIo::free(mb);
+        }
+        sent
+    }
+
+    /// Receives one burst and hands each frame to `f`; returns the number received.
+    pub fn recv_burst(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut m = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST_SIZE_MAX];
+        // SAFETY: our queue; m has room for BURST_SIZE_MAX.
+        let n = usize::from(unsafe {
+            sys::rte_eth_rx_burst(self.port_id, 0, m.as_mut_ptr(), BURST_SIZE_MAX as u16)
+        });
+        for &mb in &m[..n] {
+            // SAFETY: received mbufs are ours; data_len bytes of the first segment are valid.
+            let (buf, room) = unsafe { mbuf_room(mb) };
+            // SAFETY: owned mbuf.
+            let len = usize::from(unsafe { (*mb).data_len }).min(room);
+            f(&buf[..len]);
+            DpdkIo::free(mb);
+        }
+        n
+    }
+}
+
+impl Drop for RawPort {
+    fn drop(&mut self) {
+        // SAFETY: our started port; nothing polls it any more.
+        unsafe { sys::rte_eth_dev_stop(self.port_id) };
+    }
 }

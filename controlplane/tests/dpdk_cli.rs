@@ -1,0 +1,264 @@
+//! `voxedge` in DPDK mode as an operator runs it: clear failures for wrong settings, a media
+//! node on a `net_null` port with its metrics, and the DPDK benches' JSON (each in its own
+//! process: one EAL per process).
+#![cfg(feature = "dpdk")]
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("voxedge-dpdk-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d
+}
+
+fn config(dir: &std::path::Path, dataplane_extra: &str, dpdk_extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+[management]
+listen = "127.0.0.1:0"
+[dataplane]
+backend = "dpdk"
+workers = 1
+pin_cores = false
+bind = "10.1.0.1"
+port_min = 34000
+port_max = 34099
+{dataplane_extra}
+[dataplane.dpdk]
+addresses = ["10.1.0.1/24"]
+file_prefix = "vxcli{pid}"
+eal_args = ["--no-shconf", "--log-level=*:warning"]
+mbufs = 4095
+idle_sleep_us = 100
+{dpdk_extra}
+"#,
+        pid = std::process::id()
+    );
+    let p = dir.join("voxedge.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+fn run_media(cfg: &std::path::Path) -> Output {
+    Command::new(BIN)
+        .args(["media", "--config"])
+        .arg(cfg)
+        .env_remove("VOXEDGE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run voxedge media")
+}
+
+fn assert_clear_failure(out: &Output, must_contain: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {err}");
+    assert!(!err.contains("panicked"), "no panic: {err}");
+    for m in must_contain {
+        assert!(err.contains(m), "stderr mentions {m:?}: {err}");
+    }
+}
+
+#[test]
+fn hugepages_required_but_absent_is_a_clear_error() {
+    let d = tmp("huge");
+    let empty = d.join("not-hugetlbfs");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let cfg = config(
+        &d,
+        "",
+        &format!(
+            "vdevs = [\"net_null0\"]\nhuge_dir = \"{}\"\nmemory_mb = [64]",
+            empty.display()
+        ),
+    );
+    let out = run_media(&cfg);
+    assert_clear_failure(
+        &out,
+        &["dpdk: EAL initialisation failed", "hugepages", "no_huge"],
+    );
+}
+
+#[test]
+fn unknown_device_is_a_clear_error() {
+    let d = tmp("dev");
+    let cfg = config(
+        &d,
+        "",
+        "no_huge = true\ndevices = [\"0000:99:00.0\"]\nport = \"0000:99:00.0\"",
+    );
+    let out = run_media(&cfg);
+    assert_clear_failure(
+        &out,
+        &["dataplane.dpdk.port `0000:99:00.0`: no such ethdev"],
+    );
+}
+
+#[test]
+fn bad_core_lists_are_clear_errors() {
+    let d = tmp("cores");
+    let cfg = config(
+        &d,
+        "cores = [4096]",
+        "no_huge = true\nvdevs = [\"net_null0\"]",
+    );
+    let out = run_media(&cfg);
+    assert_clear_failure(&out, &["dataplane.cores: core 4096 does not exist"]);
+    let cfg = config(
+        &d,
+        "",
+        "no_huge = true\nvdevs = [\"net_null0\"]\nmain_lcore = 4096",
+    );
+    let out = run_media(&cfg);
+    assert_clear_failure(&out, &["dataplane.dpdk.main_lcore"]);
+}
+
+#[test]
+fn media_node_runs_on_a_null_port_with_dpdk_metrics() {
+    let d = tmp("media");
+    let cfg = config(
+        &d,
+        "",
+        "no_huge = true\nvdevs = [\"net_null0,size=64\"]\nport = \"net_null0\"",
+    );
+    // Fixed listener ports so the test can reach them.
+    let text = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replacen("127.0.0.1:0", "127.0.0.1:39121", 1)
+        .replacen("127.0.0.1:0", "127.0.0.1:39122", 1);
+    std::fs::write(&cfg, text).expect("write");
+    let child = Command::new(BIN)
+        .args(["media", "--config"])
+        .arg(&cfg)
+        .env_remove("VOXEDGE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut guard = KillOnDrop(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let health: serde_json::Value = loop {
+        if let Ok(r) = ureq::get("http://127.0.0.1:39121/health").call() {
+            break r.into_json().expect("json");
+        }
+        assert!(Instant::now() < deadline, "no health answer");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(health["status"], "ok");
+    let relay: serde_json::Value = ureq::post("http://127.0.0.1:39122/v1/relays")
+        .send_json(serde_json::json!({"a": {}, "b": {}}))
+        .expect("create relay")
+        .into_json()
+        .expect("json");
+    assert!(relay["a"]["local"]
+        .as_str()
+        .expect("local")
+        .starts_with("10.1.0.1:"));
+    // net_null delivers zero-filled frames (EtherType 0): counted as unsupported, none forwarded.
+    std::thread::sleep(Duration::from_millis(200));
+    let metrics = ureq::get("http://127.0.0.1:39121/metrics")
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert!(value("voxedge_dpdk_rx_packets_total") > 0.0);
+    assert!(value("voxedge_dpdk_unsupported_total") > 0.0);
+    assert_eq!(value("voxedge_dpdk_tx_packets_total"), 0.0);
+    assert_eq!(value("voxedge_dpdk_handoff_dropped_total"), 0.0);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let out = guard
+        .0
+        .take()
+        .expect("child")
+        .wait_with_output()
+        .expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "clean stop: {err}");
+    assert!(
+        err.contains("EAL arguments: voxedge -l 0"),
+        "EAL arguments logged: {err}"
+    );
+    assert!(
+        err.contains("dpdk port net_null0 started"),
+        "port logged: {err}"
+    );
+}
+
+/// Kills the child if the test fails before stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "dpdk",
+            "--json",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+        ])
+        .args(args)
+        .env_remove("VOXEDGE_CONFIG")
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().expect("a line")).expect("JSON report")
+}
+
+#[test]
+fn null_bench_reports_json() {
+    let r = bench(&["--mode", "null", "--streams", "1000"]);
+    for k in [
+        "streams",
+        "offered_pps",
+        "delivered_pps",
+        "loss_ratio",
+        "mpps_per_core",
+        "latency_us_p50",
+        "latency_us_p99",
+        "latency_us_p999",
+    ] {
+        assert!(r.get(k).is_some(), "{k} in {r}");
+    }
+    assert_eq!(r["streams"], 1000);
+    assert!(
+        r["delivered_pps"].as_f64().expect("number") > 10_000.0,
+        "{r}"
+    );
+}
+
+#[test]
+fn memif_bench_reports_json() {
+    let r = bench(&["--mode", "memif", "--streams", "200", "--rate", "20000"]);
+    assert_eq!(r["mode"], "memif");
+    let delivered = r["delivered_pps"].as_f64().expect("number");
+    assert!(delivered > 15_000.0, "{r}");
+    assert!(r["loss_ratio"].as_f64().expect("number") < 0.01, "{r}");
+    assert!(r["latency_us_p99"].as_f64().is_some(), "{r}");
+}
