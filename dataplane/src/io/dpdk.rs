@@ -22,13 +22,14 @@ use crossbeam_channel::{Receiver, Sender};
 use voxedge_dpdk_sys as sys;
 
 use super::netstack::{
-    build_arp_request, build_neighbour_solicitation, format_mac, handle_control, write_udp_headers,
-    Control, IgnoreReason, Interface, Neighbours, ReplyKind, Resolve,
+    adjust_sum, build_arp_request, build_neighbour_solicitation, format_mac, handle_control,
+    verify_udp_sums, write_udp_headers, Control, IgnoreReason, Interface, Neighbours, ReplyKind,
+    Resolve,
 };
 use super::{IoCounters, IoError, PacketIo, RxBatch, RxMeta, TxDesc, NO_PORT};
 use crate::config::{DpdkConfig, Steering, BURST_SIZE_MAX};
 use crate::ids::PortHandle;
-use crate::wire::frame::{parse_udp_frame, verify_udp_frame_checksums};
+use crate::wire::frame::parse_udp_frame;
 
 /// Why the DPDK backend could not start.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -673,7 +674,15 @@ pub struct DpdkBatch {
     mbufs: [*mut sys::rte_mbuf; BURST_SIZE_MAX],
     meta: [RxMeta; BURST_SIZE_MAX],
     payload_off: [u16; BURST_SIZE_MAX],
+    /// One's-complement sum of the payload as received (when it was verified in software) and
+    /// its first bytes, so transmit can adjust the sum for an RTP header rewrite instead of
+    /// summing the payload again.
+    payload_sum: [Option<u32>; BURST_SIZE_MAX],
+    head: [[u8; RTP_HEAD]; BURST_SIZE_MAX],
 }
+
+/// Bytes of an RTP header the pipeline may rewrite (seq, timestamp, SSRC live in 2..12).
+const RTP_HEAD: usize = 12;
 
 impl RxBatch for DpdkBatch {
     #[inline]
@@ -691,7 +700,7 @@ impl RxBatch for DpdkBatch {
         // rx_burst checked payload_off + len <= data_len of its single segment, so the range
         // lies inside the mbuf's data; `&mut self` makes the slice unique.
         unsafe {
-            let base = sys::voxedge_pktmbuf_mtod(m).cast::<u8>();
+            let base = (*m).buf_addr.cast::<u8>().add(usize::from((*m).data_off));
             std::slice::from_raw_parts_mut(
                 base.add(usize::from(self.payload_off[i])),
                 usize::from(self.meta[i].len),
@@ -879,7 +888,11 @@ impl DpdkIo {
 
     /// Classifies one received frame: returns the payload offset and metadata of a UDP
     /// datagram for this worker, or consumes the mbuf (reply, hand-off, drop).
-    fn classify(&mut self, m: *mut sys::rte_mbuf, from_handoff: bool) -> Option<(u16, RxMeta)> {
+    fn classify(
+        &mut self,
+        m: *mut sys::rte_mbuf,
+        from_handoff: bool,
+    ) -> Option<(u16, RxMeta, Option<u32>)> {
         // SAFETY: m is an mbuf we own, freshly received.
         let (segs, data_len) = unsafe { ((*m).nb_segs, usize::from((*m).data_len)) };
         if segs != 1 {
@@ -940,7 +953,11 @@ impl DpdkIo {
         let bad = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_BAD)
             || l3 == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_BAD);
         let verified = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_GOOD);
-        if bad || (!verified && self.verify_checksums && !verify_udp_frame_checksums(frame, &f)) {
+        let mut payload_sum = None;
+        if !bad && !verified && self.verify_checksums {
+            payload_sum = verify_udp_sums(frame, &f);
+        }
+        if bad || (!verified && self.verify_checksums && payload_sum.is_none()) {
             self.local.bad_checksum += 1;
             Self::free(m);
             return None;
@@ -980,6 +997,7 @@ impl DpdkIo {
                 len: len as u16,
                 truncated: false,
             },
+            payload_sum.filter(|_| len == f.payload_len),
         ))
     }
 
@@ -1006,6 +1024,28 @@ impl DpdkIo {
             a.store(v, Ordering::Relaxed);
         }
     }
+}
+
+/// Asks the CPU to start loading the first 256 bytes of `m`'s data (Ethernet, IP, UDP, RTP).
+#[inline]
+fn prefetch_data(m: *mut sys::rte_mbuf) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: m is a valid mbuf we own (its header is readable); prefetching any address is
+    // harmless (it cannot fault), and the data area is at least 256 bytes past data_off in
+    // the pools we create (2176-byte buffers).
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = (*m)
+            .buf_addr
+            .cast::<u8>()
+            .add(usize::from((*m).data_off))
+            .cast::<i8>();
+        for line in 0..4 {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line * 64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = m;
 }
 
 /// The data area of a single-segment mbuf from its data offset to the end of its buffer, and
@@ -1050,6 +1090,8 @@ impl PacketIo for DpdkIo {
             mbufs: [std::ptr::null_mut(); BURST_SIZE_MAX],
             meta: [RxMeta::default(); BURST_SIZE_MAX],
             payload_off: [0; BURST_SIZE_MAX],
+            payload_sum: [None; BURST_SIZE_MAX],
+            head: [[0; RTP_HEAD]; BURST_SIZE_MAX],
         }
     }
 
@@ -1104,12 +1146,27 @@ impl PacketIo for DpdkIo {
         } as usize;
         self.counters.rx_calls += 1;
         self.local.rx += nrx as u64;
+        // Start loading every frame's first lines (headers and RTP) before classifying any.
+        for &m in &raw[..ho + nrx] {
+            prefetch_data(m);
+        }
         let mut n = 0;
         for (i, &m) in raw[..ho + nrx].iter().enumerate() {
-            if let Some((off, meta)) = self.classify(m, i < ho) {
+            if let Some((off, meta, sum)) = self.classify(m, i < ho) {
                 batch.mbufs[n] = m;
                 batch.payload_off[n] = off;
                 batch.meta[n] = meta;
+                batch.payload_sum[n] = sum;
+                if sum.is_some() {
+                    let p = batch.payload_mut(n);
+                    if p.len() >= RTP_HEAD {
+                        let mut h = [0u8; RTP_HEAD];
+                        h.copy_from_slice(&p[..RTP_HEAD]);
+                        batch.head[n] = h;
+                    } else {
+                        batch.payload_sum[n] = None;
+                    }
+                }
                 n += 1;
             }
         }
@@ -1134,7 +1191,7 @@ impl PacketIo for DpdkIo {
             }
             let m = batch.mbufs[i];
             let dst = d.dst;
-            let Some(mac) = self.neigh.lookup(&self.iface, dst.ip()) else {
+            let Some(mac) = self.neigh.lookup_cached(&self.iface, dst.ip()) else {
                 let t = *now.get_or_insert_with(|| self.epoch.elapsed().as_nanos() as u64);
                 if let Resolve::Request(hop) = self.neigh.resolve(&self.iface, dst.ip(), t) {
                     self.request(hop);
@@ -1154,6 +1211,18 @@ impl PacketIo for DpdkIo {
             let hdr = self.iface.udp_header_len(dst.ip());
             let off = usize::from(batch.payload_off[i]);
             let len = usize::from(d.len);
+            // RTP: the pipeline may have rewritten seq/ts/SSRC (bytes 2..12) only, so adjust the
+            // received payload's sum. RTCP (RFC 5761 payload-type range) may have had SSRCs
+            // rewritten anywhere in the compound: sum it again.
+            let sum = match batch.payload_sum[i] {
+                Some(sum) if len == usize::from(batch.meta[i].len) => {
+                    let head = batch.head[i];
+                    let p = batch.payload_mut(i);
+                    let rtcp = (64..96).contains(&(p[1] & 0x7f));
+                    (!rtcp).then(|| adjust_sum(sum, &head, &p[..RTP_HEAD]))
+                }
+                _ => None,
+            };
             // SAFETY: m is owned by this batch; the new frame starts `hdr` bytes before the
             // payload, which stays inside the buffer because data_off + off >= headroom (128)
             // + Ethernet/IP/UDP of the received frame, and we need at most 66 bytes; checked.
@@ -1181,6 +1250,7 @@ impl PacketIo for DpdkIo {
                     src,
                     dst,
                     self.iface.dscp,
+                    sum,
                 )
                 .is_err()
                 {

@@ -15,7 +15,7 @@ use crate::wire::ethernet::{
 };
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_UDP};
 use crate::wire::ipv6::{self, Ipv6Packet};
-use crate::wire::udp::{self, UdpPacket};
+use crate::wire::udp;
 use crate::wire::{checksum_add, checksum_fold, WireError};
 
 pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
@@ -178,6 +178,24 @@ pub struct Neighbours {
     macs: HashMap<IpAddr, [u8; 6]>,
     requested: HashMap<IpAddr, u64>,
     cap: usize,
+    /// Direct-mapped cache of destination → next-hop MAC in front of the route and table
+    /// lookups; an entry is valid while its generation matches (bumped on every change).
+    fast: Vec<(IpAddr, [u8; 6], u32)>,
+    generation: u32,
+}
+
+const FAST_SLOTS: usize = 1024;
+
+#[inline]
+fn fast_slot(ip: IpAddr) -> usize {
+    let h = match ip {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(a) => {
+            let v = u128::from(a);
+            (v as u32) ^ ((v >> 32) as u32) ^ ((v >> 64) as u32) ^ ((v >> 96) as u32)
+        }
+    };
+    (h.wrapping_mul(0x9e37_79b1) >> 22) as usize % FAST_SLOTS
 }
 
 /// Minimum time between two requests for one address.
@@ -189,6 +207,9 @@ impl Neighbours {
             macs: HashMap::new(),
             requested: HashMap::new(),
             cap: cap.max(1),
+            fast: vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), [0; 6], 0); FAST_SLOTS],
+            // Entries start at generation 0, so nothing is valid until filled.
+            generation: 1,
         }
     }
 
@@ -206,6 +227,7 @@ impl Neighbours {
         }
         self.requested.remove(&ip);
         self.macs.insert(ip, mac);
+        self.generation = self.generation.wrapping_add(1).max(1);
         true
     }
 
@@ -232,6 +254,19 @@ impl Neighbours {
             return Some(m);
         }
         self.macs.get(&hop).copied()
+    }
+
+    /// [`Neighbours::lookup`] through the direct-mapped cache (the per-packet path).
+    #[inline]
+    pub fn lookup_cached(&mut self, iface: &Interface, dst: IpAddr) -> Option<[u8; 6]> {
+        let slot = fast_slot(dst);
+        let (ip, mac, generation) = self.fast[slot];
+        if generation == self.generation && ip == dst {
+            return Some(mac);
+        }
+        let mac = self.lookup(iface, dst)?;
+        self.fast[slot] = (dst, mac, self.generation);
+        Some(mac)
     }
 
     /// MAC of the next hop towards `dst`, or what to do about not knowing it.
@@ -621,8 +656,45 @@ pub fn build_neighbour_solicitation(
     Some(end)
 }
 
+/// Verifies the IPv4 header checksum (IPv4) and the UDP checksum of a frame parsed by
+/// `parse_udp_frame`, in one pass over the payload. Returns the one's-complement sum of the
+/// payload (for [`write_udp_headers`] to reuse) when both are right.
+pub fn verify_udp_sums(frame: &[u8], f: &crate::wire::frame::UdpFrame) -> Option<u32> {
+    let udp = frame.get(f.l4_offset..f.payload_offset)?;
+    let payload = frame.get(f.payload_offset..f.payload_offset + f.payload_len)?;
+    let udp_len = (udp::HEADER_LEN + payload.len()) as u16;
+    let payload_sum = checksum_add(0, payload);
+    let pseudo = match (f.src.ip(), f.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ip = frame.get(f.l3_offset..f.l4_offset)?;
+            if checksum_fold(checksum_add(0, ip)) != 0 {
+                return None;
+            }
+            if udp[6] == 0 && udp[7] == 0 {
+                // No UDP checksum (allowed over IPv4).
+                return Some(payload_sum);
+            }
+            udp::pseudo_v4(s, d, udp_len)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => udp::pseudo_v6(s, d, udp_len),
+        _ => return None,
+    };
+    let total = checksum_add(pseudo, udp);
+    // Fold the payload's sum in as a 16-bit word.
+    let total = checksum_add(total, &(payload_sum as u16).to_be_bytes());
+    (checksum_fold(total) == 0).then_some(payload_sum)
+}
+
+/// `sum` of a payload after bytes `old` were replaced by `new` (same length, even offset).
+pub fn adjust_sum(sum: u32, old: &[u8], new: &[u8]) -> u32 {
+    let o = checksum_add(0, old) as u16;
+    // Subtracting in one's complement is adding the complement.
+    checksum_add(checksum_add(sum, &(!o).to_be_bytes()), new)
+}
+
 /// Writes Ethernet (+VLAN), IP and UDP headers into `frame[..hdr_len]` for the payload in
-/// `frame[hdr_len..]`, with a full UDP checksum. `hdr_len` must be
+/// `frame[hdr_len..]`, with a full UDP checksum; `payload_sum`, when given, is the payload's
+/// one's-complement sum, which saves summing it again. `hdr_len` must be
 /// [`Interface::udp_header_len`] of `dst`.
 ///
 /// # Errors
@@ -637,43 +709,92 @@ pub fn write_udp_headers(
     src: SocketAddr,
     dst: SocketAddr,
     dscp: u8,
+    payload_sum: Option<u32>,
 ) -> Result<(), WireError> {
+    // Written with fixed-size arrays and one copy per header: this runs for every forwarded
+    // packet of the DPDK backend.
     let payload_len = frame
         .len()
         .checked_sub(hdr_len)
         .ok_or(WireError::Truncated)?;
-    let ethertype = if dst.is_ipv4() {
+    let udp_len = u16::try_from(payload_len + udp::HEADER_LEN).map_err(|_| WireError::BadLength)?;
+    let l2 = ethernet::HEADER_LEN + if vlan.is_some() { VLAN_TAG_LEN } else { 0 };
+    let ip_len = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => ipv4::MIN_HEADER_LEN,
+        (IpAddr::V6(_), IpAddr::V6(_)) => ipv6::HEADER_LEN,
+        _ => return Err(WireError::BadVersion),
+    };
+    if hdr_len != l2 + ip_len + udp::HEADER_LEN {
+        return Err(WireError::Truncated);
+    }
+    let (headers, payload) = frame.split_at_mut(hdr_len);
+    let (eth, rest) = headers.split_at_mut(l2);
+    let (ip, udp_hdr) = rest.split_at_mut(ip_len);
+
+    let ethertype = if ip_len == ipv4::MIN_HEADER_LEN {
         ETHERTYPE_IPV4
     } else {
         ETHERTYPE_IPV6
     };
-    let l3 = ethernet::emit_header(frame, dst_mac, src_mac, vlan, ethertype)?;
-    let udp_len = payload_len + udp::HEADER_LEN;
-    let l4 = hdr_len - udp::HEADER_LEN;
-    let (ip_buf, udp_buf) = frame.split_at_mut(l4);
-    let ip_buf = ip_buf.get_mut(l3..).ok_or(WireError::Truncated)?;
-    udp::emit_header(udp_buf, src.port(), dst.port(), payload_len)?;
-    let mut u = UdpPacket::new_unchecked(udp_buf);
-    match (src.ip(), dst.ip()) {
+    // Constant-size copies only (a variable-length copy becomes a memcpy call).
+    eth[0..6].copy_from_slice(&dst_mac);
+    eth[6..12].copy_from_slice(&src_mac);
+    if let Some(v) = vlan {
+        eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
+        eth[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+        eth[16..18].copy_from_slice(&ethertype.to_be_bytes());
+    } else {
+        eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    }
+
+    let pseudo = match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            ipv4::emit_header(ip_buf, s, d, PROTO_UDP, ipv4::DEFAULT_TTL, dscp, udp_len)?;
-            u.fill_checksum_v4(s, d);
+            let total = u16::try_from(usize::from(udp_len) + ipv4::MIN_HEADER_LEN)
+                .map_err(|_| WireError::BadTotalLength)?;
+            let mut h = [0u8; ipv4::MIN_HEADER_LEN];
+            h[0] = 0x45;
+            h[1] = (dscp & 0x3f) << 2;
+            h[2..4].copy_from_slice(&total.to_be_bytes());
+            h[6] = 0x40; // Don't fragment.
+            h[8] = ipv4::DEFAULT_TTL;
+            h[9] = PROTO_UDP;
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            let mut sum = 0u32;
+            for w in h.chunks_exact(2) {
+                sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+            }
+            let c = checksum_fold(sum);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            ip.copy_from_slice(&h);
+            udp::pseudo_v4(s, d, udp_len)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let tc = (dscp & 0x3f) << 2;
-            ipv6::emit_header(
-                ip_buf,
-                s,
-                d,
-                ipv6::NEXT_HEADER_UDP,
-                ipv6::DEFAULT_HOP_LIMIT,
-                tc,
-                udp_len,
-            )?;
-            u.fill_checksum_v6(s, d);
+            let mut h = [0u8; ipv6::HEADER_LEN];
+            h[0] = 0x60 | (tc >> 4);
+            h[1] = tc << 4;
+            h[4..6].copy_from_slice(&udp_len.to_be_bytes());
+            h[6] = ipv6::NEXT_HEADER_UDP;
+            h[7] = ipv6::DEFAULT_HOP_LIMIT;
+            h[8..24].copy_from_slice(&s.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            ip.copy_from_slice(&h);
+            udp::pseudo_v6(s, d, udp_len)
         }
         _ => return Err(WireError::BadVersion),
-    }
+    };
+    let mut u = [0u8; udp::HEADER_LEN];
+    u[0..2].copy_from_slice(&src.port().to_be_bytes());
+    u[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    u[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    let psum = payload_sum.unwrap_or_else(|| checksum_add(0, payload));
+    let acc = checksum_add(checksum_add(pseudo, &u), &(psum as u16).to_be_bytes());
+    let c = checksum_fold(acc);
+    // A computed zero is sent as all-ones (RFC 768).
+    let c = if c == 0 { 0xffff } else { c };
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    udp_hdr.copy_from_slice(&u);
     Ok(())
 }
 
@@ -917,6 +1038,12 @@ mod tests {
             n.resolve(&ifc, "2001:db9::1".parse().unwrap(), 0),
             Resolve::NoRoute
         );
+        // The cache follows changes.
+        assert_eq!(n.lookup_cached(&ifc, off_link), Some(PEER_MAC));
+        assert_eq!(n.lookup_cached(&ifc, off_link), Some(PEER_MAC));
+        assert!(n.learn(gw, [2, 0, 0, 0, 0, 0x77]));
+        assert_eq!(n.lookup_cached(&ifc, off_link), Some([2, 0, 0, 0, 0, 0x77]));
+        assert_eq!(n.lookup_cached(&ifc, on_link), None);
         // Bounded.
         for i in 0..100u8 {
             n.learn(IpAddr::from([10, 0, 0, i]), PEER_MAC);
@@ -952,17 +1079,26 @@ mod tests {
             let hdr = ifc.udp_header_len(dst.ip());
             let mut frame = vec![0xeeu8; hdr + payload.len()];
             frame[hdr..].copy_from_slice(payload);
-            write_udp_headers(&mut frame, hdr, OUR_MAC, PEER_MAC, vlan, src, dst, 46).unwrap();
+            write_udp_headers(&mut frame, hdr, OUR_MAC, PEER_MAC, vlan, src, dst, 46, None)
+                .unwrap();
             let mut want = vec![0u8; 256];
             let n =
                 build_udp_frame(&mut want, OUR_MAC, PEER_MAC, vlan, src, dst, 46, payload).unwrap();
             assert_eq!(frame, want[..n]);
             let f = parse_udp_frame(&frame).unwrap();
             assert!(verify_udp_frame_checksums(&frame, &f));
-            assert!(
-                write_udp_headers(&mut frame[..3], hdr, OUR_MAC, PEER_MAC, vlan, src, dst, 0)
-                    .is_err()
-            );
+            assert!(write_udp_headers(
+                &mut frame[..3],
+                hdr,
+                OUR_MAC,
+                PEER_MAC,
+                vlan,
+                src,
+                dst,
+                0,
+                None
+            )
+            .is_err());
         }
     }
 }

@@ -143,34 +143,26 @@ pub fn classify(payload: &[u8]) -> PayloadKind {
 /// odd length. The result is already folded to 16 bits and can be fed back
 /// in as `acc`.
 pub fn checksum_add(acc: u32, data: &[u8]) -> u32 {
-    // The one's-complement sum does not depend on byte order (RFC 1071 §2(B)): sum native
-    // 64-bit words with end-around carry, fold to 16 bits, then convert to big-endian.
-    let mut sum: u64 = 0;
-    let mut carry: u64 = 0;
+    // The one's-complement sum does not depend on byte order (RFC 1071 §2(B)): add native
+    // 32-bit words into two 64-bit accumulators (no carries to track below 2³² words, and the
+    // two chains run in parallel), fold to 16 bits, then convert to big-endian.
+    let (mut a, mut b) = (0u64, 0u64);
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let (s, o) = sum.overflowing_add(u64::from_ne_bytes(w));
-        sum = s;
-        carry += u64::from(o);
+        a += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+        b += u64::from(u32::from_ne_bytes([c[4], c[5], c[6], c[7]]));
     }
     let mut rest = chunks.remainder();
-    let mut tail: u64 = 0;
     while rest.len() >= 2 {
-        tail += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        a += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
         rest = &rest[2..];
     }
     if let [last] = rest {
         // An odd trailing byte is the high byte of a big-endian word.
-        tail += u64::from(u16::from_ne_bytes([*last, 0]));
+        b += u64::from(u16::from_ne_bytes([*last, 0]));
     }
-    let (s, o) = sum.overflowing_add(tail);
-    sum = s;
-    carry += u64::from(o);
-    let (s, o) = sum.overflowing_add(carry);
-    sum = s + u64::from(o);
-    let native = fold64(sum) as u16;
+    let native = fold64(a) + fold64(b);
+    let native = fold64(u64::from(native)) as u16;
     fold64(u64::from(acc) + u64::from(u16::from_be(native)))
 }
 

@@ -24,7 +24,7 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 }
 
 /// Sum of the IPv4 pseudo-header for a UDP datagram of `udp_len` bytes.
-fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u32 {
+pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u32 {
     let mut acc = checksum_add(0, &src.octets());
     acc = checksum_add(acc, &dst.octets());
     acc = checksum_add(acc, &[0, PROTO_UDP]);
@@ -32,7 +32,7 @@ fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u32 {
 }
 
 /// Sum of the IPv6 pseudo-header for a UDP datagram of `udp_len` bytes.
-fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, udp_len: u16) -> u32 {
+pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, udp_len: u16) -> u32 {
     let mut acc = checksum_add(0, &src.octets());
     acc = checksum_add(acc, &dst.octets());
     acc = checksum_add(acc, &u32::from(udp_len).to_be_bytes());
