@@ -492,3 +492,14 @@ fn extra_media_addresses_add_capacity_and_are_used_as_sources() {
         Err(voxedge_dataplane::DataplaneError::PortsExhausted)
     ));
 }
+
+/// With verification left to the NIC (here: off), transmit checksums are derived from the
+/// received ones; the forwarded frames must still carry correct checksums (DpdkNet checks).
+#[test]
+fn relay_scenario_with_checksums_not_verified_in_software() {
+    let (env, _g) = env();
+    let mut cfg = config(ONE_Q, 1, 31000);
+    cfg.dpdk.verify_checksums = false;
+    let dp = Dataplane::start(cfg).expect("start");
+    relay_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
+}

@@ -23,8 +23,8 @@ use voxedge_dpdk_sys as sys;
 
 use super::netstack::{
     adjust_sum, build_arp_request, build_neighbour_solicitation, format_mac, handle_control,
-    verify_udp_sums, write_udp_headers, Control, IgnoreReason, Interface, Neighbours, ReplyKind,
-    Resolve,
+    payload_sum_from_checksum, verify_udp_sums, write_udp_headers, Control, IgnoreReason,
+    Interface, Neighbours, ReplyKind, Resolve,
 };
 use super::{IoCounters, IoError, PacketIo, RxBatch, RxMeta, TxDesc, NO_PORT};
 use crate::config::{DpdkConfig, Steering, BURST_SIZE_MAX};
@@ -961,6 +961,11 @@ impl DpdkIo {
             self.local.bad_checksum += 1;
             Self::free(m);
             return None;
+        }
+        if payload_sum.is_none() {
+            // Checked by the NIC (or not at all, by configuration): recover the payload's sum
+            // from the received checksum instead of reading the payload.
+            payload_sum = payload_sum_from_checksum(frame, &f);
         }
         let port = f.dst.port();
         if !from_handoff {

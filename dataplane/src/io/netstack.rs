@@ -685,6 +685,27 @@ pub fn verify_udp_sums(frame: &[u8], f: &crate::wire::frame::UdpFrame) -> Option
     (checksum_fold(total) == 0).then_some(payload_sum)
 }
 
+/// The payload's one's-complement sum recovered from a frame's UDP checksum (the checksum
+/// covers pseudo-header + UDP header + payload, so the payload part is what remains after
+/// taking the others out), without reading the payload. `None` for an IPv4 datagram sent
+/// without a checksum. Only meaningful when the checksum is right (verified by the NIC).
+pub fn payload_sum_from_checksum(frame: &[u8], f: &crate::wire::frame::UdpFrame) -> Option<u32> {
+    let udp = frame.get(f.l4_offset..f.l4_offset + udp::HEADER_LEN)?;
+    let csum = u16::from_be_bytes([udp[6], udp[7]]);
+    let udp_len = (udp::HEADER_LEN + f.payload_len) as u16;
+    let pseudo = match (f.src.ip(), f.dst.ip()) {
+        (IpAddr::V4(_), IpAddr::V4(_)) if csum == 0 => return None,
+        (IpAddr::V4(s), IpAddr::V4(d)) => udp::pseudo_v4(s, d, udp_len),
+        (IpAddr::V6(s), IpAddr::V6(d)) => udp::pseudo_v6(s, d, udp_len),
+        _ => return None,
+    };
+    // total = pseudo + header(without checksum) + payload = !csum.
+    let others = checksum_add(pseudo, &udp[..6]) as u16;
+    let total = u32::from(!csum);
+    // payload = total − others, in one's complement: total + !others.
+    Some(checksum_add(total, &(!others).to_be_bytes()))
+}
+
 /// `sum` of a payload after bytes `old` were replaced by `new` (same length, even offset).
 pub fn adjust_sum(sum: u32, old: &[u8], new: &[u8]) -> u32 {
     let o = checksum_add(0, old) as u16;
