@@ -708,9 +708,20 @@ pub fn payload_sum_from_checksum(frame: &[u8], f: &crate::wire::frame::UdpFrame)
 
 /// `sum` of a payload after bytes `old` were replaced by `new` (same length, even offset).
 pub fn adjust_sum(sum: u32, old: &[u8], new: &[u8]) -> u32 {
-    let o = checksum_add(0, old) as u16;
+    let words = |b: &[u8]| -> u64 {
+        b.chunks(2)
+            .map(|w| u64::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+            .sum()
+    };
+    let fold = |mut x: u64| {
+        while x > 0xffff {
+            x = (x & 0xffff) + (x >> 16);
+        }
+        x as u16
+    };
     // Subtracting in one's complement is adding the complement.
-    checksum_add(checksum_add(sum, &(!o).to_be_bytes()), new)
+    let o = fold(words(old));
+    u32::from(fold(u64::from(sum) + u64::from(!o) + words(new)))
 }
 
 /// Writes Ethernet (+VLAN), IP and UDP headers into `frame[..hdr_len]` for the payload in
@@ -787,7 +798,7 @@ pub fn write_udp_headers(
             }
             let c = checksum_fold(sum);
             h[10..12].copy_from_slice(&c.to_be_bytes());
-            ip.copy_from_slice(&h);
+            ip[..ipv4::MIN_HEADER_LEN].copy_from_slice(&h);
             udp::pseudo_v4(s, d, udp_len)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -800,7 +811,7 @@ pub fn write_udp_headers(
             h[7] = ipv6::DEFAULT_HOP_LIMIT;
             h[8..24].copy_from_slice(&s.octets());
             h[24..40].copy_from_slice(&d.octets());
-            ip.copy_from_slice(&h);
+            ip[..ipv6::HEADER_LEN].copy_from_slice(&h);
             udp::pseudo_v6(s, d, udp_len)
         }
         _ => return Err(WireError::BadVersion),
@@ -815,7 +826,7 @@ pub fn write_udp_headers(
     // A computed zero is sent as all-ones (RFC 768).
     let c = if c == 0 { 0xffff } else { c };
     u[6..8].copy_from_slice(&c.to_be_bytes());
-    udp_hdr.copy_from_slice(&u);
+    udp_hdr[..udp::HEADER_LEN].copy_from_slice(&u);
     Ok(())
 }
 

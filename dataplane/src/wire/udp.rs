@@ -25,18 +25,34 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 
 /// Sum of the IPv4 pseudo-header for a UDP datagram of `udp_len` bytes.
 pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u32 {
-    let mut acc = checksum_add(0, &src.octets());
-    acc = checksum_add(acc, &dst.octets());
-    acc = checksum_add(acc, &[0, PROTO_UDP]);
-    checksum_add(acc, &udp_len.to_be_bytes())
+    let (s, d) = (u32::from(src), u32::from(dst));
+    let sum = u64::from(s >> 16)
+        + u64::from(s & 0xffff)
+        + u64::from(d >> 16)
+        + u64::from(d & 0xffff)
+        + u64::from(PROTO_UDP)
+        + u64::from(udp_len);
+    fold_u64(sum)
+}
+
+/// Folds a sum of 16-bit words to 16 bits (end-around carry).
+#[inline]
+fn fold_u64(mut sum: u64) -> u32 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u32
 }
 
 /// Sum of the IPv6 pseudo-header for a UDP datagram of `udp_len` bytes.
 pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, udp_len: u16) -> u32 {
-    let mut acc = checksum_add(0, &src.octets());
-    acc = checksum_add(acc, &dst.octets());
-    acc = checksum_add(acc, &u32::from(udp_len).to_be_bytes());
-    checksum_add(acc, &[0, 0, 0, PROTO_UDP])
+    let mut sum = u64::from(PROTO_UDP) + u64::from(udp_len);
+    for a in [u128::from(src), u128::from(dst)] {
+        for k in 0..8 {
+            sum += ((a >> (k * 16)) & 0xffff) as u64;
+        }
+    }
+    fold_u64(sum)
 }
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
