@@ -257,11 +257,16 @@ mod imp {
         let setup_s = t0.elapsed().as_secs_f64();
         let port = dp.dpdk_port().context("dpdk port")?.clone();
         let mac = port.mac;
-        let filled = port.fill_pool(|i, buf| {
+        let fill = |i: usize, buf: &mut [u8]| {
             // Spread the circulating frames evenly over the streams.
             let (local, remote) = streams[i * streams.len() / mbufs as usize % streams.len()];
             rtp_frame(buf, mac, remote, local, i as u32)
-        });
+        };
+        // Twice: mbufs the worker held during the first fill (with net_null's empty frames)
+        // are back in the pool by the second.
+        port.fill_pool(fill);
+        std::thread::sleep(Duration::from_millis(50));
+        let filled = port.fill_pool(fill);
         std::thread::sleep(Duration::from_secs_f64(a.warmup));
         let s0 = snap(&dp);
         std::thread::sleep(Duration::from_secs_f64(a.duration));
