@@ -148,23 +148,35 @@ fn run_role(role: Role, args: &RunArgs) -> anyhow::Result<()> {
                 running.dataplane.workers().count()
             ));
         }
-        // The watchdog is fed only while every dataplane worker is running, so a dead worker
+        // The watchdog is fed only while every dataplane worker is running and its loop makes
+        // progress (its published loop time advances between ticks), so a dead or stuck worker
         // gets the service restarted.
         let watchdog = match (&notifier, sdnotify::watchdog_interval()) {
             (Some(n), Some(every)) => {
                 let (n, dp) = (n.clone(), running.dataplane.clone());
                 Some(tokio::spawn(async move {
+                    use std::sync::atomic::Ordering;
                     let mut tick = tokio::time::interval(every);
+                    let mut last: Vec<u64> = Vec::new();
                     loop {
                         tick.tick().await;
-                        let alive = dp
+                        let now: Vec<u64> = dp
                             .workers()
-                            .all(|w| w.running.load(std::sync::atomic::Ordering::Acquire));
-                        if alive {
+                            .map(|w| w.wall_ns.load(Ordering::Relaxed))
+                            .collect();
+                        let running = dp.workers().all(|w| w.running.load(Ordering::Acquire));
+                        let progressing =
+                            last.len() != now.len() || now.iter().zip(&last).all(|(a, b)| a != b);
+                        if running && progressing {
                             n.notify("WATCHDOG=1");
                         } else {
-                            tracing::error!("a dataplane worker stopped; not feeding the watchdog");
+                            tracing::error!(
+                                running,
+                                progressing,
+                                "a dataplane worker stopped or is stuck; not feeding the watchdog"
+                            );
                         }
+                        last = now;
                     }
                 }))
             }
