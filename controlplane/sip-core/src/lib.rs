@@ -7,6 +7,7 @@
 //! framing by Content-Length for stream transports, size and count limits, multipart bodies.
 
 pub mod message;
+pub mod transaction;
 pub mod uri;
 
 pub use message::{Framer, Limits, ParseError, SipMessage, StartLine};
