@@ -6,6 +6,7 @@
 //! adapted here: the start line is parsed by us so that `tel:` request URIs (RFC 3966) work;
 //! framing by Content-Length for stream transports, size and count limits, multipart bodies.
 
+pub mod dialog;
 pub mod message;
 pub mod transaction;
 pub mod uri;
