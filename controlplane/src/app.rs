@@ -35,6 +35,10 @@ impl Role {
 pub struct Running {
     pub admin: SocketAddr,
     pub management: Option<SocketAddr>,
+    /// SIP listeners (serve role).
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
+    pub sip_stats: Option<Arc<crate::sip::SipStats>>,
     pub dataplane: Arc<Dataplane>,
     /// The in-memory network, when started with the memory backend.
     pub memory: Option<MemoryNet>,
@@ -123,10 +127,19 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         ));
         tracing::info!(%addr, "management API (/v1/relays)");
     }
+    let mut sip = None;
+    if role == Role::Serve && cfg.sip.enabled {
+        let svc = crate::sip::start(&cfg.sip, dataplane.clone(), stop_rx.clone()).await?;
+        sip = Some((svc.udp, svc.tcp, svc.stats.clone()));
+        tasks.extend(svc.tasks);
+    }
     tasks.push(drain_events(dataplane.clone(), stop_rx));
     Ok(Running {
         admin,
         management,
+        sip_udp: sip.as_ref().and_then(|s| s.0),
+        sip_tcp: sip.as_ref().and_then(|s| s.1),
+        sip_stats: sip.map(|s| s.2),
         dataplane,
         memory,
         stop,

@@ -16,7 +16,44 @@ pub struct Config {
     pub dataplane: DataplaneConfig,
     pub admin: AdminConfig,
     pub management: ManagementConfig,
+    pub sip: SipConfig,
     pub log: LogConfig,
+}
+
+/// `[sip]`: the SIP listener of `voxedge serve` (UDP and TCP on one address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// Accept SIP at all (serve role).
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub udp: bool,
+    pub tcp: bool,
+    /// Address written into Via, Contact and SDP; default: the dataplane's advertised address.
+    pub advertise: Option<std::net::IpAddr>,
+    /// Largest message accepted (UDP datagram or TCP message), bytes.
+    pub max_message_bytes: usize,
+    /// Simultaneous TCP connections, in all and from one source address.
+    pub tcp_connections_max: usize,
+    pub tcp_connections_per_source_max: usize,
+    /// Transactions alive at once; beyond this new requests get 503.
+    pub transactions_max: usize,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            udp: true,
+            tcp: true,
+            advertise: None,
+            max_message_bytes: 65_535,
+            tcp_connections_max: 1024,
+            tcp_connections_per_source_max: 32,
+            transactions_max: 100_000,
+        }
+    }
 }
 
 /// Admin listener: health, metrics (and later drain). Loopback by default.

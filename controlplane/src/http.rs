@@ -196,6 +196,9 @@ struct CreateBody {
     media_handover: bool,
     #[serde(default)]
     rewrite: bool,
+    /// Each leg returns what it receives to its own remote (a loopback test target).
+    #[serde(default)]
+    echo: bool,
 }
 
 fn leg_request(b: &LegBody) -> Result<LegRequest, ApiError> {
@@ -287,6 +290,7 @@ async fn create_relay(
             handover: body.media_handover,
         },
         rewrite: body.rewrite,
+        echo: body.echo,
     };
     let dp = st.dataplane.clone();
     let info = blocking(move || dp.create_relay(req)).await?;

@@ -9,3 +9,4 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod sdnotify;
+pub mod sip;

@@ -44,6 +44,9 @@ struct RunArgs {
     /// Management API listener (`voxedge media`).
     #[arg(long, env = "VOXEDGE_MANAGEMENT_LISTEN")]
     management_listen: Option<std::net::SocketAddr>,
+    /// SIP listener, UDP and TCP (`voxedge serve`).
+    #[arg(long, env = "VOXEDGE_SIP_LISTEN")]
+    sip_listen: Option<std::net::SocketAddr>,
     /// Dataplane worker threads (0 = auto).
     #[arg(long, env = "VOXEDGE_WORKERS")]
     workers: Option<usize>,
@@ -73,6 +76,9 @@ impl RunArgs {
         let d = &mut c.dataplane;
         if let Some(v) = self.admin_listen {
             c.admin.listen = v;
+        }
+        if let Some(v) = self.sip_listen {
+            c.sip.listen = v;
         }
         if let Some(v) = self.management_listen {
             c.management.listen = v;

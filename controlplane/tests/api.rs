@@ -282,6 +282,7 @@ async fn bad_requests_get_4xx_json_errors() {
 async fn serve_has_admin_but_no_management_api() {
     let mut c = config(32400);
     c.management.listen = "127.0.0.1:1".parse().expect("addr");
+    c.sip.listen = "127.0.0.1:0".parse().expect("addr");
     let r = app::start(Role::Serve, c, BackendKind::Memory)
         .await
         .expect("start");

@@ -36,6 +36,9 @@ pub struct RelaySpec {
     pub policy: SourcePolicy,
     /// Rewrite SSRC/seq/ts on egress so each far end sees one continuous stream.
     pub rewrite: bool,
+    /// Each leg sends what it receives back to its own remote (a loopback test target); the
+    /// legs are not joined.
+    pub echo: bool,
 }
 
 /// Changes to a live leg.

@@ -107,6 +107,8 @@ pub struct RelayRequest {
     pub legs: [LegRequest; 2],
     pub policy: SourcePolicy,
     pub rewrite: bool,
+    /// Media arriving on a leg goes back to that leg's remote (echo test target).
+    pub echo: bool,
 }
 
 /// Local addresses of one leg.
@@ -495,6 +497,7 @@ impl Dataplane {
             legs: [leg_spec(0), leg_spec(1)],
             policy: req.policy,
             rewrite: req.rewrite,
+            echo: req.echo,
         };
         let result = self
             .call(w, |reply| MediaCommand::CreateRelay { spec, reply })
@@ -590,6 +593,11 @@ impl Dataplane {
     }
 
     /// All relays, ordered by id.
+    /// Number of relays.
+    pub fn relay_count(&self) -> usize {
+        self.state().relays.len()
+    }
+
     pub fn list_relays(&self) -> Vec<RelayInfo> {
         let mut v: Vec<RelayInfo> = self.state().relays.values().copied().collect();
         v.sort_by_key(|r| r.id);

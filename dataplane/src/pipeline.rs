@@ -114,6 +114,9 @@ pub fn process<E: EventSink>(
         return drop(s, DropReason::Blocked);
     }
     let out_idx = s.peer;
+    if out_idx == idx {
+        return echo(s, idx, len);
+    }
     let Some((s, out)) = table.pair_mut(idx, out_idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
@@ -127,6 +130,21 @@ pub fn process<E: EventSink>(
         p.set_timestamp(w.ts);
     }
     forwarded(s, out, out_idx, dst, len)
+}
+
+/// A stream linked to itself (echo relay): the packet goes back to where it came from.
+fn echo(s: &mut Stream, idx: StreamIdx, len: usize) -> Verdict {
+    let Some(dst) = s.remote else {
+        return drop(s, DropReason::NoRemote);
+    };
+    s.counters.packets_forwarded += 1;
+    s.counters.packets_out += 1;
+    s.counters.bytes_out += len as u64;
+    Verdict::Forward {
+        out: idx,
+        port: s.port,
+        dst,
+    }
 }
 
 fn latch<E: EventSink>(s: &mut Stream, src: SocketAddr, events: &mut E) {

@@ -448,7 +448,7 @@ impl<Io: PacketIo> Worker<Io> {
         // Link: RTP to the other leg's RTP; RTCP (muxed or not) to the other leg's RTCP port,
         // which is its RTP port when that leg muxes.
         for i in 0..2 {
-            let o = 1 - i;
+            let o = if spec.echo { i } else { 1 - i };
             let rtcp_out = rtcp[o].unwrap_or(rtp[o]);
             if let Some(s) = self.table.get_mut(rtp[i]) {
                 s.peer = rtp[o];

@@ -42,6 +42,7 @@ pub fn relay_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         ],
         policy: SourcePolicy::default(),
         rewrite: true,
+        echo: false,
     };
     let info = dp.create_relay(req).expect("relay created");
     let (a_local, b_local) = (info.legs[0].local, info.legs[1].local);
@@ -161,6 +162,7 @@ pub fn strict_source_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
             handover: false,
         },
         rewrite: false,
+        echo: false,
     };
     let info = dp.create_relay(req).expect("relay");
     assert!(
@@ -187,4 +189,27 @@ pub fn strict_source_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         .count();
     assert_eq!(timeouts, 2, "both legs time out once");
     dp.delete_relay(info.id).expect("delete");
+}
+
+/// An echo relay returns each leg's media to where it came from.
+pub fn echo_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
+    let caller = net.endpoint();
+    let info = dp
+        .create_relay(RelayRequest {
+            echo: true,
+            ..Default::default()
+        })
+        .expect("echo relay");
+    for seq in 0..5u16 {
+        net.send(
+            caller,
+            info.legs[0].local,
+            &rtp(0, seq, u32::from(seq) * 160, 42, 1),
+        );
+        let (from, p) = net.recv(caller, WAIT).expect("echoed");
+        assert_eq!(from, info.legs[0].local);
+        assert_eq!(parse_rtp(&p).1, seq);
+    }
+    let (_, snap) = dp.delete_relay(info.id).expect("delete");
+    assert_eq!(snap.legs[0].rtp.counters.packets_out, 5);
 }

@@ -5,7 +5,7 @@
 
 use voxedge_dataplane::config::DataplaneConfig;
 use voxedge_dataplane::{Dataplane, RelayRequest};
-use voxedge_system_tests::scenarios::{relay_scenario, strict_source_scenario};
+use voxedge_system_tests::scenarios::{echo_scenario, relay_scenario, strict_source_scenario};
 use voxedge_system_tests::{MemNet, SocketNet};
 
 fn config(port_min: u16) -> DataplaneConfig {
@@ -71,4 +71,12 @@ fn port_in_use_is_reported_and_ports_are_released() {
     // The failed relay's ports went back to the allocator: the next two pairs still work.
     dp.create_relay(RelayRequest::default())
         .expect("other ports free");
+}
+
+#[test]
+fn echo_on_memory_and_socket_backends() {
+    let (dp, net) = Dataplane::start_memory(config(31500)).expect("start");
+    echo_scenario(&dp, &mut MemNet::new(net));
+    let dp = Dataplane::start(config(31700)).expect("start");
+    echo_scenario(&dp, &mut SocketNet::default());
 }

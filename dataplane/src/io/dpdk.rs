@@ -143,6 +143,8 @@ pub struct DpdkStats {
     pub unsupported: AtomicU64,
     pub bad_checksum: AtomicU64,
     pub multi_segment: AtomicU64,
+    /// Forwards dropped because the received buffer was shared or external (not writable).
+    pub not_writable: AtomicU64,
 }
 
 /// Reads one counter of [`DpdkStats`].
@@ -230,6 +232,8 @@ pub struct PortCtx {
     pool: *mut sys::rte_mempool,
     rings: Vec<*mut sys::rte_ring>,
     pub stats: Vec<Arc<DpdkStats>>,
+    /// One backend per queue: a queue and its hand-off ring have a single consumer.
+    claimed: Vec<std::sync::atomic::AtomicBool>,
 }
 
 // SAFETY: the mempool and rings are DPDK objects designed for concurrent use from many
@@ -367,7 +371,7 @@ fn find_port(spec: &str) -> Result<u16, DpdkError> {
 }
 
 fn mempool(cfg: &DpdkConfig, socket: i32) -> Result<*mut sys::rte_mempool, DpdkError> {
-    let name = CString::new(format!("vx_mb_s{socket}_{}", cfg.mbuf_cache))
+    let name = CString::new(format!("vx_mb_s{socket}_{}_{}", cfg.mbufs, cfg.mbuf_cache))
         .map_err(|_| DpdkError("mempool name".into()))?;
     // SAFETY: valid C string.
     let existing = unsafe { sys::rte_mempool_lookup(name.as_ptr()) };
@@ -605,13 +609,14 @@ pub fn start_port(cfg: &DpdkConfig, ranges: &[(u16, u16)]) -> Result<Arc<PortCtx
     let _ = unsafe { sys::rte_eth_allmulticast_enable(port) };
 
     if queues > 1 {
-        steering = match (cfg.steering, flow_steering(port, ranges)) {
-            (Steering::Rss, _) => {
-                let mut e = sys::rte_flow_error::default();
-                // SAFETY: valid port; removes any rule flow_steering installed.
-                unsafe { sys::rte_flow_flush(port, &mut e) };
-                "RSS + software hand-off".into()
-            }
+        let rules = if cfg.steering == Steering::Rss || cfg.vlan.is_some() {
+            // The rules carry no VLAN item, so tagged media is steered by RSS.
+            Err("not tried".to_string())
+        } else {
+            flow_steering(port, ranges)
+        };
+        steering = match (cfg.steering, rules) {
+            (Steering::Rss, _) => "RSS + software hand-off".into(),
             (_, Ok(n)) => format!("rte_flow ({n} rules)"),
             (Steering::RteFlow, Err(e)) => {
                 // SAFETY: valid started port.
@@ -655,6 +660,9 @@ pub fn start_port(cfg: &DpdkConfig, ranges: &[(u16, u16)]) -> Result<Arc<PortCtx
         rings,
         stats: (0..queues)
             .map(|_| Arc::new(DpdkStats::default()))
+            .collect(),
+        claimed: (0..queues)
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
             .collect(),
     };
     tracing::info!(
@@ -730,6 +738,7 @@ struct Local {
     unsupported: u64,
     bad_checksum: u64,
     multi: u64,
+    not_writable: u64,
 }
 
 /// Largest number of frames waiting for room in the TX queue.
@@ -773,6 +782,11 @@ pub struct DpdkIoParts {
 /// lock, but registration order is easier to read in logs this way).
 static REGISTER: Mutex<()> = Mutex::new(());
 
+thread_local! {
+    /// Live `DpdkIo`s on this thread: the thread is registered with the EAL while > 0.
+    static REGISTERED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 impl DpdkIo {
     /// Builds the backend on the calling (worker) thread, registering it with the EAL so that
     /// it gets an lcore id and a mempool cache.
@@ -780,16 +794,30 @@ impl DpdkIo {
     /// # Errors
     /// The EAL has no free lcore slot for this thread.
     pub fn new(p: DpdkIoParts) -> Result<Self, IoError> {
+        let claimed = p.ctx.claimed.get(usize::from(p.queue)).is_some_and(|c| {
+            c.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if !claimed {
+            return Err(IoError::Backend(format!(
+                "queue {} of port {} does not exist or already has a worker",
+                p.queue, p.ctx.name
+            )));
+        }
         {
             let _g = REGISTER.lock();
-            // SAFETY: called on the worker thread itself, after EAL initialisation.
-            let rc = unsafe { sys::rte_thread_register() };
-            if rc != 0 {
-                return Err(IoError::Backend(format!(
-                    "cannot register worker thread with the EAL: {}",
-                    errno_text(rte_errno())
-                )));
+            if REGISTERED.with(|r| r.get()) == 0 {
+                // SAFETY: called on the worker thread itself, after EAL initialisation.
+                let rc = unsafe { sys::rte_thread_register() };
+                if rc != 0 {
+                    p.ctx.claimed[usize::from(p.queue)].store(false, Ordering::Release);
+                    return Err(IoError::Backend(format!(
+                        "cannot register worker thread with the EAL: {}",
+                        errno_text(rte_errno())
+                    )));
+                }
             }
+            REGISTERED.with(|r| r.set(r.get() + 1));
         }
         Ok(DpdkIo {
             queue: p.queue,
@@ -941,7 +969,7 @@ impl DpdkIo {
             Self::free(m);
             return None;
         };
-        if f.vlan != self.iface.vlan {
+        if f.vlan != self.iface.vlan || f.l3_offset > 18 {
             self.local.not_ours += 1;
             Self::free(m);
             return None;
@@ -952,7 +980,10 @@ impl DpdkIo {
         let l3 = ol & u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_MASK);
         let bad = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_BAD)
             || l3 == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_BAD);
-        let verified = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_GOOD);
+        // NONE: the data is intact but the checksum field is not valid (virtio/vhost with
+        // offload): trust the data, and never derive sums from that field.
+        let l4_none = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_NONE);
+        let verified = l4 == u64::from(sys::RTE_MBUF_F_RX_L4_CKSUM_GOOD) || l4_none;
         let mut payload_sum = None;
         if !bad && !verified && self.verify_checksums {
             payload_sum = verify_udp_sums(frame, &f);
@@ -962,7 +993,7 @@ impl DpdkIo {
             Self::free(m);
             return None;
         }
-        if payload_sum.is_none() {
+        if payload_sum.is_none() && !l4_none {
             // Checked by the NIC (or not at all, by configuration): recover the payload's sum
             // from the received checksum instead of reading the payload.
             payload_sum = payload_sum_from_checksum(frame, &f);
@@ -1025,10 +1056,23 @@ impl DpdkIo {
             (&s.unsupported, l.unsupported),
             (&s.bad_checksum, l.bad_checksum),
             (&s.multi_segment, l.multi),
+            (&s.not_writable, l.not_writable),
         ] {
             a.store(v, Ordering::Relaxed);
         }
     }
+}
+
+/// Flags of an mbuf whose data is not its own (must survive any flag reset).
+const ATTACHED: u64 = sys::RTE_MBUF_F_EXTERNAL | sys::RTE_MBUF_F_INDIRECT;
+
+/// Whether `m`'s data may be rewritten in place: a direct mbuf nobody else references.
+///
+/// # Safety
+/// `m` must be a valid mbuf.
+unsafe fn writable(m: *mut sys::rte_mbuf) -> bool {
+    // SAFETY: per the function contract.
+    unsafe { (*m).ol_flags & ATTACHED == 0 && (*m).refcnt == 1 }
 }
 
 /// Asks the CPU to start loading the first 256 bytes of `m`'s data (Ethernet, IP, UDP, RTP).
@@ -1079,7 +1123,8 @@ unsafe fn set_len(m: *mut sys::rte_mbuf, skip: usize, len: usize) {
         (*m).data_off += skip as u16;
         (*m).data_len = len as u16;
         (*m).pkt_len = len as u32;
-        (*m).ol_flags = 0;
+        // Keep the attachment bits: freeing must still detach external/indirect buffers.
+        (*m).ol_flags &= ATTACHED;
     }
 }
 
@@ -1136,7 +1181,8 @@ impl PacketIo for DpdkIo {
             sys::rte_ring_sc_dequeue_burst(
                 self.ctx.rings[usize::from(self.queue)],
                 raw.as_mut_ptr().cast(),
-                max as u32,
+                // At most half a burst, so the NIC queue is always polled for a fair share.
+                (max / 2).max(1) as u32,
                 std::ptr::null_mut(),
             )
         } as usize;
@@ -1191,10 +1237,16 @@ impl PacketIo for DpdkIo {
         for d in tx.iter_mut() {
             d.sent = false;
             let i = usize::from(d.buf);
-            if i >= n {
+            if i >= n || used[i] {
                 continue;
             }
             let m = batch.mbufs[i];
+            // SAFETY: non-null entries are mbufs of this burst, owned by the batch.
+            if m.is_null() || !unsafe { writable(m) } {
+                // Shared or external buffers (some PMDs' RX modes) are not rewritten in place.
+                self.local.not_writable += 1;
+                continue;
+            }
             let dst = d.dst;
             let Some(mac) = self.neigh.lookup_cached(&self.iface, dst.ip()) else {
                 let t = *now.get_or_insert_with(|| self.epoch.elapsed().as_nanos() as u64);
@@ -1243,7 +1295,7 @@ impl PacketIo for DpdkIo {
                 (*m).data_off = start as u16;
                 (*m).data_len = total as u16;
                 (*m).pkt_len = total as u32;
-                (*m).ol_flags = 0;
+                (*m).ol_flags &= ATTACHED;
                 let frame =
                     std::slice::from_raw_parts_mut((*m).buf_addr.cast::<u8>().add(start), total);
                 if write_udp_headers(
@@ -1303,8 +1355,16 @@ impl Drop for DpdkIo {
             Self::free(m);
         }
         self.publish();
-        // SAFETY: this thread registered itself in new().
-        unsafe { sys::rte_thread_unregister() };
+        self.ctx.claimed[usize::from(self.queue)].store(false, Ordering::Release);
+        let last = REGISTERED.with(|r| {
+            r.set(r.get().saturating_sub(1));
+            r.get() == 0
+        });
+        if last {
+            // SAFETY: this thread registered itself when its first DpdkIo was built, and no
+            // other DpdkIo lives on it any more.
+            unsafe { sys::rte_thread_unregister() };
+        }
     }
 }
 

@@ -222,8 +222,11 @@ impl Neighbours {
             return false;
         }
         if !self.macs.contains_key(&ip) && self.macs.len() >= self.cap {
-            // Bounded: a flood of gratuitous ARPs cannot grow the table; start over.
-            self.macs.clear();
+            // Bounded: a flood of ARP/NA cannot grow the table. One entry makes room (not
+            // the whole table, so the gateway's entry usually survives a flood).
+            if let Some(victim) = self.macs.keys().next().copied() {
+                self.macs.remove(&victim);
+            }
         }
         self.requested.remove(&ip);
         self.macs.insert(ip, mac);
@@ -338,7 +341,7 @@ pub fn handle_control(iface: &Interface, buf: &mut [u8], len: usize) -> Control 
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Control::Ignore(IgnoreReason::Malformed);
     };
-    if eth.vlan_id() != iface.vlan {
+    if eth.vlan_id() != iface.vlan || eth.vlan_count() > 1 {
         return Control::Ignore(IgnoreReason::NotOurs);
     }
     let l3 = eth.header_len();
@@ -424,7 +427,8 @@ fn icmp4(iface: &Interface, buf: &mut [u8], len: usize, l3: usize) -> Control {
     let hl = ip.header_len();
     let end = l3 + ip.total_len();
     let icmp_at = l3 + hl;
-    if end > len || end < icmp_at + 8 || buf[icmp_at] != ICMP_ECHO_REQUEST {
+    if end > len || end < icmp_at + 8 || buf[icmp_at] != ICMP_ECHO_REQUEST || buf[icmp_at + 1] != 0
+    {
         return Control::Ignore(IgnoreReason::Unsupported);
     }
     if !ones_complement_ok(&buf[icmp_at..end], 0) {
@@ -524,6 +528,9 @@ fn icmp6(iface: &Interface, buf: &mut [u8], len: usize, l3: usize, eth_src: [u8;
         pseudo6(src, dst, end - icmp_at, PROTO_ICMPV6),
     ) {
         return Control::Ignore(IgnoreReason::Malformed);
+    }
+    if buf[icmp_at + 1] != 0 {
+        return Control::Ignore(IgnoreReason::Unsupported);
     }
     match buf[icmp_at] {
         ICMPV6_ECHO_REQUEST if iface.is_local(IpAddr::V6(dst)) => {

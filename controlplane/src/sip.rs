@@ -1,0 +1,793 @@
+//! The SIP service of `voxedge serve`: a tokio driver around the sans-IO core
+//! (`voxedge-sip-core`) on UDP and TCP, and the call layer that anchors media in the dataplane.
+//!
+//! One task owns the transaction layer and the calls; UDP is read in that task, each TCP
+//! connection has a reader task that frames messages and a writer fed through a bounded
+//! channel. Built-in targets (no configuration needed): `sip:echo@…` answers and echoes the
+//! caller's media back through the dataplane; `sip:hangup@…` answers and hangs up at once.
+//! Anything else is 404 until the dial plan exists. OPTIONS is answered 200.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytesstr::BytesStr;
+use ezk_sip_types::header::typed::MaxForwards;
+use ezk_sip_types::{Method, Name};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use voxedge_dataplane::ids::RelayId;
+use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
+use voxedge_sip_core::dialog::{request_dialog_id, Dialog, DialogId, DialogState};
+use voxedge_sip_core::transaction::{
+    build_response, Output, Peer, Timers, Transactions, TxEvent, TxId,
+};
+use voxedge_sip_core::{Framer, Limits, SipMessage, StartLine};
+
+use crate::config::SipConfig;
+
+/// Counters of the SIP service (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct SipStats {
+    pub received: std::sync::atomic::AtomicU64,
+    pub malformed: std::sync::atomic::AtomicU64,
+    pub calls_answered: std::sync::atomic::AtomicU64,
+    pub calls_active: std::sync::atomic::AtomicU64,
+}
+
+/// The running service.
+pub struct SipService {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub stats: Arc<SipStats>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+enum Inbound {
+    Message(SipMessage, Peer),
+    Connected(SocketAddr, mpsc::Sender<Vec<u8>>),
+    Closed(SocketAddr),
+}
+
+#[derive(Debug)]
+struct Call {
+    dialog: Dialog,
+    relay: Option<RelayId>,
+    invite_tx: Option<TxId>,
+    peer: Peer,
+    hangup_after_ack: bool,
+    answer: Bytes,
+}
+
+struct Core {
+    tx: Transactions,
+    epoch: Instant,
+    udp: Option<Arc<UdpSocket>>,
+    conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
+    calls: HashMap<DialogId, Call>,
+    /// INVITE server transactions by branch, for CANCEL.
+    invites_by_branch: HashMap<String, TxId>,
+    pending_invites: HashMap<TxId, SipMessage>,
+    dp: Arc<Dataplane>,
+    advertise: IpAddr,
+    local: SocketAddr,
+    limits: Limits,
+    stats: Arc<SipStats>,
+}
+
+fn random_token(n: usize) -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::thread_rng();
+    (0..n)
+        .map(|_| char::from(CHARS[r.gen_range(0..CHARS.len())]))
+        .collect()
+}
+
+/// Starts the service; `stop` ends it.
+///
+/// # Errors
+/// The listen address cannot be bound.
+pub async fn start(
+    cfg: &SipConfig,
+    dp: Arc<Dataplane>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<SipService> {
+    use anyhow::Context;
+    let limits = Limits {
+        max_message_bytes: cfg.max_message_bytes,
+        ..Limits::default()
+    };
+    let udp = if cfg.udp {
+        Some(Arc::new(UdpSocket::bind(cfg.listen).await.with_context(
+            || format!("cannot bind SIP UDP on {}", cfg.listen),
+        )?))
+    } else {
+        None
+    };
+    // TCP on the same port as UDP (when UDP picked an ephemeral one, TCP follows it).
+    let tcp_addr = match &udp {
+        Some(u) => u.local_addr()?,
+        None => cfg.listen,
+    };
+    let tcp = if cfg.tcp {
+        Some(
+            TcpListener::bind(tcp_addr)
+                .await
+                .with_context(|| format!("cannot bind SIP TCP on {tcp_addr}"))?,
+        )
+    } else {
+        None
+    };
+    let stats = Arc::new(SipStats::default());
+    let (in_tx, in_rx) = mpsc::channel::<Inbound>(4096);
+    let mut tasks = Vec::new();
+    let udp_addr = udp.as_ref().map(|u| u.local_addr()).transpose()?;
+    let tcp_local = tcp.as_ref().map(|t| t.local_addr()).transpose()?;
+    let local = udp_addr.or(tcp_local).unwrap_or(cfg.listen);
+    let advertise = cfg.advertise.unwrap_or_else(|| {
+        if local.ip().is_unspecified() {
+            dp.advertise()
+        } else {
+            local.ip()
+        }
+    });
+    if let Some(l) = tcp {
+        tasks.push(tokio::spawn(accept_loop(
+            l,
+            in_tx.clone(),
+            limits,
+            cfg.tcp_connections_max,
+            cfg.tcp_connections_per_source_max,
+            stats.clone(),
+            stop.clone(),
+        )));
+    }
+    let core = Core {
+        tx: Transactions::new(Timers::default()).with_max_transactions(cfg.transactions_max),
+        epoch: Instant::now(),
+        udp: udp.clone(),
+        conns: HashMap::new(),
+        calls: HashMap::new(),
+        invites_by_branch: HashMap::new(),
+        pending_invites: HashMap::new(),
+        dp,
+        advertise,
+        local: SocketAddr::new(advertise, local.port()),
+        limits,
+        stats: stats.clone(),
+    };
+    tasks.push(tokio::spawn(core.run(in_rx, stop)));
+    if let Some(a) = udp_addr {
+        tracing::info!(addr = %a, "SIP over UDP");
+    }
+    if let Some(a) = tcp_local {
+        tracing::info!(addr = %a, "SIP over TCP");
+    }
+    Ok(SipService {
+        udp: udp_addr,
+        tcp: tcp_local,
+        stats,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    l: TcpListener,
+    inbound: mpsc::Sender<Inbound>,
+    limits: Limits,
+    max: usize,
+    per_source: usize,
+    stats: Arc<SipStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    loop {
+        let accepted = tokio::select! {
+            r = l.accept() => r,
+            () = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP TCP accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        {
+            let mut o = open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let total: usize = o.values().sum();
+            let here = o.entry(peer.ip()).or_default();
+            if total >= max || *here >= per_source {
+                tracing::warn!(%peer, "SIP TCP connection refused: limit reached");
+                continue;
+            }
+            *here += 1;
+        }
+        let (inbound, open, stats) = (inbound.clone(), open.clone(), stats.clone());
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = sock.into_split();
+            let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(256);
+            let _ = inbound.send(Inbound::Connected(peer, wtx)).await;
+            let writer = tokio::spawn(async move {
+                while let Some(data) = wrx.recv().await {
+                    if wr.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut framer = Framer::new(limits);
+            let mut buf = vec![0u8; 16 * 1024];
+            let p = Peer {
+                addr: peer,
+                reliable: true,
+            };
+            'conn: loop {
+                let n = match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if framer.push(&buf[..n]).is_err() {
+                    break;
+                }
+                while let Some(m) = framer.next_message() {
+                    match m {
+                        Ok(msg) => {
+                            stats
+                                .received
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if inbound.send(Inbound::Message(msg, p)).await.is_err() {
+                                break 'conn;
+                            }
+                        }
+                        Err(e) => {
+                            // A stream cannot be resynchronised after a framing error.
+                            stats
+                                .malformed
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::debug!(%peer, error = %e, "closing SIP TCP connection");
+                            break 'conn;
+                        }
+                    }
+                }
+            }
+            writer.abort();
+            let _ = inbound.send(Inbound::Closed(peer)).await;
+            let mut o = open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(c) = o.get_mut(&peer.ip()) {
+                *c = c.saturating_sub(1);
+            }
+        });
+    }
+}
+
+/// Minimal SDP offer view: the media address and port and the payload types offered, with
+/// the attribute lines that describe them.
+struct Offer {
+    addr: Option<IpAddr>,
+    port: u16,
+    pts: Vec<String>,
+    attrs: Vec<String>,
+}
+
+fn parse_offer(sdp: &[u8]) -> Option<Offer> {
+    let text = std::str::from_utf8(sdp).ok()?;
+    let mut addr = None;
+    let mut media = None;
+    let mut attrs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(c) = line.strip_prefix("c=") {
+            let a = c.split_whitespace().nth(2)?.split('/').next()?.parse().ok();
+            addr = a.or(addr);
+        } else if let Some(m) = line.strip_prefix("m=audio ") {
+            if media.is_none() {
+                let mut f = m.split_whitespace();
+                let port: u16 = f.next()?.parse().ok()?;
+                let _proto = f.next()?;
+                let pts: Vec<String> = f.map(str::to_string).take(32).collect();
+                media = Some((port, pts));
+            }
+        } else if media.is_some()
+            && (line.starts_with("a=rtpmap:")
+                || line.starts_with("a=fmtp:")
+                || line.starts_with("a=ptime:"))
+        {
+            attrs.push(line.to_string());
+        }
+    }
+    let (port, pts) = media?;
+    Some(Offer {
+        addr,
+        port,
+        pts,
+        attrs,
+    })
+}
+
+fn answer_sdp(advertise: IpAddr, port: u16, offer: &Offer) -> Bytes {
+    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
+    let id = rand::thread_rng().gen_range(1_000_000u64..9_999_999);
+    let mut s = format!(
+        "v=0\r\no=voxedge {id} 1 IN {fam} {advertise}\r\ns=VoxEdge\r\nc=IN {fam} {advertise}\r\nt=0 0\r\nm=audio {port} RTP/AVP {}\r\n",
+        offer.pts.join(" ")
+    );
+    for a in &offer.attrs {
+        s.push_str(a);
+        s.push_str("\r\n");
+    }
+    s.push_str(&format!("a=rtcp:{}\r\na=sendrecv\r\n", port + 1));
+    Bytes::from(s)
+}
+
+impl Core {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let deadline = self
+                .tx
+                .next_deadline()
+                .map(|d| self.epoch + d)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let udp = self.udp.clone();
+            tokio::select! {
+                r = async {
+                    match &udp {
+                        Some(u) => u.recv_from(&mut buf).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Ok((n, from)) = r {
+                        self.on_datagram(&buf[..n], from);
+                    }
+                }
+                m = inbound.recv() => match m {
+                    Some(Inbound::Message(msg, peer)) => self.on_message(msg, peer),
+                    Some(Inbound::Connected(a, w)) => { self.conns.insert(a, w); }
+                    Some(Inbound::Closed(a)) => { self.conns.remove(&a); }
+                    None => {}
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = self.now();
+                    self.tx.handle_timeouts(now);
+                }
+                () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            }
+            self.flush().await;
+        }
+        // Draining: end the calls we anchor.
+        let calls: Vec<DialogId> = self.calls.keys().cloned().collect();
+        for id in calls {
+            self.end_call(&id, true);
+        }
+        self.flush().await;
+    }
+
+    fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
+        self.stats
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if data.iter().all(|b| *b == b'\r' || *b == b'\n') {
+            return; // keep-alive
+        }
+        match SipMessage::parse(data, &self.limits) {
+            Ok(m) => self.on_message(
+                m,
+                Peer {
+                    addr: from,
+                    reliable: false,
+                },
+            ),
+            Err(e) => {
+                // RFC 3261 §16.3 / §18.1.2: malformed datagrams are dropped (a 400 needs the
+                // headers that failed to parse); counted.
+                self.stats
+                    .malformed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(%from, error = %e, "malformed SIP datagram dropped");
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: SipMessage, peer: Peer) {
+        let now = self.now();
+        let was_request = msg.is_request();
+        if was_request && self.tx.is_full() && msg.method() != Some(&Method::ACK) {
+            let mut r = build_response(&msg, 503, "Service Unavailable", None);
+            r.headers
+                .insert(Name::RETRY_AFTER, BytesStr::from_static("5"));
+            self.send_raw(peer, r.to_bytes());
+            return;
+        }
+        if was_request && msg.method() != Some(&Method::ACK) && request_is_bad(&msg) {
+            if msg.header("Via").is_some() {
+                let r = build_response(&msg, 400, "Bad Request", None);
+                self.send_raw(peer, r.to_bytes());
+            }
+            return;
+        }
+        match self.tx.receive(msg.clone(), peer, now) {
+            Ok(()) => {}
+            Err(_) if was_request && msg.method() != Some(&Method::ACK) => {
+                // Missing Via/CSeq: answer 400 when a response can be routed at all.
+                if msg.header("Via").is_some() {
+                    let r = build_response(&msg, 400, "Bad Request", None);
+                    self.send_raw(peer, r.to_bytes());
+                }
+            }
+            Err(_) => {}
+        }
+        self.process_events(now);
+    }
+
+    fn process_events(&mut self, now: Duration) {
+        let mut events = Vec::new();
+        let mut sends = Vec::new();
+        while let Some(o) = self.tx.poll_output() {
+            match o {
+                Output::Transmit(t) => sends.push(t),
+                Output::Event(e) => events.push(e),
+            }
+        }
+        for t in sends {
+            self.send_raw(t.to, t.data);
+        }
+        for e in events {
+            self.on_event(e, now);
+        }
+    }
+
+    async fn flush(&mut self) {
+        let now = self.now();
+        self.process_events(now);
+    }
+
+    fn send_raw(&mut self, to: Peer, data: Vec<u8>) {
+        if to.reliable {
+            if let Some(c) = self.conns.get(&to.addr) {
+                let _ = c.try_send(data);
+            }
+        } else if let Some(u) = &self.udp {
+            let _ = u.try_send_to(&data, to.addr);
+        }
+    }
+
+    fn respond(&mut self, tx: TxId, msg: SipMessage, now: Duration) {
+        if let Err(e) = self.tx.respond(tx, msg, now) {
+            tracing::debug!(error = %e, "response not sent");
+        }
+    }
+
+    fn on_event(&mut self, e: TxEvent, now: Duration) {
+        match e {
+            TxEvent::Request { tx, msg, from } => self.on_request(tx, msg, from, now),
+            TxEvent::Ack { msg, .. } => {
+                if let Some(id) = request_dialog_id(&msg) {
+                    let hang = self
+                        .calls
+                        .get_mut(&id)
+                        .map(|c| {
+                            c.dialog.state = DialogState::Confirmed;
+                            c.hangup_after_ack
+                        })
+                        .unwrap_or(false);
+                    if hang {
+                        self.end_call(&id, true);
+                    }
+                }
+            }
+            TxEvent::Timeout { tx } => {
+                // A 2xx without ACK, or a BYE without answer: the call is over.
+                let ids: Vec<DialogId> = self
+                    .calls
+                    .iter()
+                    .filter(|(_, c)| c.invite_tx == Some(tx))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for id in ids {
+                    self.end_call(&id, true);
+                }
+            }
+            TxEvent::Terminated { tx } => {
+                self.pending_invites.remove(&tx);
+                self.invites_by_branch.retain(|_, t| *t != tx);
+            }
+            TxEvent::Response { .. } => {}
+        }
+    }
+
+    fn on_request(&mut self, tx: TxId, msg: SipMessage, from: Peer, now: Duration) {
+        let method = msg.method().cloned().unwrap_or(Method::OPTIONS);
+        if let Ok(mf) = msg.headers.get::<MaxForwards>(Name::MAX_FORWARDS) {
+            if mf.0 == 0 && method != Method::OPTIONS {
+                self.respond(tx, build_response(&msg, 483, "Too Many Hops", None), now);
+                return;
+            }
+        }
+        if method == Method::CANCEL {
+            let branch = top_branch(&msg);
+            let target = branch.and_then(|b| self.invites_by_branch.get(&b).copied());
+            match target.and_then(|t| self.pending_invites.remove(&t).map(|m| (t, m))) {
+                Some((inv_tx, inv)) => {
+                    self.respond(tx, build_response(&msg, 200, "OK", None), now);
+                    self.respond(
+                        inv_tx,
+                        build_response(&inv, 487, "Request Terminated", Some(&random_token(10))),
+                        now,
+                    );
+                }
+                None => self.respond(
+                    tx,
+                    build_response(&msg, 481, "Call/Transaction Does Not Exist", None),
+                    now,
+                ),
+            }
+            return;
+        }
+        if let Some(id) = request_dialog_id(&msg) {
+            self.in_dialog(tx, id, msg, now);
+            return;
+        }
+        match method {
+            m if m == Method::OPTIONS => {
+                let mut r = build_response(&msg, 200, "OK", None);
+                r.headers.insert(
+                    Name::ALLOW,
+                    BytesStr::from_static("INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"),
+                );
+                r.headers
+                    .insert(Name::ACCEPT, BytesStr::from_static("application/sdp"));
+                self.respond(tx, r, now);
+            }
+            m if m == Method::INVITE => self.on_invite(tx, msg, from, now),
+            m if m == Method::BYE => self.respond(
+                tx,
+                build_response(&msg, 481, "Call/Transaction Does Not Exist", None),
+                now,
+            ),
+            _ => self.respond(
+                tx,
+                build_response(&msg, 405, "Method Not Allowed", None),
+                now,
+            ),
+        }
+    }
+
+    fn on_invite(&mut self, tx: TxId, msg: SipMessage, from: Peer, now: Duration) {
+        let StartLine::Request { uri, .. } = &msg.start else {
+            return;
+        };
+        let user = uri.user().unwrap_or_default().to_ascii_lowercase();
+        if let Some(b) = top_branch(&msg) {
+            self.invites_by_branch.insert(b, tx);
+        }
+        if user != "echo" && user != "hangup" {
+            self.respond(
+                tx,
+                build_response(&msg, 404, "Not Found", Some(&random_token(10))),
+                now,
+            );
+            return;
+        }
+        let Some(offer) = msg.sdp().and_then(|b| parse_offer(&b)) else {
+            self.respond(
+                tx,
+                build_response(&msg, 488, "Not Acceptable Here", Some(&random_token(10))),
+                now,
+            );
+            return;
+        };
+        let remote = offer
+            .addr
+            .filter(|a| !a.is_unspecified() && offer.port != 0)
+            .map(|a| SocketAddr::new(a, offer.port));
+        let leg = LegRequest {
+            remote,
+            ..Default::default()
+        };
+        // Dataplane commands answer in microseconds; run them off the async worker anyway.
+        let dp = self.dp.clone();
+        let created = blocking(|| {
+            dp.create_relay(RelayRequest {
+                legs: [leg, LegRequest::default()],
+                echo: true,
+                ..Default::default()
+            })
+        });
+        let info = match created {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "no media for the call");
+                let mut r =
+                    build_response(&msg, 503, "Service Unavailable", Some(&random_token(10)));
+                r.headers
+                    .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
+                self.respond(tx, r, now);
+                return;
+            }
+        };
+        let tag = random_token(12);
+        let dialog = match Dialog::uas(&msg, &tag, DialogState::Early) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = blocking(|| self.dp.delete_relay(info.id));
+                self.respond(
+                    tx,
+                    build_response(&msg, 400, &format!("Bad Request ({e})"), Some(&tag)),
+                    now,
+                );
+                return;
+            }
+        };
+        let sdp = answer_sdp(self.advertise, info.legs[0].local.port(), &offer);
+        let mut ok = build_response(&msg, 200, "OK", Some(&tag));
+        ok.headers.insert(
+            Name::CONTACT,
+            BytesStr::from(format!("<sip:{}@{}>", user, fmt_host(self.local))),
+        );
+        ok.headers
+            .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+        ok.body = sdp.clone();
+        self.respond(tx, ok, now);
+        self.stats
+            .calls_answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats
+            .calls_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls.insert(
+            dialog.id.clone(),
+            Call {
+                dialog,
+                relay: Some(info.id),
+                invite_tx: Some(tx),
+                peer: from,
+                hangup_after_ack: user == "hangup",
+                answer: sdp,
+            },
+        );
+    }
+
+    fn in_dialog(&mut self, tx: TxId, id: DialogId, msg: SipMessage, now: Duration) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            self.respond(
+                tx,
+                build_response(&msg, 481, "Call/Transaction Does Not Exist", None),
+                now,
+            );
+            return;
+        };
+        if let Err(e) = call.dialog.on_request(&msg) {
+            self.respond(
+                tx,
+                build_response(&msg, 500, &format!("Server Internal Error ({e})"), None),
+                now,
+            );
+            return;
+        }
+        let method = msg.method().cloned().unwrap_or(Method::INFO);
+        if method == Method::BYE {
+            self.respond(tx, build_response(&msg, 200, "OK", None), now);
+            self.end_call(&id, false);
+            return;
+        }
+        if method == Method::INVITE || method == Method::UPDATE {
+            // Re-INVITE / UPDATE (hold, resume, new address): follow the new media address.
+            let offer = msg.sdp().and_then(|b| parse_offer(&b));
+            let mut ok = build_response(&msg, 200, "OK", None);
+            if let Some(o) = offer {
+                let remote = o
+                    .addr
+                    .filter(|a| !a.is_unspecified() && o.port != 0)
+                    .map(|a| SocketAddr::new(a, o.port));
+                if let (Some(relay), Some(r)) = (call.relay, remote) {
+                    let dp = self.dp.clone();
+                    let _ = blocking(|| {
+                        dp.update_leg(
+                            relay,
+                            voxedge_dataplane::ids::Side::A,
+                            voxedge_dataplane::command::LegUpdate {
+                                remote: Some(r),
+                                ..Default::default()
+                            },
+                        )
+                    });
+                }
+                ok.headers
+                    .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+                ok.body = call.answer.clone();
+            }
+            ok.headers.insert(
+                Name::CONTACT,
+                BytesStr::from(format!("<sip:voxedge@{}>", fmt_host(self.local))),
+            );
+            self.respond(tx, ok, now);
+            return;
+        }
+        // INFO and the rest: acknowledged.
+        self.respond(tx, build_response(&msg, 200, "OK", None), now);
+    }
+
+    /// Ends a call: deletes its media and, when `send_bye`, hangs up towards the caller.
+    fn end_call(&mut self, id: &DialogId, send_bye: bool) {
+        let Some(mut call) = self.calls.remove(id) else {
+            return;
+        };
+        self.stats
+            .calls_active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(r) = call.relay.take() {
+            let dp = self.dp.clone();
+            let _ = blocking(|| dp.delete_relay(r));
+        }
+        if send_bye {
+            let transport = if call.peer.reliable { "TCP" } else { "UDP" };
+            let via = format!("{transport} {}", fmt_host(self.local));
+            let branch = format!("z9hG4bK{}", random_token(16));
+            if let Ok(bye) = call.dialog.request(Method::BYE, &via, &branch, None, None) {
+                let now = self.now();
+                // Sent to the dialog's target; with no DNS here, a host that is not an
+                // address falls back to where the INVITE came from.
+                let to = target_addr(&call.dialog.remote_target).unwrap_or(call.peer.addr);
+                let _ = self.tx.send_request(
+                    bye,
+                    Peer {
+                        addr: to,
+                        reliable: call.peer.reliable,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+}
+
+/// Runs a short blocking dataplane call (microseconds; bounded by its own 5 s timeout) from
+/// the core task without stalling other tasks on a multi-threaded runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+fn fmt_host(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => v.to_string(),
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+    }
+}
+
+fn top_branch(msg: &SipMessage) -> Option<String> {
+    let via = msg.header("Via")?;
+    voxedge_sip_core::uri::header_param(via.split(',').next()?, "branch").map(str::to_string)
+}
+
+/// `sip:user@1.2.3.4:5070` → 1.2.3.4:5070 (literal addresses only; no DNS here).
+fn target_addr(uri: &str) -> Option<SocketAddr> {
+    let rest = uri.split_once(':')?.1;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split(';').next()?;
+    if let Ok(a) = host.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let ip: IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
+    Some(SocketAddr::new(ip, 5060))
+}
+
+/// Requests the core must refuse regardless of method.
+fn request_is_bad(msg: &SipMessage) -> bool {
+    msg.header("Call-ID").is_none() || msg.header("From").is_none() || msg.header("To").is_none()
+}
