@@ -38,6 +38,19 @@ pub struct SipConfig {
     pub tcp_connections_per_source_max: usize,
     /// Transactions alive at once; beyond this new requests get 503.
     pub transactions_max: usize,
+    /// Dial plan, first match wins: `pattern` is `*` (anything), `prefix*` or an exact user
+    /// part (number or name) of the request URI; `target` is `echo`, `hangup` or a SIP URI
+    /// (`sip:host:port`, host an address or a name resolved at start). Without a match,
+    /// `echo` and `hangup` users reach the built-in targets; anything else gets 404.
+    pub routes: Vec<SipRoute>,
+}
+
+/// One dial-plan entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipRoute {
+    pub pattern: String,
+    pub target: String,
 }
 
 impl Default for SipConfig {
@@ -52,6 +65,7 @@ impl Default for SipConfig {
             tcp_connections_max: 1024,
             tcp_connections_per_source_max: 32,
             transactions_max: 100_000,
+            routes: Vec::new(),
         }
     }
 }

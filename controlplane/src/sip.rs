@@ -62,6 +62,117 @@ struct Call {
     peer: Peer,
     hangup_after_ack: bool,
     answer: Bytes,
+    /// The outbound leg, when the call was routed to a SIP target.
+    b: Option<BLeg>,
+}
+
+/// The outbound leg of a routed call.
+#[derive(Debug)]
+struct BLeg {
+    invite: SipMessage,
+    tx: TxId,
+    peer: Peer,
+    dialog: Option<Dialog>,
+    /// What we offered the callee (reused for its re-INVITEs).
+    offer: Bytes,
+    answered: bool,
+    /// Our port towards the caller (leg A of the relay).
+    a_port: u16,
+}
+
+/// Where a dial-plan entry sends calls.
+#[derive(Debug, Clone)]
+enum RouteTarget {
+    Echo,
+    Hangup,
+    Sip { uri: String, addr: SocketAddr },
+}
+
+/// Resolves the dial plan at start (names are looked up once).
+///
+/// # Errors
+/// A target that is neither a built-in nor a SIP URI with a reachable host.
+fn resolve_routes(cfg: &SipConfig) -> anyhow::Result<Vec<(String, RouteTarget)>> {
+    let mut out = Vec::new();
+    for r in &cfg.routes {
+        let t = match r.target.trim() {
+            "echo" => RouteTarget::Echo,
+            "hangup" => RouteTarget::Hangup,
+            uri => {
+                let rest = uri.strip_prefix("sip:").ok_or_else(|| {
+                    anyhow::anyhow!("sip.routes: target `{uri}` is not echo, hangup or a sip: URI")
+                })?;
+                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                let host = host.split(';').next().unwrap_or(host);
+                let with_port = if host.starts_with('[') && !host.contains("]:")
+                    || !host.starts_with('[') && !host.contains(':')
+                {
+                    format!("{host}:5060")
+                } else {
+                    host.to_string()
+                };
+                use std::net::ToSocketAddrs;
+                let addr = with_port
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("sip.routes: cannot resolve the host of `{uri}`")
+                    })?;
+                RouteTarget::Sip {
+                    uri: uri.to_string(),
+                    addr,
+                }
+            }
+        };
+        out.push((r.pattern.trim().to_string(), t));
+    }
+    Ok(out)
+}
+
+fn route_matches(pattern: &str, user: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) => user.starts_with(prefix),
+        None => user.eq_ignore_ascii_case(pattern),
+    }
+}
+
+/// The SDP with its connection address and first audio port replaced by ours (the rest kept).
+fn rewrite_sdp(sdp: &[u8], advertise: IpAddr, port: u16) -> Bytes {
+    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
+    let text = String::from_utf8_lossy(sdp);
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut audio_done = false;
+    for line in text.lines() {
+        let line = line.trim_end();
+        if line.starts_with("c=") {
+            out.push_str(&format!("c=IN {fam} {advertise}\r\n"));
+        } else if let Some(rest) = line.strip_prefix("o=") {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() >= 6 {
+                out.push_str(&format!(
+                    "o={} {} {} IN {fam} {advertise}\r\n",
+                    f[0], f[1], f[2]
+                ));
+            } else {
+                out.push_str(line);
+                out.push_str("\r\n");
+            }
+        } else if let (false, Some(rest)) = (audio_done, line.strip_prefix("m=audio ")) {
+            audio_done = true;
+            let tail = rest.split_once(' ').map_or("", |(_, t)| t);
+            out.push_str(&format!("m=audio {port} {tail}\r\n"));
+        } else if line.starts_with("a=rtcp:") {
+            out.push_str(&format!("a=rtcp:{}\r\n", port + 1));
+        } else if !line.is_empty() {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    Bytes::from(out)
 }
 
 struct Core {
@@ -73,6 +184,11 @@ struct Core {
     /// INVITE server transactions by branch, for CANCEL.
     invites_by_branch: HashMap<String, TxId>,
     pending_invites: HashMap<TxId, SipMessage>,
+    routes: Vec<(String, RouteTarget)>,
+    /// Outbound INVITE transaction → the call (keyed by its inbound dialog).
+    b_by_tx: HashMap<TxId, DialogId>,
+    /// Outbound dialog (our view) → the call.
+    b_dialogs: HashMap<DialogId, DialogId>,
     dp: Arc<Dataplane>,
     advertise: IpAddr,
     local: SocketAddr,
@@ -155,6 +271,9 @@ pub async fn start(
         calls: HashMap::new(),
         invites_by_branch: HashMap::new(),
         pending_invites: HashMap::new(),
+        routes: resolve_routes(cfg)?,
+        b_by_tx: HashMap::new(),
+        b_dialogs: HashMap::new(),
         dp,
         advertise,
         local: SocketAddr::new(advertise, local.port()),
@@ -465,6 +584,9 @@ impl Core {
     }
 
     fn respond(&mut self, tx: TxId, msg: SipMessage, now: Duration) {
+        if msg.status().unwrap_or(0) >= 200 {
+            self.pending_invites.remove(&tx);
+        }
         if let Err(e) = self.tx.respond(tx, msg, now) {
             tracing::debug!(error = %e, "response not sent");
         }
@@ -488,6 +610,25 @@ impl Core {
                     }
                 }
             }
+            TxEvent::Timeout { tx } if self.b_by_tx.contains_key(&tx) => {
+                // The callee never answered: 408 to the caller.
+                if let Some(a_id) = self.b_by_tx.get(&tx).cloned() {
+                    let inv = self
+                        .calls
+                        .get(&a_id)
+                        .and_then(|c| c.invite_tx)
+                        .and_then(|t| self.pending_invites.get(&t).cloned().map(|m| (t, m)));
+                    if let Some((t, m)) = inv {
+                        let tag = a_id.local_tag.clone();
+                        self.respond(
+                            t,
+                            build_response(&m, 408, "Request Timeout", Some(&tag)),
+                            now,
+                        );
+                    }
+                    self.end_call(&a_id, false);
+                }
+            }
             TxEvent::Timeout { tx } => {
                 // A 2xx without ACK, or a BYE without answer: the call is over.
                 let ids: Vec<DialogId> = self
@@ -502,9 +643,10 @@ impl Core {
             }
             TxEvent::Terminated { tx } => {
                 self.pending_invites.remove(&tx);
+                self.b_by_tx.remove(&tx);
                 self.invites_by_branch.retain(|_, t| *t != tx);
             }
-            TxEvent::Response { .. } => {}
+            TxEvent::Response { tx, msg } => self.on_b_response(tx, msg, now),
         }
     }
 
@@ -522,11 +664,23 @@ impl Core {
             match target.and_then(|t| self.pending_invites.remove(&t).map(|m| (t, m))) {
                 Some((inv_tx, inv)) => {
                     self.respond(tx, build_response(&msg, 200, "OK", None), now);
+                    let call = self
+                        .calls
+                        .iter()
+                        .find(|(_, c)| c.invite_tx == Some(inv_tx))
+                        .map(|(k, _)| k.clone());
+                    let tag = call
+                        .as_ref()
+                        .map_or_else(|| random_token(10), |k| k.local_tag.clone());
                     self.respond(
                         inv_tx,
-                        build_response(&inv, 487, "Request Terminated", Some(&random_token(10))),
+                        build_response(&inv, 487, "Request Terminated", Some(&tag)),
                         now,
                     );
+                    if let Some(k) = call {
+                        self.cancel_b(&k, now);
+                        self.end_call(&k, false);
+                    }
                 }
                 None => self.respond(
                     tx,
@@ -537,7 +691,11 @@ impl Core {
             return;
         }
         if let Some(id) = request_dialog_id(&msg) {
-            self.in_dialog(tx, id, msg, now);
+            if let Some(a_id) = self.b_dialogs.get(&id).cloned() {
+                self.in_b_dialog(tx, a_id, msg, now);
+            } else {
+                self.in_dialog(tx, id, msg, now);
+            }
             return;
         }
         match method {
@@ -569,18 +727,38 @@ impl Core {
         let StartLine::Request { uri, .. } = &msg.start else {
             return;
         };
-        let user = uri.user().unwrap_or_default().to_ascii_lowercase();
+        let user_raw = uri.user().unwrap_or_default();
+        let user = user_raw.to_ascii_lowercase();
         if let Some(b) = top_branch(&msg) {
             self.invites_by_branch.insert(b, tx);
         }
-        if user != "echo" && user != "hangup" {
-            self.respond(
-                tx,
-                build_response(&msg, 404, "Not Found", Some(&random_token(10))),
-                now,
-            );
-            return;
-        }
+        self.pending_invites.insert(tx, msg.clone());
+        let target = self
+            .routes
+            .iter()
+            .find(|(p, _)| route_matches(p, &user_raw))
+            .map(|(_, t)| t.clone())
+            .or(match user.as_str() {
+                "echo" => Some(RouteTarget::Echo),
+                "hangup" => Some(RouteTarget::Hangup),
+                _ => None,
+            });
+        let hangup = match target {
+            None => {
+                self.respond(
+                    tx,
+                    build_response(&msg, 404, "Not Found", Some(&random_token(10))),
+                    now,
+                );
+                return;
+            }
+            Some(RouteTarget::Sip { uri, addr }) => {
+                self.b2bua_invite(tx, msg, from, &uri, addr, &user_raw, now);
+                return;
+            }
+            Some(RouteTarget::Hangup) => true,
+            Some(RouteTarget::Echo) => false,
+        };
         let Some(offer) = msg.sdp().and_then(|b| parse_offer(&b)) else {
             self.respond(
                 tx,
@@ -654,10 +832,279 @@ impl Core {
                 relay: Some(info.id),
                 invite_tx: Some(tx),
                 peer: from,
-                hangup_after_ack: user == "hangup",
+                hangup_after_ack: hangup,
                 answer: sdp,
+                b: None,
             },
         );
+    }
+
+    /// Routes an INVITE to a SIP target: media anchored in a relay (leg A the caller, leg B the
+    /// callee), a new INVITE towards the target with our SDP.
+    #[allow(clippy::too_many_arguments)]
+    fn b2bua_invite(
+        &mut self,
+        tx: TxId,
+        msg: SipMessage,
+        from: Peer,
+        target_uri: &str,
+        addr: SocketAddr,
+        user: &str,
+        now: Duration,
+    ) {
+        let tag = random_token(12);
+        let Some(sdp) = msg.sdp() else {
+            // Delayed offer (INVITE without SDP) is not relayed yet.
+            self.respond(
+                tx,
+                build_response(&msg, 488, "Not Acceptable Here", Some(&tag)),
+                now,
+            );
+            return;
+        };
+        let Some(offer) = parse_offer(&sdp) else {
+            self.respond(
+                tx,
+                build_response(&msg, 488, "Not Acceptable Here", Some(&tag)),
+                now,
+            );
+            return;
+        };
+        let remote = offer
+            .addr
+            .filter(|a| !a.is_unspecified() && offer.port != 0)
+            .map(|a| SocketAddr::new(a, offer.port));
+        let dp = self.dp.clone();
+        let created = blocking(|| {
+            dp.create_relay(RelayRequest {
+                legs: [
+                    LegRequest {
+                        remote,
+                        ..Default::default()
+                    },
+                    LegRequest::default(),
+                ],
+                ..Default::default()
+            })
+        });
+        let info = match created {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "no media for the call");
+                let mut r = build_response(&msg, 503, "Service Unavailable", Some(&tag));
+                r.headers
+                    .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
+                self.respond(tx, r, now);
+                return;
+            }
+        };
+        let dialog = match Dialog::uas(&msg, &tag, DialogState::Early) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = blocking(|| self.dp.delete_relay(info.id));
+                self.respond(
+                    tx,
+                    build_response(&msg, 400, &format!("Bad Request ({e})"), Some(&tag)),
+                    now,
+                );
+                return;
+            }
+        };
+        let mf = msg
+            .headers
+            .get::<MaxForwards>(Name::MAX_FORWARDS)
+            .map_or(70, |m| m.0)
+            .saturating_sub(1);
+        let from_user = msg
+            .header("From")
+            .and_then(voxedge_sip_core::uri::header_uri)
+            .and_then(|u| voxedge_sip_core::AnyUri::parse(u).ok())
+            .and_then(|u| u.user())
+            .unwrap_or_else(|| "anonymous".into());
+        let local = fmt_host(self.local);
+        let ruri = if target_uri.contains('@') {
+            target_uri.to_string()
+        } else {
+            format!("sip:{user}@{}", &target_uri[4..])
+        };
+        let b_offer = rewrite_sdp(&sdp, self.advertise, info.legs[1].local.port());
+        let mut text = format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\nMax-Forwards: {mf}\r\n\
+From: <sip:{from_user}@{local}>;tag={}\r\nTo: <{ruri}>\r\nCall-ID: {}@{}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:voxedge@{local}>\r\n",
+            random_token(16),
+            random_token(12),
+            random_token(20),
+            self.advertise,
+        );
+        for pai in msg.header_all("P-Asserted-Identity") {
+            text.push_str(&format!("P-Asserted-Identity: {pai}\r\n"));
+        }
+        text.push_str(&format!(
+            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
+            b_offer.len()
+        ));
+        let mut raw = text.into_bytes();
+        raw.extend_from_slice(&b_offer);
+        let Ok(b_invite) = SipMessage::parse(&raw, &self.limits) else {
+            let _ = blocking(|| self.dp.delete_relay(info.id));
+            self.respond(
+                tx,
+                build_response(&msg, 500, "Server Internal Error", Some(&tag)),
+                now,
+            );
+            return;
+        };
+        let peer = Peer {
+            addr,
+            reliable: false,
+        };
+        let btx = match self.tx.send_request(b_invite.clone(), peer, now) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = blocking(|| self.dp.delete_relay(info.id));
+                self.respond(
+                    tx,
+                    build_response(&msg, 500, "Server Internal Error", Some(&tag)),
+                    now,
+                );
+                return;
+            }
+        };
+        let a_id = dialog.id.clone();
+        self.b_by_tx.insert(btx, a_id.clone());
+        self.stats
+            .calls_active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls.insert(
+            a_id,
+            Call {
+                dialog,
+                relay: Some(info.id),
+                invite_tx: Some(tx),
+                peer: from,
+                hangup_after_ack: false,
+                answer: Bytes::new(),
+                b: Some(BLeg {
+                    invite: b_invite,
+                    tx: btx,
+                    peer,
+                    dialog: None,
+                    offer: b_offer,
+                    answered: false,
+                    a_port: info.legs[0].local.port(),
+                }),
+            },
+        );
+    }
+
+    /// A response on an outbound INVITE: provisional and final responses are relayed to the
+    /// caller with SDP rewritten to our ports; a 2xx is acknowledged towards the callee.
+    fn on_b_response(&mut self, btx: TxId, msg: SipMessage, now: Duration) {
+        let Some(a_id) = self.b_by_tx.get(&btx).cloned() else {
+            return;
+        };
+        let code = msg.status().unwrap_or(0);
+        let advertise = self.advertise;
+        let local = fmt_host(self.local);
+        let Some(call) = self.calls.get_mut(&a_id) else {
+            return;
+        };
+        let (Some(relay), Some(b)) = (call.relay, call.b.as_mut()) else {
+            return;
+        };
+        let a_port = b.a_port;
+        // Media from the callee's SDP (183 early media or the answer).
+        if let Some(o) = msg.sdp().and_then(|sd| parse_offer(&sd)) {
+            if let Some(r) = o
+                .addr
+                .filter(|a| !a.is_unspecified() && o.port != 0)
+                .map(|a| SocketAddr::new(a, o.port))
+            {
+                let dp = self.dp.clone();
+                let _ = blocking(|| {
+                    dp.update_leg(
+                        relay,
+                        voxedge_dataplane::ids::Side::B,
+                        voxedge_dataplane::command::LegUpdate {
+                            remote: Some(r),
+                            ..Default::default()
+                        },
+                    )
+                });
+            }
+        }
+        let Some(inv_a) = self
+            .pending_invites
+            .get(&call.invite_tx.unwrap_or(TxId(0)))
+            .cloned()
+        else {
+            // The caller's INVITE is already answered (a 2xx retransmission): re-ACK.
+            if (200..300).contains(&code) {
+                if let Some(d) = b.dialog.as_mut() {
+                    let branch = format!("z9hG4bK{}", random_token(16));
+                    if let Ok(ack) =
+                        d.request(Method::ACK, &format!("UDP {local}"), &branch, None, Some(1))
+                    {
+                        let peer = b.peer;
+                        self.send_raw(peer, ack.to_bytes());
+                    }
+                }
+            }
+            return;
+        };
+        let a_tx = call.invite_tx.unwrap_or(TxId(0));
+        let tag = call.dialog.id.local_tag.clone();
+        let mut resp = build_response(&inv_a, code, status_reason(&msg), Some(&tag));
+        if let Some(sdp) = msg.sdp() {
+            let body = rewrite_sdp(&sdp, advertise, a_port);
+            resp.headers
+                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+            if (200..300).contains(&code) {
+                call.answer = body.clone();
+            }
+            resp.body = body;
+        }
+        match code {
+            100 => {}
+            101..=199 => {
+                resp.headers.insert(
+                    Name::CONTACT,
+                    BytesStr::from(format!("<sip:voxedge@{local}>")),
+                );
+                self.respond(a_tx, resp, now);
+            }
+            200..=299 => {
+                let mut d = match Dialog::uac(&b.invite, &msg) {
+                    Ok(d) => d,
+                    Err(_) => return,
+                };
+                let branch = format!("z9hG4bK{}", random_token(16));
+                if let Ok(ack) =
+                    d.request(Method::ACK, &format!("UDP {local}"), &branch, None, Some(1))
+                {
+                    let peer = b.peer;
+                    let data = ack.to_bytes();
+                    b.dialog = Some(d.clone());
+                    b.answered = true;
+                    self.b_dialogs.insert(d.id.clone(), a_id.clone());
+                    self.send_raw(peer, data);
+                }
+                resp.headers.insert(
+                    Name::CONTACT,
+                    BytesStr::from(format!("<sip:voxedge@{local}>")),
+                );
+                self.stats
+                    .calls_answered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.respond(a_tx, resp, now);
+            }
+            _ => {
+                // The callee refused (486, 603, 487 after CANCEL, …): the caller gets the same.
+                self.respond(a_tx, resp, now);
+                self.end_call(&a_id, false);
+            }
+        }
     }
 
     fn in_dialog(&mut self, tx: TxId, id: DialogId, msg: SipMessage, now: Duration) {
@@ -680,6 +1127,7 @@ impl Core {
         let method = msg.method().cloned().unwrap_or(Method::INFO);
         if method == Method::BYE {
             self.respond(tx, build_response(&msg, 200, "OK", None), now);
+            self.bye_b(&id, now);
             self.end_call(&id, false);
             return;
         }
@@ -720,11 +1168,115 @@ impl Core {
         self.respond(tx, build_response(&msg, 200, "OK", None), now);
     }
 
+    /// A request from the callee inside the outbound dialog.
+    fn in_b_dialog(&mut self, tx: TxId, a_id: DialogId, msg: SipMessage, now: Duration) {
+        let method = msg.method().cloned().unwrap_or(Method::INFO);
+        let Some(call) = self.calls.get_mut(&a_id) else {
+            self.respond(
+                tx,
+                build_response(&msg, 481, "Call/Transaction Does Not Exist", None),
+                now,
+            );
+            return;
+        };
+        if let Some(d) = call.b.as_mut().and_then(|b| b.dialog.as_mut()) {
+            if let Err(e) = d.on_request(&msg) {
+                self.respond(
+                    tx,
+                    build_response(&msg, 500, &format!("Server Internal Error ({e})"), None),
+                    now,
+                );
+                return;
+            }
+        }
+        if method == Method::BYE {
+            self.respond(tx, build_response(&msg, 200, "OK", None), now);
+            self.end_call(&a_id, true);
+            return;
+        }
+        let mut ok = build_response(&msg, 200, "OK", None);
+        if method == Method::INVITE || method == Method::UPDATE {
+            if let Some(b) = call.b.as_ref() {
+                ok.headers
+                    .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+                ok.body = b.offer.clone();
+            }
+            ok.headers.insert(
+                Name::CONTACT,
+                BytesStr::from(format!("<sip:voxedge@{}>", fmt_host(self.local))),
+            );
+        }
+        self.respond(tx, ok, now);
+    }
+
+    /// Sends BYE on the outbound dialog, if it was answered.
+    fn bye_b(&mut self, a_id: &DialogId, now: Duration) {
+        let local = fmt_host(self.local);
+        let Some(b) = self.calls.get_mut(a_id).and_then(|c| c.b.as_mut()) else {
+            return;
+        };
+        let peer = b.peer;
+        let Some(d) = b.dialog.as_mut() else {
+            return;
+        };
+        self.b_dialogs.remove(&d.id);
+        let branch = format!("z9hG4bK{}", random_token(16));
+        if let Ok(bye) = d.request(Method::BYE, &format!("UDP {local}"), &branch, None, None) {
+            let to = target_addr(&d.remote_target).unwrap_or(peer.addr);
+            let _ = self.tx.send_request(
+                bye,
+                Peer {
+                    addr: to,
+                    reliable: false,
+                },
+                now,
+            );
+        }
+    }
+
+    /// CANCELs the outbound INVITE if it has no final response yet (RFC 3261 §9.1).
+    fn cancel_b(&mut self, a_id: &DialogId, now: Duration) {
+        let Some(b) = self.calls.get(a_id).and_then(|c| c.b.as_ref()) else {
+            return;
+        };
+        if b.answered {
+            return;
+        }
+        let inv = &b.invite;
+        let StartLine::Request { uri, .. } = &inv.start else {
+            return;
+        };
+        let mut headers = ezk_sip_types::Headers::with_capacity(8);
+        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID] {
+            if let Some(v) = inv.headers.get_raw(&name).next() {
+                headers.insert(name, v.clone());
+            }
+        }
+        headers.insert(Name::MAX_FORWARDS, BytesStr::from_static("70"));
+        headers.insert(Name::CSEQ, BytesStr::from_static("1 CANCEL"));
+        let cancel = SipMessage {
+            start: StartLine::Request {
+                method: Method::CANCEL,
+                uri: uri.clone(),
+            },
+            headers,
+            body: Bytes::new(),
+        };
+        let peer = b.peer;
+        let _ = self.tx.send_request(cancel, peer, now);
+    }
+
     /// Ends a call: deletes its media and, when `send_bye`, hangs up towards the caller.
     fn end_call(&mut self, id: &DialogId, send_bye: bool) {
         let Some(mut call) = self.calls.remove(id) else {
             return;
         };
+        if let Some(b) = call.b.as_ref() {
+            if let Some(d) = b.dialog.as_ref() {
+                self.b_dialogs.remove(&d.id);
+            }
+            self.b_by_tx.remove(&b.tx);
+        }
         self.stats
             .calls_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -760,6 +1312,14 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+/// The reason phrase of a response.
+fn status_reason(m: &SipMessage) -> &str {
+    match &m.start {
+        StartLine::Response { reason, .. } if !reason.is_empty() => reason,
+        _ => "Unknown",
     }
 }
 

@@ -319,3 +319,224 @@ async fn echo_over_tcp_and_hangup_target_sends_bye() {
     );
     r.shutdown().await;
 }
+
+// --- B2BUA: calls routed to a SIP target ------------------------------------------------------
+
+/// A scripted callee on UDP.
+struct Callee {
+    sock: UdpSocket,
+    rtp: UdpSocket,
+}
+
+impl Callee {
+    fn new() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("t");
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+        rtp.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("t");
+        Callee { sock, rtp }
+    }
+    fn recv(&self) -> (SipMessage, SocketAddr) {
+        let mut buf = [0u8; 65536];
+        let (n, from) = self.sock.recv_from(&mut buf).expect("callee receives");
+        (
+            SipMessage::parse(&buf[..n], &Limits::default()).expect("valid"),
+            from,
+        )
+    }
+    fn reply(&self, req: &SipMessage, code: u16, reason: &str, to: SocketAddr, sdp: bool) {
+        let mut r =
+            voxedge_sip_core::transaction::build_response(req, code, reason, Some("callee1"));
+        let contact = format!("<sip:callee@{}>", self.sock.local_addr().expect("a"));
+        r.headers.insert(
+            ezk_sip_types::Name::CONTACT,
+            bytesstr::BytesStr::from(contact),
+        );
+        if sdp {
+            let a = self.rtp.local_addr().expect("a");
+            let body = format!("v=0\r\no=callee 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n", a.port());
+            r.headers.insert(
+                ezk_sip_types::Name::CONTENT_TYPE,
+                bytesstr::BytesStr::from_static("application/sdp"),
+            );
+            r.body = bytes::Bytes::from(body);
+        }
+        self.sock.send_to(&r.to_bytes(), to).expect("reply");
+    }
+}
+
+fn routed(port_min: u16, callee: SocketAddr) -> Config {
+    let mut c = config(port_min);
+    c.sip.routes = vec![voxedge_controlplane::config::SipRoute {
+        pattern: "+1555*".into(),
+        target: format!("sip:{callee}"),
+    }];
+    c
+}
+
+fn to_tag(m: &SipMessage) -> String {
+    voxedge_sip_core::uri::header_param(m.header("To").expect("to"), "tag")
+        .expect("tag")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_call_relays_ringing_answer_media_and_callee_bye() {
+    let callee = Callee::new();
+    let r = app::start(
+        Role::Serve,
+        routed(32800, callee.sock.local_addr().expect("a")),
+        BackendKind::Socket,
+    )
+    .await
+    .expect("start");
+    let server = r.sip_udp.expect("udp");
+    let dp = r.dataplane.clone();
+    tokio::task::spawn_blocking(move || {
+        let ua = Udp {
+            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            server,
+        };
+        ua.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
+        let via = ua.sock.local_addr().expect("addr");
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+        rtp.set_read_timeout(Some(Duration::from_secs(2))).expect("t");
+        ua.send(&invite("+15551234", "z9hG4bKr1", "routed1", rtp.local_addr().expect("a"), "UDP", via));
+        // The callee gets our INVITE (our SDP), rings, answers.
+        let (inv, from) = callee.recv();
+        assert_eq!(inv.method().map(ToString::to_string).as_deref(), Some("INVITE"));
+        assert!(inv.to_bytes().starts_with(b"INVITE sip:+15551234@"));
+        let offer = String::from_utf8(inv.sdp().expect("offer").to_vec()).expect("utf8");
+        assert!(!offer.contains(&rtp.local_addr().expect("a").port().to_string()), "caller's port hidden");
+        callee.reply(&inv, 180, "Ringing", from, false);
+        let ringing = ua.recv();
+        assert_eq!(ringing.status(), Some(180));
+        callee.reply(&inv, 200, "OK", from, true);
+        let ok = ua.recv();
+        assert_eq!(ok.status(), Some(200));
+        let (ack, _) = callee.recv();
+        assert_eq!(ack.method().map(ToString::to_string).as_deref(), Some("ACK"));
+        ua.send(&in_dialog("ACK", 1, "routed1", &to_tag(&ok), "z9hG4bKra", "UDP", via, "+15551234"));
+        // Media both ways through the relay.
+        let caller_to = answer_port(&ok);
+        let callee_to: u16 = offer
+            .lines()
+            .find_map(|l| l.strip_prefix("m=audio "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        let mut b = [0u8; 2048];
+        rtp.send_to(&rtp_packet(1), ("127.0.0.1", caller_to)).expect("rtp a");
+        let (n, _) = callee.rtp.recv_from(&mut b).expect("callee hears the caller");
+        assert_eq!(n, 172);
+        callee.rtp.send_to(&rtp_packet(2), ("127.0.0.1", callee_to)).expect("rtp b");
+        let (n, _) = rtp.recv_from(&mut b).expect("caller hears the callee");
+        assert_eq!((n, &b[2..4]), (172, &[0u8, 2][..]));
+        // The callee hangs up: the caller gets a BYE.
+        let bye = format!(
+            "BYE sip:voxedge@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKcb1\r\nMax-Forwards: 70\r\n\
+From: {};tag=callee1\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+            callee.sock.local_addr().expect("a"),
+            voxedge_sip_core::uri::header_uri(inv.header("To").expect("to")).map(|u| format!("<{u}>")).expect("to"),
+            inv.header("From").expect("from"),
+            inv.header("Call-ID").expect("cid"),
+        );
+        callee.sock.send_to(bye.as_bytes(), server).expect("bye");
+        let (ok_bye, _) = callee.recv();
+        assert_eq!(ok_bye.status(), Some(200));
+        let caller_bye = ua.recv();
+        assert_eq!(caller_bye.method().map(ToString::to_string).as_deref(), Some("BYE"));
+        let resp = voxedge_sip_core::transaction::build_response(&caller_bye, 200, "OK", None);
+        ua.sock.send_to(&resp.to_bytes(), server).expect("200");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(dp.relay_count(), 0, "media released");
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_call_relays_busy_and_cancel() {
+    let callee = Callee::new();
+    let r = app::start(
+        Role::Serve,
+        routed(32900, callee.sock.local_addr().expect("a")),
+        BackendKind::Socket,
+    )
+    .await
+    .expect("start");
+    let server = r.sip_udp.expect("udp");
+    let dp = r.dataplane.clone();
+    tokio::task::spawn_blocking(move || {
+        let ua = Udp {
+            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            server,
+        };
+        ua.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("t");
+        let via = ua.sock.local_addr().expect("addr");
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+        // 486 from the callee reaches the caller.
+        ua.send(&invite(
+            "+15550001",
+            "z9hG4bKbusy",
+            "busy1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        ));
+        let (inv, from) = callee.recv();
+        callee.reply(&inv, 486, "Busy Here", from, false);
+        let busy = ua.recv();
+        assert_eq!(busy.status(), Some(486));
+        let (ack, _) = callee.recv();
+        assert_eq!(
+            ack.method().map(ToString::to_string).as_deref(),
+            Some("ACK"),
+            "non-2xx ACKed hop by hop"
+        );
+        // CANCEL before the answer: 200 for the CANCEL, 487 for the INVITE, and the callee
+        // gets a CANCEL.
+        ua.send(&invite(
+            "+15550002",
+            "z9hG4bKcan",
+            "cancel1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        ));
+        let (inv, from) = callee.recv();
+        callee.reply(&inv, 180, "Ringing", from, false);
+        assert_eq!(ua.recv().status(), Some(180));
+        let cancel = invite(
+            "+15550002",
+            "z9hG4bKcan",
+            "cancel1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        )
+        .replacen("INVITE sip", "CANCEL sip", 1)
+        .replace("1 INVITE", "1 CANCEL");
+        ua.send(&cancel);
+        let mut codes = vec![ua.recv().status(), ua.recv().status()];
+        codes.sort();
+        assert_eq!(codes, vec![Some(200), Some(487)]);
+        let (c, from) = callee.recv();
+        assert_eq!(
+            c.method().map(ToString::to_string).as_deref(),
+            Some("CANCEL")
+        );
+        callee.reply(&c, 200, "OK", from, false);
+        callee.reply(&inv, 487, "Request Terminated", from, false);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(dp.relay_count(), 0, "no media left behind");
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}

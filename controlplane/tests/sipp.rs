@@ -80,3 +80,116 @@ fn sipp_uac_calls_the_echo_target() {
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// sipp UAC (playing a G.711 capture as RTP) → voxedge (dial plan routes everything to the
+/// UAS) → sipp UAS (echoing RTP): every call completes and RTP flows through the dataplane
+/// both ways.
+#[test]
+fn sipp_uac_through_voxedge_to_sipp_uas_with_rtp() {
+    let dir = std::env::temp_dir().join(format!("voxedge-sipp-b2b-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("pcap")).expect("dir");
+    // The scenario plays sipp's own captures (audio, then an RFC 2833 digit).
+    for e in std::fs::read_dir("/usr/share/sip-tester")
+        .expect("sip-tester's captures (run scripts/test)")
+    {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "pcap") {
+            std::fs::copy(&p, dir.join("pcap").join(p.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let cfg = dir.join("voxedge.toml");
+    std::fs::write(
+        &cfg,
+        r#"[admin]
+listen = "127.0.0.1:39181"
+[sip]
+listen = "127.0.0.1:39180"
+routes = [{ pattern = "*", target = "sip:127.0.0.1:39170" }]
+[dataplane]
+workers = 1
+pin_cores = false
+bind = "127.0.0.1"
+port_min = 33400
+port_max = 33599
+"#,
+    )
+    .expect("config");
+    let _serve = Kill(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env_remove("VOXEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start voxedge serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get("http://127.0.0.1:39181/health").call().is_err() {
+        assert!(Instant::now() < deadline, "voxedge serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uas = Kill(
+        Command::new("sipp")
+            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", "39170"])
+            .args(["-rtp_echo", "-mp", "39400", "-m", "5", "-nostdin"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp uas"),
+    );
+    let uac = Command::new("sipp")
+        .args(["-sn", "uac_pcap", "-s", "15550001", "127.0.0.1:39180"])
+        .args(["-i", "127.0.0.1", "-p", "39190", "-mp", "39500"])
+        .args([
+            "-m", "5", "-r", "5", "-l", "5", "-timeout", "60", "-nostdin",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("sipp uac");
+    let mut uas = uas;
+    let uas_status = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = uas.0.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let metrics = ureq::get("http://127.0.0.1:39181/metrics")
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    let forwarded: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("voxedge_packets_forwarded_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        uac.status.success(),
+        "sipp uac: {}\n{}",
+        uac.status,
+        String::from_utf8_lossy(&uac.stdout)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        uas_status.is_some_and(|s| s.success()),
+        "sipp uas finished all calls: {uas_status:?}"
+    );
+    // Each call plays the capture (hundreds of packets) out and gets it echoed back.
+    assert!(
+        forwarded > 1000.0,
+        "RTP relayed both ways: {forwarded} packets"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
