@@ -106,6 +106,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         busy: BusyWindow::default(),
         list_limit_max: cfg.management.list_limit_max,
         role: role.name(),
+        sip: std::sync::OnceLock::new(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -130,6 +131,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
     let mut sip = None;
     if role == Role::Serve && cfg.sip.enabled {
         let svc = crate::sip::start(&cfg.sip, dataplane.clone(), stop_rx.clone()).await?;
+        let _ = state.sip.set(svc.stats.clone());
         sip = Some((svc.udp, svc.tcp, svc.stats.clone()));
         tasks.extend(svc.tasks);
     }

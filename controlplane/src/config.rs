@@ -38,6 +38,12 @@ pub struct SipConfig {
     pub tcp_connections_per_source_max: usize,
     /// Transactions alive at once; beyond this new requests get 503.
     pub transactions_max: usize,
+    /// Calls (dialogs) up at once; a new INVITE beyond gets 503 + Retry-After.
+    pub calls_max: usize,
+    /// New calls per second, in all and from one source address (token buckets with one
+    /// second of burst); beyond: 503 + Retry-After.
+    pub calls_per_second_max: u32,
+    pub calls_per_second_per_source_max: u32,
     /// Dial plan, first match wins: `pattern` is `*` (anything), `prefix*` or an exact user
     /// part (number or name) of the request URI; `target` is `echo`, `hangup` or a SIP URI
     /// (`sip:host:port`, host an address or a name resolved at start). Without a match,
@@ -65,6 +71,9 @@ impl Default for SipConfig {
             tcp_connections_max: 1024,
             tcp_connections_per_source_max: 32,
             transactions_max: 100_000,
+            calls_max: 20_000,
+            calls_per_second_max: 5_000,
+            calls_per_second_per_source_max: 2_500,
             routes: Vec::new(),
         }
     }

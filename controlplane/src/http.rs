@@ -27,6 +27,8 @@ pub struct AppState {
     pub busy: BusyWindow,
     pub list_limit_max: usize,
     pub role: &'static str,
+    /// SIP counters (serve role), set once the SIP service runs.
+    pub sip: std::sync::OnceLock<Arc<crate::sip::SipStats>>,
 }
 
 /// An API error: a status and a JSON body `{"error":{"code","message"}}` that never leaks internals.
@@ -148,7 +150,10 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
-    let body = metrics::render(&st.dataplane, &st.busy);
+    let mut body = metrics::render(&st.dataplane, &st.busy);
+    if let Some(s) = st.sip.get() {
+        metrics::render_sip(&mut body, s);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -270,3 +270,43 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
     }
     out
 }
+
+/// SIP service counters.
+pub fn render_sip(out: &mut String, s: &crate::sip::SipStats) {
+    let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for (name, kind, help, value) in [
+        (
+            "voxedge_sip_messages_received_total",
+            "counter",
+            "SIP messages received (UDP datagrams and framed TCP messages).",
+            v(&s.received),
+        ),
+        (
+            "voxedge_sip_malformed_total",
+            "counter",
+            "SIP datagrams or streams dropped as malformed.",
+            v(&s.malformed),
+        ),
+        (
+            "voxedge_sip_calls_answered_total",
+            "counter",
+            "Calls answered (2xx sent to the caller).",
+            v(&s.calls_answered),
+        ),
+        (
+            "voxedge_sip_calls_refused_total",
+            "counter",
+            "New calls refused by admission control (503).",
+            v(&s.calls_refused),
+        ),
+        (
+            "voxedge_sip_calls_active",
+            "gauge",
+            "Calls up now.",
+            v(&s.calls_active),
+        ),
+    ] {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}

@@ -38,6 +38,8 @@ pub struct SipStats {
     pub malformed: std::sync::atomic::AtomicU64,
     pub calls_answered: std::sync::atomic::AtomicU64,
     pub calls_active: std::sync::atomic::AtomicU64,
+    /// New calls refused by admission control (503).
+    pub calls_refused: std::sync::atomic::AtomicU64,
 }
 
 /// The running service.
@@ -78,6 +80,36 @@ struct BLeg {
     answered: bool,
     /// Our port towards the caller (leg A of the relay).
     a_port: u16,
+}
+
+/// A token bucket: `rate` tokens per second, at most `rate` stored (one second of burst).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Duration,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Bucket {
+            rate: f64::from(rate.max(1)),
+            tokens: f64::from(rate.max(1)),
+            at: Duration::ZERO,
+        }
+    }
+
+    fn take(&mut self, now: Duration) -> bool {
+        let dt = now.saturating_sub(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Where a dial-plan entry sends calls.
@@ -185,6 +217,10 @@ struct Core {
     invites_by_branch: HashMap<String, TxId>,
     pending_invites: HashMap<TxId, SipMessage>,
     routes: Vec<(String, RouteTarget)>,
+    calls_max: usize,
+    cps: Bucket,
+    cps_per_source_max: u32,
+    cps_by_source: HashMap<IpAddr, Bucket>,
     /// Outbound INVITE transaction → the call (keyed by its inbound dialog).
     b_by_tx: HashMap<TxId, DialogId>,
     /// Outbound dialog (our view) → the call.
@@ -272,6 +308,10 @@ pub async fn start(
         invites_by_branch: HashMap::new(),
         pending_invites: HashMap::new(),
         routes: resolve_routes(cfg)?,
+        calls_max: cfg.calls_max,
+        cps: Bucket::new(cfg.calls_per_second_max),
+        cps_per_source_max: cfg.calls_per_second_per_source_max,
+        cps_by_source: HashMap::new(),
         b_by_tx: HashMap::new(),
         b_dialogs: HashMap::new(),
         dp,
@@ -723,10 +763,39 @@ impl Core {
         }
     }
 
+    /// Admission control for a new call: concurrent calls, calls per second in all and per
+    /// source address. Refused calls get 503 with Retry-After.
+    fn admit(&mut self, from: IpAddr, now: Duration) -> bool {
+        if self.calls.len() >= self.calls_max {
+            return false;
+        }
+        if self.cps_by_source.len() > 100_000 {
+            // Bounded: idle sources are forgotten (a full bucket is the same as a new one).
+            let rate = f64::from(self.cps_per_source_max.max(1));
+            self.cps_by_source
+                .retain(|_, b| now.saturating_sub(b.at).as_secs_f64() * rate + b.tokens < rate);
+        }
+        let per = self
+            .cps_by_source
+            .entry(from)
+            .or_insert_with(|| Bucket::new(self.cps_per_source_max));
+        per.take(now) && self.cps.take(now)
+    }
+
     fn on_invite(&mut self, tx: TxId, msg: SipMessage, from: Peer, now: Duration) {
         let StartLine::Request { uri, .. } = &msg.start else {
             return;
         };
+        if !self.admit(from.addr.ip(), now) {
+            self.stats
+                .calls_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut r = build_response(&msg, 503, "Service Unavailable", Some(&random_token(10)));
+            r.headers
+                .insert(Name::RETRY_AFTER, BytesStr::from_static("1"));
+            self.respond(tx, r, now);
+            return;
+        }
         let user_raw = uri.user().unwrap_or_default();
         let user = user_raw.to_ascii_lowercase();
         if let Some(b) = top_branch(&msg) {

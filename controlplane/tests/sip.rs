@@ -540,3 +540,88 @@ async fn routed_call_relays_busy_and_cancel() {
     .expect("ua");
     r.shutdown().await;
 }
+
+/// A flood of INVITEs beyond the configured rate is answered 503 with Retry-After, and the
+/// service keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_flood_is_answered_503_with_retry_after() {
+    let mut c = config(33000);
+    c.sip.calls_per_second_max = 10;
+    c.sip.calls_per_second_per_source_max = 10;
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("start");
+    let server = r.sip_udp.expect("udp");
+    let stats = r.sip_stats.clone().expect("stats");
+    tokio::task::spawn_blocking(move || {
+        let ua = Udp {
+            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            server,
+        };
+        ua.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("t");
+        let via = ua.sock.local_addr().expect("addr");
+        let rtp = UdpSocket::bind("127.0.0.1:0")
+            .expect("rtp")
+            .local_addr()
+            .expect("a");
+        for i in 0..40 {
+            ua.send(&invite(
+                "echo",
+                &format!("z9hG4bKfl{i}"),
+                &format!("flood{i}"),
+                rtp,
+                "UDP",
+                via,
+            ));
+        }
+        let mut ok = 0;
+        let mut refused = 0;
+        for _ in 0..40 {
+            let m = ua.recv();
+            match m.status() {
+                Some(200) => ok += 1,
+                Some(503) => {
+                    assert_eq!(m.header("Retry-After"), Some("1"));
+                    refused += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(ok + refused, 40);
+        assert!(
+            (10..=12).contains(&ok),
+            "about one second of burst admitted: {ok}"
+        );
+        // Still serving.
+        ua.send(
+            &in_dialog("OPTIONS", 1, "after", "x", "z9hG4bKafter", "UDP", via, "x")
+                .replace(";tag=x", ""),
+        );
+        assert_eq!(ua.recv().status(), Some(200));
+    })
+    .await
+    .expect("ua");
+    assert!(
+        stats
+            .calls_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 28
+    );
+    let admin = r.admin;
+    let metrics = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://{admin}/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text")
+    })
+    .await
+    .expect("join");
+    assert!(
+        metrics.contains("voxedge_sip_calls_refused_total "),
+        "{metrics}"
+    );
+    r.shutdown().await;
+}
