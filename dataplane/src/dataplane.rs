@@ -128,6 +128,8 @@ pub struct RelayInfo {
 
 struct WorkerHandle {
     commands: Sender<MediaCommand>,
+    /// Wakes the worker when it sleeps waiting for packets (socket backend).
+    waker: Option<crate::io::Waker>,
     shared: Arc<WorkerShared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -363,7 +365,7 @@ impl Dataplane {
                 Some(cores[(i + usize::from(cores.len() > 1)) % cores.len()])
             };
             let make_io = make(id);
-            let (ready_tx, ready_rx) = bounded::<Result<(), IoError>>(1);
+            let (ready_tx, ready_rx) = bounded::<Result<Option<crate::io::Waker>, IoError>>(1);
             let ev = ev_tx.clone();
             let sh = shared.clone();
             let thread = std::thread::Builder::new()
@@ -376,7 +378,7 @@ impl Dataplane {
                     }
                     match make_io() {
                         Ok(io) => {
-                            let _ = ready_tx.send(Ok(()));
+                            let _ = ready_tx.send(Ok(io.waker()));
                             Worker::new(wcfg, io, cmd_rx, ev, sh).run();
                         }
                         Err(e) => {
@@ -385,8 +387,8 @@ impl Dataplane {
                     }
                 })
                 .map_err(StartError::Thread)?;
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
+            let waker = match ready_rx.recv() {
+                Ok(Ok(w)) => w,
                 Ok(Err(source)) => {
                     return Err(StartError::Backend {
                         worker: id.0,
@@ -394,8 +396,9 @@ impl Dataplane {
                     })
                 }
                 Err(_) => return Err(StartError::WorkerDied(id.0)),
-            }
+            };
             workers.push(WorkerHandle {
+                waker,
                 commands: cmd_tx,
                 shared,
                 thread: Some(thread),
@@ -612,7 +615,11 @@ impl Dataplane {
         let worker = &self.workers[w];
         let (tx, rx) = bounded(1);
         match worker.commands.try_send(make(tx)) {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Some(w) = &worker.waker {
+                    w();
+                }
+            }
             Err(TrySendError::Full(_)) => return Err(DataplaneError::Busy(w as u16)),
             Err(TrySendError::Disconnected(_)) => return Err(DataplaneError::Stopped(w as u16)),
         }
@@ -630,6 +637,9 @@ impl Dataplane {
             let _ = w
                 .commands
                 .send_timeout(MediaCommand::Shutdown, Duration::from_secs(1));
+            if let Some(wake) = &w.waker {
+                wake();
+            }
         }
         for w in &mut self.workers {
             if let Some(t) = w.thread.take() {

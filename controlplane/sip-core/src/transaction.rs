@@ -613,7 +613,11 @@ impl Transactions {
                 }
             }
             (Kind::InviteServer, State::Accepted, true) => {
-                // An ACK for the 2xx with the INVITE's branch (RFC 2543 peers): pass it on.
+                // An ACK for the 2xx that reuses the INVITE's branch (RFC 2543 peers, and
+                // some test tools): it still ends the 2xx retransmissions.
+                if let (Ok(cid), Ok(c)) = (call_id(&msg), cseq(&msg)) {
+                    self.pending_2xx.remove(&(cid, c.cseq));
+                }
                 self.event(TxEvent::Ack { msg, from });
             }
             (_, State::Confirmed | State::Accepted, _) | (_, _, true) => {}

@@ -278,6 +278,29 @@ fn a_2xx_is_retransmitted_until_its_ack() {
 }
 
 #[test]
+fn an_ack_reusing_the_invite_branch_also_stops_2xx_retransmissions() {
+    let mut t = Transactions::new(Timers::default());
+    let inv = request("INVITE", "z9hG4bKs4", 5);
+    t.receive(inv.clone(), peer(5070, false), Duration::ZERO).expect("invite");
+    let (_, ev) = drain(&mut t);
+    let TxEvent::Request { tx, .. } = ev[0] else { panic!() };
+    t.respond(tx, build_response(&inv, 200, "OK", Some("st")), Duration::ZERO).expect("200");
+    drain(&mut t);
+    let ack = request("ACK", "z9hG4bKs4", 5);
+    let ack = parse(
+        String::from_utf8(ack.to_bytes())
+            .expect("utf8")
+            .replace("call-z9hG4bKs4", "call-z9hG4bKs4")
+            .as_bytes(),
+    );
+    t.receive(ack, peer(5070, false), 100 * MS).expect("ack");
+    let (_, ev) = drain(&mut t);
+    assert!(matches!(ev[..], [TxEvent::Ack { .. }]));
+    let (sends, _) = run_until(&mut t, 100 * MS, Duration::from_secs(60));
+    assert!(sends.is_empty(), "no 2xx retransmission after the ACK");
+}
+
+#[test]
 fn non_invite_server_absorbs_retransmissions_and_lingers_with_j() {
     let mut t = Transactions::new(Timers::default());
     let bye = request("BYE", "z9hG4bKb1", 2);

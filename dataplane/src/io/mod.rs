@@ -126,6 +126,9 @@ pub enum IoError {
     Backend(String),
 }
 
+/// Wakes a worker that waits for packets.
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// A packet I/O backend owned by one worker.
 pub trait PacketIo {
     /// Short name for logs and metrics ("memory", "socket", "dpdk").
@@ -153,6 +156,12 @@ pub trait PacketIo {
     /// Ends a burst of `n` received datagrams: sends each descriptor's datagram, setting
     /// `sent`, and releases the buffers of the others. Returns the number sent.
     fn tx_burst(&mut self, batch: &mut Self::Batch, n: usize, tx: &mut [TxDesc]) -> usize;
+
+    /// A way for other threads to wake the worker from its idle wait when a command is
+    /// queued (backends that sleep in the kernel); `None` for polling backends.
+    fn waker(&self) -> Option<Waker> {
+        None
+    }
 
     /// Periodic work (every few milliseconds): flush buffered output, resolve neighbours,
     /// publish backend counters. Most backends have none.

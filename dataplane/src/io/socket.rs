@@ -55,7 +55,11 @@ pub struct SocketIo {
     tx_hdrs: MultiHeaders<SockaddrStorage>,
     opts: SocketOptions,
     counters: IoCounters,
+    waker: std::sync::Arc<mio::Waker>,
 }
+
+/// The poll token of the command waker (no port handle reaches it).
+const WAKE_TOKEN: Token = Token(usize::MAX);
 
 impl SocketIo {
     /// Creates the poller and preallocates batch headers.
@@ -63,8 +67,13 @@ impl SocketIo {
     /// # Errors
     /// The kernel refuses an epoll instance.
     pub fn new(opts: SocketOptions) -> Result<Self, IoError> {
+        let poll = Poll::new().map_err(IoError::Poller)?;
+        let waker = std::sync::Arc::new(
+            mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(IoError::Poller)?,
+        );
         Ok(SocketIo {
-            poll: Poll::new().map_err(IoError::Poller)?,
+            waker,
+            poll,
             events: Events::with_capacity(1024),
             ports: Vec::new(),
             free: Vec::new(),
@@ -272,6 +281,13 @@ impl PacketIo for SocketIo {
                 self.open -= 1;
             }
         }
+    }
+
+    fn waker(&self) -> Option<super::Waker> {
+        let w = self.waker.clone();
+        Some(std::sync::Arc::new(move || {
+            let _ = w.wake();
+        }))
     }
 
     fn rx_burst(&mut self, batch: &mut PacketBatch, max: usize, wait: Duration) -> usize {
