@@ -213,8 +213,9 @@ struct Core {
     udp: Option<Arc<UdpSocket>>,
     conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     calls: HashMap<DialogId, Call>,
-    /// INVITE server transactions by branch, for CANCEL.
+    /// INVITE server transactions by branch, for CANCEL (and the reverse, for cleanup).
     invites_by_branch: HashMap<String, TxId>,
+    branch_of_invite: HashMap<TxId, String>,
     pending_invites: HashMap<TxId, SipMessage>,
     routes: Vec<(String, RouteTarget)>,
     calls_max: usize,
@@ -306,6 +307,7 @@ pub async fn start(
         conns: HashMap::new(),
         calls: HashMap::new(),
         invites_by_branch: HashMap::new(),
+        branch_of_invite: HashMap::new(),
         pending_invites: HashMap::new(),
         routes: resolve_routes(cfg)?,
         calls_max: cfg.calls_max,
@@ -684,7 +686,9 @@ impl Core {
             TxEvent::Terminated { tx } => {
                 self.pending_invites.remove(&tx);
                 self.b_by_tx.remove(&tx);
-                self.invites_by_branch.retain(|_, t| *t != tx);
+                if let Some(b) = self.branch_of_invite.remove(&tx) {
+                    self.invites_by_branch.remove(&b);
+                }
             }
             TxEvent::Response { tx, msg } => self.on_b_response(tx, msg, now),
         }
@@ -799,7 +803,8 @@ impl Core {
         let user_raw = uri.user().unwrap_or_default();
         let user = user_raw.to_ascii_lowercase();
         if let Some(b) = top_branch(&msg) {
-            self.invites_by_branch.insert(b, tx);
+            self.invites_by_branch.insert(b.clone(), tx);
+            self.branch_of_invite.insert(tx, b);
         }
         self.pending_invites.insert(tx, msg.clone());
         let target = self
@@ -869,7 +874,7 @@ impl Core {
         let dialog = match Dialog::uas(&msg, &tag, DialogState::Early) {
             Ok(d) => d,
             Err(e) => {
-                let _ = blocking(|| self.dp.delete_relay(info.id));
+                let _ = self.dp.delete_relay_nowait(info.id);
                 self.respond(
                     tx,
                     build_response(&msg, 400, &format!("Bad Request ({e})"), Some(&tag)),
@@ -970,7 +975,7 @@ impl Core {
         let dialog = match Dialog::uas(&msg, &tag, DialogState::Early) {
             Ok(d) => d,
             Err(e) => {
-                let _ = blocking(|| self.dp.delete_relay(info.id));
+                let _ = self.dp.delete_relay_nowait(info.id);
                 self.respond(
                     tx,
                     build_response(&msg, 400, &format!("Bad Request ({e})"), Some(&tag)),
@@ -1016,7 +1021,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         let mut raw = text.into_bytes();
         raw.extend_from_slice(&b_offer);
         let Ok(b_invite) = SipMessage::parse(&raw, &self.limits) else {
-            let _ = blocking(|| self.dp.delete_relay(info.id));
+            let _ = self.dp.delete_relay_nowait(info.id);
             self.respond(
                 tx,
                 build_response(&msg, 500, "Server Internal Error", Some(&tag)),
@@ -1031,7 +1036,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         let btx = match self.tx.send_request(b_invite.clone(), peer, now) {
             Ok(t) => t,
             Err(_) => {
-                let _ = blocking(|| self.dp.delete_relay(info.id));
+                let _ = self.dp.delete_relay_nowait(info.id);
                 self.respond(
                     tx,
                     build_response(&msg, 500, "Server Internal Error", Some(&tag)),
@@ -1092,7 +1097,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             {
                 let dp = self.dp.clone();
                 let _ = blocking(|| {
-                    dp.update_leg(
+                    dp.update_leg_nowait(
                         relay,
                         voxedge_dataplane::ids::Side::B,
                         voxedge_dataplane::command::LegUpdate {
@@ -1212,7 +1217,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                 if let (Some(relay), Some(r)) = (call.relay, remote) {
                     let dp = self.dp.clone();
                     let _ = blocking(|| {
-                        dp.update_leg(
+                        dp.update_leg_nowait(
                             relay,
                             voxedge_dataplane::ids::Side::A,
                             voxedge_dataplane::command::LegUpdate {
@@ -1351,7 +1356,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(r) = call.relay.take() {
             let dp = self.dp.clone();
-            let _ = blocking(|| dp.delete_relay(r));
+            let _ = dp.delete_relay_nowait(r);
         }
         if send_bye {
             let transport = if call.peer.reliable { "TCP" } else { "UDP" };

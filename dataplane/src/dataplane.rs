@@ -582,6 +582,65 @@ impl Dataplane {
         Ok((info, snap))
     }
 
+    /// Removes a relay without waiting for its worker (call control uses this on hang-up: the
+    /// worker applies commands in order, so the freed ports are safe to hand out again).
+    ///
+    /// # Errors
+    /// Unknown relay, or the worker's command queue is full or closed (the relay is kept).
+    pub fn delete_relay_nowait(&self, id: RelayId) -> Result<(), DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let w = usize::from(info.worker.0);
+        let (reply, _) = bounded(1);
+        self.post(w, MediaCommand::DeleteRelay { relay: id, reply })?;
+        let mut st = self.state();
+        if st.relays.remove(&id).is_some() {
+            st.relays_per_worker[w] -= 1;
+            let k = self.address_index(info.legs[0].local.ip());
+            for leg in info.legs {
+                st.allocators[w][k].release(leg.local.port());
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes a leg without waiting for the worker's answer.
+    ///
+    /// # Errors
+    /// Unknown relay, or the worker's command queue is full or closed.
+    pub fn update_leg_nowait(
+        &self,
+        id: RelayId,
+        side: Side,
+        update: LegUpdate,
+    ) -> Result<(), DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let (reply, _) = bounded(1);
+        self.post(
+            usize::from(info.worker.0),
+            MediaCommand::UpdateLeg {
+                relay: id,
+                side,
+                update,
+                reply,
+            },
+        )
+    }
+
+    /// Queues a command for worker `w` and wakes it, without waiting for an answer.
+    fn post(&self, w: usize, cmd: MediaCommand) -> Result<(), DataplaneError> {
+        let worker = &self.workers[w];
+        match worker.commands.try_send(cmd) {
+            Ok(()) => {
+                if let Some(wake) = &worker.waker {
+                    wake();
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(DataplaneError::Busy(w as u16)),
+            Err(TrySendError::Disconnected(_)) => Err(DataplaneError::Stopped(w as u16)),
+        }
+    }
+
     /// Index in [`DataplaneConfig::media_addresses`] of a leg's reported local address.
     fn address_index(&self, shown: IpAddr) -> usize {
         self.addrs
@@ -595,12 +654,12 @@ impl Dataplane {
         self.state().relays.get(&id).copied()
     }
 
-    /// All relays, ordered by id.
     /// Number of relays.
     pub fn relay_count(&self) -> usize {
         self.state().relays.len()
     }
 
+    /// All relays, ordered by id.
     pub fn list_relays(&self) -> Vec<RelayInfo> {
         let mut v: Vec<RelayInfo> = self.state().relays.values().copied().collect();
         v.sort_by_key(|r| r.id);

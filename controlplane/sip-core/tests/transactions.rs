@@ -281,10 +281,18 @@ fn a_2xx_is_retransmitted_until_its_ack() {
 fn an_ack_reusing_the_invite_branch_also_stops_2xx_retransmissions() {
     let mut t = Transactions::new(Timers::default());
     let inv = request("INVITE", "z9hG4bKs4", 5);
-    t.receive(inv.clone(), peer(5070, false), Duration::ZERO).expect("invite");
+    t.receive(inv.clone(), peer(5070, false), Duration::ZERO)
+        .expect("invite");
     let (_, ev) = drain(&mut t);
-    let TxEvent::Request { tx, .. } = ev[0] else { panic!() };
-    t.respond(tx, build_response(&inv, 200, "OK", Some("st")), Duration::ZERO).expect("200");
+    let TxEvent::Request { tx, .. } = ev[0] else {
+        panic!()
+    };
+    t.respond(
+        tx,
+        build_response(&inv, 200, "OK", Some("st")),
+        Duration::ZERO,
+    )
+    .expect("200");
     drain(&mut t);
     let ack = request("ACK", "z9hG4bKs4", 5);
     let ack = parse(
