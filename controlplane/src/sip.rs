@@ -226,6 +226,9 @@ struct Core {
     b_by_tx: HashMap<TxId, DialogId>,
     /// Outbound dialog (our view) → the call.
     b_dialogs: HashMap<DialogId, DialogId>,
+    /// In-dialog requests relayed to the other leg: our client transaction → (call, the
+    /// server transaction to answer, the request, whether it came from the caller).
+    relayed: HashMap<TxId, (DialogId, TxId, SipMessage, bool)>,
     dp: Arc<Dataplane>,
     advertise: IpAddr,
     local: SocketAddr,
@@ -316,6 +319,7 @@ pub async fn start(
         cps_by_source: HashMap::new(),
         b_by_tx: HashMap::new(),
         b_dialogs: HashMap::new(),
+        relayed: HashMap::new(),
         dp,
         advertise,
         local: SocketAddr::new(advertise, local.port()),
@@ -652,6 +656,11 @@ impl Core {
                     }
                 }
             }
+            TxEvent::Timeout { tx } if self.relayed.contains_key(&tx) => {
+                if let Some((_, stx, req, _)) = self.relayed.remove(&tx) {
+                    self.respond(stx, build_response(&req, 408, "Request Timeout", None), now);
+                }
+            }
             TxEvent::Timeout { tx } if self.b_by_tx.contains_key(&tx) => {
                 // The callee never answered: 408 to the caller.
                 if let Some(a_id) = self.b_by_tx.get(&tx).cloned() {
@@ -689,6 +698,10 @@ impl Core {
                 if let Some(b) = self.branch_of_invite.remove(&tx) {
                     self.invites_by_branch.remove(&b);
                 }
+                self.relayed.remove(&tx);
+            }
+            TxEvent::Response { tx, msg } if self.relayed.contains_key(&tx) => {
+                self.on_relayed_response(tx, msg, now);
             }
             TxEvent::Response { tx, msg } => self.on_b_response(tx, msg, now),
         }
@@ -1205,6 +1218,13 @@ Contact: <sip:voxedge@{local}>\r\n",
             self.end_call(&id, false);
             return;
         }
+        let b_answered = call.b.as_ref().is_some_and(|b| b.dialog.is_some());
+        if b_answered
+            && (method == Method::INVITE || method == Method::UPDATE || method == Method::INFO)
+        {
+            self.relay_in_dialog(tx, id, msg, true, now);
+            return;
+        }
         if method == Method::INVITE || method == Method::UPDATE {
             // Re-INVITE / UPDATE (hold, resume, new address): follow the new media address.
             let offer = msg.sdp().and_then(|b| parse_offer(&b));
@@ -1268,6 +1288,10 @@ Contact: <sip:voxedge@{local}>\r\n",
             self.end_call(&a_id, true);
             return;
         }
+        if method == Method::INVITE || method == Method::UPDATE || method == Method::INFO {
+            self.relay_in_dialog(tx, a_id, msg, false, now);
+            return;
+        }
         let mut ok = build_response(&msg, 200, "OK", None);
         if method == Method::INVITE || method == Method::UPDATE {
             if let Some(b) = call.b.as_ref() {
@@ -1281,6 +1305,190 @@ Contact: <sip:voxedge@{local}>\r\n",
             );
         }
         self.respond(tx, ok, now);
+    }
+
+    /// Relays a re-INVITE, UPDATE or INFO to the other leg (SDP rewritten to our port on that
+    /// side, the sender's new media address applied to its leg); the answer comes back in
+    /// [`Core::on_relayed_response`].
+    fn relay_in_dialog(
+        &mut self,
+        tx: TxId,
+        a_id: DialogId,
+        msg: SipMessage,
+        from_a: bool,
+        now: Duration,
+    ) {
+        let local = fmt_host(self.local);
+        let advertise = self.advertise;
+        let Some(call) = self.calls.get_mut(&a_id) else {
+            return;
+        };
+        let method = msg.method().cloned().unwrap_or(Method::INFO);
+        let (Some(relay), Some(b)) = (call.relay, call.b.as_mut()) else {
+            return;
+        };
+        let (b_port, a_port) = (media_port(&b.offer), b.a_port);
+        let (side, out_port) = if from_a {
+            (voxedge_dataplane::ids::Side::A, b_port)
+        } else {
+            (voxedge_dataplane::ids::Side::B, a_port)
+        };
+        if let Some(o) = msg.sdp().and_then(|sd| parse_offer(&sd)) {
+            if let Some(r) = o
+                .addr
+                .filter(|a| !a.is_unspecified() && o.port != 0)
+                .map(|a| SocketAddr::new(a, o.port))
+            {
+                let _ = self.dp.update_leg_nowait(
+                    relay,
+                    side,
+                    voxedge_dataplane::command::LegUpdate {
+                        remote: Some(r),
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        let (dialog, peer) = if from_a {
+            let p = b.peer;
+            match b.dialog.as_mut() {
+                Some(d) => (d, p),
+                None => return,
+            }
+        } else {
+            (&mut call.dialog, call.peer)
+        };
+        let transport = if peer.reliable { "TCP" } else { "UDP" };
+        let branch = format!("z9hG4bK{}", random_token(16));
+        let contact = format!("sip:voxedge@{local}");
+        let Ok(mut out) = dialog.request(
+            method.clone(),
+            &format!("{transport} {local}"),
+            &branch,
+            (method != Method::INFO).then_some(contact.as_str()),
+            None,
+        ) else {
+            return;
+        };
+        if let Some(sdp) = msg.sdp() {
+            out.headers
+                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+            out.body = rewrite_sdp(&sdp, advertise, out_port);
+        } else if !msg.body.is_empty() {
+            if let Some(ct) = msg.header("Content-Type") {
+                out.headers
+                    .insert(Name::CONTENT_TYPE, BytesStr::from(ct.to_string()));
+            }
+            out.body = msg.body.clone();
+        }
+        let to = target_addr(&dialog.remote_target).unwrap_or(peer.addr);
+        match self.tx.send_request(
+            out,
+            Peer {
+                addr: to,
+                reliable: peer.reliable,
+            },
+            now,
+        ) {
+            Ok(ctx) => {
+                self.relayed.insert(ctx, (a_id, tx, msg, from_a));
+            }
+            Err(_) => self.respond(
+                tx,
+                build_response(&msg, 500, "Server Internal Error", None),
+                now,
+            ),
+        }
+    }
+
+    /// The other leg's final answer to a relayed in-dialog request goes back to the sender
+    /// (SDP rewritten to our port on the sender's side; a 2xx to a re-INVITE is ACKed).
+    fn on_relayed_response(&mut self, ctx: TxId, msg: SipMessage, now: Duration) {
+        let code = msg.status().unwrap_or(0);
+        if code < 200 {
+            return;
+        }
+        let Some((a_id, stx, req, from_a)) = self.relayed.remove(&ctx) else {
+            return;
+        };
+        let local = fmt_host(self.local);
+        let advertise = self.advertise;
+        let Some(call) = self.calls.get_mut(&a_id) else {
+            return;
+        };
+        let Some(b) = call.b.as_mut() else {
+            return;
+        };
+        let (b_port, a_port) = (media_port(&b.offer), b.a_port);
+        let (relay, back_port, answer_side) = if from_a {
+            (call.relay, a_port, voxedge_dataplane::ids::Side::B)
+        } else {
+            (call.relay, b_port, voxedge_dataplane::ids::Side::A)
+        };
+        if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
+            // ACK the 2xx on the leg we sent the re-INVITE on.
+            let cseq = msg
+                .header("CSeq")
+                .and_then(|c| c.split_whitespace().next())
+                .and_then(|n| n.parse::<u32>().ok());
+            let (dialog, peer) = if from_a {
+                let p = b.peer;
+                match b.dialog.as_mut() {
+                    Some(d) => (d, p),
+                    None => return,
+                }
+            } else {
+                (&mut call.dialog, call.peer)
+            };
+            dialog.on_refresh_response(&msg);
+            let branch = format!("z9hG4bK{}", random_token(16));
+            let transport = if peer.reliable { "TCP" } else { "UDP" };
+            if let Ok(ack) = dialog.request(
+                Method::ACK,
+                &format!("{transport} {local}"),
+                &branch,
+                None,
+                cseq,
+            ) {
+                let to = target_addr(&dialog.remote_target).unwrap_or(peer.addr);
+                self.send_raw(
+                    Peer {
+                        addr: to,
+                        reliable: peer.reliable,
+                    },
+                    ack.to_bytes(),
+                );
+            }
+        }
+        let mut resp = build_response(&req, code, status_reason(&msg), None);
+        if let Some(sdp) = msg.sdp() {
+            if let (Some(r), Some(o)) = (relay, parse_offer(&sdp)) {
+                if let Some(addr) = o
+                    .addr
+                    .filter(|a| !a.is_unspecified() && o.port != 0)
+                    .map(|a| SocketAddr::new(a, o.port))
+                {
+                    let _ = self.dp.update_leg_nowait(
+                        r,
+                        answer_side,
+                        voxedge_dataplane::command::LegUpdate {
+                            remote: Some(addr),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+            resp.headers
+                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+            resp.body = rewrite_sdp(&sdp, advertise, back_port);
+        }
+        if req.method() != Some(&Method::INFO) {
+            resp.headers.insert(
+                Name::CONTACT,
+                BytesStr::from(format!("<sip:voxedge@{local}>")),
+            );
+        }
+        self.respond(stx, resp, now);
     }
 
     /// Sends BYE on the outbound dialog, if it was answered.
@@ -1385,6 +1593,11 @@ Contact: <sip:voxedge@{local}>\r\n",
 /// `block_in_place` costs more than the wait. Bounded by the dataplane's own 5 s timeout.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     f()
+}
+
+/// The first audio port of an SDP body (0 when absent).
+fn media_port(sdp: &[u8]) -> u16 {
+    parse_offer(sdp).map_or(0, |o| o.port)
 }
 
 /// The reason phrase of a response.

@@ -625,3 +625,98 @@ async fn invite_flood_is_answered_503_with_retry_after() {
     );
     r.shutdown().await;
 }
+
+fn reinvite(
+    cseq: u32,
+    call_id: &str,
+    to_tag: &str,
+    branch: &str,
+    via: SocketAddr,
+    rtp_port: u16,
+    dir: &str,
+) -> String {
+    let sdp = format!(
+        "v=0\r\no=ua 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na={dir}\r\n"
+    );
+    format!(
+        "INVITE sip:voxedge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: <sip:tester@127.0.0.1>;tag=ua1\r\nTo: <sip:+15557777@127.0.0.1>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\n\
+Contact: <sip:tester@{via}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// Hold and resume: the caller's re-INVITEs (and an INFO) reach the callee with our SDP, the
+/// callee's answers come back, and media keeps flowing on the new address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_hold_resume_and_info_are_relayed() {
+    let callee = Callee::new();
+    let r = app::start(
+        Role::Serve,
+        routed(33100, callee.sock.local_addr().expect("a")),
+        BackendKind::Socket,
+    )
+    .await
+    .expect("start");
+    let server = r.sip_udp.expect("udp");
+    tokio::task::spawn_blocking(move || {
+        let ua = Udp {
+            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            server,
+        };
+        ua.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
+        let via = ua.sock.local_addr().expect("addr");
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+        rtp.set_read_timeout(Some(Duration::from_secs(2))).expect("t");
+        ua.send(&invite("+15557777", "z9hG4bKri1", "reinv1", rtp.local_addr().expect("a"), "UDP", via));
+        let (inv, from) = callee.recv();
+        let b_port = answer_port(&inv);
+        callee.reply(&inv, 200, "OK", from, true);
+        let ok = ua.recv();
+        let tag = to_tag(&ok);
+        let a_port = answer_port(&ok);
+        let _ack = callee.recv();
+        ua.send(&in_dialog("ACK", 1, "reinv1", &tag, "z9hG4bKria", "UDP", via, "+15557777"));
+        for (n, dir, answer_dir) in [(2, "sendonly", "recvonly"), (3, "sendrecv", "sendrecv")] {
+            // A new media port for the caller on resume, to check the relay follows it.
+            let rtp2 = UdpSocket::bind("127.0.0.1:0").expect("rtp2");
+            rtp2.set_read_timeout(Some(Duration::from_secs(2))).expect("t");
+            let port = rtp2.local_addr().expect("a").port();
+            ua.send(&reinvite(n, "reinv1", &tag, &format!("z9hG4bKre{n}"), via, port, dir));
+            let (re, from) = callee.recv();
+            assert_eq!(re.method().map(ToString::to_string).as_deref(), Some("INVITE"));
+            let offer = String::from_utf8(re.sdp().expect("sdp").to_vec()).expect("utf8");
+            assert!(offer.contains(&format!("a={dir}")), "{offer}");
+            assert_eq!(answer_port(&re), b_port, "our port towards the callee");
+            let mut ans = voxedge_sip_core::transaction::build_response(&re, 200, "OK", None);
+            let body = format!("v=0\r\no=callee 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na={answer_dir}\r\n", callee.rtp.local_addr().expect("a").port());
+            ans.headers.insert(ezk_sip_types::Name::CONTENT_TYPE, bytesstr::BytesStr::from_static("application/sdp"));
+            ans.body = bytes::Bytes::from(body);
+            callee.sock.send_to(&ans.to_bytes(), from).expect("200");
+            let ok2 = ua.recv();
+            assert_eq!(ok2.status(), Some(200));
+            let sdp2 = String::from_utf8(ok2.sdp().expect("sdp").to_vec()).expect("utf8");
+            assert!(sdp2.contains(&format!("a={answer_dir}")));
+            assert_eq!(answer_port(&ok2), a_port, "our port towards the caller");
+            let (ack, _) = callee.recv();
+            assert_eq!(ack.method().map(ToString::to_string).as_deref(), Some("ACK"));
+            ua.send(&in_dialog("ACK", n, "reinv1", &tag, &format!("z9hG4bKra{n}"), "UDP", via, "+15557777"));
+            if dir == "sendrecv" {
+                // The callee's media reaches the caller's new port.
+                let mut b = [0u8; 2048];
+                callee.rtp.send_to(&rtp_packet(9), ("127.0.0.1", b_port)).expect("rtp");
+                let (len, _) = rtp2.recv_from(&mut b).expect("media on the resumed address");
+                assert_eq!(len, 172);
+            }
+        }
+        // INFO is relayed too.
+        ua.send(&in_dialog("INFO", 4, "reinv1", &tag, "z9hG4bKinfo", "UDP", via, "+15557777"));
+        let (info, from) = callee.recv();
+        assert_eq!(info.method().map(ToString::to_string).as_deref(), Some("INFO"));
+        callee.reply(&info, 200, "OK", from, false);
+        assert_eq!(ua.recv().status(), Some(200));
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
