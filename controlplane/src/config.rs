@@ -49,6 +49,10 @@ pub struct SipConfig {
     /// (`sip:host:port`, host an address or a name resolved at start). Without a match,
     /// `echo` and `hangup` users reach the built-in targets; anything else gets 404.
     pub routes: Vec<SipRoute>,
+    /// When not empty, new calls must authenticate (digest, 401 challenge) as one of these.
+    pub users: Vec<SipUser>,
+    /// Realm of those challenges.
+    pub auth_realm: String,
 }
 
 /// One dial-plan entry.
@@ -57,6 +61,19 @@ pub struct SipConfig {
 pub struct SipRoute {
     pub pattern: String,
     pub target: String,
+    /// Credentials for a target that challenges us (digest, MD5).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A user allowed to place calls when `[sip] users` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipUser {
+    pub username: String,
+    pub password: String,
 }
 
 impl Default for SipConfig {
@@ -75,6 +92,8 @@ impl Default for SipConfig {
             calls_per_second_max: 5_000,
             calls_per_second_per_source_max: 2_500,
             routes: Vec::new(),
+            users: Vec::new(),
+            auth_realm: "voxedge".into(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod config;
+pub mod digest;
 pub mod http;
 pub mod metrics;
 pub mod sdnotify;

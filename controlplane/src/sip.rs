@@ -80,6 +80,9 @@ struct BLeg {
     answered: bool,
     /// Our port towards the caller (leg A of the relay).
     a_port: u16,
+    /// Credentials for a challenging target, and whether they were used already.
+    creds: Option<(String, String)>,
+    auth_tried: bool,
 }
 
 /// A token bucket: `rate` tokens per second, at most `rate` stored (one second of burst).
@@ -117,7 +120,11 @@ impl Bucket {
 enum RouteTarget {
     Echo,
     Hangup,
-    Sip { uri: String, addr: SocketAddr },
+    Sip {
+        uri: String,
+        addr: SocketAddr,
+        creds: Option<(String, String)>,
+    },
 }
 
 /// Resolves the dial plan at start (names are looked up once).
@@ -154,6 +161,7 @@ fn resolve_routes(cfg: &SipConfig) -> anyhow::Result<Vec<(String, RouteTarget)>>
                 RouteTarget::Sip {
                     uri: uri.to_string(),
                     addr,
+                    creds: r.username.clone().zip(r.password.clone()),
                 }
             }
         };
@@ -222,6 +230,8 @@ struct Core {
     cps: Bucket,
     cps_per_source_max: u32,
     cps_by_source: HashMap<IpAddr, Bucket>,
+    /// Set when `[sip] users` requires callers to authenticate.
+    auth: Option<crate::digest::Authenticator>,
     /// Outbound INVITE transaction → the call (keyed by its inbound dialog).
     b_by_tx: HashMap<TxId, DialogId>,
     /// Outbound dialog (our view) → the call.
@@ -317,6 +327,14 @@ pub async fn start(
         cps: Bucket::new(cfg.calls_per_second_max),
         cps_per_source_max: cfg.calls_per_second_per_source_max,
         cps_by_source: HashMap::new(),
+        auth: (!cfg.users.is_empty()).then(|| {
+            crate::digest::Authenticator::new(
+                &cfg.auth_realm,
+                cfg.users
+                    .iter()
+                    .map(|u| (u.username.clone(), u.password.clone())),
+            )
+        }),
         b_by_tx: HashMap::new(),
         b_dialogs: HashMap::new(),
         relayed: HashMap::new(),
@@ -803,6 +821,21 @@ impl Core {
         let StartLine::Request { uri, .. } = &msg.start else {
             return;
         };
+        if let Some(a) = self.auth.as_mut() {
+            let ok = msg
+                .header("Authorization")
+                .is_some_and(|v| a.check(v, "INVITE", now));
+            if !ok {
+                let ch = a.challenge(now);
+                let mut r = build_response(&msg, 401, "Unauthorized", Some(&random_token(10)));
+                r.headers.insert(
+                    Name::from(BytesStr::from_static("WWW-Authenticate")),
+                    BytesStr::from(ch),
+                );
+                self.respond(tx, r, now);
+                return;
+            }
+        }
         if !self.admit(from.addr.ip(), now) {
             self.stats
                 .calls_refused
@@ -839,8 +872,16 @@ impl Core {
                 );
                 return;
             }
-            Some(RouteTarget::Sip { uri, addr }) => {
+            Some(RouteTarget::Sip { uri, addr, creds }) => {
                 self.b2bua_invite(tx, msg, from, &uri, addr, &user_raw, now);
+                if let Some(b) = self
+                    .calls
+                    .values_mut()
+                    .find(|c| c.invite_tx == Some(tx))
+                    .and_then(|c| c.b.as_mut())
+                {
+                    b.creds = creds;
+                }
                 return;
             }
             Some(RouteTarget::Hangup) => true,
@@ -1080,6 +1121,8 @@ Contact: <sip:voxedge@{local}>\r\n",
                     offer: b_offer,
                     answered: false,
                     a_port: info.legs[0].local.port(),
+                    creds: None,
+                    auth_tried: false,
                 }),
             },
         );
@@ -1130,9 +1173,13 @@ Contact: <sip:voxedge@{local}>\r\n",
             if (200..300).contains(&code) {
                 if let Some(d) = b.dialog.as_mut() {
                     let branch = format!("z9hG4bK{}", random_token(16));
-                    if let Ok(ack) =
-                        d.request(Method::ACK, &format!("UDP {local}"), &branch, None, Some(1))
-                    {
+                    if let Ok(ack) = d.request(
+                        Method::ACK,
+                        &format!("UDP {local}"),
+                        &branch,
+                        None,
+                        Some(cseq_number(&b.invite)),
+                    ) {
                         let peer = b.peer;
                         self.send_raw(peer, ack.to_bytes());
                     }
@@ -1152,6 +1199,53 @@ Contact: <sip:voxedge@{local}>\r\n",
             }
             resp.body = body;
         }
+        if (code == 401 || code == 407) && !b.auth_tried {
+            if let Some((user, pass)) = b.creds.clone() {
+                let (ch_name, auth_name) = if code == 401 {
+                    ("WWW-Authenticate", "Authorization")
+                } else {
+                    ("Proxy-Authenticate", "Proxy-Authorization")
+                };
+                let ruri = match &b.invite.start {
+                    StartLine::Request { uri, .. } => uri.to_string(),
+                    StartLine::Response { .. } => String::new(),
+                };
+                let auth = msg
+                    .header(ch_name)
+                    .and_then(|ch| crate::digest::authorize(ch, &user, &pass, "INVITE", &ruri));
+                if let Some(auth) = auth {
+                    let mut again = b.invite.clone();
+                    again.headers.remove(&Name::VIA);
+                    again.headers.insert(
+                        Name::VIA,
+                        BytesStr::from(format!(
+                            "SIP/2.0/UDP {local};branch=z9hG4bK{}",
+                            random_token(16)
+                        )),
+                    );
+                    let n = cseq_number(&b.invite) + 1;
+                    again.headers.remove(&Name::CSEQ);
+                    again
+                        .headers
+                        .insert(Name::CSEQ, BytesStr::from(format!("{n} INVITE")));
+                    again.headers.insert(
+                        Name::from(BytesStr::from(auth_name.to_string())),
+                        BytesStr::from(auth),
+                    );
+                    let peer = b.peer;
+                    b.auth_tried = true;
+                    b.invite = again.clone();
+                    if let Ok(ntx) = self.tx.send_request(again, peer, now) {
+                        if let Some(b) = self.calls.get_mut(&a_id).and_then(|c| c.b.as_mut()) {
+                            b.tx = ntx;
+                        }
+                        self.b_by_tx.remove(&btx);
+                        self.b_by_tx.insert(ntx, a_id);
+                        return;
+                    }
+                }
+            }
+        }
         match code {
             100 => {}
             101..=199 => {
@@ -1167,9 +1261,13 @@ Contact: <sip:voxedge@{local}>\r\n",
                     Err(_) => return,
                 };
                 let branch = format!("z9hG4bK{}", random_token(16));
-                if let Ok(ack) =
-                    d.request(Method::ACK, &format!("UDP {local}"), &branch, None, Some(1))
-                {
+                if let Ok(ack) = d.request(
+                    Method::ACK,
+                    &format!("UDP {local}"),
+                    &branch,
+                    None,
+                    Some(cseq_number(&b.invite)),
+                ) {
                     let peer = b.peer;
                     let data = ack.to_bytes();
                     b.dialog = Some(d.clone());
@@ -1593,6 +1691,14 @@ Contact: <sip:voxedge@{local}>\r\n",
 /// `block_in_place` costs more than the wait. Bounded by the dataplane's own 5 s timeout.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     f()
+}
+
+/// The CSeq number of a message (1 when unreadable).
+fn cseq_number(m: &SipMessage) -> u32 {
+    m.header("CSeq")
+        .and_then(|c| c.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
 }
 
 /// The first audio port of an SDP body (0 when absent).

@@ -372,6 +372,8 @@ fn routed(port_min: u16, callee: SocketAddr) -> Config {
     c.sip.routes = vec![voxedge_controlplane::config::SipRoute {
         pattern: "+1555*".into(),
         target: format!("sip:{callee}"),
+        username: None,
+        password: None,
     }];
     c
 }
@@ -715,6 +717,136 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
         assert_eq!(info.method().map(ToString::to_string).as_deref(), Some("INFO"));
         callee.reply(&info, 200, "OK", from, false);
         assert_eq!(ua.recv().status(), Some(200));
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
+/// A trunk that demands digest authentication: we answer its 401 with credentials from the
+/// route, and the call goes through. Callers must authenticate when `[sip] users` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_auth_towards_a_trunk_and_from_callers() {
+    use voxedge_controlplane::digest;
+    let callee = Callee::new();
+    let mut cfg = routed(33300, callee.sock.local_addr().expect("a"));
+    cfg.sip.routes[0].username = Some("voxedge-trunk".into());
+    cfg.sip.routes[0].password = Some("s3cret".into());
+    cfg.sip.users = vec![voxedge_controlplane::config::SipUser {
+        username: "alice".into(),
+        password: "wonderland".into(),
+    }];
+    let r = app::start(Role::Serve, cfg, BackendKind::Socket)
+        .await
+        .expect("start");
+    let server = r.sip_udp.expect("udp");
+    tokio::task::spawn_blocking(move || {
+        let ua = Udp {
+            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            server,
+        };
+        ua.sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("t");
+        let via = ua.sock.local_addr().expect("addr");
+        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+        // Without credentials: 401 with a challenge.
+        let first = invite(
+            "+15558888",
+            "z9hG4bKau1",
+            "auth1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        );
+        ua.send(&first);
+        let ch = ua.recv();
+        assert_eq!(ch.status(), Some(401));
+        let www = ch
+            .header("WWW-Authenticate")
+            .expect("challenge")
+            .to_string();
+        ua.send(&in_dialog(
+            "ACK",
+            1,
+            "auth1",
+            &to_tag(&ch),
+            "z9hG4bKau1",
+            "UDP",
+            via,
+            "+15558888",
+        ));
+        // Wrong password: challenged again.
+        let bad = digest::authorize(&www, "alice", "nope", "INVITE", "sip:+15558888@127.0.0.1")
+            .expect("auth");
+        ua.send(&first.replace("z9hG4bKau1", "z9hG4bKau2").replace(
+            "CSeq: 1 INVITE",
+            &format!("CSeq: 2 INVITE\r\nAuthorization: {bad}"),
+        ));
+        assert_eq!(ua.recv().status(), Some(401));
+        // Right password: the call proceeds to the trunk, which challenges us in turn.
+        let good = digest::authorize(
+            &www,
+            "alice",
+            "wonderland",
+            "INVITE",
+            "sip:+15558888@127.0.0.1",
+        )
+        .expect("auth");
+        ua.send(&first.replace("z9hG4bKau1", "z9hG4bKau3").replace(
+            "CSeq: 1 INVITE",
+            &format!("CSeq: 3 INVITE\r\nAuthorization: {good}"),
+        ));
+        let (inv, from) = callee.recv();
+        assert!(inv.header("Authorization").is_none());
+        let mut challenge = voxedge_sip_core::transaction::build_response(
+            &inv,
+            401,
+            "Unauthorized",
+            Some("trunk1"),
+        );
+        challenge.headers.insert(
+            ezk_sip_types::Name::from(bytesstr::BytesStr::from_static("WWW-Authenticate")),
+            bytesstr::BytesStr::from_static(
+                "Digest realm=\"trunk\", nonce=\"abc123\", qop=\"auth\", algorithm=MD5",
+            ),
+        );
+        callee
+            .sock
+            .send_to(&challenge.to_bytes(), from)
+            .expect("401");
+        let (ack, _) = callee.recv();
+        assert_eq!(
+            ack.method().map(ToString::to_string).as_deref(),
+            Some("ACK")
+        );
+        let (inv2, from) = callee.recv();
+        assert_eq!(inv2.header("CSeq"), Some("2 INVITE"));
+        let auth = inv2.header("Authorization").expect("credentials");
+        let p = digest::params(auth).expect("digest");
+        let uri = p.get("uri").expect("uri");
+        assert!(inv2
+            .to_bytes()
+            .starts_with(format!("INVITE {uri} SIP/2.0").as_bytes()));
+        let expected = digest::response(
+            "voxedge-trunk",
+            "trunk",
+            "s3cret",
+            "INVITE",
+            uri,
+            "abc123",
+            Some((p.get("nc").expect("nc"), p.get("cnonce").expect("cnonce"))),
+        );
+        assert_eq!(p.get("response"), Some(&expected));
+        callee.reply(&inv2, 200, "OK", from, true);
+        assert_eq!(ua.recv().status(), Some(200));
+        let (ack2, _) = callee.recv();
+        assert_eq!(
+            ack2.header("CSeq"),
+            Some("2 ACK"),
+            "{}",
+            String::from_utf8_lossy(&ack2.to_bytes())
+        );
     })
     .await
     .expect("ua");

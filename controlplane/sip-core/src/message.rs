@@ -240,14 +240,24 @@ impl SipMessage {
 
     /// First value of a header by name (full or compact, any case), as written.
     pub fn header(&self, name: &str) -> Option<&str> {
-        let n = Name::from(BytesStr::from(name.to_string()));
-        self.headers.get_raw(&n).next().map(|v| v.as_str())
+        self.header_all(name).into_iter().next()
     }
 
     /// Every value of a header (one per line or comma-separated item is not split here).
+    /// Matches names parsed from the wire (any case, compact forms) and names inserted as
+    /// ezk's constants alike.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         let n = Name::from(BytesStr::from(name.to_string()));
-        self.headers.get_raw(&n).map(|v| v.as_str()).collect()
+        let printed = n.as_print_str().to_string();
+        self.headers
+            .iter()
+            .filter(|(k, _)| {
+                **k == n
+                    || k.as_print_str().eq_ignore_ascii_case(&printed)
+                    || k.as_print_str().eq_ignore_ascii_case(name)
+            })
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The message as bytes: start line, headers, a Content-Length for the body, the body.

@@ -342,3 +342,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn headers_inserted_as_constants_are_found_by_name() {
+    let mut m = parse(INVITE);
+    m.headers.remove(&Name::CSEQ);
+    m.headers
+        .insert(Name::CSEQ, bytesstr::BytesStr::from_static("2 INVITE"));
+    assert_eq!(m.header("CSeq"), Some("2 INVITE"));
+    assert_eq!(m.header("cseq"), Some("2 INVITE"));
+    assert_eq!(
+        m.header("i"),
+        Some("a84b4c76e66710@10.0.0.1"),
+        "compact form"
+    );
+}
