@@ -193,3 +193,192 @@ port_max = 33599
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A busy callee (sipp UAS scenario answering 486): every caller gets the 486 relayed through
+/// voxedge (sipp's built-in UAC reports it as the unexpected message it does not expect), and
+/// every 486 is acknowledged hop by hop (the UAS receives its ACKs and finishes).
+#[test]
+fn sipp_callee_486_is_relayed_to_the_caller() {
+    let dir = std::env::temp_dir().join(format!("voxedge-sipp-486-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("voxedge.toml");
+    std::fs::write(
+        &cfg,
+        r#"[admin]
+listen = "127.0.0.1:39681"
+[sip]
+listen = "127.0.0.1:39680"
+routes = [{ pattern = "*", target = "sip:127.0.0.1:39670" }]
+[dataplane]
+workers = 1
+pin_cores = false
+bind = "127.0.0.1"
+port_min = 33800
+port_max = 33899
+"#,
+    )
+    .expect("config");
+    let _serve = Kill(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env_remove("VOXEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start voxedge serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get("http://127.0.0.1:39681/health").call().is_err() {
+        assert!(Instant::now() < deadline, "voxedge serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sipp/uas_486.xml");
+    let mut uas = Kill(
+        Command::new("sipp")
+            .args([
+                "-sf",
+                scenario,
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "39670",
+                "-m",
+                "5",
+                "-nostdin",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp uas"),
+    );
+    let uac = Command::new("sipp")
+        .args(["-sn", "uac", "-s", "1000", "127.0.0.1:39680"])
+        .args(["-i", "127.0.0.1", "-p", "39690", "-m", "5", "-r", "5"])
+        .args(["-timeout", "30", "-nostdin", "-trace_err"])
+        .current_dir(&dir)
+        .output()
+        .expect("sipp uac");
+    assert!(
+        !uac.status.success(),
+        "the built-in UAC cannot succeed against a busy callee"
+    );
+    let errors: String = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        errors.matches("SIP/2.0 486 Busy Here").count(),
+        5,
+        "each caller got the callee's 486:\n{errors}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let uas_status = loop {
+        if let Some(s) = uas.0.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        uas_status.is_some_and(|s| s.success()),
+        "the UAS got its 5 ACKs: {uas_status:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Hold and resume through voxedge with sipp on both sides: the caller's re-INVITEs
+/// (a=sendonly, then a=sendrecv) reach the callee, whose answers (a=recvonly, a=sendrecv) come
+/// back; both scenarios check the SDP direction and finish every call (BYE from the caller).
+#[test]
+fn sipp_hold_and_resume_reinvites_are_relayed() {
+    let dir = std::env::temp_dir().join(format!("voxedge-sipp-hold-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("voxedge.toml");
+    std::fs::write(
+        &cfg,
+        r#"[admin]
+listen = "127.0.0.1:39781"
+[sip]
+listen = "127.0.0.1:39780"
+routes = [{ pattern = "*", target = "sip:127.0.0.1:39770" }]
+[dataplane]
+workers = 1
+pin_cores = false
+bind = "127.0.0.1"
+port_min = 33900
+port_max = 33999
+"#,
+    )
+    .expect("config");
+    let _serve = Kill(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env_remove("VOXEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start voxedge serve"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get("http://127.0.0.1:39781/health").call().is_err() {
+        assert!(Instant::now() < deadline, "voxedge serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uas_xml = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/sipp/uas_hold_resume.xml"
+    );
+    let uac_xml = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/sipp/uac_hold_resume.xml"
+    );
+    let mut uas = Kill(
+        Command::new("sipp")
+            .args([
+                "-sf",
+                uas_xml,
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "39770",
+                "-m",
+                "3",
+                "-nostdin",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp uas"),
+    );
+    let uac = Command::new("sipp")
+        .args(["-sf", uac_xml, "-s", "1000", "127.0.0.1:39780"])
+        .args(["-i", "127.0.0.1", "-p", "39790", "-m", "3", "-r", "3"])
+        .args(["-timeout", "30", "-nostdin", "-trace_err"])
+        .current_dir(&dir)
+        .output()
+        .expect("sipp uac");
+    assert!(uac.status.success(), "caller scenario: {}", uac.status);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let uas_status = loop {
+        if let Some(s) = uas.0.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        uas_status.is_some_and(|s| s.success()),
+        "the callee saw both re-INVITEs of all 3 calls: {uas_status:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
