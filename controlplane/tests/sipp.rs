@@ -382,3 +382,158 @@ port_max = 33999
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs voxedge (routing everything to a sipp UAS on `base + 70`) between a sipp UAS scenario
+/// and a sipp UAC (built-in `uac` or a scenario file); returns (uac exit ok, uas exit ok,
+/// uac error log).
+fn b2b_pair(
+    base: u16,
+    route_extra: &str,
+    sip_extra: &str,
+    uas_xml: &str,
+    uac: &[&str],
+    calls: u32,
+) -> (bool, bool, String) {
+    let dir = std::env::temp_dir().join(format!("voxedge-sipp-{base}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("voxedge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[sip]\nlisten = \"127.0.0.1:{sip}\"\n{sip_extra}\n\
+routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas}\"{route_extra} }}]\n\
+[dataplane]\nworkers = 1\npin_cores = false\nbind = \"127.0.0.1\"\nport_min = {pmin}\nport_max = {pmax}\n",
+            admin = base + 81,
+            sip = base + 80,
+            uas = base + 70,
+            pmin = u32::from(base) - 6000,
+            pmax = u32::from(base) - 5901,
+        ),
+    )
+    .expect("config");
+    let _serve = Kill(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env_remove("VOXEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start voxedge serve"),
+    );
+    let health = format!("http://127.0.0.1:{}/health", base + 81);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(&health).call().is_err() {
+        assert!(Instant::now() < deadline, "voxedge serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let scenario = format!("{}/../tests/sipp/{uas_xml}", env!("CARGO_MANIFEST_DIR"));
+    let mut uas = Kill(
+        Command::new("sipp")
+            .args([
+                "-sf",
+                &scenario,
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &(base + 70).to_string(),
+            ])
+            .args(["-m", &calls.to_string(), "-nostdin"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp uas"),
+    );
+    let mut cmd = Command::new("sipp");
+    for a in uac {
+        if let Some(f) = a.strip_prefix("file:") {
+            cmd.arg(format!("{}/../tests/sipp/{f}", env!("CARGO_MANIFEST_DIR")));
+        } else {
+            cmd.arg(a);
+        }
+    }
+    let out = cmd
+        .args(["-s", "1000", &format!("127.0.0.1:{}", base + 80)])
+        .args(["-i", "127.0.0.1", "-p", &(base + 90).to_string()])
+        .args(["-m", &calls.to_string(), "-r", &calls.to_string()])
+        .args(["-timeout", "30", "-nostdin", "-trace_err"])
+        .current_dir(&dir)
+        .output()
+        .expect("sipp uac");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let uas_ok = loop {
+        if let Some(s) = uas.0.try_wait().expect("wait") {
+            break s.success();
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let errors: String = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.success(), uas_ok, errors)
+}
+
+#[test]
+fn sipp_callee_hangs_up_and_the_caller_gets_the_bye() {
+    let (uac, uas, errors) = b2b_pair(
+        40000,
+        "",
+        "",
+        "uas_bye.xml",
+        &["-sf", "file:uac_wait_bye.xml"],
+        3,
+    );
+    assert!(uac && uas, "uac {uac} uas {uas}\n{errors}");
+}
+
+#[test]
+fn sipp_cancel_before_answer_reaches_the_callee() {
+    let (uac, uas, errors) = b2b_pair(
+        40100,
+        "",
+        "",
+        "uas_ring_cancel.xml",
+        &["-sf", "file:uac_cancel.xml"],
+        3,
+    );
+    assert!(uac && uas, "uac {uac} uas {uas}\n{errors}");
+}
+
+#[test]
+fn sipp_trunk_demanding_digest_auth_is_answered() {
+    let (uac, uas, errors) = b2b_pair(
+        40200,
+        ", username = \"trunkuser\", password = \"trunkpass\"",
+        "",
+        "uas_auth.xml",
+        &["-sn", "uac"],
+        3,
+    );
+    assert!(uac && uas, "uac {uac} uas {uas}\n{errors}");
+}
+
+#[test]
+fn sipp_flood_is_answered_503() {
+    // 60 calls at once against a 10 calls/s limit: the excess gets 503 (sipp's UAC counts
+    // them as failed calls), the admitted ones complete, and voxedge keeps serving.
+    let (uac, _uas, errors) = b2b_pair(
+        40300,
+        "",
+        "calls_per_second_max = 10\ncalls_per_second_per_source_max = 10",
+        "uas_bye.xml",
+        &["-sn", "uac"],
+        60,
+    );
+    assert!(!uac, "some calls must be refused");
+    let refused = errors.matches("SIP/2.0 503 Service Unavailable").count();
+    assert!(refused >= 40, "503s for the flood: {refused}\n{errors}");
+    assert!(errors.contains("Retry-After: 1"), "{errors}");
+}
