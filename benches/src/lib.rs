@@ -7,6 +7,7 @@ pub mod dpdk;
 pub mod gen;
 pub mod proc;
 pub mod relay;
+pub mod sip;
 
 use clap::{Args, Subcommand};
 
@@ -23,6 +24,8 @@ pub enum BenchKind {
     Relay(relay::RelayArgs),
     /// RTP forwarding rate of the DPDK backend (`--mode null` or `memif`).
     Dpdk(dpdk::DpdkArgs),
+    /// SIP calls per second through `voxedge serve` (B2BUA, media anchored), driven by sipp.
+    Sip(sip::SipArgs),
 }
 
 /// Runs the chosen bench.
@@ -33,5 +36,6 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
     match &cmd.kind {
         BenchKind::Relay(a) => relay::main(a),
         BenchKind::Dpdk(a) => dpdk::main(a),
+        BenchKind::Sip(a) => sip::main(a),
     }
 }

@@ -537,3 +537,23 @@ fn sipp_flood_is_answered_503() {
     assert!(refused >= 40, "503s for the flood: {refused}\n{errors}");
     assert!(errors.contains("Retry-After: 1"), "{errors}");
 }
+
+#[test]
+fn sip_bench_reports_json() {
+    let out = Command::new(BIN)
+        .args(["bench", "sip", "--rate", "20", "--duration", "2", "--json"])
+        .env_remove("VOXEDGE_CONFIG")
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON");
+    assert_eq!(v["calls"], 40);
+    assert_eq!(v["completed"], 40, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(v["voxedge_cpu_us_per_call"].as_f64().expect("number") > 0.0);
+}

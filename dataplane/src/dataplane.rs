@@ -458,11 +458,27 @@ impl Dataplane {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Creates a relay on the least-loaded worker.
+    /// Creates a relay on the least-loaded worker. A port that another program holds is
+    /// skipped (up to three times, with the next free ports), so media ports that overlap the
+    /// host's ephemeral range cost a retry, not a failed call.
     ///
     /// # Errors
     /// No ports left, the worker is overloaded or could not open a port.
     pub fn create_relay(&self, req: RelayRequest) -> Result<RelayInfo, DataplaneError> {
+        let mut attempt = 0;
+        loop {
+            match self.create_relay_once(req) {
+                Err(DataplaneError::Command(CommandError::Open { reason, .. }))
+                    if attempt < 3 && reason.contains("in use") =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn create_relay_once(&self, req: RelayRequest) -> Result<RelayInfo, DataplaneError> {
         let id = RelayId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (w, k, ports) = {
             let mut st = self.state();

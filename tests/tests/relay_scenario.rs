@@ -59,18 +59,29 @@ fn ports_exhausted_is_an_error_not_a_panic() {
 }
 
 #[test]
-fn port_in_use_is_reported_and_ports_are_released() {
+fn a_port_held_by_another_program_is_skipped_then_reported() {
     let _blocker = std::net::UdpSocket::bind("127.0.0.1:31900").expect("bind blocker");
     let mut cfg = config(31900);
-    cfg.port_max = 31907;
+    cfg.port_max = 31907; // four pairs: 31900 (blocked), 31902, 31904, 31906
     let dp = Dataplane::start(cfg).expect("start");
+    // The first relay skips the pair with the taken port and uses the next ones.
+    let info = dp
+        .create_relay(RelayRequest::default())
+        .expect("another program's port is skipped");
+    assert!(
+        info.legs.iter().all(|l| l.local.port() != 31900),
+        "{info:?}"
+    );
+    // Only the blocked pair and its partner are left: a clear error naming the port.
     let e = dp
         .create_relay(RelayRequest::default())
         .expect_err("port 31900 is taken");
     assert!(e.to_string().contains("31900"), "{e}");
-    // The failed relay's ports went back to the allocator: the next two pairs still work.
+    // Released ports are reusable once the blocker is gone.
+    drop(_blocker);
+    dp.delete_relay(info.id).expect("delete");
     dp.create_relay(RelayRequest::default())
-        .expect("other ports free");
+        .expect("ports free again");
 }
 
 #[test]

@@ -1,0 +1,179 @@
+//! `voxedge bench sip`: calls per second through `voxedge serve` as a B2BUA with media
+//! anchored, driven by sipp (from apt's `sip-tester`).
+//!
+//! Starts `voxedge serve` (dial plan: everything to a sipp UAS), a sipp UAS, and sipp's
+//! built-in UAC at `--rate` calls/s for `--duration` seconds (each call: INVITE, 180, 200, ACK,
+//! `--hold-ms`, BYE, 200 on both legs; a relay is created and deleted per call). Reports
+//! completed and failed calls (from sipp's statistics) and CPU per call of voxedge and of the
+//! two sipp processes (from /proc), so a reader can see who ran out of CPU.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::json;
+
+use crate::proc;
+use crate::relay::{agent, free_port};
+
+/// Options of `voxedge bench sip`.
+#[derive(Debug, Clone, Args)]
+pub struct SipArgs {
+    /// Offered calls per second.
+    #[arg(long, default_value_t = 500)]
+    pub rate: u32,
+    /// Seconds of offered load.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u32,
+    /// Call length after the ACK, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub hold_ms: u32,
+    /// Dataplane workers of the started voxedge.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn stat_field(csv: &str, name: &str) -> Option<u64> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next()?.split(';').collect();
+    let last: Vec<&str> = lines.last()?.split(';').collect();
+    let i = header.iter().position(|h| *h == name)?;
+    last.get(i)?.trim().parse().ok()
+}
+
+/// Runs the bench.
+///
+/// # Errors
+/// sipp missing, or voxedge could not start.
+pub fn main(a: &SipArgs) -> anyhow::Result<()> {
+    if Command::new("sipp").arg("-v").output().is_err() {
+        bail!("sipp is not installed (apt-get install sip-tester)");
+    }
+    let dir = std::env::temp_dir().join(format!("voxedge-bench-sip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (admin, sip, uas_port, uac_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let cfg = dir.join("voxedge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n[sip]\nlisten = \"127.0.0.1:{sip}\"\n\
+calls_per_second_max = 100000\ncalls_per_second_per_source_max = 100000\n\
+routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
+[dataplane]\nworkers = {workers}\nbind = \"127.0.0.1\"\nport_min = 20000\nport_max = 32000\n",
+            workers = a.workers,
+        ),
+    )?;
+    let exe = std::env::current_exe().context("locate voxedge binary")?;
+    let serve = Kill(
+        Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env_remove("VOXEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start voxedge serve")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent()
+        .get(&format!("http://127.0.0.1:{admin}/health"))
+        .call()
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("voxedge serve did not become healthy");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let uas = Kill(
+        Command::new("sipp")
+            .args([
+                "-sn",
+                "uas",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &uas_port.to_string(),
+                "-nostdin",
+            ])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start sipp uas")?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let calls = a.rate * a.duration;
+    let stat = dir.join("uac.csv");
+    let (v0, s0) = (
+        proc::cpu_seconds(serve.0.id()).unwrap_or(0.0),
+        proc::cpu_seconds(uas.0.id()).unwrap_or(0.0),
+    );
+    let t0 = Instant::now();
+    let uac = Command::new("sipp")
+        .args(["-sn", "uac", "-s", "1000", &format!("127.0.0.1:{sip}")])
+        .args(["-i", "127.0.0.1", "-p", &uac_port.to_string()])
+        .args(["-r", &a.rate.to_string(), "-m", &calls.to_string()])
+        .args(["-l", &(a.rate * 4).max(100).to_string()])
+        .args(["-d", &a.hold_ms.to_string(), "-timeout", "120", "-nostdin"])
+        .args(["-trace_stat", "-stf"])
+        .arg(&stat)
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start sipp uac")?;
+    let out = uac.wait_with_output().context("sipp uac")?;
+    let wall = t0.elapsed().as_secs_f64();
+    let (v1, s1) = (
+        proc::cpu_seconds(serve.0.id()).unwrap_or(0.0),
+        proc::cpu_seconds(uas.0.id()).unwrap_or(0.0),
+    );
+    let csv = std::fs::read_to_string(&stat).unwrap_or_default();
+    let ok = stat_field(&csv, "SuccessfulCall(C)").unwrap_or(0);
+    let failed = stat_field(&csv, "FailedCall(C)").unwrap_or(0);
+    drop(uas);
+    drop(serve);
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = json!({
+        "bench": "sip",
+        "offered_cps": a.rate,
+        "duration_s": a.duration,
+        "hold_ms": a.hold_ms,
+        "calls": calls,
+        "completed": ok,
+        "failed": failed,
+        "sipp_uac_exit_ok": out.status.success(),
+        "wall_s": wall,
+        "completed_cps": ok as f64 / wall,
+        "voxedge_cpu_s": v1 - v0,
+        "voxedge_cpu_us_per_call": if ok > 0 { (v1 - v0) * 1e6 / ok as f64 } else { 0.0 },
+        "sipp_uas_cpu_s": s1 - s0,
+        "note": "voxedge, sipp UAS and sipp UAC share this machine's cores",
+    });
+    if a.json {
+        println!("{report}");
+    } else {
+        println!(
+            "voxedge bench sip: {} calls offered at {}/s: {} completed, {} failed in {:.1} s; voxedge {:.0} CPU-µs per call",
+            calls,
+            a.rate,
+            ok,
+            failed,
+            wall,
+            report["voxedge_cpu_us_per_call"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
