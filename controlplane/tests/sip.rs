@@ -852,3 +852,93 @@ async fn digest_auth_towards_a_trunk_and_from_callers() {
     .expect("ua");
     r.shutdown().await;
 }
+
+/// Hostile input on both transports: random datagrams, mutated SIP, oversized and endless TCP
+/// streams. Nothing panics or hangs: OPTIONS is still answered afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_udp_and_tcp_does_not_hurt_the_service() {
+    let r = start(33500).await;
+    let (udp, tcp) = (r.sip_udp.expect("udp"), r.sip_tcp.expect("tcp"));
+    let stats = r.sip_stats.clone().expect("stats");
+    tokio::task::spawn_blocking(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let via = sock.local_addr().expect("a");
+        let rtp = UdpSocket::bind("127.0.0.1:0")
+            .expect("rtp")
+            .local_addr()
+            .expect("a");
+        let valid = invite("echo", "z9hG4bKg", "garbage", rtp, "UDP", via).into_bytes();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..3000 {
+            let mut d = if i % 2 == 0 {
+                (0..(next() % 1500) as usize)
+                    .map(|_| next() as u8)
+                    .collect::<Vec<u8>>()
+            } else {
+                valid.clone()
+            };
+            if i % 2 == 1 {
+                for _ in 0..(1 + next() % 8) {
+                    let at = (next() as usize) % d.len();
+                    d[at] = next() as u8;
+                }
+            }
+            let _ = sock.send_to(&d, udp);
+        }
+        // TCP: a head that never ends (cut off at the size limit), then random bytes.
+        for junk in [
+            vec![b'A'; 200_000],
+            (0..50_000).map(|_| next() as u8).collect(),
+        ] {
+            if let Ok(mut s) = TcpStream::connect(tcp) {
+                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(&junk);
+            }
+        }
+        // Still serving.
+        let ua = Udp { sock, server: udp };
+        ua.sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("t");
+        let mut answered = false;
+        for attempt in 0..50 {
+            ua.send(
+                &in_dialog(
+                    "OPTIONS",
+                    1,
+                    &format!("alive{attempt}"),
+                    "x",
+                    &format!("z9hG4bKal{attempt}"),
+                    "UDP",
+                    via,
+                    "x",
+                )
+                .replace(";tag=x", ""),
+            );
+            let mut buf = [0u8; 65536];
+            while let Ok((n, _)) = ua.sock.recv_from(&mut buf) {
+                if let Ok(m) = SipMessage::parse(&buf[..n], &Limits::default()) {
+                    if m.status() == Some(200)
+                        && m.header("Call-ID") == Some(&format!("alive{attempt}"))
+                    {
+                        answered = true;
+                    }
+                }
+            }
+            if answered {
+                break;
+            }
+        }
+        assert!(answered, "OPTIONS answered after the garbage");
+    })
+    .await
+    .expect("ua");
+    assert!(stats.malformed.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    r.shutdown().await;
+}
