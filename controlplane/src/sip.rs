@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use voxedge_dataplane::ids::RelayId;
-use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
+use voxedge_dataplane::ids::{RelayId, Side};
+use voxedge_dataplane::{Dataplane, LegRequest, RelayInfo, RelayRequest};
 use voxedge_sip_core::dialog::{request_dialog_id, Dialog, DialogId, DialogState};
 use voxedge_sip_core::transaction::{
     build_response, Output, Peer, Timers, Transactions, TxEvent, TxId,
@@ -462,6 +462,30 @@ struct Offer {
     attrs: Vec<String>,
 }
 
+impl Offer {
+    /// Where the offerer receives media; `None` for a held (0.0.0.0) or rejected (port 0)
+    /// stream, which latches instead.
+    fn remote(&self) -> Option<SocketAddr> {
+        self.addr
+            .filter(|a| !a.is_unspecified() && self.port != 0)
+            .map(|a| SocketAddr::new(a, self.port))
+    }
+}
+
+/// Points `side` of `relay` at the media address in `sdp`, if it names one.
+fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &[u8]) {
+    if let Some(r) = parse_offer(sdp).and_then(|o| o.remote()) {
+        let _ = dp.update_leg_nowait(
+            relay,
+            side,
+            voxedge_dataplane::command::LegUpdate {
+                remote: Some(r),
+                ..Default::default()
+            },
+        );
+    }
+}
+
 fn parse_offer(sdp: &[u8]) -> Option<Offer> {
     let text = std::str::from_utf8(sdp).ok()?;
     let mut addr = None;
@@ -873,69 +897,15 @@ impl Core {
                 return;
             }
             Some(RouteTarget::Sip { uri, addr, creds }) => {
-                self.b2bua_invite(tx, msg, from, &uri, addr, &user_raw, now);
-                if let Some(b) = self
-                    .calls
-                    .values_mut()
-                    .find(|c| c.invite_tx == Some(tx))
-                    .and_then(|c| c.b.as_mut())
-                {
-                    b.creds = creds;
-                }
+                self.b2bua_invite(tx, msg, from, (&uri, addr, creds), &user_raw, now);
                 return;
             }
             Some(RouteTarget::Hangup) => true,
             Some(RouteTarget::Echo) => false,
         };
-        let Some(offer) = msg.sdp().and_then(|b| parse_offer(&b)) else {
-            self.respond(
-                tx,
-                build_response(&msg, 488, "Not Acceptable Here", Some(&random_token(10))),
-                now,
-            );
-            return;
-        };
-        let remote = offer
-            .addr
-            .filter(|a| !a.is_unspecified() && offer.port != 0)
-            .map(|a| SocketAddr::new(a, offer.port));
-        let leg = LegRequest {
-            remote,
-            ..Default::default()
-        };
-        // Dataplane commands answer in microseconds; run them off the async worker anyway.
-        let dp = self.dp.clone();
-        let created = blocking(|| {
-            dp.create_relay(RelayRequest {
-                legs: [leg, LegRequest::default()],
-                echo: true,
-                ..Default::default()
-            })
-        });
-        let info = match created {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(error = %e, "no media for the call");
-                let mut r =
-                    build_response(&msg, 503, "Service Unavailable", Some(&random_token(10)));
-                r.headers
-                    .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
-                self.respond(tx, r, now);
-                return;
-            }
-        };
         let tag = random_token(12);
-        let dialog = match Dialog::uas(&msg, &tag, DialogState::Early) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = self.dp.delete_relay_nowait(info.id);
-                self.respond(
-                    tx,
-                    build_response(&msg, 400, &format!("Bad Request ({e})"), Some(&tag)),
-                    now,
-                );
-                return;
-            }
+        let Some((_, offer, info, dialog)) = self.anchor(tx, &msg, &tag, true, now) else {
+            return;
         };
         let sdp = answer_sdp(self.advertise, info.legs[0].local.port(), &offer);
         let mut ok = build_response(&msg, 200, "OK", Some(&tag));
@@ -967,6 +937,62 @@ impl Core {
         );
     }
 
+    /// Media for a new call: the offer of the INVITE (488 without a usable one), a relay whose
+    /// leg A points at the caller (503 when the dataplane has no room) and the caller's dialog
+    /// (400 when the INVITE lacks what a dialog needs). On failure the response is sent and
+    /// nothing is kept.
+    fn anchor(
+        &mut self,
+        tx: TxId,
+        msg: &SipMessage,
+        tag: &str,
+        echo: bool,
+        now: Duration,
+    ) -> Option<(Bytes, Offer, RelayInfo, Dialog)> {
+        let Some((sdp, offer)) = msg.sdp().and_then(|sd| parse_offer(&sd).map(|o| (sd, o))) else {
+            self.respond(
+                tx,
+                build_response(msg, 488, "Not Acceptable Here", Some(tag)),
+                now,
+            );
+            return None;
+        };
+        let created = self.dp.create_relay(RelayRequest {
+            legs: [
+                LegRequest {
+                    remote: offer.remote(),
+                    ..Default::default()
+                },
+                LegRequest::default(),
+            ],
+            echo,
+            ..Default::default()
+        });
+        let info = match created {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "no media for the call");
+                let mut r = build_response(msg, 503, "Service Unavailable", Some(tag));
+                r.headers
+                    .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
+                self.respond(tx, r, now);
+                return None;
+            }
+        };
+        match Dialog::uas(msg, tag, DialogState::Early) {
+            Ok(d) => Some((sdp, offer, info, d)),
+            Err(e) => {
+                let _ = self.dp.delete_relay_nowait(info.id);
+                self.respond(
+                    tx,
+                    build_response(msg, 400, &format!("Bad Request ({e})"), Some(tag)),
+                    now,
+                );
+                None
+            }
+        }
+    }
+
     /// Routes an INVITE to a SIP target: media anchored in a relay (leg A the caller, leg B the
     /// callee), a new INVITE towards the target with our SDP.
     #[allow(clippy::too_many_arguments)]
@@ -975,68 +1001,14 @@ impl Core {
         tx: TxId,
         msg: SipMessage,
         from: Peer,
-        target_uri: &str,
-        addr: SocketAddr,
+        (target_uri, addr, creds): (&str, SocketAddr, Option<(String, String)>),
         user: &str,
         now: Duration,
     ) {
         let tag = random_token(12);
-        let Some(sdp) = msg.sdp() else {
-            // Delayed offer (INVITE without SDP) is not relayed yet.
-            self.respond(
-                tx,
-                build_response(&msg, 488, "Not Acceptable Here", Some(&tag)),
-                now,
-            );
+        // A delayed offer (INVITE without SDP) is not relayed yet: 488 from anchor().
+        let Some((sdp, _, info, dialog)) = self.anchor(tx, &msg, &tag, false, now) else {
             return;
-        };
-        let Some(offer) = parse_offer(&sdp) else {
-            self.respond(
-                tx,
-                build_response(&msg, 488, "Not Acceptable Here", Some(&tag)),
-                now,
-            );
-            return;
-        };
-        let remote = offer
-            .addr
-            .filter(|a| !a.is_unspecified() && offer.port != 0)
-            .map(|a| SocketAddr::new(a, offer.port));
-        let dp = self.dp.clone();
-        let created = blocking(|| {
-            dp.create_relay(RelayRequest {
-                legs: [
-                    LegRequest {
-                        remote,
-                        ..Default::default()
-                    },
-                    LegRequest::default(),
-                ],
-                ..Default::default()
-            })
-        });
-        let info = match created {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(error = %e, "no media for the call");
-                let mut r = build_response(&msg, 503, "Service Unavailable", Some(&tag));
-                r.headers
-                    .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
-                self.respond(tx, r, now);
-                return;
-            }
-        };
-        let dialog = match Dialog::uas(&msg, &tag, DialogState::Early) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = self.dp.delete_relay_nowait(info.id);
-                self.respond(
-                    tx,
-                    build_response(&msg, 400, &format!("Bad Request ({e})"), Some(&tag)),
-                    now,
-                );
-                return;
-            }
         };
         let mf = msg
             .headers
@@ -1121,7 +1093,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                     offer: b_offer,
                     answered: false,
                     a_port: info.legs[0].local.port(),
-                    creds: None,
+                    creds,
                     auth_tried: false,
                 }),
             },
@@ -1145,24 +1117,8 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         let a_port = b.a_port;
         // Media from the callee's SDP (183 early media or the answer).
-        if let Some(o) = msg.sdp().and_then(|sd| parse_offer(&sd)) {
-            if let Some(r) = o
-                .addr
-                .filter(|a| !a.is_unspecified() && o.port != 0)
-                .map(|a| SocketAddr::new(a, o.port))
-            {
-                let dp = self.dp.clone();
-                let _ = blocking(|| {
-                    dp.update_leg_nowait(
-                        relay,
-                        voxedge_dataplane::ids::Side::B,
-                        voxedge_dataplane::command::LegUpdate {
-                            remote: Some(r),
-                            ..Default::default()
-                        },
-                    )
-                });
-            }
+        if let Some(sdp) = msg.sdp() {
+            follow_media(&self.dp, relay, Side::B, &sdp);
         }
         let Some(inv_a) = self
             .pending_invites
@@ -1325,25 +1281,10 @@ Contact: <sip:voxedge@{local}>\r\n",
         }
         if method == Method::INVITE || method == Method::UPDATE {
             // Re-INVITE / UPDATE (hold, resume, new address): follow the new media address.
-            let offer = msg.sdp().and_then(|b| parse_offer(&b));
             let mut ok = build_response(&msg, 200, "OK", None);
-            if let Some(o) = offer {
-                let remote = o
-                    .addr
-                    .filter(|a| !a.is_unspecified() && o.port != 0)
-                    .map(|a| SocketAddr::new(a, o.port));
-                if let (Some(relay), Some(r)) = (call.relay, remote) {
-                    let dp = self.dp.clone();
-                    let _ = blocking(|| {
-                        dp.update_leg_nowait(
-                            relay,
-                            voxedge_dataplane::ids::Side::A,
-                            voxedge_dataplane::command::LegUpdate {
-                                remote: Some(r),
-                                ..Default::default()
-                            },
-                        )
-                    });
+            if let Some(sdp) = msg.sdp().filter(|sd| parse_offer(sd).is_some()) {
+                if let Some(relay) = call.relay {
+                    follow_media(&self.dp, relay, Side::A, &sdp);
                 }
                 ok.headers
                     .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
@@ -1427,25 +1368,12 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         let (b_port, a_port) = (media_port(&b.offer), b.a_port);
         let (side, out_port) = if from_a {
-            (voxedge_dataplane::ids::Side::A, b_port)
+            (Side::A, b_port)
         } else {
-            (voxedge_dataplane::ids::Side::B, a_port)
+            (Side::B, a_port)
         };
-        if let Some(o) = msg.sdp().and_then(|sd| parse_offer(&sd)) {
-            if let Some(r) = o
-                .addr
-                .filter(|a| !a.is_unspecified() && o.port != 0)
-                .map(|a| SocketAddr::new(a, o.port))
-            {
-                let _ = self.dp.update_leg_nowait(
-                    relay,
-                    side,
-                    voxedge_dataplane::command::LegUpdate {
-                        remote: Some(r),
-                        ..Default::default()
-                    },
-                );
-            }
+        if let Some(sdp) = msg.sdp() {
+            follow_media(&self.dp, relay, side, &sdp);
         }
         let (dialog, peer) = if from_a {
             let p = b.peer;
@@ -1519,16 +1447,13 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         let (b_port, a_port) = (media_port(&b.offer), b.a_port);
         let (relay, back_port, answer_side) = if from_a {
-            (call.relay, a_port, voxedge_dataplane::ids::Side::B)
+            (call.relay, a_port, Side::B)
         } else {
-            (call.relay, b_port, voxedge_dataplane::ids::Side::A)
+            (call.relay, b_port, Side::A)
         };
         if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
             // ACK the 2xx on the leg we sent the re-INVITE on.
-            let cseq = msg
-                .header("CSeq")
-                .and_then(|c| c.split_whitespace().next())
-                .and_then(|n| n.parse::<u32>().ok());
+            let cseq = Some(cseq_number(&msg));
             let (dialog, peer) = if from_a {
                 let p = b.peer;
                 match b.dialog.as_mut() {
@@ -1560,21 +1485,8 @@ Contact: <sip:voxedge@{local}>\r\n",
         }
         let mut resp = build_response(&req, code, status_reason(&msg), None);
         if let Some(sdp) = msg.sdp() {
-            if let (Some(r), Some(o)) = (relay, parse_offer(&sdp)) {
-                if let Some(addr) = o
-                    .addr
-                    .filter(|a| !a.is_unspecified() && o.port != 0)
-                    .map(|a| SocketAddr::new(a, o.port))
-                {
-                    let _ = self.dp.update_leg_nowait(
-                        r,
-                        answer_side,
-                        voxedge_dataplane::command::LegUpdate {
-                            remote: Some(addr),
-                            ..Default::default()
-                        },
-                    );
-                }
+            if let Some(r) = relay {
+                follow_media(&self.dp, r, answer_side, &sdp);
             }
             resp.headers
                 .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
@@ -1661,8 +1573,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             .calls_active
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(r) = call.relay.take() {
-            let dp = self.dp.clone();
-            let _ = dp.delete_relay_nowait(r);
+            let _ = self.dp.delete_relay_nowait(r);
         }
         if send_bye {
             let transport = if call.peer.reliable { "TCP" } else { "UDP" };
@@ -1684,13 +1595,6 @@ Contact: <sip:voxedge@{local}>\r\n",
             }
         }
     }
-}
-
-/// Runs a dataplane command from the core task. Commands are answered in microseconds (the
-/// worker is woken for them), so they run inline: handing the thread over with
-/// `block_in_place` costs more than the wait. Bounded by the dataplane's own 5 s timeout.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    f()
 }
 
 /// The CSeq number of a message (1 when unreadable).
