@@ -24,6 +24,23 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One worker's series of a nanosecond histogram exported in seconds: buckets, +Inf, sum,
+/// count.
+fn histogram_series(out: &mut String, name: &str, worker: usize, h: &hdrhistogram::Histogram<u64>) {
+    for b in BUCKETS_S {
+        let n = h.count_between(0, (b * 1e9) as u64);
+        let _ = writeln!(out, "{name}_bucket{{worker=\"{worker}\",le=\"{b:e}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{worker=\"{worker}\",le=\"+Inf\"}} {}",
+        h.len()
+    );
+    let sum_s = h.mean() * h.len() as f64 / 1e9;
+    let _ = writeln!(out, "{name}_sum{{worker=\"{worker}\"}} {sum_s:.9}");
+    let _ = writeln!(out, "{name}_count{{worker=\"{worker}\"}} {}", h.len());
+}
+
 /// Renders all dataplane metrics.
 pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
     let mut out = String::with_capacity(8192);
@@ -182,29 +199,7 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        for b in BUCKETS_S {
-            let le_ns = (b * 1e9) as u64;
-            let n = h.count_between(0, le_ns);
-            let _ = writeln!(
-                out,
-                "voxedge_packet_processing_seconds_bucket{{worker=\"{i}\",le=\"{b:e}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "voxedge_packet_processing_seconds_bucket{{worker=\"{i}\",le=\"+Inf\"}} {}",
-            h.len()
-        );
-        let sum_s = h.mean() * h.len() as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "voxedge_packet_processing_seconds_sum{{worker=\"{i}\"}} {sum_s:.9}"
-        );
-        let _ = writeln!(
-            out,
-            "voxedge_packet_processing_seconds_count{{worker=\"{i}\"}} {}",
-            h.len()
-        );
+        histogram_series(&mut out, "voxedge_packet_processing_seconds", i, &h);
         for q in [0.5, 0.99, 0.999] {
             let _ = writeln!(
                 quantiles,
@@ -233,28 +228,7 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        for b in BUCKETS_S {
-            let n = h.count_between(0, (b * 1e9) as u64);
-            let _ = writeln!(
-                out,
-                "voxedge_worker_latency_seconds_bucket{{worker=\"{i}\",le=\"{b:e}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "voxedge_worker_latency_seconds_bucket{{worker=\"{i}\",le=\"+Inf\"}} {}",
-            h.len()
-        );
-        let _ = writeln!(
-            out,
-            "voxedge_worker_latency_seconds_sum{{worker=\"{i}\"}} {:.9}",
-            h.mean() * h.len() as f64 / 1e9
-        );
-        let _ = writeln!(
-            out,
-            "voxedge_worker_latency_seconds_count{{worker=\"{i}\"}} {}",
-            h.len()
-        );
+        histogram_series(&mut out, "voxedge_worker_latency_seconds", i, &h);
     }
 
     header(

@@ -15,6 +15,32 @@ impl Drop for Kill {
     }
 }
 
+/// Starts `voxedge serve` with `args` and waits until its admin listener on `admin_port`
+/// answers.
+fn serve(args: &[&std::ffi::OsStr], admin_port: u16) -> Kill {
+    let child = Kill(
+        Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .env_remove("VOXEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start voxedge serve"),
+    );
+    let health = format!("http://127.0.0.1:{admin_port}/health");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ureq::get(&health).call().is_err() {
+        assert!(Instant::now() < deadline, "voxedge serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn serve_config(cfg: &std::path::Path, admin_port: u16) -> Kill {
+    serve(&["--config".as_ref(), cfg.as_os_str()], admin_port)
+}
+
 #[test]
 fn sipp_uac_calls_the_echo_target() {
     let sipp = Command::new("sipp").arg("-v").output();
@@ -22,27 +48,21 @@ fn sipp_uac_calls_the_echo_target() {
         sipp.is_ok(),
         "sipp is not installed: run scripts/test (it installs sip-tester)"
     );
-    let serve = Kill(
-        Command::new(BIN)
-            .args(["serve", "--admin-listen", "127.0.0.1:39151"])
-            .args([
-                "--sip-listen",
-                "127.0.0.1:39150",
-                "--media-bind",
-                "127.0.0.1",
-            ])
-            .args(["--port-min", "33200", "--port-max", "33399", "--no-pin"])
-            .env_remove("VOXEDGE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voxedge serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get("http://127.0.0.1:39151/health").call().is_err() {
-        assert!(Instant::now() < deadline, "voxedge serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let args = [
+        "--admin-listen",
+        "127.0.0.1:39151",
+        "--sip-listen",
+        "127.0.0.1:39150",
+        "--media-bind",
+        "127.0.0.1",
+        "--port-min",
+        "33200",
+        "--port-max",
+        "33399",
+        "--no-pin",
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let serve = serve(&args, 39151);
     let dir = std::env::temp_dir().join(format!("voxedge-sipp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let stat = dir.join("stat.csv");
@@ -114,21 +134,7 @@ port_max = 33599
 "#,
     )
     .expect("config");
-    let _serve = Kill(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env_remove("VOXEDGE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voxedge serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get("http://127.0.0.1:39181/health").call().is_err() {
-        assert!(Instant::now() < deadline, "voxedge serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _serve = serve_config(&cfg, 39181);
     let uas = Kill(
         Command::new("sipp")
             .args(["-sn", "uas", "-i", "127.0.0.1", "-p", "39170"])
@@ -199,97 +205,17 @@ port_max = 33599
 /// every 486 is acknowledged hop by hop (the UAS receives its ACKs and finishes).
 #[test]
 fn sipp_callee_486_is_relayed_to_the_caller() {
-    let dir = std::env::temp_dir().join(format!("voxedge-sipp-486-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let cfg = dir.join("voxedge.toml");
-    std::fs::write(
-        &cfg,
-        r#"[admin]
-listen = "127.0.0.1:39681"
-[sip]
-listen = "127.0.0.1:39680"
-routes = [{ pattern = "*", target = "sip:127.0.0.1:39670" }]
-[dataplane]
-workers = 1
-pin_cores = false
-bind = "127.0.0.1"
-port_min = 33800
-port_max = 33899
-"#,
-    )
-    .expect("config");
-    let _serve = Kill(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env_remove("VOXEDGE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voxedge serve"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get("http://127.0.0.1:39681/health").call().is_err() {
-        assert!(Instant::now() < deadline, "voxedge serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sipp/uas_486.xml");
-    let mut uas = Kill(
-        Command::new("sipp")
-            .args([
-                "-sf",
-                scenario,
-                "-i",
-                "127.0.0.1",
-                "-p",
-                "39670",
-                "-m",
-                "5",
-                "-nostdin",
-            ])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp uas"),
-    );
-    let uac = Command::new("sipp")
-        .args(["-sn", "uac", "-s", "1000", "127.0.0.1:39680"])
-        .args(["-i", "127.0.0.1", "-p", "39690", "-m", "5", "-r", "5"])
-        .args(["-timeout", "30", "-nostdin", "-trace_err"])
-        .current_dir(&dir)
-        .output()
-        .expect("sipp uac");
+    let (uac, uas, errors) = b2b_pair(39600, "", "", "uas_486.xml", &["-sn", "uac"], 5);
     assert!(
-        !uac.status.success(),
+        !uac,
         "the built-in UAC cannot succeed against a busy callee"
     );
-    let errors: String = std::fs::read_dir(&dir)
-        .expect("dir")
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect();
     assert_eq!(
         errors.matches("SIP/2.0 486 Busy Here").count(),
         5,
         "each caller got the callee's 486:\n{errors}"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let uas_status = loop {
-        if let Some(s) = uas.0.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        uas_status.is_some_and(|s| s.success()),
-        "the UAS got its 5 ACKs: {uas_status:?}"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(uas, "the UAS got its 5 ACKs");
 }
 
 /// Hold and resume through voxedge with sipp on both sides: the caller's re-INVITEs
@@ -297,90 +223,16 @@ port_max = 33899
 /// back; both scenarios check the SDP direction and finish every call (BYE from the caller).
 #[test]
 fn sipp_hold_and_resume_reinvites_are_relayed() {
-    let dir = std::env::temp_dir().join(format!("voxedge-sipp-hold-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let cfg = dir.join("voxedge.toml");
-    std::fs::write(
-        &cfg,
-        r#"[admin]
-listen = "127.0.0.1:39781"
-[sip]
-listen = "127.0.0.1:39780"
-routes = [{ pattern = "*", target = "sip:127.0.0.1:39770" }]
-[dataplane]
-workers = 1
-pin_cores = false
-bind = "127.0.0.1"
-port_min = 33900
-port_max = 33999
-"#,
-    )
-    .expect("config");
-    let _serve = Kill(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env_remove("VOXEDGE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voxedge serve"),
+    let (uac, uas, errors) = b2b_pair(
+        39700,
+        "",
+        "",
+        "uas_hold_resume.xml",
+        &["-sf", "file:uac_hold_resume.xml"],
+        3,
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get("http://127.0.0.1:39781/health").call().is_err() {
-        assert!(Instant::now() < deadline, "voxedge serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let uas_xml = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/sipp/uas_hold_resume.xml"
-    );
-    let uac_xml = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/sipp/uac_hold_resume.xml"
-    );
-    let mut uas = Kill(
-        Command::new("sipp")
-            .args([
-                "-sf",
-                uas_xml,
-                "-i",
-                "127.0.0.1",
-                "-p",
-                "39770",
-                "-m",
-                "3",
-                "-nostdin",
-            ])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp uas"),
-    );
-    let uac = Command::new("sipp")
-        .args(["-sf", uac_xml, "-s", "1000", "127.0.0.1:39780"])
-        .args(["-i", "127.0.0.1", "-p", "39790", "-m", "3", "-r", "3"])
-        .args(["-timeout", "30", "-nostdin", "-trace_err"])
-        .current_dir(&dir)
-        .output()
-        .expect("sipp uac");
-    assert!(uac.status.success(), "caller scenario: {}", uac.status);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let uas_status = loop {
-        if let Some(s) = uas.0.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        uas_status.is_some_and(|s| s.success()),
-        "the callee saw both re-INVITEs of all 3 calls: {uas_status:?}"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(uac, "caller scenario failed:\n{errors}");
+    assert!(uas, "the callee saw both re-INVITEs of all 3 calls");
 }
 
 /// Runs voxedge (routing everything to a sipp UAS on `base + 70`) between a sipp UAS scenario
@@ -411,22 +263,7 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas}\"{route_extra} }}]\
         ),
     )
     .expect("config");
-    let _serve = Kill(
-        Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env_remove("VOXEDGE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start voxedge serve"),
-    );
-    let health = format!("http://127.0.0.1:{}/health", base + 81);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get(&health).call().is_err() {
-        assert!(Instant::now() < deadline, "voxedge serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _serve = serve_config(&cfg, base + 81);
     let scenario = format!("{}/../tests/sipp/{uas_xml}", env!("CARGO_MANIFEST_DIR"));
     let mut uas = Kill(
         Command::new("sipp")

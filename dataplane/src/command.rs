@@ -57,7 +57,12 @@ pub enum CommandError {
     #[error("relay {0:?} not found")]
     NotFound(RelayId),
     #[error("cannot open media port {addr}: {reason}")]
-    Open { addr: SocketAddr, reason: String },
+    Open {
+        addr: SocketAddr,
+        reason: String,
+        /// Another program holds the address (another port may well be free).
+        in_use: bool,
+    },
     #[error("worker stream table is full ({0} streams)")]
     Full(usize),
 }

@@ -468,8 +468,8 @@ impl Dataplane {
         let mut attempt = 0;
         loop {
             match self.create_relay_once(req) {
-                Err(DataplaneError::Command(CommandError::Open { reason, .. }))
-                    if attempt < 3 && reason.contains("in use") =>
+                Err(DataplaneError::Command(CommandError::Open { in_use: true, .. }))
+                    if attempt < 3 =>
                 {
                     attempt += 1;
                 }
@@ -587,14 +587,7 @@ impl Dataplane {
         let w = usize::from(info.worker.0);
         let mut snap = self.call(w, |reply| MediaCommand::DeleteRelay { relay: id, reply })??;
         fill_ports(&info, &mut snap);
-        let mut st = self.state();
-        if st.relays.remove(&id).is_some() {
-            st.relays_per_worker[w] -= 1;
-            let k = self.address_index(info.legs[0].local.ip());
-            for leg in info.legs {
-                st.allocators[w][k].release(leg.local.port());
-            }
-        }
+        self.forget(&info);
         Ok((info, snap))
     }
 
@@ -608,14 +601,7 @@ impl Dataplane {
         let w = usize::from(info.worker.0);
         let (reply, _) = bounded(1);
         self.post(w, MediaCommand::DeleteRelay { relay: id, reply })?;
-        let mut st = self.state();
-        if st.relays.remove(&id).is_some() {
-            st.relays_per_worker[w] -= 1;
-            let k = self.address_index(info.legs[0].local.ip());
-            for leg in info.legs {
-                st.allocators[w][k].release(leg.local.port());
-            }
-        }
+        self.forget(&info);
         Ok(())
     }
 
@@ -640,6 +626,19 @@ impl Dataplane {
                 reply,
             },
         )
+    }
+
+    /// Drops a deleted relay from the registry and gives its ports back.
+    fn forget(&self, info: &RelayInfo) {
+        let w = usize::from(info.worker.0);
+        let mut st = self.state();
+        if st.relays.remove(&info.id).is_some() {
+            st.relays_per_worker[w] -= 1;
+            let k = self.address_index(info.legs[0].local.ip());
+            for leg in info.legs {
+                st.allocators[w][k].release(leg.local.port());
+            }
+        }
     }
 
     /// Queues a command for worker `w` and wakes it, without waiting for an answer.
@@ -687,17 +686,8 @@ impl Dataplane {
         w: usize,
         make: impl FnOnce(Sender<T>) -> MediaCommand,
     ) -> Result<T, DataplaneError> {
-        let worker = &self.workers[w];
         let (tx, rx) = bounded(1);
-        match worker.commands.try_send(make(tx)) {
-            Ok(()) => {
-                if let Some(w) = &worker.waker {
-                    w();
-                }
-            }
-            Err(TrySendError::Full(_)) => return Err(DataplaneError::Busy(w as u16)),
-            Err(TrySendError::Disconnected(_)) => return Err(DataplaneError::Stopped(w as u16)),
-        }
+        self.post(w, make(tx))?;
         rx.recv_timeout(COMMAND_TIMEOUT).map_err(|e| match e {
             crossbeam_channel::RecvTimeoutError::Timeout => {
                 DataplaneError::Timeout(w as u16, COMMAND_TIMEOUT)

@@ -390,6 +390,7 @@ impl<Io: PacketIo> Worker<Io> {
             Err(e) => Err(CommandError::Open {
                 addr,
                 reason: e.to_string(),
+                in_use: e.is_address_in_use(),
             }),
         }
     }

@@ -129,6 +129,13 @@ pub enum IoError {
 /// Wakes a worker that waits for packets.
 pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
 
+impl IoError {
+    /// The address is held by another program (not by this dataplane).
+    pub fn is_address_in_use(&self) -> bool {
+        matches!(self, IoError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse)
+    }
+}
+
 /// A packet I/O backend owned by one worker.
 pub trait PacketIo {
     /// Short name for logs and metrics ("memory", "socket", "dpdk").
