@@ -223,7 +223,7 @@ mod imp {
         let rx = port
             .stats
             .iter()
-            .map(|s| s.rx_packets.load(Ordering::Relaxed))
+            .map(|s| s.get(voxedge_dataplane::io::dpdk::Stat::RxPackets))
             .sum();
         let mut busy = Histogram::new_with_bounds(1, 10_000_000, 2).expect("bounds");
         let mut forwarded = 0;

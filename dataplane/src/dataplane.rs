@@ -258,15 +258,11 @@ impl Dataplane {
     pub fn backend_metrics(&self) -> Vec<(String, &'static str, u64)> {
         #[cfg(feature = "dpdk")]
         if let Some(ctx) = &self.dpdk {
-            let mut out: Vec<(String, &'static str, u64)> = crate::io::dpdk::STAT_FIELDS
+            let mut out: Vec<(String, &'static str, u64)> = crate::io::dpdk::STATS
                 .iter()
-                .map(|(name, help, get)| {
-                    let v = ctx
-                        .stats
-                        .iter()
-                        .map(|s| get(s).load(Ordering::Relaxed))
-                        .sum();
-                    (format!("voxedge_dpdk_{name}_total"), *help, v)
+                .map(|&(stat, name, help)| {
+                    let v = ctx.stats.iter().map(|s| s.get(stat)).sum();
+                    (format!("voxedge_dpdk_{name}_total"), help, v)
                 })
                 .collect();
             let (missed, nombuf, ierr, oerr) = ctx.port_counters();

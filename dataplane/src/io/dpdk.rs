@@ -122,104 +122,127 @@ fn eal_init_here(args: &[String]) -> Result<(), String> {
 // Port
 // ---------------------------------------------------------------------------------------------
 
-/// Counters of one worker's DPDK queue pair, readable from other threads.
-#[derive(Debug, Default)]
-pub struct DpdkStats {
-    pub rx_packets: AtomicU64,
-    pub tx_packets: AtomicU64,
+/// What a DPDK queue pair counts (index into [`DpdkStats`] and the worker's local copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    RxPackets,
+    TxPackets,
     /// Dropped at transmit: the TX queue stayed full.
-    pub tx_dropped: AtomicU64,
+    TxDropped,
     /// Packets passed to the owning worker over its hand-off ring.
-    pub handoff: AtomicU64,
-    pub handoff_dropped: AtomicU64,
-    pub arp_replies: AtomicU64,
-    pub nd_replies: AtomicU64,
-    pub echo_replies: AtomicU64,
-    pub neighbour_requests: AtomicU64,
+    Handoff,
+    HandoffDropped,
+    ArpReplies,
+    NdReplies,
+    EchoReplies,
+    NeighbourRequests,
     /// Forwarded packets dropped because the next hop's MAC is not known yet.
-    pub no_neighbour: AtomicU64,
-    pub not_ours: AtomicU64,
-    pub malformed: AtomicU64,
-    pub unsupported: AtomicU64,
-    pub bad_checksum: AtomicU64,
-    pub multi_segment: AtomicU64,
+    NoNeighbour,
+    NotOurs,
+    Malformed,
+    Unsupported,
+    BadChecksum,
+    MultiSegment,
     /// Forwards dropped because the received buffer was shared or external (not writable).
-    pub not_writable: AtomicU64,
+    NotWritable,
 }
 
-/// Reads one counter of [`DpdkStats`].
-pub type StatGetter = fn(&DpdkStats) -> &AtomicU64;
+/// Number of [`Stat`]s.
+pub const STAT_COUNT: usize = STATS.len();
 
-/// (metric suffix, help, getter) for every [`DpdkStats`] counter.
-pub const STAT_FIELDS: &[(&str, &str, StatGetter)] = &[
+/// Every [`Stat`] with its metric suffix and help, in index order.
+pub const STATS: [(Stat, &str, &str); 16] = [
     (
+        Stat::RxPackets,
         "rx_packets",
         "Packets received from the port's queues",
-        |s| &s.rx_packets,
     ),
-    ("tx_packets", "Packets handed to the port's queues", |s| {
-        &s.tx_packets
-    }),
     (
+        Stat::TxPackets,
+        "tx_packets",
+        "Packets handed to the port's queues",
+    ),
+    (
+        Stat::TxDropped,
         "tx_dropped",
         "Packets dropped because a TX queue stayed full",
-        |s| &s.tx_dropped,
     ),
     (
+        Stat::Handoff,
         "handoff",
         "Packets that arrived on another worker's queue and were passed to their owner",
-        |s| &s.handoff,
     ),
     (
+        Stat::HandoffDropped,
         "handoff_dropped",
         "Packets dropped because the owner's hand-off ring was full",
-        |s| &s.handoff_dropped,
     ),
     (
+        Stat::ArpReplies,
         "arp_replies",
         "ARP requests for our addresses answered",
-        |s| &s.arp_replies,
     ),
-    ("nd_replies", "IPv6 neighbour solicitations answered", |s| {
-        &s.nd_replies
-    }),
     (
+        Stat::NdReplies,
+        "nd_replies",
+        "IPv6 neighbour solicitations answered",
+    ),
+    (
+        Stat::EchoReplies,
         "icmp_echo_replies",
         "ICMP and ICMPv6 echo requests answered",
-        |s| &s.echo_replies,
     ),
     (
+        Stat::NeighbourRequests,
         "neighbour_requests",
         "ARP requests and neighbour solicitations sent",
-        |s| &s.neighbour_requests,
     ),
     (
+        Stat::NoNeighbour,
         "no_neighbour",
         "Forwarded packets dropped while the next hop was being resolved",
-        |s| &s.no_neighbour,
     ),
-    ("not_ours", "Frames for other addresses or VLANs", |s| {
-        &s.not_ours
-    }),
-    ("malformed", "Malformed or truncated frames", |s| {
-        &s.malformed
-    }),
     (
+        Stat::NotOurs,
+        "not_ours",
+        "Frames for other addresses or VLANs",
+    ),
+    (
+        Stat::Malformed,
+        "malformed",
+        "Malformed or truncated frames",
+    ),
+    (
+        Stat::Unsupported,
         "unsupported",
         "Frames of protocols the appliance does not handle (IPv4 fragments, other ICMP, ...)",
-        |s| &s.unsupported,
     ),
     (
+        Stat::BadChecksum,
         "bad_checksum",
         "UDP frames with a bad IPv4 or UDP checksum",
-        |s| &s.bad_checksum,
     ),
     (
+        Stat::MultiSegment,
         "multi_segment",
         "Multi-segment frames (larger than one mbuf)",
-        |s| &s.multi_segment,
+    ),
+    (
+        Stat::NotWritable,
+        "not_writable",
+        "Forwards dropped because the received buffer was shared or external",
     ),
 ];
+
+/// Counters of one worker's DPDK queue pair, readable from other threads.
+#[derive(Debug, Default)]
+pub struct DpdkStats([AtomicU64; STAT_COUNT]);
+
+impl DpdkStats {
+    pub fn get(&self, s: Stat) -> u64 {
+        self.0[s as usize].load(Ordering::Relaxed)
+    }
+}
 
 /// A started ethdev with one queue pair per worker; stopped when dropped.
 pub struct PortCtx {
@@ -720,27 +743,6 @@ impl RxBatch for DpdkBatch {
 /// Neighbour announcements between workers.
 pub type NeighbourMsg = (IpAddr, [u8; 6]);
 
-/// Local counters, published to [`DpdkStats`] in housekeeping.
-#[derive(Default, Clone, Copy)]
-struct Local {
-    rx: u64,
-    tx: u64,
-    tx_dropped: u64,
-    handoff: u64,
-    handoff_dropped: u64,
-    arp: u64,
-    nd: u64,
-    echo: u64,
-    requests: u64,
-    no_neighbour: u64,
-    not_ours: u64,
-    malformed: u64,
-    unsupported: u64,
-    bad_checksum: u64,
-    multi: u64,
-    not_writable: u64,
-}
-
 /// Largest number of frames waiting for room in the TX queue.
 const TX_PENDING_MAX: usize = 4 * BURST_SIZE_MAX;
 
@@ -757,7 +759,8 @@ pub struct DpdkIo {
     neigh_out: Vec<Sender<NeighbourMsg>>,
     neigh_in: Receiver<NeighbourMsg>,
     pending: Vec<*mut sys::rte_mbuf>,
-    local: Local,
+    /// Counters, published to [`DpdkStats`] in housekeeping.
+    local: [u64; STAT_COUNT],
     counters: IoCounters,
     idle_sleep: Duration,
     verify_checksums: bool,
@@ -829,7 +832,7 @@ impl DpdkIo {
             neigh_out: p.neigh_out,
             neigh_in: p.neigh_in,
             pending: Vec::with_capacity(TX_PENDING_MAX + BURST_SIZE_MAX),
-            local: Local::default(),
+            local: [0; STAT_COUNT],
             counters: IoCounters::default(),
             idle_sleep: p.idle_sleep,
             verify_checksums: p.verify_checksums,
@@ -875,12 +878,12 @@ impl DpdkIo {
             sys::rte_eth_tx_burst(self.ctx.port_id, self.queue, self.pending.as_mut_ptr(), n)
         };
         self.counters.tx_calls += 1;
-        self.local.tx += u64::from(sent);
+        self.local[Stat::TxPackets as usize] += u64::from(sent);
         self.pending.drain(..usize::from(sent));
         while self.pending.len() > TX_PENDING_MAX {
             if let Some(m) = self.pending.pop() {
                 Self::free(m);
-                self.local.tx_dropped += 1;
+                self.count(Stat::TxDropped);
             }
         }
     }
@@ -907,7 +910,7 @@ impl DpdkIo {
 
     fn request(&mut self, hop: IpAddr) {
         let iface = self.iface.clone();
-        self.local.requests += 1;
+        self.count(Stat::NeighbourRequests);
         match hop {
             IpAddr::V4(a) => self.send_built(|b| build_arp_request(&iface, a, b)),
             IpAddr::V6(a) => self.send_built(|b| build_neighbour_solicitation(&iface, a, b)),
@@ -924,7 +927,7 @@ impl DpdkIo {
         // SAFETY: m is an mbuf we own, freshly received.
         let (segs, data_len) = unsafe { ((*m).nb_segs, usize::from((*m).data_len)) };
         if segs != 1 {
-            self.local.multi += 1;
+            self.count(Stat::MultiSegment);
             Self::free(m);
             return None;
         }
@@ -937,9 +940,9 @@ impl DpdkIo {
                 match handle_control(&self.iface, &mut buf[..room], data_len) {
                     Control::Reply { len, kind, learned } => {
                         match kind {
-                            ReplyKind::Arp => self.local.arp += 1,
-                            ReplyKind::Nd => self.local.nd += 1,
-                            ReplyKind::Echo => self.local.echo += 1,
+                            ReplyKind::Arp => self.count(Stat::ArpReplies),
+                            ReplyKind::Nd => self.count(Stat::NdReplies),
+                            ReplyKind::Echo => self.count(Stat::EchoReplies),
                         }
                         // SAFETY: owned mbuf; len <= room.
                         unsafe { set_len(m, 0, len) };
@@ -954,9 +957,9 @@ impl DpdkIo {
                     }
                     Control::Ignore(r) => {
                         match r {
-                            IgnoreReason::Malformed => self.local.malformed += 1,
-                            IgnoreReason::NotOurs => self.local.not_ours += 1,
-                            IgnoreReason::Unsupported => self.local.unsupported += 1,
+                            IgnoreReason::Malformed => self.count(Stat::Malformed),
+                            IgnoreReason::NotOurs => self.count(Stat::NotOurs),
+                            IgnoreReason::Unsupported => self.count(Stat::Unsupported),
                         }
                         Self::free(m);
                     }
@@ -965,12 +968,12 @@ impl DpdkIo {
             }
         };
         let Some(slot) = self.handle_of(f.dst.ip(), f.dst.port()) else {
-            self.local.not_ours += 1;
+            self.count(Stat::NotOurs);
             Self::free(m);
             return None;
         };
         if f.vlan != self.iface.vlan || f.l3_offset > 18 {
-            self.local.not_ours += 1;
+            self.count(Stat::NotOurs);
             Self::free(m);
             return None;
         }
@@ -989,7 +992,7 @@ impl DpdkIo {
             payload_sum = verify_udp_sums(frame, &f);
         }
         if bad || (!verified && self.verify_checksums && payload_sum.is_none()) {
-            self.local.bad_checksum += 1;
+            self.count(Stat::BadChecksum);
             Self::free(m);
             return None;
         }
@@ -1010,9 +1013,9 @@ impl DpdkIo {
                         sys::rte_ring_mp_enqueue_burst(ring, &obj, 1, std::ptr::null_mut())
                     };
                     if n == 1 {
-                        self.local.handoff += 1;
+                        self.count(Stat::Handoff);
                     } else {
-                        self.local.handoff_dropped += 1;
+                        self.count(Stat::HandoffDropped);
                         Self::free(m);
                     }
                     return None;
@@ -1039,27 +1042,14 @@ impl DpdkIo {
 
     fn publish(&self) {
         let s = &self.ctx.stats[usize::from(self.queue)];
-        let l = self.local;
-        for (a, v) in [
-            (&s.rx_packets, l.rx),
-            (&s.tx_packets, l.tx),
-            (&s.tx_dropped, l.tx_dropped),
-            (&s.handoff, l.handoff),
-            (&s.handoff_dropped, l.handoff_dropped),
-            (&s.arp_replies, l.arp),
-            (&s.nd_replies, l.nd),
-            (&s.echo_replies, l.echo),
-            (&s.neighbour_requests, l.requests),
-            (&s.no_neighbour, l.no_neighbour),
-            (&s.not_ours, l.not_ours),
-            (&s.malformed, l.malformed),
-            (&s.unsupported, l.unsupported),
-            (&s.bad_checksum, l.bad_checksum),
-            (&s.multi_segment, l.multi),
-            (&s.not_writable, l.not_writable),
-        ] {
+        for (a, v) in s.0.iter().zip(self.local) {
             a.store(v, Ordering::Relaxed);
         }
+    }
+
+    #[inline]
+    fn count(&mut self, s: Stat) {
+        self.local[s as usize] += 1;
     }
 }
 
@@ -1196,7 +1186,7 @@ impl PacketIo for DpdkIo {
             )
         } as usize;
         self.counters.rx_calls += 1;
-        self.local.rx += nrx as u64;
+        self.local[Stat::RxPackets as usize] += nrx as u64;
         // Start loading every frame's first lines (headers and RTP) before classifying any.
         for &m in &raw[..ho + nrx] {
             prefetch_data(m);
@@ -1244,7 +1234,7 @@ impl PacketIo for DpdkIo {
             // SAFETY: non-null entries are mbufs of this burst, owned by the batch.
             if m.is_null() || !unsafe { writable(m) } {
                 // Shared or external buffers (some PMDs' RX modes) are not rewritten in place.
-                self.local.not_writable += 1;
+                self.count(Stat::NotWritable);
                 continue;
             }
             let dst = d.dst;
@@ -1253,7 +1243,7 @@ impl PacketIo for DpdkIo {
                 if let Resolve::Request(hop) = self.neigh.resolve(&self.iface, dst.ip(), t) {
                     self.request(hop);
                 }
-                self.local.no_neighbour += 1;
+                self.count(Stat::NoNeighbour);
                 continue;
             };
             let local_ip = self
@@ -1666,5 +1656,21 @@ impl Drop for RawPort {
     fn drop(&mut self) {
         // SAFETY: our started port; nothing polls it any more.
         unsafe { sys::rte_eth_dev_stop(self.port_id) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_table_is_in_index_order_with_unique_names() {
+        for (i, (stat, name, _)) in STATS.iter().enumerate() {
+            assert_eq!(*stat as usize, i, "{name}");
+        }
+        let mut names: Vec<&str> = STATS.iter().map(|s| s.1).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), STAT_COUNT);
     }
 }
