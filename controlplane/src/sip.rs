@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use voxedge_dataplane::ids::{RelayId, Side};
-use voxedge_dataplane::{Dataplane, LegRequest, RelayInfo, RelayRequest};
+use voxedge_dataplane::{Dataplane, RelayInfo, RelayRequest};
 use voxedge_sip_core::dialog::{request_dialog_id, Dialog, DialogId, DialogState};
 use voxedge_sip_core::transaction::{
     build_response, Output, Peer, Timers, Transactions, TxEvent, TxId,
@@ -572,14 +572,14 @@ impl Core {
                 }
                 () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             }
-            self.flush().await;
+            self.process_events(self.now());
         }
         // Draining: end the calls we anchor.
         let calls: Vec<DialogId> = self.calls.keys().cloned().collect();
         for id in calls {
             self.end_call(&id, true);
         }
-        self.flush().await;
+        self.process_events(self.now());
     }
 
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
@@ -654,11 +654,10 @@ impl Core {
         for e in events {
             self.on_event(e, now);
         }
-    }
-
-    async fn flush(&mut self) {
-        let now = self.now();
-        self.process_events(now);
+        self.stats.calls_active.store(
+            self.calls.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn send_raw(&mut self, to: Peer, data: Vec<u8>) {
@@ -920,9 +919,6 @@ impl Core {
         self.stats
             .calls_answered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.stats
-            .calls_active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.calls.insert(
             dialog.id.clone(),
             Call {
@@ -958,15 +954,8 @@ impl Core {
             return None;
         };
         let created = self.dp.create_relay(RelayRequest {
-            legs: [
-                LegRequest {
-                    remote: offer.remote(),
-                    ..Default::default()
-                },
-                LegRequest::default(),
-            ],
             echo,
-            ..Default::default()
+            ..RelayRequest::with_remotes(offer.remote(), None)
         });
         let info = match created {
             Ok(i) => i,
@@ -1073,9 +1062,6 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         let a_id = dialog.id.clone();
         self.b_by_tx.insert(btx, a_id.clone());
-        self.stats
-            .calls_active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.calls.insert(
             a_id,
             Call {
@@ -1569,9 +1555,6 @@ Contact: <sip:voxedge@{local}>\r\n",
             }
             self.b_by_tx.remove(&b.tx);
         }
-        self.stats
-            .calls_active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(r) = call.relay.take() {
             let _ = self.dp.delete_relay_nowait(r);
         }

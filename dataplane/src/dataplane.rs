@@ -111,6 +111,20 @@ pub struct RelayRequest {
     pub echo: bool,
 }
 
+impl RelayRequest {
+    /// Default legs with the given remotes (`None` latches the first source).
+    pub fn with_remotes(a: Option<SocketAddr>, b: Option<SocketAddr>) -> Self {
+        let leg = |remote| LegRequest {
+            remote,
+            ..Default::default()
+        };
+        RelayRequest {
+            legs: [leg(a), leg(b)],
+            ..Default::default()
+        }
+    }
+}
+
 /// Local addresses of one leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LegInfo {

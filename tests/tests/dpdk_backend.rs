@@ -18,7 +18,7 @@ use voxedge_dataplane::io::netstack::{
 };
 use voxedge_dataplane::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use voxedge_dataplane::wire::{checksum_add, checksum_fold, ipv4, ipv6};
-use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest, StartError};
+use voxedge_dataplane::{Dataplane, RelayRequest, StartError};
 use voxedge_system_tests::dpdk::DpdkNet;
 use voxedge_system_tests::scenarios::{relay_scenario, strict_source_scenario, WAIT};
 use voxedge_system_tests::{rtp, TestNet};
@@ -253,19 +253,7 @@ fn answers_arp_nd_and_ping_and_resolves_on_link_peers() {
     let far = net.endpoint();
     let onlink: SocketAddr = "10.9.0.10:5000".parse().expect("addr");
     let info = dp
-        .create_relay(RelayRequest {
-            legs: [
-                LegRequest {
-                    remote: Some(onlink),
-                    ..Default::default()
-                },
-                LegRequest {
-                    remote: Some(far),
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        })
+        .create_relay(RelayRequest::with_remotes(Some(onlink), Some(far)))
         .expect("relay");
     net.send(far, info.legs[1].local, &rtp(0, 1, 0, 5, 1));
     let mut req = net
@@ -306,19 +294,7 @@ fn packets_on_the_wrong_queue_are_handed_to_the_owner() {
     for i in 0..4u16 {
         let (a, b) = (net.endpoint(), net.endpoint());
         let info = dp
-            .create_relay(RelayRequest {
-                legs: [
-                    LegRequest {
-                        remote: Some(a),
-                        ..Default::default()
-                    },
-                    LegRequest {
-                        remote: Some(b),
-                        ..Default::default()
-                    },
-                ],
-                ..Default::default()
-            })
+            .create_relay(RelayRequest::with_remotes(Some(a), Some(b)))
             .expect("relay");
         seen_workers.insert(info.worker);
         net.send(a, info.legs[0].local, &rtp(0, i, 0, 1, 1));
@@ -460,19 +436,7 @@ fn extra_media_addresses_add_capacity_and_are_used_as_sources() {
     for i in 0..2u16 {
         let (a, b) = (net.endpoint(), net.endpoint());
         let info = dp
-            .create_relay(RelayRequest {
-                legs: [
-                    LegRequest {
-                        remote: Some(a),
-                        ..Default::default()
-                    },
-                    LegRequest {
-                        remote: Some(b),
-                        ..Default::default()
-                    },
-                ],
-                ..Default::default()
-            })
+            .create_relay(RelayRequest::with_remotes(Some(a), Some(b)))
             .expect("relay fits on one of the two addresses");
         net.send(a, info.legs[0].local, &rtp(0, i, 0, 1, 1));
         let (src, _) = net.recv(b, WAIT).expect("forwarded");

@@ -458,7 +458,6 @@ fn lossy_reordering_network() {
                             } else {
                                 200
                             };
-                            wire.push((now, false, Vec::new())); // keep loop moving
                             layer
                                 .respond(tx, build_response(&msg, code, "Final", Some("st")), now)
                                 .expect("respond");
@@ -486,9 +485,6 @@ fn lossy_reordering_network() {
             let (due, rest): (Vec<_>, Vec<_>) = wire.into_iter().partition(|(t, _, _)| *t <= now);
             wire = rest;
             for (_, to_server, data) in due {
-                if data.is_empty() {
-                    continue;
-                }
                 let msg = parse(&data);
                 if to_server {
                     let _ = server.receive(msg, cp, now);
