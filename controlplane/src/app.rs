@@ -39,6 +39,9 @@ pub struct Running {
     pub sip_udp: Option<SocketAddr>,
     pub sip_tcp: Option<SocketAddr>,
     pub sip_stats: Option<Arc<crate::sip::SipStats>>,
+    /// The REST API listener and its store (serve role).
+    pub api: Option<SocketAddr>,
+    pub store: Option<crate::store::Store>,
     pub dataplane: Arc<Dataplane>,
     /// The in-memory network, when started with the memory backend.
     pub memory: Option<MemoryNet>,
@@ -129,11 +132,61 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         tracing::info!(%addr, "management API (/v1/relays)");
     }
     let mut sip = None;
+    let mut sip_handle = None;
+    let (updates_tx, updates_rx) = tokio::sync::mpsc::unbounded_channel();
     if role == Role::Serve && cfg.sip.enabled {
-        let svc = crate::sip::start(&cfg.sip, dataplane.clone(), stop_rx.clone()).await?;
+        let svc = crate::sip::start(
+            &cfg.sip,
+            dataplane.clone(),
+            Some(updates_tx),
+            cfg.api.sip_uri_calls,
+            stop_rx.clone(),
+        )
+        .await?;
         let _ = state.sip.set(svc.stats.clone());
         sip = Some((svc.udp, svc.tcp, svc.stats.clone()));
+        sip_handle = Some(svc.handle.clone());
         tasks.extend(svc.tasks);
+    }
+    let mut api = None;
+    let mut store = None;
+    if role == Role::Serve && cfg.api.enabled {
+        let listener = bind(cfg.api.listen, "the REST API").await?;
+        let key = secret_key(&cfg.api)?;
+        let db = crate::store::Store::connect(&cfg.api.database, key)
+            .await
+            .with_context(|| format!("cannot open the store {}", shown_db(&cfg.api.database)))?;
+        let calls = crate::calls::CallService::start(
+            db.clone(),
+            sip_handle.clone(),
+            cfg.api.calls_per_second_per_account,
+            cfg.api.calls_concurrent_per_account,
+            updates_rx,
+        );
+        if db.backend() == crate::store::Backend::Sqlite {
+            let n = calls
+                .recover()
+                .await
+                .context("cannot recover calls left live")?;
+            if n > 0 {
+                tracing::warn!(calls = n, "calls left live by the previous run were ended");
+            }
+        }
+        let rest = Arc::new(crate::rest::RestState::new(
+            db.clone(),
+            calls,
+            sip_handle,
+            cfg.api.clone(),
+        ));
+        let addr = listener.local_addr()?;
+        tasks.push(serve_http(
+            listener,
+            crate::rest::router(rest),
+            stop_rx.clone(),
+        ));
+        tracing::info!(%addr, database = %shown_db(&cfg.api.database), "REST API (/2010-04-01, /openapi.json)");
+        api = Some(addr);
+        store = Some(db);
     }
     tasks.push(drain_events(dataplane.clone(), stop_rx));
     Ok(Running {
@@ -142,11 +195,50 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         sip_udp: sip.as_ref().and_then(|s| s.0),
         sip_tcp: sip.as_ref().and_then(|s| s.1),
         sip_stats: sip.map(|s| s.2),
+        api,
+        store,
         dataplane,
         memory,
         stop,
         tasks,
     })
+}
+
+/// The database URL without its password, for logs and errors.
+pub fn shown_db(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The key that seals secrets in the store: `VOXEDGE_SECRET_KEY`, then `api.secret_key`, then
+/// (SQLite only) the key file, created on first start.
+///
+/// # Errors
+/// A malformed key, PostgreSQL without a configured key, or an unusable key file.
+pub fn secret_key(api: &crate::config::ApiConfig) -> anyhow::Result<crate::secret::SecretKey> {
+    use crate::secret::SecretKey;
+    if let Ok(k) = std::env::var("VOXEDGE_SECRET_KEY") {
+        return SecretKey::from_hex(&k).context("VOXEDGE_SECRET_KEY");
+    }
+    if let Some(k) = &api.secret_key {
+        return SecretKey::from_hex(k).context("api.secret_key");
+    }
+    if !api.database.starts_with("sqlite:") {
+        anyhow::bail!(
+            "api.secret_key (or VOXEDGE_SECRET_KEY) is required with PostgreSQL: control nodes sharing the database must share the key"
+        );
+    }
+    Ok(SecretKey::from_file_or_create(std::path::Path::new(
+        &api.secret_key_file,
+    ))?)
 }
 
 fn serve_http(

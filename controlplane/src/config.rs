@@ -17,7 +17,60 @@ pub struct Config {
     pub admin: AdminConfig,
     pub management: ManagementConfig,
     pub sip: SipConfig,
+    pub api: ApiConfig,
     pub log: LogConfig,
+}
+
+/// `[api]`: the Twilio-compatible REST API of `voxedge serve` and its store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the REST API at all (serve role).
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` (created when missing) or `postgres://user:pass@host/db`.
+    pub database: String,
+    /// 32-byte key (64 hex digits) that encrypts auth tokens and API-key secrets at rest.
+    /// `VOXEDGE_SECRET_KEY` overrides it. When neither is set, a key is kept in
+    /// `secret_key_file` (created with mode 0600 on first start) — only allowed with SQLite,
+    /// since control nodes sharing PostgreSQL must share the key.
+    pub secret_key: Option<String>,
+    pub secret_key_file: String,
+    /// Largest request body, bytes (Twilio's requests are small forms).
+    pub body_bytes_max: usize,
+    /// API requests per second per account (token bucket, one second of burst); beyond: 429.
+    pub requests_per_second_per_account: u32,
+    /// Outbound calls started per second per account; excess calls wait in `queued` and
+    /// report `queue_time` (Twilio's default is 1).
+    pub calls_per_second_per_account: u32,
+    /// Outbound calls alive at once per account (queued ones included); beyond: 429.
+    pub calls_concurrent_per_account: u32,
+    /// Accept `To=sip:…` (calls to any SIP URI). Off by default: a tenant could otherwise
+    /// send calls anywhere; numbers go through the `[sip] routes` dial plan.
+    pub sip_uri_calls: bool,
+    /// Longest call when `TimeLimit` is not given, seconds (Twilio: 4 hours).
+    pub time_limit_default_secs: u32,
+    /// Largest `PageSize`.
+    pub page_size_max: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            database: "sqlite://voxedge.db".into(),
+            secret_key: None,
+            secret_key_file: "voxedge.key".into(),
+            body_bytes_max: 64 * 1024,
+            requests_per_second_per_account: 100,
+            calls_per_second_per_account: 1,
+            calls_concurrent_per_account: 100,
+            sip_uri_calls: false,
+            time_limit_default_secs: 4 * 3600,
+            page_size_max: 1000,
+        }
+    }
 }
 
 /// `[sip]`: the SIP listener of `voxedge serve` (UDP and TCP on one address).
@@ -177,6 +230,8 @@ pub enum ConfigFileError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(voxedge_dataplane::config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Other(String),
 }
 
 impl Config {
@@ -212,7 +267,30 @@ impl Config {
     /// # Errors
     /// The first invalid setting.
     pub fn validate(&self) -> Result<(), ConfigFileError> {
-        self.dataplane.validate().map_err(ConfigFileError::Invalid)
+        self.dataplane
+            .validate()
+            .map_err(ConfigFileError::Invalid)?;
+        let a = &self.api;
+        if !(a.database.starts_with("sqlite:")
+            || a.database.starts_with("postgres://")
+            || a.database.starts_with("postgresql://"))
+        {
+            return Err(ConfigFileError::Other(format!(
+                "api.database must be sqlite://FILE or postgres://…, not {:?}",
+                a.database
+            )));
+        }
+        if a.calls_per_second_per_account == 0 || a.requests_per_second_per_account == 0 {
+            return Err(ConfigFileError::Other(
+                "api.calls_per_second_per_account and api.requests_per_second_per_account must be at least 1".into(),
+            ));
+        }
+        if a.page_size_max == 0 {
+            return Err(ConfigFileError::Other(
+                "api.page_size_max must be at least 1".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

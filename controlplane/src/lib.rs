@@ -5,9 +5,13 @@
 //! crossbeam round trips and run on the blocking pool.
 
 pub mod app;
+pub mod calls;
 pub mod config;
 pub mod digest;
 pub mod http;
 pub mod metrics;
+pub mod rest;
 pub mod sdnotify;
+pub mod secret;
 pub mod sip;
+pub mod store;

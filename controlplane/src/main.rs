@@ -30,6 +30,50 @@ enum Command {
     Bench(voxedge_bench::BenchCommand),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(RunArgs),
+    /// Operator tasks on the store (accounts) and the API description.
+    Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(subcommand)]
+    what: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Accounts (tenants).
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// Print the REST API's OpenAPI document (as served at /openapi.json).
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create a main account; prints its SID and auth token.
+    Create {
+        #[arg(long)]
+        friendly_name: String,
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List main accounts and subaccounts (without tokens).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set an account's status (active, suspended, closed).
+    Status {
+        sid: String,
+        #[arg(value_parser = ["active", "suspended", "closed"])]
+        status: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Settings shared by the roles. Precedence: flag > environment > file > default.
@@ -65,6 +109,12 @@ struct RunArgs {
     /// Do not pin workers to cores.
     #[arg(long, env = "VOXEDGE_NO_PIN")]
     no_pin: bool,
+    /// REST API listener (`voxedge serve`).
+    #[arg(long, env = "VOXEDGE_API_LISTEN")]
+    api_listen: Option<std::net::SocketAddr>,
+    /// Store: `sqlite://FILE` or `postgres://…`.
+    #[arg(long, env = "VOXEDGE_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Log filter (e.g. `info`, `debug`); RUST_LOG wins when set.
     #[arg(long, env = "VOXEDGE_LOG")]
     log: Option<String>,
@@ -79,6 +129,12 @@ impl RunArgs {
         }
         if let Some(v) = self.sip_listen {
             c.sip.listen = v;
+        }
+        if let Some(v) = self.api_listen {
+            c.api.listen = v;
+        }
+        if let Some(v) = &self.database {
+            c.api.database = v.clone();
         }
         if let Some(v) = self.management_listen {
             c.management.listen = v;
@@ -202,6 +258,91 @@ fn run_role(role: Role, args: &RunArgs) -> anyhow::Result<()> {
     })
 }
 
+fn admin(a: &AdminArgs) -> anyhow::Result<()> {
+    use voxedge_controlplane::store::{rfc2822, Store};
+    if let AdminCommand::Openapi = a.what {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&voxedge_controlplane::rest::routes::openapi())?
+        );
+        return Ok(());
+    }
+    let cfg = a.run.config()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let key = app::secret_key(&cfg.api)?;
+        let store = Store::connect(&cfg.api.database, key).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the store {}: {e}",
+                app::shown_db(&cfg.api.database)
+            )
+        })?;
+        match &a.what {
+            AdminCommand::Account(AccountCommand::Create {
+                friendly_name,
+                json,
+            }) => {
+                let (acc, token) = store.create_account(friendly_name, None).await?;
+                if *json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "sid": acc.sid, "auth_token": token,
+                            "friendly_name": acc.friendly_name, "status": acc.status,
+                            "date_created": rfc2822(acc.date_created),
+                        })
+                    );
+                } else {
+                    println!("account created\nsid: {}\nauth_token: {token}", acc.sid);
+                }
+            }
+            AdminCommand::Account(AccountCommand::List { json }) => {
+                let rows = store.all_accounts().await?;
+                if *json {
+                    let v: Vec<_> = rows
+                        .iter()
+                        .map(|a| {
+                            serde_json::json!({
+                                "sid": a.sid, "owner_account_sid": a.owner_account_sid,
+                                "friendly_name": a.friendly_name, "status": a.status,
+                                "date_created": rfc2822(a.date_created),
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                } else {
+                    for a in rows {
+                        println!(
+                            "{} {:9} {}{}",
+                            a.sid,
+                            a.status,
+                            a.friendly_name,
+                            a.owner_account_sid
+                                .map(|o| format!(" (subaccount of {o})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            AdminCommand::Account(AccountCommand::Status { sid, status, json }) => {
+                if store.account(sid).await?.is_none() {
+                    anyhow::bail!("no account {sid}");
+                }
+                store.update_account(sid, None, Some(status)).await?;
+                if *json {
+                    println!("{}", serde_json::json!({"sid": sid, "status": status}));
+                } else {
+                    println!("{sid}: {status}");
+                }
+            }
+            AdminCommand::Openapi => {}
+        }
+        Ok(())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
@@ -212,6 +353,7 @@ fn main() -> ExitCode {
             print!("{}", toml::to_string(&c)?);
             Ok(())
         }),
+        Command::Admin(a) => admin(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,12 +48,174 @@ pub struct SipService {
     pub tcp: Option<SocketAddr>,
     pub stats: Arc<SipStats>,
     pub tasks: Vec<JoinHandle<()>>,
+    /// Places and ends calls of the REST API.
+    pub handle: SipHandle,
 }
 
 enum Inbound {
     Message(SipMessage, Peer),
     Connected(SocketAddr, mpsc::Sender<Vec<u8>>),
     Closed(SocketAddr),
+    Originate(Originate),
+    Hangup(String, EndStatus),
+}
+
+/// A call to place (REST `POST /Calls`): its SID, where to send the INVITE and who it is from.
+#[derive(Debug, Clone)]
+pub struct Originate {
+    pub sid: String,
+    pub target: Target,
+    /// User part of our From (the caller ID).
+    pub from_user: String,
+}
+
+/// Where an outbound call goes: the request URI and the address it is sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub uri: String,
+    pub addr: SocketAddr,
+    pub creds: Option<(String, String)>,
+}
+
+/// How a placed call ended (Twilio's final call statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndStatus {
+    Completed,
+    Busy,
+    NoAnswer,
+    Failed,
+    Canceled,
+}
+
+impl EndStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndStatus::Completed => "completed",
+            EndStatus::Busy => "busy",
+            EndStatus::NoAnswer => "no-answer",
+            EndStatus::Failed => "failed",
+            EndStatus::Canceled => "canceled",
+        }
+    }
+}
+
+/// What happens to a placed call, in order, for the call service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallUpdate {
+    Ringing {
+        sid: String,
+    },
+    Answered {
+        sid: String,
+    },
+    Ended {
+        sid: String,
+        status: EndStatus,
+        sip_code: Option<u16>,
+    },
+}
+
+/// Handle of the SIP service for call control: resolve a destination, place and end calls.
+#[derive(Clone)]
+pub struct SipHandle {
+    inbound: mpsc::Sender<Inbound>,
+    routes: Arc<Vec<(String, RouteTarget)>>,
+    sip_uri_calls: bool,
+}
+
+impl std::fmt::Debug for SipHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SipHandle")
+    }
+}
+
+/// Why a call cannot be placed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OriginateError {
+    #[error("calls to SIP URIs are not enabled (api.sip_uri_calls)")]
+    SipUriNotAllowed,
+    #[error("the SIP URI has no literal address and port this node can reach")]
+    BadSipUri,
+    #[error("no SIP route matches this number (see [sip] routes)")]
+    NoRoute,
+    #[error("the SIP service is not running")]
+    Stopped,
+}
+
+impl SipHandle {
+    /// Where a call to `to` (a number, or a `sip:` URI when allowed) goes.
+    ///
+    /// # Errors
+    /// No route for the number, or a SIP URI that is not allowed or not usable.
+    pub fn resolve(&self, to: &str) -> Result<Target, OriginateError> {
+        if to.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("sip:")) {
+            if !self.sip_uri_calls {
+                return Err(OriginateError::SipUriNotAllowed);
+            }
+            let addr = target_addr(to).ok_or(OriginateError::BadSipUri)?;
+            return Ok(Target {
+                uri: to.to_string(),
+                addr,
+                creds: None,
+            });
+        }
+        let found = self
+            .routes
+            .iter()
+            .find(|(p, _)| route_matches(p, to))
+            .map(|(_, t)| t);
+        match found {
+            Some(RouteTarget::Sip { uri, addr, creds }) => {
+                let host = uri[4..].rsplit_once('@').map_or(&uri[4..], |(_, h)| h);
+                Ok(Target {
+                    uri: format!("sip:{to}@{host}"),
+                    addr: *addr,
+                    creds: creds.clone(),
+                })
+            }
+            _ => Err(OriginateError::NoRoute),
+        }
+    }
+
+    /// Places a call (the INVITE leaves at once; progress arrives as [`CallUpdate`]s).
+    ///
+    /// # Errors
+    /// The SIP service stopped.
+    pub async fn originate(&self, o: Originate) -> Result<(), OriginateError> {
+        self.inbound
+            .send(Inbound::Originate(o))
+            .await
+            .map_err(|_| OriginateError::Stopped)
+    }
+
+    /// Ends a placed call: CANCEL while it rings, BYE once answered. A call not ringing yet
+    /// ends with `status`.
+    ///
+    /// # Errors
+    /// The SIP service stopped.
+    pub async fn hangup(&self, sid: &str, status: EndStatus) -> Result<(), OriginateError> {
+        self.inbound
+            .send(Inbound::Hangup(sid.to_string(), status))
+            .await
+            .map_err(|_| OriginateError::Stopped)
+    }
+}
+
+/// A placed call before its final response.
+#[derive(Debug)]
+struct Origin {
+    sid: String,
+    invite: SipMessage,
+    peer: Peer,
+    relay: RelayId,
+    offer: Bytes,
+    creds: Option<(String, String)>,
+    auth_tried: bool,
+    ringing: bool,
+    /// Set when asked to end before the answer: the status to report.
+    cancel: Option<EndStatus>,
+    /// The 2xx arrived; the entry stays for 2xx retransmissions until the transaction ends.
+    answered: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +228,8 @@ struct Call {
     answer: Bytes,
     /// The outbound leg, when the call was routed to a SIP target.
     b: Option<BLeg>,
+    /// The SID of a call placed through the REST API (this dialog is its only leg).
+    origin: Option<String>,
 }
 
 /// The outbound leg of a routed call.
@@ -239,6 +403,11 @@ struct Core {
     /// In-dialog requests relayed to the other leg: our client transaction → (call, the
     /// server transaction to answer, the request, whether it came from the caller).
     relayed: HashMap<TxId, (DialogId, TxId, SipMessage, bool)>,
+    /// Calls placed through the API: by INVITE transaction, SID → transaction, SID → dialog.
+    origins: HashMap<TxId, Origin>,
+    origin_tx: HashMap<String, TxId>,
+    origin_calls: HashMap<String, DialogId>,
+    updates: Option<mpsc::UnboundedSender<CallUpdate>>,
     dp: Arc<Dataplane>,
     advertise: IpAddr,
     local: SocketAddr,
@@ -254,6 +423,43 @@ fn random_token(n: usize) -> String {
         .collect()
 }
 
+/// Binds UDP and TCP on one address. With port 0, UDP picks a free port and TCP follows it;
+/// when that port is taken for TCP (an ephemeral port of some client connection), another
+/// is tried.
+async fn bind_pair(
+    cfg: &SipConfig,
+) -> anyhow::Result<(Option<Arc<UdpSocket>>, Option<TcpListener>)> {
+    use anyhow::Context;
+    let attempts = if cfg.listen.port() == 0 && cfg.udp && cfg.tcp {
+        20
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = if cfg.udp {
+            Some(Arc::new(UdpSocket::bind(cfg.listen).await.with_context(
+                || format!("cannot bind SIP UDP on {}", cfg.listen),
+            )?))
+        } else {
+            None
+        };
+        let tcp_addr = match &udp {
+            Some(u) => u.local_addr()?,
+            None => cfg.listen,
+        };
+        if !cfg.tcp {
+            return Ok((udp, None));
+        }
+        match TcpListener::bind(tcp_addr).await {
+            Ok(t) => return Ok((udp, Some(t))),
+            Err(e) => last = Some((tcp_addr, e)),
+        }
+    }
+    let (addr, e) = last.ok_or_else(|| anyhow::anyhow!("no SIP listener configured"))?;
+    Err(anyhow::Error::new(e).context(format!("cannot bind SIP TCP on {addr}")))
+}
+
 /// Starts the service; `stop` ends it.
 ///
 /// # Errors
@@ -261,34 +467,15 @@ fn random_token(n: usize) -> String {
 pub async fn start(
     cfg: &SipConfig,
     dp: Arc<Dataplane>,
+    updates: Option<mpsc::UnboundedSender<CallUpdate>>,
+    sip_uri_calls: bool,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<SipService> {
-    use anyhow::Context;
     let limits = Limits {
         max_message_bytes: cfg.max_message_bytes,
         ..Limits::default()
     };
-    let udp = if cfg.udp {
-        Some(Arc::new(UdpSocket::bind(cfg.listen).await.with_context(
-            || format!("cannot bind SIP UDP on {}", cfg.listen),
-        )?))
-    } else {
-        None
-    };
-    // TCP on the same port as UDP (when UDP picked an ephemeral one, TCP follows it).
-    let tcp_addr = match &udp {
-        Some(u) => u.local_addr()?,
-        None => cfg.listen,
-    };
-    let tcp = if cfg.tcp {
-        Some(
-            TcpListener::bind(tcp_addr)
-                .await
-                .with_context(|| format!("cannot bind SIP TCP on {tcp_addr}"))?,
-        )
-    } else {
-        None
-    };
+    let (udp, tcp) = bind_pair(cfg).await?;
     let stats = Arc::new(SipStats::default());
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(4096);
     let mut tasks = Vec::new();
@@ -313,6 +500,12 @@ pub async fn start(
             stop.clone(),
         )));
     }
+    let routes = resolve_routes(cfg)?;
+    let handle = SipHandle {
+        inbound: in_tx.clone(),
+        routes: Arc::new(routes.clone()),
+        sip_uri_calls,
+    };
     let core = Core {
         tx: Transactions::new(Timers::default()).with_max_transactions(cfg.transactions_max),
         epoch: Instant::now(),
@@ -322,7 +515,7 @@ pub async fn start(
         invites_by_branch: HashMap::new(),
         branch_of_invite: HashMap::new(),
         pending_invites: HashMap::new(),
-        routes: resolve_routes(cfg)?,
+        routes,
         calls_max: cfg.calls_max,
         cps: Bucket::new(cfg.calls_per_second_max),
         cps_per_source_max: cfg.calls_per_second_per_source_max,
@@ -338,6 +531,10 @@ pub async fn start(
         b_by_tx: HashMap::new(),
         b_dialogs: HashMap::new(),
         relayed: HashMap::new(),
+        origins: HashMap::new(),
+        origin_tx: HashMap::new(),
+        origin_calls: HashMap::new(),
+        updates,
         dp,
         advertise,
         local: SocketAddr::new(advertise, local.port()),
@@ -356,6 +553,7 @@ pub async fn start(
         tcp: tcp_local,
         stats,
         tasks,
+        handle,
     })
 }
 
@@ -564,6 +762,8 @@ impl Core {
                     Some(Inbound::Message(msg, peer)) => self.on_message(msg, peer),
                     Some(Inbound::Connected(a, w)) => { self.conns.insert(a, w); }
                     Some(Inbound::Closed(a)) => { self.conns.remove(&a); }
+                    Some(Inbound::Originate(o)) => self.originate(o, self.now()),
+                    Some(Inbound::Hangup(sid, status)) => self.hangup(&sid, status, self.now()),
                     None => {}
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -697,6 +897,20 @@ impl Core {
                     }
                 }
             }
+            TxEvent::Timeout { tx } if self.origins.contains_key(&tx) => {
+                if let Some(o) = self.origins.remove(&tx) {
+                    self.origin_tx.remove(&o.sid);
+                    if !o.answered {
+                        let _ = self.dp.delete_relay_nowait(o.relay);
+                        let status = o.cancel.unwrap_or(if o.ringing {
+                            EndStatus::NoAnswer
+                        } else {
+                            EndStatus::Failed
+                        });
+                        self.report_end(&o.sid, status, None);
+                    }
+                }
+            }
             TxEvent::Timeout { tx } if self.relayed.contains_key(&tx) => {
                 if let Some((_, stx, req, _)) = self.relayed.remove(&tx) {
                     self.respond(stx, build_response(&req, 408, "Request Timeout", None), now);
@@ -734,12 +948,25 @@ impl Core {
                 }
             }
             TxEvent::Terminated { tx } => {
+                if let Some(o) = self.origins.remove(&tx) {
+                    if self.origin_tx.get(&o.sid) == Some(&tx) {
+                        self.origin_tx.remove(&o.sid);
+                    }
+                    if !o.answered {
+                        // Ended without a final response we acted on (transport failure).
+                        let _ = self.dp.delete_relay_nowait(o.relay);
+                        self.report_end(&o.sid, o.cancel.unwrap_or(EndStatus::Failed), None);
+                    }
+                }
                 self.pending_invites.remove(&tx);
                 self.b_by_tx.remove(&tx);
                 if let Some(b) = self.branch_of_invite.remove(&tx) {
                     self.invites_by_branch.remove(&b);
                 }
                 self.relayed.remove(&tx);
+            }
+            TxEvent::Response { tx, msg } if self.origins.contains_key(&tx) => {
+                self.on_origin_response(tx, msg, now);
             }
             TxEvent::Response { tx, msg } if self.relayed.contains_key(&tx) => {
                 self.on_relayed_response(tx, msg, now);
@@ -929,6 +1156,7 @@ impl Core {
                 hangup_after_ack: hangup,
                 answer: sdp,
                 b: None,
+                origin: None,
             },
         );
     }
@@ -1082,6 +1310,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                     creds,
                     auth_tried: false,
                 }),
+                origin: None,
             },
         );
     }
@@ -1520,28 +1749,281 @@ Contact: <sip:voxedge@{local}>\r\n",
         if b.answered {
             return;
         }
-        let inv = &b.invite;
-        let StartLine::Request { uri, .. } = &inv.start else {
+        let peer = b.peer;
+        if let Some(cancel) = cancel_for(&b.invite) {
+            let _ = self.tx.send_request(cancel, peer, now);
+        }
+    }
+
+    fn report_end(&self, sid: &str, status: EndStatus, sip_code: Option<u16>) {
+        if let Some(u) = &self.updates {
+            let _ = u.send(CallUpdate::Ended {
+                sid: sid.to_string(),
+                status,
+                sip_code,
+            });
+        }
+    }
+
+    fn report(&self, u: CallUpdate) {
+        if let Some(tx) = &self.updates {
+            let _ = tx.send(u);
+        }
+    }
+
+    /// Places a call for the API: media in an echo relay (the built-in test instructions: the
+    /// callee hears itself) and an INVITE with our offer.
+    fn originate(&mut self, o: Originate, now: Duration) {
+        let info = match self.dp.create_relay(RelayRequest {
+            echo: true,
+            ..RelayRequest::with_remotes(None, None)
+        }) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(sid = %o.sid, error = %e, "no media for the placed call");
+                self.report_end(&o.sid, EndStatus::Failed, None);
+                return;
+            }
+        };
+        let local = fmt_host(self.local);
+        let offer = offer_sdp(self.advertise, info.legs[0].local.port());
+        let user: String = o
+            .from_user
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()".contains(*c))
+            .take(64)
+            .collect();
+        let user = if user.is_empty() {
+            "voxedge".into()
+        } else {
+            user
+        };
+        let text = format!(
+            "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\nMax-Forwards: 70\r\n\
+From: <sip:{user}@{local}>;tag={}\r\nTo: <{uri}>\r\nCall-ID: {}@{}\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
+            random_token(16),
+            random_token(12),
+            random_token(20),
+            self.advertise,
+            o.sid,
+            offer.len(),
+            uri = o.target.uri,
+        );
+        let mut raw = text.into_bytes();
+        raw.extend_from_slice(&offer);
+        let peer = Peer {
+            addr: o.target.addr,
+            reliable: false,
+        };
+        let sent = SipMessage::parse(&raw, &self.limits)
+            .ok()
+            .and_then(|inv| Some((inv.clone(), self.tx.send_request(inv, peer, now).ok()?)));
+        let Some((invite, tx)) = sent else {
+            let _ = self.dp.delete_relay_nowait(info.id);
+            tracing::warn!(sid = %o.sid, uri = %o.target.uri, "cannot build or send the INVITE");
+            self.report_end(&o.sid, EndStatus::Failed, None);
             return;
         };
-        let mut headers = ezk_sip_types::Headers::with_capacity(8);
-        for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID] {
-            if let Some(v) = inv.headers.get_raw(&name).next() {
-                headers.insert(name, v.clone());
-            }
-        }
-        headers.insert(Name::MAX_FORWARDS, BytesStr::from_static("70"));
-        headers.insert(Name::CSEQ, BytesStr::from_static("1 CANCEL"));
-        let cancel = SipMessage {
-            start: StartLine::Request {
-                method: Method::CANCEL,
-                uri: uri.clone(),
+        self.origin_tx.insert(o.sid.clone(), tx);
+        self.origins.insert(
+            tx,
+            Origin {
+                sid: o.sid,
+                invite,
+                peer,
+                relay: info.id,
+                offer,
+                creds: o.target.creds,
+                auth_tried: false,
+                ringing: false,
+                cancel: None,
+                answered: false,
             },
-            headers,
-            body: Bytes::new(),
+        );
+    }
+
+    /// Ends a placed call: BYE when answered, CANCEL while it rings (the final response then
+    /// reports `status`).
+    fn hangup(&mut self, sid: &str, status: EndStatus, now: Duration) {
+        if let Some(id) = self.origin_calls.get(sid).cloned() {
+            // The ring timer of an answered call is late news, not a hang-up.
+            if status != EndStatus::NoAnswer {
+                self.end_call(&id, true);
+            }
+            return;
+        }
+        let Some(tx) = self.origin_tx.get(sid).copied() else {
+            return;
         };
-        let peer = b.peer;
-        let _ = self.tx.send_request(cancel, peer, now);
+        let Some(o) = self.origins.get_mut(&tx) else {
+            return;
+        };
+        if o.answered || o.cancel.is_some() {
+            return;
+        }
+        o.cancel = Some(status);
+        let peer = o.peer;
+        if let Some(c) = cancel_for(&o.invite) {
+            let _ = self.tx.send_request(c, peer, now);
+        }
+    }
+
+    /// A response to the INVITE of a placed call.
+    fn on_origin_response(&mut self, tx: TxId, msg: SipMessage, now: Duration) {
+        let code = msg.status().unwrap_or(0);
+        let local = fmt_host(self.local);
+        let Some(o) = self.origins.get_mut(&tx) else {
+            return;
+        };
+        if o.answered {
+            // A retransmitted 2xx: the ACK was lost; send it again.
+            if (200..300).contains(&code) {
+                let id = self.origin_calls.get(&o.sid).cloned();
+                if let Some(call) = id.and_then(|id| self.calls.get_mut(&id)) {
+                    let branch = format!("z9hG4bK{}", random_token(16));
+                    if let Ok(ack) = call.dialog.request(
+                        Method::ACK,
+                        &format!("UDP {local}"),
+                        &branch,
+                        None,
+                        Some(cseq_number(&o.invite)),
+                    ) {
+                        let peer = o.peer;
+                        self.send_raw(peer, ack.to_bytes());
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(sdp) = msg.sdp() {
+            follow_media(&self.dp, o.relay, Side::A, &sdp);
+        }
+        match code {
+            100 => {}
+            101..=199 => {
+                if !o.ringing {
+                    o.ringing = true;
+                    let sid = o.sid.clone();
+                    self.report(CallUpdate::Ringing { sid });
+                }
+            }
+            200..=299 => {
+                o.answered = true;
+                let (sid, peer, relay, cancel) = (o.sid.clone(), o.peer, o.relay, o.cancel);
+                let answer = o.offer.clone();
+                let cseq = cseq_number(&o.invite);
+                let Ok(mut d) = Dialog::uac(&o.invite, &msg) else {
+                    let _ = self.dp.delete_relay_nowait(relay);
+                    self.report_end(&sid, EndStatus::Failed, Some(code));
+                    return;
+                };
+                d.state = DialogState::Confirmed;
+                let branch = format!("z9hG4bK{}", random_token(16));
+                if let Ok(ack) = d.request(
+                    Method::ACK,
+                    &format!("UDP {local}"),
+                    &branch,
+                    None,
+                    Some(cseq),
+                ) {
+                    self.send_raw(peer, ack.to_bytes());
+                }
+                let id = d.id.clone();
+                self.calls.insert(
+                    id.clone(),
+                    Call {
+                        dialog: d,
+                        relay: Some(relay),
+                        invite_tx: None,
+                        peer,
+                        hangup_after_ack: false,
+                        answer,
+                        b: None,
+                        origin: None,
+                    },
+                );
+                if let Some(status) = cancel {
+                    // Answered while our CANCEL was on its way: hang up at once.
+                    self.end_call(&id, true);
+                    self.report_end(&sid, status, Some(code));
+                    return;
+                }
+                if let Some(c) = self.calls.get_mut(&id) {
+                    c.origin = Some(sid.clone());
+                }
+                self.origin_calls.insert(sid.clone(), id);
+                self.stats
+                    .calls_answered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.report(CallUpdate::Answered { sid });
+            }
+            401 | 407 if !o.auth_tried && o.creds.is_some() => {
+                let (user, pass) = o.creds.clone().unwrap_or_default();
+                let (ch_name, auth_name) = if code == 401 {
+                    ("WWW-Authenticate", "Authorization")
+                } else {
+                    ("Proxy-Authenticate", "Proxy-Authorization")
+                };
+                let ruri = match &o.invite.start {
+                    StartLine::Request { uri, .. } => uri.to_string(),
+                    StartLine::Response { .. } => String::new(),
+                };
+                let auth = msg
+                    .header(ch_name)
+                    .and_then(|ch| crate::digest::authorize(ch, &user, &pass, "INVITE", &ruri));
+                let Some(auth) = auth else {
+                    self.finish_origin(tx, code);
+                    return;
+                };
+                let mut again = o.invite.clone();
+                again.headers.remove(&Name::VIA);
+                again.headers.insert(
+                    Name::VIA,
+                    BytesStr::from(format!(
+                        "SIP/2.0/UDP {local};branch=z9hG4bK{}",
+                        random_token(16)
+                    )),
+                );
+                let n = cseq_number(&o.invite) + 1;
+                again.headers.remove(&Name::CSEQ);
+                again
+                    .headers
+                    .insert(Name::CSEQ, BytesStr::from(format!("{n} INVITE")));
+                again.headers.insert(
+                    Name::from(BytesStr::from(auth_name.to_string())),
+                    BytesStr::from(auth),
+                );
+                let peer = o.peer;
+                match self.tx.send_request(again.clone(), peer, now) {
+                    Ok(ntx) => {
+                        if let Some(mut o) = self.origins.remove(&tx) {
+                            o.auth_tried = true;
+                            o.invite = again;
+                            self.origin_tx.insert(o.sid.clone(), ntx);
+                            self.origins.insert(ntx, o);
+                        }
+                    }
+                    Err(_) => self.finish_origin(tx, code),
+                }
+            }
+            _ => self.finish_origin(tx, code),
+        }
+    }
+
+    /// A placed call refused or canceled: its media goes, its end is reported.
+    fn finish_origin(&mut self, tx: TxId, code: u16) {
+        let Some(o) = self.origins.remove(&tx) else {
+            return;
+        };
+        self.origin_tx.remove(&o.sid);
+        let _ = self.dp.delete_relay_nowait(o.relay);
+        let status = o.cancel.unwrap_or(match code {
+            486 | 600 => EndStatus::Busy,
+            408 | 480 | 487 => EndStatus::NoAnswer,
+            _ => EndStatus::Failed,
+        });
+        self.report_end(&o.sid, status, Some(code));
     }
 
     /// Ends a call: deletes its media and, when `send_bye`, hangs up towards the caller.
@@ -1549,6 +2031,10 @@ Contact: <sip:voxedge@{local}>\r\n",
         let Some(mut call) = self.calls.remove(id) else {
             return;
         };
+        if let Some(sid) = call.origin.take() {
+            self.origin_calls.remove(&sid);
+            self.report_end(&sid, EndStatus::Completed, None);
+        }
         if let Some(b) = call.b.as_ref() {
             if let Some(d) = b.dialog.as_ref() {
                 self.b_dialogs.remove(&d.id);
@@ -1578,6 +2064,44 @@ Contact: <sip:voxedge@{local}>\r\n",
             }
         }
     }
+}
+
+/// The CANCEL of an INVITE we sent (RFC 3261 §9.1: same Via, From, To, Call-ID, CSeq number).
+fn cancel_for(inv: &SipMessage) -> Option<SipMessage> {
+    let StartLine::Request { uri, .. } = &inv.start else {
+        return None;
+    };
+    let mut headers = ezk_sip_types::Headers::with_capacity(8);
+    for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID] {
+        if let Some(v) = inv.headers.get_raw(&name).next() {
+            headers.insert(name, v.clone());
+        }
+    }
+    headers.insert(Name::MAX_FORWARDS, BytesStr::from_static("70"));
+    headers.insert(
+        Name::CSEQ,
+        BytesStr::from(format!("{} CANCEL", cseq_number(inv))),
+    );
+    Some(SipMessage {
+        start: StartLine::Request {
+            method: Method::CANCEL,
+            uri: uri.clone(),
+        },
+        headers,
+        body: Bytes::new(),
+    })
+}
+
+/// Our SDP offer for a placed call: G.711 µ-law and A-law, RFC 4733 events, 20 ms.
+fn offer_sdp(advertise: IpAddr, port: u16) -> Bytes {
+    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
+    let id = rand::thread_rng().gen_range(1_000_000u64..9_999_999);
+    Bytes::from(format!(
+        "v=0\r\no=voxedge {id} 1 IN {fam} {advertise}\r\ns=VoxEdge\r\nc=IN {fam} {advertise}\r\nt=0 0\r\n\
+m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=rtcp:{}\r\na=sendrecv\r\n",
+        port + 1
+    ))
 }
 
 /// The CSeq number of a message (1 when unreadable).

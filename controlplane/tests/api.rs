@@ -283,6 +283,7 @@ async fn serve_has_admin_but_no_management_api() {
     let mut c = config(32400);
     c.management.listen = "127.0.0.1:1".parse().expect("addr");
     c.sip.listen = "127.0.0.1:0".parse().expect("addr");
+    c.api.enabled = false;
     let r = app::start(Role::Serve, c, BackendKind::Memory)
         .await
         .expect("start");

@@ -71,6 +71,8 @@ rtp_ports 36200-36299\n",
     let _serve = Kill(
         Command::new(BIN)
             .args(["serve", "--admin-listen", "127.0.0.1:39491"])
+            .args(["--api-listen", "127.0.0.1:0"])
+            .current_dir(&dir)
             .args([
                 "--sip-listen",
                 "127.0.0.1:39490",

@@ -172,7 +172,13 @@ fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
         .expect("timeout");
     let mut child = Command::new(BIN)
         .args(["serve", "--admin-listen", "127.0.0.1:39111"])
-        .args(["--sip-listen", "127.0.0.1:39112"])
+        .args([
+            "--sip-listen",
+            "127.0.0.1:39112",
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(&dir)
         .args(["--port-min", "33000", "--port-max", "33099"])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "200000")

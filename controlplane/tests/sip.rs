@@ -12,6 +12,9 @@ use voxedge_controlplane::config::Config;
 use voxedge_dataplane::BackendKind;
 use voxedge_sip_core::{Framer, Limits, SipMessage};
 
+mod common;
+use common::Callee;
+
 fn config(port_min: u16) -> Config {
     let mut c = Config::default();
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -22,6 +25,7 @@ fn config(port_min: u16) -> Config {
     c.dataplane.port_min = port_min;
     c.dataplane.port_max = port_min + 99;
     c.dataplane.idle_wait_us = 200;
+    c.api.enabled = false;
     c
 }
 
@@ -321,51 +325,6 @@ async fn echo_over_tcp_and_hangup_target_sends_bye() {
 }
 
 // --- B2BUA: calls routed to a SIP target ------------------------------------------------------
-
-/// A scripted callee on UDP.
-struct Callee {
-    sock: UdpSocket,
-    rtp: UdpSocket,
-}
-
-impl Callee {
-    fn new() -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("t");
-        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
-        rtp.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("t");
-        Callee { sock, rtp }
-    }
-    fn recv(&self) -> (SipMessage, SocketAddr) {
-        let mut buf = [0u8; 65536];
-        let (n, from) = self.sock.recv_from(&mut buf).expect("callee receives");
-        (
-            SipMessage::parse(&buf[..n], &Limits::default()).expect("valid"),
-            from,
-        )
-    }
-    fn reply(&self, req: &SipMessage, code: u16, reason: &str, to: SocketAddr, sdp: bool) {
-        let mut r =
-            voxedge_sip_core::transaction::build_response(req, code, reason, Some("callee1"));
-        let contact = format!("<sip:callee@{}>", self.sock.local_addr().expect("a"));
-        r.headers.insert(
-            ezk_sip_types::Name::CONTACT,
-            bytesstr::BytesStr::from(contact),
-        );
-        if sdp {
-            let a = self.rtp.local_addr().expect("a");
-            let body = format!("v=0\r\no=callee 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n", a.port());
-            r.headers.insert(
-                ezk_sip_types::Name::CONTENT_TYPE,
-                bytesstr::BytesStr::from_static("application/sdp"),
-            );
-            r.body = bytes::Bytes::from(body);
-        }
-        self.sock.send_to(&r.to_bytes(), to).expect("reply");
-    }
-}
 
 fn routed(port_min: u16, callee: SocketAddr) -> Config {
     let mut c = config(port_min);

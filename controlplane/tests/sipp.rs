@@ -22,6 +22,8 @@ fn serve(args: &[&std::ffi::OsStr], admin_port: u16) -> Kill {
         Command::new(BIN)
             .arg("serve")
             .args(args)
+            .args(["--api-listen", "127.0.0.1:0"])
+            .current_dir(scratch(admin_port))
             .env_remove("VOXEDGE_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -35,6 +37,13 @@ fn serve(args: &[&std::ffi::OsStr], admin_port: u16) -> Kill {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// A scratch directory per service (its store and key file land there).
+fn scratch(port: u16) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("voxedge-sipp-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
 }
 
 fn serve_config(cfg: &std::path::Path, admin_port: u16) -> Kill {

@@ -1,0 +1,1388 @@
+//! The Twilio-compatible REST API (2010-04-01): accounts and subaccounts, API keys,
+//! applications, incoming phone numbers, calls (placed through the SIP service), call events,
+//! notifications, recordings (metadata) and usage records.
+//!
+//! One dispatcher serves every route of [`routes::ROUTES`]: it matches the path, reads the
+//! body under the size limit, authenticates (HTTP Basic: `AccountSid:AuthToken` or
+//! `ApiKeySid:Secret`), applies the per-account request rate, checks every parameter against
+//! the route's list (unknown ones are refused), resolves the account of the path (the
+//! authenticated account or one of its subaccounts — anything else is 404, so other tenants'
+//! SIDs are never confirmed) and calls the operation. Errors are Twilio's JSON
+//! (`code`, `message`, `more_info`, `status`); every answer carries a request id and is logged
+//! without secrets.
+
+pub mod routes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+use crate::calls::{CallError, CallService, NewCall, LIVE};
+use crate::config::ApiConfig;
+use crate::secret::{constant_time_eq, is_sid, new_sid};
+use crate::sip::SipHandle;
+use crate::store::{
+    self, now_us, parse_date, rfc2822, Account, ApiKey, Filter, Kind, Store, StoreError, Table,
+    APPLICATIONS, CALLS, CALL_EVENTS, NOTIFICATIONS, NUMBERS, RECORDINGS,
+};
+use routes::{Op, Param, Route, Ty, PAGING, ROUTES};
+
+const API: &str = "/2010-04-01";
+
+/// Shared state of the API.
+#[derive(Debug)]
+pub struct RestState {
+    pub store: Store,
+    pub calls: Arc<CallService>,
+    pub sip: Option<SipHandle>,
+    pub cfg: ApiConfig,
+    limiter: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RestState {
+    pub fn new(
+        store: Store,
+        calls: Arc<CallService>,
+        sip: Option<SipHandle>,
+        cfg: ApiConfig,
+    ) -> Self {
+        RestState {
+            store,
+            calls,
+            sip,
+            cfg,
+            limiter: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// One request of `account` against its per-second budget.
+    fn allow(&self, account: &str) -> bool {
+        let rate = f64::from(self.cfg.requests_per_second_per_account.max(1));
+        let now = Instant::now();
+        let mut m = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() > 100_000 {
+            m.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < rate);
+        }
+        let (tokens, at) = m.entry(account.to_string()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A Twilio-style error answer.
+#[derive(Debug)]
+pub struct TwError {
+    status: StatusCode,
+    code: u32,
+    message: String,
+}
+
+impl TwError {
+    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+        TwError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(code: u32, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn not_found(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            20404,
+            format!("The requested resource {path} was not found"),
+        )
+    }
+
+    fn to_response(&self) -> Response {
+        (
+            self.status,
+            Json(json!({
+                "code": self.code,
+                "message": self.message,
+                "more_info": format!("https://www.twilio.com/docs/errors/{}", self.code),
+                "status": self.status.as_u16(),
+            })),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for TwError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => TwError::bad(20001, format!("conflict: {m}")),
+            other => {
+                tracing::error!(error = %other, "store failure");
+                TwError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    20500,
+                    "the service could not complete the request; retry later",
+                )
+            }
+        }
+    }
+}
+
+/// The HTTP router: the API plus `/openapi.json`.
+pub fn router(state: Arc<RestState>) -> Router {
+    Router::new()
+        .route("/openapi.json", get(|| async { Json(routes::openapi()) }))
+        .fallback(dispatch)
+        .with_state(state)
+}
+
+/// Who is calling.
+struct Principal {
+    account: Account,
+    via_key: bool,
+}
+
+/// Checked parameters of a request.
+#[derive(Debug, Default)]
+struct Params {
+    values: HashMap<&'static str, Vec<String>>,
+    /// The filters as given, to repeat them in page URIs.
+    echo: Vec<(String, String)>,
+}
+
+impl Params {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.values
+            .get(k)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    fn has(&self, k: &str) -> bool {
+        self.values.contains_key(k)
+    }
+
+    fn int(&self, k: &str) -> Option<i64> {
+        self.get(k).and_then(|v| v.parse().ok())
+    }
+
+    fn bool(&self, k: &str) -> Option<bool> {
+        self.get(k).map(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+fn request_id() -> String {
+    new_sid("RQ")
+}
+
+async fn dispatch(State(st): State<Arc<RestState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let rid = request_id();
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let mut account_for_log = String::new();
+    let mut resp = match handle(&st, req, &mut account_for_log).await {
+        Ok((status, body)) => {
+            if status == StatusCode::NO_CONTENT {
+                status.into_response()
+            } else {
+                (status, Json(body)).into_response()
+            }
+        }
+        Err(e) => e.to_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("Twilio-Request-Id", v);
+    }
+    tracing::info!(
+        target: "voxedge::api",
+        request_id = %rid,
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        account = %account_for_log,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "api request"
+    );
+    resp
+}
+
+async fn handle(
+    st: &Arc<RestState>,
+    req: Request,
+    account_for_log: &mut String,
+) -> Result<(StatusCode, Value), TwError> {
+    let path = req.uri().path().to_string();
+    let method = req.method().as_str().to_ascii_uppercase();
+    // Route.
+    let mut matched_path = false;
+    let mut found: Option<(&'static Route, Vec<(&'static str, String)>)> = None;
+    for r in ROUTES {
+        if let Some(p) = routes::match_path(r.path, &path) {
+            matched_path = true;
+            if r.method == method {
+                found = Some((r, p));
+                break;
+            }
+        }
+    }
+    let Some((route, path_params)) = found else {
+        if matched_path {
+            return Err(TwError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                20004,
+                format!("Method {method} not allowed on {path}"),
+            ));
+        }
+        return Err(TwError::not_found(&path));
+    };
+    // Body, under the limit.
+    let limit = st.cfg.body_bytes_max;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| too_large(limit))?;
+    // Authenticate, then the rate.
+    let principal = authenticate(st, auth.as_deref()).await?;
+    account_for_log.clone_from(&principal.account.sid);
+    if !st.allow(&principal.account.sid) {
+        return Err(TwError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            20429,
+            format!(
+                "Too many requests: at most {} per second per account",
+                st.cfg.requests_per_second_per_account
+            ),
+        ));
+    }
+    // Parameters.
+    let raw = if method == "POST" {
+        if !body.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {
+            return Err(TwError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                20415,
+                "Requests must be application/x-www-form-urlencoded",
+            ));
+        }
+        if !query.is_empty() {
+            return Err(TwError::bad(
+                20001,
+                "POST parameters belong in the form body, not the query string",
+            ));
+        }
+        body.to_vec()
+    } else {
+        if !body.is_empty() {
+            return Err(TwError::bad(
+                20001,
+                format!("{method} requests take no body"),
+            ));
+        }
+        query.into_bytes()
+    };
+    let params = check_params(route, &raw, st.cfg.page_size_max)?;
+    let pp = |k: &str| {
+        path_params
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    // The account the path names (absent only on /Accounts.json).
+    let account = if route.path.contains("{AccountSid}") {
+        let sid = pp("AccountSid");
+        let a = path_account(st, &principal, &sid).await?;
+        Some(a)
+    } else {
+        None
+    };
+    let ctx = Ctx {
+        st,
+        principal: &principal,
+        account: account.as_ref(),
+        params: &params,
+        sid: pp("Sid"),
+        call_sid: pp("CallSid"),
+        path: &path,
+    };
+    let status = StatusCode::from_u16(routes::success_status(route)).unwrap_or(StatusCode::OK);
+    let body = run(route.op, &ctx).await?;
+    Ok((status, body))
+}
+
+fn too_large(limit: usize) -> TwError {
+    TwError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        20413,
+        format!("Request body larger than {limit} bytes"),
+    )
+}
+
+fn unauthorized() -> TwError {
+    TwError::new(
+        StatusCode::UNAUTHORIZED,
+        20003,
+        "Authenticate: HTTP Basic with AccountSid:AuthToken or ApiKeySid:Secret",
+    )
+}
+
+async fn authenticate(st: &RestState, header: Option<&str>) -> Result<Principal, TwError> {
+    let creds = header
+        .and_then(|h| {
+            h.strip_prefix("Basic ")
+                .or_else(|| h.strip_prefix("basic "))
+        })
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(unauthorized)?;
+    let (user, pass) = creds.split_once(':').ok_or_else(unauthorized)?;
+    let (account, via_key) = if is_sid(user, "AC") {
+        let a = st.store.account(user).await?.ok_or_else(unauthorized)?;
+        let token = st.store.auth_token(&a)?;
+        if !constant_time_eq(token.as_bytes(), pass.as_bytes()) {
+            return Err(unauthorized());
+        }
+        (a, false)
+    } else if is_sid(user, "SK") {
+        let k: ApiKey = st.store.key_by_sid(user).await?.ok_or_else(unauthorized)?;
+        let secret = st
+            .store
+            .key()
+            .open(&k.secret_sealed)
+            .map_err(StoreError::from)?;
+        if !constant_time_eq(secret.as_bytes(), pass.as_bytes()) {
+            return Err(unauthorized());
+        }
+        let a = st
+            .store
+            .account(&k.account_sid)
+            .await?
+            .ok_or_else(unauthorized)?;
+        (a, true)
+    } else {
+        return Err(unauthorized());
+    };
+    if account.status != "active" {
+        return Err(TwError::new(
+            StatusCode::UNAUTHORIZED,
+            20005,
+            format!("Account not active ({})", account.status),
+        ));
+    }
+    Ok(Principal { account, via_key })
+}
+
+/// The account of the path: the principal or one of its subaccounts; anything else 404.
+async fn path_account(
+    st: &RestState,
+    principal: &Principal,
+    sid: &str,
+) -> Result<Account, TwError> {
+    let nf = || TwError::not_found(&format!("{API}/Accounts/{sid}"));
+    if sid == principal.account.sid {
+        return Ok(principal.account.clone());
+    }
+    if !is_sid(sid, "AC") {
+        return Err(nf());
+    }
+    let a = st.store.account(sid).await?.ok_or_else(nf)?;
+    if a.owner_account_sid.as_deref() == Some(principal.account.sid.as_str()) {
+        Ok(a)
+    } else {
+        Err(nf())
+    }
+}
+
+fn check_value(p: &Param, v: &str) -> Result<String, TwError> {
+    let bad = |why: &str| TwError::bad(20001, format!("Invalid {}: {why}", p.name));
+    if v.len() > 4000 {
+        return Err(bad("longer than 4000 characters"));
+    }
+    if v.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        return Err(bad("control characters are not allowed"));
+    }
+    Ok(match p.ty {
+        Ty::Str => {
+            if p.name == "FriendlyName" && v.chars().count() > 64 {
+                return Err(bad("longer than 64 characters"));
+            }
+            v.to_string()
+        }
+        Ty::Int => {
+            v.trim().parse::<i64>().map_err(|_| bad("not an integer"))?;
+            v.trim().to_string()
+        }
+        Ty::Bool => match v.to_ascii_lowercase().as_str() {
+            "true" | "false" => v.to_ascii_lowercase(),
+            _ => return Err(bad("must be true or false")),
+        },
+        Ty::Url => {
+            if v.is_empty() {
+                return Ok(String::new());
+            }
+            let rest = v
+                .strip_prefix("http://")
+                .or_else(|| v.strip_prefix("https://"))
+                .ok_or_else(|| bad("must be an absolute http:// or https:// URL"))?;
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            if host.is_empty() || v.len() > 2048 || v.contains(char::is_whitespace) {
+                return Err(bad("not a valid URL"));
+            }
+            v.to_string()
+        }
+        Ty::HttpMethod => match v.to_ascii_uppercase().as_str() {
+            "GET" | "POST" => v.to_ascii_uppercase(),
+            _ => return Err(bad("must be GET or POST")),
+        },
+        Ty::OneOf(set) | Ty::Many(set) => {
+            if !set.contains(&v) {
+                return Err(bad(&format!("must be one of {}", set.join(", "))));
+            }
+            v.to_string()
+        }
+        Ty::Date => {
+            parse_date(v).ok_or_else(|| bad("must be a date YYYY-MM-DD"))?;
+            v.to_string()
+        }
+        Ty::E164 => {
+            let digits = v.strip_prefix('+').unwrap_or("");
+            if !(2..=15).contains(&digits.len())
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || digits.starts_with('0')
+            {
+                return Err(bad("must be E.164, like +15551234567"));
+            }
+            v.to_string()
+        }
+    })
+}
+
+fn check_params(route: &Route, raw: &[u8], page_size_max: u32) -> Result<Params, TwError> {
+    if std::str::from_utf8(raw).is_err() {
+        return Err(TwError::bad(20001, "Parameters are not valid UTF-8"));
+    }
+    let bad_escape = raw.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && !(raw.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && raw.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return Err(TwError::bad(
+            20001,
+            "Malformed parameters: a % not followed by two hex digits",
+        ));
+    }
+    let mut out = Params::default();
+    let list = routes::is_list(route.op);
+    for (k, v) in form_urlencoded::parse(raw) {
+        let Some(p) = route
+            .params
+            .iter()
+            .chain(if list { PAGING } else { &[] })
+            .find(|p| p.name == k)
+        else {
+            if k.is_empty() {
+                return Err(TwError::bad(20001, "Malformed parameters: an empty name"));
+            }
+            let shown: String = k.chars().take(64).collect();
+            return Err(TwError::bad(
+                20001,
+                format!(
+                    "Unknown parameter '{shown}' for {} {}",
+                    route.method, route.path
+                ),
+            ));
+        };
+        let vals = out.values.entry(p.name).or_default();
+        if !vals.is_empty() && !matches!(p.ty, Ty::Many(_)) {
+            return Err(TwError::bad(
+                20001,
+                format!("Parameter {} given more than once", p.name),
+            ));
+        }
+        if vals.len() >= 16 {
+            return Err(TwError::bad(20001, format!("Too many {} values", p.name)));
+        }
+        let v = check_value(p, &v)?;
+        if !matches!(p.name, "Page" | "PageSize" | "PageToken") {
+            out.echo.push((p.name.to_string(), v.clone()));
+        }
+        vals.push(v);
+    }
+    for p in route.params {
+        if p.required && !out.has(p.name) {
+            let code = match p.name {
+                "To" => 21201,
+                "From" => 21213,
+                _ => 20001,
+            };
+            return Err(TwError::bad(
+                code,
+                format!("Missing required parameter {}", p.name),
+            ));
+        }
+    }
+    if let Some(n) = out.int("PageSize") {
+        if n < 1 || n > i64::from(page_size_max) {
+            return Err(TwError::bad(
+                20001,
+                format!("PageSize must be between 1 and {page_size_max}"),
+            ));
+        }
+    }
+    if let Some(n) = out.int("Page") {
+        if !(0..=1_000_000).contains(&n) {
+            return Err(TwError::bad(20001, "Page must be between 0 and 1000000"));
+        }
+    }
+    Ok(out)
+}
+
+/// Everything an operation sees.
+struct Ctx<'a> {
+    st: &'a Arc<RestState>,
+    principal: &'a Principal,
+    account: Option<&'a Account>,
+    params: &'a Params,
+    sid: String,
+    call_sid: String,
+    path: &'a str,
+}
+
+impl Ctx<'_> {
+    fn acc(&self) -> &Account {
+        self.account.unwrap_or(&self.principal.account)
+    }
+
+    fn acc_sid(&self) -> &str {
+        &self.acc().sid
+    }
+
+    fn page(&self) -> (i64, i64) {
+        (
+            self.params.int("Page").unwrap_or(0),
+            self.params.int("PageSize").unwrap_or(50),
+        )
+    }
+
+    fn no_keys(&self) -> Result<(), TwError> {
+        if self.principal.via_key {
+            return Err(TwError::new(
+                StatusCode::FORBIDDEN,
+                20403,
+                "API keys cannot manage accounts or keys; use the account's auth token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A list answer in Twilio's paging shape.
+    fn list(&self, key: &str, items: Vec<Value>, more: bool) -> Value {
+        let (page, size) = self.page();
+        let base = self.path.to_string();
+        let uri = |p: i64| {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &self.params.echo {
+                q.append_pair(k, v);
+            }
+            q.append_pair("PageSize", &size.to_string());
+            q.append_pair("Page", &p.to_string());
+            format!("{base}?{}", q.finish())
+        };
+        let n = items.len() as i64;
+        json!({
+            key: items,
+            "page": page,
+            "page_size": size,
+            "start": page * size,
+            "end": if n == 0 { page * size } else { page * size + n - 1 },
+            "uri": uri(page),
+            "first_page_uri": uri(0),
+            "next_page_uri": if more { Value::from(uri(page + 1)) } else { Value::Null },
+            "previous_page_uri": if page > 0 { Value::from(uri(page - 1)) } else { Value::Null },
+        })
+    }
+}
+
+/// Twilio's resource collection names for URIs.
+fn collection(t: &Table) -> &'static str {
+    match t.name {
+        "applications" => "Applications",
+        "incoming_phone_numbers" => "IncomingPhoneNumbers",
+        "calls" => "Calls",
+        "notifications" => "Notifications",
+        "recordings" => "Recordings",
+        _ => "Events",
+    }
+}
+
+/// Columns kept inside (instructions, limits, SIP details) and not shown.
+const CALL_HIDDEN: &[&str] = &[
+    "url",
+    "method",
+    "twiml",
+    "fallback_url",
+    "fallback_method",
+    "status_callback",
+    "status_callback_method",
+    "status_callback_event",
+    "timeout",
+    "time_limit",
+    "send_digits",
+    "record",
+    "sip_response_code",
+    "application_sid",
+];
+
+/// A stored row as Twilio's JSON.
+fn render(t: &Table, row: &Map<String, Value>) -> Value {
+    let mut m = Map::new();
+    let acc = row.get("account_sid").and_then(Value::as_str).unwrap_or("");
+    let sid = row.get("sid").and_then(Value::as_str).unwrap_or("");
+    for (k, v) in row {
+        if t.name == "calls" && CALL_HIDDEN.contains(&k.as_str()) {
+            continue;
+        }
+        let shown = match (t.kind(k), v) {
+            (Some(Kind::Time), Value::Number(n)) => Value::from(rfc2822(n.as_i64().unwrap_or(0))),
+            (Some(Kind::IntString), Value::Number(n)) => Value::from(n.to_string()),
+            _ => v.clone(),
+        };
+        m.insert(k.clone(), shown);
+    }
+    let base = format!("{API}/Accounts/{acc}/{}/{sid}", collection(t));
+    m.insert("uri".into(), Value::from(format!("{base}.json")));
+    match t.name {
+        "calls" => {
+            for k in [
+                "annotation",
+                "answered_by",
+                "group_sid",
+                "trunk_sid",
+                "phone_number_sid",
+            ] {
+                m.entry(k).or_insert(Value::Null);
+            }
+            m.insert(
+                "subresource_uris".into(),
+                json!({
+                    "notifications": format!("{base}/Notifications.json"),
+                    "recordings": format!("{base}/Recordings.json"),
+                    "events": format!("{base}/Events.json"),
+                }),
+            );
+        }
+        "recordings" => {
+            m.insert("media_url".into(), Value::Null);
+        }
+        "incoming_phone_numbers" => {
+            m.insert(
+                "capabilities".into(),
+                json!({"voice": true, "sms": false, "mms": false, "fax": false}),
+            );
+        }
+        _ => {}
+    }
+    Value::Object(m)
+}
+
+fn render_account(a: &Account, token: Option<&str>) -> Value {
+    let base = format!("{API}/Accounts/{}", a.sid);
+    json!({
+        "sid": a.sid,
+        "owner_account_sid": a.owner_account_sid.clone().unwrap_or_else(|| a.sid.clone()),
+        "friendly_name": a.friendly_name,
+        "status": a.status,
+        "type": a.kind,
+        "auth_token": token,
+        "date_created": rfc2822(a.date_created),
+        "date_updated": rfc2822(a.date_updated),
+        "uri": format!("{base}.json"),
+        "subresource_uris": {
+            "applications": format!("{base}/Applications.json"),
+            "calls": format!("{base}/Calls.json"),
+            "incoming_phone_numbers": format!("{base}/IncomingPhoneNumbers.json"),
+            "keys": format!("{base}/Keys.json"),
+            "notifications": format!("{base}/Notifications.json"),
+            "recordings": format!("{base}/Recordings.json"),
+            "usage": format!("{base}/Usage.json"),
+        }
+    })
+}
+
+fn render_key(k: &ApiKey, secret: Option<&str>) -> Value {
+    let mut v = json!({
+        "sid": k.sid,
+        "friendly_name": k.friendly_name,
+        "date_created": rfc2822(k.date_created),
+        "date_updated": rfc2822(k.date_updated),
+    });
+    if let Some(s) = secret {
+        v["secret"] = Value::from(s);
+    }
+    v
+}
+
+/// `VoiceUrl` → `voice_url`.
+fn column_of(param: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in param.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+/// The column values a create/update request sets, as the table's columns.
+fn columns_from(t: &Table, params: &Params) -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    for (name, vals) in &params.values {
+        let col = column_of(name);
+        let Some((c, kind)) = t.columns.iter().find(|(c, _)| *c == col) else {
+            continue;
+        };
+        let v = vals.join(" ");
+        let v = match kind {
+            Kind::Bool => Value::Bool(v == "true"),
+            Kind::Int | Kind::IntString | Kind::Time => {
+                v.parse::<i64>().map_or(Value::Null, Value::from)
+            }
+            Kind::Text if v.is_empty() => Value::Null,
+            Kind::Text => Value::from(v),
+        };
+        out.push((*c, v));
+    }
+    out
+}
+
+fn day_filters(params: &Params, name: &str, column: &'static str) -> Vec<Filter> {
+    let day = 86_400 * 1_000_000;
+    let mut f = Vec::new();
+    if let Some(d) = params.get(name).and_then(parse_date) {
+        f.push(Filter::Ge(column, d));
+        f.push(Filter::Lt(column, d + day));
+    }
+    if let Some(d) = params.get(&format!("{name}>")).and_then(parse_date) {
+        f.push(Filter::Ge(column, d));
+    }
+    if let Some(d) = params.get(&format!("{name}<")).and_then(parse_date) {
+        f.push(Filter::Lt(column, d));
+    }
+    f
+}
+
+async fn list_rows(
+    c: &Ctx<'_>,
+    t: &Table,
+    key: &str,
+    filters: &[Filter],
+) -> Result<Value, TwError> {
+    let (page, size) = c.page();
+    let (rows, more) =
+        c.st.store
+            .list(
+                t,
+                c.acc_sid(),
+                filters,
+                "date_created",
+                true,
+                page * size,
+                size,
+            )
+            .await?;
+    let items = rows.iter().map(|r| render(t, r)).collect();
+    Ok(c.list(key, items, more))
+}
+
+async fn fetch_row(c: &Ctx<'_>, t: &Table, sid: &str) -> Result<Map<String, Value>, TwError> {
+    if !is_sid(sid, t.sid_prefix) {
+        return Err(TwError::not_found(c.path));
+    }
+    c.st.store
+        .get(t, c.acc_sid(), sid)
+        .await?
+        .ok_or_else(|| TwError::not_found(c.path))
+}
+
+async fn delete_row(c: &Ctx<'_>, t: &Table) -> Result<Value, TwError> {
+    if !is_sid(&c.sid, t.sid_prefix) || !c.st.store.delete(t, c.acc_sid(), &c.sid).await? {
+        return Err(TwError::not_found(c.path));
+    }
+    Ok(Value::Null)
+}
+
+/// An application SID given by the caller must be one of the account's.
+async fn own_application(c: &Ctx<'_>, sid: &str) -> Result<(), TwError> {
+    if is_sid(sid, "AP")
+        && c.st
+            .store
+            .get(&APPLICATIONS, c.acc_sid(), sid)
+            .await?
+            .is_some()
+    {
+        Ok(())
+    } else {
+        Err(TwError::bad(
+            21606,
+            format!("Application {sid} is not an application of this account"),
+        ))
+    }
+}
+
+async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
+    let st = c.st;
+    let store = &st.store;
+    match op {
+        Op::AccountsList => {
+            c.no_keys()?;
+            let (page, size) = c.page();
+            let (rows, more) = store
+                .list_accounts(
+                    &c.principal.account.sid,
+                    c.params.get("FriendlyName"),
+                    c.params.get("Status"),
+                    page * size,
+                    size,
+                )
+                .await?;
+            let items = rows
+                .iter()
+                .map(|a| Ok(render_account(a, Some(&store.auth_token(a)?))))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(c.list("accounts", items, more))
+        }
+        Op::AccountCreate => {
+            c.no_keys()?;
+            if c.principal.account.owner_account_sid.is_some() {
+                return Err(TwError::new(
+                    StatusCode::FORBIDDEN,
+                    20403,
+                    "Subaccounts cannot create subaccounts",
+                ));
+            }
+            let name = c.params.get("FriendlyName").map_or_else(
+                || format!("SubAccount Created at {}", rfc2822(now_us())),
+                str::to_string,
+            );
+            let (a, token) = store
+                .create_account(&name, Some(&c.principal.account.sid))
+                .await?;
+            Ok(render_account(&a, Some(&token)))
+        }
+        Op::AccountFetch => {
+            c.no_keys()?;
+            let a = c.acc();
+            Ok(render_account(a, Some(&store.auth_token(a)?)))
+        }
+        Op::AccountUpdate => {
+            c.no_keys()?;
+            let a = c.acc();
+            let status = c.params.get("Status");
+            if status.is_some() && a.owner_account_sid.is_none() {
+                return Err(TwError::bad(
+                    20001,
+                    "The status of a main account is changed by the operator (voxedge admin), not through the API",
+                ));
+            }
+            if a.status == "closed" && status.is_some_and(|s| s != "closed") {
+                return Err(TwError::bad(20001, "A closed account cannot be reopened"));
+            }
+            store
+                .update_account(&a.sid, c.params.get("FriendlyName"), status)
+                .await?;
+            let a = store
+                .account(&a.sid)
+                .await?
+                .ok_or_else(|| TwError::not_found(c.path))?;
+            Ok(render_account(&a, Some(&store.auth_token(&a)?)))
+        }
+        Op::KeysList => {
+            c.no_keys()?;
+            let (page, size) = c.page();
+            let (keys, more) = store.list_keys(c.acc_sid(), page * size, size).await?;
+            Ok(c.list(
+                "keys",
+                keys.iter().map(|k| render_key(k, None)).collect(),
+                more,
+            ))
+        }
+        Op::KeyCreate => {
+            c.no_keys()?;
+            let (k, secret) = store
+                .create_key(c.acc_sid(), c.params.get("FriendlyName").unwrap_or(""))
+                .await?;
+            Ok(render_key(&k, Some(&secret)))
+        }
+        Op::KeyFetch | Op::KeyUpdate | Op::KeyDelete => {
+            c.no_keys()?;
+            let k = match is_sid(&c.sid, "SK") {
+                true => store.key_by_sid(&c.sid).await?,
+                false => None,
+            }
+            .filter(|k| k.account_sid == c.acc_sid())
+            .ok_or_else(|| TwError::not_found(c.path))?;
+            match op {
+                Op::KeyDelete => {
+                    store.delete_key(c.acc_sid(), &k.sid).await?;
+                    Ok(Value::Null)
+                }
+                Op::KeyUpdate => {
+                    let name = c.params.get("FriendlyName").unwrap_or(&k.friendly_name);
+                    let mut k2 = k.clone();
+                    k2.friendly_name = name.to_string();
+                    store.rename_key(&k.sid, name).await?;
+                    Ok(render_key(&k2, None))
+                }
+                _ => Ok(render_key(&k, None)),
+            }
+        }
+        Op::ApplicationsList => {
+            let mut f = Vec::new();
+            if let Some(n) = c.params.get("FriendlyName") {
+                f.push(Filter::Eq("friendly_name", Value::from(n)));
+            }
+            list_rows(c, &APPLICATIONS, "applications", &f).await
+        }
+        Op::ApplicationCreate => {
+            let now = now_us();
+            let sid = new_sid("AP");
+            let mut cols: Vec<(&str, Value)> = vec![
+                ("sid", Value::from(sid.clone())),
+                ("account_sid", Value::from(c.acc_sid())),
+                ("api_version", Value::from("2010-04-01")),
+                ("voice_method", Value::from("POST")),
+                ("voice_fallback_method", Value::from("POST")),
+                ("status_callback_method", Value::from("POST")),
+                ("voice_caller_id_lookup", Value::Bool(false)),
+                ("public_application_connect_enabled", Value::Bool(false)),
+                ("date_created", Value::from(now)),
+                ("date_updated", Value::from(now)),
+            ];
+            merge(&mut cols, columns_from(&APPLICATIONS, c.params));
+            store.insert(&APPLICATIONS, &cols).await?;
+            Ok(render(
+                &APPLICATIONS,
+                &fetch_row(c, &APPLICATIONS, &sid).await?,
+            ))
+        }
+        Op::ApplicationFetch => Ok(render(
+            &APPLICATIONS,
+            &fetch_row(c, &APPLICATIONS, &c.sid).await?,
+        )),
+        Op::ApplicationUpdate => {
+            fetch_row(c, &APPLICATIONS, &c.sid).await?;
+            let sets = columns_from(&APPLICATIONS, c.params);
+            if !sets.is_empty() {
+                store
+                    .update(&APPLICATIONS, c.acc_sid(), &c.sid, &sets)
+                    .await?;
+            }
+            Ok(render(
+                &APPLICATIONS,
+                &fetch_row(c, &APPLICATIONS, &c.sid).await?,
+            ))
+        }
+        Op::ApplicationDelete => delete_row(c, &APPLICATIONS).await,
+        Op::NumbersList => {
+            let mut f = Vec::new();
+            if let Some(n) = c.params.get("PhoneNumber") {
+                f.push(Filter::Eq("phone_number", Value::from(n)));
+            }
+            if let Some(n) = c.params.get("FriendlyName") {
+                f.push(Filter::Eq("friendly_name", Value::from(n)));
+            }
+            list_rows(c, &NUMBERS, "incoming_phone_numbers", &f).await
+        }
+        Op::NumberCreate | Op::NumberUpdate => {
+            if let Some(app) = c
+                .params
+                .get("VoiceApplicationSid")
+                .filter(|s| !s.is_empty())
+            {
+                own_application(c, app).await?;
+            }
+            let sid = if op == Op::NumberCreate {
+                let now = now_us();
+                let sid = new_sid("PN");
+                let number = c.params.get("PhoneNumber").unwrap_or_default();
+                let mut cols: Vec<(&str, Value)> = vec![
+                    ("sid", Value::from(sid.clone())),
+                    ("account_sid", Value::from(c.acc_sid())),
+                    ("friendly_name", Value::from(number)),
+                    ("api_version", Value::from("2010-04-01")),
+                    ("voice_method", Value::from("POST")),
+                    ("voice_fallback_method", Value::from("POST")),
+                    ("status_callback_method", Value::from("POST")),
+                    ("voice_caller_id_lookup", Value::Bool(false)),
+                    ("status", Value::from("in-use")),
+                    ("date_created", Value::from(now)),
+                    ("date_updated", Value::from(now)),
+                ];
+                merge(&mut cols, columns_from(&NUMBERS, c.params));
+                match store.insert(&NUMBERS, &cols).await {
+                    Err(StoreError::Conflict(_)) => {
+                        return Err(TwError::bad(
+                            21422,
+                            format!(
+                                "Phone number {number} is not available: it is already assigned"
+                            ),
+                        ))
+                    }
+                    r => r?,
+                }
+                sid
+            } else {
+                fetch_row(c, &NUMBERS, &c.sid).await?;
+                let sets = columns_from(&NUMBERS, c.params);
+                if !sets.is_empty() {
+                    store.update(&NUMBERS, c.acc_sid(), &c.sid, &sets).await?;
+                }
+                c.sid.clone()
+            };
+            Ok(render(&NUMBERS, &fetch_row(c, &NUMBERS, &sid).await?))
+        }
+        Op::NumberFetch => Ok(render(&NUMBERS, &fetch_row(c, &NUMBERS, &c.sid).await?)),
+        Op::NumberDelete => delete_row(c, &NUMBERS).await,
+        Op::CallsList => {
+            let mut f = Vec::new();
+            for (param, col) in [
+                ("To", "to"),
+                ("From", "from"),
+                ("ParentCallSid", "parent_call_sid"),
+                ("Status", "status"),
+            ] {
+                if let Some(v) = c.params.get(param) {
+                    f.push(Filter::Eq(col, Value::from(v)));
+                }
+            }
+            f.extend(day_filters(c.params, "StartTime", "start_time"));
+            f.extend(day_filters(c.params, "EndTime", "end_time"));
+            list_rows(c, &CALLS, "calls", &f).await
+        }
+        Op::CallCreate => create_call(c).await,
+        Op::CallFetch => Ok(render(&CALLS, &fetch_row(c, &CALLS, &c.sid).await?)),
+        Op::CallUpdate => update_call(c).await,
+        Op::CallDelete => {
+            let row = fetch_row(c, &CALLS, &c.sid).await?;
+            let status = row.get("status").and_then(Value::as_str).unwrap_or("");
+            if LIVE.contains(&status) {
+                return Err(TwError::bad(
+                    21220,
+                    format!("Call is {status}: only finished calls can be deleted"),
+                ));
+            }
+            delete_row(c, &CALLS).await
+        }
+        Op::CallEventsList => {
+            fetch_row(c, &CALLS, &c.call_sid).await?;
+            let (page, size) = c.page();
+            let (rows, more) = store
+                .list(
+                    &CALL_EVENTS,
+                    c.acc_sid(),
+                    &[Filter::Eq("call_sid", Value::from(c.call_sid.clone()))],
+                    "date_created",
+                    false,
+                    page * size,
+                    size,
+                )
+                .await?;
+            let items = rows
+                .iter()
+                .map(|r| {
+                    let parse = |k: &str| {
+                        r.get(k)
+                            .and_then(Value::as_str)
+                            .and_then(|s| serde_json::from_str(s).ok())
+                            .unwrap_or(Value::Null)
+                    };
+                    json!({"request": parse("request"), "response": parse("response")})
+                })
+                .collect();
+            Ok(c.list("events", items, more))
+        }
+        Op::CallNotificationsList | Op::NotificationsList => {
+            let mut f = Vec::new();
+            if op == Op::CallNotificationsList {
+                fetch_row(c, &CALLS, &c.call_sid).await?;
+                f.push(Filter::Eq("call_sid", Value::from(c.call_sid.clone())));
+            }
+            if let Some(l) = c.params.get("Log") {
+                f.push(Filter::Eq("log", Value::from(l)));
+            }
+            f.extend(day_filters(c.params, "MessageDate", "message_date"));
+            list_rows(c, &NOTIFICATIONS, "notifications", &f).await
+        }
+        Op::NotificationFetch => Ok(render(
+            &NOTIFICATIONS,
+            &fetch_row(c, &NOTIFICATIONS, &c.sid).await?,
+        )),
+        Op::NotificationDelete => delete_row(c, &NOTIFICATIONS).await,
+        Op::CallRecordingsList | Op::RecordingsList => {
+            let mut f = Vec::new();
+            if op == Op::CallRecordingsList {
+                fetch_row(c, &CALLS, &c.call_sid).await?;
+                f.push(Filter::Eq("call_sid", Value::from(c.call_sid.clone())));
+            } else if let Some(cs) = c.params.get("CallSid") {
+                f.push(Filter::Eq("call_sid", Value::from(cs)));
+            }
+            f.extend(day_filters(c.params, "DateCreated", "date_created"));
+            list_rows(c, &RECORDINGS, "recordings", &f).await
+        }
+        Op::RecordingFetch => Ok(render(
+            &RECORDINGS,
+            &fetch_row(c, &RECORDINGS, &c.sid).await?,
+        )),
+        Op::RecordingDelete => delete_row(c, &RECORDINGS).await,
+        Op::UsageRecordsList => usage(c).await,
+    }
+}
+
+/// Adds or replaces columns.
+fn merge(cols: &mut Vec<(&'static str, Value)>, more: Vec<(&'static str, Value)>) {
+    for (k, v) in more {
+        if let Some(slot) = cols.iter_mut().find(|(c, _)| *c == k) {
+            slot.1 = v;
+        } else {
+            cols.push((k, v));
+        }
+    }
+}
+
+async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
+    let p = c.params;
+    let to = p.get("To").unwrap_or_default().trim().to_string();
+    let from = p.get("From").unwrap_or_default().trim().to_string();
+    if to.is_empty() {
+        return Err(TwError::bad(21201, "No 'To' number is specified"));
+    }
+    if from.is_empty() {
+        return Err(TwError::bad(21213, "No 'From' number is specified"));
+    }
+    let given = ["Url", "Twiml", "ApplicationSid"]
+        .iter()
+        .filter(|k| p.get(k).is_some_and(|v| !v.is_empty()))
+        .count();
+    if given != 1 {
+        return Err(TwError::bad(
+            21205,
+            "Exactly one of Url, Twiml or ApplicationSid is required",
+        ));
+    }
+    if let Some(app) = p.get("ApplicationSid").filter(|s| !s.is_empty()) {
+        own_application(c, app).await?;
+    }
+    if p.bool("Record") == Some(true) {
+        return Err(TwError::bad(
+            20001,
+            "Record=true is not supported by this VoxEdge version (recording arrives with the media layer)",
+        ));
+    }
+    if p.get("SendDigits").is_some_and(|d| !d.is_empty()) {
+        return Err(TwError::bad(
+            20001,
+            "SendDigits is not supported by this VoxEdge version",
+        ));
+    }
+    let timeout = p.int("Timeout").unwrap_or(60);
+    if !(1..=600).contains(&timeout) {
+        return Err(TwError::bad(
+            20001,
+            "Timeout must be between 1 and 600 seconds",
+        ));
+    }
+    let time_limit = p
+        .int("TimeLimit")
+        .unwrap_or(i64::from(c.st.cfg.time_limit_default_secs));
+    if !(1..=86_400).contains(&time_limit) {
+        return Err(TwError::bad(
+            20001,
+            "TimeLimit must be between 1 and 86400 seconds",
+        ));
+    }
+    let Some(sip) = &c.st.sip else {
+        return Err(unavailable());
+    };
+    let target = sip
+        .resolve(&to)
+        .map_err(|e| TwError::bad(21211, format!("Invalid 'To' {to}: {e}")))?;
+    let mut columns = columns_from(&CALLS, p);
+    columns.retain(|(k, _)| !matches!(*k, "to" | "from" | "status"));
+    merge(
+        &mut columns,
+        vec![
+            ("timeout", Value::from(timeout)),
+            ("time_limit", Value::from(time_limit)),
+            ("record", Value::Bool(false)),
+            (
+                "method",
+                Value::from(p.get("Method").unwrap_or("POST").to_string()),
+            ),
+        ],
+    );
+    let new = NewCall {
+        account: c.acc_sid().to_string(),
+        to,
+        from,
+        target,
+        columns,
+        timeout: Duration::from_secs(u64::try_from(timeout).unwrap_or(60)),
+        time_limit: Duration::from_secs(u64::try_from(time_limit).unwrap_or(14_400)),
+        has_instructions: true,
+    };
+    match c.st.calls.create(new).await {
+        Ok(row) => Ok(render(&CALLS, &row)),
+        Err(CallError::Concurrency(n)) => Err(TwError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            20429,
+            format!("Too many calls: the account has {n} live calls, its limit"),
+        )),
+        Err(CallError::NoSip) => Err(unavailable()),
+        Err(CallError::Store(e)) => Err(e.into()),
+    }
+}
+
+fn unavailable() -> TwError {
+    TwError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        20503,
+        "Calls cannot be placed: SIP is not enabled on this node",
+    )
+}
+
+async fn update_call(c: &Ctx<'_>) -> Result<Value, TwError> {
+    let row = fetch_row(c, &CALLS, &c.sid).await?;
+    let status = row
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let live = LIVE.contains(&status.as_str());
+    let p = c.params;
+    let redirect = p.get("Url").is_some_and(|v| !v.is_empty())
+        || p.get("Twiml").is_some_and(|v| !v.is_empty());
+    if redirect && !live {
+        return Err(TwError::bad(
+            21220,
+            "Call is not in-progress. Cannot redirect.",
+        ));
+    }
+    let mut sets = columns_from(&CALLS, p);
+    sets.retain(|(k, _)| *k != "status");
+    if !sets.is_empty() {
+        c.st.store
+            .update(&CALLS, c.acc_sid(), &c.sid, &sets)
+            .await?;
+    }
+    if redirect {
+        c.st.calls
+            .notify(
+                c.acc_sid(),
+                Some(&c.sid),
+                "1",
+                "21220",
+                "redirect recorded, but this VoxEdge node cannot run customer instructions yet: the call keeps running the built-in test instructions",
+            )
+            .await;
+    }
+    if let Some(s) = p.get("Status") {
+        if live {
+            c.st.calls.hangup(&c.sid, s).await?;
+        }
+    }
+    Ok(render(&CALLS, &fetch_row(c, &CALLS, &c.sid).await?))
+}
+
+async fn usage(c: &Ctx<'_>) -> Result<Value, TwError> {
+    let p = c.params;
+    let day = 86_400 * 1_000_000;
+    let start = p
+        .get("StartDate")
+        .and_then(parse_date)
+        .unwrap_or(c.acc().date_created / day * day);
+    let end = p
+        .get("EndDate")
+        .and_then(parse_date)
+        .map_or_else(|| now_us() / day * day + day, |d| d + day);
+    let cats: &[(&str, Option<&str>, &str)] = &[
+        ("calls", None, "Voice Minutes"),
+        ("calls-inbound", Some("inbound"), "Inbound Voice Minutes"),
+        ("calls-outbound", Some("outbound"), "Outbound Voice Minutes"),
+    ];
+    let mut items = Vec::new();
+    for (cat, dir, desc) in cats {
+        if p.get("Category").is_some_and(|c| c != *cat) {
+            continue;
+        }
+        let (count, minutes) = c.st.store.call_usage(c.acc_sid(), *dir, start, end).await?;
+        let fmt = |us: i64| {
+            let (y, m, dd) = store::civil_from_days(us.div_euclid(day));
+            format!("{y:04}-{m:02}-{dd:02}")
+        };
+        items.push(json!({
+            "account_sid": c.acc_sid(),
+            "api_version": "2010-04-01",
+            "as_of": rfc2822(now_us()),
+            "category": cat,
+            "description": desc,
+            "start_date": fmt(start),
+            "end_date": fmt(end - day),
+            "count": count.to_string(),
+            "count_unit": "calls",
+            "usage": minutes.to_string(),
+            "usage_unit": "minutes",
+            "price": "0",
+            "price_unit": "USD",
+            "uri": format!("{API}/Accounts/{}/Usage/Records.json?Category={cat}", c.acc_sid()),
+            "subresource_uris": {},
+        }));
+    }
+    let n = items.len();
+    let mut v = c.list("usage_records", items, false);
+    v["end"] = Value::from(n.saturating_sub(1));
+    Ok(v)
+}
