@@ -7,6 +7,7 @@ pub mod dpdk;
 pub mod gen;
 pub mod proc;
 pub mod relay;
+pub mod rest;
 pub mod sip;
 
 use clap::{Args, Subcommand};
@@ -26,6 +27,9 @@ pub enum BenchKind {
     Dpdk(dpdk::DpdkArgs),
     /// SIP calls per second through `voxedge serve` (B2BUA, media anchored), driven by sipp.
     Sip(sip::SipArgs),
+    /// REST API requests per second and latency (call creation, paged listing) on SQLite or
+    /// PostgreSQL.
+    Rest(rest::RestArgs),
 }
 
 /// Runs the chosen bench.
@@ -37,5 +41,6 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchKind::Relay(a) => relay::main(a),
         BenchKind::Dpdk(a) => dpdk::main(a),
         BenchKind::Sip(a) => sip::main(a),
+        BenchKind::Rest(a) => rest::main(a),
     }
 }

@@ -21,6 +21,15 @@ use tokio::sync::mpsc;
 use crate::sip::{CallUpdate, EndStatus, Originate, SipHandle, Target};
 use crate::store::{now_us, Store, StoreError, CALLS, NOTIFICATIONS};
 
+/// Notification codes of VoxEdge's own (82xxx; Twilio has no equivalent). docs/api.md lists them.
+/// The call was accepted with instructions this version cannot run (it runs the built-in test
+/// instructions instead).
+pub const CODE_NO_INSTRUCTIONS: &str = "82001";
+/// A live call was ended because the control node restarted.
+pub const CODE_RESTART: &str = "82002";
+/// An outbound call failed in signalling (a SIP error response, no response, no media ports).
+pub const CODE_CALL_FAILED: &str = "82003";
+
 /// Statuses a call can still leave.
 pub const LIVE: &[&str] = &["queued", "initiated", "ringing", "in-progress"];
 
@@ -153,7 +162,8 @@ impl CallService {
                 } else {
                     code
                 };
-                self.notify(&account, Some(&sid), "1", "20500", msg).await;
+                self.notify(&account, Some(&sid), "1", CODE_RESTART, msg)
+                    .await;
             }
         }
         Ok(n)
@@ -182,7 +192,7 @@ impl CallService {
                     ("error_code", Value::from(code)),
                     (
                         "more_info",
-                        Value::from(format!("https://www.twilio.com/docs/errors/{code}")),
+                        Value::from(crate::rest::more_info(code.parse().unwrap_or(0))),
                     ),
                     ("message_text", Value::from(msg)),
                     ("message_date", Value::from(now)),
@@ -241,7 +251,7 @@ impl CallService {
                 &call.account,
                 Some(&sid),
                 "1",
-                "21220",
+                CODE_NO_INSTRUCTIONS,
                 "this VoxEdge node cannot run customer instructions yet: when answered, the call runs the built-in test instructions (the callee's audio is echoed back)",
             )
             .await;
@@ -434,8 +444,14 @@ impl CallService {
                         None => "the call failed: no response from the far end, or no media ports"
                             .into(),
                     };
-                    self.notify(&text(&c, "account_sid"), Some(sid), "0", "13227", &msg)
-                        .await;
+                    self.notify(
+                        &text(&c, "account_sid"),
+                        Some(sid),
+                        "0",
+                        CODE_CALL_FAILED,
+                        &msg,
+                    )
+                    .await;
                 }
             }
             Ok(false) => {}

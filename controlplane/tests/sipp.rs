@@ -403,3 +403,42 @@ fn sip_bench_reports_json() {
     assert_eq!(v["failed"], 0, "{v}");
     assert!(v["voxedge_cpu_us_per_call"].as_f64().expect("number") > 0.0);
 }
+
+#[test]
+fn rest_bench_reports_json() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "rest",
+            "--calls",
+            "200",
+            "--concurrency",
+            "4",
+            "--page-size",
+            "50",
+            "--json",
+        ])
+        .env_remove("VOXEDGE_CONFIG")
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON");
+    assert_eq!(v["create"]["requests"], 200, "{v}");
+    assert_eq!(v["create"]["errors"], 0, "{v}");
+    assert_eq!(v["list"]["phase"]["errors"], 0, "{v}");
+    assert_eq!(
+        v["list"]["rows_seen_per_walk"],
+        serde_json::json!([200, 200, 200, 200]),
+        "{v}"
+    );
+    assert_eq!(
+        v["first_page_of_busy_calls"], 200,
+        "every call went through SIP and ended busy: {v}"
+    );
+    assert!(v["create"]["latency_ms"]["p99"].as_f64().expect("number") > 0.0);
+}

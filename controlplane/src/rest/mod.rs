@@ -121,7 +121,7 @@ impl TwError {
             Json(json!({
                 "code": self.code,
                 "message": self.message,
-                "more_info": format!("https://www.twilio.com/docs/errors/{}", self.code),
+                "more_info": more_info(self.code),
                 "status": self.status.as_u16(),
             })),
         )
@@ -142,6 +142,15 @@ impl From<StoreError> for TwError {
                 )
             }
         }
+    }
+}
+
+/// Where an error code is explained: Twilio's page for Twilio's codes, ours for VoxEdge's.
+pub fn more_info(code: u32) -> String {
+    if (82_000..83_000).contains(&code) || matches!(code, 20_413 | 20_415 | 20_500 | 20_503) {
+        format!("docs/api.md#error-{code} (in the VoxEdge source tree)")
+    } else {
+        format!("https://www.twilio.com/docs/errors/{code}")
     }
 }
 
@@ -1324,7 +1333,7 @@ async fn update_call(c: &Ctx<'_>) -> Result<Value, TwError> {
                 c.acc_sid(),
                 Some(&c.sid),
                 "1",
-                "21220",
+                crate::calls::CODE_NO_INSTRUCTIONS,
                 "redirect recorded, but this VoxEdge node cannot run customer instructions yet: the call keeps running the built-in test instructions",
             )
             .await;
