@@ -216,3 +216,53 @@ fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
     assert!(status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `voxedge admin account …` on a fresh directory: the store and its key file are created,
+/// `--json` output is one object a script can read, and the account is listed and suspended.
+#[test]
+fn admin_creates_lists_and_suspends_accounts_as_json() {
+    let dir = std::env::temp_dir().join(format!("voxedge-admin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let admin = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("admin")
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("VOXEDGE_CONFIG")
+            .env_remove("VOXEDGE_SECRET_KEY")
+            .env_remove("VOXEDGE_DATABASE")
+            .output()
+            .expect("run voxedge admin");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one JSON value")
+    };
+    let created = admin(&["account", "create", "--friendly-name", "Acme", "--json"]);
+    let sid = created["sid"].as_str().expect("sid").to_string();
+    assert!(sid.starts_with("AC") && sid.len() == 34, "{created}");
+    assert_eq!(created["auth_token"].as_str().map(str::len), Some(32));
+    assert!(dir.join("voxedge.db").exists() && dir.join("voxedge.key").exists());
+    let mut db = std::fs::read(dir.join("voxedge.db")).expect("db");
+    db.extend(std::fs::read(dir.join("voxedge.db-wal")).unwrap_or_default());
+    let token = created["auth_token"].as_str().expect("token").as_bytes();
+    assert!(
+        !db.windows(token.len()).any(|w| w == token),
+        "the auth token is not stored in plain text"
+    );
+    let list = admin(&["account", "list", "--json"]);
+    assert_eq!(list[0]["sid"], sid.as_str());
+    assert_eq!(list[0]["status"], "active");
+    let st = admin(&["account", "status", &sid, "suspended", "--json"]);
+    assert_eq!(st["status"], "suspended");
+    assert_eq!(
+        admin(&["account", "list", "--json"])[0]["status"],
+        "suspended"
+    );
+    let doc = admin(&["openapi"]);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let _ = std::fs::remove_dir_all(&dir);
+}

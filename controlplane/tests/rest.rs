@@ -192,6 +192,11 @@ async fn applications_numbers_paging_and_subaccounts() {
                 assert!(pages < 5, "paging terminates");
             }
             assert_eq!(pages, 2);
+            assert_eq!(
+                seen.len(),
+                3,
+                "keyset pages neither skip nor repeat: {seen:?}"
+            );
             seen.sort();
             let mut want = apps.clone();
             want.sort();
@@ -990,6 +995,13 @@ async fn bad_input_gets_clear_4xx_errors() {
                 400,
                 20001,
             );
+            for token in ["PAxyz", "PA1_%27%3B--", "PA1_CA00"] {
+                assert_error(
+                    &req("GET", &format!("{calls}?PageToken={token}"), a.auth(), &[]),
+                    400,
+                    20001,
+                );
+            }
             let long = "x".repeat(65);
             assert_error(
                 &req(

@@ -627,18 +627,49 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// A list answer in Twilio's paging shape.
+    /// The position a `PageToken` names: `PA<order value>_<SID>` of the last row of the
+    /// previous page. A token that does not parse is a 400.
+    fn cursor(&self) -> Result<Option<(i64, String)>, TwError> {
+        let Some(t) = self.params.get("PageToken") else {
+            return Ok(None);
+        };
+        let bad = || TwError::bad(20001, "Invalid PageToken: use the next_page_uri of a list");
+        let (v, sid) = t
+            .strip_prefix("PA")
+            .and_then(|r| r.split_once('_'))
+            .ok_or_else(bad)?;
+        let v: i64 = v.parse().map_err(|_| bad())?;
+        if sid.len() != 34 || !sid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(bad());
+        }
+        Ok(Some((v, sid.to_string())))
+    }
+
+    /// A list answer in Twilio's paging shape (offset paging by `Page`).
     fn list(&self, key: &str, items: Vec<Value>, more: bool) -> Value {
+        self.list_with(key, items, more, None)
+    }
+
+    /// The same, with `next` the `PageToken` of the next page (keyset paging).
+    fn list_with(&self, key: &str, items: Vec<Value>, more: bool, next: Option<String>) -> Value {
         let (page, size) = self.page();
         let base = self.path.to_string();
-        let uri = |p: i64| {
+        let with_token = |p: i64, token: Option<&str>| {
             let mut q = form_urlencoded::Serializer::new(String::new());
             for (k, v) in &self.params.echo {
                 q.append_pair(k, v);
             }
             q.append_pair("PageSize", &size.to_string());
             q.append_pair("Page", &p.to_string());
+            if let Some(t) = token {
+                q.append_pair("PageToken", t);
+            }
             format!("{base}?{}", q.finish())
+        };
+        let uri = |p: i64| with_token(p, None);
+        let next_uri = match &next {
+            Some(t) => with_token(page + 1, Some(t)),
+            None => uri(page + 1),
         };
         let n = items.len() as i64;
         json!({
@@ -647,9 +678,9 @@ impl Ctx<'_> {
             "page_size": size,
             "start": page * size,
             "end": if n == 0 { page * size } else { page * size + n - 1 },
-            "uri": uri(page),
+            "uri": with_token(page, self.params.get("PageToken")),
             "first_page_uri": uri(0),
-            "next_page_uri": if more { Value::from(uri(page + 1)) } else { Value::Null },
+            "next_page_uri": if more { Value::from(next_uri) } else { Value::Null },
             "previous_page_uri": if page > 0 { Value::from(uri(page - 1)) } else { Value::Null },
         })
     }
@@ -831,20 +862,26 @@ async fn list_rows(
     filters: &[Filter],
 ) -> Result<Value, TwError> {
     let (page, size) = c.page();
+    let cursor = c.cursor()?;
     let (rows, more) =
         c.st.store
             .list(
                 t,
                 c.acc_sid(),
                 filters,
-                "date_created",
-                true,
+                ("date_created", true),
+                cursor.as_ref().map(|(v, s)| (*v, s.as_str())),
                 page * size,
                 size,
             )
             .await?;
+    let next = rows.last().and_then(|r| {
+        let v = r.get("date_created")?.as_i64()?;
+        let sid = r.get("sid")?.as_str()?;
+        Some(format!("PA{v}_{sid}"))
+    });
     let items = rows.iter().map(|r| render(t, r)).collect();
-    Ok(c.list(key, items, more))
+    Ok(c.list_with(key, items, more, next))
 }
 
 async fn fetch_row(c: &Ctx<'_>, t: &Table, sid: &str) -> Result<Map<String, Value>, TwError> {
@@ -1134,8 +1171,8 @@ async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
                     &CALL_EVENTS,
                     c.acc_sid(),
                     &[Filter::Eq("call_sid", Value::from(c.call_sid.clone()))],
-                    "date_created",
-                    false,
+                    ("date_created", false),
+                    None,
                     page * size,
                     size,
                 )

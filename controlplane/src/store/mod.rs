@@ -17,7 +17,10 @@ use sqlx::{AnyPool, Row};
 use crate::secret::{self, SecretError, SecretKey};
 
 /// One migration per file, in order; never edit an applied one, add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("0001_init.sql")),
+    (2, include_str!("0002_list_indexes.sql")),
+];
 
 /// What a store operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -801,8 +804,10 @@ impl Store {
         Ok(row.map(|r| decode(table, &r)).transpose()?)
     }
 
-    /// A page of `account`'s rows matching `filters`, ordered by `order` (a column, newest or
-    /// oldest first), and whether more follow.
+    /// A page of `account`'s rows matching `filters`, ordered by a column (newest or oldest
+    /// first, then by SID), and whether more follow. With `after` = (order value, SID) of the
+    /// last row of the previous page, the page starts right after it (keyset paging: an index
+    /// seek however deep the page); else at `offset`.
     ///
     /// # Errors
     /// Database errors.
@@ -812,26 +817,39 @@ impl Store {
         table: &Table,
         account: &str,
         filters: &[Filter],
-        order: &str,
-        descending: bool,
+        (order, descending): (&str, bool),
+        after: Option<(i64, &str)>,
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<Map<String, Value>>, bool), StoreError> {
         let mut q = format!("{} WHERE account_sid = $1", Self::select(table));
-        for (i, f) in filters.iter().enumerate() {
+        let mut n = 1;
+        for f in filters {
             let (c, op) = match f {
                 Filter::Eq(c, _) => (c, "="),
                 Filter::Ge(c, _) => (c, ">="),
                 Filter::Lt(c, _) => (c, "<"),
             };
-            q.push_str(&format!(" AND {} {op} ${}", quoted(c), i + 2));
+            n += 1;
+            q.push_str(&format!(" AND {} {op} ${n}", quoted(c)));
+        }
+        if after.is_some() {
+            let cmp = if descending { "<" } else { ">" };
+            let o = quoted(order);
+            q.push_str(&format!(
+                " AND ({o} {cmp} ${} OR ({o} = ${} AND sid {cmp} ${}))",
+                n + 1,
+                n + 2,
+                n + 3
+            ));
+            n += 3;
         }
         let dir = if descending { "DESC" } else { "ASC" };
         q.push_str(&format!(
             " ORDER BY {} {dir}, sid {dir} LIMIT ${} OFFSET ${}",
             quoted(order),
-            filters.len() + 2,
-            filters.len() + 3
+            n + 1,
+            n + 2
         ));
         let mut query = sqlx::query(audited(q)).bind(account.to_string());
         for f in filters {
@@ -840,6 +858,10 @@ impl Store {
                 Filter::Ge(_, n) | Filter::Lt(_, n) => query.bind(*n),
             };
         }
+        if let Some((v, sid)) = after {
+            query = query.bind(v).bind(v).bind(sid.to_string());
+        }
+        let offset = if after.is_some() { 0 } else { offset };
         let rows = query
             .bind(limit + 1)
             .bind(offset)
