@@ -130,6 +130,7 @@ fn start_target(a: &RelayArgs) -> anyhow::Result<Target> {
     let exe = std::env::current_exe().context("locate voxedge binary")?;
     let child = Command::new(exe)
         .args(["media", "--media-bind", "127.0.0.1", "--log", "warn"])
+        .args(["--ng-listen", "127.0.0.1:0"])
         .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .args(["--management-listen", &format!("127.0.0.1:{mgmt_port}")])
         .args(["--workers", &a.workers.to_string()])

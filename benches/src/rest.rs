@@ -149,7 +149,7 @@ pub fn main(a: &RestArgs) -> anyhow::Result<()> {
         format!(
             "[api]\nlisten = \"127.0.0.1:{api}\"\ndatabase = \"{database}\"\nsecret_key = \"{key}\"\n\
 calls_per_second_per_account = 1000000\ncalls_concurrent_per_account = 1000000\nrequests_per_second_per_account = 1000000\n\
-[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n\
+[ng]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n\
 [sip]\nlisten = \"127.0.0.1:{sip}\"\ncalls_per_second_max = 100000\ncalls_per_second_per_source_max = 100000\n\
 routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
 [dataplane]\nworkers = 1\nbind = \"127.0.0.1\"\nport_min = 20000\nport_max = 32000\n",

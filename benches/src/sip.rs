@@ -68,7 +68,7 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
     std::fs::write(
         &cfg,
         format!(
-            "[api]\nenabled = false\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n[sip]\nlisten = \"127.0.0.1:{sip}\"\n\
+            "[api]\nenabled = false\n[ng]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n[sip]\nlisten = \"127.0.0.1:{sip}\"\n\
 calls_per_second_max = 100000\ncalls_per_second_per_source_max = 100000\n\
 routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
 [dataplane]\nworkers = {workers}\nbind = \"127.0.0.1\"\nport_min = 20000\nport_max = 32000\n",

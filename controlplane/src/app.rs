@@ -42,6 +42,9 @@ pub struct Running {
     /// The REST API listener and its store (serve role).
     pub api: Option<SocketAddr>,
     pub store: Option<crate::store::Store>,
+    /// The ng listener (UDP; TCP on the same port) and its counters.
+    pub ng: Option<SocketAddr>,
+    pub ng_stats: Option<Arc<crate::ng::NgStats>>,
     pub dataplane: Arc<Dataplane>,
     /// The in-memory network, when started with the memory backend.
     pub memory: Option<MemoryNet>,
@@ -188,6 +191,12 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         api = Some(addr);
         store = Some(db);
     }
+    let mut ng = None;
+    if cfg.ng.enabled {
+        let svc = crate::ng::start(&cfg.ng, dataplane.clone(), stop_rx.clone()).await?;
+        ng = svc.udp.map(|a| (a, svc.stats.clone()));
+        tasks.extend(svc.tasks);
+    }
     tasks.push(drain_events(dataplane.clone(), stop_rx));
     Ok(Running {
         admin,
@@ -197,6 +206,8 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         sip_stats: sip.map(|s| s.2),
         api,
         store,
+        ng_stats: ng.as_ref().map(|n| n.1.clone()),
+        ng: ng.map(|n| n.0),
         dataplane,
         memory,
         stop,

@@ -270,11 +270,21 @@ impl CallService {
             slot
         };
         // The answer shows the call as accepted (queued), whatever the dialler does next.
-        let row = self
-            .store
-            .get(&CALLS, &call.account, &sid)
-            .await?
-            .ok_or_else(|| CallError::Store(StoreError::Conflict("call vanished".into())))?;
+        let row = match self.store.get(&CALLS, &call.account, &sid).await {
+            Ok(Some(r)) => r,
+            other => {
+                // Not readable back: the call is not placed, and its slot is given back.
+                let _ = self
+                    .store
+                    .transition_call(&sid, &["queued"], &[("status", Value::from("canceled"))])
+                    .await;
+                self.release(&sid);
+                return Err(match other {
+                    Err(e) => e.into(),
+                    _ => CallError::Store(StoreError::Conflict("call vanished".into())),
+                });
+            }
+        };
         let svc = self.clone();
         let created = Instant::now();
         let sid2 = sid.clone();
@@ -294,7 +304,11 @@ impl CallService {
                 .await;
             match moved {
                 Ok(true) => {}
-                Ok(false) => return, // canceled while queued
+                Ok(false) => {
+                    // Canceled while queued (possibly by another control node).
+                    svc.release(&sid2);
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(error = %e, sid = %sid2, "cannot start a queued call");
                     svc.release(&sid2);
@@ -422,6 +436,7 @@ impl CallService {
             }
             Err(e) => {
                 tracing::error!(error = %e, sid, "cannot read a call to end it");
+                self.release(sid);
                 return;
             }
         };

@@ -18,7 +18,44 @@ pub struct Config {
     pub management: ManagementConfig,
     pub sip: SipConfig,
     pub api: ApiConfig,
+    pub ng: NgConfig,
     pub log: LogConfig,
+}
+
+/// `[ng]`: rtpengine's ng control protocol (`voxedge media` and `voxedge serve`), for Kamailio
+/// and OpenSIPS `rtpengine` modules. No authentication, like rtpengine: keep it on loopback or a
+/// private network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NgConfig {
+    pub enabled: bool,
+    /// UDP, and TCP on the same address when `tcp`.
+    pub listen: SocketAddr,
+    pub tcp: bool,
+    /// Largest request (datagram or TCP message), bytes.
+    pub max_message_bytes: usize,
+    /// Calls relayed at once; beyond, offers get an error.
+    pub calls_max: usize,
+    /// A call whose media has been idle this long (both directions) is deleted.
+    pub media_timeout_secs: u32,
+    /// Replies kept for retransmitted requests (same cookie): how long and how many.
+    pub cache_secs: u32,
+    pub cache_entries_max: usize,
+}
+
+impl Default for NgConfig {
+    fn default() -> Self {
+        NgConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 2223)),
+            tcp: true,
+            max_message_bytes: 65_535,
+            calls_max: 100_000,
+            media_timeout_secs: 60,
+            cache_secs: 30,
+            cache_entries_max: 100_000,
+        }
+    }
 }
 
 /// `[api]`: the Twilio-compatible REST API of `voxedge serve` and its store.

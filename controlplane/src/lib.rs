@@ -10,6 +10,7 @@ pub mod config;
 pub mod digest;
 pub mod http;
 pub mod metrics;
+pub mod ng;
 pub mod rest;
 pub mod sdnotify;
 pub mod secret;

@@ -112,6 +112,9 @@ struct RunArgs {
     /// REST API listener (`voxedge serve`).
     #[arg(long, env = "VOXEDGE_API_LISTEN")]
     api_listen: Option<std::net::SocketAddr>,
+    /// rtpengine-compatible ng control listener (UDP and TCP).
+    #[arg(long, env = "VOXEDGE_NG_LISTEN")]
+    ng_listen: Option<std::net::SocketAddr>,
     /// Store: `sqlite://FILE` or `postgres://…`.
     #[arg(long, env = "VOXEDGE_DATABASE", hide_env_values = true)]
     database: Option<String>,
@@ -129,6 +132,9 @@ impl RunArgs {
         }
         if let Some(v) = self.sip_listen {
             c.sip.listen = v;
+        }
+        if let Some(v) = self.ng_listen {
+            c.ng.listen = v;
         }
         if let Some(v) = self.api_listen {
             c.api.listen = v;

@@ -138,6 +138,8 @@ pub enum OriginateError {
     BadSipUri,
     #[error("no SIP route matches this number (see [sip] routes)")]
     NoRoute,
+    #[error("a number may hold only digits, letters, + * # . _ - (at most 64)")]
+    BadNumber,
     #[error("the SIP service is not running")]
     Stopped,
 }
@@ -152,12 +154,28 @@ impl SipHandle {
             if !self.sip_uri_calls {
                 return Err(OriginateError::SipUriNotAllowed);
             }
+            // sip:user@host:port with nothing that could end the URI or start a header.
+            let ok = to.len() <= 256
+                && to[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-_.!~*'()%@:[]".contains(&b));
+            if !ok {
+                return Err(OriginateError::BadSipUri);
+            }
             let addr = target_addr(to).ok_or(OriginateError::BadSipUri)?;
             return Ok(Target {
                 uri: to.to_string(),
                 addr,
                 creds: None,
             });
+        }
+        let number_ok = !to.is_empty()
+            && to.len() <= 64
+            && to
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+*#._-".contains(&b));
+        if !number_ok {
+            return Err(OriginateError::BadNumber);
         }
         let found = self
             .routes
@@ -214,6 +232,10 @@ struct Origin {
     ringing: bool,
     /// Set when asked to end before the answer: the status to report.
     cancel: Option<EndStatus>,
+    /// Whether our CANCEL left (it waits for a provisional response, RFC 3261 §9.1).
+    cancel_sent: bool,
+    /// Any provisional response (100 included) arrived.
+    provisional: bool,
     /// The 2xx arrived; the entry stays for 2xx retransmissions until the transaction ends.
     answered: bool,
 }
@@ -407,6 +429,8 @@ struct Core {
     origins: HashMap<TxId, Origin>,
     origin_tx: HashMap<String, TxId>,
     origin_calls: HashMap<String, DialogId>,
+    /// Hang-ups that arrived before their call was handed to us (bounded).
+    cancel_early: HashMap<String, EndStatus>,
     updates: Option<mpsc::UnboundedSender<CallUpdate>>,
     dp: Arc<Dataplane>,
     advertise: IpAddr,
@@ -423,41 +447,45 @@ fn random_token(n: usize) -> String {
         .collect()
 }
 
-/// Binds UDP and TCP on one address. With port 0, UDP picks a free port and TCP follows it;
-/// when that port is taken for TCP (an ephemeral port of some client connection), another
-/// is tried.
-async fn bind_pair(
-    cfg: &SipConfig,
+/// Binds UDP (when `udp`) and TCP (when `tcp`) on one address, for a listener called `what`.
+/// With port 0, UDP picks a free port and TCP follows it; when that port is taken for TCP (an
+/// ephemeral port of some client connection), another is tried.
+pub(crate) async fn bind_pair(
+    listen: SocketAddr,
+    udp: bool,
+    tcp: bool,
+    what: &str,
 ) -> anyhow::Result<(Option<Arc<UdpSocket>>, Option<TcpListener>)> {
     use anyhow::Context;
-    let attempts = if cfg.listen.port() == 0 && cfg.udp && cfg.tcp {
+    let attempts = if listen.port() == 0 && udp && tcp {
         20
     } else {
         1
     };
     let mut last = None;
     for _ in 0..attempts {
-        let udp = if cfg.udp {
-            Some(Arc::new(UdpSocket::bind(cfg.listen).await.with_context(
-                || format!("cannot bind SIP UDP on {}", cfg.listen),
+        let u = if udp {
+            Some(Arc::new(UdpSocket::bind(listen).await.with_context(
+                || format!("cannot bind {what} (UDP) on {listen}"),
             )?))
         } else {
             None
         };
-        let tcp_addr = match &udp {
+        let tcp_addr = match &u {
             Some(u) => u.local_addr()?,
-            None => cfg.listen,
+            None => listen,
         };
-        if !cfg.tcp {
-            return Ok((udp, None));
+        if !tcp {
+            return Ok((u, None));
         }
         match TcpListener::bind(tcp_addr).await {
-            Ok(t) => return Ok((udp, Some(t))),
+            Ok(t) => return Ok((u, Some(t))),
             Err(e) => last = Some((tcp_addr, e)),
         }
     }
-    let (addr, e) = last.ok_or_else(|| anyhow::anyhow!("no SIP listener configured"))?;
-    Err(anyhow::Error::new(e).context(format!("cannot bind SIP TCP on {addr}")))
+    let (addr, e) =
+        last.ok_or_else(|| anyhow::anyhow!("{what}: neither UDP nor TCP is enabled"))?;
+    Err(anyhow::Error::new(e).context(format!("cannot bind {what} (TCP) on {addr}")))
 }
 
 /// Starts the service; `stop` ends it.
@@ -475,7 +503,7 @@ pub async fn start(
         max_message_bytes: cfg.max_message_bytes,
         ..Limits::default()
     };
-    let (udp, tcp) = bind_pair(cfg).await?;
+    let (udp, tcp) = bind_pair(cfg.listen, cfg.udp, cfg.tcp, "SIP").await?;
     let stats = Arc::new(SipStats::default());
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(4096);
     let mut tasks = Vec::new();
@@ -534,6 +562,7 @@ pub async fn start(
         origins: HashMap::new(),
         origin_tx: HashMap::new(),
         origin_calls: HashMap::new(),
+        cancel_early: HashMap::new(),
         updates,
         dp,
         advertise,
@@ -1774,6 +1803,10 @@ Contact: <sip:voxedge@{local}>\r\n",
     /// Places a call for the API: media in an echo relay (the built-in test instructions: the
     /// callee hears itself) and an INVITE with our offer.
     fn originate(&mut self, o: Originate, now: Duration) {
+        if let Some(status) = self.cancel_early.remove(&o.sid) {
+            self.report_end(&o.sid, status, None);
+            return;
+        }
         let info = match self.dp.create_relay(RelayRequest {
             echo: true,
             ..RelayRequest::with_remotes(None, None)
@@ -1838,6 +1871,8 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 auth_tried: false,
                 ringing: false,
                 cancel: None,
+                cancel_sent: false,
+                provisional: false,
                 answered: false,
             },
         );
@@ -1854,6 +1889,13 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             return;
         }
         let Some(tx) = self.origin_tx.get(sid).copied() else {
+            // Not handed to us yet (the API raced the dialler): end it when it arrives.
+            if status != EndStatus::NoAnswer {
+                if self.cancel_early.len() >= 10_000 {
+                    self.cancel_early.clear();
+                }
+                self.cancel_early.insert(sid.to_string(), status);
+            }
             return;
         };
         let Some(o) = self.origins.get_mut(&tx) else {
@@ -1863,9 +1905,13 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             return;
         }
         o.cancel = Some(status);
-        let peer = o.peer;
-        if let Some(c) = cancel_for(&o.invite) {
-            let _ = self.tx.send_request(c, peer, now);
+        // RFC 3261 §9.1: no CANCEL before a provisional response; it leaves on the first one.
+        if o.provisional {
+            o.cancel_sent = true;
+            let peer = o.peer;
+            if let Some(c) = cancel_for(&o.invite) {
+                let _ = self.tx.send_request(c, peer, now);
+            }
         }
     }
 
@@ -1898,6 +1944,17 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         }
         if let Some(sdp) = msg.sdp() {
             follow_media(&self.dp, o.relay, Side::A, &sdp);
+        }
+        if (100..200).contains(&code) {
+            o.provisional = true;
+            if o.cancel.is_some() && !o.cancel_sent {
+                o.cancel_sent = true;
+                let peer = o.peer;
+                if let Some(c) = cancel_for(&o.invite) {
+                    let _ = self.tx.send_request(c, peer, now);
+                }
+                return;
+            }
         }
         match code {
             100 => {}

@@ -10,6 +10,7 @@ use voxedge_dataplane::BackendKind;
 
 fn config(port_min: u16) -> Config {
     let mut c = Config::default();
+    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
     c.management.listen = "127.0.0.1:0".parse().expect("addr");
     c.management.body_bytes_max = 4096;

@@ -51,7 +51,7 @@ fn baresip_calls_the_echo_target_and_hears_itself() {
     std::fs::write(
         dir.join("config"),
         format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:39495\nmodule_path /usr/lib/baresip/modules\n\
+            "poll_method epoll\nsip_listen 127.0.0.1:27495\nmodule_path /usr/lib/baresip/modules\n\
 module g711.so\nmodule aufile.so\nmodule menu.so\nmodule account.so\n\
 audio_player aufile,{heard}\naudio_source aufile,{tone}\naudio_alert aufile,{alert}\n\
 rtp_ports 36200-36299\n",
@@ -70,16 +70,16 @@ rtp_ports 36200-36299\n",
 
     let _serve = Kill(
         Command::new(BIN)
-            .args(["serve", "--admin-listen", "127.0.0.1:39491"])
-            .args(["--api-listen", "127.0.0.1:0"])
+            .args(["serve", "--admin-listen", "127.0.0.1:27491"])
+            .args(["--api-listen", "127.0.0.1:0", "--ng-listen", "127.0.0.1:0"])
             .current_dir(&dir)
             .args([
                 "--sip-listen",
-                "127.0.0.1:39490",
+                "127.0.0.1:27490",
                 "--media-bind",
                 "127.0.0.1",
             ])
-            .args(["--port-min", "34800", "--port-max", "34899", "--no-pin"])
+            .args(["--port-min", "24800", "--port-max", "24899", "--no-pin"])
             .env_remove("VOXEDGE_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -87,14 +87,14 @@ rtp_ports 36200-36299\n",
             .expect("start voxedge serve"),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get("http://127.0.0.1:39491/health").call().is_err() {
+    while ureq::get("http://127.0.0.1:27491/health").call().is_err() {
         assert!(Instant::now() < deadline, "voxedge serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = Command::new("timeout")
         .args(["30", "baresip", "-f"])
         .arg(&dir)
-        .args(["-e", "/dial sip:echo@127.0.0.1:39490", "-t", "5"])
+        .args(["-e", "/dial sip:echo@127.0.0.1:27490", "-t", "5"])
         .output()
         .expect("run baresip");
     let log =
@@ -104,7 +104,7 @@ rtp_ports 36200-36299\n",
         log.contains("incoming rtp for 'audio' established"),
         "baresip log:\n{log}"
     );
-    let metrics = ureq::get("http://127.0.0.1:39491/metrics")
+    let metrics = ureq::get("http://127.0.0.1:27491/metrics")
         .call()
         .expect("metrics")
         .into_string()

@@ -171,15 +171,17 @@ fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
     let mut child = Command::new(BIN)
-        .args(["serve", "--admin-listen", "127.0.0.1:39111"])
+        .args(["serve", "--admin-listen", "127.0.0.1:27111"])
         .args([
             "--sip-listen",
-            "127.0.0.1:39112",
+            "127.0.0.1:27112",
             "--api-listen",
+            "127.0.0.1:0",
+            "--ng-listen",
             "127.0.0.1:0",
         ])
         .current_dir(&dir)
-        .args(["--port-min", "33000", "--port-max", "33099"])
+        .args(["--port-min", "23000", "--port-max", "23099"])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "200000")
         .env_remove("VOXEDGE_CONFIG")
@@ -195,7 +197,7 @@ fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
     let first = recv();
     assert!(first.starts_with("READY=1"), "{first}");
     // Already serving when READY is sent.
-    wait_health("http://127.0.0.1:39111/health");
+    wait_health("http://127.0.0.1:27111/health");
     let mut watchdogs = 0;
     while watchdogs < 3 {
         let m = recv();

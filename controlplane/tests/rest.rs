@@ -34,6 +34,7 @@ fn databases(name: &str) -> Vec<String> {
 
 fn config(db: &str, port_min: u16) -> Config {
     let mut c = Config::default();
+    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
     c.sip.listen = "127.0.0.1:0".parse().expect("addr");
     c.api.listen = "127.0.0.1:0".parse().expect("addr");
@@ -604,7 +605,7 @@ async fn calls_follow_the_signalling() {
     for db in databases("calls") {
         let callee = Callee::new();
         let callee_addr = callee.sock.local_addr().expect("addr");
-        let mut c = config(&db, 32300);
+        let mut c = config(&db, 26700);
         c.api.calls_per_second_per_account = 2;
         c.api.calls_concurrent_per_account = 3;
         c.sip.routes = vec![SipRoute {

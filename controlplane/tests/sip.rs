@@ -17,6 +17,7 @@ use common::Callee;
 
 fn config(port_min: u16) -> Config {
     let mut c = Config::default();
+    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
     c.sip.listen = "127.0.0.1:0".parse().expect("addr");
     c.dataplane.workers = 1;
@@ -131,7 +132,7 @@ async fn start(port_min: u16) -> Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_call_over_udp_with_media_and_bye() {
-    let r = start(32600).await;
+    let r = start(25600).await;
     let server = r.sip_udp.expect("udp");
     let stats = r.sip_stats.clone().expect("stats");
     let dp = r.dataplane.clone();
@@ -231,7 +232,7 @@ async fn echo_call_over_udp_with_media_and_bye() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_over_tcp_and_hangup_target_sends_bye() {
-    let r = start(32700).await;
+    let r = start(25700).await;
     let tcp = r.sip_tcp.expect("tcp");
     let udp = r.sip_udp.expect("udp");
     tokio::task::spawn_blocking(move || {
@@ -348,7 +349,7 @@ async fn routed_call_relays_ringing_answer_media_and_callee_bye() {
     let callee = Callee::new();
     let r = app::start(
         Role::Serve,
-        routed(32800, callee.sock.local_addr().expect("a")),
+        routed(25800, callee.sock.local_addr().expect("a")),
         BackendKind::Socket,
     )
     .await
@@ -424,7 +425,7 @@ async fn routed_call_relays_busy_and_cancel() {
     let callee = Callee::new();
     let r = app::start(
         Role::Serve,
-        routed(32900, callee.sock.local_addr().expect("a")),
+        routed(25900, callee.sock.local_addr().expect("a")),
         BackendKind::Socket,
     )
     .await
@@ -506,7 +507,7 @@ async fn routed_call_relays_busy_and_cancel() {
 /// service keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invite_flood_is_answered_503_with_retry_after() {
-    let mut c = config(33000);
+    let mut c = config(26000);
     c.sip.calls_per_second_max = 10;
     c.sip.calls_per_second_per_source_max = 10;
     let r = app::start(Role::Serve, c, BackendKind::Socket)
@@ -614,7 +615,7 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
     let callee = Callee::new();
     let r = app::start(
         Role::Serve,
-        routed(33100, callee.sock.local_addr().expect("a")),
+        routed(26100, callee.sock.local_addr().expect("a")),
         BackendKind::Socket,
     )
     .await
@@ -688,7 +689,7 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
 async fn digest_auth_towards_a_trunk_and_from_callers() {
     use voxedge_controlplane::digest;
     let callee = Callee::new();
-    let mut cfg = routed(33300, callee.sock.local_addr().expect("a"));
+    let mut cfg = routed(26300, callee.sock.local_addr().expect("a"));
     cfg.sip.routes[0].username = Some("voxedge-trunk".into());
     cfg.sip.routes[0].password = Some("s3cret".into());
     cfg.sip.users = vec![voxedge_controlplane::config::SipUser {
@@ -816,7 +817,7 @@ async fn digest_auth_towards_a_trunk_and_from_callers() {
 /// streams. Nothing panics or hangs: OPTIONS is still answered afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_udp_and_tcp_does_not_hurt_the_service() {
-    let r = start(33500).await;
+    let r = start(26500).await;
     let (udp, tcp) = (r.sip_udp.expect("udp"), r.sip_tcp.expect("tcp"));
     let stats = r.sip_stats.clone().expect("stats");
     tokio::task::spawn_blocking(move || {

@@ -22,7 +22,7 @@ fn serve(args: &[&std::ffi::OsStr], admin_port: u16) -> Kill {
         Command::new(BIN)
             .arg("serve")
             .args(args)
-            .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--api-listen", "127.0.0.1:0", "--ng-listen", "127.0.0.1:0"])
             .current_dir(scratch(admin_port))
             .env_remove("VOXEDGE_CONFIG")
             .stdout(Stdio::null())
@@ -59,25 +59,25 @@ fn sipp_uac_calls_the_echo_target() {
     );
     let args = [
         "--admin-listen",
-        "127.0.0.1:39151",
+        "127.0.0.1:27151",
         "--sip-listen",
-        "127.0.0.1:39150",
+        "127.0.0.1:27150",
         "--media-bind",
         "127.0.0.1",
         "--port-min",
-        "33200",
+        "23200",
         "--port-max",
-        "33399",
+        "23399",
         "--no-pin",
     ];
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    let serve = serve(&args, 39151);
+    let serve = serve(&args, 27151);
     let dir = std::env::temp_dir().join(format!("voxedge-sipp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let stat = dir.join("stat.csv");
     let out = Command::new("sipp")
-        .args(["-sn", "uac", "-s", "echo", "127.0.0.1:39150"])
-        .args(["-i", "127.0.0.1", "-p", "39160"])
+        .args(["-sn", "uac", "-s", "echo", "127.0.0.1:27150"])
+        .args(["-i", "127.0.0.1", "-p", "27160"])
         .args(["-m", "30", "-r", "30", "-l", "30", "-d", "200"])
         .args(["-timeout", "30", "-nostdin", "-trace_stat", "-stf"])
         .arg(&stat)
@@ -130,24 +130,24 @@ fn sipp_uac_through_voxedge_to_sipp_uas_with_rtp() {
     std::fs::write(
         &cfg,
         r#"[admin]
-listen = "127.0.0.1:39181"
+listen = "127.0.0.1:27181"
 [sip]
-listen = "127.0.0.1:39180"
-routes = [{ pattern = "*", target = "sip:127.0.0.1:39170" }]
+listen = "127.0.0.1:27180"
+routes = [{ pattern = "*", target = "sip:127.0.0.1:27170" }]
 [dataplane]
 workers = 1
 pin_cores = false
 bind = "127.0.0.1"
-port_min = 33400
-port_max = 33599
+port_min = 23400
+port_max = 23599
 "#,
     )
     .expect("config");
-    let _serve = serve_config(&cfg, 39181);
+    let _serve = serve_config(&cfg, 27181);
     let uas = Kill(
         Command::new("sipp")
-            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", "39170"])
-            .args(["-rtp_echo", "-mp", "39400", "-m", "5", "-nostdin"])
+            .args(["-sn", "uas", "-i", "127.0.0.1", "-p", "27170"])
+            .args(["-rtp_echo", "-mp", "27400", "-m", "5", "-nostdin"])
             .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -155,8 +155,8 @@ port_max = 33599
             .expect("sipp uas"),
     );
     let uac = Command::new("sipp")
-        .args(["-sn", "uac_pcap", "-s", "15550001", "127.0.0.1:39180"])
-        .args(["-i", "127.0.0.1", "-p", "39190", "-mp", "39500"])
+        .args(["-sn", "uac_pcap", "-s", "15550001", "127.0.0.1:27180"])
+        .args(["-i", "127.0.0.1", "-p", "27190", "-mp", "27500"])
         .args([
             "-m", "5", "-r", "5", "-l", "5", "-timeout", "60", "-nostdin",
         ])
@@ -176,7 +176,7 @@ port_max = 33599
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let metrics = ureq::get("http://127.0.0.1:39181/metrics")
+    let metrics = ureq::get("http://127.0.0.1:27181/metrics")
         .call()
         .expect("metrics")
         .into_string()
@@ -214,7 +214,7 @@ port_max = 33599
 /// every 486 is acknowledged hop by hop (the UAS receives its ACKs and finishes).
 #[test]
 fn sipp_callee_486_is_relayed_to_the_caller() {
-    let (uac, uas, errors) = b2b_pair(39600, "", "", "uas_486.xml", &["-sn", "uac"], 5);
+    let (uac, uas, errors) = b2b_pair(27600, "", "", "uas_486.xml", &["-sn", "uac"], 5);
     assert!(
         !uac,
         "the built-in UAC cannot succeed against a busy callee"
@@ -233,7 +233,7 @@ fn sipp_callee_486_is_relayed_to_the_caller() {
 #[test]
 fn sipp_hold_and_resume_reinvites_are_relayed() {
     let (uac, uas, errors) = b2b_pair(
-        39700,
+        27700,
         "",
         "",
         "uas_hold_resume.xml",
@@ -330,7 +330,7 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas}\"{route_extra} }}]\
 #[test]
 fn sipp_callee_hangs_up_and_the_caller_gets_the_bye() {
     let (uac, uas, errors) = b2b_pair(
-        40000,
+        28000,
         "",
         "",
         "uas_bye.xml",
@@ -343,7 +343,7 @@ fn sipp_callee_hangs_up_and_the_caller_gets_the_bye() {
 #[test]
 fn sipp_cancel_before_answer_reaches_the_callee() {
     let (uac, uas, errors) = b2b_pair(
-        40100,
+        28100,
         "",
         "",
         "uas_ring_cancel.xml",
@@ -356,7 +356,7 @@ fn sipp_cancel_before_answer_reaches_the_callee() {
 #[test]
 fn sipp_trunk_demanding_digest_auth_is_answered() {
     let (uac, uas, errors) = b2b_pair(
-        40200,
+        28200,
         ", username = \"trunkuser\", password = \"trunkpass\"",
         "",
         "uas_auth.xml",
@@ -371,7 +371,7 @@ fn sipp_flood_is_answered_503() {
     // 60 calls at once against a 10 calls/s limit: the excess gets 503 (sipp's UAC counts
     // them as failed calls), the admitted ones complete, and voxedge keeps serving.
     let (uac, _uas, errors) = b2b_pair(
-        40300,
+        28300,
         "",
         "calls_per_second_max = 10\ncalls_per_second_per_source_max = 10",
         "uas_bye.xml",

@@ -34,6 +34,7 @@ async fn the_official_twilio_helper_library_drives_voxedge() {
     let dir = std::env::temp_dir().join(format!("voxedge-twilio-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let mut c = Config::default();
+    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
     c.sip.listen = "127.0.0.1:0".parse().expect("addr");
     c.api.listen = "127.0.0.1:0".parse().expect("addr");
@@ -43,8 +44,8 @@ async fn the_official_twilio_helper_library_drives_voxedge() {
     c.dataplane.workers = 1;
     c.dataplane.pin_cores = false;
     c.dataplane.bind = "127.0.0.1".parse().expect("ip");
-    c.dataplane.port_min = 34600;
-    c.dataplane.port_max = 34699;
+    c.dataplane.port_min = 26900;
+    c.dataplane.port_max = 26999;
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
         .expect("start");

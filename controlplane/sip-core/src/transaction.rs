@@ -28,6 +28,10 @@ pub struct Timers {
     pub t1: Duration,
     pub t2: Duration,
     pub t4: Duration,
+    /// How long an INVITE client transaction waits for a final response once a provisional
+    /// one arrived (restarted by each provisional, like a proxy's Timer C). Timer B (64·T1)
+    /// applies only before any response: a phone may ring longer than 32 s.
+    pub proceeding: Duration,
 }
 
 impl Default for Timers {
@@ -36,6 +40,7 @@ impl Default for Timers {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
             t4: Duration::from_secs(5),
+            proceeding: Duration::from_secs(660),
         }
     }
 }
@@ -468,6 +473,7 @@ impl Transactions {
             (Kind::InviteClient, State::Calling | State::Proceeding, 100..=199) => {
                 tx.state = State::Proceeding;
                 self.disarm(id, Timer::Retransmit);
+                self.arm(id, Timer::Expire, now + t.proceeding);
                 self.event(TxEvent::Response { tx: id, msg });
             }
             (Kind::InviteClient, State::Calling | State::Proceeding, 200..=299) => {

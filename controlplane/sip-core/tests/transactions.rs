@@ -105,6 +105,28 @@ fn invite_client_doubles_a_and_times_out_with_b() {
 }
 
 #[test]
+fn a_ringing_invite_outlives_timer_b_and_ends_after_the_proceeding_timeout() {
+    let mut t = Transactions::new(Timers::default());
+    let inv = request("INVITE", "z9hG4bKring", 1);
+    t.send_request(inv.clone(), peer(5060, false), Duration::ZERO)
+        .expect("tx");
+    drain(&mut t);
+    let ringing = parse(&build_response(&inv, 180, "Ringing", Some("tt")).to_bytes());
+    t.receive(ringing, peer(5060, false), 100 * MS)
+        .expect("180");
+    drain(&mut t);
+    // Past 64·T1 (32 s): still waiting, nothing sent, nothing reported.
+    let (sends, events) = run_until(&mut t, 100 * MS, Duration::from_secs(120));
+    assert!(sends.is_empty() && events.is_empty(), "{events:?}");
+    // The proceeding timeout (from the last provisional) ends it.
+    let (_, events) = run_until(&mut t, Duration::from_secs(120), Duration::from_secs(661));
+    assert!(
+        matches!(events[..], [TxEvent::Timeout { .. }, ..]),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn invite_client_acks_a_failure_and_absorbs_its_retransmissions() {
     let mut t = Transactions::new(Timers::default());
     let inv = request("INVITE", "z9hG4bKi2", 7);

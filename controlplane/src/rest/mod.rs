@@ -45,6 +45,8 @@ pub struct RestState {
     pub sip: Option<SipHandle>,
     pub cfg: ApiConfig,
     limiter: Mutex<HashMap<String, (f64, Instant)>>,
+    /// A sealed value opened on authentication misses (equal work for unknown SIDs).
+    decoy: String,
 }
 
 impl RestState {
@@ -54,12 +56,14 @@ impl RestState {
         sip: Option<SipHandle>,
         cfg: ApiConfig,
     ) -> Self {
+        let decoy = store.key().seal(&crate::secret::new_token());
         RestState {
             store,
             calls,
             sip,
             cfg,
             limiter: Mutex::new(HashMap::new()),
+            decoy,
         }
     }
 
@@ -215,7 +219,16 @@ async fn dispatch(State(st): State<Arc<RestState>>, req: Request) -> Response {
                 (status, Json(body)).into_response()
             }
         }
-        Err(e) => e.to_response(),
+        Err(e) => {
+            let mut r = e.to_response();
+            if e.status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"Twilio API\""),
+                );
+            }
+            r
+        }
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("Twilio-Request-Id", v);
@@ -341,6 +354,18 @@ async fn handle(
     } else {
         None
     };
+    if method != "GET" && route.op != Op::AccountUpdate {
+        if let Some(a) = account.as_ref().filter(|a| a.status != "active") {
+            return Err(TwError::new(
+                StatusCode::FORBIDDEN,
+                20403,
+                format!(
+                    "Account {} is {}: its resources are read-only",
+                    a.sid, a.status
+                ),
+            ));
+        }
+    }
     let ctx = Ctx {
         st,
         principal: &principal,
@@ -385,15 +410,21 @@ async fn authenticate(st: &RestState, header: Option<&str>) -> Result<Principal,
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(unauthorized)?;
     let (user, pass) = creds.split_once(':').ok_or_else(unauthorized)?;
+    // An unknown SID costs the same work as a known one (a decryption), so response times
+    // do not tell which SIDs exist.
+    let miss = || {
+        let _ = st.store.key().open(&st.decoy);
+        unauthorized()
+    };
     let (account, via_key) = if is_sid(user, "AC") {
-        let a = st.store.account(user).await?.ok_or_else(unauthorized)?;
+        let a = st.store.account(user).await?.ok_or_else(miss)?;
         let token = st.store.auth_token(&a)?;
         if !constant_time_eq(token.as_bytes(), pass.as_bytes()) {
             return Err(unauthorized());
         }
         (a, false)
     } else if is_sid(user, "SK") {
-        let k: ApiKey = st.store.key_by_sid(user).await?.ok_or_else(unauthorized)?;
+        let k: ApiKey = st.store.key_by_sid(user).await?.ok_or_else(miss)?;
         let secret = st
             .store
             .key()
@@ -417,6 +448,21 @@ async fn authenticate(st: &RestState, header: Option<&str>) -> Result<Principal,
             20005,
             format!("Account not active ({})", account.status),
         ));
+    }
+    // A subaccount is usable only while its owner is.
+    if let Some(owner) = &account.owner_account_sid {
+        let active = st
+            .store
+            .account(owner)
+            .await?
+            .is_some_and(|o| o.status == "active");
+        if !active {
+            return Err(TwError::new(
+                StatusCode::UNAUTHORIZED,
+                20005,
+                "Account not active (its owner account is not active)",
+            ));
+        }
     }
     Ok(Principal { account, via_key })
 }
@@ -447,8 +493,9 @@ fn check_value(p: &Param, v: &str) -> Result<String, TwError> {
     if v.len() > 4000 {
         return Err(bad("longer than 4000 characters"));
     }
+    let multiline = p.name == "Twiml";
     if v.chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+        .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
     {
         return Err(bad("control characters are not allowed"));
     }
@@ -1355,6 +1402,14 @@ async fn update_call(c: &Ctx<'_>) -> Result<Value, TwError> {
         return Err(TwError::bad(
             21220,
             "Call is not in-progress. Cannot redirect.",
+        ));
+    }
+    if p.int("TimeLimit")
+        .is_some_and(|t| !(1..=86_400).contains(&t))
+    {
+        return Err(TwError::bad(
+            20001,
+            "TimeLimit must be between 1 and 86400 seconds",
         ));
     }
     let mut sets = columns_from(&CALLS, p);

@@ -292,7 +292,7 @@ const CALL_CREATE_PARAMS: &[Param] = &[
     p("StatusCallback", Ty::Url, "URL told about the call's status changes."),
     p("StatusCallbackEvent", Ty::Many(CALLBACK_EVENTS), "Events for StatusCallback (repeatable; default completed)."),
     p("StatusCallbackMethod", Ty::HttpMethod, "GET or POST (default POST)."),
-    p("Timeout", Ty::Int, "Seconds to let the call ring, 5–600 (default 60)."),
+    p("Timeout", Ty::Int, "Seconds to let the call ring, 1–600 (default 60)."),
     p("TimeLimit", Ty::Int, "Longest call, seconds (default api.time_limit_default_secs)."),
     p("SendDigits", Ty::Str, "Digits to send once answered (not supported by this version: only empty)."),
     p("Record", Ty::Bool, "Record the call (not supported by this version: only false)."),

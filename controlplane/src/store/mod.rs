@@ -447,17 +447,18 @@ impl Store {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // Control nodes starting together: one applies, the others wait and see it done
+            // (the lock comes first: concurrent CREATE TABLE IF NOT EXISTS can collide).
+            sqlx::query("SELECT pg_advisory_xact_lock(725384)")
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS voxedge_migrations (version BIGINT PRIMARY KEY, applied BIGINT NOT NULL)",
         )
         .execute(&mut *tx)
         .await?;
-        if self.backend == Backend::Postgres {
-            // Control nodes starting together: one applies, the others wait and see it done.
-            sqlx::query("SELECT pg_advisory_xact_lock(725384)")
-                .execute(&mut *tx)
-                .await?;
-        }
         let done: Vec<i64> = sqlx::query("SELECT version FROM voxedge_migrations")
             .fetch_all(&mut *tx)
             .await?

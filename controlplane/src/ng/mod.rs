@@ -1,0 +1,989 @@
+//! rtpengine's "ng" control protocol, so Kamailio's and OpenSIPS's `rtpengine` modules can use
+//! the appliance as their media relay unchanged.
+//!
+//! Framing: `<cookie> <message>` over UDP (one per datagram) or TCP (back to back); the message
+//! is a bencoded dictionary, or JSON when it starts with `{` (the reply then is JSON too); the
+//! reply is `<cookie> <reply>`. A request retransmitted with the same cookie gets the cached
+//! reply, not a second execution. Every failure is a reply with `result: error` and an
+//! `error-reason`; nothing a client sends can stop the listener.
+//!
+//! Calls: `offer` (from the caller, `from-tag`) creates a relay — leg A towards the caller,
+//! leg B towards the callee — and returns the SDP rewritten to leg B's port; `answer` (with the
+//! callee's `to-tag`) points leg B at the callee and returns the SDP rewritten to leg A's port;
+//! offers in either direction on an existing call (re-INVITEs) re-point the sender's leg.
+//! `delete` removes the call and answers its statistics; `query`, `list`, `statistics`,
+//! `ping`, `block media`/`unblock media` work as in rtpengine. Calls whose media has been idle
+//! for `media_timeout_secs` are deleted by a periodic sweep (as rtpengine's timeout does), so a
+//! lost BYE does not leak ports. Playing media or DTMF and recording need the player and
+//! recorder the dataplane does not have yet: those commands answer an error that says so.
+
+pub mod bencode;
+pub mod sdp;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use voxedge_dataplane::command::{LegUpdate, RelaySnapshot, StreamSnapshot};
+use voxedge_dataplane::ids::Side;
+use voxedge_dataplane::table::SourcePolicy;
+use voxedge_dataplane::{Dataplane, LegRequest, RelayInfo, RelayRequest};
+
+use bencode::Value;
+
+use crate::config::NgConfig;
+
+/// Counters of the ng listener.
+#[derive(Debug, Default)]
+pub struct NgStats {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    pub retransmissions: std::sync::atomic::AtomicU64,
+    pub malformed: std::sync::atomic::AtomicU64,
+    pub calls: std::sync::atomic::AtomicU64,
+}
+
+/// The running listener.
+pub struct NgService {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+    pub stats: Arc<NgStats>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// A request for the engine: the message and where its reply goes.
+struct Job {
+    cookie: Vec<u8>,
+    message: Vec<u8>,
+    from: SocketAddr,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// One relayed call.
+#[derive(Debug)]
+struct NgCall {
+    info: RelayInfo,
+    from_tag: String,
+    to_tag: Option<String>,
+    labels: [Option<String>; 2],
+    /// Where each side said it receives (for query replies).
+    endpoints: [Option<SocketAddr>; 2],
+    created: u64,
+    last_signal: u64,
+    created_at: Instant,
+}
+
+/// The engine: every command runs here, in arrival order.
+struct Engine {
+    dp: Arc<Dataplane>,
+    advertise: IpAddr,
+    calls: HashMap<String, NgCall>,
+    /// Replies by cookie, for retransmissions (bounded, oldest first out).
+    cache: HashMap<Vec<u8>, (Instant, Vec<u8>)>,
+    cache_order: VecDeque<Vec<u8>>,
+    cfg: NgConfig,
+    stats: Arc<NgStats>,
+    total_calls: u64,
+    started: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn error(reason: &str) -> Value {
+    Value::dict([
+        ("result", Value::str("error")),
+        ("error-reason", Value::str(reason)),
+    ])
+}
+
+fn ok() -> Value {
+    Value::dict([("result", Value::str("ok"))])
+}
+
+/// Flags as rtpengine takes them: the `flags` list plus a few top-level keys.
+struct Flags {
+    list: Vec<String>,
+}
+
+impl Flags {
+    fn of(req: &Value) -> Flags {
+        let mut list: Vec<String> = req
+            .get("flags")
+            .map(Value::as_texts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.to_ascii_lowercase())
+            .collect();
+        for k in [
+            "strict source",
+            "strict-source",
+            "media handover",
+            "media-handover",
+        ] {
+            if req.get(k).is_some() {
+                list.push(k.replace(' ', "-"));
+            }
+        }
+        Flags { list }
+    }
+
+    fn has(&self, f: &str) -> bool {
+        self.list.iter().any(|x| x == f || x.replace(' ', "-") == f)
+    }
+}
+
+fn text(req: &Value, key: &str) -> Option<String> {
+    req.get(key)
+        .and_then(Value::as_text)
+        .filter(|s| !s.is_empty())
+}
+
+impl Engine {
+    fn handle(&mut self, req: &Value, from: SocketAddr) -> Value {
+        let Some(cmd) = text(req, "command") else {
+            return error("No command given");
+        };
+        match cmd.to_ascii_lowercase().as_str() {
+            "ping" => Value::dict([("result", Value::str("pong"))]),
+            "offer" => self.offer(req, from),
+            "answer" => self.answer(req),
+            "delete" => self.delete(req),
+            "query" => self.query(req),
+            "list" => self.list(req),
+            "statistics" => self.statistics(),
+            "block media" | "unblock media" => self.block(req, cmd.starts_with("block")),
+            "play media" | "stop media" | "play dtmf" | "start recording" | "stop recording"
+            | "pause recording" | "start forwarding" | "stop forwarding" | "block dtmf"
+            | "unblock dtmf" => error(&format!(
+                "'{cmd}' is not supported by this appliance yet (no media player or recorder in its dataplane)"
+            )),
+            _ => error("Unrecognized command"),
+        }
+    }
+
+    fn relay_policy(flags: &Flags) -> SourcePolicy {
+        SourcePolicy {
+            strict: flags.has("strict-source"),
+            handover: flags.has("media-handover"),
+        }
+    }
+
+    /// The address to send to: the SDP's, or the signalling source with `SIP-source-address`.
+    fn remote_of(media: &sdp::Media, req: &Value, flags: &Flags) -> Option<SocketAddr> {
+        if flags.has("sip-source-address") {
+            let rf = req
+                .get("received-from")
+                .map(Value::as_texts)
+                .unwrap_or_default();
+            let ip = rf.get(1).and_then(|a| a.parse::<IpAddr>().ok());
+            if let (Some(ip), Some(r)) = (ip, media.remote) {
+                return Some(SocketAddr::new(ip, r.port()));
+            }
+        }
+        media.remote
+    }
+
+    fn rewrite_for(req: &Value, flags: &Flags) -> sdp::Rewrite {
+        let replace = req.get("replace").map(Value::as_texts).unwrap_or_default();
+        let mut strip = Vec::new();
+        if let Some(codec) = req.get("codec") {
+            for k in ["strip", "mask"] {
+                strip.extend(codec.get(k).map(Value::as_texts).unwrap_or_default());
+            }
+        }
+        for f in &flags.list {
+            for p in ["codec-strip-", "codec-mask-"] {
+                if let Some(c) = f.strip_prefix(p) {
+                    strip.push(c.to_string());
+                }
+            }
+        }
+        sdp::Rewrite {
+            origin: replace.iter().any(|r| r.eq_ignore_ascii_case("origin"))
+                || flags.has("replace-origin"),
+            strip,
+        }
+    }
+
+    /// Refusals common to offer and answer: what this relay cannot do.
+    fn unsupported(req: &Value, media: &sdp::Media) -> Option<Value> {
+        let proto = text(req, "transport-protocol").unwrap_or_else(|| media.protocol.clone());
+        if !proto.eq_ignore_ascii_case("RTP/AVP") && !proto.eq_ignore_ascii_case("RTP/AVPF") {
+            return Some(error(&format!(
+                "transport protocol {proto} is not supported (no SRTP/DTLS in this appliance)"
+            )));
+        }
+        if text(req, "ICE").is_some_and(|i| i.eq_ignore_ascii_case("force")) {
+            return Some(error(
+                "ICE=force is not supported (ICE candidates are removed)",
+            ));
+        }
+        if let Some(offer) = req
+            .get("codec")
+            .and_then(|c| c.get("transcode").or(c.get("offer")))
+        {
+            if !offer.as_texts().is_empty() {
+                return Some(error(
+                    "codec offer/transcode is not supported (no transcoding in this appliance)",
+                ));
+            }
+        }
+        None
+    }
+
+    fn sdp_reply(&self, body: &[u8], port: u16, how: &sdp::Rewrite, warn: Option<&str>) -> Value {
+        let mut r = ok();
+        r.set(
+            "sdp",
+            Value::Bytes(sdp::rewrite(body, self.advertise, port, how)),
+        );
+        if let Some(w) = warn {
+            r.set("warning", Value::str(w));
+        }
+        r
+    }
+
+    fn offer(&mut self, req: &Value, from: SocketAddr) -> Value {
+        let (Some(call_id), Some(from_tag)) = (text(req, "call-id"), text(req, "from-tag")) else {
+            return error("Missing call-id or from-tag");
+        };
+        let Some(body) = req.get("sdp").and_then(|s| match s {
+            Value::Bytes(b) => Some(b.clone()),
+            _ => None,
+        }) else {
+            return error("No SDP body");
+        };
+        let media = match sdp::parse(&body) {
+            Ok(m) => m,
+            Err(e) => return error(&format!("Failed to parse SDP: {e}")),
+        };
+        if let Some(e) = Self::unsupported(req, &media) {
+            return e;
+        }
+        let flags = Flags::of(req);
+        let how = Self::rewrite_for(req, &flags);
+        let remote = Self::remote_of(&media, req, &flags);
+        let warn = (text(req, "record-call").is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+            || flags.has("record-call"))
+        .then_some(
+            "recording is not supported by this appliance yet; the call is relayed, not recorded",
+        );
+        let now = unix_now();
+        let label = text(req, "label");
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            // A re-offer: from the caller (its leg A) or from the callee (leg B).
+            let side = if call.from_tag == from_tag {
+                Side::A
+            } else if call.to_tag.as_deref() == Some(from_tag.as_str()) || call.to_tag.is_none() {
+                Side::B
+            } else {
+                // Another fork: it takes over leg B.
+                call.to_tag = Some(from_tag.clone());
+                Side::B
+            };
+            call.last_signal = now;
+            call.endpoints[side.index()] = remote;
+            if label.is_some() {
+                call.labels[side.index()] = label;
+            }
+            let (relay, other) = (call.info.id, call.info.legs[1 - side.index()].local.port());
+            if let Some(r) = remote {
+                let _ = self.dp.update_leg(
+                    relay,
+                    side,
+                    LegUpdate {
+                        remote: Some(r),
+                        rtcp_remote: media.rtcp,
+                        ..Default::default()
+                    },
+                );
+            }
+            let _ = from;
+            return self.sdp_reply(&body, other, &how, warn);
+        }
+        if self.calls.len() >= self.cfg.calls_max {
+            return error("Too many calls: this appliance is at its configured limit");
+        }
+        let leg_a = LegRequest {
+            remote,
+            rtcp_remote: media.rtcp,
+            ..Default::default()
+        };
+        let created = self.dp.create_relay(RelayRequest {
+            legs: [leg_a, LegRequest::default()],
+            policy: Self::relay_policy(&flags),
+            rewrite: false,
+            echo: false,
+        });
+        let info = match created {
+            Ok(i) => i,
+            Err(e) => return error(&format!("Failed to allocate media ports: {e}")),
+        };
+        let port_b = info.legs[1].local.port();
+        self.calls.insert(
+            call_id,
+            NgCall {
+                info,
+                from_tag,
+                to_tag: text(req, "to-tag"),
+                labels: [label, None],
+                endpoints: [remote, None],
+                created: now,
+                last_signal: now,
+                created_at: Instant::now(),
+            },
+        );
+        self.total_calls += 1;
+        self.sdp_reply(&body, port_b, &how, warn)
+    }
+
+    fn answer(&mut self, req: &Value) -> Value {
+        let (Some(call_id), Some(_from_tag)) = (text(req, "call-id"), text(req, "from-tag")) else {
+            return error("Missing call-id or from-tag");
+        };
+        let Some(to_tag) = text(req, "to-tag") else {
+            return error("Missing to-tag");
+        };
+        let Some(body) = req.get("sdp").and_then(|s| match s {
+            Value::Bytes(b) => Some(b.clone()),
+            _ => None,
+        }) else {
+            return error("No SDP body");
+        };
+        let media = match sdp::parse(&body) {
+            Ok(m) => m,
+            Err(e) => return error(&format!("Failed to parse SDP: {e}")),
+        };
+        if let Some(e) = Self::unsupported(req, &media) {
+            return e;
+        }
+        let flags = Flags::of(req);
+        let how = Self::rewrite_for(req, &flags);
+        let remote = Self::remote_of(&media, req, &flags);
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return error("Unknown call-id");
+        };
+        call.to_tag = Some(to_tag);
+        call.last_signal = unix_now();
+        call.endpoints[1] = remote;
+        if let Some(l) = text(req, "label") {
+            call.labels[1] = Some(l);
+        }
+        let (relay, port_a) = (call.info.id, call.info.legs[0].local.port());
+        if let Some(r) = remote {
+            let _ = self.dp.update_leg(
+                relay,
+                Side::B,
+                LegUpdate {
+                    remote: Some(r),
+                    rtcp_remote: media.rtcp,
+                    ..Default::default()
+                },
+            );
+        }
+        self.sdp_reply(&body, port_a, &how, None)
+    }
+
+    fn delete(&mut self, req: &Value) -> Value {
+        let Some(call_id) = text(req, "call-id") else {
+            return error("Missing call-id");
+        };
+        let Some(call) = self.calls.remove(&call_id) else {
+            // As rtpengine: not an error (Kamailio deletes twice after a CANCEL).
+            let mut r = ok();
+            r.set(
+                "warning",
+                Value::str("Call-ID not found or tags didn't match"),
+            );
+            return r;
+        };
+        match self.dp.delete_relay(call.info.id) {
+            Ok((_, snap)) => self.call_report(&call, Some(&snap)),
+            Err(_) => self.call_report(&call, None),
+        }
+    }
+
+    fn query(&mut self, req: &Value) -> Value {
+        let Some(call_id) = text(req, "call-id") else {
+            return error("Missing call-id");
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return error("Unknown call-id");
+        };
+        let snap = self.dp.query_relay(call.info.id).ok().map(|(_, s)| s);
+        self.call_report(call, snap.as_ref())
+    }
+
+    /// The `query`/`delete` reply: per tag, its media stream(s) with counters; totals.
+    fn call_report(&self, call: &NgCall, snap: Option<&RelaySnapshot>) -> Value {
+        let stream = |s: Option<&StreamSnapshot>, local: SocketAddr, ep: Option<SocketAddr>| {
+            let endpoint = |a: Option<SocketAddr>| match a {
+                Some(a) => Value::dict([
+                    (
+                        "family",
+                        Value::str(if a.is_ipv4() { "IPv4" } else { "IPv6" }),
+                    ),
+                    ("address", Value::str(&a.ip().to_string())),
+                    ("port", Value::Int(i64::from(a.port()))),
+                ]),
+                None => Value::Dict(vec![]),
+            };
+            let (packets, bytes, errors) = s.map_or((0, 0, 0), |s| {
+                (
+                    s.counters.packets_in,
+                    s.counters.bytes_in,
+                    s.counters.drops.total(),
+                )
+            });
+            Value::dict([
+                ("local port", Value::Int(i64::from(local.port()))),
+                ("endpoint", endpoint(s.and_then(|s| s.remote).or(ep))),
+                ("advertised endpoint", endpoint(ep)),
+                (
+                    "stats",
+                    Value::dict([
+                        (
+                            "packets",
+                            Value::Int(i64::try_from(packets).unwrap_or(i64::MAX)),
+                        ),
+                        (
+                            "bytes",
+                            Value::Int(i64::try_from(bytes).unwrap_or(i64::MAX)),
+                        ),
+                        (
+                            "errors",
+                            Value::Int(i64::try_from(errors).unwrap_or(i64::MAX)),
+                        ),
+                    ]),
+                ),
+            ])
+        };
+        let mut tags = Vec::new();
+        let mut rtp = (0u64, 0u64, 0u64);
+        let mut rtcp = (0u64, 0u64, 0u64);
+        for (i, tag) in [Some(call.from_tag.clone()), call.to_tag.clone()]
+            .into_iter()
+            .enumerate()
+        {
+            let leg = snap.map(|s| s.legs[i]);
+            let info = call.info.legs[i];
+            let mut streams = vec![stream(
+                leg.as_ref().map(|l| &l.rtp),
+                info.local,
+                call.endpoints[i],
+            )];
+            if let (Some(local), rtcp_snap) = (info.rtcp_local, leg.and_then(|l| l.rtcp)) {
+                let ep =
+                    call.endpoints[i].map(|e| SocketAddr::new(e.ip(), e.port().wrapping_add(1)));
+                streams.push(stream(rtcp_snap.as_ref(), local, ep));
+                if let Some(c) = rtcp_snap {
+                    rtcp.0 += c.counters.packets_in;
+                    rtcp.1 += c.counters.bytes_in;
+                    rtcp.2 += c.counters.drops.total();
+                }
+            }
+            if let Some(l) = leg {
+                rtp.0 += l.rtp.counters.packets_in;
+                rtp.1 += l.rtp.counters.bytes_in;
+                rtp.2 += l.rtp.counters.drops.total();
+            }
+            let tag = tag.unwrap_or_default();
+            let mut t = Value::dict([
+                ("tag", Value::str(&tag)),
+                (
+                    "created",
+                    Value::Int(i64::try_from(call.created).unwrap_or(0)),
+                ),
+                (
+                    "medias",
+                    Value::List(vec![Value::dict([
+                        ("index", Value::Int(1)),
+                        ("type", Value::str("audio")),
+                        ("protocol", Value::str("RTP/AVP")),
+                        ("streams", Value::List(streams)),
+                    ])]),
+                ),
+            ]);
+            if let Some(l) = &call.labels[i] {
+                t.set("label", Value::str(l));
+            }
+            if !tag.is_empty() || i == 0 {
+                tags.push((tag.into_bytes(), t));
+            }
+        }
+        let tot = |t: (u64, u64, u64)| {
+            Value::dict([
+                (
+                    "packets",
+                    Value::Int(i64::try_from(t.0).unwrap_or(i64::MAX)),
+                ),
+                ("bytes", Value::Int(i64::try_from(t.1).unwrap_or(i64::MAX))),
+                ("errors", Value::Int(i64::try_from(t.2).unwrap_or(i64::MAX))),
+            ])
+        };
+        Value::dict([
+            ("result", Value::str("ok")),
+            (
+                "created",
+                Value::Int(i64::try_from(call.created).unwrap_or(0)),
+            ),
+            (
+                "last signal",
+                Value::Int(i64::try_from(call.last_signal).unwrap_or(0)),
+            ),
+            ("tags", Value::Dict(tags)),
+            (
+                "totals",
+                Value::dict([("RTP", tot(rtp)), ("RTCP", tot(rtcp))]),
+            ),
+        ])
+    }
+
+    fn list(&self, req: &Value) -> Value {
+        let limit = req
+            .get("limit")
+            .and_then(Value::as_int)
+            .map_or(32, |l| usize::try_from(l.clamp(0, 100_000)).unwrap_or(32));
+        let calls = self
+            .calls
+            .keys()
+            .take(limit)
+            .map(|k| Value::str(k))
+            .collect();
+        Value::dict([("result", Value::str("ok")), ("calls", Value::List(calls))])
+    }
+
+    fn statistics(&self) -> Value {
+        let n = i64::try_from(self.calls.len()).unwrap_or(0);
+        let total = i64::try_from(self.total_calls).unwrap_or(0);
+        Value::dict([
+            ("result", Value::str("ok")),
+            (
+                "statistics",
+                Value::dict([
+                    (
+                        "currentstatistics",
+                        Value::dict([
+                            ("sessionsown", Value::Int(n)),
+                            ("sessionsforeign", Value::Int(0)),
+                            ("sessionstotal", Value::Int(n)),
+                        ]),
+                    ),
+                    (
+                        "totalstatistics",
+                        Value::dict([
+                            (
+                                "uptime",
+                                Value::Int(
+                                    i64::try_from(unix_now().saturating_sub(self.started))
+                                        .unwrap_or(0),
+                                ),
+                            ),
+                            ("managedsessions", Value::Int(total)),
+                        ]),
+                    ),
+                ]),
+            ),
+        ])
+    }
+
+    fn block(&mut self, req: &Value, blocked: bool) -> Value {
+        let Some(call_id) = text(req, "call-id") else {
+            return error("Missing call-id");
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return error("Unknown call-id");
+        };
+        // With a from-tag only that party's media is blocked; without, both.
+        let sides: Vec<Side> = match text(req, "from-tag") {
+            Some(t) if t == call.from_tag => vec![Side::A],
+            Some(t) if call.to_tag.as_deref() == Some(t.as_str()) => vec![Side::B],
+            Some(_) => return error("Unknown from-tag"),
+            None => vec![Side::A, Side::B],
+        };
+        for side in sides {
+            if let Err(e) = self.dp.update_leg(
+                call.info.id,
+                side,
+                LegUpdate {
+                    blocked: Some(blocked),
+                    ..Default::default()
+                },
+            ) {
+                return error(&format!("Failed to update media: {e}"));
+            }
+        }
+        ok()
+    }
+
+    /// Deletes calls whose media has been idle too long (and offers never answered).
+    fn sweep(&mut self) {
+        let limit_ms = u64::from(self.cfg.media_timeout_secs) * 1000;
+        let mut dead = Vec::new();
+        for (id, call) in &self.calls {
+            if call.created_at.elapsed() < Duration::from_millis(limit_ms) {
+                continue;
+            }
+            let idle = match self.dp.query_relay(call.info.id) {
+                Ok((_, s)) => s.legs.iter().all(|l| l.rtp.idle_ms >= limit_ms),
+                Err(_) => true,
+            };
+            if idle {
+                dead.push(id.clone());
+            }
+        }
+        for id in dead {
+            if let Some(call) = self.calls.remove(&id) {
+                let _ = self.dp.delete_relay_nowait(call.info.id);
+                tracing::info!(call_id = %id, "ng call deleted: media idle past the timeout");
+            }
+        }
+        self.stats.calls.store(
+            self.calls.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Runs one request: the cached reply for a retransmission, else the command.
+    fn run(&mut self, job: &Job) -> Vec<u8> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.requests.fetch_add(1, Relaxed);
+        if let Some((_, r)) = self.cache.get(&job.cookie) {
+            self.stats.retransmissions.fetch_add(1, Relaxed);
+            return r.clone();
+        }
+        let json = job.message.first() == Some(&b'{');
+        let parsed = if json {
+            serde_json::from_slice::<serde_json::Value>(&job.message)
+                .map(|j| Value::from_json(&j))
+                .map_err(|e| format!("Failed to decode JSON: {e}"))
+        } else {
+            bencode::decode(&job.message).map_err(|e| format!("Failed to decode bencode: {e}"))
+        };
+        let reply = match parsed {
+            Ok(req @ Value::Dict(_)) => self.handle(&req, job.from),
+            Ok(_) => error("Message is not a dictionary"),
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Relaxed);
+                error(&e)
+            }
+        };
+        if reply.get("result").and_then(Value::as_text).as_deref() == Some("error") {
+            self.stats.errors.fetch_add(1, Relaxed);
+        }
+        let mut out = job.cookie.clone();
+        out.push(b' ');
+        if json {
+            out.extend_from_slice(reply.to_json().to_string().as_bytes());
+        } else {
+            reply.encode_into(&mut out);
+        }
+        // Remember the reply for retransmissions; bounded by count and age.
+        let now = Instant::now();
+        let ttl = Duration::from_secs(u64::from(self.cfg.cache_secs));
+        while let Some(old) = self.cache_order.front() {
+            let expired = self
+                .cache
+                .get(old)
+                .is_none_or(|(t, _)| now.duration_since(*t) > ttl);
+            if expired || self.cache_order.len() >= self.cfg.cache_entries_max {
+                if let Some(o) = self.cache_order.pop_front() {
+                    self.cache.remove(&o);
+                }
+            } else {
+                break;
+            }
+        }
+        if self.cfg.cache_entries_max > 0 {
+            self.cache.insert(job.cookie.clone(), (now, out.clone()));
+            self.cache_order.push_back(job.cookie.clone());
+        }
+        self.stats.calls.store(self.calls.len() as u64, Relaxed);
+        out
+    }
+}
+
+/// Splits `<cookie> <message>`; `None` when there is no space or the cookie is unusable.
+fn split_cookie(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let sp = data.iter().take(129).position(|b| *b == b' ')?;
+    let cookie = &data[..sp];
+    if cookie.is_empty() || !cookie.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    Some((cookie, &data[sp + 1..]))
+}
+
+/// Starts the ng listener (UDP and, when configured, TCP on the same address).
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn start(
+    cfg: &NgConfig,
+    dp: Arc<Dataplane>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<NgService> {
+    use anyhow::Context;
+    let (udp, tcp) = crate::sip::bind_pair(cfg.listen, true, cfg.tcp, "the ng listener").await?;
+    let udp = udp.context("the ng listener needs UDP")?;
+    let udp_addr = udp.local_addr()?;
+    let tcp_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
+    let stats = Arc::new(NgStats::default());
+    let advertise = if dp.advertise().is_unspecified() {
+        cfg.listen.ip()
+    } else {
+        dp.advertise()
+    };
+    let engine = Engine {
+        dp,
+        advertise,
+        calls: HashMap::new(),
+        cache: HashMap::new(),
+        cache_order: VecDeque::new(),
+        cfg: cfg.clone(),
+        stats: stats.clone(),
+        total_calls: 0,
+        started: unix_now(),
+    };
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+    let mut tasks = vec![tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || engine_loop(engine, jobs_rx, stop)
+    })];
+    tasks.push(tokio::spawn(udp_loop(
+        udp,
+        jobs_tx.clone(),
+        cfg.max_message_bytes,
+        stats.clone(),
+        stop.clone(),
+    )));
+    if let Some(l) = tcp {
+        tasks.push(tokio::spawn(tcp_accept(
+            l,
+            jobs_tx,
+            cfg.max_message_bytes,
+            stats.clone(),
+            stop,
+        )));
+    }
+    tracing::info!(udp = %udp_addr, tcp = ?tcp_addr, "ng control protocol (rtpengine-compatible)");
+    Ok(NgService {
+        udp: Some(udp_addr),
+        tcp: tcp_addr,
+        stats,
+        tasks,
+    })
+}
+
+/// The engine runs on a blocking thread: its dataplane calls are short blocking round trips.
+fn engine_loop(mut engine: Engine, mut jobs: mpsc::Receiver<Job>, stop: watch::Receiver<bool>) {
+    let sweep_every = Duration::from_secs(u64::from(engine.cfg.media_timeout_secs.clamp(1, 10)));
+    let mut next_sweep = Instant::now() + sweep_every;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        let job = match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.block_on(async { tokio::time::timeout(wait, jobs.recv()).await }),
+            Err(_) => Ok(jobs.blocking_recv()),
+        };
+        match job {
+            Ok(Some(job)) => {
+                let out = engine.run(&job);
+                let _ = job.reply.send(out);
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+        if Instant::now() >= next_sweep {
+            engine.sweep();
+            next_sweep = Instant::now() + sweep_every;
+        }
+    }
+    // Stopping: the relays go with the dataplane.
+    for (_, call) in engine.calls.drain() {
+        let _ = engine.dp.delete_relay_nowait(call.info.id);
+    }
+}
+
+async fn udp_loop(
+    sock: Arc<UdpSocket>,
+    jobs: mpsc::Sender<Job>,
+    max: usize,
+    stats: Arc<NgStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; max.max(1024) + 1];
+    loop {
+        let (n, from) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if n > max {
+            stats
+                .malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
+        let Some((cookie, message)) = split_cookie(&buf[..n]) else {
+            stats
+                .malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        };
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            cookie: cookie.to_vec(),
+            message: message.to_vec(),
+            from,
+            reply: tx,
+        };
+        if jobs.send(job).await.is_err() {
+            return;
+        }
+        let sock = sock.clone();
+        tokio::spawn(async move {
+            if let Ok(out) = rx.await {
+                let _ = sock.send_to(&out, from).await;
+            }
+        });
+    }
+}
+
+async fn tcp_accept(
+    l: TcpListener,
+    jobs: mpsc::Sender<Job>,
+    max: usize,
+    stats: Arc<NgStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (s, from) = tokio::select! {
+            r = l.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        tokio::spawn(tcp_conn(
+            s,
+            from,
+            jobs.clone(),
+            max,
+            stats.clone(),
+            stop.clone(),
+        ));
+    }
+}
+
+/// One TCP connection: messages back to back; each is a cookie, a space and one bencoded
+/// value (or one JSON object). A message that cannot end within `max` bytes closes it.
+async fn tcp_conn(
+    mut s: tokio::net::TcpStream,
+    from: SocketAddr,
+    jobs: mpsc::Sender<Job>,
+    max: usize,
+    stats: Arc<NgStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        // Take every complete message in the buffer.
+        loop {
+            while buf.first().is_some_and(u8::is_ascii_whitespace) {
+                buf.remove(0);
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let Some((cookie, message)) = split_cookie(&buf) else {
+                if buf.len() > 128 || buf.contains(&b' ') {
+                    stats
+                        .malformed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
+                break;
+            };
+            let used = if message.first() == Some(&b'{') {
+                let mut it =
+                    serde_json::Deserializer::from_slice(message).into_iter::<serde_json::Value>();
+                match it.next() {
+                    Some(Ok(_)) => Some(it.byte_offset()),
+                    Some(Err(e)) if e.is_eof() => None,
+                    _ => Some(message.len()), // malformed: the engine answers the error
+                }
+            } else {
+                match bencode::decode_prefix(message) {
+                    Ok((_, n)) => Some(n),
+                    Err(bencode::Error::Truncated) => None,
+                    Err(_) => Some(message.len()),
+                }
+            };
+            let Some(used) = used else { break };
+            let cookie_len = cookie.len();
+            let (tx, rx) = oneshot::channel();
+            let job = Job {
+                cookie: cookie.to_vec(),
+                message: message[..used].to_vec(),
+                from,
+                reply: tx,
+            };
+            buf.drain(..cookie_len + 1 + used);
+            if jobs.send(job).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(out) => {
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        if buf.len() > max {
+            stats
+                .malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let n = tokio::select! {
+            r = s.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies() {
+        assert_eq!(
+            split_cookie(b"abc d1:xi1ee"),
+            Some((&b"abc"[..], &b"d1:xi1ee"[..]))
+        );
+        assert_eq!(split_cookie(b"nospace"), None);
+        assert_eq!(split_cookie(b" d"), None);
+        assert_eq!(split_cookie(b"a\x01b d"), None);
+    }
+}

@@ -1,0 +1,392 @@
+//! The rtpengine-compatible ng listener of `voxedge media`, driven over UDP and TCP with
+//! bencode and JSON as Kamailio's module would: offer/answer with real RTP both ways through
+//! the rewritten SDP, query and delete statistics, block media, list, statistics,
+//! retransmissions answered from the cache, and hostile requests answered with errors.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use voxedge_controlplane::app::{self, Role, Running};
+use voxedge_controlplane::config::Config;
+use voxedge_controlplane::ng::bencode::{self, Value};
+use voxedge_dataplane::BackendKind;
+
+fn config(port_min: u16) -> Config {
+    let mut c = Config::default();
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    c.management.listen = "127.0.0.1:0".parse().expect("addr");
+    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
+    c.dataplane.workers = 1;
+    c.dataplane.pin_cores = false;
+    c.dataplane.bind = "127.0.0.1".parse().expect("ip");
+    c.dataplane.advertise = Some("127.0.0.1".parse().expect("ip"));
+    c.dataplane.port_min = port_min;
+    c.dataplane.port_max = port_min + 99;
+    c.dataplane.idle_wait_us = 200;
+    c
+}
+
+struct Ng {
+    sock: UdpSocket,
+    server: SocketAddr,
+    n: u32,
+}
+
+impl Ng {
+    fn new(server: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        sock.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        Ng { sock, server, n: 0 }
+    }
+
+    fn raw(&self, data: &[u8]) -> Vec<u8> {
+        self.sock.send_to(data, self.server).expect("send");
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = self.sock.recv_from(&mut buf).expect("a reply in time");
+        buf.truncate(n);
+        buf
+    }
+
+    /// Sends `req` with a fresh cookie; returns the decoded reply.
+    fn call(&mut self, req: &Value) -> Value {
+        self.n += 1;
+        let cookie = format!("c{}_{}", std::process::id(), self.n);
+        let mut data = format!("{cookie} ").into_bytes();
+        data.extend(req.encode());
+        let reply = self.raw(&data);
+        let rest = reply
+            .strip_prefix(format!("{cookie} ").as_bytes())
+            .expect("the reply echoes the cookie");
+        bencode::decode(rest).expect("the reply is bencode")
+    }
+}
+
+fn s(v: &str) -> Value {
+    Value::str(v)
+}
+
+fn result(v: &Value) -> String {
+    v.get("result").and_then(Value::as_text).unwrap_or_default()
+}
+
+fn sdp_port(v: &Value) -> u16 {
+    let sdp = v
+        .get("sdp")
+        .and_then(Value::as_text)
+        .expect("sdp in the reply");
+    assert!(sdp.contains("c=IN IP4 127.0.0.1"), "{sdp}");
+    assert!(sdp.contains("a=rtcp:"), "{sdp}");
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=audio "))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .expect("m=audio port")
+}
+
+fn party_sdp(port: u16) -> String {
+    format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 8 101\r\n\
+a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
+    )
+}
+
+fn rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0xd5; 160]);
+    p
+}
+
+async fn start(port_min: u16) -> Running {
+    app::start(Role::Media, config(port_min), BackendKind::Socket)
+        .await
+        .expect("start")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offer_answer_media_query_block_delete() {
+    let r = start(30800).await;
+    let server = r.ng.expect("ng listener");
+    tokio::task::spawn_blocking(move || {
+        let mut ng = Ng::new(server);
+        assert_eq!(
+            result(&ng.call(&Value::dict([("command", s("ping"))]))),
+            "pong"
+        );
+        let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+        let callee = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+        for sock in [&caller, &callee] {
+            sock.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("t");
+        }
+        let cport = caller.local_addr().expect("a").port();
+        let eport = callee.local_addr().expect("a").port();
+        let offer = ng.call(&Value::dict([
+            ("command", s("offer")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+            ("sdp", s(&party_sdp(cport))),
+            ("flags", Value::List(vec![s("trust-address")])),
+            (
+                "replace",
+                Value::List(vec![s("origin"), s("session-connection")]),
+            ),
+            ("ICE", s("remove")),
+            ("label", s("caller")),
+        ]));
+        assert_eq!(result(&offer), "ok", "{offer}");
+        let to_callee = sdp_port(&offer);
+        let answer = ng.call(&Value::dict([
+            ("command", s("answer")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+            ("to-tag", s("tagB")),
+            ("sdp", s(&party_sdp(eport))),
+        ]));
+        assert_eq!(result(&answer), "ok", "{answer}");
+        let to_caller = sdp_port(&answer);
+        assert_ne!(to_caller, to_callee);
+        // Media both ways through the relay.
+        let mut buf = [0u8; 2048];
+        for seq in 0..5u16 {
+            caller
+                .send_to(&rtp(seq), ("127.0.0.1", to_caller))
+                .expect("send");
+            let (n, from) = callee
+                .recv_from(&mut buf)
+                .expect("the callee gets the caller's RTP");
+            assert_eq!((n, from.port()), (172, to_callee));
+            callee
+                .send_to(&rtp(100 + seq), ("127.0.0.1", to_callee))
+                .expect("send");
+            let (n, from) = caller
+                .recv_from(&mut buf)
+                .expect("the caller gets the callee's RTP");
+            assert_eq!((n, from.port()), (172, to_caller));
+        }
+        let q = ng.call(&Value::dict([
+            ("command", s("query")),
+            ("call-id", s("call-1@test")),
+        ]));
+        assert_eq!(result(&q), "ok", "{q}");
+        let rtp_packets = q
+            .get("totals")
+            .and_then(|t| t.get("RTP"))
+            .and_then(|t| t.get("packets"))
+            .and_then(Value::as_int);
+        assert_eq!(rtp_packets, Some(10), "{q}");
+        let tag_a = q
+            .get("tags")
+            .and_then(|t| t.get("tagA"))
+            .expect("tagA in tags");
+        assert_eq!(
+            tag_a.get("label").and_then(Value::as_text).as_deref(),
+            Some("caller")
+        );
+        assert!(q.get("tags").and_then(|t| t.get("tagB")).is_some(), "{q}");
+        // Block the caller's media: nothing reaches the callee; unblock: it flows again.
+        let b = ng.call(&Value::dict([
+            ("command", s("block media")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+        ]));
+        assert_eq!(result(&b), "ok", "{b}");
+        caller
+            .send_to(&rtp(50), ("127.0.0.1", to_caller))
+            .expect("send");
+        callee
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("t");
+        assert!(
+            callee.recv_from(&mut buf).is_err(),
+            "blocked media is not forwarded"
+        );
+        let u = ng.call(&Value::dict([
+            ("command", s("unblock media")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+        ]));
+        assert_eq!(result(&u), "ok");
+        caller
+            .send_to(&rtp(51), ("127.0.0.1", to_caller))
+            .expect("send");
+        callee
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("t");
+        assert!(callee.recv_from(&mut buf).is_ok(), "unblocked media flows");
+        // A re-INVITE from the callee moves its address.
+        let callee2 = UdpSocket::bind("127.0.0.1:0").expect("new callee port");
+        callee2
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("t");
+        let re = ng.call(&Value::dict([
+            ("command", s("offer")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagB")),
+            ("to-tag", s("tagA")),
+            (
+                "sdp",
+                s(&party_sdp(callee2.local_addr().expect("a").port())),
+            ),
+        ]));
+        assert_eq!(
+            sdp_port(&re),
+            to_caller,
+            "the callee's re-offer goes to the caller"
+        );
+        caller
+            .send_to(&rtp(60), ("127.0.0.1", to_caller))
+            .expect("send");
+        assert!(
+            callee2.recv_from(&mut buf).is_ok(),
+            "media follows the re-offer"
+        );
+        // list, statistics.
+        let l = ng.call(&Value::dict([("command", s("list"))]));
+        assert_eq!(
+            l.get("calls").map(Value::as_texts),
+            Some(vec!["call-1@test".to_string()])
+        );
+        let st = ng.call(&Value::dict([("command", s("statistics"))]));
+        assert_eq!(result(&st), "ok", "{st}");
+        // delete answers the final statistics; the call and its ports are gone.
+        let d = ng.call(&Value::dict([
+            ("command", s("delete")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+        ]));
+        assert_eq!(result(&d), "ok", "{d}");
+        assert!(d.get("totals").is_some());
+        let again = ng.call(&Value::dict([
+            ("command", s("query")),
+            ("call-id", s("call-1@test")),
+        ]));
+        assert_eq!(result(&again), "error");
+        // A second delete (Kamailio sends two after a CANCEL) is ok with a warning.
+        let d2 = ng.call(&Value::dict([
+            ("command", s("delete")),
+            ("call-id", s("call-1@test")),
+        ]));
+        assert_eq!(result(&d2), "ok");
+        assert!(d2.get("warning").is_some());
+    })
+    .await
+    .expect("client");
+    assert_eq!(r.dataplane.relay_count(), 0, "no relay left behind");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmissions_json_tcp_and_hostile_requests() {
+    let r = start(30900).await;
+    let server = r.ng.expect("ng listener");
+    let tcp = r.ng.expect("ng listener");
+    let stats = r.ng_stats.clone().expect("stats");
+    let dp = r.dataplane.clone();
+    tokio::task::spawn_blocking(move || {
+        let ng = Ng::new(server);
+        // The same cookie twice: one call, the same reply.
+        let mut req = b"retx1 ".to_vec();
+        req.extend(
+            Value::dict([
+                ("command", s("offer")),
+                ("call-id", s("retx")),
+                ("from-tag", s("a")),
+                ("sdp", s(&party_sdp(40000))),
+            ])
+            .encode(),
+        );
+        let first = ng.raw(&req);
+        let second = ng.raw(&req);
+        assert_eq!(first, second);
+        assert_eq!(
+            dp.relay_count(),
+            1,
+            "a retransmission does not create a second relay"
+        );
+        // JSON in, JSON out.
+        let j = ng.raw(br#"js1 {"command":"ping"}"#);
+        assert_eq!(String::from_utf8_lossy(&j), r#"js1 {"result":"pong"}"#);
+        // Errors, never silence or a crash.
+        let errors: Vec<(&[u8], &str)> = vec![
+            (b"e1 d7:command", "bencode"),
+            (b"e2 i42e", "dictionary"),
+            (b"e3 d7:command7:nothinge", "Unrecognized"),
+            (b"e4 d7:command5:offere", "call-id"),
+            (b"e5 d7:command5:offer7:call-id1:x8:from-tag1:ye", "SDP"),
+            (
+                b"e6 d7:command6:answer7:call-id7:unknown8:from-tag1:x6:to-tag1:y3:sdp3:v=0e",
+                "SDP",
+            ),
+            (
+                b"e7 d7:command10:play media7:call-id4:retxe",
+                "not supported",
+            ),
+            (b"e8 {not json", "JSON"),
+            (b"e9 d7:command5:query7:call-id7:missinge", "Unknown"),
+        ];
+        for (data, want) in errors {
+            let reply = ng.raw(data);
+            let text = String::from_utf8_lossy(&reply).to_string();
+            assert!(
+                text.contains("error") && text.contains(want),
+                "{}: {text}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        // An SDP of 60 KB with a bad audio line: an error reply, not a crash.
+        let huge = format!("v=0\r\n{}m=audio x RTP/AVP 0\r\n", "a=x\r\n".repeat(12_000));
+        let mut data = b"big ".to_vec();
+        data.extend(
+            Value::dict([
+                ("command", s("offer")),
+                ("call-id", s("big")),
+                ("from-tag", s("a")),
+                ("sdp", s(&huge)),
+            ])
+            .encode(),
+        );
+        let reply = ng.raw(&data);
+        assert!(String::from_utf8_lossy(&reply).contains("error-reason"));
+        // Random garbage datagrams are dropped (counted); the listener still answers.
+        for i in 0..200u32 {
+            let g: Vec<u8> = (0..(i % 97)).map(|k| (k * 31 + i) as u8).collect();
+            ng.sock.send_to(&g, server).expect("send");
+        }
+        let j = ng.raw(br#"js2 {"command":"ping"}"#);
+        assert!(String::from_utf8_lossy(&j).contains("pong"));
+        // TCP: two requests in one write, a third split across writes.
+        let mut t = std::net::TcpStream::connect(tcp).expect("tcp");
+        t.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
+        t.write_all(b"t1 d7:command4:pinge t2 d7:command4:pinge")
+            .expect("write");
+        t.write_all(b"t3 d7:comm").expect("write");
+        std::thread::sleep(Duration::from_millis(50));
+        t.write_all(b"and4:pinge").expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.len() < 3 * "tX d6:result4:ponge".len() {
+            let n = t.read(&mut buf).expect("read");
+            assert!(n > 0, "connection closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "t1 d6:result4:ponget2 d6:result4:ponget3 d6:result4:ponge"
+        );
+        let d = ng.raw(b"del1 d7:command6:delete7:call-id4:retxe");
+        assert!(
+            String::from_utf8_lossy(&d).contains("d6:result2:ok"),
+            "{}",
+            String::from_utf8_lossy(&d)
+        );
+    })
+    .await
+    .expect("client");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert!(stats.retransmissions.load(Relaxed) >= 1);
+    assert!(stats.malformed.load(Relaxed) >= 100, "garbage is counted");
+    assert_eq!(r.dataplane.relay_count(), 0);
+    r.shutdown().await;
+}
