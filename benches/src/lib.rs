@@ -9,6 +9,7 @@ pub mod proc;
 pub mod relay;
 pub mod rest;
 pub mod sip;
+pub mod vs_rtpengine;
 
 use clap::{Args, Subcommand};
 
@@ -30,6 +31,8 @@ pub enum BenchKind {
     /// REST API requests per second and latency (call creation, paged listing) on SQLite or
     /// PostgreSQL.
     Rest(rest::RestArgs),
+    /// The same ng-driven RTP workload on rtpengine (userspace) and on voxedge, side by side.
+    VsRtpengine(vs_rtpengine::VsArgs),
 }
 
 /// Runs the chosen bench.
@@ -42,5 +45,6 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchKind::Dpdk(a) => dpdk::main(a),
         BenchKind::Sip(a) => sip::main(a),
         BenchKind::Rest(a) => rest::main(a),
+        BenchKind::VsRtpengine(a) => vs_rtpengine::main(a),
     }
 }

@@ -18,9 +18,9 @@ fn config(dir: &std::path::Path, dataplane_extra: &str, dpdk_extra: &str) -> std
     let text = format!(
         r#"[admin]
 listen = "127.0.0.1:0"
-[ng]
-listen = "127.0.0.1:0"
 [management]
+listen = "127.0.0.1:0"
+[ng]
 listen = "127.0.0.1:0"
 [dataplane]
 backend = "dpdk"

@@ -390,3 +390,47 @@ async fn retransmissions_json_tcp_and_hostile_requests() {
     assert_eq!(r.dataplane.relay_count(), 0);
     r.shutdown().await;
 }
+
+/// `voxedge bench vs-rtpengine` runs the same ng workload on rtpengine (from apt) and on
+/// voxedge and reports both, with the ratios.
+#[test]
+fn side_by_side_bench_reports_both_targets() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
+        .args(["bench", "vs-rtpengine", "--loads", "20", "--duration", "1"])
+        .args([
+            "--warmup",
+            "0.5",
+            "--max-factor",
+            "2",
+            "--overload-factor",
+            "3",
+            "--json",
+        ])
+        .env_remove("VOXEDGE_CONFIG")
+        .output()
+        .expect("run the bench");
+    assert!(
+        out.status.success(),
+        "bench failed (rtpengine is installed by scripts/test): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{v}");
+    for r in results {
+        let phases = r["phases"].as_array().expect("phases");
+        assert_eq!(phases.len(), 4, "paced, max-rate, overload, after: {r}");
+        let paced = &phases[0];
+        assert!(
+            paced["loss_ratio"].as_f64().expect("loss") < 0.05,
+            "{} loses packets at 20 calls: {paced}",
+            r["target"]
+        );
+        assert!(r["setup_calls_per_s"].as_f64().expect("setup") > 0.0);
+    }
+    assert_eq!(
+        v["voxedge_vs_rtpengine"].as_array().map(Vec::len),
+        Some(4),
+        "{v}"
+    );
+}

@@ -17,8 +17,10 @@
 //! lost BYE does not leak ports. Playing media or DTMF and recording need the player and
 //! recorder the dataplane does not have yet: those commands answer an error that says so.
 
-pub mod bencode;
 pub mod sdp;
+
+/// The bencode codec (its own crate, shared with the benches' ng client).
+pub use voxedge_bencode as bencode;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -862,6 +864,11 @@ async fn udp_loop(
     }
 }
 
+/// A TCP connection silent this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(300);
+/// TCP connections served at once (more wait in the accept queue).
+const TCP_CONNECTIONS_MAX: usize = 256;
+
 async fn tcp_accept(
     l: TcpListener,
     jobs: mpsc::Sender<Job>,
@@ -869,7 +876,11 @@ async fn tcp_accept(
     stats: Arc<NgStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS_MAX));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (s, from) = tokio::select! {
             r = l.accept() => match r {
                 Ok(x) => x,
@@ -877,14 +888,11 @@ async fn tcp_accept(
             },
             _ = stop.wait_for(|s| *s) => return,
         };
-        tokio::spawn(tcp_conn(
-            s,
-            from,
-            jobs.clone(),
-            max,
-            stats.clone(),
-            stop.clone(),
-        ));
+        let (jobs, stats, stop) = (jobs.clone(), stats.clone(), stop.clone());
+        tokio::spawn(async move {
+            tcp_conn(s, from, jobs, max, stats, stop).await;
+            drop(permit);
+        });
     }
 }
 
@@ -962,9 +970,9 @@ async fn tcp_conn(
             return;
         }
         let n = tokio::select! {
-            r = s.read(&mut chunk) => match r {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
+            r = tokio::time::timeout(TCP_IDLE, s.read(&mut chunk)) => match r {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return, // closed, failed or idle too long
             },
             _ = stop.wait_for(|s| *s) => return,
         };

@@ -1,4 +1,4 @@
-//! Bencode, as the ng protocol uses it: integers, byte strings, lists and dictionaries.
+//! Bencode, as rtpengine's ng protocol uses it: integers, byte strings, lists and dictionaries.
 //!
 //! The decoder is bounded (nesting depth, element count) and never panics: a malformed,
 //! truncated or hostile message is an error naming the offset. Dictionaries keep their order
