@@ -51,9 +51,14 @@ pub struct VsArgs {
     /// Dataplane workers of voxedge.
     #[arg(long, default_value_t = 1)]
     pub voxedge_workers: usize,
-    /// rtpengine's `--num-threads` (0: its default, one per core).
+    /// rtpengine's `--num-threads` (0: the same number as voxedge's workers, so both have as
+    /// many forwarding threads).
     #[arg(long, default_value_t = 0)]
     pub rtpengine_threads: usize,
+    /// Seconds at the normal rate between the overload and the phase that counts the streams
+    /// still forwarding (queues built up during overload drain first).
+    #[arg(long, default_value_t = 10.0)]
+    pub recovery: f64,
     /// Generator sockets (endpoints shared by all streams).
     #[arg(long, default_value_t = 16)]
     pub gen_sockets: usize,
@@ -170,9 +175,12 @@ fn start(name: &'static str, a: &VsArgs, calls: usize) -> anyhow::Result<Target>
                 .arg(format!("--port-min={port_min}"))
                 .arg(format!("--port-max={port_max}"))
                 .args(["--delete-delay=0", "--timeout=600"]);
-            if a.rtpengine_threads > 0 {
-                c.arg(format!("--num-threads={}", a.rtpengine_threads));
-            }
+            let threads = if a.rtpengine_threads > 0 {
+                a.rtpengine_threads
+            } else {
+                a.voxedge_workers.max(1)
+            };
+            c.arg(format!("--num-threads={threads}"));
             c.stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -304,18 +312,39 @@ fn run_load(a: &VsArgs, name: &'static str, calls: usize, last: bool) -> anyhow:
     if last {
         phases.push(phase("max-rate", a.max_factor, true, d));
         phases.push(phase("overload", a.overload_factor, true, d));
+        phases.push(phase(
+            "recovery",
+            1.0,
+            false,
+            Duration::from_secs_f64(a.recovery),
+        ));
         phases.push(phase("after-overload", 1.0, true, d));
     }
     let pid = t.child.id();
     let mut marks: Vec<(f64, Instant)> = Vec::new();
+    // The generator busy-polls on a core of its own: voxedge's workers start at core 1, so the
+    // last core when there are enough, else core 0 (rtpengine's threads are not pinned).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let results = gen.run(
-        &streams,
-        &phases,
-        Duration::from_millis(500),
-        Some(cores - 1),
-        |_| marks.push((proc::cpu_seconds(pid).unwrap_or(f64::NAN), Instant::now())),
-    )?;
+    let gen_core = if cores > a.voxedge_workers + 1 {
+        cores - 1
+    } else {
+        0
+    };
+    // On a thread of its own: pinning must not stick to this thread, whose affinity the next
+    // target process would inherit (and then share the generator's core).
+    let results = std::thread::scope(|s| {
+        s.spawn(|| {
+            gen.run(
+                &streams,
+                &phases,
+                Duration::from_millis(1500),
+                Some(gen_core),
+                |_| marks.push((proc::cpu_seconds(pid).unwrap_or(f64::NAN), Instant::now())),
+            )
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator thread panicked"))
+    })??;
     let reports: Vec<Json> = results
         .iter()
         .enumerate()
@@ -400,7 +429,7 @@ pub fn main(a: &VsArgs) -> anyhow::Result<()> {
         "pps_per_stream": a.pps_per_stream,
         "duration_s": a.duration,
         "voxedge_workers": a.voxedge_workers,
-        "rtpengine_threads": if a.rtpengine_threads == 0 { Json::from("default (one per core)") } else { Json::from(a.rtpengine_threads) },
+        "rtpengine_threads": if a.rtpengine_threads == 0 { a.voxedge_workers.max(1) } else { a.rtpengine_threads },
         "results": out,
         "voxedge_vs_rtpengine": ratios,
         "note": "both targets, the generator (pinned to the last core) and their kernels share this machine's cores; CPU is the target process's user+system time from /proc",

@@ -404,6 +404,8 @@ fn side_by_side_bench_reports_both_targets() {
             "2",
             "--overload-factor",
             "3",
+            "--recovery",
+            "1",
             "--json",
         ])
         .env_remove("VOXEDGE_CONFIG")
