@@ -168,7 +168,17 @@ fn start(name: &'static str, a: &VsArgs, calls: usize) -> anyhow::Result<Target>
     }
     let mut child = match name {
         "rtpengine" => {
-            let mut c = Command::new("rtpengine");
+            // Pinned to the core voxedge's worker gets (core 1), off the generator's core 0,
+            // when taskset is there.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let pin = cores > 1 && Command::new("taskset").arg("-V").output().is_ok();
+            let mut c = if pin {
+                let mut t = Command::new("taskset");
+                t.args(["-c", "1", "rtpengine"]);
+                t
+            } else {
+                Command::new("rtpengine")
+            };
             c.args(["--config-file=none", "--table=-1", "--interface=127.0.0.1"])
                 .arg(format!("--listen-ng={ng}"))
                 .args(["--foreground", "--log-stderr", "--log-level=3"])
@@ -189,8 +199,13 @@ fn start(name: &'static str, a: &VsArgs, calls: usize) -> anyhow::Result<Target>
         }
         _ => {
             let exe = std::env::current_exe().context("locate voxedge binary")?;
+            // No idle sweep inside the measurement (rtpengine runs with --timeout=600 too).
+            let cfg = std::env::temp_dir().join(format!("voxedge-vs-{}.toml", std::process::id()));
+            std::fs::write(&cfg, "[ng]\nmedia_timeout_secs = 600\n")?;
             Command::new(exe)
-                .args(["media", "--media-bind", "127.0.0.1", "--log", "warn"])
+                .args(["media", "--config"])
+                .arg(&cfg)
+                .args(["--media-bind", "127.0.0.1", "--log", "warn"])
                 .args(["--media-advertise", "127.0.0.1"])
                 .args(["--ng-listen", &ng.to_string()])
                 .args([

@@ -38,6 +38,8 @@ pub struct NgConfig {
     pub calls_max: usize,
     /// A call whose media has been idle this long (both directions) is deleted.
     pub media_timeout_secs: u32,
+    /// The same for calls not answered yet or on hold (silence expected).
+    pub silent_timeout_secs: u32,
     /// Replies kept for retransmitted requests (same cookie): how long and how many.
     pub cache_secs: u32,
     pub cache_entries_max: usize,
@@ -52,6 +54,7 @@ impl Default for NgConfig {
             max_message_bytes: 65_535,
             calls_max: 100_000,
             media_timeout_secs: 60,
+            silent_timeout_secs: 3600,
             cache_secs: 30,
             cache_entries_max: 100_000,
         }

@@ -187,7 +187,7 @@ async fn offer_answer_media_query_block_delete() {
         assert!(q.get("tags").and_then(|t| t.get("tagB")).is_some(), "{q}");
         // Block the caller's media: nothing reaches the callee; unblock: it flows again.
         let b = ng.call(&Value::dict([
-            ("command", s("block media")),
+            ("command", s("BLOCK MEDIA")),
             ("call-id", s("call-1@test")),
             ("from-tag", s("tagA")),
         ]));
@@ -242,6 +242,43 @@ async fn offer_answer_media_query_block_delete() {
             callee2.recv_from(&mut buf).is_ok(),
             "media follows the re-offer"
         );
+        // The caller answers that re-offer (from-tag = callee, to-tag = caller) from a new
+        // port: its leg moves, the reply carries the callee's port.
+        let caller2 = UdpSocket::bind("127.0.0.1:0").expect("new caller port");
+        caller2
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("t");
+        let re_answer = ng.call(&Value::dict([
+            ("command", s("answer")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagB")),
+            ("to-tag", s("tagA")),
+            (
+                "sdp",
+                s(&party_sdp(caller2.local_addr().expect("a").port())),
+            ),
+        ]));
+        assert_eq!(sdp_port(&re_answer), to_callee, "{re_answer}");
+        callee2
+            .send_to(&rtp(70), ("127.0.0.1", to_callee))
+            .expect("send");
+        assert!(
+            caller2.recv_from(&mut buf).is_ok(),
+            "the callee's media reaches the caller's new port"
+        );
+        // A failed parallel fork's delete (another to-tag) leaves the answered call alone.
+        let fork = ng.call(&Value::dict([
+            ("command", s("delete")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+            ("to-tag", s("tagC")),
+        ]));
+        assert!(fork.get("warning").is_some(), "{fork}");
+        let still = ng.call(&Value::dict([
+            ("command", s("query")),
+            ("call-id", s("call-1@test")),
+        ]));
+        assert_eq!(result(&still), "ok");
         // list, statistics.
         let l = ng.call(&Value::dict([("command", s("list"))]));
         assert_eq!(

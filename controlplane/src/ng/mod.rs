@@ -78,7 +78,27 @@ struct NgCall {
     created: u64,
     last_signal: u64,
     created_at: Instant,
+    /// The last SDP put a side on hold or inactive: silence is expected, the long timeout
+    /// applies (as rtpengine's silent-timeout).
+    quiet: bool,
 }
+
+/// Whether an SDP body expects no media from its sender or towards it (hold, inactive).
+fn expects_silence(sdp: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sdp);
+    text.lines().any(|l| {
+        let l = l.trim();
+        l == "a=inactive"
+            || l == "a=sendonly"
+            || l == "a=recvonly"
+            || (l.starts_with("c=") && (l.ends_with(" 0.0.0.0") || l.ends_with(" ::")))
+    })
+}
+
+/// Longest call-id accepted (Kamailio's are far shorter).
+const CALL_ID_MAX: usize = 256;
+/// Bytes of cached replies kept at most.
+const CACHE_BYTES_MAX: usize = 64 << 20;
 
 /// The engine: every command runs here, in arrival order.
 struct Engine {
@@ -88,10 +108,23 @@ struct Engine {
     /// Replies by cookie, for retransmissions (bounded, oldest first out).
     cache: HashMap<Vec<u8>, (Instant, Vec<u8>)>,
     cache_order: VecDeque<Vec<u8>>,
+    cache_bytes: usize,
+    /// Relays whose delete failed (worker busy): retried by the sweep.
+    pending_delete: Vec<voxedge_dataplane::ids::RelayId>,
     cfg: NgConfig,
     stats: Arc<NgStats>,
     total_calls: u64,
     started: u64,
+}
+
+/// Whether a dataplane error means the relay no longer exists.
+fn relay_gone(e: &voxedge_dataplane::DataplaneError) -> bool {
+    use voxedge_dataplane::command::CommandError;
+    use voxedge_dataplane::DataplaneError;
+    matches!(
+        e,
+        DataplaneError::NotFound(_) | DataplaneError::Command(CommandError::NotFound(_))
+    )
 }
 
 fn unix_now() -> u64 {
@@ -154,7 +187,11 @@ impl Engine {
         let Some(cmd) = text(req, "command") else {
             return error("No command given");
         };
-        match cmd.to_ascii_lowercase().as_str() {
+        if text(req, "call-id").is_some_and(|c| c.len() > CALL_ID_MAX) {
+            return error("call-id longer than 256 bytes");
+        }
+        let lower = cmd.to_ascii_lowercase();
+        match lower.as_str() {
             "ping" => Value::dict([("result", Value::str("pong"))]),
             "offer" => self.offer(req, from),
             "answer" => self.answer(req),
@@ -162,7 +199,7 @@ impl Engine {
             "query" => self.query(req),
             "list" => self.list(req),
             "statistics" => self.statistics(),
-            "block media" | "unblock media" => self.block(req, cmd.starts_with("block")),
+            "block media" | "unblock media" => self.block(req, lower.starts_with("block")),
             "play media" | "stop media" | "play dtmf" | "start recording" | "stop recording"
             | "pause recording" | "start forwarding" | "stop forwarding" | "block dtmf"
             | "unblock dtmf" => error(&format!(
@@ -218,11 +255,17 @@ impl Engine {
 
     /// Refusals common to offer and answer: what this relay cannot do.
     fn unsupported(req: &Value, media: &sdp::Media) -> Option<Value> {
-        let proto = text(req, "transport-protocol").unwrap_or_else(|| media.protocol.clone());
-        if !proto.eq_ignore_ascii_case("RTP/AVP") && !proto.eq_ignore_ascii_case("RTP/AVPF") {
-            return Some(error(&format!(
-                "transport protocol {proto} is not supported (no SRTP/DTLS in this appliance)"
-            )));
+        let plain =
+            |p: &str| p.eq_ignore_ascii_case("RTP/AVP") || p.eq_ignore_ascii_case("RTP/AVPF");
+        for proto in text(req, "transport-protocol")
+            .into_iter()
+            .chain(std::iter::once(media.protocol.clone()))
+        {
+            if !plain(&proto) {
+                return Some(error(&format!(
+                    "transport protocol {proto} is not supported (no SRTP/DTLS in this appliance)"
+                )));
+            }
         }
         if text(req, "ICE").is_some_and(|i| i.eq_ignore_ascii_case("force")) {
             return Some(error(
@@ -293,6 +336,7 @@ impl Engine {
                 Side::B
             };
             call.last_signal = now;
+            call.quiet = expects_silence(&body);
             call.endpoints[side.index()] = remote;
             if label.is_some() {
                 call.labels[side.index()] = label;
@@ -342,6 +386,7 @@ impl Engine {
                 created: now,
                 last_signal: now,
                 created_at: Instant::now(),
+                quiet: expects_silence(&body),
             },
         );
         self.total_calls += 1;
@@ -374,17 +419,25 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&call_id) else {
             return error("Unknown call-id");
         };
-        call.to_tag = Some(to_tag);
+        // The answerer is the to-tag party: the callee, or the caller when it answers the
+        // callee's re-INVITE (then from-tag is the callee's and to-tag the caller's).
+        let side = if to_tag == call.from_tag {
+            Side::A
+        } else {
+            call.to_tag = Some(to_tag);
+            Side::B
+        };
         call.last_signal = unix_now();
-        call.endpoints[1] = remote;
+        call.quiet = expects_silence(&body);
+        call.endpoints[side.index()] = remote;
         if let Some(l) = text(req, "label") {
-            call.labels[1] = Some(l);
+            call.labels[side.index()] = Some(l);
         }
-        let (relay, port_a) = (call.info.id, call.info.legs[0].local.port());
+        let (relay, other) = (call.info.id, call.info.legs[1 - side.index()].local.port());
         if let Some(r) = remote {
             let _ = self.dp.update_leg(
                 relay,
-                Side::B,
+                side,
                 LegUpdate {
                     remote: Some(r),
                     rtcp_remote: media.rtcp,
@@ -392,25 +445,40 @@ impl Engine {
                 },
             );
         }
-        self.sdp_reply(&body, port_a, &how, None)
+        self.sdp_reply(&body, other, &how, None)
     }
 
     fn delete(&mut self, req: &Value) -> Value {
         let Some(call_id) = text(req, "call-id") else {
             return error("Missing call-id");
         };
-        let Some(call) = self.calls.remove(&call_id) else {
+        let not_found = || {
             // As rtpengine: not an error (Kamailio deletes twice after a CANCEL).
             let mut r = ok();
             r.set(
                 "warning",
                 Value::str("Call-ID not found or tags didn't match"),
             );
-            return r;
+            r
+        };
+        // A failed fork (its own to-tag) does not end the branch that answered.
+        if let (Some(t), Some(call)) = (text(req, "to-tag"), self.calls.get(&call_id)) {
+            let answered = call.to_tag.as_deref();
+            if answered.is_some_and(|a| a != t) && t != call.from_tag {
+                return not_found();
+            }
+        }
+        let Some(call) = self.calls.remove(&call_id) else {
+            return not_found();
         };
         match self.dp.delete_relay(call.info.id) {
             Ok((_, snap)) => self.call_report(&call, Some(&snap)),
-            Err(_) => self.call_report(&call, None),
+            Err(e) => {
+                if !relay_gone(&e) {
+                    self.pending_delete.push(call.info.id);
+                }
+                self.call_report(&call, None)
+            }
         }
     }
 
@@ -629,15 +697,33 @@ impl Engine {
 
     /// Deletes calls whose media has been idle too long (and offers never answered).
     fn sweep(&mut self) {
-        let limit_ms = u64::from(self.cfg.media_timeout_secs) * 1000;
+        // Deletes that found the worker busy, again.
+        let pending = std::mem::take(&mut self.pending_delete);
+        for id in pending {
+            if let Err(e) = self.dp.delete_relay_nowait(id) {
+                if !relay_gone(&e) {
+                    self.pending_delete.push(id);
+                }
+            }
+        }
+        let media_ms = u64::from(self.cfg.media_timeout_secs) * 1000;
+        // Unanswered offers and held calls may be silent much longer (rtpengine's
+        // offer-timeout and silent-timeout).
+        let silent_ms = u64::from(self.cfg.silent_timeout_secs) * 1000;
         let mut dead = Vec::new();
         for (id, call) in &self.calls {
+            let limit_ms = if call.to_tag.is_none() || call.quiet {
+                silent_ms.max(media_ms)
+            } else {
+                media_ms
+            };
             if call.created_at.elapsed() < Duration::from_millis(limit_ms) {
                 continue;
             }
             let idle = match self.dp.query_relay(call.info.id) {
                 Ok((_, s)) => s.legs.iter().all(|l| l.rtp.idle_ms >= limit_ms),
-                Err(_) => true,
+                // Only a relay the dataplane no longer has is dead; a busy worker is not.
+                Err(e) => relay_gone(&e),
             };
             if idle {
                 dead.push(id.clone());
@@ -645,7 +731,9 @@ impl Engine {
         }
         for id in dead {
             if let Some(call) = self.calls.remove(&id) {
-                let _ = self.dp.delete_relay_nowait(call.info.id);
+                if self.dp.delete_relay_nowait(call.info.id).is_err() {
+                    self.pending_delete.push(call.info.id);
+                }
                 tracing::info!(call_id = %id, "ng call deleted: media idle past the timeout");
             }
         }
@@ -659,9 +747,17 @@ impl Engine {
     fn run(&mut self, job: &Job) -> Vec<u8> {
         use std::sync::atomic::Ordering::Relaxed;
         self.stats.requests.fetch_add(1, Relaxed);
-        if let Some((_, r)) = self.cache.get(&job.cookie) {
-            self.stats.retransmissions.fetch_add(1, Relaxed);
-            return r.clone();
+        // Replies are cached per (source, cookie): another client reusing a cookie is another
+        // request.
+        let mut key = job.from.to_string().into_bytes();
+        key.push(b' ');
+        key.extend_from_slice(&job.cookie);
+        let ttl = Duration::from_secs(u64::from(self.cfg.cache_secs));
+        if let Some((t, r)) = self.cache.get(&key) {
+            if t.elapsed() <= ttl {
+                self.stats.retransmissions.fetch_add(1, Relaxed);
+                return r.clone();
+            }
         }
         let json = job.message.first() == Some(&b'{');
         let parsed = if json {
@@ -689,25 +785,30 @@ impl Engine {
         } else {
             reply.encode_into(&mut out);
         }
-        // Remember the reply for retransmissions; bounded by count and age.
+        // Remember the reply for retransmissions; bounded by age, count and bytes.
         let now = Instant::now();
-        let ttl = Duration::from_secs(u64::from(self.cfg.cache_secs));
         while let Some(old) = self.cache_order.front() {
             let expired = self
                 .cache
                 .get(old)
                 .is_none_or(|(t, _)| now.duration_since(*t) > ttl);
-            if expired || self.cache_order.len() >= self.cfg.cache_entries_max {
-                if let Some(o) = self.cache_order.pop_front() {
-                    self.cache.remove(&o);
-                }
-            } else {
+            let full = self.cache_order.len() >= self.cfg.cache_entries_max
+                || self.cache_bytes + out.len() > CACHE_BYTES_MAX;
+            if !(expired || full) {
                 break;
             }
+            if let Some(o) = self.cache_order.pop_front() {
+                if let Some((_, r)) = self.cache.remove(&o) {
+                    self.cache_bytes -= r.len();
+                }
+            }
         }
-        if self.cfg.cache_entries_max > 0 {
-            self.cache.insert(job.cookie.clone(), (now, out.clone()));
-            self.cache_order.push_back(job.cookie.clone());
+        if self.cfg.cache_entries_max > 0 && out.len() <= CACHE_BYTES_MAX {
+            match self.cache.insert(key.clone(), (now, out.clone())) {
+                Some((_, r)) => self.cache_bytes -= r.len(),
+                None => self.cache_order.push_back(key),
+            }
+            self.cache_bytes += out.len();
         }
         self.stats.calls.store(self.calls.len() as u64, Relaxed);
         out
@@ -750,6 +851,8 @@ pub async fn start(
         calls: HashMap::new(),
         cache: HashMap::new(),
         cache_order: VecDeque::new(),
+        cache_bytes: 0,
+        pending_delete: Vec::new(),
         cfg: cfg.clone(),
         stats: stats.clone(),
         total_calls: 0,
@@ -881,12 +984,14 @@ async fn tcp_accept(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (s, from) = tokio::select! {
-            r = l.accept() => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
+        let accepted = tokio::select! {
+            r = l.accept() => r.ok(),
             _ = stop.wait_for(|s| *s) => return,
+        };
+        let Some((s, from)) = accepted else {
+            // Out of descriptors or similar: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         };
         let (jobs, stats, stop) = (jobs.clone(), stats.clone(), stop.clone());
         tokio::spawn(async move {
@@ -911,9 +1016,8 @@ async fn tcp_conn(
     loop {
         // Take every complete message in the buffer.
         loop {
-            while buf.first().is_some_and(u8::is_ascii_whitespace) {
-                buf.remove(0);
-            }
+            let blank = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            buf.drain(..blank);
             if buf.is_empty() {
                 break;
             }
@@ -956,7 +1060,9 @@ async fn tcp_conn(
             }
             match rx.await {
                 Ok(out) => {
-                    if s.write_all(&out).await.is_err() {
+                    // A client that does not read its replies is dropped.
+                    let w = tokio::time::timeout(Duration::from_secs(10), s.write_all(&out)).await;
+                    if !matches!(w, Ok(Ok(()))) {
                         return;
                     }
                 }

@@ -40,8 +40,10 @@ pub fn parse(sdp: &[u8]) -> Result<Media, SdpError> {
     let mut audio: Option<(u16, String, Vec<String>)> = None;
     let mut rtcp = None;
     let mut in_audio = false;
+    let mut seen_media = false;
     for line in text.lines().map(str::trim) {
         if let Some(m) = line.strip_prefix("m=") {
+            seen_media = true;
             in_audio = false;
             if audio.is_none() {
                 if let Some(rest) = m.strip_prefix("audio ") {
@@ -61,7 +63,7 @@ pub fn parse(sdp: &[u8]) -> Result<Media, SdpError> {
                 .split_whitespace()
                 .nth(2)
                 .and_then(|a| a.split('/').next()?.parse::<IpAddr>().ok());
-            if audio.is_none() {
+            if !seen_media {
                 session_addr = a;
             } else if in_audio {
                 media_addr = a;
@@ -107,7 +109,7 @@ pub fn rewrite(sdp: &[u8], ours: IpAddr, port: u16, how: &Rewrite) -> Vec<u8> {
     let text = String::from_utf8_lossy(sdp);
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
     // Payload types to drop: numbers given, or names matched through a=rtpmap.
-    let strip_all = how.strip.iter().any(|s| s.eq_ignore_ascii_case("all"));
+    let mut strip_all = how.strip.iter().any(|s| s.eq_ignore_ascii_case("all"));
     let mut dropped: Vec<String> = Vec::new();
     for l in &lines {
         if let Some(r) = l.strip_prefix("a=rtpmap:") {
@@ -159,7 +161,14 @@ pub fn rewrite(sdp: &[u8], ours: IpAddr, port: u16, how: &Rewrite) -> Vec<u8> {
                     .copied()
                     .filter(|p| !strip_all && !dropped.iter().any(|d| d == p))
                     .collect();
-                let kept = if kept.is_empty() { pts.clone() } else { kept };
+                // Stripping every codec would leave an unusable offer: nothing is stripped.
+                let kept = if kept.is_empty() {
+                    dropped.clear();
+                    strip_all = false;
+                    pts.clone()
+                } else {
+                    kept
+                };
                 push(&format!("m=audio {port} {proto} {}", kept.join(" ")));
             } else {
                 push(&format!("m={kind} 0 {proto} {}", pts.join(" ")));
