@@ -159,11 +159,20 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         let db = crate::store::Store::connect(&cfg.api.database, key)
             .await
             .with_context(|| format!("cannot open the store {}", shown_db(&cfg.api.database)))?;
+        let (callbacks, deliverer) = crate::callbacks::Callbacks::start(
+            db.clone(),
+            cfg.api.callbacks_allow_private,
+            stop_rx.clone(),
+        )?;
+        tasks.push(deliverer);
         let calls = crate::calls::CallService::start(
             db.clone(),
             sip_handle.clone(),
-            cfg.api.calls_per_second_per_account,
-            cfg.api.calls_concurrent_per_account,
+            (
+                cfg.api.calls_per_second_per_account,
+                cfg.api.calls_concurrent_per_account,
+            ),
+            Some(callbacks),
             updates_rx,
         );
         if db.backend() == crate::store::Backend::Sqlite {

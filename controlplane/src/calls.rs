@@ -78,6 +78,7 @@ pub struct CallService {
     book: Mutex<Book>,
     /// Time limit of each dialled call, applied from its answer.
     limits: Mutex<HashMap<String, Duration>>,
+    callbacks: Option<Arc<crate::callbacks::Callbacks>>,
 }
 
 impl CallService {
@@ -85,8 +86,8 @@ impl CallService {
     pub fn start(
         store: Store,
         sip: Option<SipHandle>,
-        cps: u32,
-        concurrent: u32,
+        (cps, concurrent): (u32, u32),
+        callbacks: Option<Arc<crate::callbacks::Callbacks>>,
         updates: mpsc::UnboundedReceiver<CallUpdate>,
     ) -> Arc<CallService> {
         let svc = Arc::new(CallService {
@@ -96,9 +97,23 @@ impl CallService {
             concurrent,
             book: Mutex::new(Book::default()),
             limits: Mutex::new(HashMap::new()),
+            callbacks,
         });
         tokio::spawn(svc.clone().follow(updates));
         svc
+    }
+
+    /// Tells the callback service about a status change (`event`: initiated, ringing,
+    /// answered, completed), with the call as it now is.
+    async fn event(&self, sid: &str, event: &str) {
+        let Some(cb) = &self.callbacks else {
+            return;
+        };
+        match self.store.get_any(&CALLS, sid).await {
+            Ok(Some(call)) => cb.call_event(&call, event).await,
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, sid, "cannot read a call for its callback"),
+        }
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -164,6 +179,7 @@ impl CallService {
                 };
                 self.notify(&account, Some(&sid), "1", CODE_RESTART, msg)
                     .await;
+                self.event(&sid, "completed").await;
             }
         }
         Ok(n)
@@ -303,7 +319,7 @@ impl CallService {
                 )
                 .await;
             match moved {
-                Ok(true) => {}
+                Ok(true) => svc.event(&sid2, "initiated").await,
                 Ok(false) => {
                     // Canceled while queued (possibly by another control node).
                     svc.release(&sid2);
@@ -358,6 +374,7 @@ impl CallService {
             .await?
         {
             self.release(sid);
+            self.event(sid, "completed").await;
             return Ok(());
         }
         let Some(sip) = &self.sip else {
@@ -382,11 +399,20 @@ impl CallService {
     async fn follow(self: Arc<Self>, mut updates: mpsc::UnboundedReceiver<CallUpdate>) {
         while let Some(u) = updates.recv().await {
             let r = match u {
-                CallUpdate::Ringing { sid } => self
-                    .store
-                    .transition_call(&sid, &["initiated"], &[("status", Value::from("ringing"))])
-                    .await
-                    .map(|_| ()),
+                CallUpdate::Ringing { sid } => {
+                    let r = self
+                        .store
+                        .transition_call(
+                            &sid,
+                            &["initiated"],
+                            &[("status", Value::from("ringing"))],
+                        )
+                        .await;
+                    if matches!(r, Ok(true)) {
+                        self.event(&sid, "ringing").await;
+                    }
+                    r.map(|_| ())
+                }
                 CallUpdate::Answered { sid } => {
                     let r = self
                         .store
@@ -399,6 +425,9 @@ impl CallService {
                             ],
                         )
                         .await;
+                    if matches!(r, Ok(true)) {
+                        self.event(&sid, "answered").await;
+                    }
                     let limit = self.limits.lock().ok().and_then(|mut l| l.remove(&sid));
                     if let (Some(limit), Some(sip)) = (limit, self.sip.clone()) {
                         tokio::spawn(async move {
@@ -453,6 +482,7 @@ impl CallService {
         }
         match self.store.transition_call(sid, LIVE, &sets).await {
             Ok(true) => {
+                self.event(sid, "completed").await;
                 if status == EndStatus::Failed {
                     let msg = match sip_code {
                         Some(code) => format!("the call failed: the far end answered SIP {code}"),

@@ -92,6 +92,9 @@ pub struct ApiConfig {
     pub time_limit_default_secs: u32,
     /// Largest `PageSize`.
     pub page_size_max: u32,
+    /// Let callbacks reach loopback and private addresses (tests, private deployments).
+    /// Off: customer URLs that are or resolve to such addresses are refused (SSRF).
+    pub callbacks_allow_private: bool,
 }
 
 impl Default for ApiConfig {
@@ -109,6 +112,7 @@ impl Default for ApiConfig {
             sip_uri_calls: false,
             time_limit_default_secs: 4 * 3600,
             page_size_max: 1000,
+            callbacks_allow_private: false,
         }
     }
 }

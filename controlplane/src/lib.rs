@@ -5,6 +5,7 @@
 //! crossbeam round trips and run on the blocking pool.
 
 pub mod app;
+pub mod callbacks;
 pub mod calls;
 pub mod config;
 pub mod digest;

@@ -1003,6 +1003,28 @@ async fn bad_input_gets_clear_4xx_errors() {
                     20001,
                 );
             }
+            // Callback URLs that would reach this network are refused (SSRF).
+            for bad in [
+                "http://127.0.0.1:9091/metrics",
+                "http://169.254.169.254/latest",
+                "http://localhost/x",
+            ] {
+                assert_error(
+                    &req(
+                        "POST",
+                        &calls,
+                        a.auth(),
+                        &[
+                            ("To", "+1"),
+                            ("From", "+1"),
+                            ("Url", "https://x/"),
+                            ("StatusCallback", bad),
+                        ],
+                    ),
+                    400,
+                    21609,
+                );
+            }
             let long = "x".repeat(65);
             assert_error(
                 &req(
@@ -1173,4 +1195,135 @@ async fn calls_left_live_by_a_crash_are_ended_at_start() {
     .await
     .expect("client");
     r.shutdown().await;
+}
+
+/// Status callbacks: written to the outbox, delivered in order per call, retried after a
+/// failure, signed so the signature verifies with the account's token; SSRF-checked URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_callbacks_are_signed_ordered_and_retried() {
+    use std::sync::{Arc, Mutex};
+    // The customer's web app: the first request fails (500), the rest succeed.
+    type Seen = Arc<Mutex<Vec<(u16, String, String, String)>>>;
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new().route(
+            "/cb",
+            axum::routing::post(
+                move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
+                    let seen = seen.clone();
+                    async move {
+                        let mut s = seen.lock().expect("lock");
+                        let status = if s.is_empty() { 500 } else { 200 };
+                        let sig = headers
+                            .get("X-Twilio-Signature")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        s.push((status, uri.to_string(), sig, body));
+                        axum::http::StatusCode::from_u16(status).expect("status")
+                    }
+                },
+            ),
+        )
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app_addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    for db in databases("callbacks") {
+        seen.lock().expect("lock").clear();
+        let callee = Callee::new();
+        let callee_addr = callee.sock.local_addr().expect("addr");
+        let mut c = config(&db, 32700);
+        c.api.callbacks_allow_private = true;
+        let (r, base) = start(c).await;
+        let a = account(&r, "hooks").await;
+        let seen2 = seen.clone();
+        tokio::task::spawn_blocking(move || {
+            let cb_url = format!("http://{app_addr}/cb?tenant=a");
+            let (s, call) = req(
+                "POST",
+                &a.url(&base, "/Calls.json"),
+                a.auth(),
+                &[
+                    ("To", &format!("sip:callee@{callee_addr}")),
+                    ("From", "+15550001111"),
+                    ("Url", "https://app.example.com/v"),
+                    ("StatusCallback", &cb_url),
+                    ("StatusCallbackEvent", "initiated"),
+                    ("StatusCallbackEvent", "ringing"),
+                    ("StatusCallbackEvent", "answered"),
+                    ("StatusCallbackEvent", "completed"),
+                ],
+            );
+            assert_eq!(s, 201, "{call}");
+            let sid = call["sid"].as_str().expect("sid").to_string();
+            let (inv, from) = callee.recv();
+            callee.reply(&inv, 180, "Ringing", from, false);
+            std::thread::sleep(Duration::from_millis(200));
+            callee.reply(&inv, 200, "OK", from, true);
+            let _ack = callee.recv();
+            std::thread::sleep(Duration::from_millis(200));
+            let (s, _) = req(
+                "POST",
+                &a.url(&base, &format!("/Calls/{sid}.json")),
+                a.auth(),
+                &[("Status", "completed")],
+            );
+            assert_eq!(s, 200);
+            let (bye, from) = callee.recv();
+            callee.reply(&bye, 200, "OK", from, false);
+            // Four callbacks delivered (after one failed attempt of the first), in order.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let ok: Vec<(u16, String, String, String)> = loop {
+                let s = seen2.lock().expect("lock").clone();
+                let ok: Vec<_> = s.into_iter().filter(|x| x.0 == 200).collect();
+                if ok.len() >= 4 {
+                    break ok;
+                }
+                assert!(Instant::now() < deadline, "callbacks not delivered: {ok:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let all = seen2.lock().expect("lock").clone();
+            assert_eq!(all[0].0, 500, "the first attempt failed");
+            let statuses: Vec<String> = ok
+                .iter()
+                .map(|(_, _, _, body)| {
+                    form_urlencoded::parse(body.as_bytes())
+                        .find(|(k, _)| k == "CallStatus")
+                        .map(|(_, v)| v.to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            assert_eq!(
+                statuses,
+                ["initiated", "ringing", "in-progress", "completed"]
+            );
+            for (i, (_, uri, sig, body)) in ok.iter().enumerate() {
+                let params: std::collections::BTreeMap<String, String> =
+                    form_urlencoded::parse(body.as_bytes())
+                        .into_owned()
+                        .collect();
+                assert_eq!(params["CallSid"], sid);
+                assert_eq!(params["AccountSid"], a.sid);
+                assert_eq!(params["SequenceNumber"], i.to_string());
+                assert_eq!(uri, "/cb?tenant=a");
+                let want =
+                    voxedge_controlplane::callbacks::twilio_signature(&a.token, &cb_url, &params);
+                assert_eq!(sig, &want, "signature of callback {i}");
+            }
+            let last: std::collections::BTreeMap<String, String> =
+                form_urlencoded::parse(ok[3].3.as_bytes())
+                    .into_owned()
+                    .collect();
+            assert!(last["CallDuration"].parse::<u64>().is_ok());
+        })
+        .await
+        .expect("client");
+        r.shutdown().await;
+    }
 }

@@ -1337,6 +1337,7 @@ async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
             "TimeLimit must be between 1 and 86400 seconds",
         ));
     }
+    check_callback(c, p)?;
     let Some(sip) = &c.st.sip else {
         return Err(unavailable());
     };
@@ -1379,6 +1380,15 @@ async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
     }
 }
 
+/// A `StatusCallback` must be a URL callbacks may reach (SSRF check on the literal host).
+fn check_callback(c: &Ctx<'_>, p: &Params) -> Result<(), TwError> {
+    if let Some(u) = p.get("StatusCallback").filter(|u| !u.is_empty()) {
+        crate::callbacks::check_url(u, c.st.cfg.callbacks_allow_private)
+            .map_err(|e| TwError::bad(21609, format!("Invalid StatusCallback: {e}")))?;
+    }
+    Ok(())
+}
+
 fn unavailable() -> TwError {
     TwError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -1412,6 +1422,7 @@ async fn update_call(c: &Ctx<'_>) -> Result<Value, TwError> {
             "TimeLimit must be between 1 and 86400 seconds",
         ));
     }
+    check_callback(c, p)?;
     let mut sets = columns_from(&CALLS, p);
     sets.retain(|(k, _)| *k != "status");
     if !sets.is_empty() {

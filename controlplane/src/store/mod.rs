@@ -20,6 +20,7 @@ use crate::secret::{self, SecretError, SecretKey};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_init.sql")),
     (2, include_str!("0002_list_indexes.sql")),
+    (3, include_str!("0003_callbacks.sql")),
 ];
 
 /// What a store operation can fail with.
@@ -290,6 +291,20 @@ pub struct ApiKey {
     pub secret_sealed: String,
     pub date_created: i64,
     pub date_updated: i64,
+}
+
+/// A callback in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub sid: String,
+    pub account_sid: String,
+    pub call_sid: String,
+    pub seq: i64,
+    pub url: String,
+    pub method: String,
+    /// The form parameters, as a JSON object of strings.
+    pub params: String,
+    pub attempts: i64,
 }
 
 /// A condition of a list query.
@@ -1007,6 +1022,116 @@ impl Store {
         }
         let row = query.fetch_one(&self.pool).await?;
         Ok((row.try_get("n")?, row.try_get("minutes")?))
+    }
+
+    /// Writes a callback to the outbox (before any delivery attempt). `seq` orders the
+    /// callbacks of one call.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn enqueue_callback(&self, c: &Callback) -> Result<(), StoreError> {
+        let now = now_us();
+        sqlx::query(
+            "INSERT INTO callbacks (sid, account_sid, call_sid, seq, url, method, params, status, attempts, next_attempt, last_error, date_created, date_updated) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, NULL, $9, $10)",
+        )
+        .bind(c.sid.clone())
+        .bind(c.account_sid.clone())
+        .bind(c.call_sid.clone())
+        .bind(c.seq)
+        .bind(c.url.clone())
+        .bind(c.method.clone())
+        .bind(c.params.clone())
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Pending callbacks due now, oldest first: for each call only its first pending one (so
+    /// a call's callbacks leave in order, a later one never overtaking a retried earlier one).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn due_callbacks(&self, limit: i64) -> Result<Vec<Callback>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.sid, c.account_sid, c.call_sid, c.seq, c.url, c.method, c.params, c.attempts FROM callbacks c \
+             WHERE c.status = 'pending' AND c.next_attempt <= $1 \
+             AND NOT EXISTS (SELECT 1 FROM callbacks e WHERE e.call_sid = c.call_sid AND e.status = 'pending' AND e.seq < c.seq) \
+             ORDER BY c.date_created, c.seq LIMIT $2",
+        )
+        .bind(now_us())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Callback {
+                    sid: r.try_get("sid")?,
+                    account_sid: r.try_get("account_sid")?,
+                    call_sid: r.try_get("call_sid")?,
+                    seq: r.try_get("seq")?,
+                    url: r.try_get("url")?,
+                    method: r.try_get("method")?,
+                    params: r.try_get("params")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Records the outcome of a delivery attempt: `delivered`, `pending` again at
+    /// `next_attempt`, or `failed` for good.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn callback_attempted(
+        &self,
+        sid: &str,
+        status: &str,
+        next_attempt: i64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE callbacks SET status = $1, attempts = attempts + 1, next_attempt = $2, last_error = $3, date_updated = $4 WHERE sid = $5",
+        )
+        .bind(status.to_string())
+        .bind(next_attempt)
+        .bind(error.map(str::to_string))
+        .bind(now_us())
+        .bind(sid.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The callbacks of a call with their outcome, in order (sid, seq, status, attempts).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn callbacks_of(
+        &self,
+        call_sid: &str,
+    ) -> Result<Vec<(String, i64, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sid, seq, status, attempts FROM callbacks WHERE call_sid = $1 ORDER BY seq",
+        )
+        .bind(call_sid.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("sid")?,
+                    r.try_get("seq")?,
+                    r.try_get("status")?,
+                    r.try_get("attempts")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// Calls in any of `statuses` (service start-up: calls a crash left behind).
