@@ -153,30 +153,22 @@ impl CallService {
             let account = text(&c, "account_sid");
             let status = text(&c, "status");
             let now = now_us();
-            let (end, code) = if status == "in-progress" {
-                ("completed", "call ended by a restart of the control node")
-            } else {
-                (
+            let (end, msg) = match status.as_str() {
+                "in-progress" => ("completed", "call ended by a restart of the control node"),
+                "queued" => (
+                    "canceled",
+                    "queued call canceled: the control node restarted before placing it",
+                ),
+                _ => (
                     "failed",
                     "call failed: the control node restarted before it was answered",
-                )
+                ),
             };
             let mut sets = vec![("status", Value::from(end)), ("end_time", Value::from(now))];
             if let Some(start) = c.get("start_time").and_then(Value::as_i64) {
                 sets.push(("duration", Value::from((now - start) / 1_000_000)));
             }
-            if status == "queued" {
-                sets = vec![
-                    ("status", Value::from("canceled")),
-                    ("end_time", Value::from(now)),
-                ];
-            }
             if self.store.transition_call(&sid, LIVE, &sets).await? {
-                let msg = if status == "queued" {
-                    "queued call canceled: the control node restarted before placing it"
-                } else {
-                    code
-                };
                 self.notify(&account, Some(&sid), "1", CODE_RESTART, msg)
                     .await;
                 self.event(&sid, "completed").await;

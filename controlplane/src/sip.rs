@@ -1400,49 +1400,21 @@ Contact: <sip:voxedge@{local}>\r\n",
             resp.body = body;
         }
         if (code == 401 || code == 407) && !b.auth_tried {
-            if let Some((user, pass)) = b.creds.clone() {
-                let (ch_name, auth_name) = if code == 401 {
-                    ("WWW-Authenticate", "Authorization")
-                } else {
-                    ("Proxy-Authenticate", "Proxy-Authorization")
-                };
-                let ruri = match &b.invite.start {
-                    StartLine::Request { uri, .. } => uri.to_string(),
-                    StartLine::Response { .. } => String::new(),
-                };
-                let auth = msg
-                    .header(ch_name)
-                    .and_then(|ch| crate::digest::authorize(ch, &user, &pass, "INVITE", &ruri));
-                if let Some(auth) = auth {
-                    let mut again = b.invite.clone();
-                    again.headers.remove(&Name::VIA);
-                    again.headers.insert(
-                        Name::VIA,
-                        BytesStr::from(format!(
-                            "SIP/2.0/UDP {local};branch=z9hG4bK{}",
-                            random_token(16)
-                        )),
-                    );
-                    let n = cseq_number(&b.invite) + 1;
-                    again.headers.remove(&Name::CSEQ);
-                    again
-                        .headers
-                        .insert(Name::CSEQ, BytesStr::from(format!("{n} INVITE")));
-                    again.headers.insert(
-                        Name::from(BytesStr::from(auth_name.to_string())),
-                        BytesStr::from(auth),
-                    );
-                    let peer = b.peer;
-                    b.auth_tried = true;
-                    b.invite = again.clone();
-                    if let Ok(ntx) = self.tx.send_request(again, peer, now) {
-                        if let Some(b) = self.calls.get_mut(&a_id).and_then(|c| c.b.as_mut()) {
-                            b.tx = ntx;
-                        }
-                        self.b_by_tx.remove(&btx);
-                        self.b_by_tx.insert(ntx, a_id);
-                        return;
+            let again = b
+                .creds
+                .as_ref()
+                .and_then(|creds| authorized_again(&b.invite, &msg, creds, &local));
+            if let Some(again) = again {
+                let peer = b.peer;
+                b.auth_tried = true;
+                b.invite = again.clone();
+                if let Ok(ntx) = self.tx.send_request(again, peer, now) {
+                    if let Some(b) = self.calls.get_mut(&a_id).and_then(|c| c.b.as_mut()) {
+                        b.tx = ntx;
                     }
+                    self.b_by_tx.remove(&btx);
+                    self.b_by_tx.insert(ntx, a_id);
+                    return;
                 }
             }
         }
@@ -2016,41 +1988,14 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 self.report(CallUpdate::Answered { sid });
             }
             401 | 407 if !o.auth_tried && o.creds.is_some() => {
-                let (user, pass) = o.creds.clone().unwrap_or_default();
-                let (ch_name, auth_name) = if code == 401 {
-                    ("WWW-Authenticate", "Authorization")
-                } else {
-                    ("Proxy-Authenticate", "Proxy-Authorization")
-                };
-                let ruri = match &o.invite.start {
-                    StartLine::Request { uri, .. } => uri.to_string(),
-                    StartLine::Response { .. } => String::new(),
-                };
-                let auth = msg
-                    .header(ch_name)
-                    .and_then(|ch| crate::digest::authorize(ch, &user, &pass, "INVITE", &ruri));
-                let Some(auth) = auth else {
+                let again = o
+                    .creds
+                    .as_ref()
+                    .and_then(|creds| authorized_again(&o.invite, &msg, creds, &local));
+                let Some(again) = again else {
                     self.finish_origin(tx, code);
                     return;
                 };
-                let mut again = o.invite.clone();
-                again.headers.remove(&Name::VIA);
-                again.headers.insert(
-                    Name::VIA,
-                    BytesStr::from(format!(
-                        "SIP/2.0/UDP {local};branch=z9hG4bK{}",
-                        random_token(16)
-                    )),
-                );
-                let n = cseq_number(&o.invite) + 1;
-                again.headers.remove(&Name::CSEQ);
-                again
-                    .headers
-                    .insert(Name::CSEQ, BytesStr::from(format!("{n} INVITE")));
-                again.headers.insert(
-                    Name::from(BytesStr::from(auth_name.to_string())),
-                    BytesStr::from(auth),
-                );
                 let peer = o.peer;
                 match self.tx.send_request(again.clone(), peer, now) {
                     Ok(ntx) => {
@@ -2121,6 +2066,51 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             }
         }
     }
+}
+
+/// Our INVITE again, answering a 401/407 challenge with digest credentials: a new branch,
+/// the next CSeq and the Authorization (or Proxy-Authorization) header. `None` when the
+/// challenge cannot be answered.
+fn authorized_again(
+    invite: &SipMessage,
+    challenge: &SipMessage,
+    (user, pass): &(String, String),
+    local: &str,
+) -> Option<SipMessage> {
+    let (ch_name, auth_name) = if challenge.status() == Some(401) {
+        ("WWW-Authenticate", "Authorization")
+    } else {
+        ("Proxy-Authenticate", "Proxy-Authorization")
+    };
+    let StartLine::Request { uri, .. } = &invite.start else {
+        return None;
+    };
+    let auth = crate::digest::authorize(
+        challenge.header(ch_name)?,
+        user,
+        pass,
+        "INVITE",
+        &uri.to_string(),
+    )?;
+    let mut again = invite.clone();
+    again.headers.remove(&Name::VIA);
+    again.headers.insert(
+        Name::VIA,
+        BytesStr::from(format!(
+            "SIP/2.0/UDP {local};branch=z9hG4bK{}",
+            random_token(16)
+        )),
+    );
+    let n = cseq_number(invite) + 1;
+    again.headers.remove(&Name::CSEQ);
+    again
+        .headers
+        .insert(Name::CSEQ, BytesStr::from(format!("{n} INVITE")));
+    again.headers.insert(
+        Name::from(BytesStr::from(auth_name.to_string())),
+        BytesStr::from(auth),
+    );
+    Some(again)
 }
 
 /// The CANCEL of an INVITE we sent (RFC 3261 §9.1: same Via, From, To, Call-ID, CSeq number).

@@ -149,6 +149,16 @@ struct Flags {
     list: Vec<String>,
 }
 
+/// An offer's or answer's SDP and what the engine needs from it.
+struct Described {
+    body: Vec<u8>,
+    media: sdp::Media,
+    flags: Flags,
+    how: sdp::Rewrite,
+    remote: Option<SocketAddr>,
+    quiet: bool,
+}
+
 impl Flags {
     fn of(req: &Value) -> Flags {
         let mut list: Vec<String> = req
@@ -183,7 +193,7 @@ fn text(req: &Value, key: &str) -> Option<String> {
 }
 
 impl Engine {
-    fn handle(&mut self, req: &Value, from: SocketAddr) -> Value {
+    fn handle(&mut self, req: &Value) -> Value {
         let Some(cmd) = text(req, "command") else {
             return error("No command given");
         };
@@ -193,7 +203,7 @@ impl Engine {
         let lower = cmd.to_ascii_lowercase();
         match lower.as_str() {
             "ping" => Value::dict([("result", Value::str("pong"))]),
-            "offer" => self.offer(req, from),
+            "offer" => self.offer(req),
             "answer" => self.answer(req),
             "delete" => self.delete(req),
             "query" => self.query(req),
@@ -297,28 +307,52 @@ impl Engine {
         r
     }
 
-    fn offer(&mut self, req: &Value, from: SocketAddr) -> Value {
+    /// What offer and answer both take from a request: the SDP, the audio stream it
+    /// describes, the flags and the address to send to. An error reply when unusable.
+    fn described(req: &Value) -> Result<Described, Value> {
+        let Some(Value::Bytes(body)) = req.get("sdp") else {
+            return Err(error("No SDP body"));
+        };
+        let media = sdp::parse(body).map_err(|e| error(&format!("Failed to parse SDP: {e}")))?;
+        if let Some(e) = Self::unsupported(req, &media) {
+            return Err(e);
+        }
+        let flags = Flags::of(req);
+        Ok(Described {
+            how: Self::rewrite_for(req, &flags),
+            remote: Self::remote_of(&media, req, &flags),
+            quiet: expects_silence(body),
+            body: body.clone(),
+            media,
+            flags,
+        })
+    }
+
+    /// Points one side of a relay at the address an SDP gave (nothing for a held stream).
+    fn point(&self, relay: voxedge_dataplane::ids::RelayId, side: Side, d: &Described) {
+        if let Some(r) = d.remote {
+            let _ = self.dp.update_leg(
+                relay,
+                side,
+                LegUpdate {
+                    remote: Some(r),
+                    rtcp_remote: d.media.rtcp,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    fn offer(&mut self, req: &Value) -> Value {
         let (Some(call_id), Some(from_tag)) = (text(req, "call-id"), text(req, "from-tag")) else {
             return error("Missing call-id or from-tag");
         };
-        let Some(body) = req.get("sdp").and_then(|s| match s {
-            Value::Bytes(b) => Some(b.clone()),
-            _ => None,
-        }) else {
-            return error("No SDP body");
+        let d = match Self::described(req) {
+            Ok(d) => d,
+            Err(e) => return e,
         };
-        let media = match sdp::parse(&body) {
-            Ok(m) => m,
-            Err(e) => return error(&format!("Failed to parse SDP: {e}")),
-        };
-        if let Some(e) = Self::unsupported(req, &media) {
-            return e;
-        }
-        let flags = Flags::of(req);
-        let how = Self::rewrite_for(req, &flags);
-        let remote = Self::remote_of(&media, req, &flags);
         let warn = (text(req, "record-call").is_some_and(|v| v.eq_ignore_ascii_case("yes"))
-            || flags.has("record-call"))
+            || d.flags.has("record-call"))
         .then_some(
             "recording is not supported by this appliance yet; the call is relayed, not recorded",
         );
@@ -336,37 +370,26 @@ impl Engine {
                 Side::B
             };
             call.last_signal = now;
-            call.quiet = expects_silence(&body);
-            call.endpoints[side.index()] = remote;
+            call.quiet = d.quiet;
+            call.endpoints[side.index()] = d.remote;
             if label.is_some() {
                 call.labels[side.index()] = label;
             }
             let (relay, other) = (call.info.id, call.info.legs[1 - side.index()].local.port());
-            if let Some(r) = remote {
-                let _ = self.dp.update_leg(
-                    relay,
-                    side,
-                    LegUpdate {
-                        remote: Some(r),
-                        rtcp_remote: media.rtcp,
-                        ..Default::default()
-                    },
-                );
-            }
-            let _ = from;
-            return self.sdp_reply(&body, other, &how, warn);
+            self.point(relay, side, &d);
+            return self.sdp_reply(&d.body, other, &d.how, warn);
         }
         if self.calls.len() >= self.cfg.calls_max {
             return error("Too many calls: this appliance is at its configured limit");
         }
         let leg_a = LegRequest {
-            remote,
-            rtcp_remote: media.rtcp,
+            remote: d.remote,
+            rtcp_remote: d.media.rtcp,
             ..Default::default()
         };
         let created = self.dp.create_relay(RelayRequest {
             legs: [leg_a, LegRequest::default()],
-            policy: Self::relay_policy(&flags),
+            policy: Self::relay_policy(&d.flags),
             rewrite: false,
             echo: false,
         });
@@ -382,15 +405,15 @@ impl Engine {
                 from_tag,
                 to_tag: text(req, "to-tag"),
                 labels: [label, None],
-                endpoints: [remote, None],
+                endpoints: [d.remote, None],
                 created: now,
                 last_signal: now,
                 created_at: Instant::now(),
-                quiet: expects_silence(&body),
+                quiet: d.quiet,
             },
         );
         self.total_calls += 1;
-        self.sdp_reply(&body, port_b, &how, warn)
+        self.sdp_reply(&d.body, port_b, &d.how, warn)
     }
 
     fn answer(&mut self, req: &Value) -> Value {
@@ -400,22 +423,10 @@ impl Engine {
         let Some(to_tag) = text(req, "to-tag") else {
             return error("Missing to-tag");
         };
-        let Some(body) = req.get("sdp").and_then(|s| match s {
-            Value::Bytes(b) => Some(b.clone()),
-            _ => None,
-        }) else {
-            return error("No SDP body");
+        let d = match Self::described(req) {
+            Ok(d) => d,
+            Err(e) => return e,
         };
-        let media = match sdp::parse(&body) {
-            Ok(m) => m,
-            Err(e) => return error(&format!("Failed to parse SDP: {e}")),
-        };
-        if let Some(e) = Self::unsupported(req, &media) {
-            return e;
-        }
-        let flags = Flags::of(req);
-        let how = Self::rewrite_for(req, &flags);
-        let remote = Self::remote_of(&media, req, &flags);
         let Some(call) = self.calls.get_mut(&call_id) else {
             return error("Unknown call-id");
         };
@@ -428,24 +439,14 @@ impl Engine {
             Side::B
         };
         call.last_signal = unix_now();
-        call.quiet = expects_silence(&body);
-        call.endpoints[side.index()] = remote;
+        call.quiet = d.quiet;
+        call.endpoints[side.index()] = d.remote;
         if let Some(l) = text(req, "label") {
             call.labels[side.index()] = Some(l);
         }
         let (relay, other) = (call.info.id, call.info.legs[1 - side.index()].local.port());
-        if let Some(r) = remote {
-            let _ = self.dp.update_leg(
-                relay,
-                side,
-                LegUpdate {
-                    remote: Some(r),
-                    rtcp_remote: media.rtcp,
-                    ..Default::default()
-                },
-            );
-        }
-        self.sdp_reply(&body, other, &how, None)
+        self.point(relay, side, &d);
+        self.sdp_reply(&d.body, other, &d.how, None)
     }
 
     fn delete(&mut self, req: &Value) -> Value {
@@ -768,7 +769,7 @@ impl Engine {
             bencode::decode(&job.message).map_err(|e| format!("Failed to decode bencode: {e}"))
         };
         let reply = match parsed {
-            Ok(req @ Value::Dict(_)) => self.handle(&req, job.from),
+            Ok(req @ Value::Dict(_)) => self.handle(&req),
             Ok(_) => error("Message is not a dictionary"),
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Relaxed);

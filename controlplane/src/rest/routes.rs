@@ -177,55 +177,7 @@ const APP_PARAMS: &[Param] = &[
     ),
 ];
 
-const NUMBER_UPDATE_PARAMS: &[Param] = &[
-    p(
-        "FriendlyName",
-        Ty::Str,
-        "A name for the number (up to 64 characters).",
-    ),
-    p(
-        "ApiVersion",
-        Ty::OneOf(&["2010-04-01"]),
-        "API version of requests for this number.",
-    ),
-    p(
-        "VoiceApplicationSid",
-        Ty::Str,
-        "Application that answers calls to the number (wins over VoiceUrl).",
-    ),
-    p(
-        "VoiceUrl",
-        Ty::Url,
-        "Instructions URL when no application is set.",
-    ),
-    p("VoiceMethod", Ty::HttpMethod, "GET or POST (default POST)."),
-    p(
-        "VoiceFallbackUrl",
-        Ty::Url,
-        "URL fetched when VoiceUrl fails.",
-    ),
-    p(
-        "VoiceFallbackMethod",
-        Ty::HttpMethod,
-        "GET or POST (default POST).",
-    ),
-    p(
-        "StatusCallback",
-        Ty::Url,
-        "URL told about call status changes.",
-    ),
-    p(
-        "StatusCallbackMethod",
-        Ty::HttpMethod,
-        "GET or POST (default POST).",
-    ),
-    p(
-        "VoiceCallerIdLookup",
-        Ty::Bool,
-        "Look up the caller's name.",
-    ),
-];
-
+/// `PhoneNumber` first: updates take the rest (a number's value does not change).
 const NUMBER_CREATE_PARAMS: &[Param] = &[
     req(
         "PhoneNumber",
@@ -453,42 +405,42 @@ pub const ROUTES: &[Route] = &[
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Keys.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Keys.json",
         KeysList,
         "List API keys",
         &[]
     ),
     route!(
         "POST",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Keys.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Keys.json",
         KeyCreate,
         "Create an API key (its secret is shown once)",
         &[p("FriendlyName", Ty::Str, "A name for the key."),]
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Keys/{Sid}.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Keys/{Sid}.json",
         KeyFetch,
         "Fetch an API key",
         &[]
     ),
     route!(
         "POST",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Keys/{Sid}.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Keys/{Sid}.json",
         KeyUpdate,
         "Rename an API key",
         &[p("FriendlyName", Ty::Str, "A new name."),]
     ),
     route!(
         "DELETE",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Keys/{Sid}.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Keys/{Sid}.json",
         KeyDelete,
         "Delete an API key",
         &[]
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Applications.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Applications.json",
         ApplicationsList,
         "List applications",
         &[p(
@@ -499,47 +451,35 @@ pub const ROUTES: &[Route] = &[
     ),
     route!(
         "POST",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Applications.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Applications.json",
         ApplicationCreate,
         "Create an application",
         APP_PARAMS
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Applications/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Applications/{Sid}.json",
         ApplicationFetch,
         "Fetch an application",
         &[]
     ),
     route!(
         "POST",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Applications/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Applications/{Sid}.json",
         ApplicationUpdate,
         "Update an application",
         APP_PARAMS
     ),
     route!(
         "DELETE",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Applications/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Applications/{Sid}.json",
         ApplicationDelete,
         "Delete an application",
         &[]
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/IncomingPhoneNumbers.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers.json",
         NumbersList,
         "List incoming phone numbers",
         &[
@@ -549,166 +489,133 @@ pub const ROUTES: &[Route] = &[
     ),
     route!(
         "POST",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/IncomingPhoneNumbers.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers.json",
         NumberCreate,
         "Add an incoming phone number",
         NUMBER_CREATE_PARAMS
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/IncomingPhoneNumbers/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers/{Sid}.json",
         NumberFetch,
         "Fetch an incoming phone number",
         &[]
     ),
     route!(
         "POST",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/IncomingPhoneNumbers/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers/{Sid}.json",
         NumberUpdate,
         "Update an incoming phone number",
-        NUMBER_UPDATE_PARAMS
+        NUMBER_CREATE_PARAMS.split_at(1).1
     ),
     route!(
         "DELETE",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/IncomingPhoneNumbers/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/IncomingPhoneNumbers/{Sid}.json",
         NumberDelete,
         "Release an incoming phone number",
         &[]
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Calls.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Calls.json",
         CallsList,
         "List calls, newest first",
         CALL_LIST_PARAMS
     ),
     route!(
         "POST",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Calls.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Calls.json",
         CallCreate,
         "Place an outbound call",
         CALL_CREATE_PARAMS
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Calls/{Sid}.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json",
         CallFetch,
         "Fetch a call",
         &[]
     ),
     route!(
         "POST",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Calls/{Sid}.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json",
         CallUpdate,
         "Redirect or end a live call",
         CALL_UPDATE_PARAMS
     ),
     route!(
         "DELETE",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Calls/{Sid}.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json",
         CallDelete,
         "Delete the record of a finished call",
         &[]
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Calls/{CallSid}/Events.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}/Events.json",
         CallEventsList,
         "Requests and responses exchanged with the application for a call",
         &[]
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Calls/{CallSid}/Notifications.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}/Notifications.json",
         CallNotificationsList,
         "Notifications of a call",
         NOTIFICATION_LIST_PARAMS
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Calls/{CallSid}/Recordings.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}/Recordings.json",
         CallRecordingsList,
         "Recordings of a call",
         RECORDING_LIST_PARAMS
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Notifications.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Notifications.json",
         NotificationsList,
         "List notifications (errors and warnings), newest first",
         NOTIFICATION_LIST_PARAMS
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Notifications/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Notifications/{Sid}.json",
         NotificationFetch,
         "Fetch a notification",
         &[]
     ),
     route!(
         "DELETE",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Notifications/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Notifications/{Sid}.json",
         NotificationDelete,
         "Delete a notification",
         &[]
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Recordings.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Recordings.json",
         RecordingsList,
         "List recordings (metadata)",
         RECORDING_LIST_PARAMS
     ),
     route!(
         "GET",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Recordings/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Recordings/{Sid}.json",
         RecordingFetch,
         "Fetch a recording's metadata",
         &[]
     ),
     route!(
         "DELETE",
-        concat!(
-            "/2010-04-01/Accounts/{AccountSid}",
-            "/Recordings/{Sid}.json"
-        ),
+        "/2010-04-01/Accounts/{AccountSid}/Recordings/{Sid}.json",
         RecordingDelete,
         "Delete a recording",
         &[]
     ),
     route!(
         "GET",
-        concat!("/2010-04-01/Accounts/{AccountSid}", "/Usage/Records.json"),
+        "/2010-04-01/Accounts/{AccountSid}/Usage/Records.json",
         UsageRecordsList,
         "Usage by category over a period",
         USAGE_PARAMS

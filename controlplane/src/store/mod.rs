@@ -631,23 +631,19 @@ impl Store {
         friendly_name: Option<&str>,
         status: Option<&str>,
     ) -> Result<(), StoreError> {
-        let now = now_us();
-        if let Some(f) = friendly_name {
-            sqlx::query("UPDATE accounts SET friendly_name = $1, date_updated = $2 WHERE sid = $3")
-                .bind(f.to_string())
-                .bind(now)
-                .bind(sid.to_string())
-                .execute(&self.pool)
-                .await?;
+        if friendly_name.is_none() && status.is_none() {
+            return Ok(());
         }
-        if let Some(s) = status {
-            sqlx::query("UPDATE accounts SET status = $1, date_updated = $2 WHERE sid = $3")
-                .bind(s.to_string())
-                .bind(now)
-                .bind(sid.to_string())
-                .execute(&self.pool)
-                .await?;
-        }
+        // One statement: a change the caller did not ask for keeps the stored value.
+        sqlx::query(
+            "UPDATE accounts SET friendly_name = COALESCE($1, friendly_name), status = COALESCE($2, status), date_updated = $3 WHERE sid = $4",
+        )
+        .bind(friendly_name.map(str::to_string))
+        .bind(status.map(str::to_string))
+        .bind(now_us())
+        .bind(sid.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
