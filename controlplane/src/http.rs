@@ -76,6 +76,12 @@ impl From<DataplaneError> for ApiError {
             DataplaneError::Command(CommandError::Open { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "port_unavailable")
             }
+            DataplaneError::Command(CommandError::BadMedia(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_media")
+            }
+            DataplaneError::Command(CommandError::Unsupported(_)) => {
+                (StatusCode::NOT_IMPLEMENTED, "unsupported")
+            }
             DataplaneError::Stopped(_) | DataplaneError::Command(CommandError::Exists(_)) => {
                 tracing::error!(error = %e, "dataplane failure");
                 return ApiError::new(

@@ -3,11 +3,13 @@
 //! Commands that need an answer carry a bounded(1) reply channel; the worker never blocks on it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use crate::ids::{Component, RelayId, Side};
+use crate::player::{PlayMedia, PlayMediaError};
 use crate::stats::StreamCounters;
 use crate::table::SourcePolicy;
 
@@ -65,6 +67,10 @@ pub enum CommandError {
     },
     #[error("worker stream table is full ({0} streams)")]
     Full(usize),
+    #[error("{0}")]
+    BadMedia(#[from] PlayMediaError),
+    #[error("the {0} backend cannot generate packets (media playback)")]
+    Unsupported(&'static str),
 }
 
 /// Snapshot of one stream.
@@ -121,6 +127,24 @@ pub enum MediaCommand {
         relay: RelayId,
         reply: Sender<Result<RelaySnapshot, CommandError>>,
     },
+    /// Plays media out of a leg's RTP port to its remote, replacing (and replacing any earlier
+    /// playback on that leg) what the other leg sends, `loops` times (0: until stopped).
+    /// A [`MediaEvent::PlayDone`] with `id` follows when the media ran out.
+    Play {
+        relay: RelayId,
+        side: Side,
+        media: Arc<PlayMedia>,
+        loops: u32,
+        id: u64,
+        reply: Sender<Result<(), CommandError>>,
+    },
+    /// Stops playback on a leg (forwarding resumes); replies whether something was playing.
+    /// No `PlayDone` follows.
+    StopPlay {
+        relay: RelayId,
+        side: Side,
+        reply: Sender<Result<bool, CommandError>>,
+    },
     /// Stops the worker loop after draining nothing further.
     Shutdown,
 }
@@ -145,4 +169,6 @@ pub enum MediaEvent {
     },
     /// An RTP stream received nothing for the configured media timeout.
     MediaTimeout { relay: RelayId, side: Side },
+    /// Playback `id` on a leg sent its last frame.
+    PlayDone { relay: RelayId, side: Side, id: u64 },
 }

@@ -638,6 +638,46 @@ impl Dataplane {
         )
     }
 
+    /// Plays media out of one leg (see [`MediaCommand::Play`]); a
+    /// [`MediaEvent::PlayDone`] carrying `id` follows on [`Dataplane::events`] when it ends.
+    ///
+    /// # Errors
+    /// Unknown relay, media that cannot be played, a backend that cannot generate packets,
+    /// or the worker did not answer.
+    pub fn play(
+        &self,
+        id: RelayId,
+        side: Side,
+        media: std::sync::Arc<crate::player::PlayMedia>,
+        loops: u32,
+        play_id: u64,
+    ) -> Result<(), DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let w = usize::from(info.worker.0);
+        Ok(self.call(w, |reply| MediaCommand::Play {
+            relay: id,
+            side,
+            media,
+            loops,
+            id: play_id,
+            reply,
+        })??)
+    }
+
+    /// Stops playback on a leg; whether something was playing.
+    ///
+    /// # Errors
+    /// Unknown relay, or the worker did not answer.
+    pub fn stop_play(&self, id: RelayId, side: Side) -> Result<bool, DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let w = usize::from(info.worker.0);
+        Ok(self.call(w, |reply| MediaCommand::StopPlay {
+            relay: id,
+            side,
+            reply,
+        })??)
+    }
+
     /// Drops a deleted relay from the registry and gives its ports back.
     fn forget(&self, info: &RelayInfo) {
         let w = usize::from(info.worker.0);

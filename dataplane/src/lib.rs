@@ -17,6 +17,7 @@ mod dataplane;
 pub mod ids;
 pub mod io;
 pub mod pipeline;
+pub mod player;
 pub mod rewrite;
 pub mod stats;
 pub mod table;

@@ -120,6 +120,9 @@ pub fn process<E: EventSink>(
     let Some((s, out)) = table.pair_mut(idx, out_idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
+    if out.playing {
+        return drop(s, DropReason::Superseded);
+    }
     let Some(dst) = out.remote else {
         return drop(s, DropReason::NoRemote);
     };

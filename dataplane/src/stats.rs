@@ -30,10 +30,12 @@ pub enum DropReason {
     TxFailed,
     /// The relay is blocked by command.
     Blocked,
+    /// The egress stream is playing media; what the other leg sends is held back.
+    Superseded,
 }
 
 /// Number of distinct drop-reason slots (see [`DropReason::slot`]).
-pub const DROP_SLOTS: usize = 3 * WireError::ALL.len() + 7;
+pub const DROP_SLOTS: usize = 3 * WireError::ALL.len() + 8;
 
 impl DropReason {
     /// Dense index for counter arrays.
@@ -51,6 +53,7 @@ impl DropReason {
             DropReason::Oversize => 3 * n + 4,
             DropReason::TxFailed => 3 * n + 5,
             DropReason::Blocked => 3 * n + 6,
+            DropReason::Superseded => 3 * n + 7,
         }
     }
 
@@ -69,6 +72,7 @@ impl DropReason {
                 4 => DropReason::Oversize,
                 5 => DropReason::TxFailed,
                 6 => DropReason::Blocked,
+                7 => DropReason::Superseded,
                 _ => return None,
             },
         })
@@ -87,6 +91,7 @@ impl DropReason {
             DropReason::Oversize => ("oversize", ""),
             DropReason::TxFailed => ("tx_failed", ""),
             DropReason::Blocked => ("blocked", ""),
+            DropReason::Superseded => ("superseded", ""),
         }
     }
 }
@@ -270,6 +275,7 @@ pub struct StreamDrops {
     pub unsupported: u32,
     pub source_mismatch: u32,
     pub no_remote: u32,
+    /// Blocked by command, or held back while the egress stream plays media.
     pub blocked: u32,
     pub tx_failed: u32,
 }
@@ -285,7 +291,7 @@ impl StreamDrops {
             DropReason::UnsupportedPayload | DropReason::UnknownStream => &mut self.unsupported,
             DropReason::SourceMismatch => &mut self.source_mismatch,
             DropReason::NoRemote => &mut self.no_remote,
-            DropReason::Blocked => &mut self.blocked,
+            DropReason::Blocked | DropReason::Superseded => &mut self.blocked,
             DropReason::TxFailed => &mut self.tx_failed,
         };
         *slot = slot.saturating_add(1);

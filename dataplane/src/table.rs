@@ -38,6 +38,8 @@ pub struct Stream {
     /// Rewrite SSRC/seq/ts of RTP leaving through this port.
     pub rewrite: bool,
     pub blocked: bool,
+    /// A player is sending on this stream's port; forwarded RTP towards it is held back.
+    pub playing: bool,
     pub timed_out: bool,
     pub component: Component,
     /// RFC 4733 payload type reported as DTMF events.
@@ -74,6 +76,7 @@ impl Stream {
             policy: SourcePolicy::default(),
             rewrite: false,
             blocked: false,
+            playing: false,
             timed_out: false,
             component,
             relay,

@@ -29,6 +29,7 @@ use crate::config::BURST_SIZE_MAX;
 use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx, WorkerId};
 use crate::io::{PacketIo, RxBatch, TxDesc};
 use crate::pipeline::{self, EventSink, Verdict};
+use crate::player::{Player, Step, FRAME_BYTES_MAX, RTP_HEADER};
 use crate::stats::{DropCounters, DropReason, DROP_SLOTS};
 use crate::table::{Stream, StreamTable};
 
@@ -57,6 +58,10 @@ pub struct WorkerShared {
     /// Nanoseconds of loop wall time.
     pub wall_ns: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// Packets sent by media playback (not counted as forwarded).
+    pub packets_played: AtomicU64,
+    /// Playbacks in progress.
+    pub players: AtomicU64,
     pub rx_calls: AtomicU64,
     /// Receive calls that failed (not counting "nothing queued").
     pub rx_errors: AtomicU64,
@@ -85,6 +90,8 @@ impl WorkerShared {
             busy_ns: AtomicU64::new(0),
             wall_ns: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
+            packets_played: AtomicU64::new(0),
+            players: AtomicU64::new(0),
             rx_calls: AtomicU64::new(0),
             rx_errors: AtomicU64::new(0),
             tx_calls: AtomicU64::new(0),
@@ -151,6 +158,7 @@ struct Totals {
     busy_ns: u64,
     wall_ns: u64,
     events_dropped: u64,
+    packets_played: u64,
 }
 
 /// The worker state; [`Worker::run`] is its thread body.
@@ -172,6 +180,14 @@ pub struct Worker<Io: PacketIo> {
     last_housekeeping_ns: u64,
     last_hist_ns: u64,
     stop: bool,
+    /// Playbacks in progress (few; walked on every loop while non-empty).
+    players: Vec<Player>,
+    /// Earliest time a player has a packet due.
+    next_play_ns: u64,
+    /// Scratch buffer a player writes its next packet into.
+    play_buf: Box<[u8; RTP_HEADER + FRAME_BYTES_MAX]>,
+    /// Distinguishes playbacks' SSRCs and initial sequence numbers.
+    play_seed: u64,
 }
 
 impl<Io: PacketIo> Worker<Io> {
@@ -210,6 +226,10 @@ impl<Io: PacketIo> Worker<Io> {
             last_housekeeping_ns: 0,
             last_hist_ns: 0,
             stop: false,
+            players: Vec::new(),
+            next_play_ns: u64::MAX,
+            play_buf: Box::new([0; RTP_HEADER + FRAME_BYTES_MAX]),
+            play_seed: std::process::id().into(),
         }
     }
 
@@ -237,8 +257,12 @@ impl<Io: PacketIo> Worker<Io> {
         let did_commands = self.apply_commands();
         let wait = if did_commands {
             Duration::ZERO
-        } else {
+        } else if self.players.is_empty() {
             self.cfg.idle_wait
+        } else {
+            // Wake for the next played packet.
+            let until = self.next_play_ns.saturating_sub(self.now_ns());
+            self.cfg.idle_wait.min(Duration::from_nanos(until))
         };
         let n = self.io.rx_burst(&mut self.batch, self.cfg.burst_size, wait);
         let now = self.now_ns();
@@ -251,6 +275,12 @@ impl<Io: PacketIo> Worker<Io> {
             self.burst_hist
                 .saturating_record_n((end - now).max(1), n as u64);
             self.totals.busy_ns += end - now;
+        }
+        if !self.players.is_empty() && end >= self.next_play_ns {
+            let t0 = self.now_ns();
+            self.run_players(t0);
+            end = self.now_ns();
+            self.totals.busy_ns += end - t0;
         }
         if now.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
             self.housekeeping(now);
@@ -314,6 +344,142 @@ impl<Io: PacketIo> Worker<Io> {
         }
     }
 
+    /// Sends every played packet that is due, in bursts through the batch (which the received
+    /// burst no longer uses), and retires finished players with a `PlayDone` event.
+    fn run_players(&mut self, now: u64) {
+        let Worker {
+            players,
+            table,
+            io,
+            batch,
+            tx,
+            totals,
+            events,
+            play_buf,
+            cfg,
+            ..
+        } = self;
+        let mut sink = ChannelSink {
+            tx: events,
+            dropped: 0,
+        };
+        let burst = cfg.burst_size.clamp(1, BURST_SIZE_MAX);
+        let mut ntx = 0;
+        let mut next = u64::MAX;
+        let mut i = 0;
+        while i < players.len() {
+            let p = &mut players[i];
+            let Some(s) = table.get_mut(p.stream) else {
+                players.swap_remove(i);
+                continue;
+            };
+            // At most two packets per player per pass: catching up, never bursting.
+            let mut finished = false;
+            for _ in 0..2 {
+                match p.next_packet(s, &mut play_buf[..], now) {
+                    Step::Packet(len) => {
+                        let Some(dst) = s.remote else {
+                            s.counters.drops.count(DropReason::NoRemote);
+                            totals.drops.count(DropReason::NoRemote);
+                            continue;
+                        };
+                        if !io.load(batch, ntx, &play_buf[..len]) {
+                            s.counters.drops.count(DropReason::TxFailed);
+                            totals.drops.count(DropReason::TxFailed);
+                            continue;
+                        }
+                        tx[ntx] = TxDesc {
+                            buf: ntx as u8,
+                            len: len as u16,
+                            port: s.port,
+                            dst,
+                            stream: p.stream,
+                            sent: false,
+                        };
+                        ntx += 1;
+                        if ntx == burst {
+                            send_played(io, batch, &mut tx[..ntx], table, totals);
+                            ntx = 0;
+                            // `s` was reborrowed by the send; the player continues next pass.
+                            break;
+                        }
+                    }
+                    Step::NotDue => break,
+                    Step::Finished => {
+                        finished = true;
+                        break;
+                    }
+                }
+            }
+            let p = &mut players[i];
+            if finished {
+                if let Some(s) = table.get_mut(p.stream) {
+                    s.playing = false;
+                }
+                sink.emit(MediaEvent::PlayDone {
+                    relay: p.relay,
+                    side: p.side,
+                    id: p.id,
+                });
+                players.swap_remove(i);
+                continue;
+            }
+            next = next.min(p.next_due_ns);
+            i += 1;
+        }
+        if ntx > 0 {
+            send_played(io, batch, &mut tx[..ntx], table, totals);
+        }
+        self.next_play_ns = next;
+        self.totals.events_dropped += sink.dropped;
+    }
+
+    fn play(
+        &mut self,
+        relay: RelayId,
+        side: Side,
+        media: Arc<crate::player::PlayMedia>,
+        loops: u32,
+        id: u64,
+        now: u64,
+    ) -> Result<(), CommandError> {
+        if !self.io.can_generate() {
+            return Err(CommandError::Unsupported(self.io.kind()));
+        }
+        media.validate()?;
+        let r = *self
+            .relays
+            .get(&relay)
+            .ok_or(CommandError::NotFound(relay))?;
+        let idx = r.rtp[side.index()];
+        self.stop_play(relay, side);
+        let Some(s) = self.table.get_mut(idx) else {
+            return Err(CommandError::NotFound(relay));
+        };
+        s.playing = true;
+        self.play_seed = self.play_seed.wrapping_add(0x9e37_79b9);
+        let p = Player::new(idx, s, id, media, loops, now, self.play_seed ^ now);
+        self.next_play_ns = self.next_play_ns.min(p.next_due_ns);
+        self.players.push(p);
+        Ok(())
+    }
+
+    /// Removes a leg's player; whether there was one.
+    fn stop_play(&mut self, relay: RelayId, side: Side) -> bool {
+        let Some(pos) = self
+            .players
+            .iter()
+            .position(|p| p.relay == relay && p.side == side)
+        else {
+            return false;
+        };
+        let p = self.players.swap_remove(pos);
+        if let Some(s) = self.table.get_mut(p.stream) {
+            s.playing = false;
+        }
+        true
+    }
+
     /// Applies pending commands; the time they take counts as busy. The clock is read only
     /// when there is a command.
     fn apply_commands(&mut self) -> bool {
@@ -365,6 +531,24 @@ impl<Io: PacketIo> Worker<Io> {
             MediaCommand::DeleteRelay { relay, reply } => {
                 let _ = reply.try_send(self.delete_relay(relay, now));
             }
+            MediaCommand::Play {
+                relay,
+                side,
+                media,
+                loops,
+                id,
+                reply,
+            } => {
+                let _ = reply.try_send(self.play(relay, side, media, loops, id, now));
+            }
+            MediaCommand::StopPlay { relay, side, reply } => {
+                let r = if self.relays.contains_key(&relay) {
+                    Ok(self.stop_play(relay, side))
+                } else {
+                    Err(CommandError::NotFound(relay))
+                };
+                let _ = reply.try_send(r);
+            }
             MediaCommand::Shutdown => self.stop = true,
         }
         self.shared
@@ -373,6 +557,9 @@ impl<Io: PacketIo> Worker<Io> {
         self.shared
             .relays
             .store(self.relays.len() as u64, Ordering::Relaxed);
+        self.shared
+            .players
+            .store(self.players.len() as u64, Ordering::Relaxed);
     }
 
     fn open(
@@ -505,6 +692,7 @@ impl<Io: PacketIo> Worker<Io> {
             .remove(&relay)
             .ok_or(CommandError::NotFound(relay))?;
         let snap = self.snapshot(relay, &r, now);
+        self.players.retain(|p| p.relay != relay);
         for idx in r.rtp.into_iter().chain(r.rtcp.into_iter().flatten()) {
             if let Some(s) = self.table.remove(idx) {
                 self.io.close_port(s.port);
@@ -585,6 +773,7 @@ impl<Io: PacketIo> Worker<Io> {
         sh.busy_ns.store(t.busy_ns, Ordering::Relaxed);
         sh.wall_ns.store(t.wall_ns, Ordering::Relaxed);
         sh.events_dropped.store(t.events_dropped, Ordering::Relaxed);
+        sh.packets_played.store(t.packets_played, Ordering::Relaxed);
         let c = self.io.counters();
         sh.rx_calls.store(c.rx_calls, Ordering::Relaxed);
         sh.rx_errors.store(c.rx_errors, Ordering::Relaxed);
@@ -600,6 +789,31 @@ impl<Io: PacketIo> Worker<Io> {
                 self.hist.reset();
                 self.last_hist_ns = now;
             }
+        }
+    }
+}
+
+/// Transmits generated packets loaded into the batch and counts them on their streams.
+fn send_played<Io: PacketIo>(
+    io: &mut Io,
+    batch: &mut Io::Batch,
+    tx: &mut [TxDesc],
+    table: &mut StreamTable,
+    totals: &mut Totals,
+) {
+    io.tx_burst(batch, tx.len(), tx);
+    for d in tx.iter() {
+        let Some(s) = table.get_mut(d.stream) else {
+            continue;
+        };
+        if d.sent {
+            totals.packets_played += 1;
+            totals.bytes_out += u64::from(d.len);
+            s.counters.packets_out += 1;
+            s.counters.bytes_out += u64::from(d.len);
+        } else {
+            totals.drops.count(DropReason::TxFailed);
+            s.counters.drops.count(DropReason::TxFailed);
         }
     }
 }

@@ -213,3 +213,125 @@ pub fn echo_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
     let (_, snap) = dp.delete_relay(info.id).expect("delete");
     assert_eq!(snap.legs[0].rtp.counters.packets_out, 5);
 }
+
+/// Playback: frames leave leg A's port in order with continuous sequence numbers and
+/// timestamps (the first marked), what leg B sends is held back meanwhile (counted as
+/// superseded), a `PlayDone` event follows, and forwarding resumes; a second playback stopped
+/// early sends nothing more and raises no event.
+pub fn playback_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
+    use std::sync::Arc;
+    use voxedge_dataplane::player::PlayMedia;
+
+    let (a, b) = (net.endpoint(), net.endpoint());
+    let info = dp
+        .create_relay(RelayRequest::with_remotes(Some(a), Some(b)))
+        .expect("relay");
+    let frames = 6usize;
+    let media = Arc::new(PlayMedia {
+        payload_type: 8,
+        frame_bytes: 160,
+        samples_per_frame: 160,
+        ptime_ns: 20_000_000,
+        frames: (0..frames * 160).map(|i| (i / 160) as u8 + 1).collect(),
+    });
+    dp.play(info.id, Side::A, media.clone(), 1, 77)
+        .expect("play");
+    let mut got = Vec::new();
+    for i in 0..frames {
+        if i == 1 {
+            // B talks during playback: held back, not forwarded to A.
+            net.send(b, info.legs[1].local, &rtp(0, 9, 9, 5, 0xdead));
+        }
+        let (from, p) = net.recv(a, WAIT).expect("played frame");
+        assert_eq!(from, info.legs[0].local);
+        let pkt = voxedge_dataplane::wire::rtp::RtpPacket::new_checked(&p[..]).expect("RTP");
+        assert_eq!(pkt.payload_type(), 8);
+        assert_eq!(pkt.payload().len(), 160);
+        got.push((
+            pkt.marker(),
+            pkt.sequence_number(),
+            pkt.timestamp(),
+            pkt.ssrc(),
+            pkt.payload()[0],
+        ));
+    }
+    assert!(
+        got[0].0 && got[1..].iter().all(|g| !g.0),
+        "marker on the first only: {got:?}"
+    );
+    for w in got.windows(2) {
+        assert_eq!(w[1].1, w[0].1.wrapping_add(1), "{got:?}");
+        assert_eq!(w[1].2, w[0].2.wrapping_add(160), "{got:?}");
+        assert_eq!(w[1].3, w[0].3, "one SSRC");
+    }
+    assert_eq!(
+        got.iter().map(|g| g.4).collect::<Vec<_>>(),
+        (1..=frames as u8).collect::<Vec<_>>(),
+        "frames in order"
+    );
+    // Other events (media timeouts of the silent legs) may come first.
+    let deadline = std::time::Instant::now() + WAIT;
+    let done = std::iter::from_fn(|| {
+        dp.events()
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .ok()
+    })
+    .find(|e| matches!(e, MediaEvent::PlayDone { .. }))
+    .expect("PlayDone after the last frame");
+    assert_eq!(
+        done,
+        MediaEvent::PlayDone {
+            relay: info.id,
+            side: Side::A,
+            id: 77
+        }
+    );
+    assert_eq!(total_drops(dp, DropReason::Superseded), 1);
+    // Forwarding resumed.
+    net.send(b, info.legs[1].local, &rtp(0, 10, 10, 5, 0xbeef));
+    let (_, p) = net.recv(a, WAIT).expect("forwarded after playback");
+    assert_eq!(parse_rtp(&p).3, 0xbeef);
+
+    // Until stopped: a stop ends it without an event; stopping again reports nothing playing.
+    dp.play(info.id, Side::A, media, 0, 78).expect("play");
+    net.recv(a, WAIT).expect("first frame");
+    assert!(dp.stop_play(info.id, Side::A).expect("stop"));
+    assert!(!dp.stop_play(info.id, Side::A).expect("stop again"));
+    // Drain anything sent before the stop landed, then nothing more arrives.
+    while net.recv(a, Duration::from_millis(100)).is_some() {}
+    assert!(net.recv(a, Duration::from_millis(200)).is_none());
+    assert!(
+        !dp.events()
+            .try_iter()
+            .any(|e| matches!(e, MediaEvent::PlayDone { .. })),
+        "no PlayDone for a stopped playback"
+    );
+
+    // Bad media is refused with a reason, an unknown relay is an error.
+    let bad = Arc::new(PlayMedia {
+        payload_type: 200,
+        frame_bytes: 160,
+        samples_per_frame: 160,
+        ptime_ns: 20_000_000,
+        frames: vec![0; 160],
+    });
+    let e = dp.play(info.id, Side::A, bad, 1, 1).expect_err("bad media");
+    assert!(e.to_string().contains("payload type"), "{e}");
+    let (_, snap) = dp.delete_relay(info.id).expect("delete");
+    assert!(dp
+        .play(
+            info.id,
+            Side::A,
+            Arc::new(PlayMedia {
+                payload_type: 0,
+                frame_bytes: 160,
+                samples_per_frame: 160,
+                ptime_ns: 20_000_000,
+                frames: vec![0; 160],
+            }),
+            1,
+            1
+        )
+        .is_err());
+    assert!(snap.legs[0].rtp.counters.packets_out >= frames as u64 + 2);
+}

@@ -141,6 +141,26 @@ fn relay_scenario_with_a_vlan_tag() {
     assert!(metric(&dp, "voxedge_dpdk_not_ours_total") >= 1);
 }
 
+#[test]
+fn playback_is_refused_with_a_reason_on_dpdk() {
+    // Generated packets need mbuf allocation in the DPDK backend, not built yet: the refusal
+    // must be explicit, never a silent success.
+    let (_env, _g) = env();
+    let dp = Dataplane::start(config(ONE_Q, 1, 31000)).expect("start");
+    let info = dp.create_relay(RelayRequest::default()).expect("relay");
+    let media = std::sync::Arc::new(voxedge_dataplane::player::PlayMedia {
+        payload_type: 0,
+        frame_bytes: 160,
+        samples_per_frame: 160,
+        ptime_ns: 20_000_000,
+        frames: vec![0xff; 160],
+    });
+    let e = dp
+        .play(info.id, voxedge_dataplane::ids::Side::A, media, 1, 1)
+        .expect_err("dpdk cannot play yet");
+    assert!(e.to_string().contains("dpdk backend cannot generate packets"), "{e}");
+}
+
 fn peer_iface(ip: &str, mac: [u8; 6]) -> Interface {
     Interface {
         mac,

@@ -5,7 +5,9 @@
 
 use voxedge_dataplane::config::DataplaneConfig;
 use voxedge_dataplane::{Dataplane, RelayRequest};
-use voxedge_system_tests::scenarios::{echo_scenario, relay_scenario, strict_source_scenario};
+use voxedge_system_tests::scenarios::{
+    echo_scenario, playback_scenario, relay_scenario, strict_source_scenario,
+};
 use voxedge_system_tests::{MemNet, SocketNet};
 
 fn config(port_min: u16) -> DataplaneConfig {
@@ -90,4 +92,12 @@ fn echo_on_memory_and_socket_backends() {
     echo_scenario(&dp, &mut MemNet::new(net));
     let dp = Dataplane::start(config(31700)).expect("start");
     echo_scenario(&dp, &mut SocketNet::default());
+}
+
+#[test]
+fn playback_on_memory_and_socket_backends() {
+    let (dp, net) = Dataplane::start_memory(config(31100)).expect("start");
+    playback_scenario(&dp, &mut MemNet::new(net));
+    let dp = Dataplane::start(config(31300)).expect("start");
+    playback_scenario(&dp, &mut SocketNet::default());
 }

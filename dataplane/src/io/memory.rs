@@ -74,6 +74,14 @@ impl PacketIo for MemoryIo {
         "memory"
     }
 
+    fn can_generate(&self) -> bool {
+        true
+    }
+
+    fn load(&mut self, batch: &mut PacketBatch, i: usize, payload: &[u8]) -> bool {
+        batch.load(i, payload)
+    }
+
     fn open_port(&mut self, local: SocketAddr) -> Result<PortHandle, IoError> {
         if self.by_port.contains_key(&local.port()) {
             return Err(IoError::InUse(local));

@@ -68,6 +68,23 @@ impl Default for PacketBatch {
     }
 }
 
+impl PacketBatch {
+    /// Copies a generated datagram into slot `i` (see [`PacketIo::load`]).
+    pub fn load(&mut self, i: usize, payload: &[u8]) -> bool {
+        let (Some(buf), Some(meta)) = (self.bufs.get_mut(i), self.meta.get_mut(i)) else {
+            return false;
+        };
+        let Some(dst) = buf.get_mut(..payload.len()) else {
+            return false;
+        };
+        dst.copy_from_slice(payload);
+        meta.len = payload.len() as u16;
+        meta.truncated = false;
+        meta.port = NO_PORT;
+        true
+    }
+}
+
 impl RxBatch for PacketBatch {
     #[inline]
     fn meta(&self, i: usize) -> RxMeta {
@@ -166,6 +183,18 @@ pub trait PacketIo {
 
     /// A way for other threads to wake the worker from its idle wait when a command is
     /// queued (backends that sleep in the kernel); `None` for polling backends.
+    /// Whether [`PacketIo::load`] works: the worker can send packets it generated itself
+    /// (media playback).
+    fn can_generate(&self) -> bool {
+        false
+    }
+
+    /// Puts a datagram the worker generated into slot `i` of `batch`, to be sent by the next
+    /// `tx_burst(batch, n > i, …)` like a received one. Returns false when the backend cannot.
+    fn load(&mut self, _batch: &mut Self::Batch, _i: usize, _payload: &[u8]) -> bool {
+        false
+    }
+
     fn waker(&self) -> Option<Waker> {
         None
     }

@@ -236,6 +236,14 @@ impl PacketIo for SocketIo {
         "socket"
     }
 
+    fn can_generate(&self) -> bool {
+        true
+    }
+
+    fn load(&mut self, batch: &mut PacketBatch, i: usize, payload: &[u8]) -> bool {
+        batch.load(i, payload)
+    }
+
     fn open_port(&mut self, local: SocketAddr) -> Result<PortHandle, IoError> {
         if self.open >= self.opts.ports_max {
             return Err(IoError::TooManyPorts(self.opts.ports_max));
