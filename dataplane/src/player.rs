@@ -123,7 +123,7 @@ impl Player {
         now_ns: u64,
         seed: u64,
     ) -> Self {
-        let mix = splitmix(seed ^ id.rotate_left(17) ^ u64::from(s.relay.0));
+        let mix = splitmix(seed ^ id.rotate_left(17) ^ s.relay.0);
         Player {
             stream,
             relay: s.relay,
