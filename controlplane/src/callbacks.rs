@@ -75,8 +75,14 @@ pub fn forbidden(ip: IpAddr) -> bool {
 }
 
 /// Resolves names for the HTTP client and drops forbidden addresses.
-struct SafeResolver {
+pub struct SafeResolver {
     allow_private: bool,
+}
+
+impl SafeResolver {
+    pub fn new(allow_private: bool) -> Self {
+        SafeResolver { allow_private }
+    }
 }
 
 impl reqwest::dns::Resolve for SafeResolver {

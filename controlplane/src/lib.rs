@@ -17,3 +17,4 @@ pub mod sdnotify;
 pub mod secret;
 pub mod sip;
 pub mod store;
+pub mod voice;

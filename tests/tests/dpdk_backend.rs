@@ -158,7 +158,11 @@ fn playback_is_refused_with_a_reason_on_dpdk() {
     let e = dp
         .play(info.id, voxedge_dataplane::ids::Side::A, media, 1, 1)
         .expect_err("dpdk cannot play yet");
-    assert!(e.to_string().contains("dpdk backend cannot generate packets"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("dpdk backend cannot generate packets"),
+        "{e}"
+    );
 }
 
 fn peer_iface(ip: &str, mac: [u8; 6]) -> Interface {
