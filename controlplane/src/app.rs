@@ -143,6 +143,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
             dataplane.clone(),
             Some(updates_tx),
             cfg.api.sip_uri_calls,
+            cfg.api.enabled,
             stop_rx.clone(),
         )
         .await?;
@@ -153,6 +154,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
     }
     let mut api = None;
     let mut store = None;
+    let mut engine: Option<Arc<crate::voice::engine::Engine>> = None;
     if role == Role::Serve && cfg.api.enabled {
         let listener = bind(cfg.api.listen, "the REST API").await?;
         let key = secret_key(&cfg.api)?;
@@ -175,6 +177,22 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
             Some(callbacks),
             updates_rx,
         );
+        if let Some(sip) = sip_handle.clone() {
+            let fetcher = crate::voice::fetch::Fetcher::new(
+                cfg.api.callbacks_allow_private,
+                crate::voice::fetch::Timeouts::default(),
+            )?;
+            let e = crate::voice::engine::Engine::new(
+                db.clone(),
+                calls.clone(),
+                sip,
+                dataplane.clone(),
+                fetcher,
+                crate::voice::audio::Synthesizer::default(),
+            );
+            calls.set_engine(e.clone());
+            engine = Some(e);
+        }
         if db.backend() == crate::store::Backend::Sqlite {
             let n = calls
                 .recover()
@@ -206,7 +224,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         ng = svc.udp.map(|a| (a, svc.stats.clone()));
         tasks.extend(svc.tasks);
     }
-    tasks.push(drain_events(dataplane.clone(), stop_rx));
+    tasks.push(drain_events(dataplane.clone(), engine, stop_rx));
     Ok(Running {
         admin,
         management,
@@ -279,19 +297,28 @@ fn serve_http(
     })
 }
 
-/// Until call control consumes media events, log them so they are visible and the queue never
-/// fills.
-fn drain_events(dp: Arc<Dataplane>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+/// Media events go to the instruction engine (digits, playback ends); the rest are logged.
+/// A blocking thread waits on the channel so digits reach their call without polling delay;
+/// the queue never fills.
+fn drain_events(
+    dp: Arc<Dataplane>,
+    engine: Option<Arc<crate::voice::engine::Engine>>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        // Ends on stop, or when the sender is gone (a `Running` dropped without shutdown):
+        // a blocking thread left running would keep its runtime from shutting down.
+        while !*stop.borrow() && stop.has_changed().is_ok() {
+            let Ok(ev) = dp
+                .events()
+                .recv_timeout(std::time::Duration::from_millis(100))
+            else {
+                continue;
+            };
+            if let Some(e) = &engine {
+                e.media_event(&ev);
             }
-            for ev in dp.events().try_iter().take(10_000) {
-                tracing::debug!(event = ?ev, "media event");
-            }
+            tracing::debug!(event = ?ev, "media event");
         }
     })
 }

@@ -79,9 +79,16 @@ pub struct CallService {
     /// Time limit of each dialled call, applied from its answer.
     limits: Mutex<HashMap<String, Duration>>,
     callbacks: Option<Arc<crate::callbacks::Callbacks>>,
+    /// Runs incoming calls' instructions (set once at start when the API runs).
+    engine: std::sync::OnceLock<Arc<crate::voice::engine::Engine>>,
 }
 
 impl CallService {
+    /// Hands incoming calls to the instruction engine from now on.
+    pub fn set_engine(&self, engine: Arc<crate::voice::engine::Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
     /// Starts the service: `updates` is where the SIP service reports placed calls.
     pub fn start(
         store: Store,
@@ -98,6 +105,7 @@ impl CallService {
             book: Mutex::new(Book::default()),
             limits: Mutex::new(HashMap::new()),
             callbacks,
+            engine: std::sync::OnceLock::new(),
         });
         tokio::spawn(svc.clone().follow(updates));
         svc
@@ -434,7 +442,22 @@ impl CallService {
                     status,
                     sip_code,
                 } => {
+                    if let Some(e) = self.engine.get() {
+                        e.ended(&sid);
+                    }
                     self.end(&sid, status, sip_code).await;
+                    Ok(())
+                }
+                CallUpdate::Incoming(inc) => {
+                    // In order with the call's later updates: its record exists before its
+                    // answer or end is processed.
+                    match (self.engine.get(), &self.sip) {
+                        (Some(e), _) => e.incoming(*inc).await,
+                        (None, Some(sip)) => {
+                            let _ = sip.reject(&inc.sid, 404).await;
+                        }
+                        (None, None) => {}
+                    }
                     Ok(())
                 }
             };

@@ -58,6 +58,8 @@ enum Inbound {
     Closed(SocketAddr),
     Originate(Originate),
     Hangup(String, EndStatus),
+    Answer(String),
+    Reject(String, u16),
 }
 
 /// A call to place (REST `POST /Calls`): its SID, where to send the INVITE and who it is from.
@@ -113,6 +115,25 @@ pub enum CallUpdate {
         status: EndStatus,
         sip_code: Option<u16>,
     },
+    /// An INVITE no dial-plan entry claims: a call for the instruction engine, its media
+    /// anchored (caller on leg A), waiting for [`SipHandle::answer`] or [`SipHandle::reject`].
+    Incoming(Box<IncomingCall>),
+}
+
+/// An incoming call handed to the instruction engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingCall {
+    pub sid: String,
+    pub relay: RelayId,
+    /// User part of the From URI (the caller).
+    pub from: String,
+    /// User part of the Request-URI (the number called).
+    pub to: String,
+    pub call_id: String,
+    /// User part of a Diversion header's URI.
+    pub forwarded_from: Option<String>,
+    /// The G.711 codec chosen for the call.
+    pub codec: crate::voice::audio::Codec,
 }
 
 /// Handle of the SIP service for call control: resolve a destination, place and end calls.
@@ -206,6 +227,28 @@ impl SipHandle {
             .map_err(|_| OriginateError::Stopped)
     }
 
+    /// Answers an incoming call (200 OK with our SDP).
+    ///
+    /// # Errors
+    /// The SIP service stopped.
+    pub async fn answer(&self, sid: &str) -> Result<(), OriginateError> {
+        self.inbound
+            .send(Inbound::Answer(sid.to_string()))
+            .await
+            .map_err(|_| OriginateError::Stopped)
+    }
+
+    /// Refuses an incoming call that was not answered, with a final response `code`.
+    ///
+    /// # Errors
+    /// The SIP service stopped.
+    pub async fn reject(&self, sid: &str, code: u16) -> Result<(), OriginateError> {
+        self.inbound
+            .send(Inbound::Reject(sid.to_string(), code))
+            .await
+            .map_err(|_| OriginateError::Stopped)
+    }
+
     /// Ends a placed call: CANCEL while it rings, BYE once answered. A call not ringing yet
     /// ends with `status`.
     ///
@@ -250,8 +293,11 @@ struct Call {
     answer: Bytes,
     /// The outbound leg, when the call was routed to a SIP target.
     b: Option<BLeg>,
-    /// The SID of a call placed through the REST API (this dialog is its only leg).
+    /// The SID of a call placed through the REST API (this dialog is its only leg), or of an
+    /// incoming call run by the instruction engine.
     origin: Option<String>,
+    /// An incoming engine call not answered yet (its INVITE waits in `pending_invites`).
+    unanswered: bool,
 }
 
 /// The outbound leg of a routed call.
@@ -437,6 +483,8 @@ struct Core {
     local: SocketAddr,
     limits: Limits,
     stats: Arc<SipStats>,
+    /// INVITEs no dial-plan entry claims go to the instruction engine (else 404).
+    apps: bool,
 }
 
 fn random_token(n: usize) -> String {
@@ -497,6 +545,7 @@ pub async fn start(
     dp: Arc<Dataplane>,
     updates: Option<mpsc::UnboundedSender<CallUpdate>>,
     sip_uri_calls: bool,
+    apps: bool,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<SipService> {
     let limits = Limits {
@@ -529,6 +578,7 @@ pub async fn start(
         )));
     }
     let routes = resolve_routes(cfg)?;
+    let updates_present = updates.is_some();
     let handle = SipHandle {
         inbound: in_tx.clone(),
         routes: Arc::new(routes.clone()),
@@ -569,6 +619,7 @@ pub async fn start(
         local: SocketAddr::new(advertise, local.port()),
         limits,
         stats: stats.clone(),
+        apps: apps && updates_present,
     };
     tasks.push(tokio::spawn(core.run(in_rx, stop)));
     if let Some(a) = udp_addr {
@@ -747,6 +798,72 @@ fn parse_offer(sdp: &[u8]) -> Option<Offer> {
     })
 }
 
+/// The call's G.711 codec (the offerer's first of PCMU/PCMA) and its telephone-event type.
+fn choose_g711(offer: &Offer) -> Option<(crate::voice::audio::Codec, Option<u8>)> {
+    use crate::voice::audio::Codec;
+    let codec = offer.pts.iter().find_map(|p| match p.as_str() {
+        "0" => Some(Codec::Pcmu),
+        "8" => Some(Codec::Pcma),
+        _ => None,
+    })?;
+    let te = offer.attrs.iter().find_map(|a| {
+        let rest = a.strip_prefix("a=rtpmap:")?;
+        let (pt, enc) = rest.split_once(' ')?;
+        enc.to_ascii_lowercase()
+            .starts_with("telephone-event/8000")
+            .then(|| pt.trim().parse::<u8>().ok())
+            .flatten()
+            .filter(|pt| offer.pts.iter().any(|p| p == &pt.to_string()))
+    });
+    Some((codec, te))
+}
+
+/// Our answer for an engine call: the chosen G.711 codec and, when offered, telephone-event.
+fn app_answer_sdp(
+    advertise: IpAddr,
+    port: u16,
+    codec: crate::voice::audio::Codec,
+    te: Option<u8>,
+) -> Bytes {
+    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
+    let id = rand::thread_rng().gen_range(1_000_000u64..9_999_999);
+    let pt = codec.payload_type();
+    let mut s = format!(
+        "v=0\r\no=voxedge {id} 1 IN {fam} {advertise}\r\ns=VoxEdge\r\nc=IN {fam} {advertise}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}{}\r\na=rtpmap:{pt} {}/8000\r\n",
+        te.map(|t| format!(" {t}")).unwrap_or_default(),
+        codec.name()
+    );
+    if let Some(t) = te {
+        s.push_str(&format!(
+            "a=rtpmap:{t} telephone-event/8000\r\na=fmtp:{t} 0-15\r\n"
+        ));
+    }
+    s.push_str(&format!(
+        "a=ptime:20\r\na=rtcp:{}\r\na=sendrecv\r\n",
+        port + 1
+    ));
+    Bytes::from(s)
+}
+
+/// User part of the first SIP/TEL URI in a header value (`"Bob" <sip:+1555@host>;tag=x`).
+fn uri_user(v: &str) -> Option<String> {
+    let start = v
+        .find("sip:")
+        .or_else(|| v.find("sips:"))
+        .or_else(|| v.find("tel:"))?;
+    let rest = &v[start..];
+    let rest = &rest[rest.find(':')? + 1..];
+    let end = rest
+        .find(['@', '>', ';', '?', ' ', ','])
+        .unwrap_or(rest.len());
+    let user = &rest[..end];
+    if rest[end..].starts_with('@') || start == v.find("tel:").unwrap_or(usize::MAX) {
+        Some(user.chars().take(128).collect())
+    } else {
+        None
+    }
+}
+
 fn answer_sdp(advertise: IpAddr, port: u16, offer: &Offer) -> Bytes {
     let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
     let id = rand::thread_rng().gen_range(1_000_000u64..9_999_999);
@@ -793,6 +910,8 @@ impl Core {
                     Some(Inbound::Closed(a)) => { self.conns.remove(&a); }
                     Some(Inbound::Originate(o)) => self.originate(o, self.now()),
                     Some(Inbound::Hangup(sid, status)) => self.hangup(&sid, status, self.now()),
+                    Some(Inbound::Answer(sid)) => self.answer_app(&sid, self.now()),
+                    Some(Inbound::Reject(sid, code)) => self.reject_app(&sid, code, self.now()),
                     None => {}
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -1143,6 +1262,10 @@ impl Core {
                 _ => None,
             });
         let hangup = match target {
+            None if self.apps => {
+                self.app_call(tx, msg, from, &user_raw, now);
+                return;
+            }
             None => {
                 self.respond(
                     tx,
@@ -1186,6 +1309,7 @@ impl Core {
                 answer: sdp,
                 b: None,
                 origin: None,
+                unanswered: false,
             },
         );
     }
@@ -1340,6 +1464,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                     auth_tried: false,
                 }),
                 origin: None,
+                unanswered: false,
             },
         );
     }
@@ -1854,6 +1979,10 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
     /// reports `status`).
     fn hangup(&mut self, sid: &str, status: EndStatus, now: Duration) {
         if let Some(id) = self.origin_calls.get(sid).cloned() {
+            if self.calls.get(&id).is_some_and(|c| c.unanswered) {
+                self.reject_app(sid, 480, now);
+                return;
+            }
             // The ring timer of an answered call is late news, not a hang-up.
             if status != EndStatus::NoAnswer {
                 self.end_call(&id, true);
@@ -1970,6 +2099,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                         answer,
                         b: None,
                         origin: None,
+                        unanswered: false,
                     },
                 );
                 if let Some(status) = cancel {
@@ -2028,6 +2158,147 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         self.report_end(&o.sid, status, Some(code));
     }
 
+    /// An INVITE for the instruction engine: a G.711 offer is required (488 otherwise); media
+    /// is anchored with the caller on leg A, whose own media is not forwarded anywhere (DTMF
+    /// is still reported) until instructions connect it; the engine is told and answers or
+    /// refuses through the handle.
+    fn app_call(&mut self, tx: TxId, msg: SipMessage, from: Peer, to: &str, now: Duration) {
+        let tag = random_token(12);
+        let codec = msg
+            .sdp()
+            .and_then(|sd| parse_offer(&sd))
+            .and_then(|o| choose_g711(&o));
+        let Some((codec, te)) = codec else {
+            self.respond(
+                tx,
+                build_response(
+                    &msg,
+                    488,
+                    "Not Acceptable Here (PCMU or PCMA required)",
+                    Some(&tag),
+                ),
+                now,
+            );
+            return;
+        };
+        let Some((_, _offer, info, dialog)) = self.anchor(tx, &msg, &tag, false, now) else {
+            return;
+        };
+        let _ = self.dp.update_leg_nowait(
+            info.id,
+            Side::A,
+            voxedge_dataplane::command::LegUpdate {
+                blocked: Some(true),
+                ..Default::default()
+            },
+        );
+        let sid = crate::secret::new_sid("CA");
+        let from_user = msg.header("From").and_then(uri_user).unwrap_or_default();
+        let forwarded_from = msg.header("Diversion").and_then(uri_user);
+        let call_id = msg.header("Call-ID").unwrap_or_default().to_string();
+        let sdp = app_answer_sdp(self.advertise, info.legs[0].local.port(), codec, te);
+        self.origin_calls.insert(sid.clone(), dialog.id.clone());
+        self.calls.insert(
+            dialog.id.clone(),
+            Call {
+                dialog,
+                relay: Some(info.id),
+                invite_tx: Some(tx),
+                peer: from,
+                hangup_after_ack: false,
+                answer: sdp,
+                b: None,
+                origin: Some(sid.clone()),
+                unanswered: true,
+            },
+        );
+        self.report(CallUpdate::Incoming(Box::new(IncomingCall {
+            sid,
+            relay: info.id,
+            from: from_user,
+            to: to.to_string(),
+            call_id,
+            forwarded_from,
+            codec,
+        })));
+    }
+
+    /// The engine answers an incoming call.
+    fn answer_app(&mut self, sid: &str, now: Duration) {
+        let Some(id) = self.origin_calls.get(sid).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if !call.unanswered {
+            return;
+        }
+        let Some(tx) = call.invite_tx else { return };
+        let Some(inv) = self.pending_invites.get(&tx).cloned() else {
+            return;
+        };
+        call.unanswered = false;
+        let mut ok = build_response(&inv, 200, "OK", Some(&id.local_tag));
+        ok.headers.insert(
+            Name::CONTACT,
+            BytesStr::from(format!("<sip:voxedge@{}>", fmt_host(self.local))),
+        );
+        ok.headers
+            .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+        ok.body = call.answer.clone();
+        self.respond(tx, ok, now);
+        self.stats
+            .calls_answered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.report(CallUpdate::Answered {
+            sid: sid.to_string(),
+        });
+    }
+
+    /// The engine refuses an incoming call it has not answered.
+    fn reject_app(&mut self, sid: &str, code: u16, now: Duration) {
+        let Some(id) = self.origin_calls.get(sid).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        if !call.unanswered {
+            return;
+        }
+        if let Some(tx) = call.invite_tx {
+            if let Some(inv) = self.pending_invites.get(&tx).cloned() {
+                let reason = match code {
+                    404 => "Not Found",
+                    480 => "Temporarily Unavailable",
+                    486 => "Busy Here",
+                    500 => "Server Internal Error",
+                    503 => "Service Unavailable",
+                    _ => "Decline",
+                };
+                self.respond(
+                    tx,
+                    build_response(&inv, code, reason, Some(&id.local_tag)),
+                    now,
+                );
+            }
+        }
+        if let Some(mut call) = self.calls.remove(&id) {
+            self.origin_calls.remove(sid);
+            call.origin = None;
+            if let Some(r) = call.relay.take() {
+                let _ = self.dp.delete_relay_nowait(r);
+            }
+            let status = match code {
+                486 | 600 => EndStatus::Busy,
+                404 | 500..=599 => EndStatus::Failed,
+                _ => EndStatus::NoAnswer,
+            };
+            self.report_end(sid, status, Some(code));
+        }
+    }
+
     /// Ends a call: deletes its media and, when `send_bye`, hangs up towards the caller.
     fn end_call(&mut self, id: &DialogId, send_bye: bool) {
         let Some(mut call) = self.calls.remove(id) else {
@@ -2035,7 +2306,12 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         };
         if let Some(sid) = call.origin.take() {
             self.origin_calls.remove(&sid);
-            self.report_end(&sid, EndStatus::Completed, None);
+            let status = if call.unanswered {
+                EndStatus::Canceled
+            } else {
+                EndStatus::Completed
+            };
+            self.report_end(&sid, status, None);
         }
         if let Some(b) = call.b.as_ref() {
             if let Some(d) = b.dialog.as_ref() {

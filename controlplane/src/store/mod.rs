@@ -816,6 +816,23 @@ impl Store {
         Ok(row.map(|r| decode(table, &r)).transpose()?)
     }
 
+    /// The incoming number `phone` (E.164 as stored), whatever its account: where an incoming
+    /// call goes. `phone_number` is unique, so at most one.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn number_by_phone(
+        &self,
+        phone: &str,
+    ) -> Result<Option<Map<String, Value>>, StoreError> {
+        let q = format!("{} WHERE phone_number = $1", Self::select(&NUMBERS));
+        let row = sqlx::query(audited(q))
+            .bind(phone.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| decode(&NUMBERS, &r)).transpose()?)
+    }
+
     /// A page of `account`'s rows matching `filters`, ordered by a column (newest or oldest
     /// first, then by SID), and whether more follow. With `after` = (order value, SID) of the
     /// last row of the previous page, the page starts right after it (keyset paging: an index

@@ -259,8 +259,7 @@ impl Fetcher {
     ) -> Result<(Vec<u8>, reqwest::Url), FetchError> {
         let (body, ct, final_url) = self
             .fetch_raw(url, method, params, Some(token), limit)
-            .await
-            .map(|(b, ct, u)| (b, ct, u))?;
+            .await?;
         if !types.iter().any(|t| ct == *t || ct.ends_with("+xml")) {
             return Err(fail(
                 "12300",

@@ -2,5 +2,6 @@
 //! with fallback, the audio they play, and the engine that runs them on a call.
 
 pub mod audio;
+pub mod engine;
 pub mod fetch;
 pub mod twiml;

@@ -1,0 +1,764 @@
+//! The instruction engine: runs an incoming call's instructions.
+//!
+//! An INVITE no dial-plan entry claims arrives as [`IncomingCall`]: the number called is looked
+//! up; its application (or its own voice URL) gives the instruction URL, method and fallback.
+//! The call record is written (`ringing`, `inbound`), then one task per call fetches the
+//! document (falling back to the fallback URL with `ErrorCode`/`ErrorUrl` when the primary
+//! fails; with no usable fallback the caller hears that an application error occurred), and
+//! runs its verbs in order: `Say` (espeak-ng), `Play` (WAV or µ-law audio fetched from the
+//! URL, or DTMF tones), `Pause`, `Gather` (RFC 4733 digits reported by the dataplane, with
+//! barge-in over its prompts), `Redirect`, `Hangup`, `Reject`. The call is answered when the
+//! first verb that needs media starts. When the document runs out, the call is hung up.
+//!
+//! `Dial`, `Record` and `Echo` are parsed and validated but not run by this version: reaching
+//! one records notification 82004 and the engine goes on with the next verb.
+//!
+//! Every failure is recorded as a notification with Twilio's code and a message naming the URL
+//! and the problem.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use voxedge_dataplane::command::MediaEvent;
+use voxedge_dataplane::ids::{RelayId, Side};
+use voxedge_dataplane::player::PlayMedia;
+use voxedge_dataplane::Dataplane;
+
+use super::audio::{self, Codec, Synthesizer};
+use super::fetch::{resolve, FetchError, Fetcher};
+use super::twiml::{Gather, Method, Play, Prompt, RejectReason, Say, Verb};
+use crate::calls::CallService;
+use crate::sip::{EndStatus, IncomingCall, SipHandle};
+use crate::store::{now_us, Store, APPLICATIONS, CALLS};
+
+/// VoxEdge notification: a verb this version parses but does not run.
+pub const CODE_VERB_UNSUPPORTED: &str = "82004";
+/// Twilio: `Say` could not be rendered.
+const CODE_SAY_FAILED: &str = "13520";
+/// Twilio: `Play` media could not be used.
+const CODE_PLAY_FAILED: &str = "13227";
+/// Largest media file fetched for `Play`.
+pub const MEDIA_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Documents a call may fetch (actions and redirects included) before it is ended as a loop.
+const FETCHES_MAX: u32 = 1000;
+
+/// What a call task hears about its call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signal {
+    Digit(char),
+    PlayDone(u64),
+    Ended,
+}
+
+/// The engine (one per node).
+pub struct Engine {
+    store: Store,
+    calls: Arc<CallService>,
+    sip: SipHandle,
+    dp: Arc<Dataplane>,
+    fetcher: Fetcher,
+    synth: Synthesizer,
+    live: Mutex<HashMap<String, mpsc::UnboundedSender<Signal>>>,
+    by_relay: Mutex<HashMap<RelayId, String>>,
+    play_ids: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
+}
+
+/// Where a call's instructions come from.
+#[derive(Debug, Clone)]
+struct Source {
+    url: String,
+    method: Method,
+    fallback: Option<(String, Method)>,
+    application: Option<String>,
+    status_callback: Option<(String, String)>,
+}
+
+fn text(row: &Map<String, Value>, k: &str) -> Option<String> {
+    row.get(k)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn method_of(row: &Map<String, Value>, k: &str) -> Method {
+    text(row, k)
+        .and_then(|m| Method::parse(&m))
+        .unwrap_or(Method::Post)
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        calls: Arc<CallService>,
+        sip: SipHandle,
+        dp: Arc<Dataplane>,
+        fetcher: Fetcher,
+        synth: Synthesizer,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            store,
+            calls,
+            sip,
+            dp,
+            fetcher,
+            synth,
+            live: Mutex::new(HashMap::new()),
+            by_relay: Mutex::new(HashMap::new()),
+            play_ids: AtomicU64::new(1),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Signal>>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn by_relay(&self) -> std::sync::MutexGuard<'_, HashMap<RelayId, String>> {
+        self.by_relay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Calls whose instructions are running.
+    pub fn running(&self) -> usize {
+        self.live().len()
+    }
+
+    /// A dataplane event: digits and playback ends go to the call owning the relay.
+    pub fn media_event(&self, ev: &MediaEvent) {
+        let (relay, signal) = match *ev {
+            MediaEvent::Dtmf {
+                relay,
+                side: Side::A,
+                digit,
+                ..
+            } => (relay, Signal::Digit(digit)),
+            MediaEvent::PlayDone {
+                relay,
+                side: Side::A,
+                id,
+            } => (relay, Signal::PlayDone(id)),
+            _ => return,
+        };
+        let Some(sid) = self.by_relay().get(&relay).cloned() else {
+            return;
+        };
+        if let Some(tx) = self.live().get(&sid) {
+            let _ = tx.send(signal);
+        }
+    }
+
+    /// The call ended in signalling (caller hung up, or we did): its task stops.
+    pub fn ended(&self, sid: &str) {
+        if let Some(tx) = self.live().remove(sid) {
+            let _ = tx.send(Signal::Ended);
+        }
+    }
+
+    async fn lookup(&self, to: &str) -> Option<Map<String, Value>> {
+        let digits = to.trim_start_matches('+');
+        for candidate in [to.to_string(), format!("+{digits}"), digits.to_string()] {
+            match self.store.number_by_phone(&candidate).await {
+                Ok(Some(n)) => return Some(n),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot look up an incoming number");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    async fn source(&self, number: &Map<String, Value>) -> Option<Source> {
+        if let Some(app_sid) = text(number, "voice_application_sid") {
+            let app = self.store.get_any(&APPLICATIONS, &app_sid).await.ok()??;
+            return Some(Source {
+                url: text(&app, "voice_url")?,
+                method: method_of(&app, "voice_method"),
+                fallback: text(&app, "voice_fallback_url")
+                    .map(|u| (u, method_of(&app, "voice_fallback_method"))),
+                application: Some(app_sid),
+                status_callback: text(&app, "status_callback").map(|u| {
+                    (
+                        u,
+                        text(&app, "status_callback_method").unwrap_or_else(|| "POST".into()),
+                    )
+                }),
+            });
+        }
+        Some(Source {
+            url: text(number, "voice_url")?,
+            method: method_of(number, "voice_method"),
+            fallback: text(number, "voice_fallback_url")
+                .map(|u| (u, method_of(number, "voice_fallback_method"))),
+            application: None,
+            status_callback: text(number, "status_callback").map(|u| {
+                (
+                    u,
+                    text(number, "status_callback_method").unwrap_or_else(|| "POST".into()),
+                )
+            }),
+        })
+    }
+
+    /// An incoming call: find its number and instructions, write its record and start its
+    /// task; refuse it (404) when the number is unknown or has no instructions.
+    pub async fn incoming(self: &Arc<Self>, inc: IncomingCall) {
+        let Some(number) = self.lookup(&inc.to).await else {
+            tracing::info!(to = %inc.to, "incoming call to a number not configured");
+            let _ = self.sip.reject(&inc.sid, 404).await;
+            return;
+        };
+        let account = text(&number, "account_sid").unwrap_or_default();
+        let active = match self.store.account(&account).await {
+            Ok(Some(a)) if a.status == "active" => Some(a),
+            _ => None,
+        };
+        let Some(acc) = active else {
+            let _ = self.sip.reject(&inc.sid, 404).await;
+            return;
+        };
+        let token = match self.store.auth_token(&acc) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot unseal an account's token");
+                let _ = self.sip.reject(&inc.sid, 500).await;
+                return;
+            }
+        };
+        let Some(src) = self.source(&number).await else {
+            self.calls
+                .notify(
+                    &account,
+                    None,
+                    "0",
+                    "21205",
+                    &format!(
+                        "incoming call to {} refused: the number has no voice URL or application",
+                        inc.to
+                    ),
+                )
+                .await;
+            let _ = self.sip.reject(&inc.sid, 404).await;
+            return;
+        };
+        let now = now_us();
+        let to = text(&number, "phone_number").unwrap_or_else(|| inc.to.clone());
+        let mut cols: Vec<(&str, Value)> = vec![
+            ("sid", Value::from(inc.sid.clone())),
+            ("account_sid", Value::from(account.clone())),
+            ("direction", Value::from("inbound")),
+            ("from", Value::from(inc.from.clone())),
+            ("to", Value::from(to.clone())),
+            ("from_formatted", Value::from(inc.from.clone())),
+            ("to_formatted", Value::from(to.clone())),
+            ("status", Value::from("ringing")),
+            ("queue_time", Value::from(0)),
+            ("record", Value::from(0)),
+            ("price_unit", Value::from("USD")),
+            ("api_version", Value::from("2010-04-01")),
+            ("url", Value::from(src.url.clone())),
+            ("method", Value::from(src.method.as_str())),
+            ("date_created", Value::from(now)),
+            ("date_updated", Value::from(now)),
+        ];
+        if let Some(a) = &src.application {
+            cols.push(("application_sid", Value::from(a.clone())));
+        }
+        if let Some(f) = &inc.forwarded_from {
+            cols.push(("forwarded_from", Value::from(f.clone())));
+        }
+        if let Some((u, m)) = &src.fallback {
+            cols.push(("fallback_url", Value::from(u.clone())));
+            cols.push(("fallback_method", Value::from(m.as_str())));
+        }
+        if let Some((u, m)) = &src.status_callback {
+            cols.push(("status_callback", Value::from(u.clone())));
+            cols.push(("status_callback_method", Value::from(m.clone())));
+        }
+        if let Err(e) = self.store.insert(&CALLS, &cols).await {
+            tracing::error!(error = %e, "cannot record an incoming call");
+            let _ = self.sip.reject(&inc.sid, 503).await;
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.live().insert(inc.sid.clone(), tx);
+        self.by_relay().insert(inc.relay, inc.sid.clone());
+        let mut base = BTreeMap::new();
+        for (k, v) in [
+            ("CallSid", inc.sid.as_str()),
+            ("AccountSid", account.as_str()),
+            ("From", inc.from.as_str()),
+            ("To", to.as_str()),
+            ("Caller", inc.from.as_str()),
+            ("Called", to.as_str()),
+            ("Direction", "inbound"),
+            ("ApiVersion", "2010-04-01"),
+        ] {
+            base.insert(k.to_string(), v.to_string());
+        }
+        if let Some(f) = &inc.forwarded_from {
+            base.insert("ForwardedFrom".into(), f.clone());
+        }
+        if let Some(a) = &src.application {
+            base.insert("ApplicationSid".into(), a.clone());
+        }
+        let run = CallRun {
+            engine: self.clone(),
+            sid: inc.sid.clone(),
+            account,
+            token,
+            relay: inc.relay,
+            codec: inc.codec,
+            base,
+            answered: false,
+            rx,
+            ended: false,
+            fetches: 0,
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let sid = run.sid.clone();
+            let relay = run.relay;
+            run.run(src).await;
+            engine.live().remove(&sid);
+            engine.by_relay().remove(&relay);
+        });
+    }
+}
+
+/// How a verb left the call.
+enum Flow {
+    Next,
+    Goto(String, Method, BTreeMap<String, String>),
+    Stop,
+}
+
+/// What a wait for media ended with.
+enum Waited {
+    Done,
+    Digit(char),
+    Ended,
+}
+
+/// One call's instructions in progress.
+struct CallRun {
+    engine: Arc<Engine>,
+    sid: String,
+    account: String,
+    token: String,
+    relay: RelayId,
+    codec: Codec,
+    base: BTreeMap<String, String>,
+    answered: bool,
+    rx: mpsc::UnboundedReceiver<Signal>,
+    ended: bool,
+    fetches: u32,
+}
+
+impl CallRun {
+    async fn notify(&self, log: &str, code: &str, msg: &str) {
+        self.engine
+            .calls
+            .notify(&self.account, Some(&self.sid), log, code, msg)
+            .await;
+    }
+
+    fn params(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut p = self.base.clone();
+        p.insert(
+            "CallStatus".into(),
+            if self.answered {
+                "in-progress"
+            } else {
+                "ringing"
+            }
+            .into(),
+        );
+        p.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        p
+    }
+
+    /// Fetches a document; on failure records it and tries the fallback (once).
+    async fn document(
+        &mut self,
+        url: &str,
+        method: Method,
+        extra: &BTreeMap<String, String>,
+        fallback: Option<&(String, Method)>,
+    ) -> Option<super::fetch::Fetched> {
+        self.fetches += 1;
+        if self.fetches > FETCHES_MAX {
+            self.notify(
+                "0",
+                "11200",
+                &format!("the call fetched {FETCHES_MAX} documents: ended as a redirect loop"),
+            )
+            .await;
+            return None;
+        }
+        let params = self.params(extra);
+        let primary = self
+            .engine
+            .fetcher
+            .instructions(url, method, &params, &self.token)
+            .await;
+        let e: FetchError = match primary {
+            Ok(f) => return Some(f),
+            Err(e) => e,
+        };
+        self.notify("0", e.code, &format!("{url}: {}", e.message))
+            .await;
+        let (fb_url, fb_method) = fallback?;
+        let mut params = params;
+        params.insert("ErrorCode".into(), e.code.to_string());
+        params.insert("ErrorUrl".into(), url.to_string());
+        match self
+            .engine
+            .fetcher
+            .instructions(fb_url, *fb_method, &params, &self.token)
+            .await
+        {
+            Ok(f) => Some(f),
+            Err(e2) => {
+                self.notify("0", e2.code, &format!("fallback {fb_url}: {}", e2.message))
+                    .await;
+                None
+            }
+        }
+    }
+
+    async fn run(mut self, src: Source) {
+        let mut next = Some((src.url.clone(), src.method, BTreeMap::new()));
+        'documents: while let Some((url, method, extra)) = next.take() {
+            if self.ended {
+                return;
+            }
+            let Some(doc) = self
+                .document(&url, method, &extra, src.fallback.as_ref())
+                .await
+            else {
+                self.application_error().await;
+                return;
+            };
+            for verb in doc.verbs {
+                if self.ended {
+                    return;
+                }
+                match self.verb(verb, &doc.url).await {
+                    Flow::Next => {}
+                    Flow::Goto(u, m, p) => {
+                        next = Some((u, m, p));
+                        continue 'documents;
+                    }
+                    Flow::Stop => return,
+                }
+            }
+            // The document ran out: the call ends.
+            self.hangup().await;
+            return;
+        }
+    }
+
+    /// No instructions could be had: the caller is told, then the call ends.
+    async fn application_error(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.answer().await;
+        let say = Say {
+            text: "We are sorry, an application error has occurred. Goodbye.".into(),
+            voice: None,
+            language: None,
+            loops: 1,
+        };
+        let _ = self.say(&say, false).await;
+        self.hangup().await;
+    }
+
+    async fn answer(&mut self) {
+        if !self.answered {
+            self.answered = true;
+            let _ = self.engine.sip.answer(&self.sid).await;
+        }
+    }
+
+    async fn hangup(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            let _ = self
+                .engine
+                .sip
+                .hangup(&self.sid, EndStatus::Completed)
+                .await;
+        }
+    }
+
+    async fn verb(&mut self, verb: Verb, base: &reqwest::Url) -> Flow {
+        match verb {
+            Verb::Say(s) => {
+                self.answer().await;
+                match self.say(&s, false).await {
+                    Waited::Ended => Flow::Stop,
+                    _ => Flow::Next,
+                }
+            }
+            Verb::Play(p) => {
+                self.answer().await;
+                match self.play(&p, base, false).await {
+                    Waited::Ended => Flow::Stop,
+                    _ => Flow::Next,
+                }
+            }
+            Verb::Pause(secs) => {
+                self.answer().await;
+                match self.pause(secs, false).await {
+                    Waited::Ended => Flow::Stop,
+                    _ => Flow::Next,
+                }
+            }
+            Verb::Gather(g) => {
+                self.answer().await;
+                self.gather(&g, base).await
+            }
+            Verb::Redirect { url, method } => match resolve(base, &url) {
+                Ok(u) => Flow::Goto(u, method, BTreeMap::new()),
+                Err(e) => {
+                    self.notify("0", e.code, &format!("<Redirect>: {}", e.message))
+                        .await;
+                    Flow::Next
+                }
+            },
+            Verb::Hangup => {
+                self.hangup().await;
+                Flow::Stop
+            }
+            Verb::Reject(reason) => {
+                if self.answered {
+                    self.hangup().await;
+                } else {
+                    self.ended = true;
+                    let code = match reason {
+                        RejectReason::Busy => 486,
+                        RejectReason::Rejected => 603,
+                    };
+                    let _ = self.engine.sip.reject(&self.sid, code).await;
+                }
+                Flow::Stop
+            }
+            v @ (Verb::Dial(_) | Verb::Record(_) | Verb::Echo) => {
+                self.notify(
+                    "1",
+                    CODE_VERB_UNSUPPORTED,
+                    &format!(
+                        "<{}> is not run by this VoxEdge version; the call went on with the next verb",
+                        v.name()
+                    ),
+                )
+                .await;
+                Flow::Next
+            }
+        }
+    }
+
+    /// Waits for the next signal, at most `limit` (None: until one arrives).
+    async fn signal(&mut self, limit: Option<Duration>) -> Option<Signal> {
+        let s = match limit {
+            Some(d) => tokio::time::timeout(d, self.rx.recv()).await.ok()?,
+            None => self.rx.recv().await,
+        };
+        match s {
+            None | Some(Signal::Ended) => {
+                self.ended = true;
+                Some(Signal::Ended)
+            }
+            other => other,
+        }
+    }
+
+    /// Plays media on the caller's leg and waits for its end (or, with `barge`, the first
+    /// digit, which stops it).
+    async fn play_media(&mut self, media: Arc<PlayMedia>, loops: u32, barge: bool) -> Waited {
+        let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
+        let dp = self.engine.dp.clone();
+        let relay = self.relay;
+        let started =
+            tokio::task::spawn_blocking(move || dp.play(relay, Side::A, media, loops, id)).await;
+        match started {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.notify(
+                    "0",
+                    CODE_PLAY_FAILED,
+                    &format!("media could not be played: {e}"),
+                )
+                .await;
+                return Waited::Done;
+            }
+            Err(_) => return Waited::Done,
+        }
+        loop {
+            match self.signal(None).await {
+                Some(Signal::PlayDone(done)) if done == id => return Waited::Done,
+                Some(Signal::Digit(d)) if barge => {
+                    let dp = self.engine.dp.clone();
+                    let _ = tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
+                    return Waited::Digit(d);
+                }
+                Some(Signal::Ended) | None => return Waited::Ended,
+                Some(_) => {}
+            }
+        }
+    }
+
+    async fn say(&mut self, s: &Say, barge: bool) -> Waited {
+        let voice = audio::espeak_voice(s.language.as_deref(), s.voice.as_deref());
+        match self.engine.synth.speak(&s.text, &voice).await {
+            Ok(samples) => {
+                let media = audio::encode(&samples, self.codec);
+                self.play_media(media, s.loops, barge).await
+            }
+            Err(e) => {
+                self.notify("0", CODE_SAY_FAILED, &format!("<Say>: {e}"))
+                    .await;
+                Waited::Done
+            }
+        }
+    }
+
+    async fn play(&mut self, p: &Play, base: &reqwest::Url, barge: bool) -> Waited {
+        let samples = if p.url.is_empty() {
+            audio::dtmf_tones(p.digits.as_deref().unwrap_or(""))
+        } else {
+            match self.fetch_audio(&p.url, base).await {
+                Ok(s) => s,
+                Err(e) => {
+                    self.notify("0", e.code, &format!("<Play>: {}", e.message))
+                        .await;
+                    return Waited::Done;
+                }
+            }
+        };
+        if samples.is_empty() {
+            return Waited::Done;
+        }
+        let media = audio::encode(&samples, self.codec);
+        self.play_media(media, p.loops, barge).await
+    }
+
+    async fn fetch_audio(&self, url: &str, base: &reqwest::Url) -> Result<Vec<i16>, FetchError> {
+        let url = resolve(base, url)?;
+        let (body, ct) = self.engine.fetcher.media(&url, MEDIA_BYTES_MAX).await?;
+        let bad = |m: String| FetchError {
+            code: CODE_PLAY_FAILED,
+            message: format!("{url}: {m}"),
+        };
+        match ct.as_str() {
+            "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => {
+                let pcm = audio::decode_wav(&body).map_err(|e| bad(e.to_string()))?;
+                Ok(audio::to_8k(&pcm))
+            }
+            "audio/basic" | "audio/x-mulaw" | "audio/pcmu" => {
+                Ok(body.iter().map(|b| audio::ulaw_decode(*b)).collect())
+            }
+            other => Err(FetchError {
+                code: "13420",
+                message: format!(
+                    "{url}: {other} is not supported; use WAV (PCM, µ-law or A-law) or audio/basic"
+                ),
+            }),
+        }
+    }
+
+    async fn pause(&mut self, secs: u32, barge: bool) -> Waited {
+        let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(secs));
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Waited::Done;
+            }
+            match self.signal(Some(left)).await {
+                None => return Waited::Done,
+                Some(Signal::Ended) => return Waited::Ended,
+                Some(Signal::Digit(d)) if barge => return Waited::Digit(d),
+                Some(_) => {}
+            }
+        }
+    }
+
+    async fn gather(&mut self, g: &Gather, base: &reqwest::Url) -> Flow {
+        let mut digits = String::new();
+        let mut finished_on: Option<char> = None;
+        // Prompts, interrupted by the first digit.
+        for p in &g.prompts {
+            let w = match p {
+                Prompt::Say(s) => self.say(s, true).await,
+                Prompt::Play(pl) => self.play(pl, base, true).await,
+                Prompt::Pause(n) => self.pause(*n, true).await,
+            };
+            match w {
+                Waited::Ended => return Flow::Stop,
+                Waited::Digit(d) => {
+                    if Some(d) == g.finish_on_key {
+                        finished_on = Some(d);
+                    } else {
+                        digits.push(d);
+                    }
+                    break;
+                }
+                Waited::Done => {}
+            }
+        }
+        let complete = |digits: &str| g.num_digits.is_some_and(|n| digits.len() >= n as usize);
+        while finished_on.is_none() && !complete(&digits) {
+            match self
+                .signal(Some(Duration::from_secs(u64::from(g.timeout))))
+                .await
+            {
+                None => break, // timeout
+                Some(Signal::Ended) => return Flow::Stop,
+                Some(Signal::Digit(d)) => {
+                    if Some(d) == g.finish_on_key {
+                        finished_on = Some(d);
+                    } else {
+                        digits.push(d);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if digits.is_empty() && !g.action_on_empty_result {
+            return Flow::Next;
+        }
+        let action = match &g.action {
+            Some(a) => match resolve(base, a) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.notify("0", e.code, &format!("<Gather action>: {}", e.message))
+                        .await;
+                    return Flow::Next;
+                }
+            },
+            // Twilio's default: the document's own URL.
+            None => base.to_string(),
+        };
+        let mut params = BTreeMap::new();
+        params.insert("Digits".to_string(), digits);
+        if let Some(k) = finished_on {
+            params.insert("FinishedOnKey".to_string(), k.to_string());
+        }
+        Flow::Goto(action, g.method, params)
+    }
+}

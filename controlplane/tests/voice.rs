@@ -1,0 +1,372 @@
+//! Programmable calls end to end: sipp calls a number → VoxEdge fetches the number's
+//! instructions from a local app server written for the test → `Gather` with a `Say` prompt
+//! hears the RFC 4733 digit sipp plays (the DTMF capture `sip-tester` ships) → the action URL
+//! gets `Digits` → `Say` → `Hangup` (BYE to sipp). The status callback arrives; every request
+//! the app server received is validated by the official `twilio` library's `RequestValidator`.
+//! Then the fallback URL: a primary answering 500, HTML, malformed XML, or too slowly, each
+//! falls over to the fallback with `ErrorCode`/`ErrorUrl`, and a notification is recorded.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::Value;
+use voxedge_controlplane::app::{self, Role};
+use voxedge_controlplane::config::Config;
+use voxedge_dataplane::BackendKind;
+
+/// One request the app server received.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    url: String,
+    params: BTreeMap<String, String>,
+    signature: String,
+}
+
+#[derive(Clone, Default)]
+struct AppServer {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    port: Arc<Mutex<u16>>,
+}
+
+fn xml(body: &str) -> Response {
+    ([("content-type", "text/xml")], body.to_string()).into_response()
+}
+
+async fn handle(State(app): State<AppServer>, req: Request) -> Response {
+    let port = *app.port.lock().expect("port");
+    let path = req.uri().path().to_string();
+    let url = format!(
+        "http://127.0.0.1:{port}{}",
+        req.uri().path_and_query().map_or("", |p| p.as_str())
+    );
+    let signature = req
+        .headers()
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let post = req.method() == axum::http::Method::POST;
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let params: BTreeMap<String, String> = if post {
+        form_urlencoded::parse(&body).into_owned().collect()
+    } else {
+        BTreeMap::new()
+    };
+    app.seen.lock().expect("seen").push(Seen {
+        path: path.clone(),
+        url,
+        params,
+        signature,
+    });
+    match path.as_str() {
+        "/voice" => xml(r#"<?xml version="1.0" encoding="UTF-8"?>
+<Response>
+  <Gather numDigits="1" action="/digits" timeout="10">
+    <Say>Please press a key.</Say>
+  </Gather>
+  <Say>We did not get a key.</Say>
+</Response>"#),
+        "/digits" => xml("<Response><Say>Thank you.</Say><Hangup/></Response>"),
+        "/fallback" => xml("<Response><Say>Fallback.</Say><Hangup/></Response>"),
+        "/status" => (StatusCode::NO_CONTENT, "").into_response(),
+        "/fail500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "/html" => (
+            [("content-type", "text/html")],
+            "<html><body>It works!</body></html>",
+        )
+            .into_response(),
+        "/malformed" => xml("<Response><Say>oops</Response>"),
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            xml("<Response><Hangup/></Response>")
+        }
+        _ => (StatusCode::NOT_FOUND, "").into_response(),
+    }
+}
+
+fn auth(sid: &str, token: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
+    )
+}
+
+/// Runs sipp's `scenario` calling `number` at `sip`; its exit status and output.
+fn sipp(scenario: &str, number: &str, sip: std::net::SocketAddr, port: u16) -> (bool, String) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sipp/");
+    let out = Command::new("sipp")
+        .args(["-sf", &format!("{dir}{scenario}")])
+        .args(["-s", number])
+        .arg(sip.to_string())
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mi", "127.0.0.1", "-mp", &(port + 200).to_string()])
+        .args(["-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin"])
+        .output()
+        .expect("sipp runs (scripts/test installs sip-tester)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
+    let python = std::env::var("VOXEDGE_TWILIO_PYTHON").unwrap_or_else(|_| {
+        panic!("VOXEDGE_TWILIO_PYTHON is not set: run scripts/test (it makes a venv with the twilio library)")
+    });
+    assert!(
+        Command::new("espeak-ng").arg("--version").output().is_ok(),
+        "espeak-ng is not installed: run scripts/test (it installs espeak-ng)"
+    );
+    // The app server.
+    let app_state = AppServer::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind app server");
+    let app_port = listener.local_addr().expect("addr").port();
+    *app_state.port.lock().expect("port") = app_port;
+    let router = axum::Router::new()
+        .fallback(handle)
+        .with_state(app_state.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    let app_url = |p: &str| format!("http://127.0.0.1:{app_port}{p}");
+
+    // VoxEdge on kernel sockets (sipp sends real RTP).
+    let dir = std::env::temp_dir().join(format!("voxedge-voice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _ = std::fs::remove_file(dir.join("voice.db"));
+    let mut c = Config::default();
+    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    c.sip.listen = "127.0.0.1:0".parse().expect("addr");
+    c.api.listen = "127.0.0.1:0".parse().expect("addr");
+    c.api.database = format!("sqlite://{}", dir.join("voice.db").display());
+    c.api.secret_key = Some("cd".repeat(32));
+    c.api.callbacks_allow_private = true;
+    c.dataplane.workers = 1;
+    c.dataplane.pin_cores = false;
+    c.dataplane.bind = "127.0.0.1".parse().expect("ip");
+    c.dataplane.port_min = 29000;
+    c.dataplane.port_max = 29199;
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("start");
+    let api = format!("http://{}", r.api.expect("api"));
+    let sip = r.sip_udp.expect("sip over udp");
+    let store = r.store.clone().expect("store");
+    let (acc, token) = store.create_account("voice", None).await.expect("account");
+    let sid = acc.sid.clone();
+    let numbers = format!("{api}/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json");
+    let add = |phone: &str, voice: String| {
+        let mut form = vec![
+            ("PhoneNumber", phone.to_string()),
+            ("VoiceUrl", voice),
+            ("VoiceFallbackUrl", app_url("/fallback")),
+            ("StatusCallback", app_url("/status")),
+        ];
+        if phone.ends_with("00") {
+            form.retain(|(k, _)| *k != "VoiceFallbackUrl");
+        }
+        let (numbers, a) = (numbers.clone(), auth(&sid, &token));
+        async move {
+            let code = tokio::task::spawn_blocking(move || {
+                let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                match ureq::post(&numbers)
+                    .set("Authorization", &a)
+                    .send_form(&form)
+                {
+                    Ok(r) => r.status(),
+                    Err(ureq::Error::Status(s, r)) => {
+                        panic!("{s}: {}", r.into_string().unwrap_or_default())
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            })
+            .await
+            .expect("join");
+            assert_eq!(code, 201);
+        }
+    };
+    add("+15550100", app_url("/voice")).await;
+    add("+15550101", app_url("/fail500")).await;
+    add("+15550102", app_url("/html")).await;
+    add("+15550103", app_url("/malformed")).await;
+    add("+15550104", app_url("/slow#rt=500&tt=1000")).await;
+
+    // The digits call.
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || sipp("uac_app_dtmf.xml", "+15550100", sip, 29400))
+            .await
+            .expect("join");
+    assert!(ok, "sipp call with DTMF failed:\n{out}");
+    let seen = |path: &str| -> Vec<Seen> {
+        app_state
+            .seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
+    };
+    let voice = seen("/voice");
+    assert_eq!(voice.len(), 1, "{voice:?}");
+    let p = &voice[0].params;
+    for (k, v) in [
+        ("AccountSid", sid.as_str()),
+        ("To", "+15550100"),
+        ("Called", "+15550100"),
+        ("From", "sipp"),
+        ("Direction", "inbound"),
+        ("CallStatus", "ringing"),
+        ("ApiVersion", "2010-04-01"),
+    ] {
+        assert_eq!(p.get(k).map(String::as_str), Some(v), "{k} in {p:?}");
+    }
+    let call_sid = p.get("CallSid").cloned().expect("CallSid");
+    let digits = seen("/digits");
+    assert_eq!(digits.len(), 1, "{digits:?}");
+    assert_eq!(
+        digits[0].params.get("Digits").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        digits[0].params.get("CallStatus").map(String::as_str),
+        Some("in-progress")
+    );
+    assert_eq!(digits[0].params.get("CallSid"), Some(&call_sid));
+    // The completed status callback (delivered from the outbox, possibly a moment later).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let s = seen("/status");
+        if let Some(done) = s
+            .iter()
+            .find(|s| s.params.get("CallStatus").map(String::as_str) == Some("completed"))
+        {
+            break done.clone();
+        }
+        assert!(Instant::now() < deadline, "no completed callback: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.params.get("CallSid"), Some(&call_sid));
+    let rec = store
+        .get_any(&voxedge_controlplane::store::CALLS, &call_sid)
+        .await
+        .expect("read")
+        .expect("call recorded");
+    assert_eq!(rec["status"], "completed", "{rec:?}");
+    assert_eq!(rec["direction"], "inbound");
+
+    // Fallbacks: each primary failure reaches /fallback with its code, and is noted.
+    let cases = [
+        ("+15550101", "/fail500", "11200"),
+        ("+15550102", "/html", "12300"),
+        ("+15550103", "/malformed", "12100"),
+        ("+15550104", "/slow", "11200"),
+    ];
+    for (i, (number, _, _)) in cases.iter().enumerate() {
+        let number = number.to_string();
+        let (ok, out) = tokio::task::spawn_blocking(move || {
+            sipp("uac_wait_bye.xml", &number, sip, 29410 + 2 * i as u16)
+        })
+        .await
+        .expect("join");
+        assert!(ok, "sipp call to {} failed:\n{out}", cases[i].0);
+    }
+    let fallback = seen("/fallback");
+    assert_eq!(fallback.len(), cases.len(), "{fallback:?}");
+    for (number, path, code) in cases {
+        let f = fallback
+            .iter()
+            .find(|f| f.params.get("To").map(String::as_str) == Some(number))
+            .unwrap_or_else(|| panic!("no fallback request for {number}: {fallback:?}"));
+        assert_eq!(
+            f.params.get("ErrorCode").map(String::as_str),
+            Some(code),
+            "{number}"
+        );
+        let error_url = f.params.get("ErrorUrl").cloned().unwrap_or_default();
+        assert!(error_url.contains(path), "{number}: {error_url}");
+    }
+    let notes = store
+        .list(
+            &voxedge_controlplane::store::NOTIFICATIONS,
+            &sid,
+            &[],
+            ("date_created", false),
+            None,
+            0,
+            100,
+        )
+        .await
+        .expect("notifications");
+    let codes: Vec<String> = notes
+        .0
+        .iter()
+        .filter_map(|n| {
+            n.get("error_code")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    for code in ["11200", "12300", "12100"] {
+        assert!(
+            codes.iter().any(|c| c == code),
+            "{code} not noted: {codes:?}"
+        );
+    }
+
+    // Every request was signed as the twilio library validates it.
+    let all = app_state.seen.lock().expect("seen").clone();
+    let cases: Vec<Value> = all
+        .iter()
+        .map(|s| serde_json::json!({"url": s.url, "params": s.params, "signature": s.signature}))
+        .collect();
+    let script = r#"
+import json, sys
+from twilio.request_validator import RequestValidator
+d = json.load(sys.stdin)
+v = RequestValidator(d["token"])
+bad = [c["url"] for c in d["cases"] if not v.validate(c["url"], c["params"], c["signature"])]
+print(json.dumps({"checked": len(d["cases"]), "bad": bad}))
+"#;
+    let input = serde_json::json!({"token": token, "cases": cases}).to_string();
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python ran");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("validator output");
+    assert_eq!(v["bad"], serde_json::json!([]), "{v}");
+    assert!(v["checked"].as_u64().unwrap_or(0) >= 8, "{v}");
+    r.shutdown().await;
+}
