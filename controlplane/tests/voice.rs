@@ -4,7 +4,9 @@
 //! gets `Digits` → `Say` → `Hangup` (BYE to sipp). The status callback arrives; every request
 //! the app server received is validated by the official `twilio` library's `RequestValidator`.
 //! Then the fallback URL: a primary answering 500, HTML, malformed XML, or too slowly, each
-//! falls over to the fallback with `ErrorCode`/`ErrorUrl`, and a notification is recorded.
+//! falls over to the fallback with `ErrorCode`/`ErrorUrl`, and a notification is recorded; so do
+//! hostile documents (entity bomb with an external entity, 10 MB, 10,000-deep nesting, an
+//! unknown verb).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -85,6 +87,23 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
         )
             .into_response(),
         "/malformed" => xml("<Response><Say>oops</Response>"),
+        "/bomb" => xml(concat!(
+            "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY a \"aaaaaaaaaa\">",
+            "<!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\"><!ENTITY c \"&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;\">",
+            "<!ENTITY x SYSTEM \"file:///etc/passwd\">]><Response><Say>&c;&x;</Say></Response>"
+        )),
+        "/huge" => xml(&format!("<Response><Say>{}</Say></Response>", "a".repeat(10 << 20))),
+        "/deep" => xml(&format!(
+            "<Response>{}{}</Response>",
+            "<Gather>".repeat(10_000),
+            "</Gather>".repeat(10_000)
+        )),
+        "/deep3000" => xml(&format!(
+            "<Response>{}{}</Response>",
+            "<Gather>".repeat(3000),
+            "</Gather>".repeat(3000)
+        )),
+        "/unknown" => xml("<Response>\n  <Dance/>\n</Response>"),
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             xml("<Response><Hangup/></Response>")
@@ -212,6 +231,11 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     add("+15550102", app_url("/html")).await;
     add("+15550103", app_url("/malformed")).await;
     add("+15550104", app_url("/slow#rt=500&tt=1000")).await;
+    add("+15550105", app_url("/bomb")).await;
+    add("+15550106", app_url("/huge")).await;
+    add("+15550107", app_url("/deep")).await;
+    add("+15550108", app_url("/unknown")).await;
+    add("+15550109", app_url("/deep3000")).await;
 
     // The digits call.
     let (ok, out) =
@@ -283,6 +307,13 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
         ("+15550102", "/html", "12300"),
         ("+15550103", "/malformed", "12100"),
         ("+15550104", "/slow", "11200"),
+        // Hostile documents: refused quickly, the call goes on with the fallback.
+        ("+15550105", "/bomb", "12100"),
+        ("+15550106", "/huge", "11750"),
+        // 10,000 levels do not fit in 64 KB: refused by size; 3,000 levels by depth.
+        ("+15550107", "/deep", "11750"),
+        ("+15550109", "/deep3000", "12200"),
+        ("+15550108", "/unknown", "12200"),
     ];
     for (i, (number, _, _)) in cases.iter().enumerate() {
         let number = number.to_string();
@@ -329,7 +360,7 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
                 .map(str::to_string)
         })
         .collect();
-    for code in ["11200", "12300", "12100"] {
+    for code in ["11200", "12300", "12100", "11750", "12200"] {
         assert!(
             codes.iter().any(|c| c == code),
             "{code} not noted: {codes:?}"
