@@ -17,7 +17,7 @@ pub const FRAME: usize = 160;
 pub const SAMPLES_MAX: usize = 3600 * RATE as usize;
 
 /// G.711 variant of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
     Pcmu,
     Pcma,

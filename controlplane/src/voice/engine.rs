@@ -65,6 +65,43 @@ pub struct Engine {
     live: Mutex<HashMap<String, mpsc::UnboundedSender<Signal>>>,
     by_relay: Mutex<HashMap<RelayId, String>>,
     play_ids: AtomicU64,
+    speech: Mutex<SpeechCache>,
+}
+
+/// Rendered `Say` audio by (voice, text, codec), so a prompt many calls hear is synthesized
+/// once. Bounded by entries and bytes; the oldest entries leave first.
+#[derive(Default)]
+struct SpeechCache {
+    map: HashMap<(String, String, Codec), Arc<PlayMedia>>,
+    order: std::collections::VecDeque<(String, String, Codec)>,
+    bytes: usize,
+}
+
+/// Bounds of the speech cache.
+const SPEECH_ENTRIES_MAX: usize = 1024;
+const SPEECH_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+impl SpeechCache {
+    fn get(&self, k: &(String, String, Codec)) -> Option<Arc<PlayMedia>> {
+        self.map.get(k).cloned()
+    }
+
+    fn put(&mut self, k: (String, String, Codec), m: Arc<PlayMedia>) {
+        if m.frames.len() > SPEECH_BYTES_MAX / 4 || self.map.contains_key(&k) {
+            return;
+        }
+        self.bytes += m.frames.len();
+        self.map.insert(k.clone(), m);
+        self.order.push_back(k);
+        while self.map.len() > SPEECH_ENTRIES_MAX || self.bytes > SPEECH_BYTES_MAX {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(m) = self.map.remove(&old) {
+                self.bytes -= m.frames.len();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -115,6 +152,7 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             by_relay: Mutex::new(HashMap::new()),
             play_ids: AtomicU64::new(1),
+            speech: Mutex::new(SpeechCache::default()),
         })
     }
 
@@ -625,9 +663,24 @@ impl CallRun {
 
     async fn say(&mut self, s: &Say, barge: bool) -> Waited {
         let voice = audio::espeak_voice(s.language.as_deref(), s.voice.as_deref());
-        match self.engine.synth.speak(&s.text, &voice).await {
+        let key = (voice, s.text.clone(), self.codec);
+        let cached = self
+            .engine
+            .speech
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key);
+        if let Some(media) = cached {
+            return self.play_media(media, s.loops, barge).await;
+        }
+        match self.engine.synth.speak(&s.text, &key.0).await {
             Ok(samples) => {
                 let media = audio::encode(&samples, self.codec);
+                self.engine
+                    .speech
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .put(key, media.clone());
                 self.play_media(media, s.loops, barge).await
             }
             Err(e) => {
@@ -760,5 +813,34 @@ impl CallRun {
             params.insert("FinishedOnKey".to_string(), k.to_string());
         }
         Flow::Goto(action, g.method, params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speech_cache_is_bounded_and_keeps_the_newest() {
+        let mut c = SpeechCache::default();
+        let media = |n: usize| audio::encode(&vec![0; n * audio::FRAME], Codec::Pcmu);
+        let key = |i: usize| ("en-us".to_string(), format!("text {i}"), Codec::Pcmu);
+        for i in 0..SPEECH_ENTRIES_MAX + 10 {
+            c.put(key(i), media(1));
+        }
+        assert_eq!(c.map.len(), SPEECH_ENTRIES_MAX);
+        assert!(c.get(&key(0)).is_none(), "oldest evicted");
+        assert!(c.get(&key(SPEECH_ENTRIES_MAX + 9)).is_some());
+        // Bytes: big entries push the total under the cap.
+        let mut c = SpeechCache::default();
+        let big = SPEECH_BYTES_MAX / 5 / audio::FRAME;
+        for i in 0..8 {
+            c.put(key(i), media(big));
+        }
+        assert!(c.bytes <= SPEECH_BYTES_MAX, "{}", c.bytes);
+        assert!(c.get(&key(7)).is_some());
+        // Over a quarter of the budget: not cached at all.
+        c.put(key(99), media(SPEECH_BYTES_MAX / 3 / audio::FRAME));
+        assert!(c.get(&key(99)).is_none());
     }
 }
