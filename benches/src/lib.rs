@@ -9,6 +9,7 @@ pub mod proc;
 pub mod relay;
 pub mod rest;
 pub mod sip;
+pub mod voice;
 pub mod vs_rtpengine;
 
 use clap::{Args, Subcommand};
@@ -31,6 +32,9 @@ pub enum BenchKind {
     /// REST API requests per second and latency (call creation, paged listing) on SQLite or
     /// PostgreSQL.
     Rest(rest::RestArgs),
+    /// Programmable calls per second end to end: sipp → voxedge → a local app server
+    /// (`<Say>` + `<Hangup/>`), with INVITE → first instruction latency.
+    Voice(voice::VoiceArgs),
     /// The same ng-driven RTP workload on rtpengine (userspace) and on voxedge, side by side.
     VsRtpengine(vs_rtpengine::VsArgs),
 }
@@ -46,5 +50,6 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchKind::Sip(a) => sip::main(a),
         BenchKind::Rest(a) => rest::main(a),
         BenchKind::VsRtpengine(a) => vs_rtpengine::main(a),
+        BenchKind::Voice(a) => voice::main(a),
     }
 }

@@ -76,7 +76,7 @@ fn hist() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram")
 }
 
-fn random_hex(n: usize) -> anyhow::Result<String> {
+pub(crate) fn random_hex(n: usize) -> anyhow::Result<String> {
     use std::io::Read;
     let mut b = vec![0u8; n];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;

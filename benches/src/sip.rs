@@ -45,7 +45,7 @@ impl Drop for Kill {
     }
 }
 
-fn stat_field(csv: &str, name: &str) -> Option<u64> {
+pub(crate) fn stat_field(csv: &str, name: &str) -> Option<u64> {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next()?.split(';').collect();
     let last: Vec<&str> = lines.last()?.split(';').collect();
