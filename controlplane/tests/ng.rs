@@ -185,6 +185,68 @@ async fn offer_answer_media_query_block_delete() {
             Some("caller")
         );
         assert!(q.get("tags").and_then(|t| t.get("tagB")).is_some(), "{q}");
+        // play media: a WAV blob played to the caller (from-tag tagA) in the call's codec
+        // (PCMU, the answer's first), out of the port the caller sends to; stop media ends it.
+        let mut wav =
+            b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x40\x1f\0\0\x80\x3e\0\0\x02\0\x10\0data"
+                .to_vec();
+        let samples = 8000 * 2; // two seconds of silence at 8 kHz
+        wav.extend_from_slice(&(samples as u32 * 2).to_le_bytes());
+        wav.extend(std::iter::repeat_n(0u8, samples * 2));
+        let play = ng.call(&Value::dict([
+            ("command", s("play media")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+            ("blob", Value::Bytes(wav)),
+        ]));
+        assert_eq!(result(&play), "ok", "{play}");
+        assert_eq!(play.get("duration").and_then(Value::as_int), Some(2000));
+        for _ in 0..3 {
+            let (n, from) = caller
+                .recv_from(&mut buf)
+                .expect("played media reaches the caller");
+            assert_eq!((n, from.port()), (172, to_caller));
+            assert_eq!(buf[1] & 0x7f, 0, "PCMU");
+            assert!(buf[12..172].iter().all(|b| *b == 0xff), "µ-law silence");
+        }
+        let stop = ng.call(&Value::dict([
+            ("command", s("stop media")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+        ]));
+        assert_eq!(result(&stop), "ok", "{stop}");
+        let again = ng.call(&Value::dict([
+            ("command", s("stop media")),
+            ("call-id", s("call-1@test")),
+            ("from-tag", s("tagA")),
+        ]));
+        assert_eq!(result(&again), "error", "{again}");
+        for (k, v, want) in [
+            ("blob", Value::Bytes(b"not a wav".to_vec()), "WAV"),
+            ("file", s("/nonexistent/prompt.wav"), "cannot read"),
+        ] {
+            let bad = ng.call(&Value::dict([
+                ("command", s("play media")),
+                ("call-id", s("call-1@test")),
+                ("from-tag", s("tagA")),
+                (k, v),
+            ]));
+            assert_eq!(result(&bad), "error", "{bad}");
+            assert!(
+                bad.get("error-reason")
+                    .and_then(Value::as_text)
+                    .unwrap_or_default()
+                    .contains(want),
+                "{bad}"
+            );
+        }
+        caller
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("t");
+        while caller.recv_from(&mut buf).is_ok() {}
+        caller
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("t");
         // Block the caller's media: nothing reaches the callee; unblock: it flows again.
         let b = ng.call(&Value::dict([
             ("command", s("BLOCK MEDIA")),
@@ -356,10 +418,7 @@ async fn retransmissions_json_tcp_and_hostile_requests() {
                 b"e6 d7:command6:answer7:call-id7:unknown8:from-tag1:x6:to-tag1:y3:sdp3:v=0e",
                 "SDP",
             ),
-            (
-                b"e7 d7:command10:play media7:call-id4:retxe",
-                "not supported",
-            ),
+            (b"e7 d7:command9:play DTMF7:call-id4:retxe", "not supported"),
             (b"e8 {not json", "JSON"),
             (b"e9 d7:command5:query7:call-id7:missinge", "Unknown"),
         ];

@@ -32,13 +32,14 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use voxedge_dataplane::command::{LegUpdate, RelaySnapshot, StreamSnapshot};
-use voxedge_dataplane::ids::Side;
+use voxedge_dataplane::ids::{RelayId, Side};
 use voxedge_dataplane::table::SourcePolicy;
 use voxedge_dataplane::{Dataplane, LegRequest, RelayInfo, RelayRequest};
 
 use bencode::Value;
 
 use crate::config::NgConfig;
+use crate::voice::audio::{self, Codec};
 
 /// Counters of the ng listener.
 #[derive(Debug, Default)]
@@ -81,7 +82,28 @@ struct NgCall {
     /// The last SDP put a side on hold or inactive: silence is expected, the long timeout
     /// applies (as rtpengine's silent-timeout).
     quiet: bool,
+    /// The G.711 codec the call uses (the answer's first payload type, or before the answer
+    /// the offer's first G.711 one), for `play media`; `None` for other codecs.
+    codec: Option<Codec>,
 }
+
+/// The G.711 codec of a payload-type list: its first entry for an answer, the first G.711
+/// entry for an offer.
+fn g711(pts: &[String], answer: bool) -> Option<Codec> {
+    let pick = |p: &String| match p.as_str() {
+        "0" => Some(Codec::Pcmu),
+        "8" => Some(Codec::Pcma),
+        _ => None,
+    };
+    if answer {
+        pts.first().and_then(pick)
+    } else {
+        pts.iter().find_map(pick)
+    }
+}
+
+/// Largest media file or blob `play media` accepts.
+const PLAY_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Whether an SDP body expects no media from its sender or towards it (hold, inactive).
 fn expects_silence(sdp: &[u8]) -> bool {
@@ -115,6 +137,8 @@ struct Engine {
     stats: Arc<NgStats>,
     total_calls: u64,
     started: u64,
+    /// Identifies playbacks (their end events are not waited for).
+    play_id: u64,
 }
 
 /// Whether a dataplane error means the relay no longer exists.
@@ -210,11 +234,14 @@ impl Engine {
             "list" => self.list(req),
             "statistics" => self.statistics(),
             "block media" | "unblock media" => self.block(req, lower.starts_with("block")),
-            "play media" | "stop media" | "play dtmf" | "start recording" | "stop recording"
-            | "pause recording" | "start forwarding" | "stop forwarding" | "block dtmf"
-            | "unblock dtmf" => error(&format!(
-                "'{cmd}' is not supported by this appliance yet (no media player or recorder in its dataplane)"
-            )),
+            "play media" => self.play_media(req),
+            "stop media" => self.stop_media(req),
+            "play dtmf" | "start recording" | "stop recording" | "pause recording"
+            | "start forwarding" | "stop forwarding" | "block dtmf" | "unblock dtmf" => {
+                error(&format!(
+                    "'{cmd}' is not supported by this appliance yet (no recorder or DTMF injection in its dataplane)"
+                ))
+            }
             _ => error("Unrecognized command"),
         }
     }
@@ -410,6 +437,7 @@ impl Engine {
                 last_signal: now,
                 created_at: Instant::now(),
                 quiet: d.quiet,
+                codec: g711(&d.media.payload_types, false),
             },
         );
         self.total_calls += 1;
@@ -440,6 +468,7 @@ impl Engine {
         };
         call.last_signal = unix_now();
         call.quiet = d.quiet;
+        call.codec = g711(&d.media.payload_types, true);
         call.endpoints[side.index()] = d.remote;
         if let Some(l) = text(req, "label") {
             call.labels[side.index()] = Some(l);
@@ -696,6 +725,96 @@ impl Engine {
         ok()
     }
 
+    /// The side a `from-tag` names (the party that hears played media), or an error reply.
+    fn side_of(&self, req: &Value) -> Result<(RelayId, Side, Option<Codec>), Value> {
+        let Some(call_id) = text(req, "call-id") else {
+            return Err(error("Missing call-id"));
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return Err(error("Unknown call-id"));
+        };
+        let side = match text(req, "from-tag") {
+            Some(t) if t == call.from_tag => Side::A,
+            Some(t) if call.to_tag.as_deref() == Some(t.as_str()) => Side::B,
+            Some(_) => return Err(error("Unknown from-tag")),
+            None => return Err(error("Missing from-tag")),
+        };
+        Ok((call.info.id, side, call.codec))
+    }
+
+    /// `play media`: a WAV file (`file`, a path on this host) or WAV bytes (`blob`) played to
+    /// the `from-tag` party, `repeat-times` times (default 1), in the call's G.711 codec.
+    fn play_media(&mut self, req: &Value) -> Value {
+        let (relay, side, codec) = match self.side_of(req) {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
+        let Some(codec) = codec else {
+            return error(
+                "play media needs a PCMU or PCMA call (this appliance does not transcode)",
+            );
+        };
+        let bytes = if let Some(path) = text(req, "file") {
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() > PLAY_BYTES_MAX as u64 => {
+                    return error("media file is larger than 16 MB")
+                }
+                Ok(_) => {}
+                Err(e) => return error(&format!("cannot read media file {path}: {e}")),
+            }
+            match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => return error(&format!("cannot read media file {path}: {e}")),
+            }
+        } else if let Some(b) = req.get("blob").and_then(Value::as_bytes) {
+            if b.len() > PLAY_BYTES_MAX {
+                return error("media blob is larger than 16 MB");
+            }
+            b.to_vec()
+        } else if req.get("db-id").is_some() {
+            return error("play media from a database is not supported (use file or blob)");
+        } else {
+            return error("No media given (file or blob)");
+        };
+        let pcm = match audio::decode_wav(&bytes) {
+            Ok(p) => p,
+            Err(e) => return error(&format!("cannot play the media: {e}")),
+        };
+        let samples = audio::to_8k(&pcm);
+        if samples.is_empty() {
+            return error("the media has no audio");
+        }
+        let repeat = req
+            .get("repeat-times")
+            .and_then(Value::as_int)
+            .unwrap_or(1)
+            .clamp(1, 1000) as u32;
+        let duration_ms = samples.len() as i64 / 8;
+        let media = audio::encode(&samples, codec);
+        self.play_id += 1;
+        match self.dp.play(relay, side, media, repeat, self.play_id) {
+            Ok(()) => {
+                let mut r = ok();
+                r.set("duration", Value::Int(duration_ms));
+                r
+            }
+            Err(e) => error(&format!("Failed to start playback: {e}")),
+        }
+    }
+
+    /// `stop media`: ends playback to the `from-tag` party; forwarding resumes.
+    fn stop_media(&mut self, req: &Value) -> Value {
+        let (relay, side, _) = match self.side_of(req) {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
+        match self.dp.stop_play(relay, side) {
+            Ok(true) => ok(),
+            Ok(false) => error("Not currently playing media"),
+            Err(e) => error(&format!("Failed to stop playback: {e}")),
+        }
+    }
+
     /// Deletes calls whose media has been idle too long (and offers never answered).
     fn sweep(&mut self) {
         // Deletes that found the worker busy, again.
@@ -858,6 +977,7 @@ pub async fn start(
         stats: stats.clone(),
         total_calls: 0,
         started: unix_now(),
+        play_id: 0,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
     let mut tasks = vec![tokio::task::spawn_blocking({
