@@ -7,9 +7,9 @@
 //! Every change is a conditional update in the store (the status must still be one the
 //! change may start from), so an API hang-up racing the callee's BYE cannot produce two ends.
 //!
-//! Until the instruction engine exists, an answered call runs the built-in test instructions:
-//! the callee's own media is echoed back to it. A call created with `Url` or `Twiml` gets a
-//! warning notification saying so; nothing pretends those instructions ran.
+//! An answered call runs its instructions in the instruction engine (`voice::engine`); on a
+//! node without one (no SIP there) a call would echo the callee's media, and instructions given
+//! get a warning notification (82001) saying they were not run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,11 @@ pub struct CallService {
 }
 
 impl CallService {
+    /// The instruction engine, when this node runs one.
+    pub fn engine(&self) -> Option<&Arc<crate::voice::engine::Engine>> {
+        self.engine.get()
+    }
+
     /// Hands incoming calls to the instruction engine from now on.
     pub fn set_engine(&self, engine: Arc<crate::voice::engine::Engine>) {
         let _ = self.engine.set(engine);
@@ -262,7 +267,7 @@ impl CallService {
             self.release(&sid);
             return Err(e.into());
         }
-        if call.has_instructions {
+        if call.has_instructions && self.engine.get().is_none() {
             self.notify(
                 &call.account,
                 Some(&sid),
@@ -338,6 +343,7 @@ impl CallService {
                 sid: sid2.clone(),
                 target: call.target.clone(),
                 from_user: call.from.clone(),
+                instructions: call.has_instructions && svc.engine.get().is_some(),
             };
             if sip.originate(o).await.is_err() {
                 svc.end(&sid2, EndStatus::Failed, None).await;
@@ -413,7 +419,7 @@ impl CallService {
                     }
                     r.map(|_| ())
                 }
-                CallUpdate::Answered { sid } => {
+                CallUpdate::Answered { sid, media } => {
                     let r = self
                         .store
                         .transition_call(
@@ -427,6 +433,9 @@ impl CallService {
                         .await;
                     if matches!(r, Ok(true)) {
                         self.event(&sid, "answered").await;
+                        if let (Some((relay, codec)), Some(e)) = (media, self.engine.get()) {
+                            e.outbound(&sid, relay, codec).await;
+                        }
                     }
                     let limit = self.limits.lock().ok().and_then(|mut l| l.remove(&sid));
                     if let (Some(limit), Some(sip)) = (limit, self.sip.clone()) {

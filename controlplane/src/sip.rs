@@ -69,6 +69,9 @@ pub struct Originate {
     pub target: Target,
     /// User part of our From (the caller ID).
     pub from_user: String,
+    /// The call runs customer instructions when answered (the callee's media goes to the
+    /// instruction engine, not back to it); otherwise the built-in echo.
+    pub instructions: bool,
 }
 
 /// Where an outbound call goes: the request URI and the address it is sent to.
@@ -109,6 +112,9 @@ pub enum CallUpdate {
     },
     Answered {
         sid: String,
+        /// For a placed call that runs instructions: its relay (callee on leg A) and the
+        /// G.711 codec the callee answered with.
+        media: Option<(RelayId, crate::voice::audio::Codec)>,
     },
     Ended {
         sid: String,
@@ -281,6 +287,8 @@ struct Origin {
     provisional: bool,
     /// The 2xx arrived; the entry stays for 2xx retransmissions until the transaction ends.
     answered: bool,
+    /// Runs customer instructions once answered.
+    instructions: bool,
 }
 
 #[derive(Debug)]
@@ -1905,7 +1913,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             return;
         }
         let info = match self.dp.create_relay(RelayRequest {
-            echo: true,
+            echo: !o.instructions,
             ..RelayRequest::with_remotes(None, None)
         }) {
             Ok(i) => i,
@@ -1955,6 +1963,16 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             self.report_end(&o.sid, EndStatus::Failed, None);
             return;
         };
+        if o.instructions {
+            let _ = self.dp.update_leg_nowait(
+                info.id,
+                Side::A,
+                voxedge_dataplane::command::LegUpdate {
+                    blocked: Some(true),
+                    ..Default::default()
+                },
+            );
+        }
         self.origin_tx.insert(o.sid.clone(), tx);
         self.origins.insert(
             tx,
@@ -1971,6 +1989,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 cancel_sent: false,
                 provisional: false,
                 answered: false,
+                instructions: o.instructions,
             },
         );
     }
@@ -2069,6 +2088,14 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             200..=299 => {
                 o.answered = true;
                 let (sid, peer, relay, cancel) = (o.sid.clone(), o.peer, o.relay, o.cancel);
+                let media = o.instructions.then(|| {
+                    let codec = msg
+                        .sdp()
+                        .and_then(|sd| parse_offer(&sd))
+                        .and_then(|a| choose_g711(&a))
+                        .map_or(crate::voice::audio::Codec::Pcmu, |(c, _)| c);
+                    (relay, codec)
+                });
                 let answer = o.offer.clone();
                 let cseq = cseq_number(&o.invite);
                 let Ok(mut d) = Dialog::uac(&o.invite, &msg) else {
@@ -2115,7 +2142,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 self.stats
                     .calls_answered
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.report(CallUpdate::Answered { sid });
+                self.report(CallUpdate::Answered { sid, media });
             }
             401 | 407 if !o.auth_tried && o.creds.is_some() => {
                 let again = o
@@ -2253,6 +2280,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.report(CallUpdate::Answered {
             sid: sid.to_string(),
+            media: None,
         });
     }
 

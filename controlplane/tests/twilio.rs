@@ -41,6 +41,21 @@ async fn the_official_twilio_helper_library_drives_voxedge() {
     c.api.database = format!("sqlite://{}", dir.join("twilio.db").display());
     c.api.secret_key = Some("ab".repeat(32));
     c.api.sip_uri_calls = true;
+    // The calls' instructions come from a local app server (a long pause).
+    c.api.callbacks_allow_private = true;
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind app server");
+    let app_addr = app.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let router = axum::Router::new().fallback(|| async {
+            (
+                [("content-type", "text/xml")],
+                "<Response><Pause length=\"60\"/></Response>",
+            )
+        });
+        let _ = axum::serve(app, router).await;
+    });
     c.dataplane.workers = 1;
     c.dataplane.pin_cores = false;
     c.dataplane.bind = "127.0.0.1".parse().expect("ip");
@@ -77,6 +92,8 @@ async fn the_official_twilio_helper_library_drives_voxedge() {
             .args(["--other", &format!("{}:{tb}", b.sid)])
             .args(["--to", &format!("sip:uas@127.0.0.1:{uas_port}")])
             .args(["--from", "+15550001111", "--deadline", "120"])
+            .args(["--url", &format!("http://{app_addr}/twiml")])
+            .args(["--redirect-url", &format!("http://{app_addr}/other")])
             .env_remove("TWILIO_EDGE")
             .env_remove("TWILIO_REGION")
             .output()

@@ -1425,21 +1425,40 @@ async fn update_call(c: &Ctx<'_>) -> Result<Value, TwError> {
     check_callback(c, p)?;
     let mut sets = columns_from(&CALLS, p);
     sets.retain(|(k, _)| *k != "status");
+    // New instructions replace the old ones: a call answered later runs what was set last.
+    if p.get("Twiml").is_some_and(|v| !v.is_empty()) {
+        sets.push(("url", Value::Null));
+    } else if p.get("Url").is_some_and(|v| !v.is_empty()) {
+        sets.push(("twiml", Value::Null));
+    }
     if !sets.is_empty() {
         c.st.store
             .update(&CALLS, c.acc_sid(), &c.sid, &sets)
             .await?;
     }
     if redirect {
-        c.st.calls
-            .notify(
-                c.acc_sid(),
-                Some(&c.sid),
-                "1",
-                crate::calls::CODE_NO_INSTRUCTIONS,
-                "redirect recorded, but this VoxEdge node cannot run customer instructions yet: the call keeps running the built-in test instructions",
-            )
-            .await;
+        use crate::voice::engine::Instructions;
+        let to = match p.get("Twiml").filter(|t| !t.is_empty()) {
+            Some(t) => Instructions::Twiml(t.to_string()),
+            None => Instructions::Url(
+                p.get("Url").unwrap_or_default().to_string(),
+                p.get("Method")
+                    .and_then(crate::voice::twiml::Method::parse)
+                    .unwrap_or(crate::voice::twiml::Method::Post),
+            ),
+        };
+        let taken = c.st.calls.engine().is_some_and(|e| e.redirect(&c.sid, to));
+        if !taken {
+            c.st.calls
+                .notify(
+                    c.acc_sid(),
+                    Some(&c.sid),
+                    "1",
+                    crate::calls::CODE_NO_INSTRUCTIONS,
+                    "redirect recorded, but no instruction engine on this node runs the call (not answered yet, or running the built-in echo): the new instructions were not started",
+                )
+                .await;
+        }
     }
     if let Some(s) = p.get("Status") {
         if live {

@@ -46,12 +46,32 @@ pub const MEDIA_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Documents a call may fetch (actions and redirects included) before it is ended as a loop.
 const FETCHES_MAX: u32 = 1000;
 
+/// New instructions for a live call (REST `POST /Calls/{Sid}` with `Url` or `Twiml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Instructions {
+    Url(String, Method),
+    Twiml(String),
+}
+
 /// What a call task hears about its call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Signal {
     Digit(char),
     PlayDone(u64),
     Ended,
+    Redirect(Instructions),
+}
+
+/// The next document a call runs.
+enum Next {
+    Fetch(String, Method, BTreeMap<String, String>),
+    Inline(Vec<Verb>, reqwest::Url),
+}
+
+/// Base URL of inline instructions (relative URLs in them cannot be fetched).
+fn inline_base() -> reqwest::Url {
+    // A constant that parses; cannot fail.
+    reqwest::Url::parse("http://inline.invalid/").unwrap_or_else(|_| unreachable!())
 }
 
 /// The engine (one per node).
@@ -195,6 +215,109 @@ impl Engine {
         if let Some(tx) = self.live().get(&sid) {
             let _ = tx.send(signal);
         }
+    }
+
+    /// Hands a live call new instructions; false when this node does not run the call.
+    pub fn redirect(&self, sid: &str, to: Instructions) -> bool {
+        self.live()
+            .get(sid)
+            .is_some_and(|tx| tx.send(Signal::Redirect(to)).is_ok())
+    }
+
+    /// A call placed through the API was answered: run its `Twiml`, `Url` or application.
+    pub async fn outbound(self: &Arc<Self>, sid: &str, relay: RelayId, codec: Codec) {
+        let row = match self.store.get_any(&CALLS, sid).await {
+            Ok(Some(r)) => r,
+            _ => {
+                tracing::error!(sid, "an answered call's record cannot be read: hanging up");
+                let _ = self.sip.hangup(sid, EndStatus::Completed).await;
+                return;
+            }
+        };
+        let account = text(&row, "account_sid").unwrap_or_default();
+        let token = match self.store.account(&account).await {
+            Ok(Some(a)) => self.store.auth_token(&a).ok(),
+            _ => None,
+        };
+        let Some(token) = token else {
+            let _ = self.sip.hangup(sid, EndStatus::Completed).await;
+            return;
+        };
+        let mut fallback =
+            text(&row, "fallback_url").map(|u| (u, method_of(&row, "fallback_method")));
+        let first = if let Some(t) = text(&row, "twiml") {
+            match super::twiml::parse(t.as_bytes()) {
+                Ok(v) => Some(Next::Inline(v, inline_base())),
+                Err(e) => {
+                    self.calls
+                        .notify(
+                            &account,
+                            Some(sid),
+                            "0",
+                            e.kind.code(),
+                            &format!("Twiml: {e}"),
+                        )
+                        .await;
+                    None
+                }
+            }
+        } else if let Some(u) = text(&row, "url") {
+            Some(Next::Fetch(u, method_of(&row, "method"), BTreeMap::new()))
+        } else if let Some(app_sid) = text(&row, "application_sid") {
+            let app = self
+                .store
+                .get_any(&APPLICATIONS, &app_sid)
+                .await
+                .ok()
+                .flatten();
+            app.and_then(|a| {
+                fallback = text(&a, "voice_fallback_url")
+                    .map(|u| (u, method_of(&a, "voice_fallback_method")));
+                text(&a, "voice_url")
+                    .map(|u| Next::Fetch(u, method_of(&a, "voice_method"), BTreeMap::new()))
+            })
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.live().insert(sid.to_string(), tx);
+        self.by_relay().insert(relay, sid.to_string());
+        let mut base = BTreeMap::new();
+        let from = text(&row, "from").unwrap_or_default();
+        let to = text(&row, "to").unwrap_or_default();
+        for (k, v) in [
+            ("CallSid", sid),
+            ("AccountSid", account.as_str()),
+            ("From", from.as_str()),
+            ("To", to.as_str()),
+            ("Caller", from.as_str()),
+            ("Called", to.as_str()),
+            ("Direction", "outbound-api"),
+            ("ApiVersion", "2010-04-01"),
+        ] {
+            base.insert(k.to_string(), v.to_string());
+        }
+        let run = CallRun {
+            engine: self.clone(),
+            sid: sid.to_string(),
+            account,
+            token,
+            relay,
+            codec,
+            base,
+            answered: true,
+            rx,
+            ended: false,
+            fetches: 0,
+            redirect: None,
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let (sid, relay) = (run.sid.clone(), run.relay);
+            run.run(first, fallback).await;
+            engine.live().remove(&sid);
+            engine.by_relay().remove(&relay);
+        });
     }
 
     /// The call ended in signalling (caller hung up, or we did): its task stops.
@@ -365,12 +488,14 @@ impl Engine {
             rx,
             ended: false,
             fetches: 0,
+            redirect: None,
         };
         let engine = self.clone();
         tokio::spawn(async move {
             let sid = run.sid.clone();
             let relay = run.relay;
-            run.run(src).await;
+            let first = Next::Fetch(src.url.clone(), src.method, BTreeMap::new());
+            run.run(Some(first), src.fallback).await;
             engine.live().remove(&sid);
             engine.by_relay().remove(&relay);
         });
@@ -404,6 +529,8 @@ struct CallRun {
     rx: mpsc::UnboundedReceiver<Signal>,
     ended: bool,
     fetches: u32,
+    /// New instructions that interrupted the current verb.
+    redirect: Option<Instructions>,
 }
 
 impl CallRun {
@@ -478,35 +605,64 @@ impl CallRun {
         }
     }
 
-    async fn run(mut self, src: Source) {
-        let mut next = Some((src.url.clone(), src.method, BTreeMap::new()));
-        'documents: while let Some((url, method, extra)) = next.take() {
+    async fn run(mut self, first: Option<Next>, fallback: Option<(String, Method)>) {
+        let Some(mut next) = first else {
+            self.application_error().await;
+            return;
+        };
+        loop {
             if self.ended {
                 return;
             }
-            let Some(doc) = self
-                .document(&url, method, &extra, src.fallback.as_ref())
-                .await
-            else {
-                self.application_error().await;
-                return;
-            };
-            for verb in doc.verbs {
-                if self.ended {
-                    return;
+            let (verbs, base) = match next {
+                Next::Inline(v, b) => (v, b),
+                Next::Fetch(url, method, extra) => {
+                    match self.document(&url, method, &extra, fallback.as_ref()).await {
+                        Some(doc) => (doc.verbs, doc.url),
+                        None => {
+                            self.application_error().await;
+                            return;
+                        }
+                    }
                 }
-                match self.verb(verb, &doc.url).await {
+            };
+            let mut goto = None;
+            for verb in verbs {
+                if self.ended || self.redirect.is_some() {
+                    break;
+                }
+                match self.verb(verb, &base).await {
                     Flow::Next => {}
                     Flow::Goto(u, m, p) => {
-                        next = Some((u, m, p));
-                        continue 'documents;
+                        goto = Some(Next::Fetch(u, m, p));
+                        break;
                     }
-                    Flow::Stop => return,
+                    Flow::Stop => break,
                 }
             }
-            // The document ran out: the call ends.
-            self.hangup().await;
-            return;
+            if self.ended {
+                return;
+            }
+            match self.redirect.take() {
+                Some(Instructions::Url(u, m)) => next = Next::Fetch(u, m, BTreeMap::new()),
+                Some(Instructions::Twiml(t)) => match super::twiml::parse(t.as_bytes()) {
+                    Ok(v) => next = Next::Inline(v, inline_base()),
+                    Err(e) => {
+                        self.notify("0", e.kind.code(), &format!("Twiml: {e}"))
+                            .await;
+                        self.application_error().await;
+                        return;
+                    }
+                },
+                None => match goto {
+                    Some(g) => next = g,
+                    None => {
+                        // The document ran out (or a verb ended the call).
+                        self.hangup().await;
+                        return;
+                    }
+                },
+            }
         }
     }
 
@@ -622,6 +778,11 @@ impl CallRun {
                 self.ended = true;
                 Some(Signal::Ended)
             }
+            // New instructions interrupt the current verb like an end does; `run` takes them.
+            Some(Signal::Redirect(i)) => {
+                self.redirect = Some(i);
+                Some(Signal::Ended)
+            }
             other => other,
         }
     }
@@ -655,7 +816,15 @@ impl CallRun {
                     let _ = tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
                     return Waited::Digit(d);
                 }
-                Some(Signal::Ended) | None => return Waited::Ended,
+                Some(Signal::Ended) | None => {
+                    if !self.ended {
+                        // Redirected: the new instructions start in silence.
+                        let dp = self.engine.dp.clone();
+                        let _ =
+                            tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
+                    }
+                    return Waited::Ended;
+                }
                 Some(_) => {}
             }
         }
