@@ -443,11 +443,16 @@ async fn tenants_are_isolated_on_every_resource() {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let (_, key) = req("POST", &a.url(&b, "/Keys.json"), a.auth(), &[]);
-            let (_, notes) = req("GET", &a.url(&b, "/Notifications.json"), a.auth(), &[]);
-            let note = notes["notifications"][0]["sid"]
-                .as_str()
-                .expect("a notification")
-                .to_string();
+            // The failure's notification is written just after the status change.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let note = loop {
+                let (_, notes) = req("GET", &a.url(&b, "/Notifications.json"), a.auth(), &[]);
+                if let Some(sid) = notes["notifications"][0]["sid"].as_str() {
+                    break sid.to_string();
+                }
+                assert!(Instant::now() < deadline, "no notification: {notes}");
+                std::thread::sleep(Duration::from_millis(50));
+            };
             (
                 app["sid"].as_str().expect("sid").to_string(),
                 num["sid"].as_str().expect("sid").to_string(),
