@@ -446,6 +446,7 @@ async fn update_leg(
         remote: p.remote,
         rtcp_remote: p.rtcp_remote,
         blocked: p.blocked,
+        echo: None,
     };
     let dp = st.dataplane.clone();
     blocking(move || dp.update_leg(id, side, update)).await?;

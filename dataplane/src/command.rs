@@ -49,6 +49,9 @@ pub struct LegUpdate {
     pub remote: Option<SocketAddr>,
     pub rtcp_remote: Option<SocketAddr>,
     pub blocked: Option<bool>,
+    /// `Some(true)`: what the leg sends comes back to it (the legs are no longer joined);
+    /// `Some(false)`: joined to the other leg again.
+    pub echo: Option<bool>,
 }
 
 /// Why a worker refused a command.

@@ -664,6 +664,19 @@ impl<Io: PacketIo> Worker<Io> {
             .get(&relay)
             .ok_or(CommandError::NotFound(relay))?;
         let i = side.index();
+        if let Some(echo) = update.echo {
+            // Re-link this leg's streams to themselves or to the other leg (as creation does).
+            let o = if echo { i } else { 1 - i };
+            let rtcp_out = r.rtcp[o].unwrap_or(r.rtp[o]);
+            if let Some(s) = self.table.get_mut(r.rtp[i]) {
+                s.peer = r.rtp[o];
+                s.rtcp_peer = rtcp_out;
+            }
+            if let Some(c) = r.rtcp[i].and_then(|c| self.table.get_mut(c)) {
+                c.peer = rtcp_out;
+                c.rtcp_peer = rtcp_out;
+            }
+        }
         if let Some(s) = self.table.get_mut(r.rtp[i]) {
             if let Some(remote) = update.remote {
                 s.remote = Some(remote);

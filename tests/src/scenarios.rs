@@ -335,3 +335,33 @@ pub fn playback_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         .is_err());
     assert!(snap.legs[0].rtp.counters.packets_out >= frames as u64 + 2);
 }
+
+/// A leg switched to echo gets its own media back (from its own port); switched back, its
+/// media reaches the other leg again.
+pub fn echo_toggle_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
+    use voxedge_dataplane::command::LegUpdate;
+    let (a, b) = (net.endpoint(), net.endpoint());
+    let info = dp
+        .create_relay(RelayRequest::with_remotes(Some(a), Some(b)))
+        .expect("relay");
+    let set = |echo: bool| {
+        dp.update_leg(
+            info.id,
+            Side::A,
+            LegUpdate {
+                echo: Some(echo),
+                ..Default::default()
+            },
+        )
+        .expect("update");
+    };
+    set(true);
+    net.send(a, info.legs[0].local, &rtp(0, 1, 160, 7, 0xec40));
+    let (from, p) = net.recv(a, WAIT).expect("echoed to the sender");
+    assert_eq!((from, parse_rtp(&p).3), (info.legs[0].local, 0xec40));
+    set(false);
+    net.send(a, info.legs[0].local, &rtp(0, 2, 320, 7, 0xb0b));
+    let (from, p) = net.recv(b, WAIT).expect("joined again");
+    assert_eq!((from, parse_rtp(&p).3), (info.legs[1].local, 0xb0b));
+    dp.delete_relay(info.id).expect("delete");
+}

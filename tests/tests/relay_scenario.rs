@@ -6,7 +6,7 @@
 use voxedge_dataplane::config::DataplaneConfig;
 use voxedge_dataplane::{Dataplane, RelayRequest};
 use voxedge_system_tests::scenarios::{
-    echo_scenario, playback_scenario, relay_scenario, strict_source_scenario,
+    echo_scenario, echo_toggle_scenario, playback_scenario, relay_scenario, strict_source_scenario,
 };
 use voxedge_system_tests::{MemNet, SocketNet};
 
@@ -95,9 +95,13 @@ fn echo_on_memory_and_socket_backends() {
 }
 
 #[test]
-fn playback_on_memory_and_socket_backends() {
+fn playback_and_echo_toggle_on_memory_and_socket_backends() {
     let (dp, net) = Dataplane::start_memory(config(31100)).expect("start");
-    playback_scenario(&dp, &mut MemNet::new(net));
+    let mut net = MemNet::new(net);
+    playback_scenario(&dp, &mut net);
+    echo_toggle_scenario(&dp, &mut net);
     let dp = Dataplane::start(config(31300)).expect("start");
-    playback_scenario(&dp, &mut SocketNet::default());
+    let mut net = SocketNet::default();
+    playback_scenario(&dp, &mut net);
+    echo_toggle_scenario(&dp, &mut net);
 }

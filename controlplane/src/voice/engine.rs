@@ -10,8 +10,9 @@
 //! barge-in over its prompts), `Redirect`, `Hangup`, `Reject`. The call is answered when the
 //! first verb that needs media starts. When the document runs out, the call is hung up.
 //!
-//! `Dial`, `Record` and `Echo` are parsed and validated but not run by this version: reaching
-//! one records notification 82004 and the engine goes on with the next verb.
+//! `Echo` loops the caller's media back until the call ends. `Dial` and `Record` are parsed and
+//! validated but not run by this version: reaching one records notification 82004 and the
+//! engine goes on with the next verb.
 //!
 //! Every failure is recorded as a notification with Twilio's code and a message naming the URL
 //! and the problem.
@@ -752,7 +753,12 @@ impl CallRun {
                 }
                 Flow::Stop
             }
-            v @ (Verb::Dial(_) | Verb::Record(_) | Verb::Echo) => {
+            Verb::Echo => {
+                self.answer().await;
+                self.echo().await;
+                Flow::Stop
+            }
+            v @ (Verb::Dial(_) | Verb::Record(_)) => {
                 self.notify(
                     "1",
                     CODE_VERB_UNSUPPORTED,
@@ -827,6 +833,43 @@ impl CallRun {
                 }
                 Some(_) => {}
             }
+        }
+    }
+
+    /// `<Echo>`: the caller's media comes back to it until the call ends (or new instructions
+    /// arrive, which restore the leg).
+    async fn echo(&mut self) {
+        let (dp, relay) = (self.engine.dp.clone(), self.relay);
+        let set = move |echo: bool| {
+            let dp = dp.clone();
+            tokio::task::spawn_blocking(move || {
+                dp.update_leg(
+                    relay,
+                    Side::A,
+                    voxedge_dataplane::command::LegUpdate {
+                        blocked: Some(!echo),
+                        echo: Some(echo),
+                        ..Default::default()
+                    },
+                )
+            })
+        };
+        if !matches!(set(true).await, Ok(Ok(()))) {
+            self.notify(
+                "0",
+                "13500",
+                "<Echo>: the media path could not be looped back",
+            )
+            .await;
+            return;
+        }
+        loop {
+            if let Some(Signal::Ended) | None = self.signal(None).await {
+                break;
+            }
+        }
+        if !self.ended {
+            let _ = set(false).await;
         }
     }
 
