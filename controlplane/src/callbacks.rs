@@ -336,7 +336,10 @@ impl Callbacks {
                         .finish(),
                 )
         };
+        // The same token on every attempt of this callback: a receiver that saw it already
+        // (a retry after a lost answer, or a redelivery after a crash) can drop the duplicate.
         let resp = req
+            .header("I-Twilio-Idempotency-Token", cb.sid.as_str())
             .send()
             .await
             .map_err(|e| format!("request failed: {e}"))?;
