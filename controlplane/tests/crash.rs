@@ -212,7 +212,7 @@ callbacks_allow_private = true\n\
         }
         let missing: Vec<&String> = sids
             .iter()
-            .filter(|s| !by_call.get(s.as_str()).is_some_and(|v| !v.is_empty()))
+            .filter(|s| by_call.get(s.as_str()).is_none_or(|v| v.is_empty()))
             .collect();
         if missing.is_empty() {
             println!(
