@@ -447,6 +447,7 @@ async fn update_leg(
         rtcp_remote: p.rtcp_remote,
         blocked: p.blocked,
         echo: None,
+        dtmf_pt: None,
     };
     let dp = st.dataplane.clone();
     blocking(move || dp.update_leg(id, side, update)).await?;

@@ -2216,6 +2216,8 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             Side::A,
             voxedge_dataplane::command::LegUpdate {
                 blocked: Some(true),
+                // Digits arrive with the caller's telephone-event payload type.
+                dtmf_pt: te,
                 ..Default::default()
             },
         );

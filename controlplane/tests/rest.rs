@@ -1127,19 +1127,38 @@ async fn calls_left_live_by_a_crash_are_ended_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_callbacks_are_signed_ordered_and_retried() {
     use std::sync::{Arc, Mutex};
-    // The customer's web app: the first request fails (500), the rest succeed.
+    // The customer's web app: the first request fails (500), the rest succeed. Delivery is
+    // at least once: a redelivery (e.g. its success could not be recorded on a busy store)
+    // carries the same idempotency token and is dropped here, as a customer's app would.
     type Seen = Arc<Mutex<Vec<(u16, String, String, String)>>>;
+    let tokens: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
     let seen: Seen = Arc::new(Mutex::new(Vec::new()));
     let app = {
         let seen = seen.clone();
+        let tokens = tokens.clone();
         axum::Router::new().route(
             "/cb",
             axum::routing::post(
                 move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| {
                     let seen = seen.clone();
+                    let tokens = tokens.clone();
                     async move {
                         let mut s = seen.lock().expect("lock");
                         let status = if s.is_empty() { 500 } else { 200 };
+                        let token = headers
+                            .get("I-Twilio-Idempotency-Token")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        assert!(!token.is_empty(), "every callback carries a token");
+                        if status == 200 {
+                            let mut t = tokens.lock().expect("lock");
+                            if let Some(first) = t.get(&token) {
+                                assert_eq!(first, &body, "a redelivery is the same callback");
+                                return axum::http::StatusCode::OK;
+                            }
+                            t.insert(token, body.clone());
+                        }
                         let sig = headers
                             .get("X-Twilio-Signature")
                             .and_then(|v| v.to_str().ok())

@@ -52,6 +52,8 @@ pub struct LegUpdate {
     /// `Some(true)`: what the leg sends comes back to it (the legs are no longer joined);
     /// `Some(false)`: joined to the other leg again.
     pub echo: Option<bool>,
+    /// RFC 4733 payload type reported as DTMF on this leg (the one its SDP negotiated).
+    pub dtmf_pt: Option<u8>,
 }
 
 /// Why a worker refused a command.

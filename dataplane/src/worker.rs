@@ -684,6 +684,9 @@ impl<Io: PacketIo> Worker<Io> {
             if let Some(b) = update.blocked {
                 s.blocked = b;
             }
+            if let Some(pt) = update.dtmf_pt {
+                s.dtmf_pt = Some(pt);
+            }
         }
         if let Some(c) = r.rtcp[i].and_then(|c| self.table.get_mut(c)) {
             let remote = update.rtcp_remote.or(update
