@@ -28,6 +28,9 @@ use crate::store::{now_us, rfc2822, Callback, Store};
 
 /// Delivery attempts before a callback is given up.
 pub const ATTEMPTS_MAX: i64 = 10;
+/// How long a claimed delivery attempt keeps other nodes off the callback (longer than an
+/// attempt's 15 s timeout).
+const CLAIM_LEASE_US: i64 = 60_000_000;
 /// Twilio's code for a callback URL that failed.
 pub const CODE_CALLBACK_FAILED: &str = "15003";
 
@@ -244,6 +247,8 @@ impl Callbacks {
             method: method.to_string(),
             params: serde_json::to_string(&p).unwrap_or_default(),
             attempts: 0,
+            // Due at once (the store writes the time of the insert).
+            next_attempt: 0,
         };
         if let Err(e) = self.store.enqueue_callback(&cb).await {
             tracing::error!(error = %e, call = %cb.call_sid, "cannot write a callback to the outbox");
@@ -275,6 +280,15 @@ impl Callbacks {
     }
 
     async fn deliver(&self, cb: Callback) {
+        // Several control nodes may share the outbox (PostgreSQL): one attempt each time.
+        match self.store.claim_callback(&cb, CLAIM_LEASE_US).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(error = %e, callback = %cb.sid, "cannot claim a callback");
+                return;
+            }
+        }
         let outcome = self.attempt(&cb).await;
         let attempts = cb.attempts + 1;
         let r = match outcome {

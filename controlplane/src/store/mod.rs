@@ -305,6 +305,8 @@ pub struct Callback {
     /// The form parameters, as a JSON object of strings.
     pub params: String,
     pub attempts: i64,
+    /// When it became due (µs): the claim below is conditional on it.
+    pub next_attempt: i64,
 }
 
 /// A condition of a list query.
@@ -1069,7 +1071,7 @@ impl Store {
     /// Database errors.
     pub async fn due_callbacks(&self, limit: i64) -> Result<Vec<Callback>, StoreError> {
         let rows = sqlx::query(
-            "SELECT c.sid, c.account_sid, c.call_sid, c.seq, c.url, c.method, c.params, c.attempts FROM callbacks c \
+            "SELECT c.sid, c.account_sid, c.call_sid, c.seq, c.url, c.method, c.params, c.attempts, c.next_attempt FROM callbacks c \
              WHERE c.status = 'pending' AND c.next_attempt <= $1 \
              AND NOT EXISTS (SELECT 1 FROM callbacks e WHERE e.call_sid = c.call_sid AND e.status = 'pending' AND e.seq < c.seq) \
              ORDER BY c.date_created, c.seq LIMIT $2",
@@ -1089,10 +1091,30 @@ impl Store {
                     method: r.try_get("method")?,
                     params: r.try_get("params")?,
                     attempts: r.try_get("attempts")?,
+                    next_attempt: r.try_get("next_attempt")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// Claims a due callback for one delivery attempt: moves its next attempt `lease_us` ahead,
+    /// only if nobody (another control node on the same database) claimed it since it was
+    /// read. True when this caller got it. A claim left by a crashed node expires with the
+    /// lease, and the callback is delivered again (same idempotency token).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn claim_callback(&self, cb: &Callback, lease_us: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE callbacks SET next_attempt = $1 WHERE sid = $2 AND status = 'pending' AND next_attempt = $3",
+        )
+        .bind(now_us() + lease_us)
+        .bind(cb.sid.clone())
+        .bind(cb.next_attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Records the outcome of a delivery attempt: `delivered`, `pending` again at
