@@ -83,11 +83,15 @@ pub struct Engine {
     dp: Arc<Dataplane>,
     fetcher: Fetcher,
     synth: Synthesizer,
-    live: Mutex<HashMap<String, mpsc::UnboundedSender<Signal>>>,
+    live: Mutex<HashMap<String, mpsc::Sender<Signal>>>,
     by_relay: Mutex<HashMap<RelayId, String>>,
     play_ids: AtomicU64,
     speech: Mutex<SpeechCache>,
+    signals_dropped: AtomicU64,
 }
+
+/// Signals queued per call at most (digits, playback ends, new instructions).
+const SIGNALS_MAX: usize = 256;
 
 /// Rendered `Say` audio by (voice, text, codec), so a prompt many calls hear is synthesized
 /// once. Bounded by entries and bytes; the oldest entries leave first.
@@ -174,10 +178,11 @@ impl Engine {
             by_relay: Mutex::new(HashMap::new()),
             play_ids: AtomicU64::new(1),
             speech: Mutex::new(SpeechCache::default()),
+            signals_dropped: AtomicU64::new(0),
         })
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Signal>>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Signal>>> {
         self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -214,7 +219,11 @@ impl Engine {
             return;
         };
         if let Some(tx) = self.live().get(&sid) {
-            let _ = tx.send(signal);
+            // A full queue (a caller flooding digits while the call fetches) drops the
+            // signal: digits beyond what a Gather could use, never the call's end (below).
+            if tx.try_send(signal).is_err() {
+                self.signals_dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -222,7 +231,7 @@ impl Engine {
     pub fn redirect(&self, sid: &str, to: Instructions) -> bool {
         self.live()
             .get(sid)
-            .is_some_and(|tx| tx.send(Signal::Redirect(to)).is_ok())
+            .is_some_and(|tx| tx.try_send(Signal::Redirect(to)).is_ok())
     }
 
     /// A call placed through the API was answered: run its `Twiml`, `Url` or application.
@@ -280,7 +289,7 @@ impl Engine {
         } else {
             None
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SIGNALS_MAX);
         self.live().insert(sid.to_string(), tx);
         self.by_relay().insert(relay, sid.to_string());
         let mut base = BTreeMap::new();
@@ -324,8 +333,15 @@ impl Engine {
     /// The call ended in signalling (caller hung up, or we did): its task stops.
     pub fn ended(&self, sid: &str) {
         if let Some(tx) = self.live().remove(sid) {
-            let _ = tx.send(Signal::Ended);
+            // Dropping the only sender closes the queue: the task sees the end after what is
+            // queued even when the queue is full.
+            let _ = tx.try_send(Signal::Ended);
         }
+    }
+
+    /// Digits and playback ends dropped because a call's queue was full.
+    pub fn signals_dropped(&self) -> u64 {
+        self.signals_dropped.load(Ordering::Relaxed)
     }
 
     async fn lookup(&self, to: &str) -> Option<Map<String, Value>> {
@@ -455,7 +471,7 @@ impl Engine {
             let _ = self.sip.reject(&inc.sid, 503).await;
             return;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SIGNALS_MAX);
         self.live().insert(inc.sid.clone(), tx);
         self.by_relay().insert(inc.relay, inc.sid.clone());
         let mut base = BTreeMap::new();
@@ -527,7 +543,7 @@ struct CallRun {
     codec: Codec,
     base: BTreeMap<String, String>,
     answered: bool,
-    rx: mpsc::UnboundedReceiver<Signal>,
+    rx: mpsc::Receiver<Signal>,
     ended: bool,
     fetches: u32,
     /// New instructions that interrupted the current verb.
@@ -799,6 +815,11 @@ impl CallRun {
         let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
         let dp = self.engine.dp.clone();
         let relay = self.relay;
+        // Should the end event be lost (a full queue), the media's own length ends the wait.
+        let length = Duration::from_nanos(media.ptime_ns)
+            .saturating_mul(u32::try_from(media.frame_count()).unwrap_or(u32::MAX))
+            .saturating_mul(loops.max(1));
+        let until = tokio::time::Instant::now() + length + Duration::from_secs(2);
         let started =
             tokio::task::spawn_blocking(move || dp.play(relay, Side::A, media, loops, id)).await;
         match started {
@@ -815,14 +836,17 @@ impl CallRun {
             Err(_) => return Waited::Done,
         }
         loop {
-            match self.signal(None).await {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            match self.signal(Some(left)).await {
+                // The media's length passed without its end event (lost to a full queue).
+                None => return Waited::Done,
                 Some(Signal::PlayDone(done)) if done == id => return Waited::Done,
                 Some(Signal::Digit(d)) if barge => {
                     let dp = self.engine.dp.clone();
                     let _ = tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
                     return Waited::Digit(d);
                 }
-                Some(Signal::Ended) | None => {
+                Some(Signal::Ended) => {
                     if !self.ended {
                         // Redirected: the new instructions start in silence.
                         let dp = self.engine.dp.clone();
