@@ -237,6 +237,61 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     add("+15550108", app_url("/unknown")).await;
     add("+15550109", app_url("/deep3000")).await;
 
+    // An application whose fetch defaults (VoxEdge's VoiceFetchOverrides) make the slow
+    // primary fail fast: without them the default 15 s read timeout would wait for the slow
+    // document (a hang-up before the answer, which sipp's scenario counts as a failure).
+    let apps = format!("{api}/2010-04-01/Accounts/{sid}/Applications.json");
+    let (apps2, a2, slow, fb) = (
+        apps.clone(),
+        auth(&sid, &token),
+        app_url("/slow"),
+        app_url("/fallback"),
+    );
+    let app_sid = tokio::task::spawn_blocking(move || {
+        let bad = ureq::post(&apps2).set("Authorization", &a2).send_form(&[
+            ("VoiceUrl", slow.as_str()),
+            ("VoiceFetchOverrides", "rt=99999"),
+        ]);
+        match bad {
+            Err(ureq::Error::Status(400, r)) => {
+                let e: Value = r.into_json().expect("json");
+                assert!(
+                    e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("VoiceFetchOverrides")),
+                    "{e}"
+                );
+            }
+            other => panic!("a bad override must be refused: {other:?}"),
+        }
+        let r: Value = ureq::post(&apps2)
+            .set("Authorization", &a2)
+            .send_form(&[
+                ("VoiceUrl", slow.as_str()),
+                ("VoiceFallbackUrl", fb.as_str()),
+                ("VoiceFetchOverrides", "rt=500&tt=1000"),
+            ])
+            .expect("application created")
+            .into_json()
+            .expect("json");
+        assert_eq!(r["voice_fetch_overrides"], "rt=500&tt=1000");
+        r["sid"].as_str().expect("sid").to_string()
+    })
+    .await
+    .expect("join");
+    let (numbers2, a3) = (numbers.clone(), auth(&sid, &token));
+    tokio::task::spawn_blocking(move || {
+        ureq::post(&numbers2)
+            .set("Authorization", &a3)
+            .send_form(&[
+                ("PhoneNumber", "+15550111"),
+                ("VoiceApplicationSid", app_sid.as_str()),
+            ])
+            .expect("number with an application");
+    })
+    .await
+    .expect("join");
+
     // The digits call.
     let (ok, out) =
         tokio::task::spawn_blocking(move || sipp("uac_app_dtmf.xml", "+15550100", sip, 29400))
@@ -313,6 +368,8 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
         // 10,000 levels do not fit in 64 KB: refused by size; 3,000 levels by depth.
         ("+15550107", "/deep", "11750"),
         ("+15550109", "/deep3000", "12200"),
+        // The application's fetch defaults (rt=500) apply to its URL.
+        ("+15550111", "/slow", "11200"),
         ("+15550108", "/unknown", "12200"),
     ];
     for (i, (number, _, _)) in cases.iter().enumerate() {

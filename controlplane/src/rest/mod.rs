@@ -514,6 +514,14 @@ fn check_value(p: &Param, v: &str) -> Result<String, TwError> {
             "true" | "false" => v.to_ascii_lowercase(),
             _ => return Err(bad("must be true or false")),
         },
+        Ty::FetchOverrides => {
+            if !v.is_empty() {
+                crate::voice::fetch::Timeouts::default()
+                    .with_fragment(v)
+                    .map_err(|e| bad(&e))?;
+            }
+            v.to_string()
+        }
         Ty::Url => {
             if v.is_empty() {
                 return Ok(String::new());

@@ -60,6 +60,8 @@ pub enum Ty {
     E164,
     /// May repeat; each value one of the list.
     Many(&'static [&'static str]),
+    /// Fetch timeouts and retries in Twilio's URL-fragment syntax (`ct=…&rt=…`).
+    FetchOverrides,
 }
 
 /// A form (POST) or query (GET) parameter.
@@ -174,6 +176,11 @@ const APP_PARAMS: &[Param] = &[
         "PublicApplicationConnectEnabled",
         Ty::Bool,
         "Allow other accounts to connect.",
+    ),
+    p(
+        "VoiceFetchOverrides",
+        Ty::FetchOverrides,
+        "VoxEdge: default timeouts and retries of this application's instruction fetches, in Twilio's URL-fragment syntax (ct, rt, tt in ms; rc; rp); a URL's own fragment still wins.",
     ),
 ];
 
@@ -701,6 +708,9 @@ fn schema(ty: Ty) -> Value {
         Ty::Date => json!({"type": "string", "format": "date"}),
         Ty::E164 => json!({"type": "string", "pattern": "^\\+[1-9][0-9]{1,14}$"}),
         Ty::Many(v) => json!({"type": "array", "items": {"type": "string", "enum": v}}),
+        Ty::FetchOverrides => {
+            json!({"type": "string", "example": "ct=3000&rt=5000&rc=2&rp=ct,5xx"})
+        }
     }
 }
 

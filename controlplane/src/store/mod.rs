@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("0001_init.sql")),
     (2, include_str!("0002_list_indexes.sql")),
     (3, include_str!("0003_callbacks.sql")),
+    (4, include_str!("0004_fetch_overrides.sql")),
 ];
 
 /// What a store operation can fail with.
@@ -87,6 +88,7 @@ pub const APPLICATIONS: Table = Table {
         ("status_callback_method", Text),
         ("voice_caller_id_lookup", Bool),
         ("public_application_connect_enabled", Bool),
+        ("voice_fetch_overrides", Text),
         ("date_created", Time),
         ("date_updated", Time),
     ],

@@ -143,6 +143,8 @@ struct Source {
     fallback: Option<(String, Method)>,
     application: Option<String>,
     status_callback: Option<(String, String)>,
+    /// The application's fetch defaults (`VoiceFetchOverrides`).
+    overrides: Option<String>,
 }
 
 fn text(row: &Map<String, Value>, k: &str) -> Option<String> {
@@ -227,6 +229,13 @@ impl Engine {
         }
     }
 
+    /// The node's fetch defaults with an application's overrides on top (overrides stored
+    /// before validation existed and no longer valid are ignored).
+    fn timeouts_for(&self, overrides: Option<&str>) -> super::fetch::Timeouts {
+        let d = self.fetcher.defaults;
+        overrides.map_or(d, |o| d.with_fragment(o).unwrap_or(d))
+    }
+
     /// Hands a live call new instructions; false when this node does not run the call.
     pub fn redirect(&self, sid: &str, to: Instructions) -> bool {
         self.live()
@@ -253,6 +262,7 @@ impl Engine {
             let _ = self.sip.hangup(sid, EndStatus::Completed).await;
             return;
         };
+        let mut overrides = None;
         let mut fallback =
             text(&row, "fallback_url").map(|u| (u, method_of(&row, "fallback_method")));
         let first = if let Some(t) = text(&row, "twiml") {
@@ -281,6 +291,7 @@ impl Engine {
                 .ok()
                 .flatten();
             app.and_then(|a| {
+                overrides = text(&a, "voice_fetch_overrides");
                 fallback = text(&a, "voice_fallback_url")
                     .map(|u| (u, method_of(&a, "voice_fallback_method")));
                 text(&a, "voice_url")
@@ -320,6 +331,7 @@ impl Engine {
             ended: false,
             fetches: 0,
             redirect: None,
+            timeouts: self.timeouts_for(overrides.as_deref()),
         };
         let engine = self.clone();
         tokio::spawn(async move {
@@ -368,6 +380,7 @@ impl Engine {
                 fallback: text(&app, "voice_fallback_url")
                     .map(|u| (u, method_of(&app, "voice_fallback_method"))),
                 application: Some(app_sid),
+                overrides: text(&app, "voice_fetch_overrides"),
                 status_callback: text(&app, "status_callback").map(|u| {
                     (
                         u,
@@ -382,6 +395,7 @@ impl Engine {
             fallback: text(number, "voice_fallback_url")
                 .map(|u| (u, method_of(number, "voice_fallback_method"))),
             application: None,
+            overrides: None,
             status_callback: text(number, "status_callback").map(|u| {
                 (
                     u,
@@ -506,6 +520,7 @@ impl Engine {
             ended: false,
             fetches: 0,
             redirect: None,
+            timeouts: self.timeouts_for(src.overrides.as_deref()),
         };
         let engine = self.clone();
         tokio::spawn(async move {
@@ -548,6 +563,8 @@ struct CallRun {
     fetches: u32,
     /// New instructions that interrupted the current verb.
     redirect: Option<Instructions>,
+    /// Fetch timeouts of this call (the node's, or its application's overrides).
+    timeouts: super::fetch::Timeouts,
 }
 
 impl CallRun {
@@ -595,7 +612,7 @@ impl CallRun {
         let primary = self
             .engine
             .fetcher
-            .instructions(url, method, &params, &self.token)
+            .instructions(url, method, &params, &self.token, &self.timeouts)
             .await;
         let e: FetchError = match primary {
             Ok(f) => return Some(f),
@@ -610,7 +627,7 @@ impl CallRun {
         match self
             .engine
             .fetcher
-            .instructions(fb_url, *fb_method, &params, &self.token)
+            .instructions(fb_url, *fb_method, &params, &self.token, &self.timeouts)
             .await
         {
             Ok(f) => Some(f),

@@ -209,23 +209,36 @@ impl Fetcher {
     ///
     /// # Errors
     /// What went wrong, with Twilio's code.
+    /// `timeouts` are the call's defaults (the node's, or its application's overrides); the
+    /// URL's own fragment applies on top.
     pub async fn instructions(
         &self,
         url: &str,
         method: Method,
         params: &BTreeMap<String, String>,
         token: &str,
+        timeouts: &Timeouts,
     ) -> Result<Fetched, FetchError> {
-        let (body, final_url) = self
-            .fetch(
+        let (body, ct, final_url) = self
+            .fetch_raw(
                 url,
                 method,
                 params,
-                token,
-                &["text/xml", "application/xml"],
+                Some(token),
                 DOCUMENT_BYTES_MAX,
+                timeouts,
             )
             .await?;
+        let types = ["text/xml", "application/xml"];
+        if !types.iter().any(|t| ct == *t || ct.ends_with("+xml")) {
+            return Err(fail(
+                "12300",
+                format!(
+                    "{final_url} returned content type {:?}; instructions must be text/xml or application/xml",
+                    if ct.is_empty() { "(none)" } else { &ct }
+                ),
+            ));
+        }
         let verbs = twiml::parse(&body).map_err(|e| fail(e.kind.code(), e.to_string()))?;
         Ok(Fetched {
             verbs,
@@ -239,37 +252,20 @@ impl Fetcher {
     /// What went wrong, with Twilio's code (13420 for a non-audio content type).
     pub async fn media(&self, url: &str, limit: usize) -> Result<(Vec<u8>, String), FetchError> {
         let mut tried = self
-            .fetch_raw(url, Method::Get, &BTreeMap::new(), None, limit)
+            .fetch_raw(
+                url,
+                Method::Get,
+                &BTreeMap::new(),
+                None,
+                limit,
+                &self.defaults,
+            )
             .await?;
         let ct = tried.1.clone();
         if !ct.starts_with("audio/") {
             return Err(fail("13420", format!("{url} returned {ct:?}, not audio")));
         }
         Ok((std::mem::take(&mut tried.0), ct))
-    }
-
-    async fn fetch(
-        &self,
-        url: &str,
-        method: Method,
-        params: &BTreeMap<String, String>,
-        token: &str,
-        types: &[&str],
-        limit: usize,
-    ) -> Result<(Vec<u8>, reqwest::Url), FetchError> {
-        let (body, ct, final_url) = self
-            .fetch_raw(url, method, params, Some(token), limit)
-            .await?;
-        if !types.iter().any(|t| ct == *t || ct.ends_with("+xml")) {
-            return Err(fail(
-                "12300",
-                format!(
-                    "{final_url} returned content type {:?}; instructions must be text/xml or application/xml",
-                    if ct.is_empty() { "(none)" } else { &ct }
-                ),
-            ));
-        }
-        Ok((body, final_url))
     }
 
     async fn fetch_raw(
@@ -279,15 +275,15 @@ impl Fetcher {
         params: &BTreeMap<String, String>,
         token: Option<&str>,
         limit: usize,
+        defaults: &Timeouts,
     ) -> Result<(Vec<u8>, String, reqwest::Url), FetchError> {
         let mut u =
             check_url(url, self.allow_private).map_err(|e| fail("11100", format!("{url}: {e}")))?;
         let t = match u.fragment() {
-            Some(f) => self
-                .defaults
+            Some(f) => defaults
                 .with_fragment(f)
                 .map_err(|e| fail("11100", format!("{url}: {e}")))?,
-            None => self.defaults,
+            None => *defaults,
         };
         u.set_fragment(None);
         if method == Method::Get && !params.is_empty() {
