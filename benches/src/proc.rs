@@ -34,6 +34,78 @@ pub fn udp_rcvbuf_errors() -> Option<u64> {
     values.split_whitespace().nth(i)?.parse().ok()
 }
 
+/// A child process killed (and reaped) when dropped, so a failing bench leaves nothing behind.
+pub(crate) struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `voxedge serve` with the REST API, on the config file `cfg` (its `[api] listen` on port
+/// `api`): creates the bench account with `voxedge admin account create`, starts the node in
+/// `dir` and waits until the API answers. Returns the node, the account SID and its token.
+///
+/// # Errors
+/// The account cannot be created, or the node does not start within 30 s.
+pub(crate) fn api_node(
+    cfg: &std::path::Path,
+    dir: &std::path::Path,
+    api: u16,
+) -> anyhow::Result<(Kill, String, String)> {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let exe = std::env::current_exe().context("locate voxedge binary")?;
+    let out = Command::new(&exe)
+        .args(["admin", "--config"])
+        .arg(cfg)
+        .args(["account", "create", "--friendly-name", "bench", "--json"])
+        .env_remove("VOXEDGE_CONFIG")
+        .output()
+        .context("voxedge admin account create")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "cannot create the bench account: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let acc: serde_json::Value = serde_json::from_slice(&out.stdout).context("admin JSON")?;
+    let sid = acc["sid"].as_str().context("sid")?.to_string();
+    let token = acc["auth_token"].as_str().context("token")?.to_string();
+    let serve = Kill(
+        Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .current_dir(dir)
+            .env_remove("VOXEDGE_CONFIG")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start voxedge serve")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("http://127.0.0.1:{api}/openapi.json"))
+        .call()
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("voxedge serve did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((serve, sid, token))
+}
+
+/// HTTP Basic credentials of an account.
+pub(crate) fn basic_auth(sid: &str, token: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -10,17 +10,16 @@
 //!
 //! Reports requests/s, latency percentiles and errors for each phase, and voxedge's CPU time.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use crate::proc;
+use crate::proc::{self, Kill};
 use crate::relay::free_port;
 
 /// Options of `voxedge bench rest`.
@@ -41,14 +40,6 @@ pub struct RestArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Latencies (µs) and outcomes of one phase.
@@ -156,47 +147,8 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
             key = random_hex(32)?,
         ),
     )?;
-    let exe = std::env::current_exe().context("locate voxedge binary")?;
-    let out = Command::new(&exe)
-        .args(["admin", "--config"])
-        .arg(&cfg)
-        .args(["account", "create", "--friendly-name", "bench", "--json"])
-        .env_remove("VOXEDGE_CONFIG")
-        .output()
-        .context("voxedge admin account create")?;
-    if !out.status.success() {
-        bail!(
-            "cannot create the bench account: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let acc: Value = serde_json::from_slice(&out.stdout).context("admin JSON")?;
-    let sid = acc["sid"].as_str().context("sid")?.to_string();
-    let token = acc["auth_token"].as_str().context("token")?.to_string();
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
-    );
-    let serve = Kill(
-        Command::new(&exe)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .current_dir(&dir)
-            .env_remove("VOXEDGE_CONFIG")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start voxedge serve")?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{api}/openapi.json"))
-        .call()
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!("voxedge serve did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (serve, sid, token) = proc::api_node(&cfg, &dir, api)?;
+    let auth = proc::basic_auth(&sid, &token);
     let scenario = dir.join("uas_486.xml");
     std::fs::write(&scenario, include_str!("../../tests/sipp/uas_486.xml"))?;
     let _uas = Kill(

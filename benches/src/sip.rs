@@ -7,14 +7,14 @@
 //! completed and failed calls (from sipp's statistics) and CPU per call of voxedge and of the
 //! two sipp processes (from /proc), so a reader can see who ran out of CPU.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use crate::proc;
+use crate::proc::{self, Kill};
 use crate::relay::{agent, free_port};
 
 /// Options of `voxedge bench sip`.
@@ -35,14 +35,6 @@ pub struct SipArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 pub(crate) fn stat_field(csv: &str, name: &str) -> Option<u64> {

@@ -9,16 +9,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use clap::Args;
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::proc;
 use crate::relay::free_port;
@@ -40,14 +39,6 @@ pub struct VoiceArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 const DOCUMENT: &str =
@@ -158,47 +149,8 @@ callbacks_allow_private = true\nrequests_per_second_per_account = 1000000\n\
             workers = a.workers,
         ),
     )?;
-    let exe = std::env::current_exe().context("locate voxedge binary")?;
-    let out = Command::new(&exe)
-        .args(["admin", "--config"])
-        .arg(&cfg)
-        .args(["account", "create", "--friendly-name", "bench", "--json"])
-        .env_remove("VOXEDGE_CONFIG")
-        .output()
-        .context("voxedge admin account create")?;
-    if !out.status.success() {
-        bail!(
-            "cannot create the bench account: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let acc: Value = serde_json::from_slice(&out.stdout).context("admin JSON")?;
-    let sid = acc["sid"].as_str().context("sid")?.to_string();
-    let token = acc["auth_token"].as_str().context("token")?.to_string();
-    let serve = Kill(
-        Command::new(&exe)
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .current_dir(&dir)
-            .env_remove("VOXEDGE_CONFIG")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start voxedge serve")?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{api}/openapi.json"))
-        .call()
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!("voxedge serve did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let auth = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
-    );
+    let (serve, sid, token) = proc::api_node(&cfg, &dir, api)?;
+    let auth = proc::basic_auth(&sid, &token);
     let created = ureq::post(&format!(
         "http://127.0.0.1:{api}/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json"
     ))

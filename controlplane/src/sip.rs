@@ -855,21 +855,16 @@ fn app_answer_sdp(
 
 /// User part of the first SIP/TEL URI in a header value (`"Bob" <sip:+1555@host>;tag=x`).
 fn uri_user(v: &str) -> Option<String> {
-    let start = v
-        .find("sip:")
-        .or_else(|| v.find("sips:"))
-        .or_else(|| v.find("tel:"))?;
-    let rest = &v[start..];
-    let rest = &rest[rest.find(':')? + 1..];
+    let (start, scheme) = ["sip:", "sips:", "tel:"]
+        .into_iter()
+        .find_map(|s| v.find(s).map(|i| (i, s)))?;
+    let rest = &v[start + scheme.len()..];
     let end = rest
         .find(['@', '>', ';', '?', ' ', ','])
         .unwrap_or(rest.len());
-    let user = &rest[..end];
-    if rest[end..].starts_with('@') || start == v.find("tel:").unwrap_or(usize::MAX) {
-        Some(user.chars().take(128).collect())
-    } else {
-        None
-    }
+    // A SIP URI names a user only before an '@'; a tel URI is all number.
+    (scheme == "tel:" || rest[end..].starts_with('@'))
+        .then(|| rest[..end].chars().take(128).collect())
 }
 
 fn answer_sdp(advertise: IpAddr, port: u16, offer: &Offer) -> Bytes {
@@ -1998,7 +1993,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
     /// reports `status`).
     fn hangup(&mut self, sid: &str, status: EndStatus, now: Duration) {
         if let Some(id) = self.origin_calls.get(sid).cloned() {
-            if self.calls.get(&id).is_some_and(|c| c.unanswered) {
+            if self.unanswered_app(sid).is_some() {
                 self.reject_app(sid, 480, now);
                 return;
             }
@@ -2252,19 +2247,22 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         })));
     }
 
+    /// An engine call not answered yet: its dialog and its INVITE's server transaction.
+    fn unanswered_app(&self, sid: &str) -> Option<(DialogId, Option<TxId>)> {
+        let id = self.origin_calls.get(sid)?;
+        let call = self.calls.get(id).filter(|c| c.unanswered)?;
+        Some((id.clone(), call.invite_tx))
+    }
+
     /// The engine answers an incoming call.
     fn answer_app(&mut self, sid: &str, now: Duration) {
-        let Some(id) = self.origin_calls.get(sid).cloned() else {
+        let Some((id, Some(tx))) = self.unanswered_app(sid) else {
+            return;
+        };
+        let Some(inv) = self.pending_invites.get(&tx).cloned() else {
             return;
         };
         let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        if !call.unanswered {
-            return;
-        }
-        let Some(tx) = call.invite_tx else { return };
-        let Some(inv) = self.pending_invites.get(&tx).cloned() else {
             return;
         };
         call.unanswered = false;
@@ -2288,16 +2286,10 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
 
     /// The engine refuses an incoming call it has not answered.
     fn reject_app(&mut self, sid: &str, code: u16, now: Duration) {
-        let Some(id) = self.origin_calls.get(sid).cloned() else {
+        let Some((id, invite_tx)) = self.unanswered_app(sid) else {
             return;
         };
-        let Some(call) = self.calls.get(&id) else {
-            return;
-        };
-        if !call.unanswered {
-            return;
-        }
-        if let Some(tx) = call.invite_tx {
+        if let Some(tx) = invite_tx {
             if let Some(inv) = self.pending_invites.get(&tx).cloned() {
                 let reason = match code {
                     404 => "Not Found",

@@ -5,7 +5,7 @@
 //! interrupted after the app saw it) only with the same `I-Twilio-Idempotency-Token`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,18 +14,13 @@ use axum::response::IntoResponse;
 use base64::Engine;
 use serde_json::Value;
 
+mod common;
+use common::Kill;
+
 const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 const SIP: u16 = 28500;
 const ADMIN: u16 = 28501;
 const API: u16 = 28502;
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// (call SID, status, idempotency token) of each status callback received.
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;

@@ -5,15 +5,10 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
+mod common;
+use common::Kill;
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 
 /// Starts `voxedge serve` with `args` and waits until its admin listener on `admin_port`
 /// answers.

@@ -11,13 +11,8 @@ use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::config::Config;
 use voxedge_dataplane::BackendKind;
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::Kill;
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

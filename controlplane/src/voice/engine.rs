@@ -154,6 +154,48 @@ fn text(row: &Map<String, Value>, k: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The instructions of an application or number row (they share Twilio's voice columns; a
+/// number has no fetch overrides).
+fn source_of(row: &Map<String, Value>, application: Option<String>) -> Option<Source> {
+    Some(Source {
+        url: text(row, "voice_url")?,
+        method: method_of(row, "voice_method"),
+        fallback: text(row, "voice_fallback_url")
+            .map(|u| (u, method_of(row, "voice_fallback_method"))),
+        application,
+        overrides: text(row, "voice_fetch_overrides"),
+        status_callback: text(row, "status_callback").map(|u| {
+            (
+                u,
+                text(row, "status_callback_method").unwrap_or_else(|| "POST".into()),
+            )
+        }),
+    })
+}
+
+/// Twilio's parameters of every request about a call.
+fn base_params(
+    sid: &str,
+    account: &str,
+    from: &str,
+    to: &str,
+    direction: &str,
+) -> BTreeMap<String, String> {
+    [
+        ("CallSid", sid),
+        ("AccountSid", account),
+        ("From", from),
+        ("To", to),
+        ("Caller", from),
+        ("Called", to),
+        ("Direction", direction),
+        ("ApiVersion", "2010-04-01"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 fn method_of(row: &Map<String, Value>, k: &str) -> Method {
     text(row, k)
         .and_then(|m| Method::parse(&m))
@@ -284,42 +326,18 @@ impl Engine {
         } else if let Some(u) = text(&row, "url") {
             Some(Next::Fetch(u, method_of(&row, "method"), BTreeMap::new()))
         } else if let Some(app_sid) = text(&row, "application_sid") {
-            let app = self
-                .store
-                .get_any(&APPLICATIONS, &app_sid)
-                .await
-                .ok()
-                .flatten();
-            app.and_then(|a| {
-                overrides = text(&a, "voice_fetch_overrides");
-                fallback = text(&a, "voice_fallback_url")
-                    .map(|u| (u, method_of(&a, "voice_fallback_method")));
-                text(&a, "voice_url")
-                    .map(|u| Next::Fetch(u, method_of(&a, "voice_method"), BTreeMap::new()))
+            self.application(app_sid).await.map(|src| {
+                overrides = src.overrides;
+                fallback = src.fallback;
+                Next::Fetch(src.url, src.method, BTreeMap::new())
             })
         } else {
             None
         };
-        let (tx, rx) = mpsc::channel(SIGNALS_MAX);
-        self.live().insert(sid.to_string(), tx);
-        self.by_relay().insert(relay, sid.to_string());
-        let mut base = BTreeMap::new();
         let from = text(&row, "from").unwrap_or_default();
         let to = text(&row, "to").unwrap_or_default();
-        for (k, v) in [
-            ("CallSid", sid),
-            ("AccountSid", account.as_str()),
-            ("From", from.as_str()),
-            ("To", to.as_str()),
-            ("Caller", from.as_str()),
-            ("Called", to.as_str()),
-            ("Direction", "outbound-api"),
-            ("ApiVersion", "2010-04-01"),
-        ] {
-            base.insert(k.to_string(), v.to_string());
-        }
-        let run = CallRun {
-            engine: self.clone(),
+        let base = base_params(sid, &account, &from, &to, "outbound-api");
+        let call = Started {
             sid: sid.to_string(),
             account,
             token,
@@ -327,11 +345,36 @@ impl Engine {
             codec,
             base,
             answered: true,
+        };
+        self.start(call, first, fallback, overrides.as_deref());
+    }
+
+    /// Runs a call's instructions in a task of its own, registered for its signals until it
+    /// ends.
+    fn start(
+        self: &Arc<Self>,
+        call: Started,
+        first: Option<Next>,
+        fallback: Option<(String, Method)>,
+        overrides: Option<&str>,
+    ) {
+        let (tx, rx) = mpsc::channel(SIGNALS_MAX);
+        self.live().insert(call.sid.clone(), tx);
+        self.by_relay().insert(call.relay, call.sid.clone());
+        let run = CallRun {
+            engine: self.clone(),
+            sid: call.sid,
+            account: call.account,
+            token: call.token,
+            relay: call.relay,
+            codec: call.codec,
+            base: call.base,
+            answered: call.answered,
             rx,
             ended: false,
             fetches: 0,
             redirect: None,
-            timeouts: self.timeouts_for(overrides.as_deref()),
+            timeouts: self.timeouts_for(overrides),
         };
         let engine = self.clone();
         tokio::spawn(async move {
@@ -371,38 +414,18 @@ impl Engine {
         None
     }
 
+    /// Where a number's calls get their instructions: its application's, else its own.
     async fn source(&self, number: &Map<String, Value>) -> Option<Source> {
-        if let Some(app_sid) = text(number, "voice_application_sid") {
-            let app = self.store.get_any(&APPLICATIONS, &app_sid).await.ok()??;
-            return Some(Source {
-                url: text(&app, "voice_url")?,
-                method: method_of(&app, "voice_method"),
-                fallback: text(&app, "voice_fallback_url")
-                    .map(|u| (u, method_of(&app, "voice_fallback_method"))),
-                application: Some(app_sid),
-                overrides: text(&app, "voice_fetch_overrides"),
-                status_callback: text(&app, "status_callback").map(|u| {
-                    (
-                        u,
-                        text(&app, "status_callback_method").unwrap_or_else(|| "POST".into()),
-                    )
-                }),
-            });
+        match text(number, "voice_application_sid") {
+            Some(app_sid) => self.application(app_sid).await,
+            None => source_of(number, None),
         }
-        Some(Source {
-            url: text(number, "voice_url")?,
-            method: method_of(number, "voice_method"),
-            fallback: text(number, "voice_fallback_url")
-                .map(|u| (u, method_of(number, "voice_fallback_method"))),
-            application: None,
-            overrides: None,
-            status_callback: text(number, "status_callback").map(|u| {
-                (
-                    u,
-                    text(number, "status_callback_method").unwrap_or_else(|| "POST".into()),
-                )
-            }),
-        })
+    }
+
+    /// An application's instructions.
+    async fn application(&self, app_sid: String) -> Option<Source> {
+        let app = self.store.get_any(&APPLICATIONS, &app_sid).await.ok()??;
+        source_of(&app, Some(app_sid))
     }
 
     /// An incoming call: find its number and instructions, write its record and start its
@@ -485,53 +508,36 @@ impl Engine {
             let _ = self.sip.reject(&inc.sid, 503).await;
             return;
         }
-        let (tx, rx) = mpsc::channel(SIGNALS_MAX);
-        self.live().insert(inc.sid.clone(), tx);
-        self.by_relay().insert(inc.relay, inc.sid.clone());
-        let mut base = BTreeMap::new();
-        for (k, v) in [
-            ("CallSid", inc.sid.as_str()),
-            ("AccountSid", account.as_str()),
-            ("From", inc.from.as_str()),
-            ("To", to.as_str()),
-            ("Caller", inc.from.as_str()),
-            ("Called", to.as_str()),
-            ("Direction", "inbound"),
-            ("ApiVersion", "2010-04-01"),
-        ] {
-            base.insert(k.to_string(), v.to_string());
-        }
+        let mut base = base_params(&inc.sid, &account, &inc.from, &to, "inbound");
         if let Some(f) = &inc.forwarded_from {
             base.insert("ForwardedFrom".into(), f.clone());
         }
         if let Some(a) = &src.application {
             base.insert("ApplicationSid".into(), a.clone());
         }
-        let run = CallRun {
-            engine: self.clone(),
-            sid: inc.sid.clone(),
+        let call = Started {
+            sid: inc.sid,
             account,
             token,
             relay: inc.relay,
             codec: inc.codec,
             base,
             answered: false,
-            rx,
-            ended: false,
-            fetches: 0,
-            redirect: None,
-            timeouts: self.timeouts_for(src.overrides.as_deref()),
         };
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let sid = run.sid.clone();
-            let relay = run.relay;
-            let first = Next::Fetch(src.url.clone(), src.method, BTreeMap::new());
-            run.run(Some(first), src.fallback).await;
-            engine.live().remove(&sid);
-            engine.by_relay().remove(&relay);
-        });
+        let first = Next::Fetch(src.url, src.method, BTreeMap::new());
+        self.start(call, Some(first), src.fallback, src.overrides.as_deref());
     }
+}
+
+/// A call whose instructions start: who it is, its media and its request parameters.
+struct Started {
+    sid: String,
+    account: String,
+    token: String,
+    relay: RelayId,
+    codec: Codec,
+    base: BTreeMap<String, String>,
+    answered: bool,
 }
 
 /// How a verb left the call.

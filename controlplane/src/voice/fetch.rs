@@ -251,7 +251,7 @@ impl Fetcher {
     /// # Errors
     /// What went wrong, with Twilio's code (13420 for a non-audio content type).
     pub async fn media(&self, url: &str, limit: usize) -> Result<(Vec<u8>, String), FetchError> {
-        let mut tried = self
+        let (body, ct, _) = self
             .fetch_raw(
                 url,
                 Method::Get,
@@ -261,11 +261,10 @@ impl Fetcher {
                 &self.defaults,
             )
             .await?;
-        let ct = tried.1.clone();
         if !ct.starts_with("audio/") {
             return Err(fail("13420", format!("{url} returned {ct:?}, not audio")));
         }
-        Ok((std::mem::take(&mut tried.0), ct))
+        Ok((body, ct))
     }
 
     async fn fetch_raw(
@@ -431,7 +430,6 @@ impl Fetcher {
 }
 
 fn classify(u: &reqwest::Url, e: &reqwest::Error) -> (Failure, FetchError) {
-    let text = format!("{e:#}");
     let full = {
         let mut s = e.to_string();
         let mut src = std::error::Error::source(e);
@@ -465,7 +463,6 @@ fn classify(u: &reqwest::Url, e: &reqwest::Error) -> (Failure, FetchError) {
     if e.is_timeout() {
         return (Failure::Read, fail("11200", format!("{u}: timed out")));
     }
-    let _ = text;
     (Failure::Other, fail("11200", format!("{u}: {full}")))
 }
 

@@ -262,6 +262,7 @@ struct Parser<'a> {
 }
 
 /// What an element contains, as far as TwiML cares.
+#[derive(Default)]
 struct Body {
     text: String,
     children: Vec<(Element, Body)>,
@@ -326,43 +327,33 @@ impl<'a> Parser<'a> {
         Ok(Element { name, attrs, at })
     }
 
+    /// A child element of an element at `depth`; too deep for TwiML is a schema error.
+    fn child(&self, e: &BytesStart<'_>, depth: usize) -> Result<Element, TwimlError> {
+        let el = self.element(e)?;
+        if depth >= 3 {
+            return Err(self.err(
+                ErrorKind::Schema,
+                el.at,
+                format!("<{}> is nested too deeply", el.name),
+            ));
+        }
+        Ok(el)
+    }
+
     /// Reads the content of an element whose start was just read, to its end. `depth` is the
     /// element's depth (Response = 1); TwiML never nests deeper than 3.
     fn body(&mut self, depth: usize) -> Result<Body, TwimlError> {
-        let mut body = Body {
-            text: String::new(),
-            children: Vec::new(),
-        };
+        let mut body = Body::default();
         loop {
             match self.next()? {
                 Event::Start(e) => {
-                    let el = self.element(&e)?;
-                    if depth >= 3 {
-                        return Err(self.err(
-                            ErrorKind::Schema,
-                            el.at,
-                            format!("<{}> is nested too deeply", el.name),
-                        ));
-                    }
+                    let el = self.child(&e, depth)?;
                     let b = self.body(depth + 1)?;
                     body.children.push((el, b));
                 }
                 Event::Empty(e) => {
-                    let el = self.element(&e)?;
-                    if depth >= 3 {
-                        return Err(self.err(
-                            ErrorKind::Schema,
-                            el.at,
-                            format!("<{}> is nested too deeply", el.name),
-                        ));
-                    }
-                    body.children.push((
-                        el,
-                        Body {
-                            text: String::new(),
-                            children: Vec::new(),
-                        },
-                    ));
+                    let el = self.child(&e, depth)?;
+                    body.children.push((el, Body::default()));
                 }
                 Event::Text(t) => {
                     let s = t.unescape().map_err(|e| {
@@ -398,14 +389,7 @@ impl<'a> Parser<'a> {
                     root = Some((el, b));
                 }
                 Event::Empty(e) => {
-                    let el = self.element(&e)?;
-                    root = Some((
-                        el,
-                        Body {
-                            text: String::new(),
-                            children: Vec::new(),
-                        },
-                    ));
+                    root = Some((self.element(&e)?, Body::default()));
                 }
                 Event::Text(t) => {
                     if !t.iter().all(u8::is_ascii_whitespace) {

@@ -50,3 +50,14 @@ impl Callee {
         self.sock.send_to(&r.to_bytes(), to).expect("reply");
     }
 }
+
+/// A child process (voxedge, sipp, …) killed and reaped when dropped, so a failing test
+/// leaves nothing running.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
