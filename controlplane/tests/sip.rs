@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use voxedge_controlplane::app::{self, Role, Running};
 use voxedge_controlplane::config::Config;
@@ -528,6 +528,7 @@ async fn invite_flood_is_answered_503_with_retry_after() {
             .expect("rtp")
             .local_addr()
             .expect("a");
+        let started = Instant::now();
         for i in 0..40 {
             ua.send(&invite(
                 "echo",
@@ -552,10 +553,14 @@ async fn invite_flood_is_answered_503_with_retry_after() {
             }
         }
         assert_eq!(ok + refused, 40);
+        // One second of burst (10), plus what the bucket refilled while the flood was
+        // being answered — bounded by the time it took, not by how fast this machine is.
+        let budget = 10.0 + 10.0 * started.elapsed().as_secs_f64();
         assert!(
-            (10..=12).contains(&ok),
-            "about one second of burst admitted: {ok}"
+            ok >= 10 && ok as f64 <= budget + 1.0,
+            "one second of burst admitted: {ok} (budget {budget:.1})"
         );
+        assert!(refused > 0, "the flood was refused in part");
         // Still serving.
         ua.send(
             &in_dialog("OPTIONS", 1, "after", "x", "z9hG4bKafter", "UDP", via, "x")
