@@ -48,6 +48,8 @@ pub struct Running {
     pub dataplane: Arc<Dataplane>,
     /// The in-memory network, when started with the memory backend.
     pub memory: Option<MemoryNet>,
+    /// The instruction engine (serve role with SIP and the API).
+    pub engine: Option<Arc<crate::voice::engine::Engine>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -224,7 +226,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         ng = svc.udp.map(|a| (a, svc.stats.clone()));
         tasks.extend(svc.tasks);
     }
-    tasks.push(drain_events(dataplane.clone(), engine, stop_rx));
+    tasks.push(drain_events(dataplane.clone(), engine.clone(), stop_rx));
     Ok(Running {
         admin,
         management,
@@ -237,6 +239,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         ng: ng.map(|n| n.0),
         dataplane,
         memory,
+        engine,
         stop,
         tasks,
     })

@@ -226,6 +226,10 @@ impl Callbacks {
         ] {
             p.insert(k.to_string(), v);
         }
+        let parent = text("parent_call_sid");
+        if !parent.is_empty() {
+            p.insert("ParentCallSid".into(), parent);
+        }
         if event == "completed" {
             let dur = call.get("duration").and_then(Value::as_i64).unwrap_or(0);
             p.insert("CallDuration".into(), dur.to_string());

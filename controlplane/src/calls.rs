@@ -118,7 +118,7 @@ impl CallService {
 
     /// Tells the callback service about a status change (`event`: initiated, ringing,
     /// answered, completed), with the call as it now is.
-    async fn event(&self, sid: &str, event: &str) {
+    pub(crate) async fn event(&self, sid: &str, event: &str) {
         let Some(cb) = &self.callbacks else {
             return;
         };
@@ -344,6 +344,7 @@ impl CallService {
                 target: call.target.clone(),
                 from_user: call.from.clone(),
                 instructions: call.has_instructions && svc.engine.get().is_some(),
+                bridge: None,
             };
             if sip.originate(o).await.is_err() {
                 svc.end(&sid2, EndStatus::Failed, None).await;
@@ -404,6 +405,9 @@ impl CallService {
     /// Follows what the SIP service reports about placed calls.
     async fn follow(self: Arc<Self>, mut updates: mpsc::UnboundedReceiver<CallUpdate>) {
         while let Some(u) = updates.recv().await {
+            if let Some(e) = self.engine.get() {
+                e.dial_progress(&u);
+            }
             let r = match u {
                 CallUpdate::Ringing { sid } => {
                     let r = self
@@ -433,8 +437,9 @@ impl CallService {
                         .await;
                     if matches!(r, Ok(true)) {
                         self.event(&sid, "answered").await;
-                        if let (Some((relay, codec)), Some(e)) = (media, self.engine.get()) {
-                            e.outbound(&sid, relay, codec).await;
+                        if let (Some((relay, codec, dtmf_pt)), Some(e)) = (media, self.engine.get())
+                        {
+                            e.outbound(&sid, relay, codec, dtmf_pt).await;
                         }
                     }
                     let limit = self.limits.lock().ok().and_then(|mut l| l.remove(&sid));

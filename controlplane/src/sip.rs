@@ -60,6 +60,7 @@ enum Inbound {
     Hangup(String, EndStatus),
     Answer(String),
     Reject(String, u16),
+    Ring(String),
 }
 
 /// A call to place (REST `POST /Calls`): its SID, where to send the INVITE and who it is from.
@@ -72,6 +73,19 @@ pub struct Originate {
     /// The call runs customer instructions when answered (the callee's media goes to the
     /// instruction engine, not back to it); otherwise the built-in echo.
     pub instructions: bool,
+    /// A `<Dial>` leg: the callee joins leg B of the dialling call's relay (bridged by the
+    /// engine once answered) instead of getting media of its own.
+    pub bridge: Option<Bridge>,
+}
+
+/// The media a `<Dial>` leg joins: the parent call's relay, whose leg B the callee uses, and
+/// the caller's codec and telephone-event payload type (offered as they are, so media passes
+/// through untouched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bridge {
+    pub relay: RelayId,
+    pub codec: crate::voice::audio::Codec,
+    pub dtmf_pt: Option<u8>,
 }
 
 /// Where an outbound call goes: the request URI and the address it is sent to.
@@ -113,8 +127,8 @@ pub enum CallUpdate {
     Answered {
         sid: String,
         /// For a placed call that runs instructions: its relay (callee on leg A) and the
-        /// G.711 codec the callee answered with.
-        media: Option<(RelayId, crate::voice::audio::Codec)>,
+        /// G.711 codec and telephone-event payload type the callee answered with.
+        media: Option<(RelayId, crate::voice::audio::Codec, Option<u8>)>,
     },
     Ended {
         sid: String,
@@ -140,6 +154,8 @@ pub struct IncomingCall {
     pub forwarded_from: Option<String>,
     /// The G.711 codec chosen for the call.
     pub codec: crate::voice::audio::Codec,
+    /// The caller's telephone-event payload type.
+    pub dtmf_pt: Option<u8>,
 }
 
 /// Handle of the SIP service for call control: resolve a destination, place and end calls.
@@ -255,6 +271,18 @@ impl SipHandle {
             .map_err(|_| OriginateError::Stopped)
     }
 
+    /// Tells the caller of an unanswered engine call that it is ringing (180), e.g. while a
+    /// `<Dial answerOnBridge>` leg rings.
+    ///
+    /// # Errors
+    /// The SIP service stopped.
+    pub async fn ring(&self, sid: &str) -> Result<(), OriginateError> {
+        self.inbound
+            .send(Inbound::Ring(sid.to_string()))
+            .await
+            .map_err(|_| OriginateError::Stopped)
+    }
+
     /// Ends a placed call: CANCEL while it rings, BYE once answered. A call not ringing yet
     /// ends with `status`.
     ///
@@ -289,6 +317,8 @@ struct Origin {
     answered: bool,
     /// Runs customer instructions once answered.
     instructions: bool,
+    /// A `<Dial>` leg on leg B of another call's relay (which it does not own).
+    bridge: bool,
 }
 
 #[derive(Debug)]
@@ -306,6 +336,10 @@ struct Call {
     origin: Option<String>,
     /// An incoming engine call not answered yet (its INVITE waits in `pending_invites`).
     unanswered: bool,
+    /// The relay's side this dialog's far end uses, and whether ending the call deletes the
+    /// relay (a `<Dial>` leg borrows leg B of its parent's relay).
+    side: Side,
+    owns_relay: bool,
 }
 
 /// The outbound leg of a routed call.
@@ -485,6 +519,9 @@ struct Core {
     origin_calls: HashMap<String, DialogId>,
     /// Hang-ups that arrived before their call was handed to us (bounded).
     cancel_early: HashMap<String, EndStatus>,
+    /// Relays whose leg B an answered `<Dial>` leg holds, and that leg's SID: the first
+    /// answer of simultaneously dialled targets wins, later ones are hung up.
+    bridged: HashMap<RelayId, String>,
     updates: Option<mpsc::UnboundedSender<CallUpdate>>,
     dp: Arc<Dataplane>,
     advertise: IpAddr,
@@ -621,6 +658,7 @@ pub async fn start(
         origin_tx: HashMap::new(),
         origin_calls: HashMap::new(),
         cancel_early: HashMap::new(),
+        bridged: HashMap::new(),
         updates,
         dp,
         advertise,
@@ -915,6 +953,7 @@ impl Core {
                     Some(Inbound::Hangup(sid, status)) => self.hangup(&sid, status, self.now()),
                     Some(Inbound::Answer(sid)) => self.answer_app(&sid, self.now()),
                     Some(Inbound::Reject(sid, code)) => self.reject_app(&sid, code, self.now()),
+                    Some(Inbound::Ring(sid)) => self.ring_app(&sid, self.now()),
                     None => {}
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -1052,7 +1091,7 @@ impl Core {
                 if let Some(o) = self.origins.remove(&tx) {
                     self.origin_tx.remove(&o.sid);
                     if !o.answered {
-                        let _ = self.dp.delete_relay_nowait(o.relay);
+                        self.drop_origin_media(&o);
                         let status = o.cancel.unwrap_or(if o.ringing {
                             EndStatus::NoAnswer
                         } else {
@@ -1105,7 +1144,7 @@ impl Core {
                     }
                     if !o.answered {
                         // Ended without a final response we acted on (transport failure).
-                        let _ = self.dp.delete_relay_nowait(o.relay);
+                        self.drop_origin_media(&o);
                         self.report_end(&o.sid, o.cancel.unwrap_or(EndStatus::Failed), None);
                     }
                 }
@@ -1313,6 +1352,8 @@ impl Core {
                 b: None,
                 origin: None,
                 unanswered: false,
+                side: Side::A,
+                owns_relay: true,
             },
         );
     }
@@ -1468,6 +1509,8 @@ Contact: <sip:voxedge@{local}>\r\n",
                 }),
                 origin: None,
                 unanswered: false,
+                side: Side::A,
+                owns_relay: true,
             },
         );
     }
@@ -1628,7 +1671,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             let mut ok = build_response(&msg, 200, "OK", None);
             if let Some(sdp) = msg.sdp().filter(|sd| parse_offer(sd).is_some()) {
                 if let Some(relay) = call.relay {
-                    follow_media(&self.dp, relay, Side::A, &sdp);
+                    follow_media(&self.dp, relay, call.side, &sdp);
                 }
                 ok.headers
                     .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
@@ -1907,19 +1950,43 @@ Contact: <sip:voxedge@{local}>\r\n",
             self.report_end(&o.sid, status, None);
             return;
         }
-        let info = match self.dp.create_relay(RelayRequest {
-            echo: !o.instructions,
-            ..RelayRequest::with_remotes(None, None)
-        }) {
-            Ok(i) => i,
+        let created = match o.bridge {
+            // A <Dial> leg: leg B of the parent's relay, offered the caller's codec only.
+            Some(b) => self
+                .dp
+                .relay(b.relay)
+                .map(|info| {
+                    let sdp = app_answer_sdp(
+                        self.advertise,
+                        info.legs[1].local.port(),
+                        b.codec,
+                        b.dtmf_pt,
+                    );
+                    (info, sdp)
+                })
+                .ok_or_else(|| "the dialling call has ended".to_string()),
+            None => self
+                .dp
+                .create_relay(RelayRequest {
+                    echo: !o.instructions,
+                    ..RelayRequest::with_remotes(None, None)
+                })
+                .map(|info| {
+                    let sdp = offer_sdp(self.advertise, info.legs[0].local.port());
+                    (info, sdp)
+                })
+                .map_err(|e| e.to_string()),
+        };
+        let (info, offer) = match created {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(sid = %o.sid, error = %e, "no media for the placed call");
                 self.report_end(&o.sid, EndStatus::Failed, None);
                 return;
             }
         };
+        let bridge = o.bridge.is_some();
         let local = fmt_host(self.local);
-        let offer = offer_sdp(self.advertise, info.legs[0].local.port());
         let user: String = o
             .from_user
             .chars()
@@ -1953,12 +2020,14 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             .ok()
             .and_then(|inv| Some((inv.clone(), self.tx.send_request(inv, peer, now).ok()?)));
         let Some((invite, tx)) = sent else {
-            let _ = self.dp.delete_relay_nowait(info.id);
+            if !bridge {
+                let _ = self.dp.delete_relay_nowait(info.id);
+            }
             tracing::warn!(sid = %o.sid, uri = %o.target.uri, "cannot build or send the INVITE");
             self.report_end(&o.sid, EndStatus::Failed, None);
             return;
         };
-        if o.instructions {
+        if o.instructions && !bridge {
             let _ = self.dp.update_leg_nowait(
                 info.id,
                 Side::A,
@@ -1985,6 +2054,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 provisional: false,
                 answered: false,
                 instructions: o.instructions,
+                bridge,
             },
         );
     }
@@ -2057,7 +2127,9 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             }
             return;
         }
-        if let Some(sdp) = msg.sdp() {
+        // A <Dial> leg's media is connected only if it wins (below); early media is not
+        // passed to the caller (the engine plays ringback).
+        if let (Some(sdp), false) = (msg.sdp(), o.bridge) {
             follow_media(&self.dp, o.relay, Side::A, &sdp);
         }
         if (100..200).contains(&code) {
@@ -2083,18 +2155,21 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             200..=299 => {
                 o.answered = true;
                 let (sid, peer, relay, cancel) = (o.sid.clone(), o.peer, o.relay, o.cancel);
-                let media = o.instructions.then(|| {
-                    let codec = msg
+                let bridge = o.bridge;
+                let media = (o.instructions && !bridge).then(|| {
+                    let (codec, te) = msg
                         .sdp()
                         .and_then(|sd| parse_offer(&sd))
                         .and_then(|a| choose_g711(&a))
-                        .map_or(crate::voice::audio::Codec::Pcmu, |(c, _)| c);
-                    (relay, codec)
+                        .unwrap_or((crate::voice::audio::Codec::Pcmu, None));
+                    (relay, codec, te)
                 });
                 let answer = o.offer.clone();
                 let cseq = cseq_number(&o.invite);
                 let Ok(mut d) = Dialog::uac(&o.invite, &msg) else {
-                    let _ = self.dp.delete_relay_nowait(relay);
+                    if !bridge {
+                        let _ = self.dp.delete_relay_nowait(relay);
+                    }
                     self.report_end(&sid, EndStatus::Failed, Some(code));
                     return;
                 };
@@ -2122,13 +2197,31 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                         b: None,
                         origin: None,
                         unanswered: false,
+                        side: if bridge { Side::B } else { Side::A },
+                        owns_relay: !bridge,
                     },
                 );
+                // A <Dial> leg answering after another target of the same dial won (or after
+                // its parent ended) is hung up like a canceled one.
+                let lost = bridge
+                    && (self.bridged.get(&relay).is_some_and(|w| *w != sid)
+                        || self.dp.relay(relay).is_none());
+                let cancel = if lost {
+                    Some(cancel.unwrap_or(EndStatus::Canceled))
+                } else {
+                    cancel
+                };
                 if let Some(status) = cancel {
                     // Answered while our CANCEL was on its way: hang up at once.
                     self.end_call(&id, true);
                     self.report_end(&sid, status, Some(code));
                     return;
+                }
+                if bridge {
+                    self.bridged.insert(relay, sid.clone());
+                    if let Some(sdp) = msg.sdp() {
+                        follow_media(&self.dp, relay, Side::B, &sdp);
+                    }
                 }
                 if let Some(c) = self.calls.get_mut(&id) {
                     c.origin = Some(sid.clone());
@@ -2171,7 +2264,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             return;
         };
         self.origin_tx.remove(&o.sid);
-        let _ = self.dp.delete_relay_nowait(o.relay);
+        self.drop_origin_media(&o);
         let status = o.cancel.unwrap_or(match code {
             486 | 600 => EndStatus::Busy,
             408 | 480 | 487 => EndStatus::NoAnswer,
@@ -2234,6 +2327,8 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 b: None,
                 origin: Some(sid.clone()),
                 unanswered: true,
+                side: Side::A,
+                owns_relay: true,
             },
         );
         self.report(CallUpdate::Incoming(Box::new(IncomingCall {
@@ -2244,6 +2339,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             call_id,
             forwarded_from,
             codec,
+            dtmf_pt: te,
         })));
     }
 
@@ -2284,6 +2380,50 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         });
     }
 
+    /// Tells the caller of an unanswered engine call that it rings (180, once is enough for
+    /// the caller; repeats are harmless).
+    fn ring_app(&mut self, sid: &str, now: Duration) {
+        let Some((id, Some(tx))) = self.unanswered_app(sid) else {
+            return;
+        };
+        let Some(inv) = self.pending_invites.get(&tx).cloned() else {
+            return;
+        };
+        let mut r = build_response(&inv, 180, "Ringing", Some(&id.local_tag));
+        r.headers.insert(
+            Name::CONTACT,
+            BytesStr::from(format!("<sip:voxedge@{}>", fmt_host(self.local))),
+        );
+        self.respond(tx, r, now);
+    }
+
+    /// A placed call that ends before its answer gives up its media, unless it borrowed it.
+    fn drop_origin_media(&self, o: &Origin) {
+        if !o.bridge {
+            let _ = self.dp.delete_relay_nowait(o.relay);
+        }
+    }
+
+    /// The `<Dial>` legs on a relay that is going away: ringing ones are canceled, an answered
+    /// one is hung up (each reports its end).
+    fn end_children(&mut self, relay: RelayId) {
+        let now = self.now();
+        let ringing: Vec<String> = self
+            .origins
+            .values()
+            .filter(|o| o.bridge && o.relay == relay && !o.answered)
+            .map(|o| o.sid.clone())
+            .collect();
+        for sid in ringing {
+            self.hangup(&sid, EndStatus::Canceled, now);
+        }
+        if let Some(sid) = self.bridged.remove(&relay) {
+            if let Some(id) = self.origin_calls.get(&sid).cloned() {
+                self.end_call(&id, true);
+            }
+        }
+    }
+
     /// The engine refuses an incoming call it has not answered.
     fn reject_app(&mut self, sid: &str, code: u16, now: Duration) {
         let Some((id, invite_tx)) = self.unanswered_app(sid) else {
@@ -2310,6 +2450,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             self.origin_calls.remove(sid);
             call.origin = None;
             if let Some(r) = call.relay.take() {
+                self.end_children(r);
                 let _ = self.dp.delete_relay_nowait(r);
             }
             let status = match code {
@@ -2326,6 +2467,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         let Some(mut call) = self.calls.remove(id) else {
             return;
         };
+        let origin = call.origin.clone();
         if let Some(sid) = call.origin.take() {
             self.origin_calls.remove(&sid);
             let status = if call.unanswered {
@@ -2342,7 +2484,12 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             self.b_by_tx.remove(&b.tx);
         }
         if let Some(r) = call.relay.take() {
-            let _ = self.dp.delete_relay_nowait(r);
+            if call.owns_relay {
+                self.end_children(r);
+                let _ = self.dp.delete_relay_nowait(r);
+            } else if origin.is_some() && self.bridged.get(&r) == origin.as_ref() {
+                self.bridged.remove(&r);
+            }
         }
         if send_bye {
             let transport = if call.peer.reliable { "TCP" } else { "UDP" };

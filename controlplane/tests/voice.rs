@@ -1,12 +1,17 @@
 //! Programmable calls end to end: sipp calls a number → VoxEdge fetches the number's
 //! instructions from a local app server written for the test → `Gather` with a `Say` prompt
 //! hears the RFC 4733 digit sipp plays (the DTMF capture `sip-tester` ships) → the action URL
-//! gets `Digits` → `Say` → `Hangup` (BYE to sipp). The status callback arrives; every request
-//! the app server received is validated by the official `twilio` library's `RequestValidator`.
+//! gets `Digits` → `Dial` to a sipp callee, bridged with media both ways (the dataplane's
+//! counters show it) until the callee hangs up → the `Dial` action gets `DialCallStatus` →
+//! `Hangup` (BYE to sipp). The call's and the dialled leg's status callbacks arrive in order;
+//! every request the app server received is validated by the official `twilio` library's
+//! `RequestValidator`.
 //! Then the fallback URL: a primary answering 500, HTML, malformed XML, or too slowly, each
 //! falls over to the fallback with `ErrorCode`/`ErrorUrl`, and a notification is recorded; so do
 //! hostile documents (entity bomb with an external entity, 10 MB, 10,000-deep nesting, an
 //! unknown verb).
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -19,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
-use voxedge_controlplane::config::Config;
+use voxedge_controlplane::config::{Config, SipRoute};
 use voxedge_dataplane::BackendKind;
 
 /// One request the app server received.
@@ -77,7 +82,11 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
   </Gather>
   <Say>We did not get a key.</Say>
 </Response>"#),
-        "/digits" => xml("<Response><Say>Thank you.</Say><Hangup/></Response>"),
+        "/digits" => xml(&format!(
+            r#"<Response><Dial action="/dialed" timeout="20"><Number statusCallback="/leg" statusCallbackEvent="initiated ringing answered completed">+19990001</Number></Dial><Say>Not reached.</Say></Response>"#
+        )),
+        "/dialed" => xml("<Response><Hangup/></Response>"),
+        "/leg" => (StatusCode::NO_CONTENT, "").into_response(),
         "/fallback" => xml("<Response><Say>Fallback.</Say><Hangup/></Response>"),
         "/status" => (StatusCode::NO_CONTENT, "").into_response(),
         "/fail500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
@@ -187,6 +196,13 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     c.dataplane.bind = "127.0.0.1".parse().expect("ip");
     c.dataplane.port_min = 29000;
     c.dataplane.port_max = 29199;
+    // <Dial> targets: the sipp callee.
+    c.sip.routes = vec![SipRoute {
+        pattern: "+1999*".into(),
+        target: "sip:127.0.0.1:29450".into(),
+        username: None,
+        password: None,
+    }];
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
         .expect("start");
@@ -292,12 +308,59 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     .await
     .expect("join");
 
-    // The digits call.
-    let (ok, out) =
-        tokio::task::spawn_blocking(move || sipp("uac_app_dtmf.xml", "+15550100", sip, 29400))
-            .await
-            .expect("join");
+    // The digits call, dialling the sipp callee.
+    let dir_sipp = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sipp/");
+    let callee = common::Kill(
+        Command::new("sipp")
+            .args(["-sf", &format!("{dir_sipp}uas_dialled.xml")])
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "29450",
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                "29650",
+            ])
+            .args(["-m", "1", "-timeout", "60s", "-timeout_error", "-nostdin"])
+            .stdout(std::fs::File::create(dir.join("callee.out")).expect("file"))
+            .stderr(std::fs::File::create(dir.join("callee.err")).expect("file"))
+            .spawn()
+            .expect("sipp callee"),
+    );
+    let caller =
+        tokio::task::spawn_blocking(move || sipp("uac_app_dtmf_talk.xml", "+15550100", sip, 29400));
+    // While the call runs: the bridge carries media both ways (leg A forwards the caller's
+    // packets to the callee, leg B the callee's to the caller).
+    let dp = r.dataplane.clone();
+    let mut most = (0u64, 0u64);
+    while !caller.is_finished() {
+        for relay in dp.list_relays() {
+            if let Ok((_, snap)) = dp.query_relay(relay.id) {
+                let (a, b) = (
+                    snap.legs[0].rtp.counters.packets_forwarded,
+                    snap.legs[1].rtp.counters.packets_forwarded,
+                );
+                most = (most.0.max(a), most.1.max(b));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out) = caller.await.expect("join");
     assert!(ok, "sipp call with DTMF failed:\n{out}");
+    let mut callee = callee;
+    let callee_ok = callee.0.wait().expect("callee sipp ends").success();
+    assert!(
+        callee_ok,
+        "sipp callee failed:\n{}{}",
+        std::fs::read_to_string(dir.join("callee.out")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("callee.err")).unwrap_or_default()
+    );
+    assert!(
+        most.0 >= 50 && most.1 >= 50,
+        "the dial bridge forwarded media both ways (caller→callee, callee→caller): {most:?}"
+    );
     let seen = |path: &str| -> Vec<Seen> {
         app_state
             .seen
@@ -334,6 +397,31 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
         Some("in-progress")
     );
     assert_eq!(digits[0].params.get("CallSid"), Some(&call_sid));
+    // The <Dial> action: bridged, completed by the callee's hang-up after ~3 s of talk.
+    let dialed = seen("/dialed");
+    assert_eq!(dialed.len(), 1, "{dialed:?}");
+    let dp = &dialed[0].params;
+    assert_eq!(
+        dp.get("DialCallStatus").map(String::as_str),
+        Some("completed"),
+        "{dp:?}"
+    );
+    assert_eq!(
+        dp.get("DialBridged").map(String::as_str),
+        Some("true"),
+        "{dp:?}"
+    );
+    assert_eq!(dp.get("CallSid"), Some(&call_sid));
+    let leg_sid = dp.get("DialCallSid").cloned().expect("DialCallSid");
+    let secs: u64 = dp
+        .get("DialCallDuration")
+        .and_then(|d| d.parse().ok())
+        .expect("DialCallDuration");
+    assert!((2..=10).contains(&secs), "talk time {secs}");
+    assert!(
+        seen("/fallback").is_empty(),
+        "no fallback for the digits call"
+    );
     // The completed status callback (delivered from the outbox, possibly a moment later).
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
@@ -355,6 +443,45 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
         .expect("call recorded");
     assert_eq!(rec["status"], "completed", "{rec:?}");
     assert_eq!(rec["direction"], "inbound");
+    // The dialled leg: its own record (a child of the call) and its status callbacks in order.
+    let leg = store
+        .get_any(&voxedge_controlplane::store::CALLS, &leg_sid)
+        .await
+        .expect("read")
+        .expect("leg recorded");
+    assert_eq!(leg["status"], "completed", "{leg:?}");
+    assert_eq!(leg["direction"], "outbound-dial");
+    assert_eq!(leg["parent_call_sid"], call_sid.as_str());
+    assert_eq!(leg["to"], "+19990001");
+    assert_eq!(leg["from"], "sipp", "caller ID defaults to the caller");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let legs = loop {
+        let l = seen("/leg");
+        if l.len() >= 4 {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "leg callbacks: {l:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let order: Vec<&str> = legs
+        .iter()
+        .map(|l| l.params.get("CallStatus").map_or("", String::as_str))
+        .collect();
+    assert_eq!(
+        order,
+        ["initiated", "ringing", "in-progress", "completed"],
+        "{legs:?}"
+    );
+    for (i, l) in legs.iter().enumerate() {
+        assert_eq!(l.params.get("CallSid"), Some(&leg_sid));
+        assert_eq!(l.params.get("ParentCallSid"), Some(&call_sid));
+        assert_eq!(l.params.get("SequenceNumber"), Some(&i.to_string()));
+    }
+    assert_eq!(
+        r.engine.as_ref().expect("engine").dialled_legs(),
+        0,
+        "no dialled leg is left registered with the engine"
+    );
 
     // Fallbacks: each primary failure reaches /fallback with its code, and is noted.
     let cases = [

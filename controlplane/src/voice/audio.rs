@@ -271,6 +271,23 @@ pub fn dtmf_tones(digits: &str) -> Vec<i16> {
     out
 }
 
+/// One cadence of the North American ringback tone (ITU-T E.180: 440 + 480 Hz, 2 s on, 4 s
+/// off), at 8 kHz: what a caller hears while a `<Dial>` rings, looped.
+pub fn ringback() -> Vec<i16> {
+    let on = RATE as usize * 2;
+    let mut out: Vec<i16> = (0..on)
+        .map(|i| {
+            let t = i as f64 / f64::from(RATE);
+            let v = ((2.0 * std::f64::consts::PI * 440.0 * t).sin()
+                + (2.0 * std::f64::consts::PI * 480.0 * t).sin())
+                * 4000.0;
+            v as i16
+        })
+        .collect();
+    out.extend(std::iter::repeat_n(0, RATE as usize * 4));
+    out
+}
+
 /// Encodes 8 kHz samples into 20 ms G.711 frames (the last one padded with silence).
 pub fn encode(samples: &[i16], codec: Codec) -> Arc<PlayMedia> {
     let frames = samples.len().div_ceil(FRAME).max(1);

@@ -10,9 +10,14 @@
 //! barge-in over its prompts), `Redirect`, `Hangup`, `Reject`. The call is answered when the
 //! first verb that needs media starts. When the document runs out, the call is hung up.
 //!
-//! `Echo` loops the caller's media back until the call ends. `Dial` and `Record` are parsed and
-//! validated but not run by this version: reaching one records notification 82004 and the
-//! engine goes on with the next verb.
+//! `Echo` loops the caller's media back until the call ends. `Dial` places child calls (their
+//! own call records, `outbound-dial`, with the leg's status callbacks) whose callee uses leg B
+//! of the caller's relay: the caller hears ringback while they ring; the first to answer is
+//! bridged (the others are canceled) until either side hangs up, `timeLimit` passes or the
+//! caller presses `*` (`hangupOnStar`); then the `action` URL gets `DialCallStatus`,
+//! `DialCallSid`, `DialCallDuration` and `DialBridged`, or the document goes on. `Record` is
+//! parsed and validated but not run by this version: reaching it records notification 82004
+//! and the engine goes on with the next verb (so do `record` on `<Dial>` and whisper `url`s).
 //!
 //! Every failure is recorded as a notification with Twilio's code and a message naming the URL
 //! and the problem.
@@ -31,9 +36,9 @@ use voxedge_dataplane::Dataplane;
 
 use super::audio::{self, Codec, Synthesizer};
 use super::fetch::{resolve, FetchError, Fetcher};
-use super::twiml::{Gather, Method, Play, Prompt, RejectReason, Say, Verb};
+use super::twiml::{Dial, DialTarget, Gather, Method, Play, Prompt, RejectReason, Say, Verb};
 use crate::calls::CallService;
-use crate::sip::{EndStatus, IncomingCall, SipHandle};
+use crate::sip::{Bridge, CallUpdate, EndStatus, IncomingCall, OriginateError, SipHandle};
 use crate::store::{now_us, Store, APPLICATIONS, CALLS};
 
 /// VoxEdge notification: a verb this version parses but does not run.
@@ -63,6 +68,24 @@ enum Signal {
     Redirect(Instructions),
 }
 
+/// Progress of a dialled leg, for the `<Dial>` that placed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Leg {
+    Answered(String),
+    Ended(String, EndStatus),
+}
+
+/// Where a dialled leg's progress goes: the running `<Dial>`, or nowhere once that `<Dial>` is
+/// over (a leg answering then is hung up).
+type LegSink = Option<mpsc::UnboundedSender<Leg>>;
+
+/// How a `<Dial>` (or one group of its targets) ended.
+struct DialOutcome {
+    status: &'static str,
+    sid: Option<String>,
+    bridged_secs: Option<u64>,
+}
+
 /// The next document a call runs.
 enum Next {
     Fetch(String, Method, BTreeMap<String, String>),
@@ -88,6 +111,9 @@ pub struct Engine {
     play_ids: AtomicU64,
     speech: Mutex<SpeechCache>,
     signals_dropped: AtomicU64,
+    /// Dialled legs by SID (bounded by live dials: an entry leaves when its leg ends).
+    children: Mutex<HashMap<String, LegSink>>,
+    ringback: Mutex<HashMap<Codec, Arc<PlayMedia>>>,
 }
 
 /// Signals queued per call at most (digits, playback ends, new instructions).
@@ -223,7 +249,59 @@ impl Engine {
             play_ids: AtomicU64::new(1),
             speech: Mutex::new(SpeechCache::default()),
             signals_dropped: AtomicU64::new(0),
+            children: Mutex::new(HashMap::new()),
+            ringback: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<String, LegSink>> {
+        self.children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Progress of a call the SIP service reports: a dialled leg's goes to its `<Dial>`. A leg
+    /// answering after its `<Dial>` gave up on it is hung up.
+    pub fn dial_progress(&self, u: &CallUpdate) {
+        let (sid, leg) = match u {
+            CallUpdate::Answered { sid, .. } => (sid, Leg::Answered(sid.clone())),
+            CallUpdate::Ended { sid, status, .. } => (sid, Leg::Ended(sid.clone(), *status)),
+            CallUpdate::Ringing { .. } | CallUpdate::Incoming(_) => return,
+        };
+        let mut children = self.children();
+        let Some(sink) = children.get(sid) else {
+            return;
+        };
+        match (sink, &leg) {
+            (Some(tx), _) => {
+                let _ = tx.send(leg.clone());
+            }
+            (None, Leg::Answered(_)) => {
+                let sip = self.sip.clone();
+                let sid = sid.clone();
+                tokio::spawn(async move {
+                    let _ = sip.hangup(&sid, EndStatus::Completed).await;
+                });
+            }
+            (None, Leg::Ended(..)) => {}
+        }
+        if matches!(leg, Leg::Ended(..)) {
+            children.remove(sid);
+        }
+    }
+
+    /// Dialled legs not ended yet (for tests and metrics).
+    pub fn dialled_legs(&self) -> usize {
+        self.children().len()
+    }
+
+    fn ringback(&self, codec: Codec) -> Arc<PlayMedia> {
+        self.ringback
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(codec)
+            .or_insert_with(|| audio::encode(&audio::ringback(), codec))
+            .clone()
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Signal>>> {
@@ -286,7 +364,13 @@ impl Engine {
     }
 
     /// A call placed through the API was answered: run its `Twiml`, `Url` or application.
-    pub async fn outbound(self: &Arc<Self>, sid: &str, relay: RelayId, codec: Codec) {
+    pub async fn outbound(
+        self: &Arc<Self>,
+        sid: &str,
+        relay: RelayId,
+        codec: Codec,
+        dtmf_pt: Option<u8>,
+    ) {
         let row = match self.store.get_any(&CALLS, sid).await {
             Ok(Some(r)) => r,
             _ => {
@@ -343,6 +427,7 @@ impl Engine {
             token,
             relay,
             codec,
+            dtmf_pt,
             base,
             answered: true,
         };
@@ -368,6 +453,7 @@ impl Engine {
             token: call.token,
             relay: call.relay,
             codec: call.codec,
+            dtmf_pt: call.dtmf_pt,
             base: call.base,
             answered: call.answered,
             rx,
@@ -521,6 +607,7 @@ impl Engine {
             token,
             relay: inc.relay,
             codec: inc.codec,
+            dtmf_pt: inc.dtmf_pt,
             base,
             answered: false,
         };
@@ -536,6 +623,7 @@ struct Started {
     token: String,
     relay: RelayId,
     codec: Codec,
+    dtmf_pt: Option<u8>,
     base: BTreeMap<String, String>,
     answered: bool,
 }
@@ -562,6 +650,7 @@ struct CallRun {
     token: String,
     relay: RelayId,
     codec: Codec,
+    dtmf_pt: Option<u8>,
     base: BTreeMap<String, String>,
     answered: bool,
     rx: mpsc::Receiver<Signal>,
@@ -797,7 +886,8 @@ impl CallRun {
                 self.echo().await;
                 Flow::Stop
             }
-            v @ (Verb::Dial(_) | Verb::Record(_)) => {
+            Verb::Dial(d) => self.dial(&d, base).await,
+            v @ Verb::Record(_) => {
                 self.notify(
                     "1",
                     CODE_VERB_UNSUPPORTED,
@@ -813,6 +903,345 @@ impl CallRun {
     }
 
     /// Waits for the next signal, at most `limit` (None: until one arrives).
+    /// Sets whether media passes between the caller (leg A) and a dialled callee (leg B).
+    async fn bridge(&self, on: bool) {
+        let (dp, relay) = (self.engine.dp.clone(), self.relay);
+        let _ = tokio::task::spawn_blocking(move || {
+            for side in [Side::A, Side::B] {
+                let _ = dp.update_leg(
+                    relay,
+                    side,
+                    voxedge_dataplane::command::LegUpdate {
+                        blocked: Some(!on),
+                        ..Default::default()
+                    },
+                );
+            }
+        })
+        .await;
+    }
+
+    async fn stop_playing(&self) {
+        let (dp, relay) = (self.engine.dp.clone(), self.relay);
+        let _ = tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
+    }
+
+    /// `<Dial>`: the targets at once (or one after another with `sequential`), the first to
+    /// answer bridged; then the action URL or the next verb.
+    async fn dial(&mut self, d: &Dial, base: &reqwest::Url) -> Flow {
+        if d.record {
+            self.notify(
+                "1",
+                CODE_VERB_UNSUPPORTED,
+                "record on <Dial> is not run by this VoxEdge version: the call was connected without recording",
+            )
+            .await;
+        }
+        if d.targets.iter().any(|t| t.url().is_some()) {
+            self.notify(
+                "1",
+                CODE_VERB_UNSUPPORTED,
+                "url (a whisper to the called party) on <Number>/<Sip> is not run by this VoxEdge version: the legs were bridged without it",
+            )
+            .await;
+        }
+        // Bridged only when answered (answerOnBridge): until then the caller hears ringing.
+        if d.answer_on_bridge && !self.answered {
+            let _ = self.engine.sip.ring(&self.sid).await;
+        } else {
+            self.answer().await;
+        }
+        let caller_id = d
+            .caller_id
+            .clone()
+            .or_else(|| self.base.get("From").cloned())
+            .unwrap_or_default();
+        let groups: Vec<Vec<&DialTarget>> = if d.sequential {
+            d.targets.iter().map(|t| vec![t]).collect()
+        } else {
+            vec![d.targets.iter().collect()]
+        };
+        let mut outcome = DialOutcome {
+            status: "failed",
+            sid: None,
+            bridged_secs: None,
+        };
+        for group in groups {
+            outcome = self.dial_group(d, &group, &caller_id, base).await;
+            if self.ended || self.redirect.is_some() || outcome.bridged_secs.is_some() {
+                break;
+            }
+        }
+        if self.redirect.is_some() {
+            // New instructions from the API: `run` takes them.
+            return Flow::Stop;
+        }
+        let mut params = BTreeMap::new();
+        params.insert("DialCallStatus".to_string(), outcome.status.to_string());
+        params.insert(
+            "DialBridged".to_string(),
+            outcome.bridged_secs.is_some().to_string(),
+        );
+        if let Some(sid) = &outcome.sid {
+            params.insert("DialCallSid".to_string(), sid.clone());
+        }
+        if let Some(secs) = outcome.bridged_secs {
+            params.insert("DialCallDuration".to_string(), secs.to_string());
+        }
+        let Some(action) = &d.action else {
+            return if self.ended { Flow::Stop } else { Flow::Next };
+        };
+        let action = match resolve(base, action) {
+            Ok(u) => u,
+            Err(e) => {
+                self.notify("0", e.code, &format!("<Dial action>: {}", e.message))
+                    .await;
+                return if self.ended { Flow::Stop } else { Flow::Next };
+            }
+        };
+        if self.ended {
+            // The caller hung up: the app still hears how the dial ended (its answer is moot).
+            params.insert("CallStatus".to_string(), "completed".to_string());
+            let _ = self.document(&action, d.method, &params, None).await;
+            return Flow::Stop;
+        }
+        Flow::Goto(action, d.method, params)
+    }
+
+    /// Places one group of a `<Dial>`'s targets and waits for the first answer (then bridges
+    /// until the end of that leg), all failing, the timeout, or the caller's end.
+    async fn dial_group(
+        &mut self,
+        d: &Dial,
+        group: &[&DialTarget],
+        caller_id: &str,
+        base: &reqwest::Url,
+    ) -> DialOutcome {
+        let (tx, mut legs) = mpsc::unbounded_channel();
+        let mut pending: Vec<String> = Vec::new();
+        let mut last: Option<String> = None;
+        for t in group {
+            let Some(child) = self.place_leg(t, caller_id, &tx, base).await else {
+                continue;
+            };
+            last = Some(child.clone());
+            pending.push(child);
+        }
+        let mut outcome = DialOutcome {
+            status: "failed",
+            sid: last,
+            bridged_secs: None,
+        };
+        if pending.is_empty() {
+            return outcome;
+        }
+        let mut ringback = false;
+        if self.answered {
+            let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
+            let (dp, relay, media) = (
+                self.engine.dp.clone(),
+                self.relay,
+                self.engine.ringback(self.codec),
+            );
+            ringback = matches!(
+                tokio::task::spawn_blocking(move || dp.play(relay, Side::A, media, 0, id)).await,
+                Ok(Ok(()))
+            );
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(d.timeout));
+        let mut ends: Vec<EndStatus> = Vec::new();
+        let winner = loop {
+            if pending.is_empty() {
+                break None;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                s = self.signal(Some(left)) => match s {
+                    None => {
+                        ends.push(EndStatus::NoAnswer);
+                        self.give_up(&mut pending, EndStatus::NoAnswer).await;
+                        break None;
+                    }
+                    Some(Signal::Ended) => {
+                        ends.push(EndStatus::Canceled);
+                        self.give_up(&mut pending, EndStatus::Canceled).await;
+                        break None;
+                    }
+                    Some(_) => {}
+                },
+                Some(leg) = legs.recv() => match leg {
+                    Leg::Answered(c) => {
+                        pending.retain(|p| *p != c);
+                        break Some(c);
+                    }
+                    Leg::Ended(c, st) => {
+                        pending.retain(|p| *p != c);
+                        outcome.sid = Some(c);
+                        ends.push(st);
+                    }
+                },
+            }
+        };
+        if ringback {
+            self.stop_playing().await;
+        }
+        // Twilio's DialCallStatus: the most telling of the legs' ends.
+        outcome.status = [
+            (EndStatus::Canceled, "canceled"),
+            (EndStatus::Busy, "busy"),
+            (EndStatus::NoAnswer, "no-answer"),
+            (EndStatus::Completed, "completed"),
+        ]
+        .into_iter()
+        .find(|(st, _)| ends.contains(st))
+        .map_or("failed", |(_, name)| name);
+        let Some(winner) = winner else {
+            return outcome;
+        };
+        // The other targets of the group lost.
+        self.give_up(&mut pending, EndStatus::Canceled).await;
+        outcome.sid = Some(winner.clone());
+        outcome.status = "completed";
+        if !self.answered {
+            self.answer().await;
+        }
+        self.bridge(true).await;
+        let bridged = tokio::time::Instant::now();
+        let until = bridged + Duration::from_secs(u64::from(d.time_limit));
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                s = self.signal(Some(left)) => match s {
+                    None | Some(Signal::Ended) => break,
+                    Some(Signal::Digit('*')) if d.hangup_on_star => break,
+                    Some(_) => {}
+                },
+                Some(leg) = legs.recv() => {
+                    if matches!(&leg, Leg::Ended(c, _) if *c == winner) {
+                        break;
+                    }
+                }
+            }
+        }
+        outcome.bridged_secs = Some(bridged.elapsed().as_secs());
+        self.bridge(false).await;
+        // Hung up here (time limit, `*`, the caller's end, a redirect) unless it already ended.
+        if let Some(sink) = self.engine.children().get_mut(&winner) {
+            *sink = None;
+        }
+        let _ = self.engine.sip.hangup(&winner, EndStatus::Completed).await;
+        outcome
+    }
+
+    /// Ends dialled legs this `<Dial>` no longer wants; their late answers are hung up.
+    async fn give_up(&self, pending: &mut Vec<String>, status: EndStatus) {
+        for c in pending.drain(..) {
+            if let Some(sink) = self.engine.children().get_mut(&c) {
+                *sink = None;
+            }
+            let _ = self.engine.sip.hangup(&c, status).await;
+        }
+    }
+
+    /// Records and places one dialled leg (a child call of this one); `None` when the target
+    /// cannot be dialled (a notification says why).
+    async fn place_leg(
+        &self,
+        t: &DialTarget,
+        caller_id: &str,
+        sink: &mpsc::UnboundedSender<Leg>,
+        base: &reqwest::Url,
+    ) -> Option<String> {
+        let to = t.to();
+        let mut target = match self.engine.sip.resolve(to) {
+            Ok(tg) => tg,
+            Err(e) => {
+                let code = match e {
+                    OriginateError::SipUriNotAllowed => "13225",
+                    OriginateError::NoRoute => "13224",
+                    _ => "13223",
+                };
+                self.notify("0", code, &format!("<Dial> {to}: {e}")).await;
+                return None;
+            }
+        };
+        if let DialTarget::Sip {
+            username: Some(u),
+            password: Some(p),
+            ..
+        } = t
+        {
+            target.creds = Some((u.clone(), p.clone()));
+        }
+        let child = crate::secret::new_sid("CA");
+        let now = now_us();
+        let mut cols: Vec<(&str, Value)> = vec![
+            ("sid", Value::from(child.clone())),
+            ("account_sid", Value::from(self.account.clone())),
+            ("parent_call_sid", Value::from(self.sid.clone())),
+            ("direction", Value::from("outbound-dial")),
+            ("from", Value::from(caller_id)),
+            ("to", Value::from(to)),
+            ("from_formatted", Value::from(caller_id)),
+            ("to_formatted", Value::from(to)),
+            ("status", Value::from("initiated")),
+            ("queue_time", Value::from(0)),
+            ("record", Value::from(0)),
+            ("price_unit", Value::from("USD")),
+            ("api_version", Value::from("2010-04-01")),
+            ("date_created", Value::from(now)),
+            ("date_updated", Value::from(now)),
+        ];
+        let callback = match t.callback().map(|cb| (resolve(base, &cb.url), cb)) {
+            Some((Ok(url), cb)) => Some((url, cb)),
+            Some((Err(e), _)) => {
+                self.notify(
+                    "0",
+                    e.code,
+                    &format!("<Dial> {to} statusCallback: {}", e.message),
+                )
+                .await;
+                None
+            }
+            None => None,
+        };
+        if let Some((url, cb)) = callback {
+            cols.push(("status_callback", Value::from(url)));
+            cols.push(("status_callback_method", Value::from(cb.method.as_str())));
+            cols.push(("status_callback_event", Value::from(cb.events.clone())));
+        }
+        if let Err(e) = self.engine.store.insert(&CALLS, &cols).await {
+            tracing::error!(error = %e, "cannot record a dialled leg");
+            self.notify(
+                "0",
+                "13227",
+                &format!("<Dial> {to}: the leg could not be recorded"),
+            )
+            .await;
+            return None;
+        }
+        self.engine
+            .children()
+            .insert(child.clone(), Some(sink.clone()));
+        self.engine.calls.event(&child, "initiated").await;
+        let o = crate::sip::Originate {
+            sid: child.clone(),
+            target,
+            from_user: caller_id.to_string(),
+            instructions: false,
+            bridge: Some(Bridge {
+                relay: self.relay,
+                codec: self.codec,
+                dtmf_pt: self.dtmf_pt,
+            }),
+        };
+        if self.engine.sip.originate(o).await.is_err() {
+            self.engine.children().remove(&child);
+            return None;
+        }
+        Some(child)
+    }
+
     async fn signal(&mut self, limit: Option<Duration>) -> Option<Signal> {
         let s = match limit {
             Some(d) => tokio::time::timeout(d, self.rx.recv()).await.ok()?,

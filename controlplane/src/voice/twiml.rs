@@ -81,19 +81,54 @@ pub struct Gather {
     pub prompts: Vec<Prompt>,
 }
 
+/// Status callbacks of one dialled leg (`statusCallback*` on `<Number>` or `<Sip>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegCallback {
+    pub url: String,
+    pub method: Method,
+    /// Space-separated events (initiated ringing answered completed); `completed` when absent.
+    pub events: String,
+}
+
 /// A `<Dial>` destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialTarget {
     Number {
         number: String,
         url: Option<String>,
+        callback: Option<LegCallback>,
     },
     Sip {
         uri: String,
         url: Option<String>,
         username: Option<String>,
         password: Option<String>,
+        callback: Option<LegCallback>,
     },
+}
+
+impl DialTarget {
+    /// The number or URI dialled.
+    pub fn to(&self) -> &str {
+        match self {
+            DialTarget::Number { number, .. } => number,
+            DialTarget::Sip { uri, .. } => uri,
+        }
+    }
+
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            DialTarget::Number { url, .. } | DialTarget::Sip { url, .. } => url.as_deref(),
+        }
+    }
+
+    pub fn callback(&self) -> Option<&LegCallback> {
+        match self {
+            DialTarget::Number { callback, .. } | DialTarget::Sip { callback, .. } => {
+                callback.as_ref()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -695,6 +730,7 @@ impl<'a> Parser<'a> {
             targets.push(DialTarget::Number {
                 number: plain.to_string(),
                 url: None,
+                callback: None,
             });
         }
         for (c, b) in &body.children {
@@ -720,6 +756,7 @@ impl<'a> Parser<'a> {
                     targets.push(DialTarget::Number {
                         number: text.to_string(),
                         url: n.url("url")?,
+                        callback: n.leg_callback()?,
                     });
                 }
                 "Sip" => {
@@ -744,6 +781,7 @@ impl<'a> Parser<'a> {
                         url: n.url("url")?,
                         username: n.get("username").map(str::to_string),
                         password: n.get("password").map(str::to_string),
+                        callback: n.leg_callback()?,
                     });
                 }
                 other => {
@@ -839,13 +877,40 @@ impl<'p, 'a> Attrs<'p, 'a> {
     }
 
     fn method(&self) -> Result<Method, TwimlError> {
-        match self.get("method") {
+        self.method_named("method")
+    }
+
+    fn method_named(&self, name: &str) -> Result<Method, TwimlError> {
+        match self.get(name) {
             None => Ok(Method::Post),
             Some(m) => Method::parse(m).ok_or_else(|| {
                 self.parser
-                    .schema(self.el, format!("method={m:?} is not GET or POST"))
+                    .schema(self.el, format!("{name}={m:?} is not GET or POST"))
             }),
         }
+    }
+
+    /// `statusCallback`, `statusCallbackMethod` and `statusCallbackEvent` of a dialled leg.
+    fn leg_callback(&self) -> Result<Option<LegCallback>, TwimlError> {
+        let Some(url) = self.url("statusCallback")? else {
+            return Ok(None);
+        };
+        let events = self.get("statusCallbackEvent").unwrap_or("completed");
+        let mut out = Vec::new();
+        for e in events.split([' ', ',']).filter(|e| !e.is_empty()) {
+            if !["initiated", "ringing", "answered", "completed"].contains(&e) {
+                return Err(self.parser.schema(
+                    self.el,
+                    format!("statusCallbackEvent {e:?} is not initiated, ringing, answered or completed"),
+                ));
+            }
+            out.push(e);
+        }
+        Ok(Some(LegCallback {
+            url,
+            method: self.method_named("statusCallbackMethod")?,
+            events: out.join(" "),
+        }))
     }
 
     fn url(&self, name: &str) -> Result<Option<String>, TwimlError> {
@@ -936,7 +1001,7 @@ mod tests {
         assert_eq!(d.targets.len(), 2);
         assert_eq!(d.timeout, 20);
         assert!(
-            matches!(&v[6], Verb::Dial(d) if d.targets == [DialTarget::Number { number: "+15559999".into(), url: None }])
+            matches!(&v[6], Verb::Dial(d) if d.targets == [DialTarget::Number { number: "+15559999".into(), url: None, callback: None }])
         );
         assert_eq!(v[9], Verb::Reject(RejectReason::Busy));
     }
