@@ -151,7 +151,182 @@ impl std::fmt::Debug for Callbacks {
     }
 }
 
+/// A SIP-event callback registration: where which signalling events of a call go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipEventsRegistration {
+    pub url: String,
+    pub method: &'static str,
+    /// Events reported; empty: all.
+    pub events: Vec<String>,
+    /// Headers copied into each callback as `SipHeader_<Name>`.
+    pub headers: Vec<String>,
+    /// Only events whose message has this header containing this text.
+    pub filter: Option<(String, String)>,
+    /// Whose registration it is: `call`, `parent` (a `<Dial>` leg inherits its caller's) or
+    /// `application`.
+    pub source: &'static str,
+}
+
+impl SipEventsRegistration {
+    /// The registration held in a call or application row, if any.
+    pub fn of(row: &Map<String, Value>, source: &'static str) -> Option<Self> {
+        let text = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("");
+        let url = text("sip_events_url");
+        if url.is_empty() {
+            return None;
+        }
+        let list = |k: &str| -> Vec<String> {
+            text(k)
+                .split([' ', ','])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        Some(SipEventsRegistration {
+            url: url.to_string(),
+            method: if text("sip_events_method") == "GET" {
+                "GET"
+            } else {
+                "POST"
+            },
+            events: list("sip_events"),
+            headers: list("sip_events_headers"),
+            filter: text("sip_events_filter")
+                .split_once(':')
+                .map(|(n, t)| (n.trim().to_string(), t.trim().to_lowercase())),
+            source,
+        })
+    }
+
+    pub fn to_json(&self, call_sid: &str, account_sid: &str) -> Value {
+        serde_json::json!({
+            "account_sid": account_sid,
+            "call_sid": call_sid,
+            "url": self.url,
+            "method": self.method,
+            "events": if self.events.is_empty() {
+                crate::sip::SIP_EVENTS.iter().map(|e| (*e).to_string()).collect()
+            } else {
+                self.events.clone()
+            },
+            "headers": self.headers,
+            "filter": self.filter.as_ref().map(|(n, t)| format!("{n}: {t}")),
+            "source": self.source,
+        })
+    }
+
+    /// Whether `ev` is reported.
+    pub fn wants(&self, ev: &crate::sip::SipEvent) -> bool {
+        (self.events.is_empty() || self.events.iter().any(|e| e == ev.event))
+            && self.filter.as_ref().is_none_or(|(name, needle)| {
+                ev.header(name)
+                    .iter()
+                    .any(|v| v.to_lowercase().contains(needle.as_str()))
+            })
+    }
+}
+
+/// The registration that applies to a call: its own, else its parent's (for a `<Dial>` leg),
+/// else its application's (or its parent's application's).
+pub async fn sip_events_for(
+    store: &Store,
+    call: &Map<String, Value>,
+) -> Option<SipEventsRegistration> {
+    use crate::store::{APPLICATIONS, CALLS};
+    if let Some(r) = SipEventsRegistration::of(call, "call") {
+        return Some(r);
+    }
+    let text = |row: &Map<String, Value>, k: &str| {
+        row.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    let parent = match text(call, "parent_call_sid") {
+        Some(p) => store.get_any(&CALLS, &p).await.ok().flatten(),
+        None => None,
+    };
+    if let Some(r) = parent
+        .as_ref()
+        .and_then(|p| SipEventsRegistration::of(p, "parent"))
+    {
+        return Some(r);
+    }
+    let app = text(call, "application_sid")
+        .or_else(|| parent.as_ref().and_then(|p| text(p, "application_sid")))?;
+    let row = store.get_any(&APPLICATIONS, &app).await.ok().flatten()?;
+    SipEventsRegistration::of(&row, "application")
+}
+
 impl Callbacks {
+    /// A signalling event of a call: when a registration applies to the call and wants the
+    /// event, its callback goes to the outbox (in order with the call's status callbacks).
+    pub async fn sip_event(&self, call: &Map<String, Value>, ev: &crate::sip::SipEvent) {
+        let Some(reg) = sip_events_for(&self.store, call).await else {
+            return;
+        };
+        if !reg.wants(ev) {
+            return;
+        }
+        let text = |k: &str| {
+            call.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let mut p = BTreeMap::new();
+        for (k, v) in [
+            ("AccountSid", text("account_sid")),
+            ("ApiVersion", "2010-04-01".to_string()),
+            ("CallSid", text("sid")),
+            ("CallStatus", text("status")),
+            ("Direction", text("direction")),
+            ("From", text("from")),
+            ("To", text("to")),
+            ("CallbackSource", "sip-events".to_string()),
+            ("SipEvent", ev.event.to_string()),
+            ("Timestamp", rfc2822(now_us())),
+        ] {
+            p.insert(k.to_string(), v);
+        }
+        let parent = text("parent_call_sid");
+        if !parent.is_empty() {
+            p.insert("ParentCallSid".into(), parent);
+        }
+        if let Some(m) = &ev.method {
+            p.insert("SipMethod".into(), m.clone());
+        }
+        if let Some(s) = ev.status {
+            p.insert("SipResponseCode".into(), s.to_string());
+        }
+        if let Some(b) = &ev.body {
+            p.insert("SipBody".into(), b.clone());
+        }
+        for h in &reg.headers {
+            let values = ev.header(h);
+            if !values.is_empty() {
+                p.insert(format!("SipHeader_{h}"), values.join(", "));
+            }
+        }
+        let cb = Callback {
+            // CE: a SIP event (status callbacks are CB; their SequenceNumber counts only those).
+            sid: new_sid("CE"),
+            account_sid: text("account_sid"),
+            call_sid: text("sid"),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            url: reg.url,
+            method: reg.method.to_string(),
+            params: serde_json::to_string(&p).unwrap_or_default(),
+            attempts: 0,
+            next_attempt: 0,
+        };
+        if let Err(e) = self.store.enqueue_callback(&cb).await {
+            tracing::error!(error = %e, call = %cb.call_sid, "cannot write a SIP-event callback to the outbox");
+            return;
+        }
+        self.wake.notify_one();
+    }
+
     /// Starts the deliverer; it stops with `stop`.
     ///
     /// # Errors
@@ -207,7 +382,7 @@ impl Callbacks {
             .store
             .callbacks_of(&text("sid"))
             .await
-            .map(|v| v.len())
+            .map(|v| v.iter().filter(|c| c.0.starts_with("CB")).count())
             .unwrap_or(0);
         let mut p = BTreeMap::new();
         for (k, v) in [

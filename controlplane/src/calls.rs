@@ -462,6 +462,18 @@ impl CallService {
                     self.end(&sid, status, sip_code).await;
                     Ok(())
                 }
+                CallUpdate::Sip(ev) => {
+                    if let Some(cb) = &self.callbacks {
+                        match self.store.get_any(&CALLS, &ev.sid).await {
+                            Ok(Some(call)) => cb.sip_event(&call, &ev).await,
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, sid = %ev.sid, "cannot read a call for its SIP event")
+                            }
+                        }
+                    }
+                    Ok(())
+                }
                 CallUpdate::Incoming(inc) => {
                     // In order with the call's later updates: its record exists before its
                     // answer or end is processed.

@@ -138,6 +138,71 @@ pub enum CallUpdate {
     /// An INVITE no dial-plan entry claims: a call for the instruction engine, its media
     /// anchored (caller on leg A), waiting for [`SipHandle::answer`] or [`SipHandle::reject`].
     Incoming(Box<IncomingCall>),
+    /// A signalling event of a call with a SID (for SIP-event callbacks).
+    Sip(Box<SipEvent>),
+}
+
+/// A signalling event of a call (a placed call, a `<Dial>` leg or an engine call): what SIP
+/// event callbacks report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipEvent {
+    pub sid: String,
+    /// `provisional` (1xx other than 100 received), `failure` (a final error response
+    /// received), `reinvite`, `update`, `info`, `refer`, `bye`, `cancel`.
+    pub event: &'static str,
+    /// The request's method, or the response's status code.
+    pub method: Option<String>,
+    pub status: Option<u16>,
+    /// The message's header section (start line excluded), as received and parsed.
+    pub head: String,
+    /// The body of an INFO (at most 4 KB, as text).
+    pub body: Option<String>,
+}
+
+/// Every event name a SIP-event registration may ask for.
+pub const SIP_EVENTS: &[&str] = &[
+    "provisional",
+    "failure",
+    "reinvite",
+    "update",
+    "info",
+    "refer",
+    "bye",
+    "cancel",
+];
+
+impl SipEvent {
+    fn of(sid: &str, event: &'static str, msg: &SipMessage) -> SipEvent {
+        let bytes = msg.to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        let head_end = text.find("\r\n\r\n").unwrap_or(text.len());
+        let head = text[..head_end]
+            .split_once("\r\n")
+            .map_or("", |(_, h)| h)
+            .chars()
+            .take(16 * 1024)
+            .collect();
+        let body = (event == "info" && !msg.body.is_empty())
+            .then(|| String::from_utf8_lossy(&msg.body[..msg.body.len().min(4096)]).into_owned());
+        SipEvent {
+            sid: sid.to_string(),
+            event,
+            method: msg.method().map(ToString::to_string),
+            status: msg.status(),
+            head,
+            body,
+        }
+    }
+
+    /// The values of header `name` (case-insensitive; folded lines were joined by parsing).
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.head
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+            .collect()
+    }
 }
 
 /// An incoming call handed to the instruction engine.
@@ -1193,6 +1258,11 @@ impl Core {
                         now,
                     );
                     if let Some(k) = call {
+                        if let Some(sid) = self.calls.get(&k).and_then(|c| c.origin.clone()) {
+                            self.report(CallUpdate::Sip(Box::new(SipEvent::of(
+                                &sid, "cancel", &msg,
+                            ))));
+                        }
                         self.cancel_b(&k, now);
                         self.end_call(&k, false);
                     }
@@ -1653,6 +1723,22 @@ Contact: <sip:voxedge@{local}>\r\n",
             return;
         }
         let method = msg.method().cloned().unwrap_or(Method::INFO);
+        if let Some(sid) = call.origin.clone() {
+            let event = match method.to_string().as_str() {
+                "BYE" => Some("bye"),
+                "INVITE" => Some("reinvite"),
+                "UPDATE" => Some("update"),
+                "INFO" => Some("info"),
+                "REFER" => Some("refer"),
+                _ => None,
+            };
+            if let Some(event) = event {
+                self.report(CallUpdate::Sip(Box::new(SipEvent::of(&sid, event, &msg))));
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         if method == Method::BYE {
             self.respond(tx, build_response(&msg, 200, "OK", None), now);
             self.bye_b(&id, now);
@@ -2143,6 +2229,14 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 return;
             }
         }
+        if code > 100 && !(200..300).contains(&code) && !(code == 401 || code == 407) {
+            let event = if code < 200 { "provisional" } else { "failure" };
+            let sid = o.sid.clone();
+            self.report(CallUpdate::Sip(Box::new(SipEvent::of(&sid, event, &msg))));
+        }
+        let Some(o) = self.origins.get_mut(&tx) else {
+            return;
+        };
         match code {
             100 => {}
             101..=199 => {

@@ -82,11 +82,11 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
   </Gather>
   <Say>We did not get a key.</Say>
 </Response>"#),
-        "/digits" => xml(&format!(
-            r#"<Response><Dial action="/dialed" timeout="20"><Number statusCallback="/leg" statusCallbackEvent="initiated ringing answered completed">+19990001</Number></Dial><Say>Not reached.</Say></Response>"#
-        )),
+        "/digits" => xml(
+            r#"<Response><Dial action="/dialed" timeout="20"><Number statusCallback="/leg" statusCallbackEvent="initiated ringing answered completed">+19990001</Number></Dial><Say>Not reached.</Say></Response>"#,
+        ),
         "/dialed" => xml("<Response><Hangup/></Response>"),
-        "/leg" => (StatusCode::NO_CONTENT, "").into_response(),
+        "/leg" | "/sipevents" => (StatusCode::NO_CONTENT, "").into_response(),
         "/fallback" => xml("<Response><Say>Fallback.</Say><Hangup/></Response>"),
         "/status" => (StatusCode::NO_CONTENT, "").into_response(),
         "/fail500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
@@ -242,7 +242,52 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
             assert_eq!(code, 201);
         }
     };
-    add("+15550100", app_url("/voice")).await;
+    // +15550100 runs an application that also registers SIP-event callbacks (the dialled
+    // leg's 180 and its BYE's Reason reach /sipevents).
+    let (apps0, a0, voice0, fb0, st0, se0) = (
+        format!("{api}/2010-04-01/Accounts/{sid}/Applications.json"),
+        auth(&sid, &token),
+        app_url("/voice"),
+        app_url("/fallback"),
+        app_url("/status"),
+        app_url("/sipevents"),
+    );
+    let (numbers0, a00) = (numbers.clone(), auth(&sid, &token));
+    tokio::task::spawn_blocking(move || {
+        let bad = ureq::post(&apps0).set("Authorization", &a0).send_form(&[
+            ("VoiceUrl", voice0.as_str()),
+            ("SipEventsFilter", "no colon"),
+        ]);
+        assert!(
+            matches!(bad, Err(ureq::Error::Status(400, _))),
+            "a bad filter is refused: {bad:?}"
+        );
+        let r: Value = ureq::post(&apps0)
+            .set("Authorization", &a0)
+            .send_form(&[
+                ("VoiceUrl", voice0.as_str()),
+                ("VoiceFallbackUrl", fb0.as_str()),
+                ("StatusCallback", st0.as_str()),
+                ("SipEventsUrl", se0.as_str()),
+                ("SipEvents", "provisional"),
+                ("SipEvents", "bye"),
+                ("SipEventsHeaders", "Reason X-Ring-Tone"),
+            ])
+            .expect("application created")
+            .into_json()
+            .expect("json");
+        assert_eq!(r["sip_events"], "provisional bye", "{r}");
+        let app = r["sid"].as_str().expect("sid").to_string();
+        ureq::post(&numbers0)
+            .set("Authorization", &a00)
+            .send_form(&[
+                ("PhoneNumber", "+15550100"),
+                ("VoiceApplicationSid", app.as_str()),
+            ])
+            .expect("number with the dialler application");
+    })
+    .await
+    .expect("join");
     add("+15550101", app_url("/fail500")).await;
     add("+15550102", app_url("/html")).await;
     add("+15550103", app_url("/malformed")).await;
@@ -477,6 +522,112 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
         assert_eq!(l.params.get("ParentCallSid"), Some(&call_sid));
         assert_eq!(l.params.get("SequenceNumber"), Some(&i.to_string()));
     }
+    // SIP-event callbacks of the dialled leg (the application's registration applies to the
+    // calls it runs and their legs): the callee's 180 with its X-Ring-Tone, the BYE with its
+    // Reason, each in order with the leg's status callbacks.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen("/sipevents").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "SIP events: {:?}",
+            seen("/sipevents")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = seen("/sipevents");
+    assert_eq!(events.len(), 2, "{events:?}");
+    let (ring, bye) = (&events[0].params, &events[1].params);
+    assert_eq!(
+        ring.get("SipEvent").map(String::as_str),
+        Some("provisional"),
+        "{ring:?}"
+    );
+    assert_eq!(ring.get("SipResponseCode").map(String::as_str), Some("180"));
+    assert_eq!(
+        ring.get("SipHeader_X-Ring-Tone").map(String::as_str),
+        Some("classic")
+    );
+    assert_eq!(
+        bye.get("SipEvent").map(String::as_str),
+        Some("bye"),
+        "{bye:?}"
+    );
+    assert_eq!(bye.get("SipMethod").map(String::as_str), Some("BYE"));
+    assert_eq!(
+        bye.get("SipHeader_Reason").map(String::as_str),
+        Some(r#"Q.850;cause=16;text="Normal call clearing""#)
+    );
+    for e in [ring, bye] {
+        assert_eq!(e.get("CallSid"), Some(&leg_sid));
+        assert_eq!(e.get("ParentCallSid"), Some(&call_sid));
+        assert_eq!(
+            e.get("CallbackSource").map(String::as_str),
+            Some("sip-events")
+        );
+    }
+    let all = app_state.seen.lock().expect("seen").clone();
+    let at = |pred: &dyn Fn(&Seen) -> bool| all.iter().position(pred).expect("request");
+    let status_at = |st: &str| {
+        at(&|s: &Seen| {
+            s.path == "/leg" && s.params.get("CallStatus").map(String::as_str) == Some(st)
+        })
+    };
+    let ev_at = |ev: &str| {
+        at(&|s: &Seen| {
+            s.path == "/sipevents" && s.params.get("SipEvent").map(String::as_str) == Some(ev)
+        })
+    };
+    assert!(status_at("initiated") < ev_at("provisional"));
+    assert!(ev_at("provisional") < status_at("in-progress"));
+    assert!(status_at("in-progress") < ev_at("bye"));
+    assert!(ev_at("bye") < status_at("completed"));
+    // The registration through /v1/: the leg inherits the application's; a call's own wins
+    // and can be removed again.
+    let reg_url = format!("{api}/v1/Accounts/{sid}/Calls/{leg_sid}/SipEvents.json");
+    let (a4, se4) = (auth(&sid, &token), app_url("/sipevents-own"));
+    tokio::task::spawn_blocking(move || {
+        let get = || -> Result<Value, u16> {
+            match ureq::get(&reg_url).set("Authorization", &a4).call() {
+                Ok(r) => Ok(r.into_json().expect("json")),
+                Err(ureq::Error::Status(s, _)) => Err(s),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let inherited = get().expect("inherited registration");
+        assert_eq!(inherited["source"], "application", "{inherited}");
+        assert_eq!(
+            inherited["events"],
+            serde_json::json!(["provisional", "bye"])
+        );
+        let set: Value = ureq::post(&reg_url)
+            .set("Authorization", &a4)
+            .send_form(&[
+                ("SipEventsUrl", se4.as_str()),
+                ("SipEventsFilter", "Reason: cause=16"),
+            ])
+            .expect("registered")
+            .into_json()
+            .expect("json");
+        assert_eq!(set["source"], "call", "{set}");
+        assert_eq!(set["filter"], "Reason: cause=16");
+        assert_eq!(
+            set["events"].as_array().map(Vec::len),
+            Some(8),
+            "default: all events"
+        );
+        let gone = ureq::delete(&reg_url).set("Authorization", &a4).call();
+        assert_eq!(gone.expect("deleted").status(), 204);
+        assert_eq!(get().expect("inherited again")["source"], "application");
+        let hostile = ureq::post(&reg_url)
+            .set("Authorization", &a4)
+            .send_form(&[("SipEventsUrl", "file:///etc/passwd")]);
+        assert!(
+            matches!(hostile, Err(ureq::Error::Status(400, _))),
+            "{hostile:?}"
+        );
+    })
+    .await
+    .expect("join");
     assert_eq!(
         r.engine.as_ref().expect("engine").dialled_legs(),
         0,

@@ -488,6 +488,14 @@ async fn path_account(
     }
 }
 
+/// A SIP header name we accept in a registration (a token, at most 64 characters).
+fn is_header_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!%*+`'~".contains(&b))
+}
+
 fn check_value(p: &Param, v: &str) -> Result<String, TwError> {
     let bad = |why: &str| TwError::bad(20001, format!("Invalid {}: {why}", p.name));
     if v.len() > 4000 {
@@ -514,6 +522,24 @@ fn check_value(p: &Param, v: &str) -> Result<String, TwError> {
             "true" | "false" => v.to_ascii_lowercase(),
             _ => return Err(bad("must be true or false")),
         },
+        Ty::HeaderNames => {
+            let names: Vec<&str> = v.split([' ', ',']).filter(|n| !n.is_empty()).collect();
+            if names.len() > 20 || !names.iter().all(|n| is_header_name(n)) {
+                return Err(bad("SIP header names (letters, digits, - _ .), at most 20"));
+            }
+            names.join(" ")
+        }
+        Ty::HeaderFilter => {
+            if !v.is_empty() {
+                let ok = v.split_once(':').is_some_and(|(n, t)| {
+                    is_header_name(n.trim()) && !t.trim().is_empty() && t.len() <= 256
+                });
+                if !ok {
+                    return Err(bad("must be `Header-Name: text`"));
+                }
+            }
+            v.to_string()
+        }
         Ty::FetchOverrides => {
             if !v.is_empty() {
                 crate::voice::fetch::Timeouts::default()
@@ -1280,6 +1306,9 @@ async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
         )),
         Op::RecordingDelete => delete_row(c, &RECORDINGS).await,
         Op::UsageRecordsList => usage(c).await,
+        Op::CallSipEventsSet | Op::CallSipEventsFetch | Op::CallSipEventsDelete => {
+            call_sip_events(op, c).await
+        }
     }
 }
 
@@ -1390,11 +1419,70 @@ async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
 
 /// A `StatusCallback` must be a URL callbacks may reach (SSRF check on the literal host).
 fn check_callback(c: &Ctx<'_>, p: &Params) -> Result<(), TwError> {
-    if let Some(u) = p.get("StatusCallback").filter(|u| !u.is_empty()) {
-        crate::callbacks::check_url(u, c.st.cfg.callbacks_allow_private)
-            .map_err(|e| TwError::bad(21609, format!("Invalid StatusCallback: {e}")))?;
+    for name in ["StatusCallback", "SipEventsUrl"] {
+        if let Some(u) = p.get(name).filter(|u| !u.is_empty()) {
+            crate::callbacks::check_url(u, c.st.cfg.callbacks_allow_private)
+                .map_err(|e| TwError::bad(21609, format!("Invalid {name}: {e}")))?;
+        }
     }
     Ok(())
+}
+
+/// The columns of a call's own SIP-event registration.
+const SIP_EVENT_COLUMNS: [&str; 5] = [
+    "sip_events_url",
+    "sip_events_method",
+    "sip_events",
+    "sip_events_headers",
+    "sip_events_filter",
+];
+
+/// `/v1/…/Calls/{Sid}/SipEvents`: set (replacing every field), fetch the registration that
+/// applies, or remove the call's own.
+async fn call_sip_events(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
+    let row = fetch_row(c, &CALLS, &c.sid).await?;
+    match op {
+        Op::CallSipEventsSet => {
+            if c.params.get("SipEventsUrl").is_none_or(str::is_empty) {
+                return Err(TwError::bad(21201, "SipEventsUrl is required"));
+            }
+            check_callback(c, c.params)?;
+            let given = columns_from(&CALLS, c.params);
+            let sets: Vec<(&str, Value)> = SIP_EVENT_COLUMNS
+                .iter()
+                .map(|col| {
+                    let v = given
+                        .iter()
+                        .find(|(k, _)| k == col)
+                        .map_or(Value::Null, |(_, v)| v.clone());
+                    (*col, v)
+                })
+                .collect();
+            c.st.store
+                .update(&CALLS, c.acc_sid(), &c.sid, &sets)
+                .await?;
+        }
+        Op::CallSipEventsDelete => {
+            let sets: Vec<(&str, Value)> = SIP_EVENT_COLUMNS
+                .iter()
+                .map(|k| (*k, Value::Null))
+                .collect();
+            c.st.store
+                .update(&CALLS, c.acc_sid(), &c.sid, &sets)
+                .await?;
+            return Ok(Value::Null);
+        }
+        _ => {}
+    }
+    let row = if op == Op::CallSipEventsSet {
+        fetch_row(c, &CALLS, &c.sid).await?
+    } else {
+        row
+    };
+    match crate::callbacks::sip_events_for(&c.st.store, &row).await {
+        Some(reg) => Ok(reg.to_json(&c.sid, c.acc_sid())),
+        None => Err(TwError::not_found(c.path)),
+    }
 }
 
 fn unavailable() -> TwError {

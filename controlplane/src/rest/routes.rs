@@ -32,6 +32,9 @@ pub enum Op {
     CallUpdate,
     CallDelete,
     CallEventsList,
+    CallSipEventsSet,
+    CallSipEventsFetch,
+    CallSipEventsDelete,
     CallNotificationsList,
     CallRecordingsList,
     NotificationsList,
@@ -62,6 +65,10 @@ pub enum Ty {
     Many(&'static [&'static str]),
     /// Fetch timeouts and retries in Twilio's URL-fragment syntax (`ct=…&rt=…`).
     FetchOverrides,
+    /// SIP header names separated by spaces or commas (at most 20).
+    HeaderNames,
+    /// `Header-Name: text` (a SIP header that must contain the text).
+    HeaderFilter,
 }
 
 /// A form (POST) or query (GET) parameter.
@@ -130,7 +137,7 @@ const CALL_STATUSES: &[&str] = &[
 ];
 const CALLBACK_EVENTS: &[&str] = &["initiated", "ringing", "answered", "completed"];
 
-const APP_PARAMS: &[Param] = &[
+const APP_BASE_PARAMS: &[Param] = &[
     p(
         "FriendlyName",
         Ty::Str,
@@ -183,6 +190,60 @@ const APP_PARAMS: &[Param] = &[
         "VoxEdge: default timeouts and retries of this application's instruction fetches, in Twilio's URL-fragment syntax (ct, rt, tt in ms; rc; rp); a URL's own fragment still wins.",
     ),
 ];
+
+/// A SIP-event callback registration (VoxEdge): of an application, of a call at creation,
+/// or of a live call through `/v1/`.
+macro_rules! sip_event_params {
+    () => {
+        [
+            p(
+                "SipEventsUrl",
+                Ty::Url,
+                "VoxEdge: URL told about the call's SIP signalling events (SIP-event callbacks); empty removes the registration.",
+            ),
+            p("SipEventsMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+            p(
+                "SipEvents",
+                Ty::Many(crate::sip::SIP_EVENTS),
+                "Events reported (repeatable; default all): provisional (1xx received), failure (final error received), reinvite, update, info, refer, bye, cancel.",
+            ),
+            p(
+                "SipEventsHeaders",
+                Ty::HeaderNames,
+                "SIP headers copied into each callback as SipHeader_<Name> (e.g. \"Reason X-Customer\").",
+            ),
+            p(
+                "SipEventsFilter",
+                Ty::HeaderFilter,
+                "Only events whose message has this header containing this text (\"Name: text\", case-insensitive).",
+            ),
+        ]
+    };
+}
+
+const SIP_EVENT_PARAMS: &[Param] = &sip_event_params!();
+
+/// `a` then `b` (`N` = their total length), for parameter lists that share a tail.
+const fn join<const N: usize>(a: &[Param], b: &[Param]) -> [Param; N] {
+    let mut out = [b[0]; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < b.len() {
+        out[i + j] = b[j];
+        j += 1;
+    }
+    out
+}
+
+const APP_PARAMS: &[Param] =
+    &join::<{ APP_BASE_PARAMS.len() + SIP_EVENT_PARAMS.len() }>(APP_BASE_PARAMS, SIP_EVENT_PARAMS);
+const CALL_CREATE_PARAMS: &[Param] = &join::<
+    { CALL_CREATE_BASE_PARAMS.len() + SIP_EVENT_PARAMS.len() },
+>(CALL_CREATE_BASE_PARAMS, SIP_EVENT_PARAMS);
 
 /// `PhoneNumber` first: updates take the rest (a number's value does not change).
 const NUMBER_CREATE_PARAMS: &[Param] = &[
@@ -239,7 +300,7 @@ const NUMBER_CREATE_PARAMS: &[Param] = &[
     ),
 ];
 
-const CALL_CREATE_PARAMS: &[Param] = &[
+const CALL_CREATE_BASE_PARAMS: &[Param] = &[
     req("To", Ty::Str, "Number to call (routed by the [sip] routes dial plan) or sip: URI (when api.sip_uri_calls is on)."),
     req("From", Ty::Str, "Caller ID: a number or name (the From user part)."),
     p("Url", Ty::Url, "Instructions URL (one of Url, Twiml, ApplicationSid)."),
@@ -627,6 +688,27 @@ pub const ROUTES: &[Route] = &[
         "Usage by category over a period",
         USAGE_PARAMS
     ),
+    route!(
+        "POST",
+        "/v1/Accounts/{AccountSid}/Calls/{Sid}/SipEvents.json",
+        CallSipEventsSet,
+        "VoxEdge: register (or replace) a call's SIP-event callback",
+        SIP_EVENT_PARAMS
+    ),
+    route!(
+        "GET",
+        "/v1/Accounts/{AccountSid}/Calls/{Sid}/SipEvents.json",
+        CallSipEventsFetch,
+        "VoxEdge: a call's SIP-event callback registration (its own, else its parent's or application's)",
+        &[]
+    ),
+    route!(
+        "DELETE",
+        "/v1/Accounts/{AccountSid}/Calls/{Sid}/SipEvents.json",
+        CallSipEventsDelete,
+        "VoxEdge: remove a call's own SIP-event callback registration",
+        &[]
+    ),
 ];
 
 /// Whether an op lists records (and so takes the paging parameters).
@@ -711,6 +793,8 @@ fn schema(ty: Ty) -> Value {
         Ty::FetchOverrides => {
             json!({"type": "string", "example": "ct=3000&rt=5000&rc=2&rp=ct,5xx"})
         }
+        Ty::HeaderNames => json!({"type": "string", "example": "Reason X-Customer-Id"}),
+        Ty::HeaderFilter => json!({"type": "string", "example": "X-Customer-Id: gold"}),
     }
 }
 

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("0002_list_indexes.sql")),
     (3, include_str!("0003_callbacks.sql")),
     (4, include_str!("0004_fetch_overrides.sql")),
+    (5, include_str!("0005_sip_events.sql")),
 ];
 
 /// What a store operation can fail with.
@@ -89,6 +90,11 @@ pub const APPLICATIONS: Table = Table {
         ("voice_caller_id_lookup", Bool),
         ("public_application_connect_enabled", Bool),
         ("voice_fetch_overrides", Text),
+        ("sip_events_url", Text),
+        ("sip_events_method", Text),
+        ("sip_events", Text),
+        ("sip_events_headers", Text),
+        ("sip_events_filter", Text),
         ("date_created", Time),
         ("date_updated", Time),
     ],
@@ -137,6 +143,11 @@ pub const CALLS: Table = Table {
         ("status_callback", Text),
         ("status_callback_method", Text),
         ("status_callback_event", Text),
+        ("sip_events_url", Text),
+        ("sip_events_method", Text),
+        ("sip_events", Text),
+        ("sip_events_headers", Text),
+        ("sip_events_filter", Text),
         ("timeout", Int),
         ("time_limit", Int),
         ("send_digits", Text),

@@ -266,7 +266,7 @@ impl Engine {
         let (sid, leg) = match u {
             CallUpdate::Answered { sid, .. } => (sid, Leg::Answered(sid.clone())),
             CallUpdate::Ended { sid, status, .. } => (sid, Leg::Ended(sid.clone(), *status)),
-            CallUpdate::Ringing { .. } | CallUpdate::Incoming(_) => return,
+            CallUpdate::Ringing { .. } | CallUpdate::Incoming(_) | CallUpdate::Sip(_) => return,
         };
         let mut children = self.children();
         let Some(sink) = children.get(sid) else {

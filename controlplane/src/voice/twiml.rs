@@ -940,6 +940,29 @@ mod tests {
     }
 
     #[test]
+    fn dialled_legs_take_status_callbacks() {
+        let v = ok(
+            r#"<Response><Dial sequential="true"><Number statusCallback="/leg" statusCallbackEvent="ringing answered" statusCallbackMethod="GET">+1555</Number><Sip>sip:a@127.0.0.1:5070</Sip></Dial></Response>"#,
+        );
+        let Verb::Dial(d) = &v[0] else {
+            panic!("{v:?}")
+        };
+        assert!(d.sequential);
+        assert_eq!(
+            d.targets[0].callback(),
+            Some(&LegCallback {
+                url: "/leg".into(),
+                method: Method::Get,
+                events: "ringing answered".into()
+            })
+        );
+        assert_eq!(d.targets[1].to(), "sip:a@127.0.0.1:5070");
+        assert_eq!(d.targets[1].callback(), None);
+        let e = err(br#"<Response><Dial><Number statusCallback="/x" statusCallbackEvent="dancing">1</Number></Dial></Response>"#);
+        assert!(e.to_string().contains("dancing"), "{e}");
+    }
+
+    #[test]
     fn a_full_document() {
         let v = ok(r##"<?xml version="1.0" encoding="UTF-8"?>
 <!-- a comment -->
