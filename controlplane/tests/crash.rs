@@ -159,8 +159,24 @@ callbacks_allow_private = true\n\
                 .spawn()
                 .expect("sipp (scripts/test installs sip-tester)"),
         );
-        // Mid-burst: about half the calls were offered, the earliest are running.
-        std::thread::sleep(Duration::from_millis(1200));
+        // Mid-burst: wait until 60 of the 200 calls are recorded (however slow this machine
+        // is), while the earliest are running and the rest still arriving.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let recorded = ureq::get(&format!(
+                "http://127.0.0.1:{API}/2010-04-01/Accounts/{sid2}/Calls.json?PageSize=1000"
+            ))
+            .set("Authorization", &auth2)
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<Value>().ok())
+            .and_then(|v| v["calls"].as_array().map(Vec::len))
+            .unwrap_or(0);
+            if recorded >= 60 || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let mut first = first;
         // SIGKILL: no drain, no goodbye.
         let _ = first.0.kill();

@@ -515,7 +515,7 @@ async fn invite_flood_is_answered_503_with_retry_after() {
         .expect("start");
     let server = r.sip_udp.expect("udp");
     let stats = r.sip_stats.clone().expect("stats");
-    tokio::task::spawn_blocking(move || {
+    let refused = tokio::task::spawn_blocking(move || {
         let ua = Udp {
             sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
             server,
@@ -539,20 +539,23 @@ async fn invite_flood_is_answered_503_with_retry_after() {
                 via,
             ));
         }
-        let mut ok = 0;
-        let mut refused = 0;
-        for _ in 0..40 {
+        // One final answer per INVITE; retransmissions (nothing is ACKed here, and a slow
+        // machine reads late) are counted once, by Call-ID.
+        let mut answers: std::collections::HashMap<String, u16> = std::collections::HashMap::new();
+        let mut reads = 0;
+        while answers.len() < 40 {
+            reads += 1;
+            assert!(reads < 400, "answers to the flood: {answers:?}");
             let m = ua.recv();
-            match m.status() {
-                Some(200) => ok += 1,
-                Some(503) => {
-                    assert_eq!(m.header("Retry-After"), Some("1"));
-                    refused += 1;
-                }
-                other => panic!("unexpected {other:?}"),
+            let status = m.status().unwrap_or(0);
+            assert!(status == 200 || status == 503, "unexpected {status}");
+            if status == 503 {
+                assert_eq!(m.header("Retry-After"), Some("1"));
             }
+            answers.insert(m.header("Call-ID").unwrap_or_default().to_string(), status);
         }
-        assert_eq!(ok + refused, 40);
+        let ok = answers.values().filter(|s| **s == 200).count();
+        let refused = answers.len() - ok;
         // One second of burst (10), plus what the bucket refilled while the flood was
         // being answered — bounded by the time it took, not by how fast this machine is.
         let budget = 10.0 + 10.0 * started.elapsed().as_secs_f64();
@@ -561,12 +564,22 @@ async fn invite_flood_is_answered_503_with_retry_after() {
             "one second of burst admitted: {ok} (budget {budget:.1})"
         );
         assert!(refused > 0, "the flood was refused in part");
-        // Still serving.
+        // Still serving (retransmitted flood answers may still arrive first).
         ua.send(
             &in_dialog("OPTIONS", 1, "after", "x", "z9hG4bKafter", "UDP", via, "x")
                 .replace(";tag=x", ""),
         );
-        assert_eq!(ua.recv().status(), Some(200));
+        let mut reads = 0;
+        loop {
+            reads += 1;
+            assert!(reads < 400, "no answer to OPTIONS");
+            let m = ua.recv();
+            if m.header("Call-ID") == Some("after") {
+                assert_eq!(m.status(), Some(200));
+                break;
+            }
+        }
+        refused
     })
     .await
     .expect("ua");
@@ -574,7 +587,7 @@ async fn invite_flood_is_answered_503_with_retry_after() {
         stats
             .calls_refused
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= 28
+            >= refused as u64
     );
     let admin = r.admin;
     let metrics = tokio::task::spawn_blocking(move || {
@@ -669,11 +682,20 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
             assert_eq!(ack.method().map(ToString::to_string).as_deref(), Some("ACK"));
             ua.send(&in_dialog("ACK", n, "reinv1", &tag, &format!("z9hG4bKra{n}"), "UDP", via, "+15557777"));
             if dir == "sendrecv" {
-                // The callee's media reaches the caller's new port.
+                // The callee's media reaches the caller's new port (the worker applies the
+                // new address asynchronously: a packet sent before that went to the old one,
+                // so send again until one arrives).
                 let mut b = [0u8; 2048];
-                callee.rtp.send_to(&rtp_packet(9), ("127.0.0.1", b_port)).expect("rtp");
-                let (len, _) = rtp2.recv_from(&mut b).expect("media on the resumed address");
-                assert_eq!(len, 172);
+                rtp2.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+                let mut got = None;
+                for seq in 0..50 {
+                    callee.rtp.send_to(&rtp_packet(9 + seq), ("127.0.0.1", b_port)).expect("rtp");
+                    if let Ok((len, _)) = rtp2.recv_from(&mut b) {
+                        got = Some(len);
+                        break;
+                    }
+                }
+                assert_eq!(got, Some(172), "media on the resumed address");
             }
         }
         // INFO is relayed too.

@@ -14,11 +14,17 @@ use crate::{parse_rtp, rtp, TestNet};
 
 pub const WAIT: Duration = Duration::from_secs(2);
 
-/// Drops of `reason` over all workers.
-pub fn total_drops(dp: &Dataplane, reason: DropReason) -> u64 {
-    // Counters are published every few milliseconds; wait until they settle.
+/// Drops of `reason` over all workers, once they reach `want` (counters are published every
+/// few milliseconds by a worker that may be slow to get a core) or 10 s passed; then a short
+/// settle, so a count beyond `want` shows too.
+pub fn total_drops(dp: &Dataplane, reason: DropReason, want: u64) -> u64 {
+    let sum = || dp.workers().map(|w| w.drops().get(reason)).sum::<u64>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sum() < want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::thread::sleep(Duration::from_millis(30));
-    dp.workers().map(|w| w.drops().get(reason)).sum()
+    sum()
 }
 
 pub fn relay_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
@@ -125,9 +131,9 @@ pub fn relay_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
     // Malformed: not RTP at all, and RTP with a CSRC count overrunning the packet.
     net.send(a1, a_local, b"\x00\x01junk");
     net.send(a1, a_local, &[0x8f, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]);
-    assert_eq!(total_drops(dp, DropReason::UnsupportedPayload), 1);
+    assert_eq!(total_drops(dp, DropReason::UnsupportedPayload, 1), 1);
     assert_eq!(
-        total_drops(dp, DropReason::RtpMalformed(WireError::Truncated)),
+        total_drops(dp, DropReason::RtpMalformed(WireError::Truncated), 1),
         1
     );
 
@@ -179,7 +185,7 @@ pub fn strict_source_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
     // B's reply goes to the latched a.
     net.send(b, info.legs[1].local, &rtp(0, 1, 0, 7, 4));
     assert!(net.recv(a, WAIT).is_some());
-    assert_eq!(total_drops(dp, DropReason::SourceMismatch), 1);
+    assert_eq!(total_drops(dp, DropReason::SourceMismatch, 1), 1);
     // Media timeout fires for a silent relay.
     std::thread::sleep(Duration::from_millis(600));
     let timeouts = dp
@@ -286,7 +292,7 @@ pub fn playback_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
             id: 77
         }
     );
-    assert_eq!(total_drops(dp, DropReason::Superseded), 1);
+    assert_eq!(total_drops(dp, DropReason::Superseded, 1), 1);
     // Forwarding resumed.
     net.send(b, info.legs[1].local, &rtp(0, 10, 10, 5, 0xbeef));
     let (_, p) = net.recv(a, WAIT).expect("forwarded after playback");
