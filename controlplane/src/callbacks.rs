@@ -258,6 +258,34 @@ pub async fn sip_events_for(
     SipEventsRegistration::of(&row, "application")
 }
 
+/// A text column of a row ("" when absent).
+fn field(row: &Map<String, Value>, k: &str) -> String {
+    row.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+/// The parameters every callback about a call carries (`source`: its `CallbackSource`).
+fn call_params(call: &Map<String, Value>, source: &str) -> BTreeMap<String, String> {
+    let mut p: BTreeMap<String, String> = [
+        ("AccountSid", field(call, "account_sid")),
+        ("ApiVersion", "2010-04-01".to_string()),
+        ("CallSid", field(call, "sid")),
+        ("CallStatus", field(call, "status")),
+        ("Direction", field(call, "direction")),
+        ("From", field(call, "from")),
+        ("To", field(call, "to")),
+        ("CallbackSource", source.to_string()),
+        ("Timestamp", rfc2822(now_us())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let parent = field(call, "parent_call_sid");
+    if !parent.is_empty() {
+        p.insert("ParentCallSid".into(), parent);
+    }
+    p
+}
+
 impl Callbacks {
     /// A signalling event of a call: when a registration applies to the call and wants the
     /// event, its callback goes to the outbox (in order with the call's status callbacks).
@@ -268,31 +296,8 @@ impl Callbacks {
         if !reg.wants(ev) {
             return;
         }
-        let text = |k: &str| {
-            call.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        let mut p = BTreeMap::new();
-        for (k, v) in [
-            ("AccountSid", text("account_sid")),
-            ("ApiVersion", "2010-04-01".to_string()),
-            ("CallSid", text("sid")),
-            ("CallStatus", text("status")),
-            ("Direction", text("direction")),
-            ("From", text("from")),
-            ("To", text("to")),
-            ("CallbackSource", "sip-events".to_string()),
-            ("SipEvent", ev.event.to_string()),
-            ("Timestamp", rfc2822(now_us())),
-        ] {
-            p.insert(k.to_string(), v);
-        }
-        let parent = text("parent_call_sid");
-        if !parent.is_empty() {
-            p.insert("ParentCallSid".into(), parent);
-        }
+        let mut p = call_params(call, "sip-events");
+        p.insert("SipEvent".into(), ev.event.to_string());
         if let Some(m) = &ev.method {
             p.insert("SipMethod".into(), m.clone());
         }
@@ -308,20 +313,33 @@ impl Callbacks {
                 p.insert(format!("SipHeader_{h}"), values.join(", "));
             }
         }
+        // CE: a SIP event (status callbacks are CB; their SequenceNumber counts only those).
+        self.enqueue("CE", call, reg.url, reg.method, &p).await;
+    }
+
+    /// Writes a callback about `call` to the outbox and wakes the deliverer.
+    async fn enqueue(
+        &self,
+        prefix: &str,
+        call: &Map<String, Value>,
+        url: String,
+        method: &str,
+        params: &BTreeMap<String, String>,
+    ) {
         let cb = Callback {
-            // CE: a SIP event (status callbacks are CB; their SequenceNumber counts only those).
-            sid: new_sid("CE"),
-            account_sid: text("account_sid"),
-            call_sid: text("sid"),
+            sid: new_sid(prefix),
+            account_sid: field(call, "account_sid"),
+            call_sid: field(call, "sid"),
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
-            url: reg.url,
-            method: reg.method.to_string(),
-            params: serde_json::to_string(&p).unwrap_or_default(),
+            url,
+            method: method.to_string(),
+            params: serde_json::to_string(params).unwrap_or_default(),
             attempts: 0,
+            // Due at once (the store writes the time of the insert).
             next_attempt: 0,
         };
         if let Err(e) = self.store.enqueue_callback(&cb).await {
-            tracing::error!(error = %e, call = %cb.call_sid, "cannot write a SIP-event callback to the outbox");
+            tracing::error!(error = %e, call = %cb.call_sid, "cannot write a callback to the outbox");
             return;
         }
         self.wake.notify_one();
@@ -358,12 +376,7 @@ impl Callbacks {
     /// A status change of a call: when the call asked for this event, its callback goes to
     /// the outbox. `event` is `initiated`, `ringing`, `answered` or `completed`.
     pub async fn call_event(&self, call: &Map<String, Value>, event: &str) {
-        let text = |k: &str| {
-            call.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
+        let text = |k: &str| field(call, k);
         let url = text("status_callback");
         if url.is_empty() {
             return;
@@ -377,34 +390,16 @@ impl Callbacks {
         if !wanted.contains(&event) {
             return;
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let number = self
             .store
             .callbacks_of(&text("sid"))
             .await
             .map(|v| v.iter().filter(|c| c.0.starts_with("CB")).count())
             .unwrap_or(0);
-        let mut p = BTreeMap::new();
-        for (k, v) in [
-            ("AccountSid", text("account_sid")),
-            ("ApiVersion", "2010-04-01".to_string()),
-            ("CallSid", text("sid")),
-            ("CallStatus", text("status")),
-            ("Called", text("to")),
-            ("Caller", text("from")),
-            ("Direction", text("direction")),
-            ("From", text("from")),
-            ("To", text("to")),
-            ("CallbackSource", "call-progress-events".to_string()),
-            ("SequenceNumber", number.to_string()),
-            ("Timestamp", rfc2822(now_us())),
-        ] {
-            p.insert(k.to_string(), v);
-        }
-        let parent = text("parent_call_sid");
-        if !parent.is_empty() {
-            p.insert("ParentCallSid".into(), parent);
-        }
+        let mut p = call_params(call, "call-progress-events");
+        p.insert("Called".into(), text("to"));
+        p.insert("Caller".into(), text("from"));
+        p.insert("SequenceNumber".into(), number.to_string());
         if event == "completed" {
             let dur = call.get("duration").and_then(Value::as_i64).unwrap_or(0);
             p.insert("CallDuration".into(), dur.to_string());
@@ -417,23 +412,7 @@ impl Callbacks {
             "GET" => "GET",
             _ => "POST",
         };
-        let cb = Callback {
-            sid: new_sid("CB"),
-            account_sid: text("account_sid"),
-            call_sid: text("sid"),
-            seq,
-            url,
-            method: method.to_string(),
-            params: serde_json::to_string(&p).unwrap_or_default(),
-            attempts: 0,
-            // Due at once (the store writes the time of the insert).
-            next_attempt: 0,
-        };
-        if let Err(e) = self.store.enqueue_callback(&cb).await {
-            tracing::error!(error = %e, call = %cb.call_sid, "cannot write a callback to the outbox");
-            return;
-        }
-        self.wake.notify_one();
+        self.enqueue("CB", call, url, method, &p).await;
     }
 
     async fn deliver_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {

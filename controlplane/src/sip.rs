@@ -303,15 +303,20 @@ impl SipHandle {
         }
     }
 
+    /// Hands a request to the SIP task.
+    async fn send(&self, m: Inbound) -> Result<(), OriginateError> {
+        self.inbound
+            .send(m)
+            .await
+            .map_err(|_| OriginateError::Stopped)
+    }
+
     /// Places a call (the INVITE leaves at once; progress arrives as [`CallUpdate`]s).
     ///
     /// # Errors
     /// The SIP service stopped.
     pub async fn originate(&self, o: Originate) -> Result<(), OriginateError> {
-        self.inbound
-            .send(Inbound::Originate(o))
-            .await
-            .map_err(|_| OriginateError::Stopped)
+        self.send(Inbound::Originate(o)).await
     }
 
     /// Answers an incoming call (200 OK with our SDP).
@@ -319,10 +324,7 @@ impl SipHandle {
     /// # Errors
     /// The SIP service stopped.
     pub async fn answer(&self, sid: &str) -> Result<(), OriginateError> {
-        self.inbound
-            .send(Inbound::Answer(sid.to_string()))
-            .await
-            .map_err(|_| OriginateError::Stopped)
+        self.send(Inbound::Answer(sid.to_string())).await
     }
 
     /// Refuses an incoming call that was not answered, with a final response `code`.
@@ -330,10 +332,7 @@ impl SipHandle {
     /// # Errors
     /// The SIP service stopped.
     pub async fn reject(&self, sid: &str, code: u16) -> Result<(), OriginateError> {
-        self.inbound
-            .send(Inbound::Reject(sid.to_string(), code))
-            .await
-            .map_err(|_| OriginateError::Stopped)
+        self.send(Inbound::Reject(sid.to_string(), code)).await
     }
 
     /// Tells the caller of an unanswered engine call that it is ringing (180), e.g. while a
@@ -342,10 +341,7 @@ impl SipHandle {
     /// # Errors
     /// The SIP service stopped.
     pub async fn ring(&self, sid: &str) -> Result<(), OriginateError> {
-        self.inbound
-            .send(Inbound::Ring(sid.to_string()))
-            .await
-            .map_err(|_| OriginateError::Stopped)
+        self.send(Inbound::Ring(sid.to_string())).await
     }
 
     /// Ends a placed call: CANCEL while it rings, BYE once answered. A call not ringing yet
@@ -354,10 +350,7 @@ impl SipHandle {
     /// # Errors
     /// The SIP service stopped.
     pub async fn hangup(&self, sid: &str, status: EndStatus) -> Result<(), OriginateError> {
-        self.inbound
-            .send(Inbound::Hangup(sid.to_string(), status))
-            .await
-            .map_err(|_| OriginateError::Stopped)
+        self.send(Inbound::Hangup(sid.to_string(), status)).await
     }
 }
 

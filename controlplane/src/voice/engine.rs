@@ -290,7 +290,7 @@ impl Engine {
         }
     }
 
-    /// Dialled legs not ended yet (for tests and metrics).
+    /// Dialled legs not ended yet (the tests check that none is left behind).
     pub fn dialled_legs(&self) -> usize {
         self.children().len()
     }
@@ -448,14 +448,7 @@ impl Engine {
         self.by_relay().insert(call.relay, call.sid.clone());
         let run = CallRun {
             engine: self.clone(),
-            sid: call.sid,
-            account: call.account,
-            token: call.token,
-            relay: call.relay,
-            codec: call.codec,
-            dtmf_pt: call.dtmf_pt,
-            base: call.base,
-            answered: call.answered,
+            call,
             rx,
             ended: false,
             fetches: 0,
@@ -464,7 +457,7 @@ impl Engine {
         };
         let engine = self.clone();
         tokio::spawn(async move {
-            let (sid, relay) = (run.sid.clone(), run.relay);
+            let (sid, relay) = (run.call.sid.clone(), run.call.relay);
             run.run(first, fallback).await;
             engine.live().remove(&sid);
             engine.by_relay().remove(&relay);
@@ -645,14 +638,8 @@ enum Waited {
 /// One call's instructions in progress.
 struct CallRun {
     engine: Arc<Engine>,
-    sid: String,
-    account: String,
-    token: String,
-    relay: RelayId,
-    codec: Codec,
-    dtmf_pt: Option<u8>,
-    base: BTreeMap<String, String>,
-    answered: bool,
+    /// Who the call is, its media and request parameters; `answered` follows the call.
+    call: Started,
     rx: mpsc::Receiver<Signal>,
     ended: bool,
     fetches: u32,
@@ -666,15 +653,15 @@ impl CallRun {
     async fn notify(&self, log: &str, code: &str, msg: &str) {
         self.engine
             .calls
-            .notify(&self.account, Some(&self.sid), log, code, msg)
+            .notify(&self.call.account, Some(&self.call.sid), log, code, msg)
             .await;
     }
 
     fn params(&self, extra: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        let mut p = self.base.clone();
+        let mut p = self.call.base.clone();
         p.insert(
             "CallStatus".into(),
-            if self.answered {
+            if self.call.answered {
                 "in-progress"
             } else {
                 "ringing"
@@ -707,7 +694,7 @@ impl CallRun {
         let primary = self
             .engine
             .fetcher
-            .instructions(url, method, &params, &self.token, &self.timeouts)
+            .instructions(url, method, &params, &self.call.token, &self.timeouts)
             .await;
         let e: FetchError = match primary {
             Ok(f) => return Some(f),
@@ -722,7 +709,13 @@ impl CallRun {
         match self
             .engine
             .fetcher
-            .instructions(fb_url, *fb_method, &params, &self.token, &self.timeouts)
+            .instructions(
+                fb_url,
+                *fb_method,
+                &params,
+                &self.call.token,
+                &self.timeouts,
+            )
             .await
         {
             Ok(f) => Some(f),
@@ -812,9 +805,9 @@ impl CallRun {
     }
 
     async fn answer(&mut self) {
-        if !self.answered {
-            self.answered = true;
-            let _ = self.engine.sip.answer(&self.sid).await;
+        if !self.call.answered {
+            self.call.answered = true;
+            let _ = self.engine.sip.answer(&self.call.sid).await;
         }
     }
 
@@ -824,7 +817,7 @@ impl CallRun {
             let _ = self
                 .engine
                 .sip
-                .hangup(&self.sid, EndStatus::Completed)
+                .hangup(&self.call.sid, EndStatus::Completed)
                 .await;
         }
     }
@@ -869,7 +862,7 @@ impl CallRun {
                 Flow::Stop
             }
             Verb::Reject(reason) => {
-                if self.answered {
+                if self.call.answered {
                     self.hangup().await;
                 } else {
                     self.ended = true;
@@ -877,7 +870,7 @@ impl CallRun {
                         RejectReason::Busy => 486,
                         RejectReason::Rejected => 603,
                     };
-                    let _ = self.engine.sip.reject(&self.sid, code).await;
+                    let _ = self.engine.sip.reject(&self.call.sid, code).await;
                 }
                 Flow::Stop
             }
@@ -905,7 +898,7 @@ impl CallRun {
     /// Waits for the next signal, at most `limit` (None: until one arrives).
     /// Sets whether media passes between the caller (leg A) and a dialled callee (leg B).
     async fn bridge(&self, on: bool) {
-        let (dp, relay) = (self.engine.dp.clone(), self.relay);
+        let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
         let _ = tokio::task::spawn_blocking(move || {
             for side in [Side::A, Side::B] {
                 let _ = dp.update_leg(
@@ -922,7 +915,7 @@ impl CallRun {
     }
 
     async fn stop_playing(&self) {
-        let (dp, relay) = (self.engine.dp.clone(), self.relay);
+        let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
         let _ = tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
     }
 
@@ -946,15 +939,15 @@ impl CallRun {
             .await;
         }
         // Bridged only when answered (answerOnBridge): until then the caller hears ringing.
-        if d.answer_on_bridge && !self.answered {
-            let _ = self.engine.sip.ring(&self.sid).await;
+        if d.answer_on_bridge && !self.call.answered {
+            let _ = self.engine.sip.ring(&self.call.sid).await;
         } else {
             self.answer().await;
         }
         let caller_id = d
             .caller_id
             .clone()
-            .or_else(|| self.base.get("From").cloned())
+            .or_else(|| self.call.base.get("From").cloned())
             .unwrap_or_default();
         let groups: Vec<Vec<&DialTarget>> = if d.sequential {
             d.targets.iter().map(|t| vec![t]).collect()
@@ -1036,12 +1029,12 @@ impl CallRun {
             return outcome;
         }
         let mut ringback = false;
-        if self.answered {
+        if self.call.answered {
             let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
             let (dp, relay, media) = (
                 self.engine.dp.clone(),
-                self.relay,
-                self.engine.ringback(self.codec),
+                self.call.relay,
+                self.engine.ringback(self.call.codec),
             );
             ringback = matches!(
                 tokio::task::spawn_blocking(move || dp.play(relay, Side::A, media, 0, id)).await,
@@ -1102,7 +1095,7 @@ impl CallRun {
         self.give_up(&mut pending, EndStatus::Canceled).await;
         outcome.sid = Some(winner.clone());
         outcome.status = "completed";
-        if !self.answered {
+        if !self.call.answered {
             self.answer().await;
         }
         self.bridge(true).await;
@@ -1177,8 +1170,8 @@ impl CallRun {
         let now = now_us();
         let mut cols: Vec<(&str, Value)> = vec![
             ("sid", Value::from(child.clone())),
-            ("account_sid", Value::from(self.account.clone())),
-            ("parent_call_sid", Value::from(self.sid.clone())),
+            ("account_sid", Value::from(self.call.account.clone())),
+            ("parent_call_sid", Value::from(self.call.sid.clone())),
             ("direction", Value::from("outbound-dial")),
             ("from", Value::from(caller_id)),
             ("to", Value::from(to)),
@@ -1230,9 +1223,9 @@ impl CallRun {
             from_user: caller_id.to_string(),
             instructions: false,
             bridge: Some(Bridge {
-                relay: self.relay,
-                codec: self.codec,
-                dtmf_pt: self.dtmf_pt,
+                relay: self.call.relay,
+                codec: self.call.codec,
+                dtmf_pt: self.call.dtmf_pt,
             }),
         };
         if self.engine.sip.originate(o).await.is_err() {
@@ -1266,7 +1259,7 @@ impl CallRun {
     async fn play_media(&mut self, media: Arc<PlayMedia>, loops: u32, barge: bool) -> Waited {
         let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
         let dp = self.engine.dp.clone();
-        let relay = self.relay;
+        let relay = self.call.relay;
         // Should the end event be lost (a full queue), the media's own length ends the wait.
         let length = Duration::from_nanos(media.ptime_ns)
             .saturating_mul(u32::try_from(media.frame_count()).unwrap_or(u32::MAX))
@@ -1315,7 +1308,7 @@ impl CallRun {
     /// `<Echo>`: the caller's media comes back to it until the call ends (or new instructions
     /// arrive, which restore the leg).
     async fn echo(&mut self) {
-        let (dp, relay) = (self.engine.dp.clone(), self.relay);
+        let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
         let set = move |echo: bool| {
             let dp = dp.clone();
             tokio::task::spawn_blocking(move || {
@@ -1351,7 +1344,7 @@ impl CallRun {
 
     async fn say(&mut self, s: &Say, barge: bool) -> Waited {
         let voice = audio::espeak_voice(s.language.as_deref(), s.voice.as_deref());
-        let key = (voice, s.text.clone(), self.codec);
+        let key = (voice, s.text.clone(), self.call.codec);
         let cached = self
             .engine
             .speech
@@ -1363,7 +1356,7 @@ impl CallRun {
         }
         match self.engine.synth.speak(&s.text, &key.0).await {
             Ok(samples) => {
-                let media = audio::encode(&samples, self.codec);
+                let media = audio::encode(&samples, self.call.codec);
                 self.engine
                     .speech
                     .lock()
@@ -1395,7 +1388,7 @@ impl CallRun {
         if samples.is_empty() {
             return Waited::Done;
         }
-        let media = audio::encode(&samples, self.codec);
+        let media = audio::encode(&samples, self.call.codec);
         self.play_media(media, p.loops, barge).await
     }
 
