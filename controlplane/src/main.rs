@@ -186,9 +186,10 @@ fn init_logging(c: &Config) {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
+/// Waits for SIGTERM (through `term`, registered before start-up, so a SIGTERM that arrives
+/// while the services start still ends the process cleanly) or Ctrl-C.
+async fn shutdown_signal(term: Option<tokio::signal::unix::Signal>) {
+    let Some(mut term) = term else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
@@ -207,6 +208,10 @@ fn run_role(role: Role, args: &RunArgs) -> anyhow::Result<()> {
         .thread_name("voxedge-ctl")
         .build()?;
     rt.block_on(async move {
+        // Before anything answers (health, READY=1): SIGTERM's default action would otherwise
+        // kill a process that already looks up.
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
         let running = app::start(role, cfg, BackendKind::Socket).await?;
         let notifier = sdnotify::Notifier::from_env();
         if let Some(n) = &notifier {
@@ -250,7 +255,7 @@ fn run_role(role: Role, args: &RunArgs) -> anyhow::Result<()> {
             }
             _ => None,
         };
-        shutdown_signal().await;
+        shutdown_signal(term).await;
         if let Some(n) = &notifier {
             n.notify("STOPPING=1");
         }
