@@ -15,6 +15,7 @@ pub mod command;
 pub mod config;
 mod dataplane;
 pub mod ids;
+pub mod mediafile;
 pub mod io;
 pub mod pipeline;
 pub mod player;

@@ -23,7 +23,33 @@ pub struct PlayMedia {
     pub ptime_ns: u64,
     /// Concatenated frames (any trailing partial frame is never sent).
     pub frames: Vec<u8>,
+    pub kind: MediaKind,
 }
+
+/// What the frames of a [`PlayMedia`] hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MediaKind {
+    /// Audio: each frame is one packet's payload; timestamps advance by a frame each packet.
+    #[default]
+    Audio,
+    /// RFC 4733 telephone-events: each 8-byte frame is one packet slot, the event's start
+    /// (RTP timestamp offset from the media's start, big-endian `u32`; [`NO_PACKET`] for a
+    /// silent slot) followed by the 4-byte event payload. Packets of one event share its start
+    /// timestamp; the first carries the marker bit.
+    TelephoneEvent,
+}
+
+/// Timestamp offset of a [`MediaKind::TelephoneEvent`] slot that sends nothing (a pause).
+pub const NO_PACKET: u32 = u32::MAX;
+
+/// Length of one telephone-event digit and of the gap after it.
+pub const DIGIT_MS: u32 = 100;
+/// Pause for `w` in a digit string (Twilio's half second).
+pub const DIGIT_WAIT_MS: u32 = 500;
+/// Copies of a telephone-event's end packet (RFC 4733 §2.5.1.4).
+pub const END_COPIES: u32 = 3;
+/// Volume of generated digits (−10 dBm0).
+const DIGIT_VOLUME: u8 = 10;
 
 /// Why a [`PlayMedia`] cannot be played.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +62,8 @@ pub enum PlayMediaError {
     Ptime,
     #[error("media has no whole frame")]
     Empty,
+    #[error("telephone-event frames are 8 bytes, not {0}")]
+    EventFrame(usize),
 }
 
 /// Largest payload of a played packet (fits every backend's buffer with headers).
@@ -44,6 +72,71 @@ pub const FRAME_BYTES_MAX: usize = 1200;
 pub const RTP_HEADER: usize = 12;
 
 impl PlayMedia {
+    /// RFC 4733 telephone-events for `digits` (`0`–`9`, `*`, `#`, `A`–`D`; `w` waits half a
+    /// second; anything else is skipped) on payload type `payload_type` of an 8 kHz clock,
+    /// one packet per 20 ms: each digit lasts [`DIGIT_MS`] with growing durations, its end
+    /// packet is sent [`END_COPIES`] times, and a gap of [`DIGIT_MS`] follows.
+    pub fn telephone_events(payload_type: u8, digits: &str) -> PlayMedia {
+        const SLOT: u32 = 160;
+        const SLOT_MS: u32 = 20;
+        let mut frames = Vec::new();
+        let mut slot = 0u32;
+        let push = |frames: &mut Vec<u8>, offset: u32, payload: [u8; 4]| {
+            frames.extend_from_slice(&offset.to_be_bytes());
+            frames.extend_from_slice(&payload);
+        };
+        for c in digits.chars() {
+            let event = match c {
+                '0'..='9' => c as u8 - b'0',
+                '*' => 10,
+                '#' => 11,
+                'A'..='D' => c as u8 - b'A' + 12,
+                'a'..='d' => c as u8 - b'a' + 12,
+                'w' | 'W' => {
+                    for _ in 0..DIGIT_WAIT_MS / SLOT_MS {
+                        push(&mut frames, NO_PACKET, [0; 4]);
+                        slot += 1;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let start = slot * SLOT;
+            let packets = DIGIT_MS / SLOT_MS;
+            for i in 1..=packets {
+                let end = if i == packets { 0x80 } else { 0 };
+                let duration = u16::try_from(i * SLOT).unwrap_or(u16::MAX).to_be_bytes();
+                let payload = [event, end | DIGIT_VOLUME, duration[0], duration[1]];
+                push(&mut frames, start, payload);
+                slot += 1;
+            }
+            let end = u16::try_from(packets * SLOT).unwrap_or(u16::MAX).to_be_bytes();
+            let gap = DIGIT_MS / SLOT_MS;
+            for i in 0..gap {
+                if i + 1 < END_COPIES {
+                    push(&mut frames, start, [event, 0x80 | DIGIT_VOLUME, end[0], end[1]]);
+                } else {
+                    push(&mut frames, NO_PACKET, [0; 4]);
+                }
+                slot += 1;
+            }
+        }
+        PlayMedia {
+            payload_type,
+            frame_bytes: 8,
+            samples_per_frame: SLOT,
+            ptime_ns: u64::from(SLOT_MS) * 1_000_000,
+            frames,
+            kind: MediaKind::TelephoneEvent,
+        }
+    }
+
+    /// Playing time of one pass, in nanoseconds.
+    pub fn length_ns(&self) -> u64 {
+        self.ptime_ns
+            .saturating_mul(u64::try_from(self.frame_count()).unwrap_or(u64::MAX))
+    }
+
     /// Checks the media can be played.
     ///
     /// # Errors
@@ -61,6 +154,9 @@ impl PlayMedia {
         }
         if self.frame_count() == 0 {
             return Err(PlayMediaError::Empty);
+        }
+        if self.kind == MediaKind::TelephoneEvent && self.frame_bytes != 8 {
+            return Err(PlayMediaError::EventFrame(self.frame_bytes));
         }
         Ok(())
     }
@@ -97,6 +193,10 @@ pub struct Player {
     ssrc: u32,
     seq: u16,
     ts: u32,
+    /// Timestamp of the current pass's first frame (telephone-events count from it).
+    pass_ts: u32,
+    /// Start offset of the last telephone-event sent (a new one carries the marker bit).
+    last_event: u32,
     first: bool,
 }
 
@@ -124,6 +224,7 @@ impl Player {
         seed: u64,
     ) -> Self {
         let mix = splitmix(seed ^ id.rotate_left(17) ^ s.relay.0);
+        let ts = (mix >> 48) as u32 ^ (mix as u32).rotate_left(7);
         Player {
             stream,
             relay: s.relay,
@@ -135,7 +236,9 @@ impl Player {
             next_due_ns: now_ns,
             ssrc: mix as u32,
             seq: (mix >> 32) as u16,
-            ts: (mix >> 48) as u32 ^ (mix as u32).rotate_left(7),
+            ts,
+            pass_ts: ts,
+            last_event: NO_PACKET,
             first: true,
         }
     }
@@ -145,37 +248,62 @@ impl Player {
     /// The stream's egress rewrite (when enabled) maps the player's SSRC/seq/ts so the far
     /// end sees a continuous stream.
     pub fn next_packet(&mut self, out: &mut Stream, buf: &mut [u8], now_ns: u64) -> Step {
-        if now_ns < self.next_due_ns {
-            return Step::NotDue;
-        }
-        if self.frame >= self.media.frame_count() {
-            if self.loops_left == 0 {
+        loop {
+            if now_ns < self.next_due_ns {
+                return Step::NotDue;
+            }
+            if self.frame >= self.media.frame_count() {
+                if self.loops_left == 0 {
+                    return Step::Finished;
+                }
+                if self.loops_left != u32::MAX {
+                    self.loops_left -= 1;
+                }
+                self.frame = 0;
+                self.pass_ts = self.ts;
+            }
+            let frame = self.media.frame(self.frame);
+            let (payload, ts, marker) = match self.media.kind {
+                MediaKind::Audio => (frame, self.ts, self.first),
+                MediaKind::TelephoneEvent => {
+                    let (offset, payload) = frame.split_at(4.min(frame.len()));
+                    let offset = u32::from_be_bytes(offset.try_into().unwrap_or([0xff; 4]));
+                    if offset == NO_PACKET {
+                        // A pause: the slot passes without a packet.
+                        self.advance(now_ns);
+                        continue;
+                    }
+                    let marker = offset != self.last_event;
+                    self.last_event = offset;
+                    (payload, self.pass_ts.wrapping_add(offset), marker)
+                }
+            };
+            let len = RTP_HEADER + payload.len();
+            let Some(dst) = buf.get_mut(..len) else {
                 return Step::Finished;
+            };
+            let (mut ssrc, mut seq, mut ts) = (self.ssrc, self.seq, ts);
+            if out.rewrite {
+                let w = out.egress.map(ssrc, seq, ts, now_ns, out.clock_rate_hz);
+                (ssrc, seq, ts) = (w.ssrc, w.seq, w.ts);
             }
-            if self.loops_left != u32::MAX {
-                self.loops_left -= 1;
-            }
-            self.frame = 0;
+            dst[0] = 0x80;
+            dst[1] = self.media.payload_type | if marker { 0x80 } else { 0 };
+            dst[2..4].copy_from_slice(&seq.to_be_bytes());
+            dst[4..8].copy_from_slice(&ts.to_be_bytes());
+            dst[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            dst[RTP_HEADER..].copy_from_slice(payload);
+            self.first = false;
+            self.seq = self.seq.wrapping_add(1);
+            self.advance(now_ns);
+            return Step::Packet(len);
         }
-        let payload = self.media.frame(self.frame);
-        let len = RTP_HEADER + payload.len();
-        let Some(dst) = buf.get_mut(..len) else {
-            return Step::Finished;
-        };
-        let (mut ssrc, mut seq, mut ts) = (self.ssrc, self.seq, self.ts);
-        if out.rewrite {
-            let w = out.egress.map(ssrc, seq, ts, now_ns, out.clock_rate_hz);
-            (ssrc, seq, ts) = (w.ssrc, w.seq, w.ts);
-        }
-        dst[0] = 0x80;
-        dst[1] = self.media.payload_type | if self.first { 0x80 } else { 0 };
-        dst[2..4].copy_from_slice(&seq.to_be_bytes());
-        dst[4..8].copy_from_slice(&ts.to_be_bytes());
-        dst[8..12].copy_from_slice(&ssrc.to_be_bytes());
-        dst[RTP_HEADER..].copy_from_slice(payload);
-        self.first = false;
+    }
+
+    /// Moves to the next frame slot: the timestamp counts media, the next one is due a packet
+    /// time later.
+    fn advance(&mut self, now_ns: u64) {
         self.frame += 1;
-        self.seq = self.seq.wrapping_add(1);
         self.ts = self.ts.wrapping_add(self.media.samples_per_frame);
         self.next_due_ns += self.media.ptime_ns;
         if now_ns.saturating_sub(self.next_due_ns) > CATCH_UP_NS {
@@ -183,7 +311,6 @@ impl Player {
             // counting media, so the far end sees a gap in arrival only.
             self.next_due_ns = now_ns + self.media.ptime_ns;
         }
-        Step::Packet(len)
     }
 }
 
@@ -206,6 +333,7 @@ mod tests {
             samples_per_frame: 160,
             ptime_ns: 20_000_000,
             frames: (0..frames * 160).map(|i| (i / 160) as u8).collect(),
+            kind: MediaKind::Audio,
         })
     }
 
@@ -333,6 +461,7 @@ mod tests {
             samples_per_frame: 160,
             ptime_ns: 20_000_000,
             frames: vec![0; 320],
+            kind: MediaKind::Audio,
         };
         assert_eq!(ok.validate(), Ok(()));
         let bad = [
@@ -360,5 +489,55 @@ mod tests {
         for b in bad {
             assert!(b.validate().is_err(), "{b:?}");
         }
+    }
+
+    #[test]
+    fn telephone_events_have_growing_durations_end_copies_and_one_timestamp_per_digit() {
+        let media = Arc::new(PlayMedia::telephone_events(101, "1w#"));
+        assert_eq!(media.validate(), Ok(()));
+        // 1: 5 tone slots + 5 gap slots; w: 25 slots; #: 10 slots.
+        assert_eq!(media.frame_count(), 45);
+        assert_eq!(media.length_ns(), 900_000_000);
+        let mut s = stream();
+        let mut p = Player::new(StreamIdx(0), &stream(), 3, media, 1, 0, 5);
+        let mut buf = [0u8; 64];
+        let mut sent = Vec::new();
+        let mut t = 0u64;
+        loop {
+            match p.next_packet(&mut s, &mut buf, t) {
+                Step::Packet(n) => {
+                    assert_eq!(n, 16);
+                    sent.push((
+                        t / 20_000_000,
+                        buf[1],
+                        u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                        [buf[12], buf[13], u16::from_be_bytes([buf[14], buf[15]]) as u8],
+                        u16::from_be_bytes([buf[14], buf[15]]),
+                    ));
+                }
+                Step::NotDue => t += 20_000_000,
+                Step::Finished => break,
+            }
+            assert!(t < 2_000_000_000, "bounded");
+        }
+        // Per digit: 5 packets (the 5th ends the event) and 2 more copies of the end.
+        assert_eq!(sent.len(), 14);
+        let (one, hash) = sent.split_at(7);
+        let ts1 = one[0].2;
+        for (i, (slot, m_pt, ts, ev, dur)) in one.iter().enumerate() {
+            assert_eq!(*slot, i as u64, "one packet per 20 ms");
+            assert_eq!(*m_pt, if i == 0 { 0x80 | 101 } else { 101 }, "marker on the first");
+            assert_eq!(*ts, ts1, "one timestamp for the event");
+            assert_eq!(ev[0], 1);
+            let ended = i >= 4;
+            assert_eq!(ev[1] & 0x80 != 0, ended, "E bit from the 5th packet");
+            assert_eq!(ev[1] & 0x3f, 10, "volume");
+            assert_eq!(*dur, 160 * (i.min(4) as u16 + 1), "duration grows, then stays");
+        }
+        // `#` starts after the first digit (10 slots) and the half-second wait (25 slots).
+        assert_eq!(hash[0].0, 35);
+        assert_eq!(hash[0].1, 0x80 | 101);
+        assert_eq!(hash[0].2, ts1.wrapping_add(35 * 160));
+        assert!(hash.iter().all(|h| h.3[0] == 11 && h.2 == hash[0].2));
     }
 }

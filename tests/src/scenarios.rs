@@ -239,6 +239,7 @@ pub fn playback_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         samples_per_frame: 160,
         ptime_ns: 20_000_000,
         frames: (0..frames * 160).map(|i| (i / 160) as u8 + 1).collect(),
+        kind: voxedge_dataplane::player::MediaKind::Audio,
     });
     dp.play(info.id, Side::A, media.clone(), 1, 77)
         .expect("play");
@@ -320,6 +321,7 @@ pub fn playback_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         samples_per_frame: 160,
         ptime_ns: 20_000_000,
         frames: vec![0; 160],
+        kind: voxedge_dataplane::player::MediaKind::Audio,
     });
     let e = dp.play(info.id, Side::A, bad, 1, 1).expect_err("bad media");
     assert!(e.to_string().contains("payload type"), "{e}");
@@ -333,6 +335,7 @@ pub fn playback_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
                 frame_bytes: 160,
                 samples_per_frame: 160,
                 ptime_ns: 20_000_000,
+                kind: voxedge_dataplane::player::MediaKind::Audio,
                 frames: vec![0; 160],
             }),
             1,

@@ -154,6 +154,7 @@ fn playback_is_refused_with_a_reason_on_dpdk() {
         samples_per_frame: 160,
         ptime_ns: 20_000_000,
         frames: vec![0xff; 160],
+        kind: voxedge_dataplane::player::MediaKind::Audio,
     });
     let e = dp
         .play(info.id, voxedge_dataplane::ids::Side::A, media, 1, 1)

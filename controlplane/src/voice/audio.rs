@@ -300,6 +300,7 @@ pub fn encode(samples: &[i16], codec: Codec) -> Arc<PlayMedia> {
         samples_per_frame: FRAME as u32,
         ptime_ns: 20_000_000,
         frames: bytes,
+        kind: voxedge_dataplane::player::MediaKind::Audio,
     })
 }
 
