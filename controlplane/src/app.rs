@@ -115,6 +115,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         list_limit_max: cfg.management.list_limit_max,
         role: role.name(),
         sip: std::sync::OnceLock::new(),
+        media: std::sync::OnceLock::new(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -157,6 +158,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
     let mut api = None;
     let mut store = None;
     let mut engine: Option<Arc<crate::voice::engine::Engine>> = None;
+    let mut media_cache = None;
     if role == Role::Serve && cfg.api.enabled {
         let listener = bind(cfg.api.listen, "the REST API").await?;
         let key = secret_key(&cfg.api)?;
@@ -184,14 +186,34 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
                 cfg.api.callbacks_allow_private,
                 crate::voice::fetch::Timeouts::default(),
             )?;
+            let media_fetcher = match cfg.media.allow_private {
+                Some(allow) if allow != cfg.api.callbacks_allow_private => {
+                    crate::voice::fetch::Fetcher::new(
+                        allow,
+                        crate::voice::fetch::Timeouts::default(),
+                    )?
+                }
+                _ => fetcher.clone(),
+            };
+            let media = crate::media::MediaCache::open(
+                cfg.media.clone(),
+                db.clone(),
+                media_fetcher,
+                crate::voice::audio::Synthesizer::default(),
+            )
+            .await
+            .context("cannot open the media cache")?;
+            let _ = state.media.set(media.stats.clone());
+            tasks.push(media.spawn_flusher(stop_rx.clone()));
             let e = crate::voice::engine::Engine::new(
                 db.clone(),
                 calls.clone(),
                 sip,
                 dataplane.clone(),
                 fetcher,
-                crate::voice::audio::Synthesizer::default(),
+                media.clone(),
             );
+            media_cache = Some(media);
             calls.set_engine(e.clone());
             engine = Some(e);
         }
@@ -209,6 +231,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
             calls,
             sip_handle,
             cfg.api.clone(),
+            media_cache,
         ));
         let addr = listener.local_addr()?;
         tasks.push(serve_http(

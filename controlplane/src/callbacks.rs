@@ -99,7 +99,7 @@ impl reqwest::dns::Resolve for SafeResolver {
                 .collect();
             if addrs.is_empty() {
                 let e: Box<dyn std::error::Error + Send + Sync> =
-                    format!("{host} resolves to no address a callback may reach").into();
+                    format!("{host} resolves to no address VoxEdge may reach (private, loopback, link-local and metadata addresses are refused)").into();
                 return Err(e);
             }
             let it: reqwest::dns::Addrs = Box::new(addrs.into_iter());
@@ -129,7 +129,7 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String>
             return Err(format!("{v} is a private, loopback or reserved address"))
         }
         Some(url::Host::Domain(d)) if !allow_private && d.eq_ignore_ascii_case("localhost") => {
-            return Err("localhost is not reachable for callbacks".into())
+            return Err("localhost is a private, loopback or reserved address".into())
         }
         _ => {}
     }

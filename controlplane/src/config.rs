@@ -19,7 +19,48 @@ pub struct Config {
     pub sip: SipConfig,
     pub api: ApiConfig,
     pub ng: NgConfig,
+    pub media: MediaConfig,
     pub log: LogConfig,
+}
+
+/// `[media]`: the media cache behind `<Play>` and `<Say>` (serve role).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Where prepared audio is kept (content-addressed files), relative to the working
+    /// directory unless absolute.
+    pub dir: String,
+    /// Total size of the cached files; beyond it the least recently used entries go.
+    pub cache_bytes_max: u64,
+    /// Largest media file fetched, bytes (refused from `Content-Length`, or as it streams).
+    pub file_bytes_max: usize,
+    /// Longest audio accepted, seconds.
+    pub seconds_max: u32,
+    /// Total time for one media fetch (connect included), seconds.
+    pub fetch_timeout_secs: u32,
+    /// How long a response that says nothing about freshness is served before revalidating.
+    pub default_ttl_secs: u32,
+    /// How long a failed fetch (or undecodable file) is remembered, so a failing URL is not
+    /// fetched again by every call.
+    pub failure_ttl_secs: u32,
+    /// Let media URLs reach loopback and private addresses; unset: as
+    /// `api.callbacks_allow_private`.
+    pub allow_private: Option<bool>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            dir: "media-cache".into(),
+            cache_bytes_max: 2 << 30,
+            file_bytes_max: 32 << 20,
+            seconds_max: 1800,
+            fetch_timeout_secs: 30,
+            default_ttl_secs: 3600,
+            failure_ttl_secs: 10,
+            allow_private: None,
+        }
+    }
 }
 
 /// `[ng]`: rtpengine's ng control protocol (`voxedge media` and `voxedge serve`), for Kamailio
@@ -332,6 +373,17 @@ impl Config {
         if a.page_size_max == 0 {
             return Err(ConfigFileError::Other(
                 "api.page_size_max must be at least 1".into(),
+            ));
+        }
+        let m = &self.media;
+        if m.dir.is_empty()
+            || m.file_bytes_max == 0
+            || m.seconds_max == 0
+            || m.fetch_timeout_secs == 0
+            || m.cache_bytes_max < m.file_bytes_max as u64
+        {
+            return Err(ConfigFileError::Other(
+                "[media]: dir must be set, file_bytes_max, seconds_max and fetch_timeout_secs at least 1, and cache_bytes_max at least file_bytes_max".into(),
             ));
         }
         Ok(())

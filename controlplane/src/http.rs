@@ -29,6 +29,8 @@ pub struct AppState {
     pub role: &'static str,
     /// SIP counters (serve role), set once the SIP service runs.
     pub sip: std::sync::OnceLock<Arc<crate::sip::SipStats>>,
+    /// Media cache counters (serve role), set once the cache is open.
+    pub media: std::sync::OnceLock<Arc<crate::media::MediaStats>>,
 }
 
 /// An API error: a status and a JSON body `{"error":{"code","message"}}` that never leaks internals.
@@ -159,6 +161,9 @@ async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
     let mut body = metrics::render(&st.dataplane, &st.busy);
     if let Some(s) = st.sip.get() {
         metrics::render_sip(&mut body, s);
+    }
+    if let Some(m) = st.media.get() {
+        metrics::render_media(&mut body, m);
     }
     (
         [(

@@ -10,6 +10,7 @@ pub mod calls;
 pub mod config;
 pub mod digest;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod ng;
 pub mod rest;

@@ -284,3 +284,85 @@ pub fn render_sip(out: &mut String, s: &crate::sip::SipStats) {
         let _ = writeln!(out, "{name} {value}");
     }
 }
+
+/// Media cache counters.
+pub fn render_media(out: &mut String, s: &crate::media::MediaStats) {
+    let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for (name, kind, help, value) in [
+        (
+            "voxedge_media_cache_hits_total",
+            "counter",
+            "Media served from the cache without asking the origin.",
+            v(&s.hits),
+        ),
+        (
+            "voxedge_media_cache_misses_total",
+            "counter",
+            "Media not in the cache: fetched (or synthesized) and prepared.",
+            v(&s.misses),
+        ),
+        (
+            "voxedge_media_cache_revalidated_unchanged_total",
+            "counter",
+            "Stale entries the origin confirmed unchanged (304).",
+            v(&s.revalidated_unchanged),
+        ),
+        (
+            "voxedge_media_cache_revalidated_changed_total",
+            "counter",
+            "Stale entries the origin replaced with new content.",
+            v(&s.revalidated_changed),
+        ),
+        (
+            "voxedge_media_cache_coalesced_total",
+            "counter",
+            "Requests that waited for another request's fetch of the same media.",
+            v(&s.coalesced),
+        ),
+        (
+            "voxedge_media_fetches_total",
+            "counter",
+            "HTTP requests for media (conditional ones included).",
+            v(&s.fetches),
+        ),
+        (
+            "voxedge_media_failures_total",
+            "counter",
+            "Media fetches or preparations that failed.",
+            v(&s.failures),
+        ),
+        (
+            "voxedge_media_failures_remembered_total",
+            "counter",
+            "Requests answered from a recent failure without fetching again.",
+            v(&s.failures_remembered),
+        ),
+        (
+            "voxedge_media_stale_served_total",
+            "counter",
+            "Stale copies played because revalidation failed.",
+            v(&s.stale_served),
+        ),
+        (
+            "voxedge_media_cache_evictions_total",
+            "counter",
+            "Entries evicted to keep the cache under its size.",
+            v(&s.evictions),
+        ),
+        (
+            "voxedge_media_cache_bytes",
+            "gauge",
+            "Bytes of prepared media files in the cache.",
+            v(&s.bytes),
+        ),
+        (
+            "voxedge_media_cache_entries",
+            "gauge",
+            "Cached media entries.",
+            v(&s.entries),
+        ),
+    ] {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}

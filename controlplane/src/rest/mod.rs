@@ -31,7 +31,7 @@ use crate::secret::{constant_time_eq, is_sid, new_sid};
 use crate::sip::SipHandle;
 use crate::store::{
     self, now_us, parse_date, rfc2822, Account, ApiKey, Filter, Kind, Store, StoreError, Table,
-    APPLICATIONS, CALLS, CALL_EVENTS, NOTIFICATIONS, NUMBERS, RECORDINGS,
+    APPLICATIONS, CALLS, CALL_EVENTS, MEDIA, NOTIFICATIONS, NUMBERS, RECORDINGS,
 };
 use routes::{Op, Param, Route, Ty, PAGING, ROUTES};
 
@@ -44,6 +44,8 @@ pub struct RestState {
     pub calls: Arc<CallService>,
     pub sip: Option<SipHandle>,
     pub cfg: ApiConfig,
+    /// The media cache (serve role with SIP).
+    pub media: Option<Arc<crate::media::MediaCache>>,
     limiter: Mutex<HashMap<String, (f64, Instant)>>,
     /// A sealed value opened on authentication misses (equal work for unknown SIDs).
     decoy: String,
@@ -55,6 +57,7 @@ impl RestState {
         calls: Arc<CallService>,
         sip: Option<SipHandle>,
         cfg: ApiConfig,
+        media: Option<Arc<crate::media::MediaCache>>,
     ) -> Self {
         let decoy = store.key().seal(&crate::secret::new_token());
         RestState {
@@ -62,6 +65,7 @@ impl RestState {
             calls,
             sip,
             cfg,
+            media,
             limiter: Mutex::new(HashMap::new()),
             decoy,
         }
@@ -775,6 +779,7 @@ fn collection(t: &Table) -> &'static str {
         "calls" => "Calls",
         "notifications" => "Notifications",
         "recordings" => "Recordings",
+        "media_cache" => "Media",
         _ => "Events",
     }
 }
@@ -813,7 +818,8 @@ fn render(t: &Table, row: &Map<String, Value>) -> Value {
         };
         m.insert(k.clone(), shown);
     }
-    let base = format!("{API}/Accounts/{acc}/{}/{sid}", collection(t));
+    let root = if t.name == "media_cache" { "/v1" } else { API };
+    let base = format!("{root}/Accounts/{acc}/{}/{sid}", collection(t));
     m.insert("uri".into(), Value::from(format!("{base}.json")));
     match t.name {
         "calls" => {
@@ -1308,6 +1314,64 @@ async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
         Op::UsageRecordsList => usage(c).await,
         Op::CallSipEventsSet | Op::CallSipEventsFetch | Op::CallSipEventsDelete => {
             call_sip_events(op, c).await
+        }
+        Op::MediaList | Op::MediaPrefetch | Op::MediaFetch | Op::MediaDelete | Op::MediaPurge => {
+            media(op, c).await
+        }
+    }
+}
+
+/// `/v1/Accounts/{AccountSid}/Media`: the media cache of the account.
+async fn media(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
+    let Some(cache) = c.st.media.clone() else {
+        return Err(TwError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            20503,
+            "The media cache runs with SIP: it is not enabled on this node",
+        ));
+    };
+    match op {
+        Op::MediaList => {
+            // Hit counts are kept in memory between flushes: show current ones.
+            cache.flush().await;
+            let mut f = Vec::new();
+            if let Some(u) = c.params.get("Url") {
+                f.push(Filter::Eq("url", Value::from(u)));
+            }
+            if let Some(k) = c.params.get("Kind") {
+                f.push(Filter::Eq("kind", Value::from(k)));
+            }
+            list_rows(c, &MEDIA, "media", &f).await
+        }
+        Op::MediaFetch => {
+            cache.flush().await;
+            Ok(render(&MEDIA, &fetch_row(c, &MEDIA, &c.sid).await?))
+        }
+        Op::MediaPrefetch => {
+            let url = c.params.get("Url").unwrap_or_default();
+            let sid = cache
+                .prefetch(c.acc_sid(), &crate::media::Source::Url(url.to_string()))
+                .await
+                .map_err(|e| TwError::bad(e.code.parse().unwrap_or(11200), e.message))?;
+            Ok(render(&MEDIA, &fetch_row(c, &MEDIA, &sid).await?))
+        }
+        Op::MediaDelete => {
+            if !is_sid(&c.sid, MEDIA.sid_prefix) || !cache.purge(c.acc_sid(), &c.sid).await? {
+                return Err(TwError::not_found(c.path));
+            }
+            Ok(Value::Null)
+        }
+        _ => {
+            let url = c.params.get("Url").unwrap_or_default();
+            let sids = cache.sids_for_url(c.acc_sid(), url);
+            let mut any = false;
+            for sid in sids {
+                any |= cache.purge(c.acc_sid(), &sid).await?;
+            }
+            if !any {
+                return Err(TwError::not_found(c.path));
+            }
+            Ok(Value::Null)
         }
     }
 }

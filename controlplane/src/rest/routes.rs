@@ -44,6 +44,11 @@ pub enum Op {
     RecordingFetch,
     RecordingDelete,
     UsageRecordsList,
+    MediaList,
+    MediaPrefetch,
+    MediaFetch,
+    MediaDelete,
+    MediaPurge,
 }
 
 /// The type of a parameter (how it is checked and documented).
@@ -397,6 +402,23 @@ const RECORDING_LIST_PARAMS: &[Param] = &[
     p("DateCreated<", Ty::Date, "Before this day."),
 ];
 
+const MEDIA_LIST_PARAMS: &[Param] = &[
+    p("Url", Ty::Url, "Only the entry of this URL."),
+    p(
+        "Kind",
+        Ty::OneOf(&["url", "say"]),
+        "Only fetched media, or only rendered speech.",
+    ),
+];
+
+const MEDIA_PREFETCH_PARAMS: &[Param] = &[req(
+    "Url",
+    Ty::Url,
+    "Media to fetch, prepare and keep now (WAV, MP3, Ogg/Vorbis, FLAC, audio/basic).",
+)];
+
+const MEDIA_PURGE_PARAMS: &[Param] = &[req("Url", Ty::Url, "Remove the entry of this URL.")];
+
 const USAGE_PARAMS: &[Param] = &[
     p(
         "Category",
@@ -709,6 +731,41 @@ pub const ROUTES: &[Route] = &[
         "VoxEdge: remove a call's own SIP-event callback registration",
         &[]
     ),
+    route!(
+        "GET",
+        "/v1/Accounts/{AccountSid}/Media.json",
+        MediaList,
+        "VoxEdge: the account's media cache entries (fetched audio and rendered speech), newest first",
+        MEDIA_LIST_PARAMS
+    ),
+    route!(
+        "POST",
+        "/v1/Accounts/{AccountSid}/Media.json",
+        MediaPrefetch,
+        "VoxEdge: prefetch a URL into the media cache (fetched, prepared, kept)",
+        MEDIA_PREFETCH_PARAMS
+    ),
+    route!(
+        "DELETE",
+        "/v1/Accounts/{AccountSid}/Media.json",
+        MediaPurge,
+        "VoxEdge: purge the media cache entry of a URL (the next play fetches it again)",
+        MEDIA_PURGE_PARAMS
+    ),
+    route!(
+        "GET",
+        "/v1/Accounts/{AccountSid}/Media/{Sid}.json",
+        MediaFetch,
+        "VoxEdge: inspect a media cache entry",
+        &[]
+    ),
+    route!(
+        "DELETE",
+        "/v1/Accounts/{AccountSid}/Media/{Sid}.json",
+        MediaDelete,
+        "VoxEdge: purge a media cache entry",
+        &[]
+    ),
 ];
 
 /// Whether an op lists records (and so takes the paging parameters).
@@ -726,6 +783,7 @@ pub fn is_list(op: Op) -> bool {
             | Op::NotificationsList
             | Op::RecordingsList
             | Op::UsageRecordsList
+            | Op::MediaList
     )
 }
 
@@ -736,7 +794,8 @@ pub fn success_status(r: &Route) -> u16 {
         | Op::KeyCreate
         | Op::ApplicationCreate
         | Op::NumberCreate
-        | Op::CallCreate => 201,
+        | Op::CallCreate
+        | Op::MediaPrefetch => 201,
         _ if r.method == "DELETE" => 204,
         _ => 200,
     }

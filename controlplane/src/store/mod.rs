@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("0003_callbacks.sql")),
     (4, include_str!("0004_fetch_overrides.sql")),
     (5, include_str!("0005_sip_events.sql")),
+    (6, include_str!("0006_media_cache.sql")),
 ];
 
 /// What a store operation can fail with.
@@ -208,6 +209,32 @@ pub const RECORDINGS: Table = Table {
         ("start_time", Time),
         ("media_path", Text),
         ("error_code", Text),
+        ("date_created", Time),
+        ("date_updated", Time),
+    ],
+};
+
+/// The media cache's index (see [`crate::media`]).
+pub const MEDIA: Table = Table {
+    name: "media_cache",
+    sid_prefix: "ME",
+    columns: &[
+        ("source_key", Text),
+        ("kind", Text),
+        ("url", Text),
+        ("text", Text),
+        ("voice", Text),
+        ("content_sha256", Text),
+        ("content_type", Text),
+        ("bytes", Int),
+        ("duration_ms", Int),
+        ("etag", Text),
+        ("last_modified", Text),
+        ("expires", Time),
+        ("must_revalidate", Bool),
+        ("hits", Int),
+        ("date_last_used", Time),
+        ("date_fetched", Time),
         ("date_created", Time),
         ("date_updated", Time),
     ],
@@ -1026,6 +1053,33 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
+    /// Deletes the rows of `account` whose `column` is `value`; how many.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn delete_where(
+        &self,
+        table: &Table,
+        account: &str,
+        column: &str,
+        value: &str,
+    ) -> Result<u64, StoreError> {
+        if table.kind(column).is_none() {
+            return Ok(0);
+        }
+        let q = format!(
+            "DELETE FROM {} WHERE {} = $1 AND account_sid = $2",
+            table.name,
+            quoted(column)
+        );
+        let r = sqlx::query(audited(q))
+            .bind(value.to_string())
+            .bind(account.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Calls of `account` in `[start, end)` by direction: (count, billable minutes).
     ///
     /// # Errors
@@ -1180,6 +1234,20 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// Every row of `table`, all accounts (a service loading its own index at start).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn all_rows(&self, table: &Table) -> Result<Vec<Map<String, Value>>, StoreError> {
+        let rows = sqlx::query(audited(Self::select(table)))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| decode(table, r))
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     /// Calls in any of `statuses` (service start-up: calls a crash left behind).

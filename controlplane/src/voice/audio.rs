@@ -353,6 +353,16 @@ impl Synthesizer {
     /// # Errors
     /// espeak-ng missing, failing, timing out, or producing no audio.
     pub async fn speak(&self, text: &str, voice: &str) -> Result<Vec<i16>, AudioError> {
+        let wav = self.speak_wav(text, voice).await?;
+        let pcm = decode_wav(&wav)?;
+        Ok(to_8k(&pcm))
+    }
+
+    /// Renders `text` to espeak-ng's WAV (22,050 Hz, 16-bit mono).
+    ///
+    /// # Errors
+    /// espeak-ng missing, failing, timing out, or producing no audio.
+    pub async fn speak_wav(&self, text: &str, voice: &str) -> Result<Vec<u8>, AudioError> {
         let mut child = tokio::process::Command::new(&self.program)
             .args(["--stdout", "-v", voice])
             .stdin(Stdio::piped())
@@ -401,11 +411,10 @@ impl Synthesizer {
         let wav = tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| AudioError::Synthesis(format!("no audio within {:?}", self.timeout)))??;
-        let pcm = decode_wav(&wav)?;
-        if pcm.samples.is_empty() {
+        if decode_wav(&wav)?.samples.is_empty() {
             return Err(AudioError::Synthesis("no audio produced".into()));
         }
-        Ok(to_8k(&pcm))
+        Ok(wav)
     }
 }
 

@@ -34,21 +34,18 @@ use voxedge_dataplane::ids::{RelayId, Side};
 use voxedge_dataplane::player::PlayMedia;
 use voxedge_dataplane::Dataplane;
 
-use super::audio::{self, Codec, Synthesizer};
+use super::audio::{self, Codec};
 use super::fetch::{resolve, FetchError, Fetcher};
 use super::twiml::{Dial, DialTarget, Gather, Method, Play, Prompt, RejectReason, Say, Verb};
 use crate::calls::CallService;
+use crate::media::{MediaCache, Source as MediaSource};
 use crate::sip::{Bridge, CallUpdate, EndStatus, IncomingCall, OriginateError, SipHandle};
 use crate::store::{now_us, Store, APPLICATIONS, CALLS};
 
 /// VoxEdge notification: a verb this version parses but does not run.
 pub const CODE_VERB_UNSUPPORTED: &str = "82004";
-/// Twilio: `Say` could not be rendered.
-const CODE_SAY_FAILED: &str = "13520";
 /// Twilio: `Play` media could not be used.
-const CODE_PLAY_FAILED: &str = "13227";
-/// Largest media file fetched for `Play`.
-pub const MEDIA_BYTES_MAX: usize = 16 * 1024 * 1024;
+const CODE_PLAY_FAILED: &str = crate::media::CODE_UNPLAYABLE;
 /// Documents a call may fetch (actions and redirects included) before it is ended as a loop.
 const FETCHES_MAX: u32 = 1000;
 
@@ -105,11 +102,10 @@ pub struct Engine {
     sip: SipHandle,
     dp: Arc<Dataplane>,
     fetcher: Fetcher,
-    synth: Synthesizer,
+    media: Arc<MediaCache>,
     live: Mutex<HashMap<String, mpsc::Sender<Signal>>>,
     by_relay: Mutex<HashMap<RelayId, String>>,
     play_ids: AtomicU64,
-    speech: Mutex<SpeechCache>,
     signals_dropped: AtomicU64,
     /// Dialled legs by SID (bounded by live dials: an entry leaves when its leg ends).
     children: Mutex<HashMap<String, LegSink>>,
@@ -118,42 +114,6 @@ pub struct Engine {
 
 /// Signals queued per call at most (digits, playback ends, new instructions).
 const SIGNALS_MAX: usize = 256;
-
-/// Rendered `Say` audio by (voice, text, codec), so a prompt many calls hear is synthesized
-/// once. Bounded by entries and bytes; the oldest entries leave first.
-#[derive(Default)]
-struct SpeechCache {
-    map: HashMap<(String, String, Codec), Arc<PlayMedia>>,
-    order: std::collections::VecDeque<(String, String, Codec)>,
-    bytes: usize,
-}
-
-/// Bounds of the speech cache.
-const SPEECH_ENTRIES_MAX: usize = 1024;
-const SPEECH_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-impl SpeechCache {
-    fn get(&self, k: &(String, String, Codec)) -> Option<Arc<PlayMedia>> {
-        self.map.get(k).cloned()
-    }
-
-    fn put(&mut self, k: (String, String, Codec), m: Arc<PlayMedia>) {
-        if m.frames.len() > SPEECH_BYTES_MAX / 4 || self.map.contains_key(&k) {
-            return;
-        }
-        self.bytes += m.frames.len();
-        self.map.insert(k.clone(), m);
-        self.order.push_back(k);
-        while self.map.len() > SPEECH_ENTRIES_MAX || self.bytes > SPEECH_BYTES_MAX {
-            let Some(old) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(m) = self.map.remove(&old) {
-                self.bytes -= m.frames.len();
-            }
-        }
-    }
-}
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,7 +195,7 @@ impl Engine {
         sip: SipHandle,
         dp: Arc<Dataplane>,
         fetcher: Fetcher,
-        synth: Synthesizer,
+        media: Arc<MediaCache>,
     ) -> Arc<Engine> {
         Arc::new(Engine {
             store,
@@ -243,11 +203,10 @@ impl Engine {
             sip,
             dp,
             fetcher,
-            synth,
+            media,
             live: Mutex::new(HashMap::new()),
             by_relay: Mutex::new(HashMap::new()),
             play_ids: AtomicU64::new(1),
-            speech: Mutex::new(SpeechCache::default()),
             signals_dropped: AtomicU64::new(0),
             children: Mutex::new(HashMap::new()),
             ringback: Mutex::new(HashMap::new()),
@@ -1343,76 +1302,57 @@ impl CallRun {
     }
 
     async fn say(&mut self, s: &Say, barge: bool) -> Waited {
-        let voice = audio::espeak_voice(s.language.as_deref(), s.voice.as_deref());
-        let key = (voice, s.text.clone(), self.call.codec);
-        let cached = self
+        let source = MediaSource::Say {
+            text: s.text.clone(),
+            voice: audio::espeak_voice(s.language.as_deref(), s.voice.as_deref()),
+        };
+        match self
             .engine
-            .speech
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key);
-        if let Some(media) = cached {
-            return self.play_media(media, s.loops, barge).await;
-        }
-        match self.engine.synth.speak(&s.text, &key.0).await {
-            Ok(samples) => {
-                let media = audio::encode(&samples, self.call.codec);
-                self.engine
-                    .speech
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .put(key, media.clone());
-                self.play_media(media, s.loops, barge).await
-            }
+            .media
+            .media(&self.call.account, &source, self.call.codec)
+            .await
+        {
+            Ok(media) => self.play_media(media, s.loops, barge).await,
             Err(e) => {
-                self.notify("0", CODE_SAY_FAILED, &format!("<Say>: {e}"))
-                    .await;
+                self.notify("0", e.code, &e.message).await;
                 Waited::Done
             }
         }
     }
 
     async fn play(&mut self, p: &Play, base: &reqwest::Url, barge: bool) -> Waited {
-        let samples = if p.url.is_empty() {
-            audio::dtmf_tones(p.digits.as_deref().unwrap_or(""))
-        } else {
-            match self.fetch_audio(&p.url, base).await {
-                Ok(s) => s,
-                Err(e) => {
-                    self.notify("0", e.code, &format!("<Play>: {}", e.message))
-                        .await;
-                    return Waited::Done;
-                }
+        if p.url.is_empty() {
+            let digits = p.digits.as_deref().unwrap_or("");
+            let media = match self.call.dtmf_pt {
+                // RFC 4733 events where the call negotiated telephone-event, else tones.
+                Some(pt) => Arc::new(PlayMedia::telephone_events(pt, digits)),
+                None => audio::encode(&audio::dtmf_tones(digits), self.call.codec),
+            };
+            if media.frame_count() == 0 {
+                return Waited::Done;
             }
-        };
-        if samples.is_empty() {
-            return Waited::Done;
+            return self.play_media(media, p.loops, barge).await;
         }
-        let media = audio::encode(&samples, self.call.codec);
-        self.play_media(media, p.loops, barge).await
-    }
-
-    async fn fetch_audio(&self, url: &str, base: &reqwest::Url) -> Result<Vec<i16>, FetchError> {
-        let url = resolve(base, url)?;
-        let (body, ct) = self.engine.fetcher.media(&url, MEDIA_BYTES_MAX).await?;
-        let bad = |m: String| FetchError {
-            code: CODE_PLAY_FAILED,
-            message: format!("{url}: {m}"),
+        let url = match resolve(base, &p.url) {
+            Ok(u) => u,
+            Err(e) => {
+                self.notify("0", e.code, &format!("<Play>: {}", e.message))
+                    .await;
+                return Waited::Done;
+            }
         };
-        match ct.as_str() {
-            "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => {
-                let pcm = audio::decode_wav(&body).map_err(|e| bad(e.to_string()))?;
-                Ok(audio::to_8k(&pcm))
+        match self
+            .engine
+            .media
+            .media(&self.call.account, &MediaSource::Url(url), self.call.codec)
+            .await
+        {
+            Ok(media) => self.play_media(media, p.loops, barge).await,
+            Err(e) => {
+                self.notify("0", e.code, &format!("<Play>: {}", e.message))
+                    .await;
+                Waited::Done
             }
-            "audio/basic" | "audio/x-mulaw" | "audio/pcmu" => {
-                Ok(body.iter().map(|b| audio::ulaw_decode(*b)).collect())
-            }
-            other => Err(FetchError {
-                code: "13420",
-                message: format!(
-                    "{url}: {other} is not supported; use WAV (PCM, µ-law or A-law) or audio/basic"
-                ),
-            }),
         }
     }
 
@@ -1494,34 +1434,5 @@ impl CallRun {
             params.insert("FinishedOnKey".to_string(), k.to_string());
         }
         Flow::Goto(action, g.method, params)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn speech_cache_is_bounded_and_keeps_the_newest() {
-        let mut c = SpeechCache::default();
-        let media = |n: usize| audio::encode(&vec![0; n * audio::FRAME], Codec::Pcmu);
-        let key = |i: usize| ("en-us".to_string(), format!("text {i}"), Codec::Pcmu);
-        for i in 0..SPEECH_ENTRIES_MAX + 10 {
-            c.put(key(i), media(1));
-        }
-        assert_eq!(c.map.len(), SPEECH_ENTRIES_MAX);
-        assert!(c.get(&key(0)).is_none(), "oldest evicted");
-        assert!(c.get(&key(SPEECH_ENTRIES_MAX + 9)).is_some());
-        // Bytes: big entries push the total under the cap.
-        let mut c = SpeechCache::default();
-        let big = SPEECH_BYTES_MAX / 5 / audio::FRAME;
-        for i in 0..8 {
-            c.put(key(i), media(big));
-        }
-        assert!(c.bytes <= SPEECH_BYTES_MAX, "{}", c.bytes);
-        assert!(c.get(&key(7)).is_some());
-        // Over a quarter of the budget: not cached at all.
-        c.put(key(99), media(SPEECH_BYTES_MAX / 3 / audio::FRAME));
-        assert!(c.get(&key(99)).is_none());
     }
 }

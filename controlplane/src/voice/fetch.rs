@@ -219,7 +219,12 @@ impl Fetcher {
         token: &str,
         timeouts: &Timeouts,
     ) -> Result<Fetched, FetchError> {
-        let (body, ct, final_url) = self
+        let Raw {
+            body,
+            ct,
+            url: final_url,
+            ..
+        } = self
             .fetch_raw(
                 url,
                 method,
@@ -227,6 +232,7 @@ impl Fetcher {
                 Some(token),
                 DOCUMENT_BYTES_MAX,
                 timeouts,
+                &[],
             )
             .await?;
         let types = ["text/xml", "application/xml"];
@@ -246,27 +252,68 @@ impl Fetcher {
         })
     }
 
-    /// Fetches media for `<Play>`: returns the body and its content type.
+    /// Fetches media (for the media cache): a GET under `timeouts` (the URL's fragment applies
+    /// on top), conditional when `validators` (an `ETag` and/or `Last-Modified` of a cached
+    /// copy) are given, in which case a 304 answers [`MediaFetch::NotModified`]. A body over
+    /// `limit` bytes is refused as soon as its length is known (from `Content-Length`, or while
+    /// it streams), never read whole.
     ///
     /// # Errors
     /// What went wrong, with Twilio's code (13420 for a non-audio content type).
-    pub async fn media(&self, url: &str, limit: usize) -> Result<(Vec<u8>, String), FetchError> {
-        let (body, ct, _) = self
+    pub async fn media(
+        &self,
+        url: &str,
+        validators: (Option<&str>, Option<&str>),
+        limit: usize,
+        timeouts: &Timeouts,
+    ) -> Result<MediaFetch, FetchError> {
+        let mut conditional = Vec::new();
+        if let Some(etag) = validators.0 {
+            conditional.push((reqwest::header::IF_NONE_MATCH, etag.to_string()));
+        }
+        if let Some(lm) = validators.1 {
+            conditional.push((reqwest::header::IF_MODIFIED_SINCE, lm.to_string()));
+        }
+        let raw = self
             .fetch_raw(
                 url,
                 Method::Get,
                 &BTreeMap::new(),
                 None,
                 limit,
-                &self.defaults,
+                timeouts,
+                &conditional,
             )
             .await?;
-        if !ct.starts_with("audio/") {
-            return Err(fail("13420", format!("{url} returned {ct:?}, not audio")));
+        if raw.not_modified {
+            return Ok(MediaFetch::NotModified {
+                headers: raw.headers,
+            });
         }
-        Ok((body, ct))
+        let ct = raw.ct;
+        if !ct.starts_with("audio/") && ct != "application/ogg" {
+            return Err(fail(
+                "13420",
+                format!(
+                    "{} returned {:?}, not audio",
+                    raw.url,
+                    if ct.is_empty() {
+                        "(no content type)"
+                    } else {
+                        &ct
+                    }
+                ),
+            ));
+        }
+        Ok(MediaFetch::Body {
+            body: raw.body,
+            content_type: ct,
+            headers: raw.headers,
+            url: raw.url,
+        })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_raw(
         &self,
         url: &str,
@@ -275,7 +322,8 @@ impl Fetcher {
         token: Option<&str>,
         limit: usize,
         defaults: &Timeouts,
-    ) -> Result<(Vec<u8>, String, reqwest::Url), FetchError> {
+        conditional: &[(reqwest::header::HeaderName, String)],
+    ) -> Result<Raw, FetchError> {
         let mut u =
             check_url(url, self.allow_private).map_err(|e| fail("11100", format!("{url}: {e}")))?;
         let t = match u.fragment() {
@@ -298,7 +346,10 @@ impl Fetcher {
                     format!("{u}: no response within {:?}", t.total),
                 ));
             }
-            match self.once(&u, method, params, token, &t, left, limit).await {
+            match self
+                .once(&u, method, params, token, &t, left, limit, conditional)
+                .await
+            {
                 Ok(r) => return Ok(r),
                 Err((kind, e)) => {
                     let retry = match kind {
@@ -327,11 +378,15 @@ impl Fetcher {
         t: &Timeouts,
         left: Duration,
         limit: usize,
-    ) -> Result<(Vec<u8>, String, reqwest::Url), (Failure, FetchError)> {
+        conditional: &[(reqwest::header::HeaderName, String)],
+    ) -> Result<Raw, (Failure, FetchError)> {
         let mut req = match method {
             Method::Get => self.http.get(u.clone()),
             Method::Post => self.http.post(u.clone()).form(params),
         };
+        for (name, value) in conditional {
+            req = req.header(name, value);
+        }
         if let Some(token) = token {
             let signed_params = if method == Method::Post {
                 params.clone()
@@ -364,6 +419,15 @@ impl Fetcher {
         };
         let status = resp.status();
         let final_url = resp.url().clone();
+        if status == reqwest::StatusCode::NOT_MODIFIED && !conditional.is_empty() {
+            return Ok(Raw {
+                body: Vec::new(),
+                ct: String::new(),
+                url: final_url,
+                not_modified: true,
+                headers: resp.headers().clone(),
+            });
+        }
         if !status.is_success() {
             let kind = if status.is_client_error() {
                 Failure::Client
@@ -394,6 +458,7 @@ impl Fetcher {
                 fail("11750", format!("{final_url}: body is over {limit} bytes")),
             ));
         }
+        let headers = resp.headers().clone();
         let mut body = Vec::new();
         let mut resp = resp;
         let deadline = tokio::time::Instant::now() + t.read.min(left);
@@ -425,8 +490,37 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok((body, ct, final_url))
+        Ok(Raw {
+            body,
+            ct,
+            url: final_url,
+            not_modified: false,
+            headers,
+        })
     }
+}
+
+/// A response as fetched.
+struct Raw {
+    body: Vec<u8>,
+    ct: String,
+    url: reqwest::Url,
+    not_modified: bool,
+    headers: reqwest::header::HeaderMap,
+}
+
+/// What a media fetch returned.
+#[derive(Debug)]
+pub enum MediaFetch {
+    /// The cached copy is still current (304); its caching headers may have changed.
+    NotModified { headers: reqwest::header::HeaderMap },
+    Body {
+        body: Vec<u8>,
+        content_type: String,
+        headers: reqwest::header::HeaderMap,
+        /// Where the body came from (after redirects).
+        url: reqwest::Url,
+    },
 }
 
 fn classify(u: &reqwest::Url, e: &reqwest::Error) -> (Failure, FetchError) {
