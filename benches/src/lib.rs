@@ -12,15 +12,9 @@ pub mod sip;
 pub mod voice;
 pub mod vs_rtpengine;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 
-/// `voxedge bench …`
-#[derive(Debug, Args)]
-pub struct BenchCommand {
-    #[command(subcommand)]
-    pub kind: BenchKind,
-}
-
+/// `voxedge bench …` (the control plane's binary adds the benches that need its services).
 #[derive(Debug, Subcommand)]
 pub enum BenchKind {
     /// RTP relay capacity through `voxedge media` on loopback.
@@ -39,12 +33,12 @@ pub enum BenchKind {
     VsRtpengine(vs_rtpengine::VsArgs),
 }
 
-/// Runs the chosen bench.
+/// Runs one bench.
 ///
 /// # Errors
 /// The bench could not be set up (process start, API calls, sockets).
-pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
-    match &cmd.kind {
+pub fn run_kind(kind: &BenchKind) -> anyhow::Result<()> {
+    match kind {
         BenchKind::Relay(a) => relay::main(a),
         BenchKind::Dpdk(a) => dpdk::main(a),
         BenchKind::Sip(a) => sip::main(a),

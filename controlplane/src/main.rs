@@ -27,11 +27,25 @@ enum Command {
     /// Dataplane appliance only, driven through its management API.
     Media(RunArgs),
     /// Capacity benches.
-    Bench(voxedge_bench::BenchCommand),
+    Bench(BenchArgs),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(RunArgs),
     /// Operator tasks on the store (accounts) and the API description.
     Admin(AdminArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    kind: BenchWhat,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    #[command(flatten)]
+    Other(voxedge_bench::BenchKind),
+    /// Media cache: cache-hit latency and MP3 → µ-law transcoding throughput.
+    Media(voxedge_controlplane::media::bench::MediaArgs),
 }
 
 #[derive(Args)]
@@ -359,7 +373,10 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Serve(a) => run_role(Role::Serve, a),
         Command::Media(a) => run_role(Role::Media, a),
-        Command::Bench(b) => voxedge_bench::run(b),
+        Command::Bench(b) => match &b.kind {
+            BenchWhat::Other(kind) => voxedge_bench::run_kind(kind),
+            BenchWhat::Media(a) => voxedge_controlplane::media::bench::main(a),
+        },
         Command::Config(a) => a.config().and_then(|c| {
             print!("{}", toml::to_string(&c)?);
             Ok(())

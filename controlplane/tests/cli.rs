@@ -159,6 +159,54 @@ fn relay_bench_reports_json() {
     assert_eq!(v["loss_ratio"].as_f64(), Some(0.0), "{v}");
 }
 
+/// The media bench at a small size: its report's shape, and that the timed lookups were all
+/// cache hits (one fetch per entry, during priming). The figures come from running the bench.
+#[test]
+fn media_bench_reports_json() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "media",
+            "--entries",
+            "5",
+            "--lookups",
+            "200",
+            "--seconds",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let t = &v["transcode"];
+    assert!(
+        t["mp3_to_pcmu_audio_seconds_per_cpu_second"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+    assert!(
+        t["mp3_to_all_variants_audio_seconds_per_cpu_second"].is_number(),
+        "{v}"
+    );
+    assert!(
+        v["input_audio_seconds"].as_f64().is_some_and(|s| s > 5.0),
+        "{v}"
+    );
+    let c = &v["cache_hit"];
+    for case in ["cold_load", "shared"] {
+        assert_eq!(c[case]["lookups"], 200, "{v}");
+        assert!(c[case]["p99_us"].is_number(), "{v}");
+    }
+    assert_eq!(c["fetches"], 5, "{v}");
+    assert!(c["hits_counted"].as_u64().is_some_and(|h| h >= 400), "{v}");
+}
+
 /// Under systemd (`Type=notify`): READY=1 once serving, WATCHDOG=1 at half the interval,
 /// STOPPING=1 on SIGTERM.
 #[test]

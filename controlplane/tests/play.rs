@@ -296,7 +296,10 @@ async fn play_goes_through_the_cache_and_the_far_end_hears_the_file() {
             pcm.len()
         );
         let snr = 10.0 * (signal / noise.max(1.0)).log10();
-        eprintln!("play at packet {start}: {n}/{} samples heard, SNR {snr:.1} dB", pcm.len());
+        eprintln!(
+            "play at packet {start}: {n}/{} samples heard, SNR {snr:.1} dB",
+            pcm.len()
+        );
         // G.711 µ-law's own quantisation leaves about 35–38 dB on such a signal.
         assert!(snr > 30.0, "SNR {snr:.1} dB");
     }

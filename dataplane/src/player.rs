@@ -110,11 +110,17 @@ impl PlayMedia {
                 push(&mut frames, start, payload);
                 slot += 1;
             }
-            let end = u16::try_from(packets * SLOT).unwrap_or(u16::MAX).to_be_bytes();
+            let end = u16::try_from(packets * SLOT)
+                .unwrap_or(u16::MAX)
+                .to_be_bytes();
             let gap = DIGIT_MS / SLOT_MS;
             for i in 0..gap {
                 if i + 1 < END_COPIES {
-                    push(&mut frames, start, [event, 0x80 | DIGIT_VOLUME, end[0], end[1]]);
+                    push(
+                        &mut frames,
+                        start,
+                        [event, 0x80 | DIGIT_VOLUME, end[0], end[1]],
+                    );
                 } else {
                     push(&mut frames, NO_PACKET, [0; 4]);
                 }
@@ -511,7 +517,11 @@ mod tests {
                         t / 20_000_000,
                         buf[1],
                         u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-                        [buf[12], buf[13], u16::from_be_bytes([buf[14], buf[15]]) as u8],
+                        [
+                            buf[12],
+                            buf[13],
+                            u16::from_be_bytes([buf[14], buf[15]]) as u8,
+                        ],
                         u16::from_be_bytes([buf[14], buf[15]]),
                     ));
                 }
@@ -526,13 +536,21 @@ mod tests {
         let ts1 = one[0].2;
         for (i, (slot, m_pt, ts, ev, dur)) in one.iter().enumerate() {
             assert_eq!(*slot, i as u64, "one packet per 20 ms");
-            assert_eq!(*m_pt, if i == 0 { 0x80 | 101 } else { 101 }, "marker on the first");
+            assert_eq!(
+                *m_pt,
+                if i == 0 { 0x80 | 101 } else { 101 },
+                "marker on the first"
+            );
             assert_eq!(*ts, ts1, "one timestamp for the event");
             assert_eq!(ev[0], 1);
             let ended = i >= 4;
             assert_eq!(ev[1] & 0x80 != 0, ended, "E bit from the 5th packet");
             assert_eq!(ev[1] & 0x3f, 10, "volume");
-            assert_eq!(*dur, 160 * (i.min(4) as u16 + 1), "duration grows, then stays");
+            assert_eq!(
+                *dur,
+                160 * (i.min(4) as u16 + 1),
+                "duration grows, then stays"
+            );
         }
         // `#` starts after the first digit (10 slots) and the half-second wait (25 slots).
         assert_eq!(hash[0].0, 35);

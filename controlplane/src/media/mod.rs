@@ -19,6 +19,7 @@
 //!
 //! Entries belong to an account (one tenant cannot list another's URLs); files are shared.
 
+pub mod bench;
 pub mod decode;
 pub mod freshness;
 
