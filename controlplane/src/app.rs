@@ -159,6 +159,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
     let mut store = None;
     let mut engine: Option<Arc<crate::voice::engine::Engine>> = None;
     let mut media_cache = None;
+    let mut recordings = None;
     if role == Role::Serve && cfg.api.enabled {
         let listener = bind(cfg.api.listen, "the REST API").await?;
         let key = secret_key(&cfg.api)?;
@@ -205,6 +206,28 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
             .context("cannot open the media cache")?;
             let _ = state.media.set(media.stats.clone());
             tasks.push(media.spawn_flusher(stop_rx.clone()));
+            let api_addr = listener.local_addr()?;
+            let base = cfg.api.public_url.clone().unwrap_or_else(|| {
+                let ip = if api_addr.ip().is_unspecified() {
+                    dataplane.advertise()
+                } else {
+                    api_addr.ip()
+                };
+                format!("http://{}", std::net::SocketAddr::new(ip, api_addr.port()))
+            });
+            let rec = Arc::new(
+                crate::recordings::Recordings::new(
+                    std::path::Path::new(&cfg.media.recordings_dir),
+                    base,
+                    cfg.api.recordings_require_auth,
+                )
+                .with_context(|| {
+                    format!(
+                        "cannot create the recordings directory {}",
+                        cfg.media.recordings_dir
+                    )
+                })?,
+            );
             let e = crate::voice::engine::Engine::new(
                 db.clone(),
                 calls.clone(),
@@ -212,7 +235,9 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
                 dataplane.clone(),
                 fetcher,
                 media.clone(),
+                rec.clone(),
             );
+            recordings = Some(rec);
             media_cache = Some(media);
             calls.set_engine(e.clone());
             engine = Some(e);
@@ -232,6 +257,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
             sip_handle,
             cfg.api.clone(),
             media_cache,
+            recordings,
         ));
         let addr = listener.local_addr()?;
         tasks.push(serve_http(

@@ -318,6 +318,17 @@ impl Callbacks {
     }
 
     /// Writes a callback about `call` to the outbox and wakes the deliverer.
+    /// A recording status callback (`recordingStatusCallback`) through the call's outbox.
+    pub async fn recording_status(
+        &self,
+        call: &Map<String, Value>,
+        url: String,
+        method: &str,
+        params: &BTreeMap<String, String>,
+    ) {
+        self.enqueue("CR", call, url, method, params).await;
+    }
+
     async fn enqueue(
         &self,
         prefix: &str,

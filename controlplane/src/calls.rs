@@ -85,6 +85,11 @@ pub struct CallService {
 
 impl CallService {
     /// The instruction engine, when this node runs one.
+    /// The callback outbox (serve role).
+    pub fn callbacks(&self) -> Option<&Arc<crate::callbacks::Callbacks>> {
+        self.callbacks.as_ref()
+    }
+
     pub fn engine(&self) -> Option<&Arc<crate::voice::engine::Engine>> {
         self.engine.get()
     }

@@ -46,6 +46,8 @@ pub struct MediaConfig {
     /// Let media URLs reach loopback and private addresses; unset: as
     /// `api.callbacks_allow_private`.
     pub allow_private: Option<bool>,
+    /// Where recordings are kept (one WAV file per recording SID).
+    pub recordings_dir: String,
 }
 
 impl Default for MediaConfig {
@@ -59,6 +61,7 @@ impl Default for MediaConfig {
             default_ttl_secs: 3600,
             failure_ttl_secs: 10,
             allow_private: None,
+            recordings_dir: "recordings".into(),
         }
     }
 }
@@ -136,6 +139,13 @@ pub struct ApiConfig {
     /// Let callbacks reach loopback and private addresses (tests, private deployments).
     /// Off: customer URLs that are or resolve to such addresses are refused (SSRF).
     pub callbacks_allow_private: bool,
+    /// The API's address as customers reach it (`https://voice.example.com`), used in URLs
+    /// VoxEdge hands out (`RecordingUrl`). Unset: `http://` + the listen address (the
+    /// dataplane's advertised address when listening on all).
+    pub public_url: Option<String>,
+    /// Recording media (`…/Recordings/{Sid}.wav`) needs the account's credentials, like the
+    /// rest of the API. Off: anyone with the URL can fetch it (Twilio's default).
+    pub recordings_require_auth: bool,
 }
 
 impl Default for ApiConfig {
@@ -154,6 +164,8 @@ impl Default for ApiConfig {
             time_limit_default_secs: 4 * 3600,
             page_size_max: 1000,
             callbacks_allow_private: false,
+            public_url: None,
+            recordings_require_auth: true,
         }
     }
 }
@@ -375,7 +387,19 @@ impl Config {
                 "api.page_size_max must be at least 1".into(),
             ));
         }
+        if let Some(u) = &a.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.ends_with('/') {
+                return Err(ConfigFileError::Other(format!(
+                    "api.public_url must be http(s)://host[:port][/path] without a trailing slash, not {u:?}"
+                )));
+            }
+        }
         let m = &self.media;
+        if m.recordings_dir.is_empty() {
+            return Err(ConfigFileError::Other(
+                "[media] recordings_dir must be set".into(),
+            ));
+        }
         if m.dir.is_empty()
             || m.file_bytes_max == 0
             || m.seconds_max == 0

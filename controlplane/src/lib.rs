@@ -13,6 +13,7 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod ng;
+pub mod recordings;
 pub mod rest;
 pub mod sdnotify;
 pub mod secret;

@@ -150,6 +150,14 @@ pub enum MediaCommand {
         side: Side,
         reply: Sender<Result<bool, CommandError>>,
     },
+    /// Starts (a tap) or stops (`None`) recording what a leg's RTP port receives from its
+    /// endpoint (telephone-events excepted).
+    Record {
+        relay: RelayId,
+        side: Side,
+        tap: Option<crate::recorder::RecordTap>,
+        reply: Sender<Result<(), CommandError>>,
+    },
     /// Stops the worker loop after draining nothing further.
     Shutdown,
 }

@@ -664,6 +664,26 @@ impl Dataplane {
         })??)
     }
 
+    /// Starts recording what a leg receives (`Some(tap)`) or stops it (`None`).
+    ///
+    /// # Errors
+    /// Unknown relay, or the worker did not answer.
+    pub fn record(
+        &self,
+        id: RelayId,
+        side: Side,
+        tap: Option<crate::recorder::RecordTap>,
+    ) -> Result<(), DataplaneError> {
+        let info = self.relay(id).ok_or(DataplaneError::NotFound(id.0))?;
+        let w = usize::from(info.worker.0);
+        Ok(self.call(w, |reply| MediaCommand::Record {
+            relay: id,
+            side,
+            tap,
+            reply,
+        })??)
+    }
+
     /// Stops playback on a leg; whether something was playing.
     ///
     /// # Errors

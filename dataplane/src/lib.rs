@@ -19,6 +19,7 @@ pub mod io;
 pub mod mediafile;
 pub mod pipeline;
 pub mod player;
+pub mod recorder;
 pub mod rewrite;
 pub mod stats;
 pub mod table;

@@ -109,6 +109,8 @@ pub fn process<E: EventSink>(
     s.rx.update(ssrc, seq, ts, rtp_clock(now_ns, s.clock_rate_hz));
     if s.dtmf_pt == Some(p.payload_type()) {
         report_dtmf(s, p.payload(), ts, events);
+    } else if let Some(tap) = &s.record {
+        tap.push(seq, ts, p.payload_type(), p.payload());
     }
     if s.blocked {
         return drop(s, DropReason::Blocked);

@@ -56,6 +56,8 @@ pub struct Stream {
     pub side: Side,
     pub last_dtmf_ts: Option<u32>,
     pub egress: EgressRewrite,
+    /// Received RTP payloads (not telephone-events) are copied here while recording.
+    pub record: Option<crate::recorder::RecordTap>,
 }
 
 impl Stream {
@@ -85,6 +87,7 @@ impl Stream {
             dtmf_pt: None,
             last_dtmf_ts: None,
             egress: EgressRewrite::default(),
+            record: None,
             counters: StreamCounters::default(),
             rx: RtpReceiveStats::default(),
             last_rx_ns: now_ns,

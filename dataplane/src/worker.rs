@@ -549,6 +549,23 @@ impl<Io: PacketIo> Worker<Io> {
                 };
                 let _ = reply.try_send(r);
             }
+            MediaCommand::Record {
+                relay,
+                side,
+                tap,
+                reply,
+            } => {
+                let r = match self.relays.get(&relay) {
+                    Some(r) => {
+                        if let Some(s) = self.table.get_mut(r.rtp[side.index()]) {
+                            s.record = tap;
+                        }
+                        Ok(())
+                    }
+                    None => Err(CommandError::NotFound(relay)),
+                };
+                let _ = reply.try_send(r);
+            }
             MediaCommand::Shutdown => self.stop = true,
         }
         self.shared

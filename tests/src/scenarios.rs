@@ -374,3 +374,54 @@ pub fn echo_toggle_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
     assert_eq!((from, parse_rtp(&p).3), (info.legs[1].local, 0xb0b));
     dp.delete_relay(info.id).expect("delete");
 }
+
+/// Recording tap: what leg A receives is copied to the tap (telephone-events excepted) while
+/// it is forwarded as usual; after the tap is removed nothing more is copied.
+pub fn record_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
+    let (a, b) = (net.endpoint(), net.endpoint());
+    let info = dp
+        .create_relay(RelayRequest {
+            legs: [
+                LegRequest {
+                    remote: Some(a),
+                    ..Default::default()
+                },
+                LegRequest {
+                    remote: Some(b),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .expect("relay created");
+    let a_local = info.legs[0].local;
+    let (tap, frames) = voxedge_dataplane::recorder::RecordTap::new(64);
+    dp.record(info.id, Side::A, Some(tap.clone()))
+        .expect("recording starts");
+    for i in 0..10u32 {
+        net.send(a, a_local, &rtp(0, i as u16, 160 * i, 7, i));
+        net.recv(b, WAIT).expect("still forwarded while recording");
+    }
+    // A telephone-event is reported, not recorded.
+    let mut ev = rtp(101, 10, 1600, 7, 0);
+    ev.truncate(12);
+    ev.extend_from_slice(&[1, 0x80 | 10, 0x03, 0x20]);
+    net.send(a, a_local, &ev);
+    net.recv(b, WAIT).expect("event forwarded");
+    dp.record(info.id, Side::A, None).expect("recording stops");
+    net.send(a, a_local, &rtp(0, 11, 1760, 7, 11));
+    net.recv(b, WAIT).expect("forwarded");
+    let got: Vec<_> = frames.try_iter().collect();
+    assert_eq!(
+        got.len(),
+        10,
+        "ten audio frames, no event, nothing after the stop"
+    );
+    for (i, f) in got.iter().enumerate() {
+        assert_eq!((f.seq, f.ts, f.payload_type), (i as u16, 160 * i as u32, 0));
+        assert_eq!(f.payload().len(), 160);
+        assert_eq!(f.payload()[..4], (i as u32).to_be_bytes(), "payload intact");
+    }
+    assert_eq!(tap.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    dp.delete_relay(info.id).expect("deleted");
+}

@@ -20,7 +20,9 @@ use voxedge_dataplane::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETH
 use voxedge_dataplane::wire::{checksum_add, checksum_fold, ipv4, ipv6};
 use voxedge_dataplane::{Dataplane, RelayRequest, StartError};
 use voxedge_system_tests::dpdk::DpdkNet;
-use voxedge_system_tests::scenarios::{relay_scenario, strict_source_scenario, WAIT};
+use voxedge_system_tests::scenarios::{
+    record_scenario, relay_scenario, strict_source_scenario, WAIT,
+};
 use voxedge_system_tests::{rtp, TestNet};
 
 const ONE_Q: &str = "net_ring_vxring1q";
@@ -116,6 +118,13 @@ fn relay_scenario_on_dpdk_ring_port() {
     let (env, _g) = env();
     let dp = Dataplane::start(config(ONE_Q, 1, 31000)).expect("start");
     relay_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
+}
+
+#[test]
+fn recording_tap_on_dpdk_ring_port() {
+    let (env, _g) = env();
+    let dp = Dataplane::start(config(ONE_Q, 1, 32000)).expect("start");
+    record_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
 }
 
 #[test]

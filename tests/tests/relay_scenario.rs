@@ -6,7 +6,8 @@
 use voxedge_dataplane::config::DataplaneConfig;
 use voxedge_dataplane::{Dataplane, RelayRequest};
 use voxedge_system_tests::scenarios::{
-    echo_scenario, echo_toggle_scenario, playback_scenario, relay_scenario, strict_source_scenario,
+    echo_scenario, echo_toggle_scenario, playback_scenario, record_scenario, relay_scenario,
+    strict_source_scenario,
 };
 use voxedge_system_tests::{MemNet, SocketNet};
 
@@ -104,4 +105,12 @@ fn playback_and_echo_toggle_on_memory_and_socket_backends() {
     let mut net = SocketNet::default();
     playback_scenario(&dp, &mut net);
     echo_toggle_scenario(&dp, &mut net);
+}
+
+#[test]
+fn recording_tap_on_memory_and_socket_backends() {
+    let (dp, net) = Dataplane::start_memory(config(32100)).expect("start");
+    record_scenario(&dp, &mut MemNet::new(net));
+    let dp = Dataplane::start(config(32300)).expect("start");
+    record_scenario(&dp, &mut SocketNet::default());
 }

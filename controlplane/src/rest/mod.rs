@@ -46,6 +46,8 @@ pub struct RestState {
     pub cfg: ApiConfig,
     /// The media cache (serve role with SIP).
     pub media: Option<Arc<crate::media::MediaCache>>,
+    /// Recording files (serve role with SIP).
+    pub recordings: Option<Arc<crate::recordings::Recordings>>,
     limiter: Mutex<HashMap<String, (f64, Instant)>>,
     /// A sealed value opened on authentication misses (equal work for unknown SIDs).
     decoy: String,
@@ -58,6 +60,7 @@ impl RestState {
         sip: Option<SipHandle>,
         cfg: ApiConfig,
         media: Option<Arc<crate::media::MediaCache>>,
+        recordings: Option<Arc<crate::recordings::Recordings>>,
     ) -> Self {
         let decoy = store.key().seal(&crate::secret::new_token());
         RestState {
@@ -66,6 +69,7 @@ impl RestState {
             sip,
             cfg,
             media,
+            recordings,
             limiter: Mutex::new(HashMap::new()),
             decoy,
         }
@@ -215,7 +219,109 @@ async fn dispatch(State(st): State<Arc<RestState>>, req: Request) -> Response {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let mut account_for_log = String::new();
-    let mut resp = match handle(&st, req, &mut account_for_log).await {
+    let media = if method == "GET" {
+        recording_media_path(&path)
+    } else {
+        None
+    };
+    let result = match media {
+        Some((acc, sid, ext)) => {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            Ok(recording_media(&st, &acc, &sid, &ext, auth.as_deref(), &mut account_for_log).await)
+        }
+        None => Err(req),
+    };
+    let mut resp = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            let mut r = e.to_response();
+            if e.status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"Twilio API\""),
+                );
+            }
+            r
+        }
+        Err(req) => api_response(&st, req, &mut account_for_log).await,
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("Twilio-Request-Id", v);
+    }
+    tracing::info!(
+        target: "voxedge::api",
+        request_id = %rid,
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        account = %account_for_log,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "api request"
+    );
+    resp
+}
+
+/// `/2010-04-01/Accounts/{AccountSid}/Recordings/{Sid}` with `.wav`, `.mp3` or no extension:
+/// (account, recording SID, extension).
+fn recording_media_path(path: &str) -> Option<(String, String, String)> {
+    let rest = path.strip_prefix(API)?.strip_prefix("/Accounts/")?;
+    let (acc, rest) = rest.split_once('/')?;
+    let file = rest.strip_prefix("Recordings/")?;
+    let (sid, ext) = match file.rsplit_once('.') {
+        Some((sid, ext)) if ext == "wav" || ext == "mp3" => (sid, ext),
+        Some(_) => return None,
+        None => (file, "wav"),
+    };
+    (is_sid(acc, "AC") && is_sid(sid, "RE")).then(|| (acc.into(), sid.into(), ext.into()))
+}
+
+/// A recording's audio (`RecordingUrl`): the WAV as stored, or MP3 encoded from it.
+async fn recording_media(
+    st: &Arc<RestState>,
+    acc: &str,
+    sid: &str,
+    ext: &str,
+    auth: Option<&str>,
+    account_for_log: &mut String,
+) -> Result<Response, TwError> {
+    let path = format!("{API}/Accounts/{acc}/Recordings/{sid}.{ext}");
+    let Some(rec) = st.recordings.clone() else {
+        return Err(TwError::not_found(&path));
+    };
+    if rec.require_auth {
+        let principal = authenticate(st, auth).await?;
+        account_for_log.clone_from(&principal.account.sid);
+        path_account(st, &principal, acc).await?;
+    }
+    let row = st
+        .store
+        .get(&RECORDINGS, acc, sid)
+        .await?
+        .ok_or_else(|| TwError::not_found(&path))?;
+    if row.get("status").and_then(Value::as_str) != Some("completed") {
+        return Err(TwError::not_found(&path));
+    }
+    let s = sid.to_string();
+    let wav = tokio::task::spawn_blocking(move || rec.read(&s))
+        .await
+        .map_err(|_| TwError::not_found(&path))?
+        .map_err(|_| TwError::not_found(&path))?;
+    if ext == "mp3" {
+        let mp3 = tokio::task::spawn_blocking(move || crate::recordings::wav_to_mp3(&wav))
+            .await
+            .map_err(|_| TwError::not_found(&path))?
+            .map_err(|e| TwError::new(StatusCode::INTERNAL_SERVER_ERROR, 20500, e))?;
+        return Ok(([(header::CONTENT_TYPE, "audio/mpeg")], mp3).into_response());
+    }
+    Ok(([(header::CONTENT_TYPE, "audio/x-wav")], wav).into_response())
+}
+
+async fn api_response(st: &Arc<RestState>, req: Request, account_for_log: &mut String) -> Response {
+    match handle(st, req, account_for_log).await {
         Ok((status, body)) => {
             if status == StatusCode::NO_CONTENT {
                 status.into_response()
@@ -233,21 +339,7 @@ async fn dispatch(State(st): State<Arc<RestState>>, req: Request) -> Response {
             }
             r
         }
-    };
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert("Twilio-Request-Id", v);
     }
-    tracing::info!(
-        target: "voxedge::api",
-        request_id = %rid,
-        method = %method,
-        path = %path,
-        status = resp.status().as_u16(),
-        account = %account_for_log,
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        "api request"
-    );
-    resp
 }
 
 async fn handle(
@@ -842,7 +934,17 @@ fn render(t: &Table, row: &Map<String, Value>) -> Value {
             );
         }
         "recordings" => {
-            m.insert("media_url".into(), Value::Null);
+            // Where the file is on disk stays inside.
+            m.remove("media_path");
+            let done = row.get("status").and_then(Value::as_str) == Some("completed");
+            m.insert(
+                "media_url".into(),
+                if done {
+                    Value::from(crate::recordings::Recordings::path_of_url(acc, sid))
+                } else {
+                    Value::Null
+                },
+            );
         }
         "incoming_phone_numbers" => {
             m.insert(
@@ -1310,7 +1412,13 @@ async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
             &RECORDINGS,
             &fetch_row(c, &RECORDINGS, &c.sid).await?,
         )),
-        Op::RecordingDelete => delete_row(c, &RECORDINGS).await,
+        Op::RecordingDelete => {
+            let r = delete_row(c, &RECORDINGS).await?;
+            if let Some(rec) = &c.st.recordings {
+                rec.remove(&c.sid);
+            }
+            Ok(r)
+        }
         Op::UsageRecordsList => usage(c).await,
         Op::CallSipEventsSet | Op::CallSipEventsFetch | Op::CallSipEventsDelete => {
             call_sip_events(op, c).await

@@ -271,6 +271,16 @@ pub fn dtmf_tones(digits: &str) -> Vec<i16> {
     out
 }
 
+/// The beep before `<Record>`: 1 kHz for 400 ms at 8 kHz.
+pub fn beep() -> Vec<i16> {
+    (0..RATE as usize * 2 / 5)
+        .map(|i| {
+            let t = i as f64 / f64::from(RATE);
+            ((2.0 * std::f64::consts::PI * 1000.0 * t).sin() * 8000.0) as i16
+        })
+        .collect()
+}
+
 /// One cadence of the North American ringback tone (ITU-T E.180: 440 + 480 Hz, 2 s on, 4 s
 /// off), at 8 kHz: what a caller hears while a `<Dial>` rings, looped.
 pub fn ringback() -> Vec<i16> {

@@ -36,11 +36,16 @@ use voxedge_dataplane::Dataplane;
 
 use super::audio::{self, Codec};
 use super::fetch::{resolve, FetchError, Fetcher};
-use super::twiml::{Dial, DialTarget, Gather, Method, Play, Prompt, RejectReason, Say, Verb};
+use super::record;
+use super::twiml::{
+    Dial, DialTarget, Gather, Method, Play, Prompt, Record, RejectReason, Say, Verb,
+};
 use crate::calls::CallService;
 use crate::media::{MediaCache, Source as MediaSource};
+use crate::recordings::Recordings;
 use crate::sip::{Bridge, CallUpdate, EndStatus, IncomingCall, OriginateError, SipHandle};
-use crate::store::{now_us, Store, APPLICATIONS, CALLS};
+use crate::store::{now_us, rfc2822, Store, APPLICATIONS, CALLS, RECORDINGS};
+use voxedge_dataplane::recorder::RecordTap;
 
 /// VoxEdge notification: a verb this version parses but does not run.
 pub const CODE_VERB_UNSUPPORTED: &str = "82004";
@@ -103,6 +108,7 @@ pub struct Engine {
     dp: Arc<Dataplane>,
     fetcher: Fetcher,
     media: Arc<MediaCache>,
+    recordings: Arc<Recordings>,
     live: Mutex<HashMap<String, mpsc::Sender<Signal>>>,
     by_relay: Mutex<HashMap<RelayId, String>>,
     play_ids: AtomicU64,
@@ -196,6 +202,7 @@ impl Engine {
         dp: Arc<Dataplane>,
         fetcher: Fetcher,
         media: Arc<MediaCache>,
+        recordings: Arc<Recordings>,
     ) -> Arc<Engine> {
         Arc::new(Engine {
             store,
@@ -204,6 +211,7 @@ impl Engine {
             dp,
             fetcher,
             media,
+            recordings,
             live: Mutex::new(HashMap::new()),
             by_relay: Mutex::new(HashMap::new()),
             play_ids: AtomicU64::new(1),
@@ -839,22 +847,246 @@ impl CallRun {
                 Flow::Stop
             }
             Verb::Dial(d) => self.dial(&d, base).await,
-            v @ Verb::Record(_) => {
-                self.notify(
-                    "1",
-                    CODE_VERB_UNSUPPORTED,
-                    &format!(
-                        "<{}> is not run by this VoxEdge version; the call went on with the next verb",
-                        v.name()
-                    ),
-                )
-                .await;
-                Flow::Next
+            Verb::Record(r) => {
+                self.answer().await;
+                self.record(&r, base).await
             }
         }
     }
 
-    /// Waits for the next signal, at most `limit` (None: until one arrives).
+    /// `<Record>`: a beep, then what the caller says (the dataplane's recording tap on leg A)
+    /// until a `finishOnKey` digit, `timeout` seconds of silence, `maxLength`, a hang-up or new
+    /// instructions. The WAV is stored under the recording's SID; a recording of nothing but
+    /// silence is `absent` (no action, the next verb runs). Otherwise the `action` (default:
+    /// this document) gets `RecordingUrl`, `RecordingDuration`, `RecordingSid` and `Digits`
+    /// (the key, or `hangup`); after a hang-up it is still requested, its answer not run.
+    async fn record(&mut self, r: &Record, base: &reqwest::Url) -> Flow {
+        if r.transcribe {
+            self.notify(
+                "1",
+                CODE_VERB_UNSUPPORTED,
+                "<Record transcribe>: transcription is not offered by this VoxEdge version; the recording is made without it",
+            )
+            .await;
+        }
+        if r.play_beep {
+            let beep = audio::encode(&audio::beep(), self.call.codec);
+            if let Waited::Ended = self.play_media(beep, 1, false).await {
+                return Flow::Stop;
+            }
+        }
+        let (tap, rx) = RecordTap::new(2048);
+        let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
+        let t = tap.clone();
+        let on = tokio::task::spawn_blocking(move || dp.record(relay, Side::A, Some(t))).await;
+        if !matches!(on, Ok(Ok(()))) {
+            self.notify(
+                "0",
+                "13500",
+                "<Record>: the call's media could not be recorded",
+            )
+            .await;
+            return Flow::Next;
+        }
+        let sid = crate::secret::new_sid(RECORDINGS.sid_prefix);
+        let start_us = now_us();
+        let url = self.engine.recordings.url(&self.call.account, &sid);
+        let row = [
+            ("sid", Value::from(sid.clone())),
+            ("account_sid", Value::from(self.call.account.clone())),
+            ("call_sid", Value::from(self.call.sid.clone())),
+            ("api_version", Value::from("2010-04-01")),
+            ("status", Value::from("in-progress")),
+            ("source", Value::from("RecordVerb")),
+            ("channels", Value::from(1)),
+            ("start_time", Value::from(start_us)),
+            ("date_created", Value::from(start_us)),
+            ("date_updated", Value::from(start_us)),
+        ];
+        if let Err(e) = self.engine.store.insert(&RECORDINGS, &row).await {
+            tracing::warn!(call = %self.call.sid, error = %e, "recording row not written");
+        }
+        self.recording_status(r, base, &sid, &url, "in-progress", None, start_us)
+            .await;
+        let mut capture = record::Capture::new(r.max_length);
+        let begun = tokio::time::Instant::now();
+        let mut last_speech = begun;
+        let silence = Duration::from_secs(u64::from(r.timeout));
+        let max = Duration::from_secs(u64::from(r.max_length));
+        let ended_by = loop {
+            let signal = self.signal(Some(Duration::from_millis(100))).await;
+            for f in rx.try_iter() {
+                if capture.push(&f) {
+                    last_speech = tokio::time::Instant::now();
+                }
+            }
+            match signal {
+                Some(Signal::Digit(d)) if r.finish_on_key.contains(d) => break d.to_string(),
+                Some(Signal::Ended) => break "hangup".to_string(),
+                _ => {}
+            }
+            if capture.full() || begun.elapsed() >= max {
+                break String::new();
+            }
+            if r.timeout > 0 && last_speech.elapsed() >= silence {
+                break String::new();
+            }
+        };
+        let dp = self.engine.dp.clone();
+        let _ = tokio::task::spawn_blocking(move || dp.record(relay, Side::A, None)).await;
+        for f in rx.try_iter() {
+            capture.push(&f);
+        }
+        let dropped = tap.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(call = %self.call.sid, recording = %sid, dropped, "recording lost frames (tap full)");
+        }
+        let samples = capture.finish(r.trim);
+        let store = self.engine.store.clone();
+        if samples.is_empty() {
+            let _ = store
+                .update(
+                    &RECORDINGS,
+                    &self.call.account,
+                    &sid,
+                    &[
+                        ("status", Value::from("absent")),
+                        ("duration", Value::from(0)),
+                    ],
+                )
+                .await;
+            self.recording_status(r, base, &sid, &url, "absent", Some(0), start_us)
+                .await;
+            return if self.ended || self.redirect.is_some() {
+                Flow::Stop
+            } else {
+                Flow::Next
+            };
+        }
+        let secs = (samples.len() as u64 + u64::from(audio::RATE) / 2) / u64::from(audio::RATE);
+        let recordings = self.engine.recordings.clone();
+        let s2 = sid.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            recordings.write(&s2, &record::wav(&samples, audio::RATE))
+        })
+        .await;
+        let (status, path) = match written {
+            Ok(Ok(p)) => ("completed", Value::from(p.display().to_string())),
+            Ok(Err(e)) => {
+                self.notify(
+                    "0",
+                    "13500",
+                    &format!("<Record>: the recording could not be stored: {e}"),
+                )
+                .await;
+                ("failed", Value::Null)
+            }
+            Err(_) => ("failed", Value::Null),
+        };
+        let _ = store
+            .update(
+                &RECORDINGS,
+                &self.call.account,
+                &sid,
+                &[
+                    ("status", Value::from(status)),
+                    ("duration", Value::from(secs)),
+                    ("media_path", path),
+                ],
+            )
+            .await;
+        if status != "completed" {
+            return if self.ended { Flow::Stop } else { Flow::Next };
+        }
+        self.recording_status(r, base, &sid, &url, "completed", Some(secs), start_us)
+            .await;
+        if self.redirect.is_some() {
+            return Flow::Stop;
+        }
+        let mut params = BTreeMap::new();
+        params.insert("RecordingUrl".to_string(), url);
+        params.insert("RecordingDuration".to_string(), secs.to_string());
+        params.insert("RecordingSid".to_string(), sid);
+        params.insert("Digits".to_string(), ended_by);
+        let action = match &r.action {
+            Some(a) => match resolve(base, a) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.notify("0", e.code, &format!("<Record action>: {}", e.message))
+                        .await;
+                    return if self.ended { Flow::Stop } else { Flow::Next };
+                }
+            },
+            None => base.to_string(),
+        };
+        if self.ended {
+            params.insert("CallStatus".to_string(), "completed".to_string());
+            let _ = self.document(&action, r.method, &params, None).await;
+            return Flow::Stop;
+        }
+        Flow::Goto(action, r.method, params)
+    }
+
+    /// A recording status callback, when `recordingStatusCallback` asks for `status`.
+    #[allow(clippy::too_many_arguments)]
+    async fn recording_status(
+        &self,
+        r: &Record,
+        base: &reqwest::Url,
+        sid: &str,
+        url: &str,
+        status: &str,
+        secs: Option<u64>,
+        start_us: i64,
+    ) {
+        let Some(cb) = &r.status_callback else {
+            return;
+        };
+        if !cb.events.split(' ').any(|e| e == status) {
+            return;
+        }
+        let Some(callbacks) = self.engine.calls.callbacks() else {
+            return;
+        };
+        let target = match resolve(base, &cb.url) {
+            Ok(u) => u,
+            Err(e) => {
+                self.notify(
+                    "0",
+                    e.code,
+                    &format!("<Record recordingStatusCallback>: {}", e.message),
+                )
+                .await;
+                return;
+            }
+        };
+        let Ok(Some(call)) = self
+            .engine
+            .store
+            .get(&CALLS, &self.call.account, &self.call.sid)
+            .await
+        else {
+            return;
+        };
+        let mut p = BTreeMap::new();
+        p.insert("AccountSid".to_string(), self.call.account.clone());
+        p.insert("CallSid".to_string(), self.call.sid.clone());
+        p.insert("RecordingSid".to_string(), sid.to_string());
+        p.insert("RecordingUrl".to_string(), url.to_string());
+        p.insert("RecordingStatus".to_string(), status.to_string());
+        p.insert("RecordingChannels".to_string(), "1".to_string());
+        p.insert("RecordingSource".to_string(), "RecordVerb".to_string());
+        p.insert("RecordingTrack".to_string(), "inbound".to_string());
+        p.insert("RecordingStartTime".to_string(), rfc2822(start_us));
+        p.insert("ErrorCode".to_string(), "0".to_string());
+        if let Some(s) = secs {
+            p.insert("RecordingDuration".to_string(), s.to_string());
+        }
+        callbacks
+            .recording_status(&call, target, cb.method.as_str(), &p)
+            .await;
+    }
+
     /// Sets whether media passes between the caller (leg A) and a dialled callee (leg B).
     async fn bridge(&self, on: bool) {
         let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
@@ -1194,6 +1426,7 @@ impl CallRun {
         Some(child)
     }
 
+    /// Waits for the next signal, at most `limit` (None: until one arrives).
     async fn signal(&mut self, limit: Option<Duration>) -> Option<Signal> {
         let s = match limit {
             Some(d) => tokio::time::timeout(d, self.rx.recv()).await.ok()?,

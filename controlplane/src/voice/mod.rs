@@ -4,4 +4,5 @@
 pub mod audio;
 pub mod engine;
 pub mod fetch;
+pub mod record;
 pub mod twiml;

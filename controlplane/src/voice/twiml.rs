@@ -154,6 +154,11 @@ pub struct Record {
     pub trim: bool,
     pub action: Option<String>,
     pub method: Method,
+    /// `recordingStatusCallback` with its method and events (`in-progress`, `completed`,
+    /// `absent`; `completed` when not given, as Twilio).
+    pub status_callback: Option<LegCallback>,
+    /// `transcribe="true"` asks for a transcription (not offered: a warning).
+    pub transcribe: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -524,6 +529,8 @@ impl<'a> Parser<'a> {
                     },
                     action: a.url("action")?,
                     method: a.method()?,
+                    status_callback: a.recording_callback()?,
+                    transcribe: a.boolean("transcribe", false)?,
                 })
             }
             "Redirect" => {
@@ -888,6 +895,31 @@ impl<'p, 'a> Attrs<'p, 'a> {
                     .schema(self.el, format!("{name}={m:?} is not GET or POST"))
             }),
         }
+    }
+
+    /// `recordingStatusCallback`, `…Method` and `…Event` of a recording.
+    fn recording_callback(&self) -> Result<Option<LegCallback>, TwimlError> {
+        let Some(url) = self.url("recordingStatusCallback")? else {
+            return Ok(None);
+        };
+        let events = self
+            .get("recordingStatusCallbackEvent")
+            .unwrap_or("completed");
+        let mut out = Vec::new();
+        for e in events.split([' ', ',']).filter(|e| !e.is_empty()) {
+            if !["in-progress", "completed", "absent"].contains(&e) {
+                return Err(self.parser.schema(
+                    self.el,
+                    format!("recordingStatusCallbackEvent {e:?} is not in-progress, completed or absent"),
+                ));
+            }
+            out.push(e);
+        }
+        Ok(Some(LegCallback {
+            url,
+            method: self.method_named("recordingStatusCallbackMethod")?,
+            events: out.join(" "),
+        }))
     }
 
     /// `statusCallback`, `statusCallbackMethod` and `statusCallbackEvent` of a dialled leg.
