@@ -1135,6 +1135,49 @@ impl PacketIo for DpdkIo {
         }
     }
 
+    fn can_generate(&self) -> bool {
+        true
+    }
+
+    /// A generated datagram (media playback) in a fresh mbuf from the worker's pool, its
+    /// payload at the pool's headroom so transmit writes the headers in front, as for a
+    /// received one; the checksum is computed at transmit (`payload_sum` unknown).
+    fn load(&mut self, batch: &mut DpdkBatch, i: usize, payload: &[u8]) -> bool {
+        if i >= BURST_SIZE_MAX || payload.len() > usize::from(u16::MAX) {
+            return false;
+        }
+        if !batch.mbufs[i].is_null() {
+            Self::free(batch.mbufs[i]);
+            batch.mbufs[i] = std::ptr::null_mut();
+        }
+        // SAFETY: the pool is this port's mempool, valid for the process's life.
+        let m = unsafe { sys::rte_pktmbuf_alloc(self.ctx.pool) };
+        if m.is_null() {
+            self.count(Stat::TxDropped);
+            return false;
+        }
+        // SAFETY: m is a fresh single-segment mbuf we own; the copy stays inside its room
+        // (checked against mbuf_room), and data_off keeps the pool's headroom (128 bytes) for
+        // the headers transmit writes in front of the payload (at most 66).
+        unsafe {
+            let (data, room) = mbuf_room(m);
+            if payload.len() > room {
+                Self::free(m);
+                return false;
+            }
+            data[..payload.len()].copy_from_slice(payload);
+            set_len(m, 0, payload.len());
+        }
+        batch.mbufs[i] = m;
+        batch.payload_off[i] = 0;
+        batch.payload_sum[i] = None;
+        batch.meta[i] = RxMeta {
+            len: payload.len() as u16,
+            ..RxMeta::default()
+        };
+        true
+    }
+
     fn open_port(&mut self, local: SocketAddr) -> Result<PortHandle, IoError> {
         let Some(slot) = self.handle_of(local.ip(), local.port()) else {
             return Err(IoError::Backend(format!(
