@@ -83,10 +83,10 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
   <Say>We did not get a key.</Say>
 </Response>"#),
         "/digits" => xml(
-            r#"<Response><Dial action="/dialed" timeout="20"><Number statusCallback="/leg" statusCallbackEvent="initiated ringing answered completed">+19990001</Number></Dial><Say>Not reached.</Say></Response>"#,
+            r#"<Response><Dial action="/dialed" timeout="20" record="record-from-answer-dual" recordingStatusCallback="/recstatus"><Number statusCallback="/leg" statusCallbackEvent="initiated ringing answered completed">+19990001</Number></Dial><Say>Not reached.</Say></Response>"#,
         ),
         "/dialed" => xml("<Response><Hangup/></Response>"),
-        "/leg" | "/sipevents" => (StatusCode::NO_CONTENT, "").into_response(),
+        "/leg" | "/sipevents" | "/recstatus" => (StatusCode::NO_CONTENT, "").into_response(),
         "/fallback" => xml("<Response><Say>Fallback.</Say><Hangup/></Response>"),
         "/status" => (StatusCode::NO_CONTENT, "").into_response(),
         "/fail500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
@@ -463,6 +463,79 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
         .and_then(|d| d.parse().ok())
         .expect("DialCallDuration");
     assert!((2..=10).contains(&secs), "talk time {secs}");
+    // `record="record-from-answer-dual"`: the bridged call, caller on channel 1 and callee on
+    // channel 2, both with sound; its status callback through the caller's outbox.
+    let rec_url = dp.get("RecordingUrl").cloned().expect("RecordingUrl");
+    let rec_secs: u64 = dp
+        .get("RecordingDuration")
+        .and_then(|d| d.parse().ok())
+        .expect("RecordingDuration");
+    assert!(
+        rec_secs.abs_diff(secs) <= 1,
+        "{rec_secs} s recorded of {secs} s bridged"
+    );
+    assert!(dp.get("RecordingSid").is_some_and(|r| r.starts_with("RE")));
+    let (ra, rurl) = (auth(&sid, &token), format!("{rec_url}.wav"));
+    let wav = tokio::task::spawn_blocking(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(
+            &mut ureq::get(&rurl)
+                .set("Authorization", &ra)
+                .call()
+                .expect("recording")
+                .into_reader(),
+            &mut v,
+        )
+        .expect("body");
+        v
+    })
+    .await
+    .expect("join");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "two channels");
+    let data: Vec<i16> = wav[44..]
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let rms = |ch: usize| {
+        let v: Vec<f64> = data
+            .iter()
+            .skip(ch)
+            .step_by(2)
+            .map(|s| f64::from(*s))
+            .collect();
+        (v.iter().map(|x| x * x).sum::<f64>() / v.len().max(1) as f64).sqrt()
+    };
+    assert!(
+        rms(0) > 100.0 && rms(1) > 100.0,
+        "both legs heard: {} {}",
+        rms(0),
+        rms(1)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen("/recstatus")
+        .iter()
+        .any(|r| r.params.get("RecordingStatus").map(String::as_str) == Some("completed"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no recording callback: {:?}",
+            seen("/recstatus")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rs = seen("/recstatus");
+    let done = rs
+        .iter()
+        .find(|r| r.params.get("RecordingStatus").map(String::as_str) == Some("completed"))
+        .expect("completed");
+    assert_eq!(
+        done.params.get("RecordingSource").map(String::as_str),
+        Some("DialVerb")
+    );
+    assert_eq!(
+        done.params.get("RecordingChannels").map(String::as_str),
+        Some("2")
+    );
     assert!(
         seen("/fallback").is_empty(),
         "no fallback for the digits call"

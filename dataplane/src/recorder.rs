@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
+/// The receiving end of a tap.
+pub type RecReceiver = Receiver<RecFrame>;
+
 /// Largest payload recorded (40 ms of G.711); larger ones are counted in `dropped`.
 pub const REC_PAYLOAD_MAX: usize = 320;
 

@@ -38,14 +38,17 @@ use super::audio::{self, Codec};
 use super::fetch::{resolve, FetchError, Fetcher};
 use super::record;
 use super::twiml::{
-    Dial, DialTarget, Gather, Method, Play, Prompt, Record, RejectReason, Say, Verb,
+    Dial, DialTarget, Gather, LegCallback, Method, Play, Prompt, Record, RejectReason, Say, Verb,
 };
 use crate::calls::CallService;
 use crate::media::{MediaCache, Source as MediaSource};
 use crate::recordings::Recordings;
 use crate::sip::{Bridge, CallUpdate, EndStatus, IncomingCall, OriginateError, SipHandle};
 use crate::store::{now_us, rfc2822, Store, APPLICATIONS, CALLS, RECORDINGS};
-use voxedge_dataplane::recorder::RecordTap;
+use voxedge_dataplane::recorder::{RecReceiver, RecordTap};
+
+/// A recording tap and the frames it copies.
+type TapPair = (RecordTap, RecReceiver);
 
 /// VoxEdge notification: a verb this version parses but does not run.
 pub const CODE_VERB_UNSUPPORTED: &str = "82004";
@@ -86,6 +89,17 @@ struct DialOutcome {
     status: &'static str,
     sid: Option<String>,
     bridged_secs: Option<u64>,
+    /// (SID, URL, seconds) of the bridged call's recording (`record`).
+    recording: Option<(String, String, u64)>,
+}
+
+/// A recording in progress: its SID, `RecordingUrl` and what its callbacks report.
+struct OpenRecording {
+    sid: String,
+    url: String,
+    start_us: i64,
+    source: &'static str,
+    channels: u16,
 }
 
 /// The next document a call runs.
@@ -875,38 +889,11 @@ impl CallRun {
                 return Flow::Stop;
             }
         }
-        let (tap, rx) = RecordTap::new(2048);
-        let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
-        let t = tap.clone();
-        let on = tokio::task::spawn_blocking(move || dp.record(relay, Side::A, Some(t))).await;
-        if !matches!(on, Ok(Ok(()))) {
-            self.notify(
-                "0",
-                "13500",
-                "<Record>: the call's media could not be recorded",
-            )
-            .await;
+        let Some(tap) = self.tap(Side::A).await else {
             return Flow::Next;
-        }
-        let sid = crate::secret::new_sid(RECORDINGS.sid_prefix);
-        let start_us = now_us();
-        let url = self.engine.recordings.url(&self.call.account, &sid);
-        let row = [
-            ("sid", Value::from(sid.clone())),
-            ("account_sid", Value::from(self.call.account.clone())),
-            ("call_sid", Value::from(self.call.sid.clone())),
-            ("api_version", Value::from("2010-04-01")),
-            ("status", Value::from("in-progress")),
-            ("source", Value::from("RecordVerb")),
-            ("channels", Value::from(1)),
-            ("start_time", Value::from(start_us)),
-            ("date_created", Value::from(start_us)),
-            ("date_updated", Value::from(start_us)),
-        ];
-        if let Err(e) = self.engine.store.insert(&RECORDINGS, &row).await {
-            tracing::warn!(call = %self.call.sid, error = %e, "recording row not written");
-        }
-        self.recording_status(r, base, &sid, &url, "in-progress", None, start_us)
+        };
+        let rec = self
+            .open_recording("RecordVerb", 1, r.status_callback.as_ref(), base)
             .await;
         let mut capture = record::Capture::new(r.max_length);
         let begun = tokio::time::Instant::now();
@@ -915,7 +902,7 @@ impl CallRun {
         let max = Duration::from_secs(u64::from(r.max_length));
         let ended_by = loop {
             let signal = self.signal(Some(Duration::from_millis(100))).await;
-            for f in rx.try_iter() {
+            for f in tap.1.try_iter() {
                 if capture.push(&f) {
                     last_speech = tokio::time::Instant::now();
                 }
@@ -932,81 +919,29 @@ impl CallRun {
                 break String::new();
             }
         };
-        let dp = self.engine.dp.clone();
-        let _ = tokio::task::spawn_blocking(move || dp.record(relay, Side::A, None)).await;
-        for f in rx.try_iter() {
+        self.untap(Side::A, &tap).await;
+        for f in tap.1.try_iter() {
             capture.push(&f);
         }
-        let dropped = tap.dropped.load(Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::warn!(call = %self.call.sid, recording = %sid, dropped, "recording lost frames (tap full)");
-        }
         let samples = capture.finish(r.trim);
-        let store = self.engine.store.clone();
-        if samples.is_empty() {
-            let _ = store
-                .update(
-                    &RECORDINGS,
-                    &self.call.account,
-                    &sid,
-                    &[
-                        ("status", Value::from("absent")),
-                        ("duration", Value::from(0)),
-                    ],
-                )
-                .await;
-            self.recording_status(r, base, &sid, &url, "absent", Some(0), start_us)
-                .await;
+        let Some(secs) = self
+            .close_recording(&rec, samples, 1, r.status_callback.as_ref(), base)
+            .await
+        else {
+            // Absent (nothing but silence) or not stored: the next verb runs.
             return if self.ended || self.redirect.is_some() {
                 Flow::Stop
             } else {
                 Flow::Next
             };
-        }
-        let secs = (samples.len() as u64 + u64::from(audio::RATE) / 2) / u64::from(audio::RATE);
-        let recordings = self.engine.recordings.clone();
-        let s2 = sid.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            recordings.write(&s2, &record::wav(&samples, audio::RATE))
-        })
-        .await;
-        let (status, path) = match written {
-            Ok(Ok(p)) => ("completed", Value::from(p.display().to_string())),
-            Ok(Err(e)) => {
-                self.notify(
-                    "0",
-                    "13500",
-                    &format!("<Record>: the recording could not be stored: {e}"),
-                )
-                .await;
-                ("failed", Value::Null)
-            }
-            Err(_) => ("failed", Value::Null),
         };
-        let _ = store
-            .update(
-                &RECORDINGS,
-                &self.call.account,
-                &sid,
-                &[
-                    ("status", Value::from(status)),
-                    ("duration", Value::from(secs)),
-                    ("media_path", path),
-                ],
-            )
-            .await;
-        if status != "completed" {
-            return if self.ended { Flow::Stop } else { Flow::Next };
-        }
-        self.recording_status(r, base, &sid, &url, "completed", Some(secs), start_us)
-            .await;
         if self.redirect.is_some() {
             return Flow::Stop;
         }
         let mut params = BTreeMap::new();
-        params.insert("RecordingUrl".to_string(), url);
+        params.insert("RecordingUrl".to_string(), rec.url.clone());
         params.insert("RecordingDuration".to_string(), secs.to_string());
-        params.insert("RecordingSid".to_string(), sid);
+        params.insert("RecordingSid".to_string(), rec.sid.clone());
         params.insert("Digits".to_string(), ended_by);
         let action = match &r.action {
             Some(a) => match resolve(base, a) {
@@ -1027,19 +962,145 @@ impl CallRun {
         Flow::Goto(action, r.method, params)
     }
 
+    /// Starts the dataplane's recording tap on a leg of the call's relay; `None` (with a
+    /// notification) when it cannot.
+    async fn tap(&self, side: Side) -> Option<TapPair> {
+        let (tap, rx) = RecordTap::new(2048);
+        let (dp, relay, t) = (self.engine.dp.clone(), self.call.relay, tap.clone());
+        let on = tokio::task::spawn_blocking(move || dp.record(relay, side, Some(t))).await;
+        if matches!(on, Ok(Ok(()))) {
+            Some((tap, rx))
+        } else {
+            self.notify("0", "13500", "the call's media could not be recorded")
+                .await;
+            None
+        }
+    }
+
+    /// Stops a recording tap (a relay already gone is fine) and logs frames it lost.
+    async fn untap(&self, side: Side, tap: &TapPair) {
+        let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
+        let _ = tokio::task::spawn_blocking(move || dp.record(relay, side, None)).await;
+        let dropped = tap.0.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(call = %self.call.sid, dropped, "recording lost frames (tap full)");
+        }
+    }
+
+    /// A new recording of this call: its row (`in-progress`) and the `in-progress` callback.
+    async fn open_recording(
+        &self,
+        source: &'static str,
+        channels: u16,
+        cb: Option<&LegCallback>,
+        base: &reqwest::Url,
+    ) -> OpenRecording {
+        let sid = crate::secret::new_sid(RECORDINGS.sid_prefix);
+        let rec = OpenRecording {
+            url: self.engine.recordings.url(&self.call.account, &sid),
+            sid,
+            start_us: now_us(),
+            source,
+            channels,
+        };
+        let row = [
+            ("sid", Value::from(rec.sid.clone())),
+            ("account_sid", Value::from(self.call.account.clone())),
+            ("call_sid", Value::from(self.call.sid.clone())),
+            ("api_version", Value::from("2010-04-01")),
+            ("status", Value::from("in-progress")),
+            ("source", Value::from(source)),
+            ("channels", Value::from(channels)),
+            ("start_time", Value::from(rec.start_us)),
+            ("date_created", Value::from(rec.start_us)),
+            ("date_updated", Value::from(rec.start_us)),
+        ];
+        if let Err(e) = self.engine.store.insert(&RECORDINGS, &row).await {
+            tracing::warn!(call = %self.call.sid, error = %e, "recording row not written");
+        }
+        self.recording_status(cb, base, &rec, "in-progress", None)
+            .await;
+        rec
+    }
+
+    /// Stores a finished recording (`completed`, its WAV written) or marks it `absent` (no
+    /// audio) or `failed` (not stored, with a notification); its duration when stored.
+    async fn close_recording(
+        &self,
+        rec: &OpenRecording,
+        samples: Vec<i16>,
+        channels: u16,
+        cb: Option<&LegCallback>,
+        base: &reqwest::Url,
+    ) -> Option<u64> {
+        let store = self.engine.store.clone();
+        if samples.is_empty() {
+            let _ = store
+                .update(
+                    &RECORDINGS,
+                    &self.call.account,
+                    &rec.sid,
+                    &[
+                        ("status", Value::from("absent")),
+                        ("duration", Value::from(0)),
+                    ],
+                )
+                .await;
+            self.recording_status(cb, base, rec, "absent", Some(0))
+                .await;
+            return None;
+        }
+        let per_sec = u64::from(audio::RATE) * u64::from(channels.max(1));
+        let secs = (samples.len() as u64 + per_sec / 2) / per_sec;
+        let recordings = self.engine.recordings.clone();
+        let sid = rec.sid.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            recordings.write(&sid, &record::wav_channels(&samples, audio::RATE, channels))
+        })
+        .await;
+        let (status, path) = match written {
+            Ok(Ok(p)) => ("completed", Value::from(p.display().to_string())),
+            Ok(Err(e)) => {
+                self.notify(
+                    "0",
+                    "13500",
+                    &format!("the recording could not be stored: {e}"),
+                )
+                .await;
+                ("failed", Value::Null)
+            }
+            Err(_) => ("failed", Value::Null),
+        };
+        let _ = store
+            .update(
+                &RECORDINGS,
+                &self.call.account,
+                &rec.sid,
+                &[
+                    ("status", Value::from(status)),
+                    ("duration", Value::from(secs)),
+                    ("media_path", path),
+                ],
+            )
+            .await;
+        if status != "completed" {
+            return None;
+        }
+        self.recording_status(cb, base, rec, "completed", Some(secs))
+            .await;
+        Some(secs)
+    }
+
     /// A recording status callback, when `recordingStatusCallback` asks for `status`.
-    #[allow(clippy::too_many_arguments)]
     async fn recording_status(
         &self,
-        r: &Record,
+        cb: Option<&LegCallback>,
         base: &reqwest::Url,
-        sid: &str,
-        url: &str,
+        rec: &OpenRecording,
         status: &str,
         secs: Option<u64>,
-        start_us: i64,
     ) {
-        let Some(cb) = &r.status_callback else {
+        let Some(cb) = cb else {
             return;
         };
         if !cb.events.split(' ').any(|e| e == status) {
@@ -1054,7 +1115,7 @@ impl CallRun {
                 self.notify(
                     "0",
                     e.code,
-                    &format!("<Record recordingStatusCallback>: {}", e.message),
+                    &format!("recordingStatusCallback: {}", e.message),
                 )
                 .await;
                 return;
@@ -1071,13 +1132,21 @@ impl CallRun {
         let mut p = BTreeMap::new();
         p.insert("AccountSid".to_string(), self.call.account.clone());
         p.insert("CallSid".to_string(), self.call.sid.clone());
-        p.insert("RecordingSid".to_string(), sid.to_string());
-        p.insert("RecordingUrl".to_string(), url.to_string());
+        p.insert("RecordingSid".to_string(), rec.sid.clone());
+        p.insert("RecordingUrl".to_string(), rec.url.clone());
         p.insert("RecordingStatus".to_string(), status.to_string());
-        p.insert("RecordingChannels".to_string(), "1".to_string());
-        p.insert("RecordingSource".to_string(), "RecordVerb".to_string());
-        p.insert("RecordingTrack".to_string(), "inbound".to_string());
-        p.insert("RecordingStartTime".to_string(), rfc2822(start_us));
+        p.insert("RecordingChannels".to_string(), rec.channels.to_string());
+        p.insert("RecordingSource".to_string(), rec.source.to_string());
+        p.insert(
+            "RecordingTrack".to_string(),
+            if rec.source == "RecordVerb" {
+                "inbound"
+            } else {
+                "both"
+            }
+            .to_string(),
+        );
+        p.insert("RecordingStartTime".to_string(), rfc2822(rec.start_us));
         p.insert("ErrorCode".to_string(), "0".to_string());
         if let Some(s) = secs {
             p.insert("RecordingDuration".to_string(), s.to_string());
@@ -1113,14 +1182,6 @@ impl CallRun {
     /// `<Dial>`: the targets at once (or one after another with `sequential`), the first to
     /// answer bridged; then the action URL or the next verb.
     async fn dial(&mut self, d: &Dial, base: &reqwest::Url) -> Flow {
-        if d.record {
-            self.notify(
-                "1",
-                CODE_VERB_UNSUPPORTED,
-                "record on <Dial> is not run by this VoxEdge version: the call was connected without recording",
-            )
-            .await;
-        }
         if d.targets.iter().any(|t| t.url().is_some()) {
             self.notify(
                 "1",
@@ -1149,6 +1210,7 @@ impl CallRun {
             status: "failed",
             sid: None,
             bridged_secs: None,
+            recording: None,
         };
         for group in groups {
             outcome = self.dial_group(d, &group, &caller_id, base).await;
@@ -1171,6 +1233,11 @@ impl CallRun {
         }
         if let Some(secs) = outcome.bridged_secs {
             params.insert("DialCallDuration".to_string(), secs.to_string());
+        }
+        if let Some((sid, url, secs)) = &outcome.recording {
+            params.insert("RecordingSid".to_string(), sid.clone());
+            params.insert("RecordingUrl".to_string(), url.clone());
+            params.insert("RecordingDuration".to_string(), secs.to_string());
         }
         let Some(action) = &d.action else {
             return if self.ended { Flow::Stop } else { Flow::Next };
@@ -1215,6 +1282,7 @@ impl CallRun {
             status: "failed",
             sid: last,
             bridged_secs: None,
+            recording: None,
         };
         if pending.is_empty() {
             return outcome;
@@ -1292,6 +1360,49 @@ impl CallRun {
         self.bridge(true).await;
         let bridged = tokio::time::Instant::now();
         let until = bridged + Duration::from_secs(u64::from(d.time_limit));
+        // `record`: both legs tapped while bridged (the caller's audio arrives on leg A, the
+        // called party's on leg B), lined up by arrival and mixed at the end.
+        let mut recording = match &d.record {
+            Some(r) => match (self.tap(Side::A).await, self.tap(Side::B).await) {
+                (Some(a), Some(b)) => {
+                    let channels = if r.dual { 2 } else { 1 };
+                    let open = self
+                        .open_recording("DialVerb", channels, r.status_callback.as_ref(), base)
+                        .await;
+                    let caps = (
+                        record::Capture::new(d.time_limit),
+                        record::Capture::new(d.time_limit),
+                    );
+                    Some((a, b, caps, open))
+                }
+                (a, b) => {
+                    for (side, t) in [(Side::A, a), (Side::B, b)] {
+                        if let Some(t) = t {
+                            self.untap(side, &t).await;
+                        }
+                    }
+                    None
+                }
+            },
+            None => None,
+        };
+        let drain = |rec: &mut Option<(
+            TapPair,
+            TapPair,
+            (record::Capture, record::Capture),
+            OpenRecording,
+        )>| {
+            if let Some((a, b, (ca, cb), _)) = rec {
+                let at = (bridged.elapsed().as_millis() as usize) * 8;
+                for f in a.1.try_iter() {
+                    ca.push_at(&f, at);
+                }
+                for f in b.1.try_iter() {
+                    cb.push_at(&f, at);
+                }
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
             tokio::select! {
@@ -1305,10 +1416,23 @@ impl CallRun {
                         break;
                     }
                 }
+                _ = tick.tick() => drain(&mut recording),
             }
         }
         outcome.bridged_secs = Some(bridged.elapsed().as_secs());
+        drain(&mut recording);
         self.bridge(false).await;
+        if let (Some((a, b, (ca, cb), open)), Some(r)) = (recording, &d.record) {
+            self.untap(Side::A, &a).await;
+            self.untap(Side::B, &b).await;
+            let (samples, channels) = record::mix(ca, cb, r.dual, r.trim);
+            if let Some(secs) = self
+                .close_recording(&open, samples, channels, r.status_callback.as_ref(), base)
+                .await
+            {
+                outcome.recording = Some((open.sid.clone(), open.url.clone(), secs));
+            }
+        }
         // Hung up here (time limit, `*`, the caller's end, a redirect) unless it already ended.
         if let Some(sink) = self.engine.children().get_mut(&winner) {
             *sink = None;

@@ -35,6 +35,17 @@ impl Capture {
         }
     }
 
+    /// Places one frame of a stream that began `elapsed_samples` after the recording did
+    /// (only the first frame's arrival anchors the stream; later ones go by timestamp), so two
+    /// legs recorded together line up.
+    pub fn push_at(&mut self, f: &RecFrame, elapsed_samples: usize) -> bool {
+        if self.base_ts.is_none() && matches!(f.payload_type, 0 | 8) {
+            let lead = u32::try_from(elapsed_samples.min(self.max_samples)).unwrap_or(0);
+            self.base_ts = Some(f.ts.wrapping_sub(lead));
+        }
+        self.push(f)
+    }
+
     /// Places one frame; true when it held speech.
     pub fn push(&mut self, f: &RecFrame) -> bool {
         let decode: fn(u8) -> i16 = match f.payload_type {
@@ -89,23 +100,64 @@ impl Capture {
             return Vec::new();
         }
         if trim {
-            let loud = |w: &[i16]| {
-                let e: f64 = w.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
-                (e / w.len().max(1) as f64).sqrt() >= SPEECH_RMS
-            };
-            let windows: Vec<bool> = s.chunks(WINDOW).map(loud).collect();
-            let first = windows.iter().position(|l| *l).unwrap_or(0);
-            let last = windows.iter().rposition(|l| *l).unwrap_or(0);
-            let end = ((last + 1) * WINDOW).min(s.len());
+            let (first, end) = speech_bounds(&s);
             s.truncate(end);
-            s.drain(..first * WINDOW);
+            s.drain(..first);
         }
         s
     }
 }
 
+/// The sample range from the first to the end of the last 20 ms window with speech.
+fn speech_bounds(s: &[i16]) -> (usize, usize) {
+    let loud = |w: &[i16]| {
+        let e: f64 = w.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+        (e / w.len().max(1) as f64).sqrt() >= SPEECH_RMS
+    };
+    let windows: Vec<bool> = s.chunks(WINDOW).map(loud).collect();
+    let first = windows.iter().position(|l| *l).unwrap_or(0);
+    let last = windows.iter().rposition(|l| *l).unwrap_or(0);
+    (first * WINDOW, ((last + 1) * WINDOW).min(s.len()))
+}
+
+/// A bridged call's two legs as one recording: mixed to mono, or `dual` (interleaved stereo,
+/// the caller first); trimmed on the mix. Returns the samples and the channel count; empty
+/// when neither leg said anything.
+pub fn mix(a: Capture, b: Capture, dual: bool, trim: bool) -> (Vec<i16>, u16) {
+    let speech = a.speech_samples + b.speech_samples;
+    let (mut a, mut b) = (a.samples, b.samples);
+    if speech == 0 {
+        return (Vec::new(), if dual { 2 } else { 1 });
+    }
+    let n = a.len().max(b.len());
+    a.resize(n, 0);
+    b.resize(n, 0);
+    let mono: Vec<i16> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| x.saturating_add(*y))
+        .collect();
+    let (first, end) = if trim { speech_bounds(&mono) } else { (0, n) };
+    if dual {
+        let mut out = Vec::with_capacity((end - first) * 2);
+        for i in first..end {
+            out.push(a[i]);
+            out.push(b[i]);
+        }
+        (out, 2)
+    } else {
+        (mono[first..end].to_vec(), 1)
+    }
+}
+
 /// A RIFF/WAVE file: 16-bit PCM, mono, `rate` Hz.
 pub fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
+    wav_channels(samples, rate, 1)
+}
+
+/// A RIFF/WAVE file: 16-bit PCM, `channels` interleaved, `rate` Hz.
+pub fn wav_channels(samples: &[i16], rate: u32, channels: u16) -> Vec<u8> {
+    let channels = channels.max(1);
     let data = u32::try_from(samples.len() * 2).unwrap_or(u32::MAX - 36);
     let mut out = Vec::with_capacity(44 + samples.len() * 2);
     out.extend_from_slice(b"RIFF");
@@ -113,10 +165,10 @@ pub fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
     out.extend_from_slice(b"WAVEfmt ");
     out.extend_from_slice(&16u32.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&channels.to_le_bytes());
     out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&(rate * 2 * u32::from(channels)).to_le_bytes());
+    out.extend_from_slice(&(2 * channels).to_le_bytes());
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data.to_le_bytes());
@@ -204,9 +256,53 @@ mod tests {
     }
 
     #[test]
+    fn two_legs_line_up_by_arrival_and_mix() {
+        // The caller from the start; the callee's first frame arrives 40 ms in.
+        let mut a = Capture::new(10);
+        let mut b = Capture::new(10);
+        a.push_at(&frame(5000, 0, 4000), 0);
+        a.push_at(&frame(5160, 0, 4000), 160);
+        b.push_at(&frame(90_000, 8, 3000), 320);
+        b.push_at(&frame(90_160, 8, 3000), 480);
+        let (mono, ch) = mix(a_clone(&a), a_clone(&b), false, false);
+        assert_eq!((ch, mono.len()), (1, 640));
+        assert!(
+            mono[..320].iter().all(|v| (3500..4500).contains(&v.abs())),
+            "caller alone"
+        );
+        assert!(
+            mono[320..].iter().all(|v| (2500..3500).contains(&v.abs())),
+            "then the callee, 40 ms in"
+        );
+        let (dual, ch) = mix(a, b, true, false);
+        assert_eq!((ch, dual.len()), (2, 1280));
+        assert!(
+            dual[640].abs() < 10 && dual[641].abs() > 2500,
+            "callee on channel 2"
+        );
+        // Nothing said on either leg: nothing.
+        let (none, _) = mix(Capture::new(1), Capture::new(1), true, true);
+        assert!(none.is_empty());
+    }
+
+    fn a_clone(c: &Capture) -> Capture {
+        Capture {
+            samples: c.samples.clone(),
+            base_ts: c.base_ts,
+            max_samples: c.max_samples,
+            speech_samples: c.speech_samples,
+            ignored: c.ignored,
+        }
+    }
+
+    #[test]
     fn wav_round_trips() {
         let s: Vec<i16> = (0..800).map(|i| (i * 40 - 16000) as i16).collect();
         let p = decode_wav(&wav(&s, 8000)).expect("valid");
-        assert_eq!((p.rate, p.samples), (8000, s));
+        assert_eq!((p.rate, p.samples), (8000, s.clone()));
+        // Stereo: mixed down by the reader, the header says two channels.
+        let st = wav_channels(&s, 8000, 2);
+        assert_eq!(u16::from_le_bytes([st[22], st[23]]), 2);
+        assert_eq!(decode_wav(&st).expect("valid").samples.len(), 400);
     }
 }

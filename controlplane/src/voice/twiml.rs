@@ -140,9 +140,20 @@ pub struct Dial {
     pub method: Method,
     pub hangup_on_star: bool,
     pub time_limit: u32,
-    pub record: bool,
+    /// `record` (any mode but `do-not-record`): the bridged call is recorded.
+    pub record: Option<DialRecord>,
     pub answer_on_bridge: bool,
     pub sequential: bool,
+}
+
+/// How a `<Dial>` records the bridged call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialRecord {
+    /// `…-dual`: the caller on the first channel, the called party on the second.
+    pub dual: bool,
+    /// `trim="trim-silence"` (the default for `<Dial>` is `do-not-trim`).
+    pub trim: bool,
+    pub status_callback: Option<LegCallback>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -811,13 +822,26 @@ impl<'a> Parser<'a> {
             hangup_on_star: a.boolean("hangupOnStar", false)?,
             time_limit: a.uint("timeLimit", 14_400, 1, 14_400)?,
             record: match a.get("record") {
-                None | Some("do-not-record") => false,
+                None | Some("do-not-record") => None,
                 Some(
-                    "record-from-answer"
+                    m @ ("record-from-answer"
                     | "record-from-ringing"
                     | "record-from-answer-dual"
-                    | "record-from-ringing-dual",
-                ) => true,
+                    | "record-from-ringing-dual"),
+                ) => Some(DialRecord {
+                    dual: m.ends_with("-dual"),
+                    trim: match a.get("trim") {
+                        None | Some("do-not-trim") => false,
+                        Some("trim-silence") => true,
+                        Some(o) => {
+                            return Err(self.schema(
+                                el,
+                                format!("trim={o:?} is not trim-silence or do-not-trim"),
+                            ))
+                        }
+                    },
+                    status_callback: a.recording_callback()?,
+                }),
                 Some(o) => {
                     return Err(self.schema(el, format!("record={o:?} is not a recording mode")))
                 }
@@ -1272,5 +1296,37 @@ mod tests {
             "a".repeat(60_000)
         );
         assert_eq!(err(huge.as_bytes()).kind, ErrorKind::Schema);
+    }
+
+    #[test]
+    fn recording_attributes() {
+        let v = ok(
+            r#"<Response><Dial record="record-from-answer-dual" trim="trim-silence" recordingStatusCallback="/rs" recordingStatusCallbackEvent="in-progress absent">1</Dial><Dial record="do-not-record">2</Dial><Record recordingStatusCallback="/r" transcribe="true"/></Response>"#,
+        );
+        let Verb::Dial(d) = &v[0] else {
+            panic!("{v:?}")
+        };
+        let r = d.record.as_ref().expect("recorded");
+        assert!(r.dual && r.trim);
+        let cb = r.status_callback.as_ref().expect("callback");
+        assert_eq!(
+            (cb.url.as_str(), cb.events.as_str()),
+            ("/rs", "in-progress absent")
+        );
+        let Verb::Dial(d2) = &v[1] else { panic!() };
+        assert!(d2.record.is_none());
+        let Verb::Record(rec) = &v[2] else { panic!() };
+        assert!(rec.transcribe);
+        assert_eq!(
+            rec.status_callback.as_ref().map(|c| c.events.as_str()),
+            Some("completed")
+        );
+        for bad in [
+            r#"<Response><Record recordingStatusCallback="/r" recordingStatusCallbackEvent="done"/></Response>"#,
+            r#"<Response><Dial record="always">1</Dial></Response>"#,
+            r#"<Response><Dial record="record-from-answer" trim="some">1</Dial></Response>"#,
+        ] {
+            assert_eq!(err(bad.as_bytes()).kind, ErrorKind::Schema, "{bad}");
+        }
     }
 }
