@@ -251,6 +251,14 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
                 tracing::warn!(calls = n, "calls left live by the previous run were ended");
             }
         }
+        {
+            // Event streams end when the node stops (graceful shutdown waits for them).
+            let (hub, mut stop) = (calls.events().clone(), stop_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                hub.close();
+            }));
+        }
         let rest = Arc::new(crate::rest::RestState::new(
             db.clone(),
             calls,

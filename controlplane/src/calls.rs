@@ -81,15 +81,22 @@ pub struct CallService {
     callbacks: Option<Arc<crate::callbacks::Callbacks>>,
     /// Runs incoming calls' instructions (set once at start when the API runs).
     engine: std::sync::OnceLock<Arc<crate::voice::engine::Engine>>,
+    /// Account events for `/v1/…/Events` streams.
+    events: Arc<crate::events::EventHub>,
 }
 
 impl CallService {
-    /// The instruction engine, when this node runs one.
     /// The callback outbox (serve role).
     pub fn callbacks(&self) -> Option<&Arc<crate::callbacks::Callbacks>> {
         self.callbacks.as_ref()
     }
 
+    /// The account event stream's hub.
+    pub fn events(&self) -> &Arc<crate::events::EventHub> {
+        &self.events
+    }
+
+    /// The instruction engine, when this node runs one.
     pub fn engine(&self) -> Option<&Arc<crate::voice::engine::Engine>> {
         self.engine.get()
     }
@@ -116,6 +123,7 @@ impl CallService {
             limits: Mutex::new(HashMap::new()),
             callbacks,
             engine: std::sync::OnceLock::new(),
+            events: Arc::new(crate::events::EventHub::new()),
         });
         tokio::spawn(svc.clone().follow(updates));
         svc
@@ -124,11 +132,16 @@ impl CallService {
     /// Tells the callback service about a status change (`event`: initiated, ringing,
     /// answered, completed), with the call as it now is.
     pub(crate) async fn event(&self, sid: &str, event: &str) {
-        let Some(cb) = &self.callbacks else {
+        if self.callbacks.is_none() && !self.events.watched() {
             return;
-        };
+        }
         match self.store.get_any(&CALLS, sid).await {
-            Ok(Some(call)) => cb.call_event(&call, event).await,
+            Ok(Some(call)) => {
+                self.events.call(&call, event);
+                if let Some(cb) = &self.callbacks {
+                    cb.call_event(&call, event).await;
+                }
+            }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, sid, "cannot read a call for its callback"),
         }
@@ -230,6 +243,7 @@ impl CallService {
         if let Err(e) = r {
             tracing::error!(error = %e, account, "cannot record a notification");
         }
+        self.events.notification(account, call, log, code, msg);
     }
 
     /// Accepts a call: the record is written `queued` before this returns; it is placed when
@@ -468,9 +482,14 @@ impl CallService {
                     Ok(())
                 }
                 CallUpdate::Sip(ev) => {
-                    if let Some(cb) = &self.callbacks {
+                    if self.callbacks.is_some() || self.events.watched() {
                         match self.store.get_any(&CALLS, &ev.sid).await {
-                            Ok(Some(call)) => cb.sip_event(&call, &ev).await,
+                            Ok(Some(call)) => {
+                                self.events.sip(&call, &ev);
+                                if let Some(cb) = &self.callbacks {
+                                    cb.sip_event(&call, &ev).await;
+                                }
+                            }
                             Ok(None) => {}
                             Err(e) => {
                                 tracing::error!(error = %e, sid = %ev.sid, "cannot read a call for its SIP event")

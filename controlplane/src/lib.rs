@@ -9,6 +9,7 @@ pub mod callbacks;
 pub mod calls;
 pub mod config;
 pub mod digest;
+pub mod events;
 pub mod http;
 pub mod media;
 pub mod metrics;

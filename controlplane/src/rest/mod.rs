@@ -219,6 +219,34 @@ async fn dispatch(State(st): State<Arc<RestState>>, req: Request) -> Response {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let mut account_for_log = String::new();
+    if method == "GET" {
+        if let Some(acc) = events_path(&path) {
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let query = req.uri().query().unwrap_or("").to_string();
+            let mut resp = match event_stream(&st, &acc, auth.as_deref(), &query).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut r = e.to_response();
+                    if e.status == StatusCode::UNAUTHORIZED {
+                        r.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static("Basic realm=\"Twilio API\""),
+                        );
+                    }
+                    r
+                }
+            };
+            if let Ok(v) = HeaderValue::from_str(&rid) {
+                resp.headers_mut().insert("Twilio-Request-Id", v);
+            }
+            tracing::info!(target: "voxedge::api", request_id = %rid, method = %method, path = %path, status = resp.status().as_u16(), account = %acc, "event stream opened");
+            return resp;
+        }
+    }
     let media = if method == "GET" {
         recording_media_path(&path)
     } else {
@@ -263,6 +291,72 @@ async fn dispatch(State(st): State<Arc<RestState>>, req: Request) -> Response {
         "api request"
     );
     resp
+}
+
+/// `/v1/Accounts/{AccountSid}/Events`: the account.
+fn events_path(path: &str) -> Option<String> {
+    let acc = path
+        .strip_prefix("/v1/Accounts/")?
+        .strip_suffix("/Events")?;
+    is_sid(acc, "AC").then(|| acc.to_string())
+}
+
+/// Server-sent events of an account (`CallSid=` narrows to one call): see `crate::events`.
+async fn event_stream(
+    st: &Arc<RestState>,
+    acc: &str,
+    auth: Option<&str>,
+    query: &str,
+) -> Result<Response, TwError> {
+    let principal = authenticate(st, auth).await?;
+    path_account(st, &principal, acc).await?;
+    let mut call = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "CallSid" if is_sid(&v, "CA") => call = Some(v.to_string()),
+            other => {
+                return Err(TwError::bad(
+                    20001,
+                    format!("{other}={v} is not a parameter of the event stream (CallSid=CA…)"),
+                ))
+            }
+        }
+    }
+    let Some(sub) = st.calls.events().subscribe(acc, call) else {
+        return Err(TwError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            20429,
+            format!(
+                "At most {} event streams per account are open at once",
+                crate::events::STREAMS_PER_ACCOUNT
+            ),
+        ));
+    };
+    let body = futures_util::stream::unfold(Some(sub), |sub| async move {
+        let mut sub = sub?;
+        let chunk = match tokio::time::timeout(Duration::from_secs(15), sub.next()).await {
+            Err(_) => ": keep-alive\n\n".to_string(),
+            Ok(crate::events::Next::Event(e)) => {
+                format!("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.kind, e.data)
+            }
+            Ok(crate::events::Next::Lagged(n)) => {
+                format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n")
+            }
+            Ok(crate::events::Next::End) => return None,
+        };
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+            Some(sub),
+        ))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// `/2010-04-01/Accounts/{AccountSid}/Recordings/{Sid}` with `.wav`, `.mp3` or no extension:

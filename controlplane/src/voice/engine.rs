@@ -1100,6 +1100,13 @@ impl CallRun {
         status: &str,
         secs: Option<u64>,
     ) {
+        self.engine.calls.events().recording(
+            &self.call.account,
+            &self.call.sid,
+            &rec.sid,
+            status,
+            secs,
+        );
         let Some(cb) = cb else {
             return;
         };
