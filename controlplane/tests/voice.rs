@@ -807,5 +807,50 @@ print(json.dumps({"checked": len(d["cases"]), "bad": bad}))
     let v: Value = serde_json::from_slice(&out.stdout).expect("validator output");
     assert_eq!(v["bad"], serde_json::json!([]), "{v}");
     assert!(v["checked"].as_u64().unwrap_or(0) >= 8, "{v}");
+
+    // Usage per module: each document URL with its fetches and the seconds calls spent in
+    // its instructions (written as each call's instructions end).
+    let (ua, uurl) = (
+        auth(&sid, &token),
+        format!("{api}/2010-04-01/Accounts/{sid}/Usage/Records.json?Category=calls-module"),
+    );
+    let records: Value = tokio::task::spawn_blocking(move || {
+        ureq::get(&uurl)
+            .set("Authorization", &ua)
+            .call()
+            .expect("usage")
+            .into_json()
+            .expect("json")
+    })
+    .await
+    .expect("join");
+    let modules: BTreeMap<String, (u64, u64)> = records["usage_records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["category"], "calls-module", "{r}");
+            let n = |k: &str| r[k].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+            (
+                r["module"].as_str().expect("module").to_string(),
+                (n("count"), n("usage")),
+            )
+        })
+        .collect();
+    let of = |p: &str| modules.get(&app_url(p)).copied().unwrap_or_default();
+    assert!(of("/voice").0 >= 1, "{modules:?}");
+    assert!(
+        of("/digits").0 >= 1 && of("/digits").1 >= 2,
+        "the bridged call ran in /digits: {modules:?}"
+    );
+    assert!(of("/dialed").0 >= 1, "{modules:?}");
+    assert!(
+        of("/fail500").0 >= 1 && of("/fail500").1 == 0,
+        "fetched, never run: {modules:?}"
+    );
+    assert!(
+        of("/fallback").0 >= 4,
+        "every failing primary fell back: {modules:?}"
+    );
     r.shutdown().await;
 }

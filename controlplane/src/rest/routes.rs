@@ -422,8 +422,8 @@ const MEDIA_PURGE_PARAMS: &[Param] = &[req("Url", Ty::Url, "Remove the entry of 
 const USAGE_PARAMS: &[Param] = &[
     p(
         "Category",
-        Ty::OneOf(&["calls", "calls-inbound", "calls-outbound"]),
-        "One usage category.",
+        Ty::OneOf(&["calls", "calls-inbound", "calls-outbound", "calls-module"]),
+        "One usage category (VoxEdge: `calls-module`, one record per document URL with its fetches and seconds of calls running it).",
     ),
     p(
         "StartDate",

@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("0004_fetch_overrides.sql")),
     (5, include_str!("0005_sip_events.sql")),
     (6, include_str!("0006_media_cache.sql")),
+    (7, include_str!("0007_module_usage.sql")),
 ];
 
 /// What a store operation can fail with.
@@ -1104,6 +1105,59 @@ impl Store {
         }
         let row = query.fetch_one(&self.pool).await?;
         Ok((row.try_get("n")?, row.try_get("minutes")?))
+    }
+
+    /// Adds fetches and call time to a module's usage of `day` (µs at the start of the UTC
+    /// day).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn meter_module(
+        &self,
+        account: &str,
+        module: &str,
+        day: i64,
+        fetches: i64,
+        call_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO module_usage (account_sid, module, day, fetches, call_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (account_sid, module, day) DO UPDATE SET fetches = module_usage.fetches + excluded.fetches, call_ms = module_usage.call_ms + excluded.call_ms",
+        )
+        .bind(account.to_string())
+        .bind(module.to_string())
+        .bind(day)
+        .bind(fetches)
+        .bind(call_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Usage per module of `account` over days in `[start, end)`: (module, fetches, call ms),
+    /// by module.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn module_usage(
+        &self,
+        account: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT module, CAST(SUM(fetches) AS BIGINT) AS f, CAST(SUM(call_ms) AS BIGINT) AS ms FROM module_usage \
+             WHERE account_sid = $1 AND day >= $2 AND day < $3 GROUP BY module ORDER BY module",
+        )
+        .bind(account.to_string())
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("module")?, r.try_get("f")?, r.try_get("ms")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
     }
 
     /// Writes a callback to the outbox (before any delivery attempt). `seq` orders the

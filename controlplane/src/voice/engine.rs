@@ -435,6 +435,7 @@ impl Engine {
             fetches: 0,
             redirect: None,
             timeouts: self.timeouts_for(overrides),
+            usage: BTreeMap::new(),
         };
         let engine = self.clone();
         tokio::spawn(async move {
@@ -628,6 +629,25 @@ struct CallRun {
     redirect: Option<Instructions>,
     /// Fetch timeouts of this call (the node's, or its application's overrides).
     timeouts: super::fetch::Timeouts,
+    /// Usage per module (document URL): fetches and milliseconds of instructions run,
+    /// written when the call's instructions end.
+    usage: BTreeMap<String, (i64, i64)>,
+}
+
+/// The module a document URL belongs to: scheme, host, port and path (no query, no fragment).
+fn module_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            u.set_query(None);
+            u.set_fragment(None);
+            if u.host_str() == Some("inline.invalid") {
+                "inline".to_string()
+            } else {
+                u.to_string()
+            }
+        }
+        Err(_) => url.to_string(),
+    }
 }
 
 impl CallRun {
@@ -672,6 +692,7 @@ impl CallRun {
             return None;
         }
         let params = self.params(extra);
+        self.usage.entry(module_of(url)).or_default().0 += 1;
         let primary = self
             .engine
             .fetcher
@@ -687,6 +708,7 @@ impl CallRun {
         let mut params = params;
         params.insert("ErrorCode".into(), e.code.to_string());
         params.insert("ErrorUrl".into(), url.to_string());
+        self.usage.entry(module_of(fb_url)).or_default().0 += 1;
         match self
             .engine
             .fetcher
@@ -709,6 +731,23 @@ impl CallRun {
     }
 
     async fn run(mut self, first: Option<Next>, fallback: Option<(String, Method)>) {
+        self.run_instructions(first, fallback).await;
+        // Usage per module, on the day the call started.
+        let day_us = 86_400 * 1_000_000;
+        let day = now_us() / day_us * day_us;
+        for (module, (fetches, ms)) in std::mem::take(&mut self.usage) {
+            if let Err(e) = self
+                .engine
+                .store
+                .meter_module(&self.call.account, &module, day, fetches, ms)
+                .await
+            {
+                tracing::warn!(call = %self.call.sid, module, error = %e, "module usage not recorded");
+            }
+        }
+    }
+
+    async fn run_instructions(&mut self, first: Option<Next>, fallback: Option<(String, Method)>) {
         let Some(mut next) = first else {
             self.application_error().await;
             return;
@@ -730,6 +769,7 @@ impl CallRun {
                 }
             };
             let mut goto = None;
+            let (module, started) = (module_of(base.as_str()), tokio::time::Instant::now());
             for verb in verbs {
                 if self.ended || self.redirect.is_some() {
                     break;
@@ -743,6 +783,8 @@ impl CallRun {
                     Flow::Stop => break,
                 }
             }
+            let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+            self.usage.entry(module).or_default().1 += ms;
             if self.ended {
                 return;
             }
