@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
-use voxedge_controlplane::config::Config;
 use voxedge_dataplane::BackendKind;
 
 fn basic(sid: &str, token: &str) -> String {
@@ -75,24 +74,9 @@ fn open(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accounts_call_events_stream_live() {
     let callee = common::Callee::new();
-    let dir = std::env::temp_dir().join(format!("voxedge-events-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut c = Config::default();
-    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
-    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.sip.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.database = format!("sqlite://{}", dir.join("ev.db").display());
-    c.api.secret_key = Some("9a".repeat(32));
+    let dir = common::scratch_dir("events");
+    let mut c = common::serve_config(&dir, 30200);
     c.api.sip_uri_calls = true;
-    c.media.dir = dir.join("media").display().to_string();
-    c.media.recordings_dir = dir.join("rec").display().to_string();
-    c.dataplane.workers = 1;
-    c.dataplane.pin_cores = false;
-    c.dataplane.bind = "127.0.0.1".parse().expect("ip");
-    c.dataplane.port_min = 30200;
-    c.dataplane.port_max = 30299;
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
         .expect("start");

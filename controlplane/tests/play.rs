@@ -6,6 +6,8 @@
 //! The entry is then listed, inspected and purged through `/v1/…/Media`, and the counters
 //! appear in `/metrics`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::process::Command;
@@ -18,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
-use voxedge_controlplane::config::Config;
 use voxedge_controlplane::voice::audio;
 use voxedge_dataplane::BackendKind;
 
@@ -103,23 +104,8 @@ async fn play_goes_through_the_cache_and_the_far_end_hears_the_file() {
         let _ = axum::serve(listener, router).await;
     });
 
-    let dir = std::env::temp_dir().join(format!("voxedge-play-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut c = Config::default();
-    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
-    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.sip.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.database = format!("sqlite://{}", dir.join("play.db").display());
-    c.api.secret_key = Some("ef".repeat(32));
-    c.api.callbacks_allow_private = true;
-    c.media.dir = dir.join("media").display().to_string();
-    c.dataplane.workers = 1;
-    c.dataplane.pin_cores = false;
-    c.dataplane.bind = "127.0.0.1".parse().expect("ip");
-    c.dataplane.port_min = 29800;
-    c.dataplane.port_max = 29899;
+    let dir = common::scratch_dir("play");
+    let c = common::serve_config(&dir, 29800);
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
         .expect("start");

@@ -6,6 +6,8 @@
 //! Recordings resource, and deleted with its file. A second caller stays silent: the recording
 //! is `absent`, no action is requested, and the next verb runs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
-use voxedge_controlplane::config::Config;
 use voxedge_controlplane::media::decode;
 use voxedge_controlplane::voice::audio;
 use voxedge_dataplane::BackendKind;
@@ -135,24 +136,8 @@ async fn record_stores_the_caller_and_reports_it() {
         let _ = axum::serve(listener, router).await;
     });
 
-    let dir = std::env::temp_dir().join(format!("voxedge-record-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut c = Config::default();
-    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
-    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.sip.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.database = format!("sqlite://{}", dir.join("rec.db").display());
-    c.api.secret_key = Some("ab".repeat(32));
-    c.api.callbacks_allow_private = true;
-    c.media.dir = dir.join("media").display().to_string();
-    c.media.recordings_dir = dir.join("recordings").display().to_string();
-    c.dataplane.workers = 1;
-    c.dataplane.pin_cores = false;
-    c.dataplane.bind = "127.0.0.1".parse().expect("ip");
-    c.dataplane.port_min = 30000;
-    c.dataplane.port_max = 30099;
+    let dir = common::scratch_dir("record");
+    let c = common::serve_config(&dir, 30000);
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
         .expect("start");

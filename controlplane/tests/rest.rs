@@ -40,6 +40,10 @@ fn config(db: &str, port_min: u16) -> Config {
     c.api.listen = "127.0.0.1:0".parse().expect("addr");
     c.api.database = db.to_string();
     c.api.secret_key = Some(KEY.into());
+    common::media_dirs(
+        &mut c,
+        &std::env::temp_dir().join(format!("voxedge-rest-{}-{port_min}", std::process::id())),
+    );
     c.api.sip_uri_calls = true;
     c.api.calls_per_second_per_account = 50;
     c.dataplane.workers = 1;

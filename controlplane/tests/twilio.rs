@@ -34,6 +34,7 @@ async fn the_official_twilio_helper_library_drives_voxedge() {
     c.sip.listen = "127.0.0.1:0".parse().expect("addr");
     c.api.listen = "127.0.0.1:0".parse().expect("addr");
     c.api.database = format!("sqlite://{}", dir.join("twilio.db").display());
+    common::media_dirs(&mut c, &dir);
     c.api.secret_key = Some("ab".repeat(32));
     c.api.sip_uri_calls = true;
     // The calls' instructions come from a local app server (a long pause).

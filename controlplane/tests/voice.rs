@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
-use voxedge_controlplane::config::{Config, SipRoute};
+use voxedge_controlplane::config::SipRoute;
 use voxedge_dataplane::BackendKind;
 
 /// One request the app server received.
@@ -180,21 +180,8 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     let app_url = |p: &str| format!("http://127.0.0.1:{app_port}{p}");
 
     // VoxEdge on kernel sockets (sipp sends real RTP).
-    let dir = std::env::temp_dir().join(format!("voxedge-voice-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let _ = std::fs::remove_file(dir.join("voice.db"));
-    let mut c = Config::default();
-    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
-    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
-    c.sip.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.listen = "127.0.0.1:0".parse().expect("addr");
-    c.api.database = format!("sqlite://{}", dir.join("voice.db").display());
-    c.api.secret_key = Some("cd".repeat(32));
-    c.api.callbacks_allow_private = true;
-    c.dataplane.workers = 1;
-    c.dataplane.pin_cores = false;
-    c.dataplane.bind = "127.0.0.1".parse().expect("ip");
-    c.dataplane.port_min = 29000;
+    let dir = common::scratch_dir("voice");
+    let mut c = common::serve_config(&dir, 29000);
     c.dataplane.port_max = 29199;
     // <Dial> targets: the sipp callee.
     c.sip.routes = vec![SipRoute {

@@ -632,7 +632,7 @@ impl MediaCache {
         let have_files = Variant::ALL
             .iter()
             .all(|v| self.path(&content, *v).is_file());
-        if meta.no_store || !have_files {
+        let sized = if meta.no_store || !have_files {
             let dir = self.dir.clone();
             let write = !meta.no_store;
             let c = content.clone();
@@ -665,19 +665,7 @@ impl MediaCache {
             if meta.no_store {
                 return Ok(Resolved::Ephemeral(Arc::new(prepared)));
             }
-            let sized = (prepared.bytes(), prepared.duration_ms);
-            self.store_entry(
-                account,
-                source,
-                key,
-                stale,
-                &content,
-                content_type,
-                sized,
-                meta,
-                now,
-            )
-            .await;
+            (prepared.bytes(), prepared.duration_ms)
         } else {
             // Same audio as another entry (or as before a 200 that changed nothing).
             let bytes: u64 = Variant::ALL
@@ -688,20 +676,20 @@ impl MediaCache {
             let duration_ms = std::fs::metadata(self.path(&content, Variant::Pcmu))
                 .map(|m| m.len().saturating_sub(mediafile::HEADER as u64) / 8)
                 .unwrap_or(0);
-            let sized = (bytes, duration_ms);
-            self.store_entry(
-                account,
-                source,
-                key,
-                stale,
-                &content,
-                content_type,
-                sized,
-                meta,
-                now,
-            )
-            .await;
-        }
+            (bytes, duration_ms)
+        };
+        self.store_entry(
+            account,
+            source,
+            key,
+            stale,
+            &content,
+            content_type,
+            sized,
+            meta,
+            now,
+        )
+        .await;
         Ok(Resolved::Stored(content))
     }
 

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::time::Duration;
+
+use voxedge_controlplane::config::Config;
 
 use voxedge_sip_core::{Limits, SipMessage};
 
@@ -60,4 +63,41 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Keeps a node's media cache and recordings under `dir` (their defaults are relative to the
+/// working directory, which under `cargo test` is the crate's source tree).
+pub fn media_dirs(c: &mut Config, dir: &Path) {
+    c.media.dir = dir.join("media").display().to_string();
+    c.media.recordings_dir = dir.join("recordings").display().to_string();
+}
+
+/// A `voxedge serve` for one test: every listener on loopback with a port of the system's
+/// choosing, its SQLite store, media cache and recordings under `dir`, a fixed key, callbacks
+/// allowed to reach the test's own servers, one unpinned worker with media ports
+/// `port_min..port_min + 99`.
+pub fn serve_config(dir: &Path, port_min: u16) -> Config {
+    let mut c = Config::default();
+    c.ng.listen = "127.0.0.1:0".parse().expect("addr");
+    c.admin.listen = "127.0.0.1:0".parse().expect("addr");
+    c.sip.listen = "127.0.0.1:0".parse().expect("addr");
+    c.api.listen = "127.0.0.1:0".parse().expect("addr");
+    c.api.database = format!("sqlite://{}", dir.join("store.db").display());
+    c.api.secret_key = Some("ab".repeat(32));
+    c.api.callbacks_allow_private = true;
+    media_dirs(&mut c, dir);
+    c.dataplane.workers = 1;
+    c.dataplane.pin_cores = false;
+    c.dataplane.bind = "127.0.0.1".parse().expect("ip");
+    c.dataplane.port_min = port_min;
+    c.dataplane.port_max = port_min + 99;
+    c
+}
+
+/// A fresh scratch directory for a test (`name` and this process), emptied first.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("voxedge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
 }
