@@ -83,9 +83,10 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
   <Say>We did not get a key.</Say>
 </Response>"#),
         "/digits" => xml(
-            r#"<Response><Dial action="/dialed" timeout="20" record="record-from-answer-dual" recordingStatusCallback="/recstatus"><Number statusCallback="/leg" statusCallbackEvent="initiated ringing answered completed">+19990001</Number></Dial><Say>Not reached.</Say></Response>"#,
+            r#"<Response><Dial action="/dialed" timeout="20" record="record-from-answer-dual" recordingStatusCallback="/recstatus"><Number url="/whisper" statusCallback="/leg" statusCallbackEvent="initiated ringing answered completed">+19990001</Number></Dial><Say>Not reached.</Say></Response>"#,
         ),
         "/dialed" => xml("<Response><Hangup/></Response>"),
+        "/whisper" => xml("<Response><Say>You have a call.</Say></Response>"),
         "/leg" | "/sipevents" | "/recstatus" => (StatusCode::NO_CONTENT, "").into_response(),
         "/fallback" => xml("<Response><Say>Fallback.</Say><Hangup/></Response>"),
         "/status" => (StatusCode::NO_CONTENT, "").into_response(),
@@ -445,6 +446,14 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     );
     assert_eq!(dp.get("CallSid"), Some(&call_sid));
     let leg_sid = dp.get("DialCallSid").cloned().expect("DialCallSid");
+    // The whisper ran on the answered leg, with the leg's parameters, before the bridge.
+    let whisper = seen("/whisper");
+    assert_eq!(whisper.len(), 1, "{whisper:?}");
+    let wp = &whisper[0].params;
+    assert_eq!(wp.get("CallSid"), Some(&leg_sid), "{wp:?}");
+    assert_eq!(wp.get("ParentCallSid"), Some(&call_sid), "{wp:?}");
+    assert_eq!(wp.get("Direction").map(String::as_str), Some("outbound-dial"));
+    assert_eq!(wp.get("To").map(String::as_str), Some("+19990001"));
     let secs: u64 = dp
         .get("DialCallDuration")
         .and_then(|d| d.parse().ok())

@@ -68,6 +68,8 @@ pub enum Instructions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Signal {
     Digit(char),
+    /// A digit from the other leg of the relay (a dialled party), for whispers.
+    LegDigit(char),
     PlayDone(u64),
     Ended,
     Redirect(Instructions),
@@ -307,15 +309,18 @@ impl Engine {
         let (relay, signal) = match *ev {
             MediaEvent::Dtmf {
                 relay,
-                side: Side::A,
+                side,
                 digit,
                 ..
-            } => (relay, Signal::Digit(digit)),
-            MediaEvent::PlayDone {
+            } => (
                 relay,
-                side: Side::A,
-                id,
-            } => (relay, Signal::PlayDone(id)),
+                if side == Side::A {
+                    Signal::Digit(digit)
+                } else {
+                    Signal::LegDigit(digit)
+                },
+            ),
+            MediaEvent::PlayDone { relay, id, .. } => (relay, Signal::PlayDone(id)),
             _ => return,
         };
         let Some(sid) = self.by_relay().get(&relay).cloned() else {
@@ -436,6 +441,7 @@ impl Engine {
             redirect: None,
             timeouts: self.timeouts_for(overrides),
             usage: BTreeMap::new(),
+            side: Side::A,
         };
         let engine = self.clone();
         tokio::spawn(async move {
@@ -632,6 +638,9 @@ struct CallRun {
     /// Usage per module (document URL): fetches and milliseconds of instructions run,
     /// written when the call's instructions end.
     usage: BTreeMap<String, (i64, i64)>,
+    /// The leg prompts play to and digits come from: the caller (A), or a dialled party (B)
+    /// while a whisper runs.
+    side: Side,
 }
 
 /// The module a document URL belongs to: scheme, host, port and path (no query, no fragment).
@@ -1231,14 +1240,6 @@ impl CallRun {
     /// `<Dial>`: the targets at once (or one after another with `sequential`), the first to
     /// answer bridged; then the action URL or the next verb.
     async fn dial(&mut self, d: &Dial, base: &reqwest::Url) -> Flow {
-        if d.targets.iter().any(|t| t.url().is_some()) {
-            self.notify(
-                "1",
-                CODE_VERB_UNSUPPORTED,
-                "url (a whisper to the called party) on <Number>/<Sip> is not run by this VoxEdge version: the legs were bridged without it",
-            )
-            .await;
-        }
         // Bridged only when answered (answerOnBridge): until then the caller hears ringing.
         if d.answer_on_bridge && !self.call.answered {
             let _ = self.engine.sip.ring(&self.call.sid).await;
@@ -1320,10 +1321,23 @@ impl CallRun {
         let (tx, mut legs) = mpsc::unbounded_channel();
         let mut pending: Vec<String> = Vec::new();
         let mut last: Option<String> = None;
+        // Legs with a whisper: the URL (resolved) and method.
+        let mut whispers: HashMap<String, (String, Method)> = HashMap::new();
         for t in group {
             let Some(child) = self.place_leg(t, caller_id, &tx, base).await else {
                 continue;
             };
+            if let Some((url, method)) = t.url() {
+                match resolve(base, url) {
+                    Ok(u) => {
+                        whispers.insert(child.clone(), (u, method));
+                    }
+                    Err(e) => {
+                        self.notify("0", e.code, &format!("<Dial> whisper url: {}", e.message))
+                            .await;
+                    }
+                }
+            }
             last = Some(child.clone());
             pending.push(child);
         }
@@ -1383,8 +1397,27 @@ impl CallRun {
                 },
             }
         };
+        // A whisper runs on the answering leg before the bridge (the caller keeps hearing
+        // ringback); its instructions may refuse the call.
+        let refused = match winner.as_ref().and_then(|w| whispers.get(w).map(|x| (w, x))) {
+            Some((w, (url, method))) => {
+                let (w, url, method) = (w.clone(), url.clone(), *method);
+                !self.whisper(&url, method, &w, &mut legs).await
+            }
+            None => false,
+        };
         if ringback {
             self.stop_playing().await;
+        }
+        if refused {
+            let w = winner.clone().unwrap_or_default();
+            if let Some(sink) = self.engine.children().get_mut(&w) {
+                *sink = None;
+            }
+            let _ = self.engine.sip.hangup(&w, EndStatus::Completed).await;
+            outcome.sid = Some(w);
+            outcome.status = "completed";
+            return outcome;
         }
         // Twilio's DialCallStatus: the most telling of the legs' ends.
         outcome.status = [
@@ -1488,6 +1521,118 @@ impl CallRun {
         }
         let _ = self.engine.sip.hangup(&winner, EndStatus::Completed).await;
         outcome
+    }
+
+    /// A whisper: the instructions at `url` run on the answered leg `leg` (prompts to the
+    /// called party, digits from it) before the bridge. `Say`, `Play`, `Pause`, `Gather` (its
+    /// action continues the whisper) and `Redirect` run; `Hangup` or `Reject` refuses the call;
+    /// other verbs are a warning and are skipped. Requests carry the leg's parameters (its
+    /// `CallSid`, `ParentCallSid`, `Direction=outbound-dial`). Whether to bridge: false also
+    /// when the leg or the caller hung up meanwhile. A whisper that cannot be fetched is a
+    /// notification, and the call is bridged.
+    async fn whisper(
+        &mut self,
+        url: &str,
+        method: Method,
+        leg: &str,
+        legs: &mut mpsc::UnboundedReceiver<Leg>,
+    ) -> bool {
+        let row = self
+            .engine
+            .store
+            .get(&CALLS, &self.call.account, leg)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let mut params: BTreeMap<String, String> = BTreeMap::new();
+        for (k, col) in [("From", "from"), ("To", "to")] {
+            params.insert(k.into(), text(&row, col).unwrap_or_default());
+        }
+        params.insert("Called".into(), params["To"].clone());
+        params.insert("Caller".into(), params["From"].clone());
+        params.insert("CallSid".into(), leg.to_string());
+        params.insert("ParentCallSid".into(), self.call.sid.clone());
+        params.insert("AccountSid".into(), self.call.account.clone());
+        params.insert("ApiVersion".into(), "2010-04-01".into());
+        params.insert("Direction".into(), "outbound-dial".into());
+        params.insert("CallStatus".into(), "in-progress".into());
+        self.side = Side::B;
+        let mut next = Some((url.to_string(), method, BTreeMap::new()));
+        let mut connect = true;
+        'documents: while let Some((u, m, extra)) = next.take() {
+            let mut p = params.clone();
+            p.extend(extra);
+            self.usage.entry(module_of(&u)).or_default().0 += 1;
+            let doc = match self
+                .engine
+                .fetcher
+                .instructions(&u, m, &p, &self.call.token, &self.timeouts)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    self.notify("0", e.code, &format!("whisper {u}: {}", e.message))
+                        .await;
+                    break;
+                }
+            };
+            for verb in doc.verbs {
+                while let Ok(l) = legs.try_recv() {
+                    if matches!(&l, Leg::Ended(c, _) if c == leg) {
+                        connect = false;
+                        break 'documents;
+                    }
+                }
+                if self.ended || self.redirect.is_some() {
+                    connect = false;
+                    break 'documents;
+                }
+                let waited = match verb {
+                    Verb::Say(s) => self.say(&s, false).await,
+                    Verb::Play(pl) => self.play(&pl, &doc.url, false).await,
+                    Verb::Pause(secs) => self.pause(secs, false).await,
+                    Verb::Gather(g) => match self.gather(&g, &doc.url).await {
+                        Flow::Goto(u, m, extra) => {
+                            next = Some((u, m, extra));
+                            continue 'documents;
+                        }
+                        Flow::Next => Waited::Done,
+                        Flow::Stop => Waited::Ended,
+                    },
+                    Verb::Redirect { url, method } => match resolve(&doc.url, &url) {
+                        Ok(u) => {
+                            next = Some((u, method, BTreeMap::new()));
+                            continue 'documents;
+                        }
+                        Err(e) => {
+                            self.notify("0", e.code, &format!("whisper <Redirect>: {}", e.message))
+                                .await;
+                            Waited::Done
+                        }
+                    },
+                    Verb::Hangup | Verb::Reject(_) => {
+                        connect = false;
+                        break 'documents;
+                    }
+                    other => {
+                        self.notify(
+                            "1",
+                            CODE_VERB_UNSUPPORTED,
+                            &format!("<{}> is not run in a whisper; it was skipped", other.name()),
+                        )
+                        .await;
+                        Waited::Done
+                    }
+                };
+                if matches!(waited, Waited::Ended) {
+                    connect = false;
+                    break 'documents;
+                }
+            }
+        }
+        self.side = Side::A;
+        connect && !self.ended && self.redirect.is_none()
     }
 
     /// Ends dialled legs this `<Dial>` no longer wants; their late answers are hung up.
@@ -1599,39 +1744,47 @@ impl CallRun {
         Some(child)
     }
 
-    /// Waits for the next signal, at most `limit` (None: until one arrives).
+    /// Waits for the next signal, at most `limit` (None: until one arrives). Digits are those
+    /// of the leg prompts go to: while a whisper runs, the dialled party's (the caller's are
+    /// dropped); otherwise the caller's (a dialled party's are dropped).
     async fn signal(&mut self, limit: Option<Duration>) -> Option<Signal> {
-        let s = match limit {
-            Some(d) => tokio::time::timeout(d, self.rx.recv()).await.ok()?,
-            None => self.rx.recv().await,
-        };
-        match s {
-            None | Some(Signal::Ended) => {
-                self.ended = true;
-                Some(Signal::Ended)
-            }
-            // New instructions interrupt the current verb like an end does; `run` takes them.
-            Some(Signal::Redirect(i)) => {
-                self.redirect = Some(i);
-                Some(Signal::Ended)
-            }
-            other => other,
+        let deadline = limit.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let s = match deadline {
+                Some(d) => tokio::time::timeout_at(d, self.rx.recv()).await.ok()?,
+                None => self.rx.recv().await,
+            };
+            return match s {
+                None | Some(Signal::Ended) => {
+                    self.ended = true;
+                    Some(Signal::Ended)
+                }
+                // New instructions interrupt the current verb like an end does; `run` takes them.
+                Some(Signal::Redirect(i)) => {
+                    self.redirect = Some(i);
+                    Some(Signal::Ended)
+                }
+                Some(Signal::LegDigit(d)) if self.side == Side::B => Some(Signal::Digit(d)),
+                Some(Signal::Digit(_)) if self.side == Side::B => continue,
+                Some(Signal::LegDigit(_)) => continue,
+                other => other,
+            };
         }
     }
 
-    /// Plays media on the caller's leg and waits for its end (or, with `barge`, the first
-    /// digit, which stops it).
+    /// Plays media on the current leg (the caller's, or a dialled party's during a whisper)
+    /// and waits for its end (or, with `barge`, the first digit, which stops it).
     async fn play_media(&mut self, media: Arc<PlayMedia>, loops: u32, barge: bool) -> Waited {
         let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
         let dp = self.engine.dp.clone();
-        let relay = self.call.relay;
+        let (relay, side) = (self.call.relay, self.side);
         // Should the end event be lost (a full queue), the media's own length ends the wait.
         let length = Duration::from_nanos(media.ptime_ns)
             .saturating_mul(u32::try_from(media.frame_count()).unwrap_or(u32::MAX))
             .saturating_mul(loops.max(1));
         let until = tokio::time::Instant::now() + length + Duration::from_secs(2);
         let started =
-            tokio::task::spawn_blocking(move || dp.play(relay, Side::A, media, loops, id)).await;
+            tokio::task::spawn_blocking(move || dp.play(relay, side, media, loops, id)).await;
         match started {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -1653,7 +1806,7 @@ impl CallRun {
                 Some(Signal::PlayDone(done)) if done == id => return Waited::Done,
                 Some(Signal::Digit(d)) if barge => {
                     let dp = self.engine.dp.clone();
-                    let _ = tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
+                    let _ = tokio::task::spawn_blocking(move || dp.stop_play(relay, side)).await;
                     return Waited::Digit(d);
                 }
                 Some(Signal::Ended) => {
@@ -1661,7 +1814,7 @@ impl CallRun {
                         // Redirected: the new instructions start in silence.
                         let dp = self.engine.dp.clone();
                         let _ =
-                            tokio::task::spawn_blocking(move || dp.stop_play(relay, Side::A)).await;
+                            tokio::task::spawn_blocking(move || dp.stop_play(relay, side)).await;
                     }
                     return Waited::Ended;
                 }

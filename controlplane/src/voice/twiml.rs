@@ -95,12 +95,14 @@ pub struct LegCallback {
 pub enum DialTarget {
     Number {
         number: String,
-        url: Option<String>,
+        /// A whisper: instructions run on the called party's leg when it answers, before the
+        /// bridge (URL and method).
+        url: Option<(String, Method)>,
         callback: Option<LegCallback>,
     },
     Sip {
         uri: String,
-        url: Option<String>,
+        url: Option<(String, Method)>,
         username: Option<String>,
         password: Option<String>,
         callback: Option<LegCallback>,
@@ -116,9 +118,12 @@ impl DialTarget {
         }
     }
 
-    pub fn url(&self) -> Option<&str> {
+    /// The whisper URL and method.
+    pub fn url(&self) -> Option<(&str, Method)> {
         match self {
-            DialTarget::Number { url, .. } | DialTarget::Sip { url, .. } => url.as_deref(),
+            DialTarget::Number { url, .. } | DialTarget::Sip { url, .. } => {
+                url.as_ref().map(|(u, m)| (u.as_str(), *m))
+            }
         }
     }
 
@@ -773,7 +778,10 @@ impl<'a> Parser<'a> {
                     }
                     targets.push(DialTarget::Number {
                         number: text.to_string(),
-                        url: n.url("url")?,
+                        url: match n.url("url")? {
+                            Some(u) => Some((u, n.method()?)),
+                            None => None,
+                        },
                         callback: n.leg_callback()?,
                     });
                 }
@@ -796,7 +804,10 @@ impl<'a> Parser<'a> {
                     }
                     targets.push(DialTarget::Sip {
                         uri: text.to_string(),
-                        url: n.url("url")?,
+                        url: match n.url("url")? {
+                            Some(u) => Some((u, n.method()?)),
+                            None => None,
+                        },
                         username: n.get("username").map(str::to_string),
                         password: n.get("password").map(str::to_string),
                         callback: n.leg_callback()?,
