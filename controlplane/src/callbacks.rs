@@ -329,15 +329,15 @@ impl Callbacks {
         self.enqueue("CR", call, url, method, params).await;
     }
 
-    async fn enqueue(
+    fn callback(
         &self,
         prefix: &str,
         call: &Map<String, Value>,
         url: String,
         method: &str,
         params: &BTreeMap<String, String>,
-    ) {
-        let cb = Callback {
+    ) -> Callback {
+        Callback {
             sid: new_sid(prefix),
             account_sid: field(call, "account_sid"),
             call_sid: field(call, "sid"),
@@ -348,7 +348,18 @@ impl Callbacks {
             attempts: 0,
             // Due at once (the store writes the time of the insert).
             next_attempt: 0,
-        };
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        prefix: &str,
+        call: &Map<String, Value>,
+        url: String,
+        method: &str,
+        params: &BTreeMap<String, String>,
+    ) {
+        let cb = self.callback(prefix, call, url, method, params);
         if let Err(e) = self.store.enqueue_callback(&cb).await {
             tracing::error!(error = %e, call = %cb.call_sid, "cannot write a callback to the outbox");
             return;
@@ -384,13 +395,20 @@ impl Callbacks {
         Ok((svc, task))
     }
 
-    /// A status change of a call: when the call asked for this event, its callback goes to
-    /// the outbox. `event` is `initiated`, `ringing`, `answered` or `completed`.
-    pub async fn call_event(&self, call: &Map<String, Value>, event: &str) {
+    /// The status callback a call's status change (`event`: initiated, ringing, answered,
+    /// completed) causes, if the call asked for it; `prior` status callbacks of the call were
+    /// written before (its `SequenceNumber`). Built inside the store's transaction that makes
+    /// the change ([`crate::store::Store::write_call`]); [`Callbacks::wake`] after the commit.
+    pub fn status_callback(
+        &self,
+        call: &Map<String, Value>,
+        event: &str,
+        prior: i64,
+    ) -> Option<Callback> {
         let text = |k: &str| field(call, k);
         let url = text("status_callback");
         if url.is_empty() {
-            return;
+            return None;
         }
         let wanted = text("status_callback_event");
         let wanted: Vec<&str> = if wanted.is_empty() {
@@ -399,18 +417,12 @@ impl Callbacks {
             wanted.split_whitespace().collect()
         };
         if !wanted.contains(&event) {
-            return;
+            return None;
         }
-        let number = self
-            .store
-            .callbacks_of(&text("sid"))
-            .await
-            .map(|v| v.iter().filter(|c| c.0.starts_with("CB")).count())
-            .unwrap_or(0);
         let mut p = call_params(call, "call-progress-events");
         p.insert("Called".into(), text("to"));
         p.insert("Caller".into(), text("from"));
-        p.insert("SequenceNumber".into(), number.to_string());
+        p.insert("SequenceNumber".into(), prior.to_string());
         if event == "completed" {
             let dur = call.get("duration").and_then(Value::as_i64).unwrap_or(0);
             p.insert("CallDuration".into(), dur.to_string());
@@ -423,7 +435,12 @@ impl Callbacks {
             "GET" => "GET",
             _ => "POST",
         };
-        self.enqueue("CB", call, url, method, &p).await;
+        Some(self.callback("CB", call, url, method, &p))
+    }
+
+    /// Wakes the deliverer (a callback was written).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     async fn deliver_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::sip::{CallUpdate, EndStatus, Originate, SipHandle, Target};
-use crate::store::{now_us, Store, StoreError, CALLS, NOTIFICATIONS};
+use crate::store::{now_us, CallWrite, Store, StoreError, CALLS, NOTIFICATIONS};
 
 /// Notification codes of VoxEdge's own (82xxx; Twilio has no equivalent). docs/api.md lists them.
 /// The call was accepted with instructions this version cannot run (it runs the built-in test
@@ -129,22 +129,55 @@ impl CallService {
         svc
     }
 
-    /// Tells the callback service about a status change (`event`: initiated, ringing,
-    /// answered, completed), with the call as it now is.
-    pub(crate) async fn event(&self, sid: &str, event: &str) {
-        if self.callbacks.is_none() && !self.events.watched() {
-            return;
+    /// Moves a call's status (if it is one of `from`) and writes the status callback the
+    /// change causes in the same transaction; then wakes the deliverer and tells the event
+    /// streams (`event`: initiated, ringing, answered, completed). False when the call was in
+    /// another status.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn transition(
+        &self,
+        sid: &str,
+        from: &[&str],
+        sets: &[(&str, Value)],
+        event: &str,
+    ) -> Result<bool, StoreError> {
+        self.write(CallWrite::Transition { sid, from, sets }, event)
+            .await
+    }
+
+    /// Records a new call (already `initiated`) with its `initiated` status callback, in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn insert_initiated(
+        &self,
+        values: &[(&str, Value)],
+    ) -> Result<(), StoreError> {
+        self.write(CallWrite::Insert(values), "initiated")
+            .await
+            .map(|_| ())
+    }
+
+    async fn write(&self, w: CallWrite<'_>, event: &str) -> Result<bool, StoreError> {
+        let cb = self.callbacks.clone();
+        let row = self
+            .store
+            .write_call(w, |row, prior| {
+                cb.as_ref()
+                    .and_then(|c| c.status_callback(row, event, prior))
+            })
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        if let Some(c) = &self.callbacks {
+            c.wake();
         }
-        match self.store.get_any(&CALLS, sid).await {
-            Ok(Some(call)) => {
-                self.events.call(&call, event);
-                if let Some(cb) = &self.callbacks {
-                    cb.call_event(&call, event).await;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, sid, "cannot read a call for its callback"),
-        }
+        self.events.call(&row, event);
+        Ok(true)
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -199,10 +232,9 @@ impl CallService {
             if let Some(start) = c.get("start_time").and_then(Value::as_i64) {
                 sets.push(("duration", Value::from((now - start) / 1_000_000)));
             }
-            if self.store.transition_call(&sid, LIVE, &sets).await? {
+            if self.transition(&sid, LIVE, &sets, "completed").await? {
                 self.notify(&account, Some(&sid), "1", CODE_RESTART, msg)
                     .await;
-                self.event(&sid, "completed").await;
             }
         }
         Ok(n)
@@ -332,18 +364,18 @@ impl CallService {
             tokio::time::sleep_until(start_at.into()).await;
             let waited = i64::try_from(created.elapsed().as_millis()).unwrap_or(i64::MAX);
             let moved = svc
-                .store
-                .transition_call(
+                .transition(
                     &sid2,
                     &["queued"],
                     &[
                         ("status", Value::from("initiated")),
                         ("queue_time", Value::from(waited)),
                     ],
+                    "initiated",
                 )
                 .await;
             match moved {
-                Ok(true) => svc.event(&sid2, "initiated").await,
+                Ok(true) => {}
                 Ok(false) => {
                     // Canceled while queued (possibly by another control node).
                     svc.release(&sid2);
@@ -388,19 +420,18 @@ impl CallService {
         // Queued calls never reached SIP: ended here.
         let now = now_us();
         if self
-            .store
-            .transition_call(
+            .transition(
                 sid,
                 &["queued"],
                 &[
                     ("status", Value::from("canceled")),
                     ("end_time", Value::from(now)),
                 ],
+                "completed",
             )
             .await?
         {
             self.release(sid);
-            self.event(sid, "completed").await;
             return Ok(());
         }
         let Some(sip) = &self.sip else {
@@ -428,34 +459,28 @@ impl CallService {
                 e.dial_progress(&u);
             }
             let r = match u {
-                CallUpdate::Ringing { sid } => {
-                    let r = self
-                        .store
-                        .transition_call(
-                            &sid,
-                            &["initiated"],
-                            &[("status", Value::from("ringing"))],
-                        )
-                        .await;
-                    if matches!(r, Ok(true)) {
-                        self.event(&sid, "ringing").await;
-                    }
-                    r.map(|_| ())
-                }
+                CallUpdate::Ringing { sid } => self
+                    .transition(
+                        &sid,
+                        &["initiated"],
+                        &[("status", Value::from("ringing"))],
+                        "ringing",
+                    )
+                    .await
+                    .map(|_| ()),
                 CallUpdate::Answered { sid, media } => {
                     let r = self
-                        .store
-                        .transition_call(
+                        .transition(
                             &sid,
                             &["initiated", "ringing"],
                             &[
                                 ("status", Value::from("in-progress")),
                                 ("start_time", Value::from(now_us())),
                             ],
+                            "answered",
                         )
                         .await;
                     if matches!(r, Ok(true)) {
-                        self.event(&sid, "answered").await;
                         if let (Some((relay, codec, dtmf_pt)), Some(e)) = (media, self.engine.get())
                         {
                             e.outbound(&sid, relay, codec, dtmf_pt).await;
@@ -545,9 +570,8 @@ impl CallService {
         if let Some(code) = sip_code {
             sets.push(("sip_response_code", Value::from(code)));
         }
-        match self.store.transition_call(sid, LIVE, &sets).await {
+        match self.transition(sid, LIVE, &sets, "completed").await {
             Ok(true) => {
-                self.event(sid, "completed").await;
                 if status == EndStatus::Failed {
                     let msg = match sip_code {
                         Some(code) => format!("the call failed: the far end answered SIP {code}"),

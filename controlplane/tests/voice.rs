@@ -452,7 +452,10 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     let wp = &whisper[0].params;
     assert_eq!(wp.get("CallSid"), Some(&leg_sid), "{wp:?}");
     assert_eq!(wp.get("ParentCallSid"), Some(&call_sid), "{wp:?}");
-    assert_eq!(wp.get("Direction").map(String::as_str), Some("outbound-dial"));
+    assert_eq!(
+        wp.get("Direction").map(String::as_str),
+        Some("outbound-dial")
+    );
     assert_eq!(wp.get("To").map(String::as_str), Some("+19990001"));
     let secs: u64 = dp
         .get("DialCallDuration")

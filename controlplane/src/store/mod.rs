@@ -350,6 +350,19 @@ pub struct Callback {
     pub next_attempt: i64,
 }
 
+/// The change [`Store::write_call`] makes to a call's row.
+#[derive(Debug, Clone, Copy)]
+pub enum CallWrite<'a> {
+    /// A new call record (columns of [`CALLS`] plus `sid` and `account_sid`).
+    Insert(&'a [(&'a str, Value)]),
+    /// The call's status moves if it is one of `from` (see [`Store::transition_call`]).
+    Transition {
+        sid: &'a str,
+        from: &'a [&'a str],
+        sets: &'a [(&'a str, Value)],
+    },
+}
+
 /// A condition of a list query.
 #[derive(Debug, Clone)]
 pub enum Filter {
@@ -793,14 +806,7 @@ impl Store {
     /// # Errors
     /// Database errors; a unique column already taken is [`StoreError::Conflict`].
     pub async fn insert(&self, table: &Table, values: &[(&str, Value)]) -> Result<(), StoreError> {
-        let cols: Vec<String> = values.iter().map(|(c, _)| quoted(c)).collect();
-        let params: Vec<String> = (1..=values.len()).map(|i| format!("${i}")).collect();
-        let q = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            table.name,
-            cols.join(", "),
-            params.join(", ")
-        );
+        let q = Self::insert_sql(table, values);
         let mut query = sqlx::query(audited(q));
         for (c, v) in values {
             query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
@@ -994,6 +1000,110 @@ impl Store {
         }
     }
 
+    /// A call's state change and the status callback it causes, in **one transaction**: the
+    /// row is inserted (or moved if its status is one of `from`), read back, and `then` —
+    /// given the row and how many status callbacks (`CB…`) the call already has — may return a
+    /// callback, which is written to the outbox before the commit. A crash leaves both or
+    /// neither. Returns the row as written, or `None` when a transition found the call in
+    /// another status (nothing changed).
+    ///
+    /// # Errors
+    /// Database errors; an insert whose SID exists is [`StoreError::Conflict`].
+    pub async fn write_call<F>(
+        &self,
+        write: CallWrite<'_>,
+        then: F,
+    ) -> Result<Option<Map<String, Value>>, StoreError>
+    where
+        F: FnOnce(&Map<String, Value>, i64) -> Option<Callback>,
+    {
+        let mut tx = self.pool.begin().await?;
+        let sid = match write {
+            CallWrite::Insert(values) => {
+                let q = Self::insert_sql(&CALLS, values);
+                let mut query = sqlx::query(audited(q));
+                for (c, v) in values {
+                    query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
+                }
+                match query.execute(&mut *tx).await {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err(StoreError::Conflict(e.message().to_string()))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                values
+                    .iter()
+                    .find(|(c, _)| *c == "sid")
+                    .and_then(|(_, v)| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            }
+            CallWrite::Transition { sid, from, sets } => {
+                let mut sets: Vec<(&str, Value)> = sets.to_vec();
+                sets.push(("date_updated", Value::from(now_us())));
+                let mut query = sqlx::query(audited(Self::transition_sql(&sets, from.len())));
+                for (c, v) in &sets {
+                    query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
+                }
+                query = query.bind(sid.to_string());
+                for f in from {
+                    query = query.bind((*f).to_string());
+                }
+                if query.execute(&mut *tx).await?.rows_affected() == 0 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                sid.to_string()
+            }
+        };
+        let row = sqlx::query(audited(format!("{} WHERE sid = $1", Self::select(&CALLS))))
+            .bind(sid.clone())
+            .fetch_one(&mut *tx)
+            .await?;
+        let row = decode(&CALLS, &row)?;
+        let prior: i64 = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM callbacks WHERE call_sid = $1 AND sid LIKE 'CB%'",
+        )
+        .bind(sid)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if let Some(cb) = then(&row, prior) {
+            Self::enqueue_query(&cb).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(row))
+    }
+
+    fn transition_sql(sets: &[(&str, Value)], from: usize) -> String {
+        let assign: Vec<String> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
+            .collect();
+        let states: Vec<String> = (0..from)
+            .map(|i| format!("${}", sets.len() + 2 + i))
+            .collect();
+        format!(
+            "UPDATE calls SET {} WHERE sid = ${} AND status IN ({})",
+            assign.join(", "),
+            sets.len() + 1,
+            states.join(", ")
+        )
+    }
+
+    fn insert_sql(table: &Table, values: &[(&str, Value)]) -> String {
+        let cols: Vec<String> = values.iter().map(|(c, _)| quoted(c)).collect();
+        let params: Vec<String> = (1..=values.len()).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            table.name,
+            cols.join(", "),
+            params.join(", ")
+        )
+    }
+
     /// Sets the status of a call only if it is currently one of `from` (state changes race
     /// between the API and the signalling; the first one wins). True when it changed.
     ///
@@ -1007,21 +1117,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let mut sets: Vec<(&str, Value)> = sets.to_vec();
         sets.push(("date_updated", Value::from(now_us())));
-        let assign: Vec<String> = sets
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
-            .collect();
-        let states: Vec<String> = (0..from.len())
-            .map(|i| format!("${}", sets.len() + 2 + i))
-            .collect();
-        let q = format!(
-            "UPDATE calls SET {} WHERE sid = ${} AND status IN ({})",
-            assign.join(", "),
-            sets.len() + 1,
-            states.join(", ")
-        );
-        let mut query = sqlx::query(audited(q));
+        let mut query = sqlx::query(audited(Self::transition_sql(&sets, from.len())));
         for (c, v) in &sets {
             query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
         }
@@ -1166,6 +1262,13 @@ impl Store {
     /// # Errors
     /// Database errors.
     pub async fn enqueue_callback(&self, c: &Callback) -> Result<(), StoreError> {
+        Self::enqueue_query(c).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn enqueue_query(
+        c: &Callback,
+    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let now = now_us();
         sqlx::query(
             "INSERT INTO callbacks (sid, account_sid, call_sid, seq, url, method, params, status, attempts, next_attempt, last_error, date_created, date_updated) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, NULL, $9, $10)",
@@ -1180,9 +1283,6 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     /// Pending callbacks due now, oldest first: for each call only its first pending one (so

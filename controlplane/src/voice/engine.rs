@@ -308,10 +308,7 @@ impl Engine {
     pub fn media_event(&self, ev: &MediaEvent) {
         let (relay, signal) = match *ev {
             MediaEvent::Dtmf {
-                relay,
-                side,
-                digit,
-                ..
+                relay, side, digit, ..
             } => (
                 relay,
                 if side == Side::A {
@@ -1399,7 +1396,10 @@ impl CallRun {
         };
         // A whisper runs on the answering leg before the bridge (the caller keeps hearing
         // ringback); its instructions may refuse the call.
-        let refused = match winner.as_ref().and_then(|w| whispers.get(w).map(|x| (w, x))) {
+        let refused = match winner
+            .as_ref()
+            .and_then(|w| whispers.get(w).map(|x| (w, x)))
+        {
             Some((w, (url, method))) => {
                 let (w, url, method) = (w.clone(), url.clone(), *method);
                 !self.whisper(&url, method, &w, &mut legs).await
@@ -1712,7 +1712,8 @@ impl CallRun {
             cols.push(("status_callback_method", Value::from(cb.method.as_str())));
             cols.push(("status_callback_event", Value::from(cb.events.clone())));
         }
-        if let Err(e) = self.engine.store.insert(&CALLS, &cols).await {
+        // The leg's record and its `initiated` status callback, in one transaction.
+        if let Err(e) = self.engine.calls.insert_initiated(&cols).await {
             tracing::error!(error = %e, "cannot record a dialled leg");
             self.notify(
                 "0",
@@ -1725,7 +1726,6 @@ impl CallRun {
         self.engine
             .children()
             .insert(child.clone(), Some(sink.clone()));
-        self.engine.calls.event(&child, "initiated").await;
         let o = crate::sip::Originate {
             sid: child.clone(),
             target,
