@@ -237,6 +237,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
                 media.clone(),
                 rec.clone(),
             );
+            tasks.push(e.spawn_usage_flusher(stop_rx.clone()));
             recordings = Some(rec);
             media_cache = Some(media);
             calls.set_engine(e.clone());

@@ -396,15 +396,15 @@ impl Callbacks {
     }
 
     /// The status callback a call's status change (`event`: initiated, ringing, answered,
-    /// completed) causes, if the call asked for it; `prior` status callbacks of the call were
-    /// written before (its `SequenceNumber`). Built inside the store's transaction that makes
-    /// the change ([`crate::store::Store::write_call`]); [`Callbacks::wake`] after the commit.
+    /// completed) causes, if the call asked for it: built, inside the store's transaction that
+    /// makes the change ([`crate::store::Store::write_call`]), from how many status callbacks
+    /// of the call were written before (its `SequenceNumber`); [`Callbacks::wake`] after the
+    /// commit.
     pub fn status_callback(
-        &self,
+        self: &Arc<Self>,
         call: &Map<String, Value>,
         event: &str,
-        prior: i64,
-    ) -> Option<Callback> {
+    ) -> Option<Box<dyn FnOnce(i64) -> Callback + Send>> {
         let text = |k: &str| field(call, k);
         let url = text("status_callback");
         if url.is_empty() {
@@ -422,7 +422,6 @@ impl Callbacks {
         let mut p = call_params(call, "call-progress-events");
         p.insert("Called".into(), text("to"));
         p.insert("Caller".into(), text("from"));
-        p.insert("SequenceNumber".into(), prior.to_string());
         if event == "completed" {
             let dur = call.get("duration").and_then(Value::as_i64).unwrap_or(0);
             p.insert("CallDuration".into(), dur.to_string());
@@ -435,7 +434,11 @@ impl Callbacks {
             "GET" => "GET",
             _ => "POST",
         };
-        Some(self.callback("CB", call, url, method, &p))
+        let (me, call) = (self.clone(), call.clone());
+        Some(Box::new(move |prior: i64| {
+            p.insert("SequenceNumber".into(), prior.to_string());
+            me.callback("CB", &call, url, method, &p)
+        }))
     }
 
     /// Wakes the deliverer (a callback was written).

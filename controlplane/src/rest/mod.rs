@@ -1794,6 +1794,10 @@ async fn update_call(c: &Ctx<'_>) -> Result<Value, TwError> {
         sets.push(("twiml", Value::Null));
     }
     if !sets.is_empty() {
+        if sets.iter().any(|(k, _)| *k == "status_callback") {
+            // Its status changes may cause callbacks from now on.
+            c.st.calls.callbacks_changed(&c.sid);
+        }
         c.st.store
             .update(&CALLS, c.acc_sid(), &c.sid, &sets)
             .await?;
@@ -1880,6 +1884,10 @@ async fn usage(c: &Ctx<'_>) -> Result<Value, TwError> {
             let (y, m, dd) = store::civil_from_days(us.div_euclid(day));
             format!("{y:04}-{m:02}-{dd:02}")
         };
+        if let Some(e) = c.st.calls.engine() {
+            // Usage is written in batches: the latest first.
+            e.flush_usage().await;
+        }
         for (module, fetches, ms) in c.st.store.module_usage(c.acc_sid(), start, end).await? {
             items.push(json!({
                 "account_sid": c.acc_sid(),

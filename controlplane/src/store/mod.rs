@@ -820,10 +820,14 @@ impl Store {
         }
     }
 
-    fn select(table: &Table) -> String {
+    fn columns(table: &Table) -> String {
         let mut cols = vec!["sid".to_string(), "account_sid".to_string()];
         cols.extend(table.columns.iter().map(|(c, _)| quoted(c)));
-        format!("SELECT {} FROM {}", cols.join(", "), table.name)
+        cols.join(", ")
+    }
+
+    fn select(table: &Table) -> String {
+        format!("SELECT {} FROM {}", Self::columns(table), table.name)
     }
 
     /// A row of `account` by SID.
@@ -1001,11 +1005,11 @@ impl Store {
     }
 
     /// A call's state change and the status callback it causes, in **one transaction**: the
-    /// row is inserted (or moved if its status is one of `from`), read back, and `then` —
-    /// given the row and how many status callbacks (`CB…`) the call already has — may return a
-    /// callback, which is written to the outbox before the commit. A crash leaves both or
-    /// neither. Returns the row as written, or `None` when a transition found the call in
-    /// another status (nothing changed).
+    /// row is inserted (or moved if its status is one of `from`) and read back (`RETURNING`);
+    /// `then`, given the row, says whether a callback is due — and builds it from how many
+    /// status callbacks (`CB…`) the call already has —, which is written to the outbox before
+    /// the commit. A crash leaves both or neither. Returns the row as written, or `None` when a
+    /// transition found the call in another status (nothing changed).
     ///
     /// # Errors
     /// Database errors; an insert whose SID exists is [`StoreError::Conflict`].
@@ -1015,34 +1019,37 @@ impl Store {
         then: F,
     ) -> Result<Option<Map<String, Value>>, StoreError>
     where
-        F: FnOnce(&Map<String, Value>, i64) -> Option<Callback>,
+        F: FnOnce(&Map<String, Value>) -> Option<Box<dyn FnOnce(i64) -> Callback + Send>>,
     {
         let mut tx = self.pool.begin().await?;
-        let sid = match write {
+        let returned = match write {
             CallWrite::Insert(values) => {
-                let q = Self::insert_sql(&CALLS, values);
+                let q = format!(
+                    "{} RETURNING {}",
+                    Self::insert_sql(&CALLS, values),
+                    Self::columns(&CALLS)
+                );
                 let mut query = sqlx::query(audited(q));
                 for (c, v) in values {
                     query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
                 }
-                match query.execute(&mut *tx).await {
-                    Ok(_) => {}
+                match query.fetch_one(&mut *tx).await {
+                    Ok(r) => r,
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                         return Err(StoreError::Conflict(e.message().to_string()))
                     }
                     Err(e) => return Err(e.into()),
                 }
-                values
-                    .iter()
-                    .find(|(c, _)| *c == "sid")
-                    .and_then(|(_, v)| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
             }
             CallWrite::Transition { sid, from, sets } => {
                 let mut sets: Vec<(&str, Value)> = sets.to_vec();
                 sets.push(("date_updated", Value::from(now_us())));
-                let mut query = sqlx::query(audited(Self::transition_sql(&sets, from.len())));
+                let q = format!(
+                    "{} RETURNING {}",
+                    Self::transition_sql(&sets, from.len()),
+                    Self::columns(&CALLS)
+                );
+                let mut query = sqlx::query(audited(q));
                 for (c, v) in &sets {
                     query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
                 }
@@ -1050,30 +1057,61 @@ impl Store {
                 for f in from {
                     query = query.bind((*f).to_string());
                 }
-                if query.execute(&mut *tx).await?.rows_affected() == 0 {
-                    tx.rollback().await?;
-                    return Ok(None);
+                match query.fetch_optional(&mut *tx).await? {
+                    Some(r) => r,
+                    None => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
                 }
-                sid.to_string()
             }
         };
-        let row = sqlx::query(audited(format!("{} WHERE sid = $1", Self::select(&CALLS))))
-            .bind(sid.clone())
+        let row = decode(&CALLS, &returned)?;
+        if let Some(build) = then(&row) {
+            let call = row.get("sid").and_then(Value::as_str).unwrap_or_default();
+            let prior: i64 = sqlx::query(
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM callbacks WHERE call_sid = $1 AND sid LIKE 'CB%'",
+            )
+            .bind(call.to_string())
             .fetch_one(&mut *tx)
-            .await?;
-        let row = decode(&CALLS, &row)?;
-        let prior: i64 = sqlx::query(
-            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM callbacks WHERE call_sid = $1 AND sid LIKE 'CB%'",
-        )
-        .bind(sid)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("n")?;
-        if let Some(cb) = then(&row, prior) {
-            Self::enqueue_query(&cb).execute(&mut *tx).await?;
+            .await?
+            .try_get("n")?;
+            Self::enqueue_query(&build(prior)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(Some(row))
+    }
+
+    /// [`Store::transition_call`] returning the row as written (`None`: not moved), for calls
+    /// whose change causes no callback (one statement).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn transition_returning(
+        &self,
+        sid: &str,
+        from: &[&str],
+        sets: &[(&str, Value)],
+    ) -> Result<Option<Map<String, Value>>, StoreError> {
+        let mut sets: Vec<(&str, Value)> = sets.to_vec();
+        sets.push(("date_updated", Value::from(now_us())));
+        let q = format!(
+            "{} RETURNING {}",
+            Self::transition_sql(&sets, from.len()),
+            Self::columns(&CALLS)
+        );
+        let mut query = sqlx::query(audited(q));
+        for (c, v) in &sets {
+            query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
+        }
+        query = query.bind(sid.to_string());
+        for f in from {
+            query = query.bind((*f).to_string());
+        }
+        match query.fetch_optional(&self.pool).await? {
+            Some(r) => Ok(Some(decode(&CALLS, &r)?)),
+            None => Ok(None),
+        }
     }
 
     fn transition_sql(sets: &[(&str, Value)], from: usize) -> String {

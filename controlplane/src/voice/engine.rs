@@ -116,6 +116,9 @@ fn inline_base() -> reqwest::Url {
     reqwest::Url::parse("http://inline.invalid/").unwrap_or_else(|_| unreachable!())
 }
 
+/// Module usage is kept per (account, module, day in µs).
+type UsageKey = (String, String, i64);
+
 /// The engine (one per node).
 pub struct Engine {
     store: Store,
@@ -125,6 +128,9 @@ pub struct Engine {
     fetcher: Fetcher,
     media: Arc<MediaCache>,
     recordings: Arc<Recordings>,
+    /// Module usage not yet written: (account, module, day) → (fetches, call ms). Written
+    /// every few seconds, before the Usage Records are read, and at shutdown.
+    usage: Mutex<HashMap<UsageKey, (i64, i64)>>,
     live: Mutex<HashMap<String, mpsc::Sender<Signal>>>,
     by_relay: Mutex<HashMap<RelayId, String>>,
     play_ids: AtomicU64,
@@ -228,12 +234,61 @@ impl Engine {
             fetcher,
             media,
             recordings,
+            usage: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
             by_relay: Mutex::new(HashMap::new()),
             play_ids: AtomicU64::new(1),
             signals_dropped: AtomicU64::new(0),
             children: Mutex::new(HashMap::new()),
             ringback: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Writes the module usage gathered since the last flush (one upsert per account, module
+    /// and day). A failed write keeps the usage for the next flush.
+    pub async fn flush_usage(&self) {
+        let pending: Vec<_> = self
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        for ((account, module, day), (fetches, ms)) in pending {
+            if let Err(e) = self
+                .store
+                .meter_module(&account, &module, day, fetches, ms)
+                .await
+            {
+                tracing::warn!(module, error = %e, "module usage not recorded yet; kept for the next flush");
+                let mut u = self
+                    .usage
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let slot = u.entry((account, module, day)).or_default();
+                slot.0 += fetches;
+                slot.1 += ms;
+            }
+        }
+    }
+
+    /// Flushes module usage every 5 s until `stop`, then once more.
+    pub fn spawn_usage_flusher(
+        self: &Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let stopping = tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(5)) => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                let Some(engine) = me.upgrade() else { return };
+                engine.flush_usage().await;
+                if stopping {
+                    return;
+                }
+            }
         })
     }
 
@@ -567,6 +622,7 @@ impl Engine {
             cols.push(("status_callback", Value::from(u.clone())));
             cols.push(("status_callback_method", Value::from(m.clone())));
         }
+        self.calls.note_call(&cols);
         if let Err(e) = self.store.insert(&CALLS, &cols).await {
             tracing::error!(error = %e, "cannot record an incoming call");
             let _ = self.sip.reject(&inc.sid, 503).await;
@@ -632,8 +688,8 @@ struct CallRun {
     redirect: Option<Instructions>,
     /// Fetch timeouts of this call (the node's, or its application's overrides).
     timeouts: super::fetch::Timeouts,
-    /// Usage per module (document URL): fetches and milliseconds of instructions run,
-    /// written when the call's instructions end.
+    /// Usage per module (document URL): fetches and milliseconds of instructions run, handed
+    /// to the engine's batch when the call's instructions end.
     usage: BTreeMap<String, (i64, i64)>,
     /// The leg prompts play to and digits come from: the caller (A), or a dialled party (B)
     /// while a whisper runs.
@@ -738,18 +794,20 @@ impl CallRun {
 
     async fn run(mut self, first: Option<Next>, fallback: Option<(String, Method)>) {
         self.run_instructions(first, fallback).await;
-        // Usage per module, on the day the call started.
+        // Usage per module, counted on the day the instructions ended; written in batches.
         let day_us = 86_400 * 1_000_000;
         let day = now_us() / day_us * day_us;
+        let mut u = self
+            .engine
+            .usage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (module, (fetches, ms)) in std::mem::take(&mut self.usage) {
-            if let Err(e) = self
-                .engine
-                .store
-                .meter_module(&self.call.account, &module, day, fetches, ms)
-                .await
-            {
-                tracing::warn!(call = %self.call.sid, module, error = %e, "module usage not recorded");
-            }
+            let slot = u
+                .entry((self.call.account.clone(), module, day))
+                .or_default();
+            slot.0 += fetches;
+            slot.1 += ms;
         }
     }
 
