@@ -28,6 +28,24 @@ use crate::store::{now_us, rfc2822, Callback, Store};
 
 /// Delivery attempts before a callback is given up.
 pub const ATTEMPTS_MAX: i64 = 10;
+/// First retry's delay (ms) by default; doubled each retry up to [`BACKOFF_CAP_MS`].
+pub const BACKOFF_MS: i64 = 2000;
+/// Longest delay between two attempts.
+pub const BACKOFF_CAP_MS: i64 = 300_000;
+/// Bounds of an application's `CallbackAttempts` and `CallbackBackoffMs`.
+pub const ATTEMPTS_RANGE: (i64, i64) = (1, 20);
+pub const BACKOFF_RANGE_MS: (i64, i64) = (100, 60_000);
+
+/// Delay before attempt `attempts + 1` after `attempts` failures: `base` doubled per failure
+/// (capped), then "equal jitter" — half fixed, half random — so retries of many callbacks to
+/// one failing server spread out instead of arriving together.
+pub fn retry_delay_ms(base: i64, attempts: i64, random: f64) -> i64 {
+    let exp = base
+        .saturating_mul(1i64 << (attempts.max(1) - 1).min(20))
+        .min(BACKOFF_CAP_MS);
+    let half = exp / 2;
+    half + (half as f64 * random.clamp(0.0, 1.0)) as i64
+}
 /// How long a claimed delivery attempt keeps other nodes off the callback (longer than an
 /// attempt's 15 s timeout).
 const CLAIM_LEASE_US: i64 = 60_000_000;
@@ -318,15 +336,17 @@ impl Callbacks {
     }
 
     /// Writes a callback about `call` to the outbox and wakes the deliverer.
-    /// A recording status callback (`recordingStatusCallback`) through the call's outbox.
-    pub async fn recording_status(
+    /// A recording status callback (`recordingStatusCallback`) of the call, to be written
+    /// with the recording's change ([`crate::store::Store::write_with_callback`]); wake the
+    /// deliverer after.
+    pub fn recording_callback(
         &self,
         call: &Map<String, Value>,
         url: String,
         method: &str,
         params: &BTreeMap<String, String>,
-    ) {
-        self.enqueue("CR", call, url, method, params).await;
+    ) -> Callback {
+        self.callback("CR", call, url, method, params)
     }
 
     fn callback(
@@ -348,6 +368,15 @@ impl Callbacks {
             attempts: 0,
             // Due at once (the store writes the time of the insert).
             next_attempt: 0,
+            // The call's policy (its application's), else the defaults.
+            attempts_max: call
+                .get("callback_attempts")
+                .and_then(Value::as_i64)
+                .unwrap_or(ATTEMPTS_MAX),
+            backoff_ms: call
+                .get("callback_backoff_ms")
+                .and_then(Value::as_i64)
+                .unwrap_or(BACKOFF_MS),
         }
     }
 
@@ -486,7 +515,7 @@ impl Callbacks {
                     .callback_attempted(&cb.sid, "delivered", 0, None)
                     .await
             }
-            Err(e) if attempts >= ATTEMPTS_MAX => {
+            Err(e) if attempts >= cb.attempts_max => {
                 let msg = format!(
                     "status callback to {} failed after {attempts} attempts: {e}",
                     cb.url
@@ -497,9 +526,9 @@ impl Callbacks {
                     .await
             }
             Err(e) => {
-                let backoff = 1_000_000i64 << attempts.min(8); // 2 s … 256 s
+                let delay_ms = retry_delay_ms(cb.backoff_ms, attempts, rand::random::<f64>());
                 self.store
-                    .callback_attempted(&cb.sid, "pending", now_us() + backoff, Some(&e))
+                    .callback_attempted(&cb.sid, "pending", now_us() + delay_ms * 1000, Some(&e))
                     .await
             }
         };
@@ -584,6 +613,22 @@ impl Callbacks {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn retry_delays_double_are_capped_and_jittered() {
+        // Equal jitter: between half and all of the exponential delay.
+        assert_eq!(retry_delay_ms(2000, 1, 0.0), 1000);
+        assert_eq!(retry_delay_ms(2000, 1, 1.0), 2000);
+        assert_eq!(retry_delay_ms(2000, 2, 1.0), 4000);
+        assert_eq!(retry_delay_ms(2000, 5, 0.5), 24_000);
+        assert_eq!(retry_delay_ms(2000, 30, 1.0), BACKOFF_CAP_MS, "capped");
+        assert_eq!(retry_delay_ms(100, 1, 2.0), 100, "random clamped");
+        let spread: std::collections::BTreeSet<i64> = (0..20)
+            .map(|i| retry_delay_ms(2000, 3, f64::from(i) / 19.0))
+            .collect();
+        assert!(spread.len() > 10, "retries spread out: {spread:?}");
+    }
+
     use super::*;
 
     #[test]

@@ -1303,3 +1303,106 @@ async fn status_callbacks_are_signed_ordered_and_retried() {
         r.shutdown().await;
     }
 }
+
+/// An application's callback retry policy (VoxEdge): `CallbackAttempts` and
+/// `CallbackBackoffMs` are validated, shown on the application, and a call placed with that
+/// application retries its failing callbacks that many times, that soon, then gives up with a
+/// notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applications_callback_retry_policy_applies_to_its_calls() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/fail",
+        axum::routing::post(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let app_addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    let callee = Callee::new();
+    let callee_addr = callee.sock.local_addr().expect("addr");
+    let dir = std::env::temp_dir().join(format!("voxedge-rest-policy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut c = config(&format!("sqlite://{}", dir.join("p.db").display()), 33100);
+    c.api.callbacks_allow_private = true;
+    let (r, base) = start(c).await;
+    let a = account(&r, "policy").await;
+    let h2 = hits.clone();
+    tokio::task::spawn_blocking(move || {
+        let apps = a.url(&base, "/Applications.json");
+        for (k, v) in [
+            ("CallbackAttempts", "0"),
+            ("CallbackAttempts", "21"),
+            ("CallbackBackoffMs", "99"),
+            ("CallbackBackoffMs", "x"),
+        ] {
+            let got = req(
+                "POST",
+                &apps,
+                a.auth(),
+                &[("VoiceUrl", "https://a.example/v"), (k, v)],
+            );
+            assert_error(&got, 400, 20001);
+        }
+        let (s, app) = req(
+            "POST",
+            &apps,
+            a.auth(),
+            &[
+                ("VoiceUrl", "https://a.example/v"),
+                ("CallbackAttempts", "2"),
+                ("CallbackBackoffMs", "100"),
+            ],
+        );
+        assert_eq!(s, 201, "{app}");
+        assert_eq!(app["callback_attempts"], 2);
+        assert_eq!(app["callback_backoff_ms"], 100);
+        let (s, call) = req(
+            "POST",
+            &a.url(&base, "/Calls.json"),
+            a.auth(),
+            &[
+                ("To", &format!("sip:callee@{callee_addr}")),
+                ("From", "+15550001111"),
+                ("ApplicationSid", app["sid"].as_str().expect("sid")),
+                ("StatusCallback", &format!("http://{app_addr}/fail")),
+            ],
+        );
+        assert_eq!(s, 201, "{call}");
+        assert!(call.get("callback_attempts").is_none(), "internal: {call}");
+        let (inv, from) = callee.recv();
+        callee.reply(&inv, 486, "Busy Here", from, false);
+        // Two attempts ~0.1 s apart, then given up with a notification.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, notes) = req("GET", &a.url(&base, "/Notifications.json"), a.auth(), &[]);
+            let given_up = notes["notifications"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["error_code"] == "15003"));
+            if given_up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not given up: {notes}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(h2.load(Ordering::SeqCst), 2, "CallbackAttempts=2");
+    })
+    .await
+    .expect("client");
+    r.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -708,6 +708,10 @@ fn check_value(p: &Param, v: &str) -> Result<String, TwError> {
             v.trim().parse::<i64>().map_err(|_| bad("not an integer"))?;
             v.trim().to_string()
         }
+        Ty::Range(min, max) => match v.trim().parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => n.to_string(),
+            _ => return Err(bad(&format!("must be an integer from {min} to {max}"))),
+        },
         Ty::Bool => match v.to_ascii_lowercase().as_str() {
             "true" | "false" => v.to_ascii_lowercase(),
             _ => return Err(bad("must be true or false")),
@@ -972,6 +976,8 @@ fn collection(t: &Table) -> &'static str {
 
 /// Columns kept inside (instructions, limits, SIP details) and not shown.
 const CALL_HIDDEN: &[&str] = &[
+    "callback_attempts",
+    "callback_backoff_ms",
     "url",
     "method",
     "twiml",
@@ -1609,8 +1615,17 @@ async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
             "Exactly one of Url, Twiml or ApplicationSid is required",
         ));
     }
+    let mut policy = Vec::new();
     if let Some(app) = p.get("ApplicationSid").filter(|s| !s.is_empty()) {
         own_application(c, app).await?;
+        // The application's callback retry policy applies to the call's callbacks.
+        if let Some(row) = c.st.store.get(&APPLICATIONS, c.acc_sid(), app).await? {
+            for col in ["callback_attempts", "callback_backoff_ms"] {
+                if let Some(v) = row.get(col).and_then(Value::as_i64) {
+                    policy.push((col, Value::from(v)));
+                }
+            }
+        }
     }
     if p.bool("Record") == Some(true) {
         return Err(TwError::bad(
@@ -1649,6 +1664,7 @@ async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
         .map_err(|e| TwError::bad(21211, format!("Invalid 'To' {to}: {e}")))?;
     let mut columns = columns_from(&CALLS, p);
     columns.retain(|(k, _)| !matches!(*k, "to" | "from" | "status"));
+    columns.extend(policy);
     merge(
         &mut columns,
         vec![

@@ -56,6 +56,8 @@ pub enum Op {
 pub enum Ty {
     Str,
     Int,
+    /// An integer within bounds (inclusive).
+    Range(i64, i64),
     Bool,
     /// An absolute http(s) URL.
     Url,
@@ -193,6 +195,16 @@ const APP_BASE_PARAMS: &[Param] = &[
         "VoiceFetchOverrides",
         Ty::FetchOverrides,
         "VoxEdge: default timeouts and retries of this application's instruction fetches, in Twilio's URL-fragment syntax (ct, rt, tt in ms; rc; rp); a URL's own fragment still wins.",
+    ),
+    p(
+        "CallbackAttempts",
+        Ty::Range(1, 20),
+        "VoxEdge: attempts of each status, SIP-event and recording callback of this application's calls before it is given up (default 10).",
+    ),
+    p(
+        "CallbackBackoffMs",
+        Ty::Range(100, 60_000),
+        "VoxEdge: delay before the first retry of a callback, ms (default 2000); doubled each retry up to 300 s, with jitter (half of each delay random).",
     ),
 ];
 
@@ -842,6 +854,7 @@ fn schema(ty: Ty) -> Value {
     match ty {
         Ty::Str => json!({"type": "string"}),
         Ty::Int => json!({"type": "integer"}),
+        Ty::Range(min, max) => json!({"type": "integer", "minimum": min, "maximum": max}),
         Ty::Bool => json!({"type": "boolean"}),
         Ty::Url => json!({"type": "string", "format": "uri"}),
         Ty::HttpMethod => json!({"type": "string", "enum": ["GET", "POST"]}),

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("0005_sip_events.sql")),
     (6, include_str!("0006_media_cache.sql")),
     (7, include_str!("0007_module_usage.sql")),
+    (8, include_str!("0008_callback_policy.sql")),
 ];
 
 /// What a store operation can fail with.
@@ -97,6 +98,8 @@ pub const APPLICATIONS: Table = Table {
         ("sip_events", Text),
         ("sip_events_headers", Text),
         ("sip_events_filter", Text),
+        ("callback_attempts", Int),
+        ("callback_backoff_ms", Int),
         ("date_created", Time),
         ("date_updated", Time),
     ],
@@ -162,6 +165,8 @@ pub const CALLS: Table = Table {
         ("price", Text),
         ("price_unit", Text),
         ("api_version", Text),
+        ("callback_attempts", Int),
+        ("callback_backoff_ms", Int),
         ("date_created", Time),
         ("date_updated", Time),
     ],
@@ -348,6 +353,21 @@ pub struct Callback {
     pub attempts: i64,
     /// When it became due (µs): the claim below is conditional on it.
     pub next_attempt: i64,
+    /// Attempts before it is given up, and the first retry's delay (ms; doubled each retry,
+    /// with jitter).
+    pub attempts_max: i64,
+    pub backoff_ms: i64,
+}
+
+/// The change [`Store::write_with_callback`] makes to a row.
+#[derive(Debug, Clone, Copy)]
+pub enum RowWrite<'a> {
+    Insert(&'a [(&'a str, Value)]),
+    Update {
+        account: &'a str,
+        sid: &'a str,
+        sets: &'a [(&'a str, Value)],
+    },
 }
 
 /// The change [`Store::write_call`] makes to a call's row.
@@ -1082,6 +1102,67 @@ impl Store {
         Ok(Some(row))
     }
 
+    /// A resource row written (inserted, or updated by SID) together with the callback the
+    /// change causes, in one transaction (recordings and their status callbacks).
+    ///
+    /// # Errors
+    /// Database errors; a unique column already taken is [`StoreError::Conflict`].
+    pub async fn write_with_callback(
+        &self,
+        table: &Table,
+        write: RowWrite<'_>,
+        callback: Option<&Callback>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        match write {
+            RowWrite::Insert(values) => {
+                let mut query = sqlx::query(audited(Self::insert_sql(table, values)));
+                for (c, v) in values {
+                    query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
+                }
+                match query.execute(&mut *tx).await {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        return Err(StoreError::Conflict(e.message().to_string()))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            RowWrite::Update { account, sid, sets } => {
+                let mut sets: Vec<(&str, Value)> = sets.to_vec();
+                if table.kind("date_updated").is_some() {
+                    sets.push(("date_updated", Value::from(now_us())));
+                }
+                let assign: Vec<String> = sets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
+                    .collect();
+                let q = format!(
+                    "UPDATE {} SET {} WHERE sid = ${} AND account_sid = ${}",
+                    table.name,
+                    assign.join(", "),
+                    sets.len() + 1,
+                    sets.len() + 2
+                );
+                let mut query = sqlx::query(audited(q));
+                for (c, v) in &sets {
+                    query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
+                }
+                query
+                    .bind(sid.to_string())
+                    .bind(account.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if let Some(cb) = callback {
+            Self::enqueue_query(cb).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// [`Store::transition_call`] returning the row as written (`None`: not moved), for calls
     /// whose change causes no callback (one statement).
     ///
@@ -1309,7 +1390,7 @@ impl Store {
     ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let now = now_us();
         sqlx::query(
-            "INSERT INTO callbacks (sid, account_sid, call_sid, seq, url, method, params, status, attempts, next_attempt, last_error, date_created, date_updated) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, NULL, $9, $10)",
+            "INSERT INTO callbacks (sid, account_sid, call_sid, seq, url, method, params, status, attempts, next_attempt, last_error, date_created, date_updated, attempts_max, backoff_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, NULL, $9, $10, $11, $12)",
         )
         .bind(c.sid.clone())
         .bind(c.account_sid.clone())
@@ -1321,6 +1402,8 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(now)
+        .bind(c.attempts_max)
+        .bind(c.backoff_ms)
     }
 
     /// Pending callbacks due now, oldest first: for each call only its first pending one (so
@@ -1330,7 +1413,7 @@ impl Store {
     /// Database errors.
     pub async fn due_callbacks(&self, limit: i64) -> Result<Vec<Callback>, StoreError> {
         let rows = sqlx::query(
-            "SELECT c.sid, c.account_sid, c.call_sid, c.seq, c.url, c.method, c.params, c.attempts, c.next_attempt FROM callbacks c \
+            "SELECT c.sid, c.account_sid, c.call_sid, c.seq, c.url, c.method, c.params, c.attempts, c.next_attempt, c.attempts_max, c.backoff_ms FROM callbacks c \
              WHERE c.status = 'pending' AND c.next_attempt <= $1 \
              AND NOT EXISTS (SELECT 1 FROM callbacks e WHERE e.call_sid = c.call_sid AND e.status = 'pending' AND e.seq < c.seq) \
              ORDER BY c.date_created, c.seq LIMIT $2",
@@ -1351,6 +1434,13 @@ impl Store {
                     params: r.try_get("params")?,
                     attempts: r.try_get("attempts")?,
                     next_attempt: r.try_get("next_attempt")?,
+                    // Rows written before the policy existed: the defaults.
+                    attempts_max: r
+                        .try_get::<Option<i64>, _>("attempts_max")?
+                        .unwrap_or(crate::callbacks::ATTEMPTS_MAX),
+                    backoff_ms: r
+                        .try_get::<Option<i64>, _>("backoff_ms")?
+                        .unwrap_or(crate::callbacks::BACKOFF_MS),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

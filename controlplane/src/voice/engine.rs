@@ -44,7 +44,7 @@ use crate::calls::CallService;
 use crate::media::{MediaCache, Source as MediaSource};
 use crate::recordings::Recordings;
 use crate::sip::{Bridge, CallUpdate, EndStatus, IncomingCall, OriginateError, SipHandle};
-use crate::store::{now_us, rfc2822, Store, APPLICATIONS, CALLS, RECORDINGS};
+use crate::store::{now_us, rfc2822, Callback, RowWrite, Store, APPLICATIONS, CALLS, RECORDINGS};
 use voxedge_dataplane::recorder::{RecReceiver, RecordTap};
 
 /// A recording tap and the frames it copies.
@@ -159,6 +159,8 @@ struct Source {
     status_callback: Option<(String, String)>,
     /// The application's fetch defaults (`VoiceFetchOverrides`).
     overrides: Option<String>,
+    /// The application's callback retry policy (`CallbackAttempts`, `CallbackBackoffMs`).
+    callback_policy: (Option<i64>, Option<i64>),
 }
 
 fn text(row: &Map<String, Value>, k: &str) -> Option<String> {
@@ -178,6 +180,10 @@ fn source_of(row: &Map<String, Value>, application: Option<String>) -> Option<So
             .map(|u| (u, method_of(row, "voice_fallback_method"))),
         application,
         overrides: text(row, "voice_fetch_overrides"),
+        callback_policy: (
+            row.get("callback_attempts").and_then(Value::as_i64),
+            row.get("callback_backoff_ms").and_then(Value::as_i64),
+        ),
         status_callback: text(row, "status_callback").map(|u| {
             (
                 u,
@@ -621,6 +627,14 @@ impl Engine {
         if let Some((u, m)) = &src.status_callback {
             cols.push(("status_callback", Value::from(u.clone())));
             cols.push(("status_callback_method", Value::from(m.clone())));
+        }
+        for (col, v) in [
+            ("callback_attempts", src.callback_policy.0),
+            ("callback_backoff_ms", src.callback_policy.1),
+        ] {
+            if let Some(v) = v {
+                cols.push((col, Value::from(v)));
+            }
         }
         self.calls.note_call(&cols);
         if let Err(e) = self.store.insert(&CALLS, &cols).await {
@@ -1121,10 +1135,7 @@ impl CallRun {
             ("date_created", Value::from(rec.start_us)),
             ("date_updated", Value::from(rec.start_us)),
         ];
-        if let Err(e) = self.engine.store.insert(&RECORDINGS, &row).await {
-            tracing::warn!(call = %self.call.sid, error = %e, "recording row not written");
-        }
-        self.recording_status(cb, base, &rec, "in-progress", None)
+        self.recording_change(RowWrite::Insert(&row), cb, base, &rec, "in-progress", None)
             .await;
         rec
     }
@@ -1139,20 +1150,17 @@ impl CallRun {
         cb: Option<&LegCallback>,
         base: &reqwest::Url,
     ) -> Option<u64> {
-        let store = self.engine.store.clone();
         if samples.is_empty() {
-            let _ = store
-                .update(
-                    &RECORDINGS,
-                    &self.call.account,
-                    &rec.sid,
-                    &[
-                        ("status", Value::from("absent")),
-                        ("duration", Value::from(0)),
-                    ],
-                )
-                .await;
-            self.recording_status(cb, base, rec, "absent", Some(0))
+            let sets = [
+                ("status", Value::from("absent")),
+                ("duration", Value::from(0)),
+            ];
+            let write = RowWrite::Update {
+                account: &self.call.account,
+                sid: &rec.sid,
+                sets: &sets,
+            };
+            self.recording_change(write, cb, base, rec, "absent", Some(0))
                 .await;
             return None;
         }
@@ -1177,35 +1185,49 @@ impl CallRun {
             }
             Err(_) => ("failed", Value::Null),
         };
-        let _ = store
-            .update(
-                &RECORDINGS,
-                &self.call.account,
-                &rec.sid,
-                &[
-                    ("status", Value::from(status)),
-                    ("duration", Value::from(secs)),
-                    ("media_path", path),
-                ],
-            )
+        let sets = [
+            ("status", Value::from(status)),
+            ("duration", Value::from(secs)),
+            ("media_path", path),
+        ];
+        let write = RowWrite::Update {
+            account: &self.call.account,
+            sid: &rec.sid,
+            sets: &sets,
+        };
+        self.recording_change(write, cb, base, rec, status, Some(secs))
             .await;
-        if status != "completed" {
-            return None;
-        }
-        self.recording_status(cb, base, rec, "completed", Some(secs))
-            .await;
-        Some(secs)
+        (status == "completed").then_some(secs)
     }
 
-    /// A recording status callback, when `recordingStatusCallback` asks for `status`.
-    async fn recording_status(
+    /// A recording's row change (`write`) and, when `recordingStatusCallback` asks for
+    /// `status`, its callback — written in one transaction; then the event streams hear of it.
+    #[allow(clippy::too_many_arguments)]
+    async fn recording_change(
         &self,
+        write: RowWrite<'_>,
         cb: Option<&LegCallback>,
         base: &reqwest::Url,
         rec: &OpenRecording,
         status: &str,
         secs: Option<u64>,
     ) {
+        let callback = self.recording_callback(cb, base, rec, status, secs).await;
+        match self
+            .engine
+            .store
+            .write_with_callback(&RECORDINGS, write, callback.as_ref())
+            .await
+        {
+            Ok(()) => {
+                if let (Some(_), Some(c)) = (&callback, self.engine.calls.callbacks()) {
+                    c.wake();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(call = %self.call.sid, recording = %rec.sid, error = %e, "recording change not written");
+            }
+        }
         self.engine.calls.events().recording(
             &self.call.account,
             &self.call.sid,
@@ -1213,15 +1235,22 @@ impl CallRun {
             status,
             secs,
         );
-        let Some(cb) = cb else {
-            return;
-        };
+    }
+
+    /// The recording status callback for `status`, when `recordingStatusCallback` asks for it.
+    async fn recording_callback(
+        &self,
+        cb: Option<&LegCallback>,
+        base: &reqwest::Url,
+        rec: &OpenRecording,
+        status: &str,
+        secs: Option<u64>,
+    ) -> Option<Callback> {
+        let cb = cb?;
         if !cb.events.split(' ').any(|e| e == status) {
-            return;
+            return None;
         }
-        let Some(callbacks) = self.engine.calls.callbacks() else {
-            return;
-        };
+        let callbacks = self.engine.calls.callbacks()?;
         let target = match resolve(base, &cb.url) {
             Ok(u) => u,
             Err(e) => {
@@ -1231,17 +1260,15 @@ impl CallRun {
                     &format!("recordingStatusCallback: {}", e.message),
                 )
                 .await;
-                return;
+                return None;
             }
         };
-        let Ok(Some(call)) = self
+        let call = self
             .engine
             .store
             .get(&CALLS, &self.call.account, &self.call.sid)
             .await
-        else {
-            return;
-        };
+            .ok()??;
         let mut p = BTreeMap::new();
         p.insert("AccountSid".to_string(), self.call.account.clone());
         p.insert("CallSid".to_string(), self.call.sid.clone());
@@ -1264,9 +1291,7 @@ impl CallRun {
         if let Some(s) = secs {
             p.insert("RecordingDuration".to_string(), s.to_string());
         }
-        callbacks
-            .recording_status(&call, target, cb.method.as_str(), &p)
-            .await;
+        Some(callbacks.recording_callback(&call, target, cb.method.as_str(), &p))
     }
 
     /// Sets whether media passes between the caller (leg A) and a dialled callee (leg B).
@@ -1769,6 +1794,19 @@ impl CallRun {
             cols.push(("status_callback", Value::from(url)));
             cols.push(("status_callback_method", Value::from(cb.method.as_str())));
             cols.push(("status_callback_event", Value::from(cb.events.clone())));
+        }
+        // The leg's callbacks retry as the caller's (its application's policy).
+        if let Ok(Some(parent)) = self
+            .engine
+            .store
+            .get(&CALLS, &self.call.account, &self.call.sid)
+            .await
+        {
+            for col in ["callback_attempts", "callback_backoff_ms"] {
+                if let Some(v) = parent.get(col).and_then(Value::as_i64) {
+                    cols.push((col, Value::from(v)));
+                }
+            }
         }
         // The leg's record and its `initiated` status callback, in one transaction.
         if let Err(e) = self.engine.calls.insert_initiated(&cols).await {
