@@ -990,29 +990,7 @@ impl Store {
         sid: &str,
         sets: &[(&str, Value)],
     ) -> Result<bool, StoreError> {
-        let mut sets: Vec<(&str, Value)> = sets.to_vec();
-        if table.kind("date_updated").is_some() {
-            sets.push(("date_updated", Value::from(now_us())));
-        }
-        let assign: Vec<String> = sets
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
-            .collect();
-        let q = format!(
-            "UPDATE {} SET {} WHERE sid = ${} AND account_sid = ${}",
-            table.name,
-            assign.join(", "),
-            sets.len() + 1,
-            sets.len() + 2
-        );
-        let mut query = sqlx::query(audited(q));
-        for (c, v) in &sets {
-            query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
-        }
-        match query
-            .bind(sid.to_string())
-            .bind(account.to_string())
+        match Self::update_query(table, account, sid, sets)
             .execute(&self.pool)
             .await
         {
@@ -1062,22 +1040,10 @@ impl Store {
                 }
             }
             CallWrite::Transition { sid, from, sets } => {
-                let mut sets: Vec<(&str, Value)> = sets.to_vec();
-                sets.push(("date_updated", Value::from(now_us())));
-                let q = format!(
-                    "{} RETURNING {}",
-                    Self::transition_sql(&sets, from.len()),
-                    Self::columns(&CALLS)
-                );
-                let mut query = sqlx::query(audited(q));
-                for (c, v) in &sets {
-                    query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
-                }
-                query = query.bind(sid.to_string());
-                for f in from {
-                    query = query.bind((*f).to_string());
-                }
-                match query.fetch_optional(&mut *tx).await? {
+                match Self::transition_query(sid, from, sets, true)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                {
                     Some(r) => r,
                     None => {
                         tx.rollback().await?;
@@ -1129,29 +1095,7 @@ impl Store {
                 }
             }
             RowWrite::Update { account, sid, sets } => {
-                let mut sets: Vec<(&str, Value)> = sets.to_vec();
-                if table.kind("date_updated").is_some() {
-                    sets.push(("date_updated", Value::from(now_us())));
-                }
-                let assign: Vec<String> = sets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
-                    .collect();
-                let q = format!(
-                    "UPDATE {} SET {} WHERE sid = ${} AND account_sid = ${}",
-                    table.name,
-                    assign.join(", "),
-                    sets.len() + 1,
-                    sets.len() + 2
-                );
-                let mut query = sqlx::query(audited(q));
-                for (c, v) in &sets {
-                    query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
-                }
-                query
-                    .bind(sid.to_string())
-                    .bind(account.to_string())
+                Self::update_query(table, account, sid, sets)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -1174,13 +1118,43 @@ impl Store {
         from: &[&str],
         sets: &[(&str, Value)],
     ) -> Result<Option<Map<String, Value>>, StoreError> {
+        match Self::transition_query(sid, from, sets, true)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            Some(r) => Ok(Some(decode(&CALLS, &r)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `UPDATE calls … WHERE sid AND status IN from` (`date_updated` set too), optionally
+    /// returning the row.
+    fn transition_query<'q>(
+        sid: &str,
+        from: &[&str],
+        sets: &[(&str, Value)],
+        returning: bool,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
         let mut sets: Vec<(&str, Value)> = sets.to_vec();
         sets.push(("date_updated", Value::from(now_us())));
-        let q = format!(
-            "{} RETURNING {}",
-            Self::transition_sql(&sets, from.len()),
-            Self::columns(&CALLS)
+        let assign: Vec<String> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
+            .collect();
+        let states: Vec<String> = (0..from.len())
+            .map(|i| format!("${}", sets.len() + 2 + i))
+            .collect();
+        let mut q = format!(
+            "UPDATE calls SET {} WHERE sid = ${} AND status IN ({})",
+            assign.join(", "),
+            sets.len() + 1,
+            states.join(", ")
         );
+        if returning {
+            q.push_str(" RETURNING ");
+            q.push_str(&Self::columns(&CALLS));
+        }
         let mut query = sqlx::query(audited(q));
         for (c, v) in &sets {
             query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
@@ -1189,27 +1163,38 @@ impl Store {
         for f in from {
             query = query.bind((*f).to_string());
         }
-        match query.fetch_optional(&self.pool).await? {
-            Some(r) => Ok(Some(decode(&CALLS, &r)?)),
-            None => Ok(None),
-        }
+        query
     }
 
-    fn transition_sql(sets: &[(&str, Value)], from: usize) -> String {
+    /// `UPDATE table … WHERE sid AND account_sid` (`date_updated` set too, when the table has
+    /// it).
+    fn update_query<'q>(
+        table: &Table,
+        account: &str,
+        sid: &str,
+        sets: &[(&str, Value)],
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        let mut sets: Vec<(&str, Value)> = sets.to_vec();
+        if table.kind("date_updated").is_some() {
+            sets.push(("date_updated", Value::from(now_us())));
+        }
         let assign: Vec<String> = sets
             .iter()
             .enumerate()
             .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
             .collect();
-        let states: Vec<String> = (0..from)
-            .map(|i| format!("${}", sets.len() + 2 + i))
-            .collect();
-        format!(
-            "UPDATE calls SET {} WHERE sid = ${} AND status IN ({})",
+        let q = format!(
+            "UPDATE {} SET {} WHERE sid = ${} AND account_sid = ${}",
+            table.name,
             assign.join(", "),
             sets.len() + 1,
-            states.join(", ")
-        )
+            sets.len() + 2
+        );
+        let mut query = sqlx::query(audited(q));
+        for (c, v) in &sets {
+            query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
+        }
+        query.bind(sid.to_string()).bind(account.to_string())
     }
 
     fn insert_sql(table: &Table, values: &[(&str, Value)]) -> String {
@@ -1234,17 +1219,11 @@ impl Store {
         from: &[&str],
         sets: &[(&str, Value)],
     ) -> Result<bool, StoreError> {
-        let mut sets: Vec<(&str, Value)> = sets.to_vec();
-        sets.push(("date_updated", Value::from(now_us())));
-        let mut query = sqlx::query(audited(Self::transition_sql(&sets, from.len())));
-        for (c, v) in &sets {
-            query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
-        }
-        query = query.bind(sid.to_string());
-        for s in from {
-            query = query.bind((*s).to_string());
-        }
-        Ok(query.execute(&self.pool).await?.rows_affected() > 0)
+        Ok(Self::transition_query(sid, from, sets, false)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0)
     }
 
     /// Deletes a row of `account`; false when there is none.
