@@ -64,7 +64,7 @@ pub fn process<E: EventSink>(
     let Some(idx) = table.by_port(port) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
-    let Some(s) = table.get_mut(idx) else {
+    let Some((s, taps)) = table.get_mut_with_taps(idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
     s.counters.packets_in += 1;
@@ -109,8 +109,10 @@ pub fn process<E: EventSink>(
     s.rx.update(ssrc, seq, ts, rtp_clock(now_ns, s.clock_rate_hz));
     if s.dtmf_pt == Some(p.payload_type()) {
         report_dtmf(s, p.payload(), ts, events);
-    } else if let Some(tap) = &s.record {
-        tap.push(seq, ts, p.payload_type(), p.payload());
+    } else if s.recording {
+        if let Some(tap) = taps.get(&idx.0) {
+            tap.push(seq, ts, p.payload_type(), p.payload());
+        }
     }
     if s.blocked {
         return drop(s, DropReason::Blocked);

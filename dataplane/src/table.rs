@@ -2,11 +2,14 @@
 //!
 //! A *stream* is one local port (RTP, or RTCP on its own port) of one leg. A *relay* joins the
 //! streams of two legs: what arrives on leg A's port leaves through leg B's port towards B's
-//! remote, and the reverse. Lookup per packet is two array indexings, no hashing.
+//! remote, and the reverse. Lookup per packet is two array indexings, no hashing (recording
+//! taps, few, sit in a map consulted only for streams flagged as recording).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx};
+use crate::recorder::RecordTap;
 use crate::rewrite::EgressRewrite;
 use crate::stats::{RtpReceiveStats, StreamCounters};
 
@@ -41,6 +44,9 @@ pub struct Stream {
     /// A player is sending on this stream's port; forwarded RTP towards it is held back.
     pub playing: bool,
     pub timed_out: bool,
+    /// The table holds a recording tap for this stream (see [`StreamTable::set_tap`]); a flag
+    /// on line 0, so streams not recording cost nothing more.
+    pub recording: bool,
     pub component: Component,
     /// RFC 4733 payload type reported as DTMF events.
     pub dtmf_pt: Option<u8>,
@@ -56,8 +62,6 @@ pub struct Stream {
     pub side: Side,
     pub last_dtmf_ts: Option<u32>,
     pub egress: EgressRewrite,
-    /// Received RTP payloads (not telephone-events) are copied here while recording.
-    pub record: Option<crate::recorder::RecordTap>,
 }
 
 impl Stream {
@@ -80,6 +84,7 @@ impl Stream {
             blocked: false,
             playing: false,
             timed_out: false,
+            recording: false,
             component,
             relay,
             side,
@@ -87,7 +92,6 @@ impl Stream {
             dtmf_pt: None,
             last_dtmf_ts: None,
             egress: EgressRewrite::default(),
-            record: None,
             counters: StreamCounters::default(),
             rx: RtpReceiveStats::default(),
             last_rx_ns: now_ns,
@@ -103,6 +107,8 @@ pub struct StreamTable {
     /// `by_port[handle] = stream index + 1`, 0 = no stream.
     by_port: Vec<u32>,
     live: usize,
+    /// Recording taps by stream index (few: only streams being recorded).
+    taps: HashMap<u32, RecordTap>,
 }
 
 impl StreamTable {
@@ -112,7 +118,37 @@ impl StreamTable {
             free: Vec::new(),
             by_port: Vec::with_capacity(streams),
             live: 0,
+            taps: HashMap::new(),
         }
+    }
+
+    /// Starts (`Some`) or stops recording what stream `idx` receives.
+    pub fn set_tap(&mut self, idx: StreamIdx, tap: Option<RecordTap>) {
+        let Some(s) = self.get_mut(idx) else {
+            return;
+        };
+        s.recording = tap.is_some();
+        match tap {
+            Some(t) => {
+                self.taps.insert(idx.0, t);
+            }
+            None => {
+                self.taps.remove(&idx.0);
+            }
+        }
+    }
+
+    /// A stream and the recording taps (disjoint borrows for the packet path).
+    #[inline]
+    pub fn get_mut_with_taps(
+        &mut self,
+        idx: StreamIdx,
+    ) -> Option<(&mut Stream, &HashMap<u32, RecordTap>)> {
+        let s = self
+            .streams
+            .get_mut(idx.0 as usize)
+            .and_then(Option::as_mut)?;
+        Some((s, &self.taps))
     }
 
     pub fn len(&self) -> usize {
@@ -159,6 +195,7 @@ impl StreamTable {
         }
         self.free.push(idx.0);
         self.live -= 1;
+        self.taps.remove(&idx.0);
         Some(s)
     }
 

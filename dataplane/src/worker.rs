@@ -557,9 +557,7 @@ impl<Io: PacketIo> Worker<Io> {
             } => {
                 let r = match self.relays.get(&relay) {
                     Some(r) => {
-                        if let Some(s) = self.table.get_mut(r.rtp[side.index()]) {
-                            s.record = tap;
-                        }
+                        self.table.set_tap(r.rtp[side.index()], tap);
                         Ok(())
                     }
                     None => Err(CommandError::NotFound(relay)),
