@@ -614,6 +614,25 @@ impl Callbacks {
 #[cfg(test)]
 mod tests {
 
+    #[tokio::test]
+    async fn the_resolver_refuses_names_of_private_addresses() {
+        use reqwest::dns::Resolve;
+        // "localhost" resolves to loopback on every Linux (its name check in `check_url` is
+        // a separate, earlier refusal); the resolver refuses it after resolution.
+        let name = |n: &str| n.parse::<reqwest::dns::Name>().expect("name");
+        let refused = SafeResolver::new(false).resolve(name("localhost")).await;
+        let e = refused.err().expect("refused").to_string();
+        assert!(
+            e.contains("resolves to no address VoxEdge may reach"),
+            "{e}"
+        );
+        let allowed = SafeResolver::new(true)
+            .resolve(name("localhost"))
+            .await
+            .expect("allowed when private addresses are");
+        assert!(allowed.into_iter().all(|a| a.ip().is_loopback()));
+    }
+
     #[test]
     fn retry_delays_double_are_capped_and_jittered() {
         // Equal jitter: between half and all of the exponential delay.

@@ -450,20 +450,21 @@ async fn formats_decode_and_bad_media_is_refused() {
     }
 }
 
-fn hostname() -> String {
-    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+/// This machine's name when it resolves to private or loopback addresses only (as in
+/// /etc/hosts on most hosts and containers): a name the resolver must refuse after resolution.
+/// (The resolver's own test covers `localhost` whatever the host's name does.)
+fn private_hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let h = h.trim().to_string();
     let resolved: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&(h.as_str(), 80))
-        .expect("this machine's name resolves")
+        .ok()?
         .collect();
-    assert!(
-        resolved.iter().all(|a| match a.ip() {
+    let private = !resolved.is_empty()
+        && resolved.iter().all(|a| match a.ip() {
             std::net::IpAddr::V4(v) => v.is_loopback() || v.is_private() || v.is_link_local(),
             std::net::IpAddr::V6(v) => v.is_loopback() || (v.segments()[0] & 0xfe00) == 0xfc00,
-        }),
-        "{h} resolves to {resolved:?}: pick another test name"
-    );
-    h
+        });
+    private.then_some(h)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,16 +473,19 @@ async fn private_and_metadata_addresses_are_refused() {
     let env = Env::new("ssrf");
     let cache = env.open(env.cfg(), false).await;
     let port = addr.port();
-    for u in [
+    let mut urls = vec![
         format!("http://127.0.0.1:{port}/fresh.wav"),
         format!("http://localhost:{port}/fresh.wav"),
         "http://169.254.169.254/latest/meta-data/x.wav".to_string(),
         "http://10.1.2.3/x.wav".to_string(),
         "http://[::1]/x.wav".to_string(),
-        // A name that resolves to loopback is refused after resolution: this machine's own
-        // name (in /etc/hosts on 127.0.x.x, or on its private address).
-        format!("http://{}:{port}/fresh.wav", hostname()),
-    ] {
+    ];
+    // A name that resolves to loopback is refused after resolution: this machine's own name.
+    match private_hostname() {
+        Some(h) => urls.push(format!("http://{h}:{port}/fresh.wav")),
+        None => eprintln!("this machine's name does not resolve to a private address: its case is left to the resolver's unit test"),
+    }
+    for u in urls {
         let e = cache
             .media(ACC, &Source::Url(u.clone()), Codec::Pcmu)
             .await
