@@ -32,10 +32,7 @@ impl Recordings {
 
     /// `RecordingUrl` of a recording (without extension, as Twilio's).
     pub fn url(&self, account: &str, sid: &str) -> String {
-        format!(
-            "{}/2010-04-01/Accounts/{account}/Recordings/{sid}",
-            self.base
-        )
+        format!("{}{}", self.base, Self::path_of_url(account, sid))
     }
 
     /// Path of `url` as served (for the `uri`/`media_url` fields).

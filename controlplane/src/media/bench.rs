@@ -75,11 +75,7 @@ pub fn main(a: &MediaArgs) -> anyhow::Result<()> {
                 let p = decode::prepare(&mono)?;
                 anyhow::ensure!(p.file(Variant::Pcmu).is_some(), "no µ-law");
             } else {
-                let narrow: Vec<i16> = decode::resample(&mono.samples, mono.rate, audio::RATE)?
-                    .into_iter()
-                    .map(|s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
-                    .collect();
-                let m = audio::encode(&narrow, Codec::Pcmu);
+                let m = audio::encode(&decode::to_8k(&mono)?, Codec::Pcmu);
                 anyhow::ensure!(m.frame_count() > 0, "no frames");
             }
             runs += 1;

@@ -280,15 +280,23 @@ fn to_i16(s: f32) -> i16 {
     (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }
 
+/// `mono` at a call's 8 kHz, 16-bit: what G.711 encodes.
+///
+/// # Errors
+/// Resampling failed.
+pub fn to_8k(mono: &Mono) -> Result<Vec<i16>, DecodeError> {
+    Ok(resample(&mono.samples, mono.rate, audio::RATE)?
+        .into_iter()
+        .map(to_i16)
+        .collect())
+}
+
 /// Every variant of `mono`: G.711 µ-law and A-law frames at 8 kHz, 16 and 48 kHz PCM.
 ///
 /// # Errors
 /// Resampling failed.
 pub fn prepare(mono: &Mono) -> Result<Prepared, DecodeError> {
-    let narrow: Vec<i16> = resample(&mono.samples, mono.rate, audio::RATE)?
-        .into_iter()
-        .map(to_i16)
-        .collect();
+    let narrow = to_8k(mono)?;
     let mut files = Vec::with_capacity(4);
     for codec in [Codec::Pcmu, Codec::Pcma] {
         let media = audio::encode(&narrow, codec);

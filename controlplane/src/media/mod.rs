@@ -878,16 +878,13 @@ impl MediaCache {
         Ok(removed.is_some() || deleted)
     }
 
-    /// The SIDs of `account`'s entries for `url` (purge by URL).
-    pub fn sids_for_url(&self, account: &str, url: &str) -> Vec<String> {
+    /// The SID of `account`'s entry for `url` (purge by URL); a failure remembered for it is
+    /// forgotten either way, so the next play fetches again.
+    pub fn sid_for_url(&self, account: &str, url: &str) -> Option<String> {
         let key = (account.to_string(), Source::Url(url.to_string()).key());
         let mut ix = lock(&self.index);
         ix.failures.remove(&key);
-        ix.entries
-            .get(&key)
-            .map(|e| e.sid.clone())
-            .into_iter()
-            .collect()
+        ix.entries.get(&key).map(|e| e.sid.clone())
     }
 
     /// Writes hit counts and last uses to the store (they are kept in memory between).

@@ -780,7 +780,13 @@ impl Engine {
             Ok(p) => p,
             Err(e) => return error(&format!("cannot play the media: {e}")),
         };
-        let samples = audio::to_8k(&pcm);
+        let samples = match crate::media::decode::to_8k(&crate::media::decode::from_i16(
+            pcm.rate,
+            &pcm.samples,
+        )) {
+            Ok(s) => s,
+            Err(e) => return error(&format!("cannot play the media: {e}")),
+        };
         if samples.is_empty() {
             return error("the media has no audio");
         }

@@ -127,8 +127,9 @@ impl TwError {
         )
     }
 
+    /// The error as Twilio's JSON; a 401 says how to authenticate.
     fn to_response(&self) -> Response {
-        (
+        let mut r = (
             self.status,
             Json(json!({
                 "code": self.code,
@@ -137,7 +138,14 @@ impl TwError {
                 "status": self.status.as_u16(),
             })),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"Twilio API\""),
+            );
+        }
+        r
     }
 }
 
@@ -219,63 +227,25 @@ async fn dispatch(State(st): State<Arc<RestState>>, req: Request) -> Response {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let mut account_for_log = String::new();
-    if method == "GET" {
-        if let Some(acc) = events_path(&path) {
-            let auth = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let query = req.uri().query().unwrap_or("").to_string();
-            let mut resp = match event_stream(&st, &acc, auth.as_deref(), &query).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let mut r = e.to_response();
-                    if e.status == StatusCode::UNAUTHORIZED {
-                        r.headers_mut().insert(
-                            header::WWW_AUTHENTICATE,
-                            HeaderValue::from_static("Basic realm=\"Twilio API\""),
-                        );
-                    }
-                    r
-                }
-            };
-            if let Ok(v) = HeaderValue::from_str(&rid) {
-                resp.headers_mut().insert("Twilio-Request-Id", v);
-            }
-            tracing::info!(target: "voxedge::api", request_id = %rid, method = %method, path = %path, status = resp.status().as_u16(), account = %acc, "event stream opened");
-            return resp;
-        }
-    }
-    let media = if method == "GET" {
-        recording_media_path(&path)
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let get = method == "GET";
+    // Two GET resources are not JSON: an account's event stream and recordings' audio.
+    let mut resp = if let Some(acc) = events_path(&path).filter(|_| get) {
+        let query = req.uri().query().unwrap_or("").to_string();
+        account_for_log.clone_from(&acc);
+        event_stream(&st, &acc, auth.as_deref(), &query)
+            .await
+            .unwrap_or_else(|e| e.to_response())
+    } else if let Some((acc, sid, ext)) = recording_media_path(&path).filter(|_| get) {
+        recording_media(&st, &acc, &sid, &ext, auth.as_deref(), &mut account_for_log)
+            .await
+            .unwrap_or_else(|e| e.to_response())
     } else {
-        None
-    };
-    let result = match media {
-        Some((acc, sid, ext)) => {
-            let auth = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            Ok(recording_media(&st, &acc, &sid, &ext, auth.as_deref(), &mut account_for_log).await)
-        }
-        None => Err(req),
-    };
-    let mut resp = match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let mut r = e.to_response();
-            if e.status == StatusCode::UNAUTHORIZED {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"Twilio API\""),
-                );
-            }
-            r
-        }
-        Err(req) => api_response(&st, req, &mut account_for_log).await,
+        api_response(&st, req, &mut account_for_log).await
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("Twilio-Request-Id", v);
@@ -416,23 +386,9 @@ async fn recording_media(
 
 async fn api_response(st: &Arc<RestState>, req: Request, account_for_log: &mut String) -> Response {
     match handle(st, req, account_for_log).await {
-        Ok((status, body)) => {
-            if status == StatusCode::NO_CONTENT {
-                status.into_response()
-            } else {
-                (status, Json(body)).into_response()
-            }
-        }
-        Err(e) => {
-            let mut r = e.to_response();
-            if e.status == StatusCode::UNAUTHORIZED {
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"Twilio API\""),
-                );
-            }
-            r
-        }
+        Ok((StatusCode::NO_CONTENT, _)) => StatusCode::NO_CONTENT.into_response(),
+        Ok((status, body)) => (status, Json(body)).into_response(),
+        Err(e) => e.to_response(),
     }
 }
 
@@ -1571,12 +1527,11 @@ async fn media(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
         }
         _ => {
             let url = c.params.get("Url").unwrap_or_default();
-            let sids = cache.sids_for_url(c.acc_sid(), url);
-            let mut any = false;
-            for sid in sids {
-                any |= cache.purge(c.acc_sid(), &sid).await?;
-            }
-            if !any {
+            let purged = match cache.sid_for_url(c.acc_sid(), url) {
+                Some(sid) => cache.purge(c.acc_sid(), &sid).await?,
+                None => false,
+            };
+            if !purged {
                 return Err(TwError::not_found(c.path));
             }
             Ok(Value::Null)

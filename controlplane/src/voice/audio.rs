@@ -1,6 +1,7 @@
-//! Audio for the instruction engine: speech from espeak-ng, WAV decoding, resampling to the
-//! call's 8 kHz, in-band DTMF tones, and G.711 (µ-law / A-law) encoding into frames the
-//! dataplane plays ([`PlayMedia`]).
+//! Audio for the instruction engine: speech from espeak-ng, WAV decoding (lenient about the
+//! lengths espeak-ng leaves unset), tones (DTMF, ringback, beep), and G.711 (µ-law / A-law)
+//! encoding into frames the dataplane plays ([`PlayMedia`]). Other formats and resampling are
+//! the media cache's ([`crate::media::decode`]).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -13,8 +14,6 @@ use voxedge_dataplane::player::PlayMedia;
 pub const RATE: u32 = 8000;
 /// Samples per 20 ms frame.
 pub const FRAME: usize = 160;
-/// Longest audio accepted from a URL or the synthesizer (one hour at 8 kHz).
-pub const SAMPLES_MAX: usize = 3600 * RATE as usize;
 
 /// G.711 variant of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,46 +190,6 @@ pub fn decode_wav(b: &[u8]) -> Result<Pcm, AudioError> {
     Err(AudioError::Wav("no data chunk"))
 }
 
-/// Resamples to 8 kHz with a windowed-sinc low-pass (cut-off 3.6 kHz), so speech rendered at
-/// 16–48 kHz does not alias.
-pub fn to_8k(pcm: &Pcm) -> Vec<i16> {
-    if pcm.rate == RATE {
-        return pcm.samples.clone();
-    }
-    const HALF: i64 = 16;
-    let ratio = f64::from(pcm.rate) / f64::from(RATE);
-    // Low-pass relative to the input rate; for upsampling the input band limit applies.
-    let cutoff = (3600.0 / f64::from(pcm.rate)).min(0.5 * 0.9);
-    let out_len = (pcm.samples.len() as f64 / ratio) as usize;
-    let scale = if ratio > 1.0 { ratio } else { 1.0 };
-    let mut out = Vec::with_capacity(out_len);
-    for n in 0..out_len {
-        let t = n as f64 * ratio;
-        let centre = t.floor() as i64;
-        let mut acc = 0.0;
-        let mut norm = 0.0;
-        for k in (centre - HALF * scale as i64)..=(centre + HALF * scale as i64) {
-            let Some(&x) = usize::try_from(k).ok().and_then(|i| pcm.samples.get(i)) else {
-                continue;
-            };
-            let d = t - k as f64;
-            let arg = 2.0 * cutoff * d;
-            let sinc = if arg.abs() < 1e-9 {
-                1.0
-            } else {
-                (std::f64::consts::PI * arg).sin() / (std::f64::consts::PI * arg)
-            };
-            let w = 0.5 + 0.5 * (std::f64::consts::PI * d / (HALF as f64 * scale + 1.0)).cos();
-            let h = sinc * w;
-            acc += f64::from(x) * h;
-            norm += h;
-        }
-        let v = if norm.abs() > 1e-9 { acc / norm } else { 0.0 };
-        out.push(v.round().clamp(-32768.0, 32767.0) as i16);
-    }
-    out
-}
-
 /// In-band DTMF for `<Play digits>`: 100 ms tone, 100 ms gap per key; `w`/`W` is a
 /// half-second pause. Keys outside `0-9*#A-D` are skipped (the parser refuses them).
 pub fn dtmf_tones(digits: &str) -> Vec<i16> {
@@ -314,11 +273,6 @@ pub fn encode(samples: &[i16], codec: Codec) -> Arc<PlayMedia> {
     })
 }
 
-/// Silence of `secs` seconds.
-pub fn silence(secs: u32) -> Vec<i16> {
-    vec![0; (secs as usize * RATE as usize).min(SAMPLES_MAX)]
-}
-
 /// Speech synthesizer: espeak-ng, run per request with the text on stdin (never on the
 /// command line), a time limit and an output cap.
 #[derive(Debug, Clone)]
@@ -358,16 +312,6 @@ pub fn espeak_voice(language: Option<&str>, voice: Option<&str>) -> String {
 }
 
 impl Synthesizer {
-    /// Renders `text` to 8 kHz samples.
-    ///
-    /// # Errors
-    /// espeak-ng missing, failing, timing out, or producing no audio.
-    pub async fn speak(&self, text: &str, voice: &str) -> Result<Vec<i16>, AudioError> {
-        let wav = self.speak_wav(text, voice).await?;
-        let pcm = decode_wav(&wav)?;
-        Ok(to_8k(&pcm))
-    }
-
     /// Renders `text` to espeak-ng's WAV (22,050 Hz, 16-bit mono).
     ///
     /// # Errors
@@ -527,33 +471,6 @@ mod tests {
         let n = t.len();
         t[n - 10..n - 6].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_wav(&t).is_ok());
-    }
-
-    #[test]
-    fn resampling_keeps_speech_band_and_removes_alias() {
-        // 1 kHz at 22,050 Hz stays 1 kHz at 8 kHz with its level; 6 kHz (would alias to 2 kHz) is removed.
-        let tone = |f: f64, rate: u32| Pcm {
-            rate,
-            samples: (0..rate as usize)
-                .map(|i| {
-                    ((2.0 * std::f64::consts::PI * f * i as f64 / f64::from(rate)).sin() * 10_000.0)
-                        as i16
-                })
-                .collect(),
-        };
-        let rms = |s: &[i16]| {
-            (s.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / s.len() as f64).sqrt()
-        };
-        let out = to_8k(&tone(1000.0, 22_050));
-        assert!((out.len() as i64 - 8000).abs() <= 1);
-        let level = rms(&out[100..7900]);
-        assert!((6500.0..7600.0).contains(&level), "1 kHz kept: {level}");
-        let out = to_8k(&tone(6000.0, 22_050));
-        assert!(
-            rms(&out[100..7900]) < 300.0,
-            "6 kHz removed: {}",
-            rms(&out[100..7900])
-        );
     }
 
     #[test]

@@ -1875,9 +1875,7 @@ impl CallRun {
         let dp = self.engine.dp.clone();
         let (relay, side) = (self.call.relay, self.side);
         // Should the end event be lost (a full queue), the media's own length ends the wait.
-        let length = Duration::from_nanos(media.ptime_ns)
-            .saturating_mul(u32::try_from(media.frame_count()).unwrap_or(u32::MAX))
-            .saturating_mul(loops.max(1));
+        let length = Duration::from_nanos(media.length_ns()).saturating_mul(loops.max(1));
         let until = tokio::time::Instant::now() + length + Duration::from_secs(2);
         let started =
             tokio::task::spawn_blocking(move || dp.play(relay, side, media, loops, id)).await;

@@ -934,48 +934,40 @@ impl<'p, 'a> Attrs<'p, 'a> {
 
     /// `recordingStatusCallback`, `…Method` and `…Event` of a recording.
     fn recording_callback(&self) -> Result<Option<LegCallback>, TwimlError> {
-        let Some(url) = self.url("recordingStatusCallback")? else {
-            return Ok(None);
-        };
-        let events = self
-            .get("recordingStatusCallbackEvent")
-            .unwrap_or("completed");
-        let mut out = Vec::new();
-        for e in events.split([' ', ',']).filter(|e| !e.is_empty()) {
-            if !["in-progress", "completed", "absent"].contains(&e) {
-                return Err(self.parser.schema(
-                    self.el,
-                    format!("recordingStatusCallbackEvent {e:?} is not in-progress, completed or absent"),
-                ));
-            }
-            out.push(e);
-        }
-        Ok(Some(LegCallback {
-            url,
-            method: self.method_named("recordingStatusCallbackMethod")?,
-            events: out.join(" "),
-        }))
+        self.callback(
+            "recordingStatusCallback",
+            &["in-progress", "completed", "absent"],
+        )
     }
 
     /// `statusCallback`, `statusCallbackMethod` and `statusCallbackEvent` of a dialled leg.
     fn leg_callback(&self) -> Result<Option<LegCallback>, TwimlError> {
-        let Some(url) = self.url("statusCallback")? else {
+        self.callback(
+            "statusCallback",
+            &["initiated", "ringing", "answered", "completed"],
+        )
+    }
+
+    /// A callback given as `{name}` (URL), `{name}Method` and `{name}Event` (any of
+    /// `events`, space- or comma-separated; `completed` when absent).
+    fn callback(&self, name: &str, events: &[&str]) -> Result<Option<LegCallback>, TwimlError> {
+        let Some(url) = self.url(name)? else {
             return Ok(None);
         };
-        let events = self.get("statusCallbackEvent").unwrap_or("completed");
+        let asked = self.get(&format!("{name}Event")).unwrap_or("completed");
         let mut out = Vec::new();
-        for e in events.split([' ', ',']).filter(|e| !e.is_empty()) {
-            if !["initiated", "ringing", "answered", "completed"].contains(&e) {
+        for e in asked.split([' ', ',']).filter(|e| !e.is_empty()) {
+            if !events.contains(&e) {
                 return Err(self.parser.schema(
                     self.el,
-                    format!("statusCallbackEvent {e:?} is not initiated, ringing, answered or completed"),
+                    format!("{name}Event {e:?} is not one of {}", events.join(", ")),
                 ));
             }
             out.push(e);
         }
         Ok(Some(LegCallback {
             url,
-            method: self.method_named("statusCallbackMethod")?,
+            method: self.method_named(&format!("{name}Method"))?,
             events: out.join(" "),
         }))
     }
