@@ -86,8 +86,11 @@ fn af_xdp_port_answers_a_kernel_peer_and_relays_its_rtp() {
         // A veth leaves checksums to a NIC it does not have: finish them in the kernel.
         sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
     }
-    let dir = std::env::temp_dir().join(format!("voxedge-afxdp-{id}"));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let scratch = tempfile::Builder::new()
+        .prefix("voxedge-afxdp-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("scratch dir");
+    let dir = scratch.path();
     let cfg = dir.join("voxedge.toml");
     std::fs::write(
         &cfg,
@@ -224,5 +227,4 @@ idle_sleep_us = 100
     assert!(value("voxedge_dpdk_arp_replies_total") >= 1.0, "{metrics}");
     assert!(value("voxedge_dpdk_icmp_echo_replies_total") >= 3.0);
     assert_eq!(value("voxedge_dpdk_bad_checksum_total"), 0.0);
-    let _ = std::fs::remove_dir_all(&dir);
 }

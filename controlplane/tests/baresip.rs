@@ -23,8 +23,8 @@ fn baresip_calls_the_echo_target_and_hears_itself() {
         Command::new("baresip").arg("-h").output().is_ok(),
         "baresip is not installed: run scripts/test (it installs baresip-core)"
     );
-    let dir = std::env::temp_dir().join(format!("voxedge-baresip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = common::scratch_dir("baresip");
+    let dir = scratch.path().to_path_buf();
     // An 8 kHz tone as baresip's microphone.
     let tone = dir.join("tone.wav");
     let n = 8000u32 * 10;
@@ -114,5 +114,4 @@ rtp_ports 36200-36299\n",
         0.0,
         "baresip hung up"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,14 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 
+/// A scratch directory under Cargo's `target/tmp`, removed when the guard drops.
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("voxedge-{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("scratch dir")
+}
+
 fn wait_health(url: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -36,11 +44,11 @@ fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
 /// `voxedge serve` with no configuration at all: defaults, admin on 127.0.0.1:9091.
 #[test]
 fn serve_starts_with_no_configuration_and_stops_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("voxedge-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let scratch = scratch("cli");
+    let dir = scratch.path();
     let mut child = Command::new(BIN)
         .arg("serve")
-        .current_dir(&dir)
+        .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::null())
@@ -73,8 +81,8 @@ fn serve_starts_with_no_configuration_and_stops_on_sigterm() {
 
 #[test]
 fn bad_configuration_exits_non_zero_with_a_clear_message() {
-    let dir = std::env::temp_dir().join(format!("voxedge-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let scratch = scratch("cfg");
+    let dir = scratch.path();
     let cases = [
         ("[dataplane]\nworkrs = 2\n", "workrs"),
         (
@@ -211,8 +219,8 @@ fn media_bench_reports_json() {
 /// STOPPING=1 on SIGTERM.
 #[test]
 fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
-    let dir = std::env::temp_dir().join(format!("voxedge-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let scratch = scratch("notify");
+    let dir = scratch.path();
     let sock_path = dir.join("notify.sock");
     let _ = std::fs::remove_file(&sock_path);
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind notify socket");
@@ -228,7 +236,7 @@ fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
             "--ng-listen",
             "127.0.0.1:0",
         ])
-        .current_dir(&dir)
+        .current_dir(dir)
         .args(["--port-min", "23000", "--port-max", "23099"])
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "200000")
@@ -264,21 +272,19 @@ fn tells_systemd_when_ready_feeds_the_watchdog_and_says_when_stopping() {
     assert!(stopping, "STOPPING=1 after SIGTERM");
     let status = terminate(&mut child);
     assert!(status.success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `voxedge admin account …` on a fresh directory: the store and its key file are created,
 /// `--json` output is one object a script can read, and the account is listed and suspended.
 #[test]
 fn admin_creates_lists_and_suspends_accounts_as_json() {
-    let dir = std::env::temp_dir().join(format!("voxedge-admin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let scratch = scratch("admin");
+    let dir = scratch.path();
     let admin = |args: &[&str]| {
         let out = Command::new(BIN)
             .arg("admin")
             .args(args)
-            .current_dir(&dir)
+            .current_dir(dir)
             .env_remove("VOXEDGE_CONFIG")
             .env_remove("VOXEDGE_SECRET_KEY")
             .env_remove("VOXEDGE_DATABASE")
@@ -314,5 +320,4 @@ fn admin_creates_lists_and_suspends_accounts_as_json() {
     );
     let doc = admin(&["openapi"]);
     assert_eq!(doc["openapi"], "3.0.3");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -86,9 +86,8 @@ async fn kill_9_mid_burst_loses_no_completed_callback() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });
-    let dir = std::env::temp_dir().join(format!("voxedge-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = common::scratch_dir("crash");
+    let dir = scratch.path().to_path_buf();
     let cfg = dir.join("voxedge.toml");
     std::fs::write(
         &cfg,
@@ -260,5 +259,4 @@ callbacks_allow_private = true\n\
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(second);
-    let _ = std::fs::remove_dir_all(&dir);
 }

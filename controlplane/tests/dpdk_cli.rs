@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("voxedge-dpdk-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d
+/// A scratch directory under Cargo's `target/tmp`, removed when the guard drops.
+fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("voxedge-dpdk-cli-{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("scratch dir")
 }
 
 fn config(dir: &std::path::Path, dataplane_extra: &str, dpdk_extra: &str) -> std::path::PathBuf {
@@ -66,11 +68,12 @@ fn assert_clear_failure(out: &Output, must_contain: &[&str]) {
 
 #[test]
 fn hugepages_required_but_absent_is_a_clear_error() {
-    let d = tmp("huge");
+    let scratch = tmp("huge");
+    let d = scratch.path();
     let empty = d.join("not-hugetlbfs");
     std::fs::create_dir_all(&empty).expect("dir");
     let cfg = config(
-        &d,
+        d,
         "",
         &format!(
             "vdevs = [\"net_null0\"]\nhuge_dir = \"{}\"\nmemory_mb = [64]",
@@ -86,9 +89,10 @@ fn hugepages_required_but_absent_is_a_clear_error() {
 
 #[test]
 fn unknown_device_is_a_clear_error() {
-    let d = tmp("dev");
+    let scratch = tmp("dev");
+    let d = scratch.path();
     let cfg = config(
-        &d,
+        d,
         "",
         "no_huge = true\ndevices = [\"0000:99:00.0\"]\nport = \"0000:99:00.0\"",
     );
@@ -101,16 +105,17 @@ fn unknown_device_is_a_clear_error() {
 
 #[test]
 fn bad_core_lists_are_clear_errors() {
-    let d = tmp("cores");
+    let scratch = tmp("cores");
+    let d = scratch.path();
     let cfg = config(
-        &d,
+        d,
         "cores = [4096]",
         "no_huge = true\nvdevs = [\"net_null0\"]",
     );
     let out = run_media(&cfg);
     assert_clear_failure(&out, &["dataplane.cores: core 4096 does not exist"]);
     let cfg = config(
-        &d,
+        d,
         "",
         "no_huge = true\nvdevs = [\"net_null0\"]\nmain_lcore = 4096",
     );
@@ -120,9 +125,10 @@ fn bad_core_lists_are_clear_errors() {
 
 #[test]
 fn media_node_runs_on_a_null_port_with_dpdk_metrics() {
-    let d = tmp("media");
+    let scratch = tmp("media");
+    let d = scratch.path();
     let cfg = config(
-        &d,
+        d,
         "",
         "no_huge = true\nvdevs = [\"net_null0,size=64\"]\nport = \"net_null0\"",
     );

@@ -74,7 +74,8 @@ fn open(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accounts_call_events_stream_live() {
     let callee = common::Callee::new();
-    let dir = common::scratch_dir("events");
+    let scratch = common::scratch_dir("events");
+    let dir = scratch.path().to_path_buf();
     let mut c = common::serve_config(&dir, 30200);
     c.api.sip_uri_calls = true;
     let r = app::start(Role::Serve, c, BackendKind::Socket)
@@ -167,5 +168,4 @@ async fn an_accounts_call_events_stream_live() {
         matches!(ended, Err(mpsc::RecvTimeoutError::Disconnected)),
         "stream ended: {ended:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -43,8 +43,11 @@ async fn kamailio_rtpengine_module_drives_voxedge() {
         Command::new("kamailio").arg("-v").output().is_ok(),
         "kamailio is not installed: run scripts/test (it installs the kamailio package)"
     );
-    let dir = std::env::temp_dir().join(format!("voxedge-kamailio-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = tempfile::Builder::new()
+        .prefix("voxedge-kamailio-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("scratch dir");
+    let dir = scratch.path().to_path_buf();
     std::fs::create_dir_all(dir.join("run")).expect("dir");
     std::os::unix::fs::symlink("/usr/share/sip-tester", dir.join("pcap")).expect("pcap link");
     let mut c = Config::default();
@@ -184,5 +187,4 @@ async fn kamailio_rtpengine_module_drives_voxedge() {
         mid.1, mid.2
     );
     r.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

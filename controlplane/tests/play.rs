@@ -104,7 +104,8 @@ async fn play_goes_through_the_cache_and_the_far_end_hears_the_file() {
         let _ = axum::serve(listener, router).await;
     });
 
-    let dir = common::scratch_dir("play");
+    let scratch = common::scratch_dir("play");
+    let dir = scratch.path().to_path_buf();
     let c = common::serve_config(&dir, 29800);
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
@@ -387,5 +388,4 @@ async fn play_goes_through_the_cache_and_the_far_end_hears_the_file() {
         Some(2)
     );
     r.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

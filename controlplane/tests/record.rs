@@ -136,7 +136,8 @@ async fn record_stores_the_caller_and_reports_it() {
         let _ = axum::serve(listener, router).await;
     });
 
-    let dir = common::scratch_dir("record");
+    let scratch = common::scratch_dir("record");
+    let dir = scratch.path().to_path_buf();
     let c = common::serve_config(&dir, 30000);
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
@@ -341,5 +342,4 @@ async fn record_stores_the_caller_and_reports_it() {
         "no action for an absent recording"
     );
     r.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,7 @@
 //! and, when `VOXEDGE_TEST_POSTGRES` names a database, on PostgreSQL too (scripts/test sets it
 //! up and sets `VOXEDGE_REQUIRE_POSTGRES=1`, so the PostgreSQL half cannot be skipped in CI).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -15,13 +16,10 @@ use common::Callee;
 
 const KEY: &str = "0011223344556677889900112233445566778899001122334455667788990011";
 
-/// The databases every test runs on.
-fn databases(name: &str) -> Vec<String> {
-    let dir = std::env::temp_dir().join(format!("voxedge-rest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join(format!("{name}.db"));
-    let _ = std::fs::remove_file(&file);
-    let mut v = vec![format!("sqlite://{}", file.display())];
+/// The databases every test runs on: SQLite in the test's scratch directory
+/// (removed with it) and, when configured, PostgreSQL.
+fn databases(dir: &Path) -> Vec<String> {
+    let mut v = vec![format!("sqlite://{}", dir.join("store.db").display())];
     match std::env::var("VOXEDGE_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => v.push(url),
         _ => assert!(
@@ -32,7 +30,7 @@ fn databases(name: &str) -> Vec<String> {
     v
 }
 
-fn config(db: &str, port_min: u16) -> Config {
+fn config(db: &str, dir: &Path, port_min: u16) -> Config {
     let mut c = Config::default();
     c.ng.listen = "127.0.0.1:0".parse().expect("addr");
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -40,10 +38,7 @@ fn config(db: &str, port_min: u16) -> Config {
     c.api.listen = "127.0.0.1:0".parse().expect("addr");
     c.api.database = db.to_string();
     c.api.secret_key = Some(KEY.into());
-    common::media_dirs(
-        &mut c,
-        &std::env::temp_dir().join(format!("voxedge-rest-{}-{port_min}", std::process::id())),
-    );
+    common::media_dirs(&mut c, dir);
     c.api.sip_uri_calls = true;
     c.api.calls_per_second_per_account = 50;
     c.dataplane.workers = 1;
@@ -126,8 +121,9 @@ fn assert_error(got: &(u16, Value), status: u16, code: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applications_numbers_paging_and_subaccounts() {
-    for db in databases("crud") {
-        let (r, base) = start(config(&db, 32100)).await;
+    let scratch = common::scratch_dir("rest-crud");
+    for db in databases(scratch.path()) {
+        let (r, base) = start(config(&db, scratch.path(), 32100)).await;
         let a = account(&r, "tenant a").await;
         let b = base.clone();
         tokio::task::spawn_blocking(move || {
@@ -392,9 +388,10 @@ async fn applications_numbers_paging_and_subaccounts() {
 /// which would confirm the SID), and lists do not include them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_are_isolated_on_every_resource() {
-    for db in databases("isolation") {
+    let scratch = common::scratch_dir("rest-isolation");
+    for db in databases(scratch.path()) {
         let callee = Callee::new();
-        let (r, base) = start(config(&db, 32200)).await;
+        let (r, base) = start(config(&db, scratch.path(), 32200)).await;
         let a = account(&r, "a").await;
         let bb = account(&r, "b").await;
         let store = r.store.clone().expect("store");
@@ -611,10 +608,11 @@ async fn tenants_are_isolated_on_every_resource() {
 /// the per-account queue and concurrency limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_follow_the_signalling() {
-    for db in databases("calls") {
+    let scratch = common::scratch_dir("rest-calls");
+    for db in databases(scratch.path()) {
         let callee = Callee::new();
         let callee_addr = callee.sock.local_addr().expect("addr");
-        let mut c = config(&db, 26700);
+        let mut c = config(&db, scratch.path(), 26700);
         c.api.calls_per_second_per_account = 2;
         c.api.calls_concurrent_per_account = 3;
         c.sip.routes = vec![SipRoute {
@@ -815,8 +813,9 @@ From: {to};tag=callee1\r\nTo: {fromh}\r\nCall-ID: {cid}\r\nCSeq: 2 BYE\r\nConten
 /// Hostile and malformed requests get the right 4xx and a Twilio error — never a 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_4xx_errors() {
-    for db in databases("bad") {
-        let mut c = config(&db, 32400);
+    let scratch = common::scratch_dir("rest-bad");
+    for db in databases(scratch.path()) {
+        let mut c = config(&db, scratch.path(), 32400);
         c.api.requests_per_second_per_account = 40;
         let (r, base) = start(c).await;
         let a = account(&r, "a").await;
@@ -1068,8 +1067,9 @@ async fn bad_input_gets_clear_4xx_errors() {
 /// `docs/api/openapi.json`, and every documented route is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_matches_the_routes_and_the_committed_document() {
-    let db = databases("openapi").remove(0);
-    let (r, base) = start(config(&db, 32500)).await;
+    let scratch = common::scratch_dir("rest-openapi");
+    let db = databases(scratch.path()).remove(0);
+    let (r, base) = start(config(&db, scratch.path(), 32500)).await;
     let a = account(&r, "a").await;
     tokio::task::spawn_blocking(move || {
         let (s, served) = req("GET", &format!("{base}/openapi.json"), None, &[]);
@@ -1100,8 +1100,9 @@ async fn openapi_matches_the_routes_and_the_committed_document() {
 /// Calls a crash left live are ended at the next start, with a notification, on SQLite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_left_live_by_a_crash_are_ended_at_start() {
-    let db = databases("recover").remove(0);
-    let (r, _) = start(config(&db, 32600)).await;
+    let scratch = common::scratch_dir("rest-recover");
+    let db = databases(scratch.path()).remove(0);
+    let (r, _) = start(config(&db, scratch.path(), 32600)).await;
     let a = account(&r, "a").await;
     let store = r.store.clone().expect("store");
     let sid = voxedge_controlplane::secret::new_sid("CA");
@@ -1128,7 +1129,7 @@ async fn calls_left_live_by_a_crash_are_ended_at_start() {
         .await
         .expect("insert");
     r.shutdown().await;
-    let (r, base) = start(config(&db, 32600)).await;
+    let (r, base) = start(config(&db, scratch.path(), 32600)).await;
     tokio::task::spawn_blocking(move || {
         let (_, c) = req(
             "GET",
@@ -1210,11 +1211,12 @@ async fn status_callbacks_are_signed_ordered_and_retried() {
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
     });
-    for db in databases("callbacks") {
+    let scratch = common::scratch_dir("rest-callbacks");
+    for db in databases(scratch.path()) {
         seen.lock().expect("lock").clear();
         let callee = Callee::new();
         let callee_addr = callee.sock.local_addr().expect("addr");
-        let mut c = config(&db, 32700);
+        let mut c = config(&db, scratch.path(), 32700);
         c.api.callbacks_allow_private = true;
         let (r, base) = start(c).await;
         let a = account(&r, "hooks").await;
@@ -1333,10 +1335,13 @@ async fn an_applications_callback_retry_policy_applies_to_its_calls() {
     });
     let callee = Callee::new();
     let callee_addr = callee.sock.local_addr().expect("addr");
-    let dir = std::env::temp_dir().join(format!("voxedge-rest-policy-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let mut c = config(&format!("sqlite://{}", dir.join("p.db").display()), 33100);
+    let scratch = common::scratch_dir("rest-policy");
+    let dir = scratch.path();
+    let mut c = config(
+        &format!("sqlite://{}", dir.join("p.db").display()),
+        dir,
+        33100,
+    );
     c.api.callbacks_allow_private = true;
     let (r, base) = start(c).await;
     let a = account(&r, "policy").await;
@@ -1404,5 +1409,4 @@ async fn an_applications_callback_retry_policy_applies_to_its_calls() {
     .await
     .expect("client");
     r.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

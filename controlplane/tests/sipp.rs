@@ -12,13 +12,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 
 /// Starts `voxedge serve` with `args` and waits until its admin listener on `admin_port`
 /// answers.
-fn serve(args: &[&std::ffi::OsStr], admin_port: u16) -> Kill {
+fn serve(args: &[&std::ffi::OsStr], admin_port: u16) -> Serve {
+    let dir = common::scratch_dir(&format!("sipp-serve-{admin_port}"));
     let child = Kill(
         Command::new(BIN)
             .arg("serve")
             .args(args)
             .args(["--api-listen", "127.0.0.1:0", "--ng-listen", "127.0.0.1:0"])
-            .current_dir(scratch(admin_port))
+            .current_dir(dir.path())
             .env_remove("VOXEDGE_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -31,17 +32,20 @@ fn serve(args: &[&std::ffi::OsStr], admin_port: u16) -> Kill {
         assert!(Instant::now() < deadline, "voxedge serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    Serve {
+        _child: child,
+        _dir: dir,
+    }
 }
 
-/// A scratch directory per service (its store and key file land there).
-fn scratch(port: u16) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("voxedge-sipp-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+/// A running `voxedge serve` and its working directory (its store and key file land there),
+/// removed once the process has stopped (fields drop in order).
+struct Serve {
+    _child: Kill,
+    _dir: tempfile::TempDir,
 }
 
-fn serve_config(cfg: &std::path::Path, admin_port: u16) -> Kill {
+fn serve_config(cfg: &std::path::Path, admin_port: u16) -> Serve {
     serve(&["--config".as_ref(), cfg.as_os_str()], admin_port)
 }
 
@@ -67,8 +71,8 @@ fn sipp_uac_calls_the_echo_target() {
     ];
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
     let serve = serve(&args, 27151);
-    let dir = std::env::temp_dir().join(format!("voxedge-sipp-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = common::scratch_dir("sipp-echo");
+    let dir = scratch.path();
     let stat = dir.join("stat.csv");
     let out = Command::new("sipp")
         .args(["-sn", "uac", "-s", "echo", "127.0.0.1:27150"])
@@ -76,7 +80,7 @@ fn sipp_uac_calls_the_echo_target() {
         .args(["-m", "30", "-r", "30", "-l", "30", "-d", "200"])
         .args(["-timeout", "30", "-nostdin", "-trace_stat", "-stf"])
         .arg(&stat)
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .expect("run sipp");
     let csv = std::fs::read_to_string(&stat).unwrap_or_default();
@@ -102,7 +106,6 @@ fn sipp_uac_calls_the_echo_target() {
     assert_eq!(field("SuccessfulCall(C)"), "30");
     assert_eq!(field("FailedCall(C)"), "0");
     drop(serve);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// sipp UAC (playing a G.711 capture as RTP) → voxedge (dial plan routes everything to the
@@ -110,7 +113,8 @@ fn sipp_uac_calls_the_echo_target() {
 /// both ways.
 #[test]
 fn sipp_uac_through_voxedge_to_sipp_uas_with_rtp() {
-    let dir = std::env::temp_dir().join(format!("voxedge-sipp-b2b-{}", std::process::id()));
+    let scratch = common::scratch_dir("sipp-b2b");
+    let dir = scratch.path();
     std::fs::create_dir_all(dir.join("pcap")).expect("dir");
     // The scenario plays sipp's own captures (audio, then an RFC 2833 digit).
     for e in std::fs::read_dir("/usr/share/sip-tester")
@@ -143,7 +147,7 @@ port_max = 23599
         Command::new("sipp")
             .args(["-sn", "uas", "-i", "127.0.0.1", "-p", "27170"])
             .args(["-rtp_echo", "-mp", "27400", "-m", "5", "-nostdin"])
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -155,7 +159,7 @@ port_max = 23599
         .args([
             "-m", "5", "-r", "5", "-l", "5", "-timeout", "60", "-nostdin",
         ])
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .expect("sipp uac");
     let mut uas = uas;
@@ -201,7 +205,6 @@ port_max = 23599
         forwarded > 1000.0,
         "RTP relayed both ways: {forwarded} packets"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A busy callee (sipp UAS scenario answering 486): every caller gets the 486 relayed through
@@ -250,8 +253,8 @@ fn b2b_pair(
     uac: &[&str],
     calls: u32,
 ) -> (bool, bool, String) {
-    let dir = std::env::temp_dir().join(format!("voxedge-sipp-{base}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = common::scratch_dir(&format!("sipp-{base}"));
+    let dir = scratch.path();
     let cfg = dir.join("voxedge.toml");
     std::fs::write(
         &cfg,
@@ -280,7 +283,7 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas}\"{route_extra} }}]\
                 &(base + 70).to_string(),
             ])
             .args(["-m", &calls.to_string(), "-nostdin"])
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -299,7 +302,7 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas}\"{route_extra} }}]\
         .args(["-i", "127.0.0.1", "-p", &(base + 90).to_string()])
         .args(["-m", &calls.to_string(), "-r", &calls.to_string()])
         .args(["-timeout", "30", "-nostdin", "-trace_err"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .output()
         .expect("sipp uac");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -312,13 +315,12 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas}\"{route_extra} }}]\
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let errors: String = std::fs::read_dir(&dir)
+    let errors: String = std::fs::read_dir(dir)
         .expect("dir")
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with("_errors.log"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect();
-    let _ = std::fs::remove_dir_all(&dir);
     (out.status.success(), uas_ok, errors)
 }
 

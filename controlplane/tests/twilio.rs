@@ -26,8 +26,8 @@ async fn the_official_twilio_helper_library_drives_voxedge() {
     let python = std::env::var("VOXEDGE_TWILIO_PYTHON").unwrap_or_else(|_| {
         panic!("VOXEDGE_TWILIO_PYTHON is not set: run scripts/test (it makes a venv with the twilio library)")
     });
-    let dir = std::env::temp_dir().join(format!("voxedge-twilio-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let scratch = common::scratch_dir("twilio");
+    let dir = scratch.path().to_path_buf();
     let mut c = Config::default();
     c.ng.listen = "127.0.0.1:0".parse().expect("addr");
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -109,5 +109,4 @@ async fn the_official_twilio_helper_library_drives_voxedge() {
         "{stdout}"
     );
     r.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

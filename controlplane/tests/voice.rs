@@ -181,7 +181,8 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     let app_url = |p: &str| format!("http://127.0.0.1:{app_port}{p}");
 
     // VoxEdge on kernel sockets (sipp sends real RTP).
-    let dir = common::scratch_dir("voice");
+    let scratch = common::scratch_dir("voice");
+    let dir = scratch.path().to_path_buf();
     let mut c = common::serve_config(&dir, 29000);
     c.dataplane.port_max = 29199;
     // <Dial> targets: the sipp callee.

@@ -40,8 +40,11 @@ struct Env {
 static ENV: OnceLock<Env> = OnceLock::new();
 static LOCK: Mutex<()> = Mutex::new(());
 
+/// The pcap port's capture files, under Cargo's `target/tmp` (the EAL lives as long as the
+/// process, so the directory does too).
 fn pcap_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("voxedge-dpdk-test-{}", std::process::id()))
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("voxedge-dpdk-test-{}", std::process::id()))
 }
 
 /// EAL settings shared by every test in this process.

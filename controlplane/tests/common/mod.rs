@@ -94,10 +94,11 @@ pub fn serve_config(dir: &Path, port_min: u16) -> Config {
     c
 }
 
-/// A fresh scratch directory for a test (`name` and this process), emptied first.
-pub fn scratch_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("voxedge-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+/// A fresh scratch directory for a test under Cargo's `target/tmp`, removed
+/// when the returned guard drops (also when the test panics).
+pub fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("voxedge-{name}-"))
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("scratch dir")
 }
