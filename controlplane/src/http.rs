@@ -84,6 +84,13 @@ impl From<DataplaneError> for ApiError {
             DataplaneError::Command(CommandError::Unsupported(_)) => {
                 (StatusCode::NOT_IMPLEMENTED, "unsupported")
             }
+            DataplaneError::NoConference(_) => (StatusCode::NOT_FOUND, "not_found"),
+            DataplaneError::Command(CommandError::Mix(_)) => {
+                (StatusCode::CONFLICT, "conference_conflict")
+            }
+            DataplaneError::ConferenceWorker { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "conference_worker")
+            }
             DataplaneError::Stopped(_) | DataplaneError::Command(CommandError::Exists(_)) => {
                 tracing::error!(error = %e, "dataplane failure");
                 return ApiError::new(

@@ -9,6 +9,7 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use crate::ids::{Component, RelayId, Side};
+use crate::mixer::{Beep, ConfId, ConfOptions, MemberSpec, MemberUpdate, MixError};
 use crate::player::{PlayMedia, PlayMediaError};
 use crate::stats::StreamCounters;
 use crate::table::SourcePolicy;
@@ -76,6 +77,8 @@ pub enum CommandError {
     BadMedia(#[from] PlayMediaError),
     #[error("the {0} backend cannot generate packets (media playback)")]
     Unsupported(&'static str),
+    #[error("{0}")]
+    Mix(#[from] MixError),
 }
 
 /// Snapshot of one stream.
@@ -158,8 +161,49 @@ pub enum MediaCommand {
         tap: Option<crate::recorder::RecordTap>,
         reply: Sender<Result<(), CommandError>>,
     },
+    /// A conference operation on the worker that owns the conference and the leg.
+    Conference {
+        conf: ConfId,
+        op: ConfOp,
+        reply: Sender<Result<ConfReply, CommandError>>,
+    },
     /// Stops the worker loop after draining nothing further.
     Shutdown,
+}
+
+/// What to do to a conference.
+#[derive(Debug)]
+pub enum ConfOp {
+    /// Adds a relay's leg (`options` apply if the conference is new).
+    Join {
+        member: MemberSpec,
+        options: ConfOptions,
+    },
+    Update {
+        relay: RelayId,
+        side: Side,
+        update: MemberUpdate,
+    },
+    /// Takes the leg out; it is joined to its relay's other leg again.
+    Leave {
+        relay: RelayId,
+        side: Side,
+    },
+    /// Records the full mix (`None` stops).
+    Record(Option<crate::recorder::RecordTap>),
+    Beep(Beep),
+    /// Lists the members.
+    Roster,
+}
+
+/// A conference operation's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfReply {
+    Done,
+    /// The last member left: the conference is gone.
+    Ended,
+    /// (relay, side, muted, deaf, talking) per member.
+    Roster(Vec<(RelayId, Side, bool, bool, bool)>),
 }
 
 /// Worker → control plane.
@@ -184,4 +228,11 @@ pub enum MediaEvent {
     MediaTimeout { relay: RelayId, side: Side },
     /// Playback `id` on a leg sent its last frame.
     PlayDone { relay: RelayId, side: Side, id: u64 },
+    /// A conference member started or stopped talking.
+    Talking {
+        conf: ConfId,
+        relay: RelayId,
+        side: Side,
+        talking: bool,
+    },
 }

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::alloc::PortAllocator;
 use crate::command::{
-    CommandError, LegSpec, LegUpdate, MediaCommand, MediaEvent, RelaySnapshot, RelaySpec,
+    CommandError, ConfOp, ConfReply, LegSpec, LegUpdate, MediaCommand, MediaEvent, RelaySnapshot,
+    RelaySpec,
 };
 use crate::config::{ConfigError, DataplaneConfig};
 use crate::ids::{RelayId, Side, WorkerId};
@@ -77,6 +78,14 @@ pub enum DataplaneError {
     NotFound(u64),
     #[error(transparent)]
     Command(#[from] CommandError),
+    #[error("conference {conf} is mixed on worker {conf_worker}, this leg's media is on worker {leg_worker}: members of a conference must share a worker")]
+    ConferenceWorker {
+        conf: u64,
+        conf_worker: u16,
+        leg_worker: u16,
+    },
+    #[error("conference {0} not found")]
+    NoConference(u64),
 }
 
 /// One leg as requested by a client.
@@ -154,6 +163,8 @@ struct ControlState {
     allocators: Vec<Vec<PortAllocator>>,
     relays: HashMap<RelayId, RelayInfo>,
     relays_per_worker: Vec<usize>,
+    /// Conferences and the worker mixing each.
+    conferences: HashMap<crate::mixer::ConfId, WorkerId>,
 }
 
 /// Test-side view of the in-memory network (only with [`BackendKind::Memory`]).
@@ -418,6 +429,7 @@ impl Dataplane {
         Ok(Dataplane {
             state: Mutex::new(ControlState {
                 relays_per_worker: vec![0; n],
+                conferences: HashMap::new(),
                 allocators,
                 relays: HashMap::new(),
             }),
@@ -696,6 +708,68 @@ impl Dataplane {
             side,
             reply,
         })??)
+    }
+
+    /// A conference operation (see [`ConfOp`]). A join creates the conference on the worker
+    /// of the joining leg's relay; other operations go to that worker. The registry forgets a
+    /// conference when its last member leaves.
+    ///
+    /// # Errors
+    /// Unknown relay or conference, a leg on another worker than the conference, the mixer's
+    /// refusal, or the worker did not answer.
+    pub fn conference(
+        &self,
+        conf: crate::mixer::ConfId,
+        op: ConfOp,
+    ) -> Result<ConfReply, DataplaneError> {
+        let known = self.state().conferences.get(&conf).copied();
+        let w = match (&op, known) {
+            (ConfOp::Join { member, .. }, known) => {
+                let info = self
+                    .relay(member.relay)
+                    .ok_or(DataplaneError::NotFound(member.relay.0))?;
+                if let Some(cw) = known.filter(|cw| *cw != info.worker) {
+                    // The entry may be stale: a conference also ends when its last member's
+                    // relay is deleted, which the registry does not see.
+                    let roster =
+                        self.call(usize::from(cw.0), |reply| MediaCommand::Conference {
+                            conf,
+                            op: ConfOp::Roster,
+                            reply,
+                        })?;
+                    if roster.is_err() {
+                        self.state().conferences.remove(&conf);
+                        return self.conference(conf, op);
+                    }
+                    return Err(DataplaneError::ConferenceWorker {
+                        conf: conf.0,
+                        conf_worker: cw.0,
+                        leg_worker: info.worker.0,
+                    });
+                }
+                info.worker
+            }
+            (_, Some(w)) => w,
+            (_, None) => return Err(DataplaneError::NoConference(conf.0)),
+        };
+        let joining = matches!(op, ConfOp::Join { .. });
+        let r = self.call(usize::from(w.0), |reply| MediaCommand::Conference {
+            conf,
+            op,
+            reply,
+        })??;
+        let mut st = self.state();
+        if joining {
+            st.conferences.insert(conf, w);
+        } else if r == ConfReply::Ended {
+            st.conferences.remove(&conf);
+        }
+        Ok(r)
+    }
+
+    /// The worker mixing a conference, if it exists.
+    pub fn conference_worker(&self, conf: crate::mixer::ConfId) -> Option<WorkerId> {
+        self.state().conferences.get(&conf).copied()
     }
 
     /// Drops a deleted relay from the registry and gives its ports back.

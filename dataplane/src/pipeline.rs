@@ -6,12 +6,14 @@
 //! 2. check or latch the source address (strict-source, handover);
 //! 3. demultiplex RTP / RTCP (RFC 5761, RFC 7983) and validate the header;
 //! 4. account RFC 3550 receive statistics; report RFC 4733 digits as events;
-//! 5. pick the egress stream (other leg), rewrite SSRC/seq/ts if asked, and forward to its remote.
+//! 5. pick the egress stream (other leg), rewrite SSRC/seq/ts if asked, and forward to its remote
+//!    — or, for a conference member, hand the packet to the worker's mixer.
 
 use std::net::SocketAddr;
 
 use crate::command::MediaEvent;
 use crate::ids::{Component, PortHandle, StreamIdx};
+use crate::mixer::{MixRef, TO_MIXER};
 use crate::stats::DropReason;
 use crate::table::{Stream, StreamTable};
 use crate::wire::dtmf::{digit_char, TelephoneEvent};
@@ -30,6 +32,8 @@ pub enum Verdict {
     },
     /// Not forwarded; already counted on the stream (the caller counts the worker total).
     Drop(DropReason),
+    /// A conference member's RTP: the caller hands the packet to its mixer.
+    Mix(MixRef),
 }
 
 /// Receives events raised while processing packets (DTMF, latching).
@@ -121,10 +125,15 @@ pub fn process<E: EventSink>(
     if out_idx == idx {
         return echo(s, idx, len);
     }
+    if out_idx == TO_MIXER {
+        s.counters.packets_forwarded += 1;
+        return Verdict::Mix(s.mix);
+    }
     let Some((s, out)) = table.pair_mut(idx, out_idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
-    if out.playing {
+    // Towards a stream that is playing, or that hears a conference instead of its relay.
+    if out.playing || out.peer == TO_MIXER {
         return drop(s, DropReason::Superseded);
     }
     let Some(dst) = out.remote else {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx};
+use crate::mixer::MixRef;
 use crate::recorder::RecordTap;
 use crate::rewrite::EgressRewrite;
 use crate::stats::{RtpReceiveStats, StreamCounters};
@@ -60,7 +61,12 @@ pub struct Stream {
     pub rtp_sibling: StreamIdx,
     pub relay: RelayId,
     pub side: Side,
+    /// The stream is a conference member: its packets go to the mixer (or, in a two-member
+    /// conference, to the other member); the mixer restores `peer` when it leaves.
+    pub in_conference: bool,
     pub last_dtmf_ts: Option<u32>,
+    /// The member's place in the worker's mixer (read only for members' packets).
+    pub mix: MixRef,
     pub egress: EgressRewrite,
 }
 
@@ -92,6 +98,8 @@ impl Stream {
             dtmf_pt: None,
             last_dtmf_ts: None,
             egress: EgressRewrite::default(),
+            in_conference: false,
+            mix: MixRef::default(),
             counters: StreamCounters::default(),
             rx: RtpReceiveStats::default(),
             last_rx_ns: now_ns,
@@ -316,6 +324,6 @@ mod layout_tests {
             rx_end <= 192,
             "counters and receive stats within lines 1-2 (end {rx_end})"
         );
-        println!("Stream is {} bytes", std::mem::size_of::<Stream>());
+        assert_eq!(std::mem::size_of::<Stream>(), 256, "four cache lines");
     }
 }

@@ -22,12 +22,13 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use hdrhistogram::Histogram;
 
 use crate::command::{
-    CommandError, LegSnapshot, LegSpec, LegUpdate, MediaCommand, MediaEvent, RelaySnapshot,
-    RelaySpec, StreamSnapshot,
+    CommandError, ConfOp, ConfReply, LegSnapshot, LegSpec, LegUpdate, MediaCommand, MediaEvent,
+    RelaySnapshot, RelaySpec, StreamSnapshot,
 };
 use crate::config::BURST_SIZE_MAX;
 use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx, WorkerId};
 use crate::io::{PacketIo, RxBatch, TxDesc};
+use crate::mixer::{ConfId, MixOut, Mixer};
 use crate::pipeline::{self, EventSink, Verdict};
 use crate::player::{Player, Step, FRAME_BYTES_MAX, RTP_HEADER};
 use crate::stats::{DropCounters, DropReason, DROP_SLOTS};
@@ -62,6 +63,16 @@ pub struct WorkerShared {
     pub packets_played: AtomicU64,
     /// Playbacks in progress.
     pub players: AtomicU64,
+    /// Packets conference members sent into the mixer.
+    pub mixed_in: AtomicU64,
+    /// Mixed packets sent to conference members.
+    pub mixed_out: AtomicU64,
+    /// Member frames concealed (lost or late audio).
+    pub mix_concealed: AtomicU64,
+    /// Member packets too late for their playout point.
+    pub mix_late: AtomicU64,
+    pub conferences: AtomicU64,
+    pub conference_members: AtomicU64,
     pub rx_calls: AtomicU64,
     /// Receive calls that failed (not counting "nothing queued").
     pub rx_errors: AtomicU64,
@@ -92,6 +103,12 @@ impl WorkerShared {
             events_dropped: AtomicU64::new(0),
             packets_played: AtomicU64::new(0),
             players: AtomicU64::new(0),
+            mixed_in: AtomicU64::new(0),
+            mixed_out: AtomicU64::new(0),
+            mix_concealed: AtomicU64::new(0),
+            mix_late: AtomicU64::new(0),
+            conferences: AtomicU64::new(0),
+            conference_members: AtomicU64::new(0),
             rx_calls: AtomicU64::new(0),
             rx_errors: AtomicU64::new(0),
             tx_calls: AtomicU64::new(0),
@@ -188,6 +205,8 @@ pub struct Worker<Io: PacketIo> {
     play_buf: Box<[u8; RTP_HEADER + FRAME_BYTES_MAX]>,
     /// Distinguishes playbacks' SSRCs and initial sequence numbers.
     play_seed: u64,
+    /// Conferences whose members' streams this worker owns.
+    mixer: Mixer,
 }
 
 impl<Io: PacketIo> Worker<Io> {
@@ -230,6 +249,7 @@ impl<Io: PacketIo> Worker<Io> {
             next_play_ns: u64::MAX,
             play_buf: Box::new([0; RTP_HEADER + FRAME_BYTES_MAX]),
             play_seed: std::process::id().into(),
+            mixer: Mixer::new(u64::from(std::process::id()).rotate_left(29)),
         }
     }
 
@@ -257,11 +277,12 @@ impl<Io: PacketIo> Worker<Io> {
         let did_commands = self.apply_commands();
         let wait = if did_commands {
             Duration::ZERO
-        } else if self.players.is_empty() {
+        } else if self.players.is_empty() && self.mixer.is_empty() {
             self.cfg.idle_wait
         } else {
-            // Wake for the next played packet.
-            let until = self.next_play_ns.saturating_sub(self.now_ns());
+            // Wake for the next played packet or conference tick.
+            let due = self.next_play_ns.min(self.mixer.next_due_ns());
+            let until = due.saturating_sub(self.now_ns());
             self.cfg.idle_wait.min(Duration::from_nanos(until))
         };
         let n = self.io.rx_burst(&mut self.batch, self.cfg.burst_size, wait);
@@ -279,6 +300,12 @@ impl<Io: PacketIo> Worker<Io> {
         if !self.players.is_empty() && end >= self.next_play_ns {
             let t0 = self.now_ns();
             self.run_players(t0);
+            end = self.now_ns();
+            self.totals.busy_ns += end - t0;
+        }
+        if !self.mixer.is_empty() && end >= self.mixer.next_due_ns() {
+            let t0 = self.now_ns();
+            self.run_mixer(t0);
             end = self.now_ns();
             self.totals.busy_ns += end - t0;
         }
@@ -327,6 +354,7 @@ impl<Io: PacketIo> Worker<Io> {
                     ntx += 1;
                 }
                 Verdict::Drop(r) => self.totals.drops.count(r),
+                Verdict::Mix(r) => self.mixer.push(r, buf, now),
             }
         }
         self.totals.events_dropped += sink.dropped;
@@ -432,6 +460,87 @@ impl<Io: PacketIo> Worker<Io> {
         }
         self.next_play_ns = next;
         self.totals.events_dropped += sink.dropped;
+    }
+
+    /// Runs the conference ticks that are due, sending mixed packets in bursts.
+    fn run_mixer(&mut self, now: u64) {
+        let Worker {
+            mixer,
+            table,
+            io,
+            batch,
+            tx,
+            totals,
+            events,
+            cfg,
+            ..
+        } = self;
+        let mut sink = ChannelSink {
+            tx: events,
+            dropped: 0,
+        };
+        let mut out = MixSend {
+            io,
+            batch,
+            tx: &mut tx[..],
+            ntx: 0,
+            burst: cfg.burst_size.clamp(1, BURST_SIZE_MAX),
+            totals,
+        };
+        mixer.run(now, table, &mut sink, &mut out);
+        out.flush();
+        self.totals.events_dropped += sink.dropped;
+    }
+
+    fn conference(
+        &mut self,
+        conf: ConfId,
+        op: ConfOp,
+        now: u64,
+    ) -> Result<ConfReply, CommandError> {
+        let stream = |relays: &HashMap<RelayId, RelayStreams>, relay: RelayId, side: Side| {
+            relays
+                .get(&relay)
+                .map(|r| r.rtp[side.index()])
+                .ok_or(CommandError::NotFound(relay))
+        };
+        match op {
+            ConfOp::Join { member, options } => {
+                if !self.io.can_generate() {
+                    return Err(CommandError::Unsupported(self.io.kind()));
+                }
+                let idx = stream(&self.relays, member.relay, member.side)?;
+                self.mixer
+                    .join(conf, options, &member, idx, &mut self.table, now)?;
+                Ok(ConfReply::Done)
+            }
+            ConfOp::Update {
+                relay,
+                side,
+                update,
+            } => {
+                let idx = stream(&self.relays, relay, side)?;
+                self.mixer.update(conf, idx, &update, &mut self.table)?;
+                Ok(ConfReply::Done)
+            }
+            ConfOp::Leave { relay, side } => {
+                let idx = stream(&self.relays, relay, side)?;
+                Ok(if self.mixer.leave(conf, idx, &mut self.table)? {
+                    ConfReply::Ended
+                } else {
+                    ConfReply::Done
+                })
+            }
+            ConfOp::Record(tap) => {
+                self.mixer.record(conf, tap, &mut self.table)?;
+                Ok(ConfReply::Done)
+            }
+            ConfOp::Beep(b) => {
+                self.mixer.beep(conf, b, &mut self.table)?;
+                Ok(ConfReply::Done)
+            }
+            ConfOp::Roster => Ok(ConfReply::Roster(self.mixer.roster(conf)?)),
+        }
     }
 
     fn play(
@@ -564,8 +673,17 @@ impl<Io: PacketIo> Worker<Io> {
                 };
                 let _ = reply.try_send(r);
             }
+            MediaCommand::Conference { conf, op, reply } => {
+                let _ = reply.try_send(self.conference(conf, op, now));
+            }
             MediaCommand::Shutdown => self.stop = true,
         }
+        self.shared
+            .conferences
+            .store(self.mixer.conferences() as u64, Ordering::Relaxed);
+        self.shared
+            .conference_members
+            .store(self.mixer.members() as u64, Ordering::Relaxed);
         self.shared
             .streams
             .store(self.table.len() as u64, Ordering::Relaxed);
@@ -724,6 +842,9 @@ impl<Io: PacketIo> Worker<Io> {
             .ok_or(CommandError::NotFound(relay))?;
         let snap = self.snapshot(relay, &r, now);
         self.players.retain(|p| p.relay != relay);
+        for idx in r.rtp {
+            self.mixer.forget_stream(idx, &mut self.table);
+        }
         for idx in r.rtp.into_iter().chain(r.rtcp.into_iter().flatten()) {
             if let Some(s) = self.table.remove(idx) {
                 self.io.close_port(s.port);
@@ -805,6 +926,12 @@ impl<Io: PacketIo> Worker<Io> {
         sh.wall_ns.store(t.wall_ns, Ordering::Relaxed);
         sh.events_dropped.store(t.events_dropped, Ordering::Relaxed);
         sh.packets_played.store(t.packets_played, Ordering::Relaxed);
+        let m = &self.mixer.stats;
+        sh.mixed_in.store(m.packets_in, Ordering::Relaxed);
+        sh.mixed_out.store(m.packets_out, Ordering::Relaxed);
+        sh.mix_concealed
+            .store(m.concealed_frames, Ordering::Relaxed);
+        sh.mix_late.store(m.late, Ordering::Relaxed);
         let c = self.io.counters();
         sh.rx_calls.store(c.rx_calls, Ordering::Relaxed);
         sh.rx_errors.store(c.rx_errors, Ordering::Relaxed);
@@ -821,6 +948,66 @@ impl<Io: PacketIo> Worker<Io> {
                 self.last_hist_ns = now;
             }
         }
+    }
+}
+
+/// Where the mixer's packets go: loaded into the batch, sent a burst at a time.
+struct MixSend<'a, Io: PacketIo> {
+    io: &'a mut Io,
+    batch: &'a mut Io::Batch,
+    tx: &'a mut [TxDesc],
+    ntx: usize,
+    burst: usize,
+    totals: &'a mut Totals,
+}
+
+impl<Io: PacketIo> MixSend<'_, Io> {
+    /// Sends what is queued. Streams counted their packets when they were queued; a failed
+    /// send is counted on the worker.
+    fn flush(&mut self) {
+        if self.ntx == 0 {
+            return;
+        }
+        self.io
+            .tx_burst(self.batch, self.ntx, &mut self.tx[..self.ntx]);
+        for d in &self.tx[..self.ntx] {
+            if d.sent {
+                self.totals.packets_played += 1;
+                self.totals.bytes_out += u64::from(d.len);
+            } else {
+                self.totals.drops.count(DropReason::TxFailed);
+            }
+        }
+        self.ntx = 0;
+    }
+}
+
+impl<Io: PacketIo> MixOut for MixSend<'_, Io> {
+    fn send(&mut self, idx: StreamIdx, s: &mut Stream, packet: &[u8]) {
+        let Some(dst) = s.remote else {
+            s.counters.drops.count(DropReason::NoRemote);
+            self.totals.drops.count(DropReason::NoRemote);
+            return;
+        };
+        if self.ntx == self.burst {
+            self.flush();
+        }
+        if !self.io.load(self.batch, self.ntx, packet) {
+            s.counters.drops.count(DropReason::TxFailed);
+            self.totals.drops.count(DropReason::TxFailed);
+            return;
+        }
+        s.counters.packets_out += 1;
+        s.counters.bytes_out += packet.len() as u64;
+        self.tx[self.ntx] = TxDesc {
+            buf: self.ntx as u8,
+            len: packet.len() as u16,
+            port: s.port,
+            dst,
+            stream: idx,
+            sent: false,
+        };
+        self.ntx += 1;
     }
 }
 

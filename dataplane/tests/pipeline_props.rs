@@ -126,6 +126,7 @@ proptest! {
                 }
                 Verdict::Drop(DropReason::UnknownStream) => prop_assert_eq!(port, 3),
                 Verdict::Drop(_) => dropped_known += 1,
+                Verdict::Mix(_) => prop_assert!(false, "no stream here is a conference member"),
             }
         }
         let counted: u64 = t.iter().map(|(_, s)| s.counters.drops.total()).sum();

@@ -425,3 +425,125 @@ pub fn record_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
     assert_eq!(tap.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
     dp.delete_relay(info.id).expect("deleted");
 }
+
+/// Conference: three relays' A legs join one conference; each sends its own tone, paced in
+/// real time, and receives a mix holding the other two tones and not its own. Members talk
+/// (events), leave (the relay link comes back) and the conference ends with the last one.
+pub fn conference_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
+    use voxedge_dataplane::command::{ConfOp, ConfReply};
+    use voxedge_dataplane::g711::Law;
+    use voxedge_dataplane::mixer::{ConfId, ConfOptions, MemberSpec};
+    const FREQS: [f64; 3] = [450.0, 850.0, 1350.0];
+    let conf = ConfId(77);
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let e = net.endpoint();
+        let info = dp
+            .create_relay(RelayRequest {
+                legs: [
+                    LegRequest {
+                        remote: Some(e),
+                        ..Default::default()
+                    },
+                    LegRequest::default(),
+                ],
+                ..Default::default()
+            })
+            .expect("relay created");
+        let r = dp.conference(
+            conf,
+            ConfOp::Join {
+                member: MemberSpec::new(info.id, Side::A, Law::Mu),
+                options: ConfOptions::default(),
+            },
+        );
+        assert_eq!(r.expect("joined"), ConfReply::Done);
+        members.push((e, info));
+    }
+    let frame = |i: usize, k: u32| -> Vec<u8> {
+        let mut p = rtp(0, k as u16, 160 * k, 100 + i as u32, 0);
+        for (n, b) in p[12..].iter_mut().enumerate() {
+            let t = f64::from(160 * k + n as u32) / 8000.0;
+            *b =
+                Law::Mu.encode((6000.0 * (2.0 * std::f64::consts::PI * FREQS[i] * t).sin()) as i16);
+        }
+        p
+    };
+    let mut heard: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let start = std::time::Instant::now();
+    for k in 0..75u32 {
+        for (i, (e, info)) in members.iter().enumerate() {
+            net.send(*e, info.legs[0].local, &frame(i, k));
+        }
+        // Pace: frame k is sent at k × 20 ms; drain what arrived meanwhile.
+        let due = start + Duration::from_millis(20 * u64::from(k + 1));
+        for (i, (e, _)) in members.iter().enumerate() {
+            loop {
+                let left = due.saturating_duration_since(std::time::Instant::now());
+                let wait = if i == 2 { left } else { Duration::ZERO };
+                let Some((_, p)) = net.recv(*e, wait.max(Duration::from_micros(1))) else {
+                    break;
+                };
+                heard[i].extend(p[12..].iter().map(|b| f64::from(Law::Mu.decode(*b))));
+            }
+        }
+    }
+    for (i, h) in heard.iter().enumerate() {
+        assert!(
+            h.len() >= 50 * 160,
+            "member {i} received {} samples",
+            h.len()
+        );
+        let tail = &h[h.len() - 40 * 160..];
+        let own = goertzel(tail, FREQS[i]);
+        for (j, f) in FREQS.iter().enumerate() {
+            if j != i {
+                let other = goertzel(tail, *f);
+                assert!(
+                    other > 300.0 * own.max(1e-3),
+                    "member {i}: tone {j} {other:.1} vs own {own:.3}"
+                );
+            }
+        }
+    }
+    let talking = dp
+        .events()
+        .try_iter()
+        .filter(|e| matches!(e, MediaEvent::Talking { talking: true, conf: c, .. } if *c == conf))
+        .count();
+    assert_eq!(talking, 3, "each member's talking is reported");
+    let roster = dp.conference(conf, ConfOp::Roster).expect("roster");
+    let ConfReply::Roster(r) = roster else {
+        panic!("roster: {roster:?}")
+    };
+    assert_eq!(r.len(), 3);
+    for (n, (_, info)) in members.iter().enumerate() {
+        let r = dp
+            .conference(
+                conf,
+                ConfOp::Leave {
+                    relay: info.id,
+                    side: Side::A,
+                },
+            )
+            .expect("left");
+        assert_eq!(r == ConfReply::Ended, n == 2, "ends with the last member");
+    }
+    assert!(dp.conference_worker(conf).is_none(), "registry forgets it");
+    for (_, info) in members {
+        dp.delete_relay(info.id).expect("deleted");
+    }
+}
+
+/// Power of `freq` (Hz, 8 kHz samples) in `x`, normalised by length (Goertzel).
+pub fn goertzel(x: &[f64], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let c = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for v in x {
+        let s0 = v + c * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
+}

@@ -21,7 +21,8 @@ use voxedge_dataplane::wire::{checksum_add, checksum_fold, ipv4, ipv6};
 use voxedge_dataplane::{Dataplane, RelayRequest, StartError};
 use voxedge_system_tests::dpdk::DpdkNet;
 use voxedge_system_tests::scenarios::{
-    playback_scenario, record_scenario, relay_scenario, strict_source_scenario, WAIT,
+    conference_scenario, playback_scenario, record_scenario, relay_scenario,
+    strict_source_scenario, WAIT,
 };
 use voxedge_system_tests::{rtp, TestNet};
 
@@ -160,6 +161,14 @@ fn playback_scenario_on_dpdk_ring_port() {
     let (env, _g) = env();
     let dp = Dataplane::start(config(ONE_Q, 1, 32200)).expect("start");
     playback_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
+}
+
+#[test]
+fn conference_scenario_on_dpdk_ring_port() {
+    // Mixed packets leave through the DPDK port like played ones.
+    let (env, _g) = env();
+    let dp = Dataplane::start(config(ONE_Q, 1, 32400)).expect("start");
+    conference_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
 }
 
 fn peer_iface(ip: &str, mac: [u8; 6]) -> Interface {

@@ -6,8 +6,8 @@
 use voxedge_dataplane::config::DataplaneConfig;
 use voxedge_dataplane::{Dataplane, RelayRequest};
 use voxedge_system_tests::scenarios::{
-    echo_scenario, echo_toggle_scenario, playback_scenario, record_scenario, relay_scenario,
-    strict_source_scenario,
+    conference_scenario, echo_scenario, echo_toggle_scenario, playback_scenario, record_scenario,
+    relay_scenario, strict_source_scenario,
 };
 use voxedge_system_tests::{MemNet, SocketNet};
 
@@ -113,4 +113,12 @@ fn recording_tap_on_memory_and_socket_backends() {
     record_scenario(&dp, &mut MemNet::new(net));
     let dp = Dataplane::start(config(32300)).expect("start");
     record_scenario(&dp, &mut SocketNet::default());
+}
+
+#[test]
+fn conference_mixing_on_memory_and_socket_backends() {
+    let (dp, net) = Dataplane::start_memory(config(32500)).expect("start");
+    conference_scenario(&dp, &mut MemNet::new(net));
+    let dp = Dataplane::start(config(32700)).expect("start");
+    conference_scenario(&dp, &mut SocketNet::default());
 }

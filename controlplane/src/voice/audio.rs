@@ -45,65 +45,8 @@ impl Codec {
     }
 }
 
-/// ITU-T G.711 µ-law.
-pub fn ulaw(s: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    const CLIP: i32 = 32_635;
-    let mut v = i32::from(s);
-    let sign = if v < 0 {
-        v = -v;
-        0x80
-    } else {
-        0
-    };
-    v = v.min(CLIP) + BIAS;
-    let exponent = (31 - (v as u32).leading_zeros()).saturating_sub(7).min(7);
-    let mantissa = (v >> (exponent + 3)) & 0x0f;
-    !(sign | ((exponent as i32) << 4) | mantissa) as u8
-}
-
-/// ITU-T G.711 A-law.
-pub fn alaw(s: i16) -> u8 {
-    let mut v = i32::from(s);
-    let sign = if v >= 0 {
-        0x80
-    } else {
-        v = -v - 1;
-        0
-    };
-    v = v.min(32_767) >> 3;
-    let out = if v < 32 {
-        v >> 1
-    } else {
-        let exponent = (31 - (v as u32).leading_zeros()) - 4;
-        ((exponent as i32) << 4) | ((v >> exponent) & 0x0f)
-    };
-    ((sign | out) ^ 0x55) as u8
-}
-
-/// µ-law byte to linear (for decoding µ-law WAV files and `audio/basic`).
-pub fn ulaw_decode(b: u8) -> i16 {
-    let b = !b;
-    let sign = b & 0x80;
-    let exponent = (b >> 4) & 0x07;
-    let mantissa = i32::from(b & 0x0f);
-    let v = (((mantissa << 3) + 0x84) << exponent) - 0x84;
-    (if sign != 0 { -v } else { v }) as i16
-}
-
-/// A-law byte to linear.
-pub fn alaw_decode(b: u8) -> i16 {
-    let b = b ^ 0x55;
-    let sign = b & 0x80;
-    let exponent = i32::from((b >> 4) & 0x07);
-    let mantissa = i32::from(b & 0x0f);
-    let v = if exponent == 0 {
-        (mantissa << 4) + 8
-    } else {
-        ((mantissa << 4) + 0x108) << (exponent - 1)
-    };
-    (if sign != 0 { v } else { -v }) as i16
-}
+/// G.711 (the dataplane's, shared with the mixer).
+pub use voxedge_dataplane::g711::{alaw, alaw_decode, ulaw, ulaw_decode};
 
 /// Why audio could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
