@@ -5,6 +5,7 @@
 
 pub mod dpdk;
 pub mod gen;
+pub mod mix;
 pub mod proc;
 pub mod relay;
 pub mod rest;
@@ -31,6 +32,8 @@ pub enum BenchKind {
     Voice(voice::VoiceArgs),
     /// The same ng-driven RTP workload on rtpengine (userspace) and on voxedge, side by side.
     VsRtpengine(vs_rtpengine::VsArgs),
+    /// Conference mixing capacity of one worker core: members per core and tick time.
+    Mix(mix::MixArgs),
 }
 
 /// Runs one bench.
@@ -45,5 +48,6 @@ pub fn run_kind(kind: &BenchKind) -> anyhow::Result<()> {
         BenchKind::Rest(a) => rest::main(a),
         BenchKind::VsRtpengine(a) => vs_rtpengine::main(a),
         BenchKind::Voice(a) => voice::main(a),
+        BenchKind::Mix(a) => mix::main(a),
     }
 }

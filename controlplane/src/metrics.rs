@@ -95,6 +95,30 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
     );
     counter(
         &mut out,
+        "voxedge_mix_packets_in_total",
+        "Packets conference members sent into the mixer.",
+        &|i| workers[i].mixed_in.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_mix_packets_out_total",
+        "Mixed packets sent to conference members.",
+        &|i| workers[i].mixed_out.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_mix_concealed_frames_total",
+        "Conference member frames concealed (audio lost, or not there in time).",
+        &|i| workers[i].mix_concealed.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "voxedge_mix_late_packets_total",
+        "Conference member packets that arrived after their playout time.",
+        &|i| workers[i].mix_late.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
         "voxedge_tx_calls_total",
         "Send calls made by the packet I/O backend.",
         &|i| workers[i].tx_calls.load(Ordering::Relaxed),
@@ -133,6 +157,23 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
         "voxedge_relays",
         "Relays held by the worker.",
         &|i| workers[i].relays.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        &mut out,
+        "voxedge_conferences",
+        "Conferences mixed by the worker.",
+        &|i| workers[i].conferences.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        &mut out,
+        "voxedge_conference_members",
+        "Members of the worker's conferences.",
+        &|i| {
+            workers[i]
+                .conference_members
+                .load(Ordering::Relaxed)
+                .to_string()
+        },
     );
     gauge(
         &mut out,
@@ -229,6 +270,21 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         histogram_series(&mut out, "voxedge_worker_latency_seconds", i, &h);
+    }
+
+    header(
+        &mut out,
+        "voxedge_mix_tick_seconds",
+        "histogram",
+        "Time of one conference tick (decode, mix, encode and send for all its members).",
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let h = w
+            .mix_tick_ns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        histogram_series(&mut out, "voxedge_mix_tick_seconds", i, &h);
     }
 
     header(

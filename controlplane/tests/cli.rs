@@ -126,6 +126,59 @@ fn config_command_prints_effective_settings() {
     );
 }
 
+/// The mix bench at a small size: the report's shape, every packet in mixed and sent back out,
+/// one shared encoding per tick plus one per talker, and a talking event per talker.
+/// Capacity figures come from running the bench in release, not from this test.
+#[test]
+fn mix_bench_reports_json() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "mix",
+            "--members",
+            "60",
+            "--size",
+            "6",
+            "--talkers",
+            "2",
+            "--seconds",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for k in [
+        "codec",
+        "conference_size",
+        "talkers",
+        "members_per_core",
+        "tick_us_p99",
+    ] {
+        assert!(v.get(k).is_some(), "{k} missing: {v}");
+    }
+    assert_eq!(v["codec"], "PCMU");
+    assert_eq!(v["conference_size"], 6);
+    assert_eq!(v["packets_in"], 60 * 100);
+    assert_eq!(v["packets_out"], v["packets_in"]);
+    assert_eq!(v["late_packets"], 0);
+    assert_eq!(v["concealed_frames"], 0);
+    assert_eq!(v["talking_events"], 2 * 10);
+    let enc = v["encodes_per_tick"].as_f64().expect("number");
+    assert!(enc > 2.5 && enc <= 3.0, "2 talkers + 1 shared: {enc}");
+    let bad = Command::new(BIN)
+        .args(["bench", "mix", "--codec", "g729"])
+        .output()
+        .expect("run bench");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pcmu or pcma"));
+}
+
 /// The relay bench end to end at a small size: a real `voxedge media` child, real sockets.
 /// It checks the report's shape and that an unloaded relay loses nothing; capacity figures
 /// come from running the bench itself, not from this test.

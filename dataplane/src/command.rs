@@ -202,8 +202,7 @@ pub enum ConfReply {
     Done,
     /// The last member left: the conference is gone.
     Ended,
-    /// (relay, side, muted, deaf, talking) per member.
-    Roster(Vec<(RelayId, Side, bool, bool, bool)>),
+    Roster(Vec<crate::mixer::MemberInfo>),
 }
 
 /// Worker → control plane.

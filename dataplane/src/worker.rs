@@ -85,6 +85,8 @@ pub struct WorkerShared {
     /// Time from the end of a receive call to the end of the matching transmit, nanoseconds,
     /// one sample per packet: the latency the worker adds to a packet already received.
     pub burst_ns: Mutex<Histogram<u64>>,
+    /// Conference tick time, nanoseconds (cumulative since start).
+    pub mix_tick_ns: Mutex<Histogram<u64>>,
 }
 
 impl WorkerShared {
@@ -116,6 +118,7 @@ impl WorkerShared {
             pinned_core: std::sync::atomic::AtomicI64::new(-1),
             processing_ns: Mutex::new(new_histogram()),
             burst_ns: Mutex::new(new_histogram()),
+            mix_tick_ns: Mutex::new(new_histogram()),
         }
     }
 
@@ -937,6 +940,10 @@ impl<Io: PacketIo> Worker<Io> {
         sh.rx_errors.store(c.rx_errors, Ordering::Relaxed);
         sh.tx_calls.store(c.tx_calls, Ordering::Relaxed);
         if hist {
+            if let Ok(mut h) = sh.mix_tick_ns.try_lock() {
+                let _ = h.add(&self.mixer.tick_ns);
+                self.mixer.tick_ns.reset();
+            }
             if let Ok(mut h) = sh.burst_ns.try_lock() {
                 let _ = h.add(&self.burst_hist);
                 self.burst_hist.reset();

@@ -63,7 +63,7 @@ pub enum PushError {
 }
 
 /// Buffer counters (cumulative).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct JitterStats {
     pub packets: u64,
     pub late: u64,

@@ -9,6 +9,7 @@
 //!   limiter and is encoded once per G.711 law and shared;
 //! - each contributing member (and each member with a coach) gets its own N−1 mix, limiter
 //!   and encoding.
+//!
 //! A coach is heard only by the member it coaches. The limiter is a gain that drops at once to
 //! what keeps the frame's peak under full scale and recovers smoothly, so loud conferences are
 //! scaled rather than clipped.
@@ -25,6 +26,9 @@
 pub mod jitter;
 
 use std::collections::HashMap;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
 
 use serde::Serialize;
 
@@ -145,6 +149,20 @@ pub enum MixError {
     Full(ConfId),
     #[error("the coached leg is not a member of conference {0:?}")]
     NoCoachee(ConfId),
+}
+
+/// A member as [`Mixer::roster`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemberInfo {
+    pub relay: RelayId,
+    pub side: Side,
+    pub muted: bool,
+    pub deaf: bool,
+    pub talking: bool,
+    pub coaching: bool,
+    pub jitter: JitterStats,
+    /// Current playout delay target.
+    pub target_ms: u32,
 }
 
 /// Mixer counters (cumulative), published with the worker's.
@@ -302,6 +320,9 @@ pub struct Mixer {
     scratch: Box<Scratch>,
     seed: u64,
     pub stats: MixStats,
+    /// Time of each conference tick, nanoseconds (cumulative; the worker publishes it).
+    pub tick_ns: Histogram<u64>,
+    epoch: Instant,
 }
 
 impl Default for Mixer {
@@ -337,6 +358,10 @@ impl Mixer {
             }),
             seed,
             stats: MixStats::default(),
+            // The worker's histogram bounds (1 ns to 10 ms, 2 digits), so publishing is an
+            // `add` that cannot fail or allocate; longer ticks saturate.
+            tick_ns: Histogram::new_with_bounds(1, 10_000_000, 2).expect("valid bounds"),
+            epoch: Instant::now(),
         }
     }
 
@@ -561,7 +586,7 @@ impl Mixer {
     }
 
     /// Members of a conference: (relay, side, muted, deaf, talking).
-    pub fn roster(&self, id: ConfId) -> Result<Vec<(RelayId, Side, bool, bool, bool)>, MixError> {
+    pub fn roster(&self, id: ConfId) -> Result<Vec<MemberInfo>, MixError> {
         let ci = *self.by_id.get(&id).ok_or(MixError::NoConference(id))?;
         let conf = self.confs[ci as usize]
             .as_ref()
@@ -570,7 +595,16 @@ impl Mixer {
             .members
             .iter()
             .flatten()
-            .map(|m| (m.relay, m.side, m.muted, m.deaf, m.vad.talking))
+            .map(|m| MemberInfo {
+                relay: m.relay,
+                side: m.side,
+                muted: m.muted,
+                deaf: m.deaf,
+                talking: m.vad.talking,
+                coaching: m.coach_of.is_some(),
+                jitter: m.jb.stats,
+                target_ms: m.jb.target() / 8,
+            })
             .collect())
     }
 
@@ -695,6 +729,7 @@ impl Mixer {
             for k in 0..self.wheel[self.slot].len() {
                 let ci = self.wheel[self.slot][k];
                 if let Some(conf) = self.confs[ci as usize].as_mut() {
+                    let t0 = self.epoch.elapsed();
                     tick(
                         conf,
                         &mut self.scratch,
@@ -704,6 +739,8 @@ impl Mixer {
                         out,
                         now_ns,
                     );
+                    let ns = (self.epoch.elapsed() - t0).as_nanos() as u64;
+                    self.tick_ns.saturating_record(ns.max(1));
                 }
             }
             self.slot = (self.slot + 1) % SLOTS;

@@ -142,16 +142,16 @@ fn talk(r: &mut Rig, ticks: u32, who: &[usize], amp: f64) {
 fn each_member_hears_the_others_and_not_itself() {
     let mut r = Rig::new(3, ConfOptions::default());
     talk(&mut r, 100, &[0, 1, 2], 6000.0);
-    for i in 0..3 {
+    for (i, fi) in FREQS.iter().enumerate().take(3) {
         let h = r.heard(i);
         assert!(h.len() >= 90 * FRAME, "member {i} got {} samples", h.len());
         let tail = &h[h.len() - 50 * FRAME..];
-        let own = power(tail, FREQS[i]);
-        for j in 0..3 {
+        let own = power(tail, *fi);
+        for (j, fj) in FREQS.iter().enumerate().take(3) {
             if j == i {
                 continue;
             }
-            let other = power(tail, FREQS[j]);
+            let other = power(tail, *fj);
             assert!(
                 other > 1000.0 * own.max(1e-3),
                 "member {i}: tone of {j} {other:.1} vs own {own:.3}"
