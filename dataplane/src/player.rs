@@ -320,7 +320,8 @@ impl Player {
     }
 }
 
-fn splitmix(mut z: u64) -> u64 {
+/// SplitMix64 finaliser: spreads a seed into SSRCs and initial sequence numbers.
+pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -35,6 +35,7 @@ use serde::Serialize;
 use crate::g711::Law;
 use crate::ids::{RelayId, Side, StreamIdx};
 use crate::pipeline::EventSink;
+use crate::player::splitmix;
 use crate::recorder::RecordTap;
 use crate::table::{Stream, StreamTable};
 use crate::wire::rtp::RtpPacket;
@@ -957,13 +958,6 @@ fn add_beep(beep: Beep, pos: &mut u32, total: &mut [i32; FRAME]) -> bool {
 fn db_to_q16(db: i8) -> u32 {
     let db = f64::from(db.clamp(-24, 24));
     (10f64.powf(db / 20.0) * f64::from(UNITY)).round() as u32
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
