@@ -166,6 +166,7 @@ fn start(name: &'static str, a: &VsArgs, calls: usize) -> anyhow::Result<Target>
     if port_max > 32767 {
         bail!("{calls} calls need more media ports than fit below 32768");
     }
+    let mut config_file = None;
     let mut child = match name {
         "rtpengine" => {
             // Pinned to the core voxedge's worker gets (core 1), off the generator's core 0,
@@ -202,6 +203,7 @@ fn start(name: &'static str, a: &VsArgs, calls: usize) -> anyhow::Result<Target>
             // No idle sweep inside the measurement (rtpengine runs with --timeout=600 too).
             let cfg = std::env::temp_dir().join(format!("voxedge-vs-{}.toml", std::process::id()));
             std::fs::write(&cfg, "[ng]\nmedia_timeout_secs = 600\n")?;
+            config_file = Some(cfg.clone());
             Command::new(exe)
                 .args(["media", "--config"])
                 .arg(&cfg)
@@ -224,7 +226,12 @@ fn start(name: &'static str, a: &VsArgs, calls: usize) -> anyhow::Result<Target>
                 .context("start voxedge media")?
         }
     };
-    wait_ping(ng, &mut child, name)?;
+    let up = wait_ping(ng, &mut child, name);
+    // Read at start-up (it answered, or gave up): the file is no longer needed.
+    if let Some(f) = config_file {
+        let _ = std::fs::remove_file(f);
+    }
+    up?;
     Ok(Target { name, child, ng })
 }
 
