@@ -10,6 +10,8 @@ use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 
 struct Netns {
@@ -86,10 +88,7 @@ fn af_xdp_port_answers_a_kernel_peer_and_relays_its_rtp() {
         // A veth leaves checksums to a NIC it does not have: finish them in the kernel.
         sh(&["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"]);
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("voxedge-afxdp-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("scratch dir");
+    let scratch = common::scratch_dir("afxdp");
     let dir = scratch.path();
     let cfg = dir.join("voxedge.toml");
     std::fs::write(

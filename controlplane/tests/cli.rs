@@ -4,15 +4,10 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
+mod common;
+use common::{bench_json, scratch_dir as scratch};
 
-/// A scratch directory under Cargo's `target/tmp`, removed when the guard drops.
-fn scratch(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("voxedge-{name}-"))
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("scratch dir")
-}
+const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 
 fn wait_health(url: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -131,28 +126,18 @@ fn config_command_prints_effective_settings() {
 /// Capacity figures come from running the bench in release, not from this test.
 #[test]
 fn mix_bench_reports_json() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "mix",
-            "--members",
-            "60",
-            "--size",
-            "6",
-            "--talkers",
-            "2",
-            "--seconds",
-            "2",
-            "--json",
-        ])
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = bench_json(&[
+        "mix",
+        "--members",
+        "60",
+        "--size",
+        "6",
+        "--talkers",
+        "2",
+        "--seconds",
+        "2",
+        "--json",
+    ]);
     for k in [
         "codec",
         "conference_size",
@@ -184,26 +169,16 @@ fn mix_bench_reports_json() {
 /// come from running the bench itself, not from this test.
 #[test]
 fn relay_bench_reports_json() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "relay",
-            "--calls",
-            "20",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.3",
-            "--json",
-        ])
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = bench_json(&[
+        "relay",
+        "--calls",
+        "20",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.3",
+        "--json",
+    ]);
     for k in [
         "offered_pps",
         "delivered_pps",
@@ -224,26 +199,16 @@ fn relay_bench_reports_json() {
 /// cache hits (one fetch per entry, during priming). The figures come from running the bench.
 #[test]
 fn media_bench_reports_json() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "media",
-            "--entries",
-            "5",
-            "--lookups",
-            "200",
-            "--seconds",
-            "1",
-            "--json",
-        ])
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = bench_json(&[
+        "media",
+        "--entries",
+        "5",
+        "--lookups",
+        "200",
+        "--seconds",
+        "1",
+        "--json",
+    ]);
     let t = &v["transcode"];
     assert!(
         t["mp3_to_pcmu_audio_seconds_per_cpu_second"]

@@ -6,15 +6,10 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
+mod common;
+use common::scratch_dir;
 
-/// A scratch directory under Cargo's `target/tmp`, removed when the guard drops.
-fn tmp(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("voxedge-dpdk-cli-{name}-"))
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("scratch dir")
-}
+const BIN: &str = env!("CARGO_BIN_EXE_voxedge");
 
 fn config(dir: &std::path::Path, dataplane_extra: &str, dpdk_extra: &str) -> std::path::PathBuf {
     let text = format!(
@@ -68,7 +63,7 @@ fn assert_clear_failure(out: &Output, must_contain: &[&str]) {
 
 #[test]
 fn hugepages_required_but_absent_is_a_clear_error() {
-    let scratch = tmp("huge");
+    let scratch = scratch_dir("dpdk-cli-huge");
     let d = scratch.path();
     let empty = d.join("not-hugetlbfs");
     std::fs::create_dir_all(&empty).expect("dir");
@@ -89,7 +84,7 @@ fn hugepages_required_but_absent_is_a_clear_error() {
 
 #[test]
 fn unknown_device_is_a_clear_error() {
-    let scratch = tmp("dev");
+    let scratch = scratch_dir("dpdk-cli-dev");
     let d = scratch.path();
     let cfg = config(
         d,
@@ -105,7 +100,7 @@ fn unknown_device_is_a_clear_error() {
 
 #[test]
 fn bad_core_lists_are_clear_errors() {
-    let scratch = tmp("cores");
+    let scratch = scratch_dir("dpdk-cli-cores");
     let d = scratch.path();
     let cfg = config(
         d,
@@ -125,7 +120,7 @@ fn bad_core_lists_are_clear_errors() {
 
 #[test]
 fn media_node_runs_on_a_null_port_with_dpdk_metrics() {
-    let scratch = tmp("media");
+    let scratch = scratch_dir("dpdk-cli-media");
     let d = scratch.path();
     let cfg = config(
         d,
@@ -216,27 +211,9 @@ impl Drop for KillOnDrop {
 }
 
 fn bench(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "dpdk",
-            "--json",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-        ])
-        .args(args)
-        .env_remove("VOXEDGE_CONFIG")
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().expect("a line")).expect("JSON report")
+    let mut all = vec!["dpdk", "--json", "--duration", "0.5", "--warmup", "0.2"];
+    all.extend_from_slice(args);
+    common::bench_json(&all)
 }
 
 #[test]

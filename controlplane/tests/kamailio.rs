@@ -11,6 +11,8 @@ use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::config::Config;
 use voxedge_dataplane::BackendKind;
 
+mod common;
+
 /// A process group killed on drop (kamailio forks its workers).
 struct Group(std::process::Child);
 impl Drop for Group {
@@ -43,10 +45,7 @@ async fn kamailio_rtpengine_module_drives_voxedge() {
         Command::new("kamailio").arg("-v").output().is_ok(),
         "kamailio is not installed: run scripts/test (it installs the kamailio package)"
     );
-    let scratch = tempfile::Builder::new()
-        .prefix("voxedge-kamailio-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("scratch dir");
+    let scratch = common::scratch_dir("kamailio");
     let dir = scratch.path().to_path_buf();
     std::fs::create_dir_all(dir.join("run")).expect("dir");
     std::os::unix::fs::symlink("/usr/share/sip-tester", dir.join("pcap")).expect("pcap link");

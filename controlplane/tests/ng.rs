@@ -12,6 +12,8 @@ use voxedge_controlplane::config::Config;
 use voxedge_controlplane::ng::bencode::{self, Value};
 use voxedge_dataplane::BackendKind;
 
+mod common;
+
 fn config(port_min: u16) -> Config {
     let mut c = Config::default();
     c.admin.listen = "127.0.0.1:0".parse().expect("addr");
@@ -491,28 +493,23 @@ async fn retransmissions_json_tcp_and_hostile_requests() {
 /// voxedge and reports both, with the ratios.
 #[test]
 fn side_by_side_bench_reports_both_targets() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
-        .args(["bench", "vs-rtpengine", "--loads", "20", "--duration", "1"])
-        .args([
-            "--warmup",
-            "0.5",
-            "--max-factor",
-            "2",
-            "--overload-factor",
-            "3",
-            "--recovery",
-            "1",
-            "--json",
-        ])
-        .env_remove("VOXEDGE_CONFIG")
-        .output()
-        .expect("run the bench");
-    assert!(
-        out.status.success(),
-        "bench failed (rtpengine is installed by scripts/test): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    // rtpengine comes from apt (scripts/test installs rtpengine-daemon).
+    let v = common::bench_json(&[
+        "vs-rtpengine",
+        "--loads",
+        "20",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--max-factor",
+        "2",
+        "--overload-factor",
+        "3",
+        "--recovery",
+        "1",
+        "--json",
+    ]);
     let results = v["results"].as_array().expect("results");
     assert_eq!(results.len(), 2, "{v}");
     for r in results {

@@ -391,18 +391,7 @@ fn sipp_flood_is_answered_503() {
 
 #[test]
 fn sip_bench_reports_json() {
-    let out = Command::new(BIN)
-        .args(["bench", "sip", "--rate", "20", "--duration", "2", "--json"])
-        .env_remove("VOXEDGE_CONFIG")
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON");
+    let v = common::bench_json(&["sip", "--rate", "20", "--duration", "2", "--json"]);
     assert_eq!(v["calls"], 40);
     assert_eq!(v["completed"], 40, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
@@ -411,28 +400,16 @@ fn sip_bench_reports_json() {
 
 #[test]
 fn rest_bench_reports_json() {
-    let out = Command::new(BIN)
-        .args([
-            "bench",
-            "rest",
-            "--calls",
-            "200",
-            "--concurrency",
-            "4",
-            "--page-size",
-            "50",
-            "--json",
-        ])
-        .env_remove("VOXEDGE_CONFIG")
-        .output()
-        .expect("run bench");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("JSON");
+    let v = common::bench_json(&[
+        "rest",
+        "--calls",
+        "200",
+        "--concurrency",
+        "4",
+        "--page-size",
+        "50",
+        "--json",
+    ]);
     assert_eq!(v["create"]["requests"], 200, "{v}");
     assert_eq!(v["create"]["errors"], 0, "{v}");
     assert_eq!(v["list"]["phase"]["errors"], 0, "{v}");

@@ -94,6 +94,24 @@ pub fn serve_config(dir: &Path, port_min: u16) -> Config {
     c
 }
 
+/// Runs `voxedge bench <args>` (which must include `--json`), asserts it succeeded, and
+/// returns the JSON report (the last line of its output).
+pub fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
+        .arg("bench")
+        .args(args)
+        .env_remove("VOXEDGE_CONFIG")
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "voxedge bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap_or_default()).expect("JSON report")
+}
+
 /// A fresh scratch directory for a test under Cargo's `target/tmp`, removed
 /// when the returned guard drops (also when the test panics).
 pub fn scratch_dir(name: &str) -> tempfile::TempDir {
