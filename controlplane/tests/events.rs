@@ -11,14 +11,9 @@ use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
 use voxedge_dataplane::BackendKind;
-
-fn basic(sid: &str, token: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
-}
 
 /// Opens a stream; its status line, and (for 200) a channel of (event, data) as they come
 /// (closed when the server ends the stream).
@@ -30,7 +25,7 @@ fn open(
     let mut s = TcpStream::connect(api).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let auth = auth.map_or(String::new(), |a| format!("Authorization: Basic {a}\r\n"));
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{auth}\r\n"
@@ -85,7 +80,10 @@ async fn an_accounts_call_events_stream_live() {
     let store = r.store.clone().expect("store");
     let (a, ta) = store.create_account("a", None).await.expect("account");
     let (b, tb) = store.create_account("b", None).await.expect("account");
-    let (auth_a, auth_b) = (basic(&a.sid, &ta), basic(&b.sid, &tb));
+    let (auth_a, auth_b) = (
+        common::basic_auth(&a.sid, &ta),
+        common::basic_auth(&b.sid, &tb),
+    );
     let path_a = format!("/v1/Accounts/{}/Events", a.sid);
     let path_b = format!("/v1/Accounts/{}/Events", b.sid);
     let callee_addr = callee.sock.local_addr().expect("addr");
@@ -113,7 +111,7 @@ async fn an_accounts_call_events_stream_live() {
         let resp = ureq::post(&format!(
             "http://{api}/2010-04-01/Accounts/{sid_a}/Calls.json"
         ))
-        .set("Authorization", &format!("Basic {aa}"))
+        .set("Authorization", &aa)
         .send_form(&[
             ("To", &format!("sip:callee@{callee_addr}")),
             ("From", "+15550001111"),

@@ -7,17 +7,16 @@
 //! appear in `/metrics`.
 
 mod common;
+use common::basic_auth as auth;
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::voice::audio;
@@ -74,13 +73,6 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
     }
 }
 
-fn auth(sid: &str, token: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
-    )
-}
-
 /// One RTP packet the far end received.
 #[derive(Debug, Clone)]
 struct Rtp {
@@ -93,16 +85,12 @@ struct Rtp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn play_goes_through_the_cache_and_the_far_end_hears_the_file() {
     let app_state = AppServer::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind app server");
-    let app_port = listener.local_addr().expect("addr").port();
-    let router = axum::Router::new()
-        .fallback(handle)
-        .with_state(app_state.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let app_port = common::serve_app(
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(app_state.clone()),
+    )
+    .await;
 
     let scratch = common::scratch_dir("play");
     let dir = scratch.path().to_path_buf();
@@ -162,35 +150,20 @@ async fn play_goes_through_the_cache_and_the_far_end_hears_the_file() {
         })
     };
 
-    let scenario = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/sipp/uac_media_to.xml"
-    );
-    let sip_s = sip.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("sipp")
-            .args(["-sf", scenario, "-s", "+15550300", &sip_s])
-            .args(["-i", "127.0.0.1", "-p", "29560"])
-            .args(["-key", "rtpport", &rtp_port.to_string()])
-            .args(["-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin"])
-            .output()
-            .expect("sipp runs (scripts/test installs sip-tester)")
+    let (ok, log) = tokio::task::spawn_blocking(move || {
+        let rtp = rtp_port.to_string();
+        common::sipp_call(
+            "uac_media_to.xml",
+            "+15550300",
+            sip,
+            &["-i", "127.0.0.1", "-p", "29560", "-key", "rtpport", &rtp],
+        )
     })
     .await
     .expect("join");
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     reader.join().expect("reader");
-    assert!(
-        out.status.success(),
-        "sipp: {}{}",
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(ok, "sipp: {log}");
 
     // Each bad file is a notification of the call; the call went on to the next verbs.
     let (nurl, a2) = (

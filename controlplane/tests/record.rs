@@ -7,16 +7,15 @@
 //! is `absent`, no action is requested, and the next verb runs.
 
 mod common;
+use common::{basic_auth as auth, xml};
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::media::decode;
@@ -29,10 +28,6 @@ type Seen = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
 #[derive(Clone, Default)]
 struct AppServer {
     seen: Seen,
-}
-
-fn xml(body: &str) -> Response {
-    ([("content-type", "text/xml")], body.to_string()).into_response()
 }
 
 async fn handle(State(app): State<AppServer>, req: Request) -> Response {
@@ -55,44 +50,19 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
     }
 }
 
-fn auth(sid: &str, token: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
-    )
-}
-
 fn sipp(scenario: &str, number: &str, sip: std::net::SocketAddr, extra: &[&str]) -> (bool, String) {
-    let path = format!("{}/../tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("sipp")
-        .args(["-sf", &path, "-s", number, &sip.to_string()])
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "29580",
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            "29780",
-        ])
-        .args(extra)
-        .args(["-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin"])
-        .output()
-        .expect("sipp runs (scripts/test installs sip-tester)");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut args = vec![
+        "-i",
+        "127.0.0.1",
+        "-p",
+        "29580",
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        "29780",
+    ];
+    args.extend_from_slice(extra);
+    common::sipp_call(scenario, number, sip, &args)
 }
 
 /// GET `url` (with credentials `a`): the status, and the response when it is a success.
@@ -125,16 +95,12 @@ fn body(r: ureq::Response) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_stores_the_caller_and_reports_it() {
     let app_state = AppServer::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let app_port = listener.local_addr().expect("addr").port();
-    let router = axum::Router::new()
-        .fallback(handle)
-        .with_state(app_state.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let app_port = common::serve_app(
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(app_state.clone()),
+    )
+    .await;
 
     let scratch = common::scratch_dir("record");
     let dir = scratch.path().to_path_buf();

@@ -12,6 +12,7 @@
 //! unknown verb).
 
 mod common;
+use common::{basic_auth as auth, xml};
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -21,7 +22,6 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::config::SipRoute;
@@ -40,10 +40,6 @@ struct Seen {
 struct AppServer {
     seen: Arc<Mutex<Vec<Seen>>>,
     port: Arc<Mutex<u16>>,
-}
-
-fn xml(body: &str) -> Response {
-    ([("content-type", "text/xml")], body.to_string()).into_response()
 }
 
 async fn handle(State(app): State<AppServer>, req: Request) -> Response {
@@ -122,37 +118,14 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
     }
 }
 
-fn auth(sid: &str, token: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
-    )
-}
-
 /// Runs sipp's `scenario` calling `number` at `sip`; its exit status and output.
 fn sipp(scenario: &str, number: &str, sip: std::net::SocketAddr, port: u16) -> (bool, String) {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sipp/");
-    let out = Command::new("sipp")
-        .args(["-sf", &format!("{dir}{scenario}")])
-        .args(["-s", number])
-        .arg(sip.to_string())
-        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-mi", "127.0.0.1", "-mp", &(port + 200).to_string()])
-        .args(["-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin"])
-        .output()
-        .expect("sipp runs (scripts/test installs sip-tester)");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n"),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    let (p, mp) = (port.to_string(), (port + 200).to_string());
+    common::sipp_call(
+        scenario,
+        number,
+        sip,
+        &["-i", "127.0.0.1", "-p", &p, "-mi", "127.0.0.1", "-mp", &mp],
     )
 }
 

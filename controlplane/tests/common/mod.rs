@@ -94,6 +94,59 @@ pub fn serve_config(dir: &Path, port_min: u16) -> Config {
     c
 }
 
+/// `Authorization` header value for HTTP basic auth.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// A TwiML document response.
+pub fn xml(body: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([("content-type", "text/xml")], body.to_string()).into_response()
+}
+
+/// Serves `router` on a loopback port (for the life of the runtime); the port.
+pub async fn serve_app(router: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind app server");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    port
+}
+
+/// Runs one sipp call of `scenario` (a file in `tests/sipp/`) to `number` at `sip`, with
+/// `args` for its local addresses and keys: whether it succeeded, and the end of its output
+/// and its errors (for assertion messages).
+pub fn sipp_call(scenario: &str, number: &str, sip: SocketAddr, args: &[&str]) -> (bool, String) {
+    let path = format!("{}/../tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("sipp")
+        .args(["-sf", &path, "-s", number, &sip.to_string()])
+        .args(args)
+        .args(["-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin"])
+        .output()
+        .expect("sipp runs (scripts/test installs sip-tester)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Runs `voxedge bench <args>` (which must include `--json`), asserts it succeeded, and
 /// returns the JSON report (the last line of its output).
 pub fn bench_json(args: &[&str]) -> serde_json::Value {
