@@ -90,11 +90,16 @@ struct Sink {
 }
 
 impl MixOut for Sink {
-    fn send(&mut self, _idx: StreamIdx, _s: &mut Stream, packet: &[u8]) {
+    fn send(&mut self, table: &mut StreamTable, idx: StreamIdx, packet: &[u8]) -> bool {
+        // The destination lookup a transmit does.
+        if table.get(idx).and_then(|s| s.remote).is_none() {
+            return false;
+        }
         let n = packet.len().min(self.buf.len());
         self.buf[..n].copy_from_slice(&packet[..n]);
         self.packets += 1;
         self.check = self.check.wrapping_add(u64::from(self.buf[n - 1]));
+        true
     }
 }
 

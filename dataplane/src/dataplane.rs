@@ -757,8 +757,13 @@ impl Dataplane {
             conf,
             op,
             reply,
-        })??;
+        })?;
         let mut st = self.state();
+        if let Err(CommandError::Mix(crate::mixer::MixError::NoConference(_))) = r {
+            // It ended without the registry (its last member's relay was deleted).
+            st.conferences.remove(&conf);
+        }
+        let r = r?;
         if joining {
             st.conferences.insert(conf, w);
         } else if r == ConfReply::Ended {

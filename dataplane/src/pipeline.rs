@@ -132,8 +132,9 @@ pub fn process<E: EventSink>(
     let Some((s, out)) = table.pair_mut(idx, out_idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
-    // Towards a stream that is playing, or that hears a conference instead of its relay.
-    if out.playing || out.peer == TO_MIXER {
+    // Towards a stream that is playing, or a conference member from its relay partner (the
+    // member hears the conference, also when two members are linked directly).
+    if out.playing || (out.in_conference && !s.in_conference) {
         return drop(s, DropReason::Superseded);
     }
     let Some(dst) = out.remote else {

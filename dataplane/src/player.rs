@@ -267,6 +267,8 @@ impl Player {
                 }
                 self.frame = 0;
                 self.pass_ts = self.ts;
+                // A new pass starts new events: the first packet of each carries the marker.
+                self.last_event = NO_PACKET;
             }
             let frame = self.media.frame(self.frame);
             let (payload, ts, marker) = match self.media.kind {
@@ -496,6 +498,24 @@ mod tests {
         for b in bad {
             assert!(b.validate().is_err(), "{b:?}");
         }
+    }
+
+    #[test]
+    fn a_looped_digit_marks_the_first_packet_of_every_pass() {
+        let media = Arc::new(PlayMedia::telephone_events(101, "5"));
+        let mut s = stream();
+        let mut p = Player::new(StreamIdx(0), &stream(), 3, media, 3, 0, 5);
+        let mut buf = [0u8; 64];
+        let (mut marked, mut t) = (0, 0u64);
+        loop {
+            match p.next_packet(&mut s, &mut buf, t) {
+                Step::Packet(_) => marked += usize::from(buf[1] & 0x80 != 0),
+                Step::NotDue => t += 20_000_000,
+                Step::Finished => break,
+            }
+            assert!(t < 2_000_000_000, "bounded");
+        }
+        assert_eq!(marked, 3, "one marker per pass");
     }
 
     #[test]

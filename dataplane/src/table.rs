@@ -51,6 +51,10 @@ pub struct Stream {
     pub component: Component,
     /// RFC 4733 payload type reported as DTMF events.
     pub dtmf_pt: Option<u8>,
+    /// The stream is a conference member: its packets go to the mixer (or, in a two-member
+    /// conference, to the other member) and its relay partner is not heard; the mixer
+    /// restores `peer` when it leaves. On line 0: the forward path tests it on both streams.
+    pub in_conference: bool,
     pub last_rx_ns: u64,
     pub counters: StreamCounters,
     pub rx: RtpReceiveStats,
@@ -61,9 +65,6 @@ pub struct Stream {
     pub rtp_sibling: StreamIdx,
     pub relay: RelayId,
     pub side: Side,
-    /// The stream is a conference member: its packets go to the mixer (or, in a two-member
-    /// conference, to the other member); the mixer restores `peer` when it leaves.
-    pub in_conference: bool,
     pub last_dtmf_ts: Option<u32>,
     /// The member's place in the worker's mixer (read only for members' packets).
     pub mix: MixRef,

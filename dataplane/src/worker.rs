@@ -491,7 +491,7 @@ impl<Io: PacketIo> Worker<Io> {
             totals,
         };
         mixer.run(now, table, &mut sink, &mut out);
-        out.flush();
+        out.flush(table);
         self.totals.events_dropped += sink.dropped;
     }
 
@@ -800,6 +800,10 @@ impl<Io: PacketIo> Worker<Io> {
             .get(&relay)
             .ok_or(CommandError::NotFound(relay))?;
         let i = side.index();
+        if update.echo.is_some() && self.table.get(r.rtp[i]).is_some_and(|s| s.in_conference) {
+            // The mixer owns a member's link; echo would cut it from the conference.
+            return Err(CommandError::Mix(crate::mixer::MixError::AlreadyMember));
+        }
         if let Some(echo) = update.echo {
             // Re-link this leg's streams to themselves or to the other leg (as creation does).
             let o = if echo { i } else { 1 - i };
@@ -969,43 +973,39 @@ struct MixSend<'a, Io: PacketIo> {
 }
 
 impl<Io: PacketIo> MixSend<'_, Io> {
-    /// Sends what is queued. Streams counted their packets when they were queued; a failed
-    /// send is counted on the worker.
-    fn flush(&mut self) {
-        if self.ntx == 0 {
-            return;
+    /// Sends what is queued, counted on the streams like played packets.
+    fn flush(&mut self, table: &mut StreamTable) {
+        if self.ntx > 0 {
+            send_played(
+                self.io,
+                self.batch,
+                &mut self.tx[..self.ntx],
+                table,
+                self.totals,
+            );
+            self.ntx = 0;
         }
-        self.io
-            .tx_burst(self.batch, self.ntx, &mut self.tx[..self.ntx]);
-        for d in &self.tx[..self.ntx] {
-            if d.sent {
-                self.totals.packets_played += 1;
-                self.totals.bytes_out += u64::from(d.len);
-            } else {
-                self.totals.drops.count(DropReason::TxFailed);
-            }
-        }
-        self.ntx = 0;
     }
 }
 
 impl<Io: PacketIo> MixOut for MixSend<'_, Io> {
-    fn send(&mut self, idx: StreamIdx, s: &mut Stream, packet: &[u8]) {
+    fn send(&mut self, table: &mut StreamTable, idx: StreamIdx, packet: &[u8]) -> bool {
+        if self.ntx == self.burst {
+            self.flush(table);
+        }
+        let Some(s) = table.get_mut(idx) else {
+            return false;
+        };
         let Some(dst) = s.remote else {
             s.counters.drops.count(DropReason::NoRemote);
             self.totals.drops.count(DropReason::NoRemote);
-            return;
+            return false;
         };
-        if self.ntx == self.burst {
-            self.flush();
-        }
         if !self.io.load(self.batch, self.ntx, packet) {
             s.counters.drops.count(DropReason::TxFailed);
             self.totals.drops.count(DropReason::TxFailed);
-            return;
+            return false;
         }
-        s.counters.packets_out += 1;
-        s.counters.bytes_out += packet.len() as u64;
         self.tx[self.ntx] = TxDesc {
             buf: self.ntx as u8,
             len: packet.len() as u16,
@@ -1015,6 +1015,7 @@ impl<Io: PacketIo> MixOut for MixSend<'_, Io> {
             sent: false,
         };
         self.ntx += 1;
+        true
     }
 }
 

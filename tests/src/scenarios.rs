@@ -460,6 +460,16 @@ pub fn conference_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         assert_eq!(r.expect("joined"), ConfReply::Done);
         members.push((e, info));
     }
+    // A member's link belongs to the mixer: echo on it is refused.
+    let echo = dp.update_leg(
+        members[0].1.id,
+        Side::A,
+        voxedge_dataplane::command::LegUpdate {
+            echo: Some(true),
+            ..Default::default()
+        },
+    );
+    assert!(echo.is_err(), "echo on a member: {echo:?}");
     let frame = |i: usize, k: u32| -> Vec<u8> {
         let mut p = rtp(0, k as u16, 160 * k, 100 + i as u32, 0);
         for (n, b) in p[12..].iter_mut().enumerate() {

@@ -13,8 +13,8 @@
 //! - some blocks missing but later audio has arrived → those blocks concealed (the last good
 //!   frame, attenuated 6 dB per concealed frame, silent after three), playout advances;
 //! - nothing there yet (the stream is late or paused) → concealment without advancing, so the
-//!   delay grows by one frame instead of dropping what is about to arrive; after
-//!   [`IDLE_FRAMES`] such frames the member counts as silent;
+//!   delay grows by one frame instead of dropping what is about to arrive;
+//! - after three concealed frames the member is silent (not counted as concealment);
 //! - more than `target` + 40 ms queued for a second, or more than the cap at once → the
 //!   playout point jumps forward to `target` (the delay shrinks back).
 //!
@@ -35,8 +35,6 @@ pub const TARGET_MIN: u32 = 160;
 pub const TARGET_MAX: u32 = 480;
 /// Most audio held ahead of playout (200 ms); more and the playout point jumps forward.
 pub const CAP: u32 = 1600;
-/// Frames of "nothing arrived" after which the member is silent rather than concealed.
-pub const IDLE_FRAMES: u32 = 5;
 /// Ticks with too much queued before the delay is trimmed (1 s).
 const TRIM_TICKS: u32 = 50;
 /// Largest payload accepted (120 ms of G.711).
@@ -105,7 +103,6 @@ pub struct Jitter {
     jitter16: u32,
     last_transit: Option<u32>,
     concealed_run: u32,
-    starved_run: u32,
     over_ticks: u32,
     pub stats: JitterStats,
 }
@@ -128,7 +125,6 @@ impl Jitter {
             jitter16: 0,
             last_transit: None,
             concealed_run: 0,
-            starved_run: 0,
             over_ticks: 0,
             stats: JitterStats::default(),
         };
@@ -162,7 +158,6 @@ impl Jitter {
         self.play = ts;
         self.priming = true;
         self.concealed_run = 0;
-        self.starved_run = 0;
         self.over_ticks = 0;
         self.last_transit = None;
         self.stats.resets += 1;
@@ -304,20 +299,9 @@ impl Jitter {
             }
             k += span;
         }
-        if !any && depth <= 0 {
-            // Nothing has arrived for this frame: hold the playout point.
-            self.starved_run += 1;
-            self.stats.concealed_frames += 1;
-            if self.starved_run > IDLE_FRAMES || self.concealed_run >= 3 {
-                *out = [0; FRAME];
-                self.concealed_run = self.concealed_run.saturating_add(1);
-                return FrameKind::Silent;
-            }
-            self.concealed_run += 1;
-            return FrameKind::Concealed;
-        }
-        self.starved_run = 0;
-        self.play = self.play.wrapping_add(FRAME as u32);
+        if any || depth > 0 {
+            self.play = self.play.wrapping_add(FRAME as u32);
+        } // else nothing has arrived for this frame: hold the playout point.
         if any {
             if all {
                 self.concealed_run = 0;
@@ -325,27 +309,23 @@ impl Jitter {
                 self.stats.concealed_frames += 1;
             }
             self.last = *out;
-            FrameKind::Audio
+            return FrameKind::Audio;
+        }
+        // Concealment (already in `out`, attenuated by the run length) for three frames, then
+        // silence (`conceal` gives zeros from the fourth).
+        self.concealed_run = self.concealed_run.saturating_add(1);
+        if self.concealed_run > 3 {
+            FrameKind::Silent
         } else {
             self.stats.concealed_frames += 1;
-            self.concealed_run += 1;
-            if self.concealed_run > 3 {
-                FrameKind::Silent
-            } else {
-                FrameKind::Concealed
-            }
+            FrameKind::Concealed
         }
     }
 
-    /// Jumps the playout point forward so `target` samples remain queued.
+    /// Jumps the playout point forward so `target` samples remain queued. The blocks skipped
+    /// need no clearing: a block's tag names its timestamp, and playout never goes back.
     fn trim(&mut self, depth: u32) {
         let skip = depth.saturating_sub(self.target);
-        let mut t = self.play;
-        for _ in 0..skip.div_ceil(BLOCK as u32) {
-            let aligned = self.align(t);
-            self.clear_block(aligned);
-            t = t.wrapping_add(BLOCK as u32);
-        }
         self.play = self.play.wrapping_add(skip);
         self.stats.trimmed_samples += u64::from(skip);
         self.over_ticks = 0;
@@ -485,24 +465,31 @@ mod tests {
 
     #[test]
     fn a_sender_running_fast_is_trimmed_back_to_target() {
-        let mut j = Jitter::new(Target::Fixed(40));
-        let mut out = [0; FRAME];
-        // 21 packets per 20 ticks: the queue grows, then is trimmed.
-        let mut ts = 0u32;
-        for tick in 0..400u32 {
-            j.push(Law::Mu, 1, ts, &tone(ts, FRAME), tick * 160)
-                .expect("push");
-            ts += 160;
-            if tick % 20 == 0 {
+        // 40 ms: trims by whole blocks; 25 ms: the new playout point falls inside a block.
+        for ms in [40, 25] {
+            let mut j = Jitter::new(Target::Fixed(ms));
+            let mut out = [0; FRAME];
+            // 21 packets per 20 ticks: the queue grows, then is trimmed.
+            let mut ts = 0u32;
+            for tick in 0..400u32 {
                 j.push(Law::Mu, 1, ts, &tone(ts, FRAME), tick * 160)
                     .expect("push");
                 ts += 160;
+                if tick % 20 == 0 {
+                    j.push(Law::Mu, 1, ts, &tone(ts, FRAME), tick * 160)
+                        .expect("push");
+                    ts += 160;
+                }
+                j.read(&mut out);
             }
-            j.read(&mut out);
+            assert!(j.stats.trimmed_samples > 0);
+            assert_eq!(
+                j.stats.concealed_frames, 0,
+                "{ms} ms: a trim loses nothing it keeps"
+            );
+            let depth = j.newest_end.wrapping_sub(j.play);
+            assert!(depth <= j.target() + 3 * FRAME as u32, "depth {depth}");
         }
-        assert!(j.stats.trimmed_samples > 0);
-        let depth = j.newest_end.wrapping_sub(j.play);
-        assert!(depth <= j.target() + 3 * FRAME as u32, "depth {depth}");
     }
 
     #[test]
@@ -518,5 +505,6 @@ mod tests {
         assert_eq!(kinds[0], FrameKind::Concealed);
         assert_eq!(*kinds.last().expect("frames"), FrameKind::Silent);
         assert!(silent(&out));
+        assert_eq!(j.stats.concealed_frames, 3, "silence is not concealment");
     }
 }

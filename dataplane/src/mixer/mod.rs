@@ -37,7 +37,7 @@ use crate::ids::{RelayId, Side, StreamIdx};
 use crate::pipeline::EventSink;
 use crate::player::splitmix;
 use crate::recorder::RecordTap;
-use crate::table::{Stream, StreamTable};
+use crate::table::StreamTable;
 use crate::wire::rtp::RtpPacket;
 use jitter::{FrameKind, Jitter, Target, FRAME};
 
@@ -178,7 +178,7 @@ pub struct MixStats {
     pub concealed_frames: u64,
     /// Conference ticks run.
     pub ticks: u64,
-    /// Mixed packets produced.
+    /// Mixed packets queued for sending (a failed send is counted as a `tx_failed` drop).
     pub packets_out: u64,
     /// Encodings done (shared mixes count once).
     pub encodes: u64,
@@ -253,14 +253,11 @@ struct Member {
     deaf: bool,
     /// Q16 linear gain.
     gain: u32,
-    gain_db: i8,
     coach_of: Option<StreamIdx>,
     jb: Jitter,
     pcm: [i16; FRAME],
     /// This tick: the member's frame is in the conference sum.
     contributes: bool,
-    /// This tick: the member (a coach) is heard by its coachee.
-    coaching: bool,
     vad: Vad,
     limiter: Limiter,
     ssrc: u32,
@@ -280,7 +277,6 @@ struct Conference {
     options: ConfOptions,
     members: Vec<Option<Member>>,
     free: Vec<u32>,
-    live: usize,
     slot: usize,
     rec: Option<(RecordTap, u16, u32)>,
     shared: Limiter,
@@ -290,6 +286,11 @@ struct Conference {
 }
 
 impl Conference {
+    /// Members present (slots less the free ones).
+    fn live(&self) -> usize {
+        self.members.len() - self.free.len()
+    }
+
     fn member_of(&self, stream: StreamIdx) -> Option<u32> {
         self.members
             .iter()
@@ -323,7 +324,6 @@ pub struct Mixer {
     pub stats: MixStats,
     /// Time of each conference tick, nanoseconds (cumulative; the worker publishes it).
     pub tick_ns: Histogram<u64>,
-    epoch: Instant,
 }
 
 impl Default for Mixer {
@@ -332,10 +332,10 @@ impl Default for Mixer {
     }
 }
 
-/// Receives mixed packets: the member's stream (index and, mutably, the stream itself, for
-/// its remote and egress rewrite) and the RTP packet.
+/// Receives mixed packets: the RTP packet for the member's stream `idx` (its remote and port
+/// are in `table`). Returns whether the packet was queued for sending.
 pub trait MixOut {
-    fn send(&mut self, idx: StreamIdx, stream: &mut Stream, packet: &[u8]);
+    fn send(&mut self, table: &mut StreamTable, idx: StreamIdx, packet: &[u8]) -> bool;
 }
 
 impl Mixer {
@@ -362,7 +362,6 @@ impl Mixer {
             // The worker's histogram bounds (1 ns to 10 ms, 2 digits), so publishing is an
             // `add` that cannot fail or allocate; longer ticks saturate.
             tick_ns: Histogram::new_with_bounds(1, 10_000_000, 2).expect("valid bounds"),
-            epoch: Instant::now(),
         }
     }
 
@@ -373,7 +372,7 @@ impl Mixer {
 
     /// Members in all conferences.
     pub fn members(&self) -> usize {
-        self.confs.iter().flatten().map(|c| c.live).sum()
+        self.confs.iter().flatten().map(Conference::live).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -403,7 +402,7 @@ impl Mixer {
         let Some(s) = table.get(idx) else {
             return Err(MixError::NotMember(id));
         };
-        if s.peer == TO_MIXER || s.in_conference {
+        if s.in_conference {
             return Err(MixError::AlreadyMember);
         }
         let saved_peer = s.peer;
@@ -421,7 +420,7 @@ impl Mixer {
         let Some(conf) = self.confs.get_mut(ci as usize).and_then(Option::as_mut) else {
             return Err(MixError::NoConference(id));
         };
-        if conf.live >= MEMBERS_MAX {
+        if conf.live() >= MEMBERS_MAX {
             return Err(MixError::Full(id));
         }
         let member = Member {
@@ -434,12 +433,10 @@ impl Mixer {
             muted: spec.muted,
             deaf: spec.deaf,
             gain: db_to_q16(spec.gain_db),
-            gain_db: spec.gain_db,
             coach_of,
             jb: Jitter::new(spec.jitter),
             pcm: [0; FRAME],
             contributes: false,
-            coaching: false,
             vad: Vad::default(),
             limiter: Limiter::default(),
             ssrc: seed as u32,
@@ -457,7 +454,6 @@ impl Mixer {
                 (conf.members.len() - 1) as u32
             }
         };
-        conf.live += 1;
         if let Some(s) = table.get_mut(idx) {
             s.in_conference = true;
             s.mix = MixRef {
@@ -486,7 +482,6 @@ impl Mixer {
             .take()
             .map_or(StreamIdx(u32::MAX), |m| m.saved_peer);
         conf.free.push(mi);
-        conf.live -= 1;
         // Whoever this member coached is coached no more; whoever coached it neither.
         for m in conf.members.iter_mut().flatten() {
             if m.coach_of == Some(idx) {
@@ -497,7 +492,7 @@ impl Mixer {
             s.in_conference = false;
             s.peer = saved_peer;
         }
-        if conf.live == 0 {
+        if conf.live() == 0 {
             self.remove(ci);
             return Ok(true);
         }
@@ -550,7 +545,6 @@ impl Mixer {
             m.deaf = v;
         }
         if let Some(db) = update.gain_db {
-            m.gain_db = db;
             m.gain = db_to_q16(db);
         }
         if let Some(c) = coach_of {
@@ -643,7 +637,6 @@ impl Mixer {
             options,
             members: Vec::new(),
             free: Vec::new(),
-            live: 0,
             slot,
             rec: None,
             shared: Limiter::default(),
@@ -730,7 +723,7 @@ impl Mixer {
             for k in 0..self.wheel[self.slot].len() {
                 let ci = self.wheel[self.slot][k];
                 if let Some(conf) = self.confs[ci as usize].as_mut() {
-                    let t0 = self.epoch.elapsed();
+                    let t0 = Instant::now();
                     tick(
                         conf,
                         &mut self.scratch,
@@ -740,7 +733,7 @@ impl Mixer {
                         out,
                         now_ns,
                     );
-                    let ns = (self.epoch.elapsed() - t0).as_nanos() as u64;
+                    let ns = t0.elapsed().as_nanos() as u64;
                     self.tick_ns.saturating_record(ns.max(1));
                 }
             }
@@ -751,21 +744,34 @@ impl Mixer {
 }
 
 /// Links the streams for the conference's mode: to the mixer, or (two plain members) to each
-/// other.
+/// other. No allocation (it also runs on the tick, when a beep ends).
 fn relink(conf: &mut Conference, table: &mut StreamTable) {
-    let live: Vec<&Member> = conf.members.iter().flatten().collect();
-    let forward = conf.options.allow_forwarding
-        && live.len() == 2
-        && conf.rec.is_none()
-        && conf.beep.is_none()
-        && live[0].law == live[1].law
-        && live[0].payload_type == live[1].payload_type
-        && live.iter().all(|m| m.plain());
-    conf.forwarding = forward;
-    let streams: Vec<StreamIdx> = live.iter().map(|m| m.stream).collect();
-    for (i, idx) in streams.iter().enumerate() {
-        if let Some(s) = table.get_mut(*idx) {
-            s.peer = if forward { streams[1 - i] } else { TO_MIXER };
+    let mut live = conf.members.iter().flatten();
+    let pair = match (live.next(), live.next(), live.next()) {
+        (Some(a), Some(b), None) => Some((a, b)),
+        _ => None,
+    };
+    let forward = pair.filter(|(a, b)| {
+        conf.options.allow_forwarding
+            && conf.rec.is_none()
+            && conf.beep.is_none()
+            && a.law == b.law
+            && a.payload_type == b.payload_type
+            && a.plain()
+            && b.plain()
+    });
+    conf.forwarding = forward.is_some();
+    if let Some((a, b)) = forward {
+        for (x, y) in [(a.stream, b.stream), (b.stream, a.stream)] {
+            if let Some(s) = table.get_mut(x) {
+                s.peer = y;
+            }
+        }
+        return;
+    }
+    for m in conf.members.iter().flatten() {
+        if let Some(s) = table.get_mut(m.stream) {
+            s.peer = TO_MIXER;
         }
     }
 }
@@ -816,23 +822,21 @@ fn tick<E: EventSink, O: MixOut>(
         }
         let speaks = !m.muted && m.vad.talking && kind != FrameKind::Silent;
         m.contributes = speaks && m.coach_of.is_none();
-        m.coaching = speaks && m.coach_of.is_some();
         if m.contributes {
             for (t, s) in sc.total.iter_mut().zip(m.pcm.iter()) {
                 *t += i32::from(*s);
             }
         }
-        if m.coaching {
-            if let Some(c) = m.coach_of {
-                sc.coaches.push((c, mi as u32));
-            }
+        if let Some(c) = m.coach_of.filter(|_| speaks) {
+            sc.coaches.push((c, mi as u32));
         }
     }
     // 2. Tones for everyone.
     if let Some((beep, pos)) = conf.beep.as_mut() {
-        let done = add_beep(*beep, pos, &mut sc.total);
-        if done {
+        if add_beep(*beep, pos, &mut sc.total) {
             conf.beep = None;
+            // Two plain members may go back to forwarding (from the next packet on).
+            relink(conf, table);
         }
     }
     // 3. The shared mix (also what a recording of the conference gets).
@@ -844,35 +848,28 @@ fn tick<E: EventSink, O: MixOut>(
         *seq = seq.wrapping_add(1);
         *ts = ts.wrapping_add(FRAME as u32);
     }
-    // 4. What each member hears.
+    // 4. What each member hears (nothing for the deaf, nor while a prompt or hold music plays
+    // to the member: the player has the stream then).
     for mi in 0..conf.members.len() {
-        let (coached_by, stream) = match conf.members[mi].as_ref() {
-            Some(m) => (sc.coaches.iter().any(|(c, _)| *c == m.stream), m.stream),
-            None => continue,
-        };
         let Some(m) = conf.members[mi].as_ref() else {
             continue;
         };
-        if m.deaf {
+        let stream = m.stream;
+        if m.deaf || table.get(stream).is_none_or(|s| s.playing) {
             continue;
         }
-        let own = m.contributes || coached_by;
-        let payload: [u8; FRAME] = if own {
+        let coached_by = sc.coaches.iter().any(|(c, _)| *c == stream);
+        let payload: [u8; FRAME] = if m.contributes || coached_by {
             sc.own = sc.total;
             if m.contributes {
                 for (o, s) in sc.own.iter_mut().zip(m.pcm.iter()) {
                     *o -= i32::from(*s);
                 }
             }
-            if coached_by {
-                for (c, ci) in sc.coaches.iter() {
-                    if *c != stream {
-                        continue;
-                    }
-                    if let Some(coach) = conf.members[*ci as usize].as_ref() {
-                        for (o, s) in sc.own.iter_mut().zip(coach.pcm.iter()) {
-                            *o += i32::from(*s);
-                        }
+            for (_, ci) in sc.coaches.iter().filter(|(c, _)| *c == stream) {
+                if let Some(coach) = conf.members[*ci as usize].as_ref() {
+                    for (o, s) in sc.own.iter_mut().zip(coach.pcm.iter()) {
+                        *o += i32::from(*s);
                     }
                 }
             }
@@ -890,16 +887,9 @@ fn tick<E: EventSink, O: MixOut>(
             let law = m.law;
             shared_encoding(sc, law, stats)
         };
-        let Some(m) = conf.members[mi].as_mut() else {
+        let (Some(m), Some(s)) = (conf.members[mi].as_mut(), table.get_mut(stream)) else {
             continue;
         };
-        let Some(s) = table.get_mut(m.stream) else {
-            continue;
-        };
-        if s.playing {
-            // A prompt or hold music is playing to this member; the mix waits.
-            continue;
-        }
         let (mut ssrc, mut seq, mut ts) = (m.ssrc, m.seq, m.ts);
         if s.rewrite {
             let w = s.egress.map(ssrc, seq, ts, now_ns, s.clock_rate_hz);
@@ -915,8 +905,9 @@ fn tick<E: EventSink, O: MixOut>(
         m.first = false;
         m.seq = m.seq.wrapping_add(1);
         m.ts = m.ts.wrapping_add(FRAME as u32);
-        stats.packets_out += 1;
-        out.send(m.stream, s, &sc.packet[..]);
+        if out.send(table, stream, &sc.packet[..]) {
+            stats.packets_out += 1;
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::ids::{Component, PortHandle};
+use crate::table::Stream;
 
 const MS: u64 = 1_000_000;
 
@@ -10,8 +11,9 @@ const MS: u64 = 1_000_000;
 struct Capture(HashMap<StreamIdx, Vec<Vec<u8>>>);
 
 impl MixOut for Capture {
-    fn send(&mut self, idx: StreamIdx, _s: &mut Stream, packet: &[u8]) {
+    fn send(&mut self, _table: &mut StreamTable, idx: StreamIdx, packet: &[u8]) -> bool {
         self.0.entry(idx).or_default().push(packet.to_vec());
+        true
     }
 }
 
@@ -164,7 +166,6 @@ fn each_member_hears_the_others_and_not_itself() {
         .filter(|e| matches!(e, crate::command::MediaEvent::Talking { talking: true, .. }))
         .count();
     assert_eq!(talking, 3, "{:?}", r.events);
-    // Three talkers: each has its own mix; nobody else to share with.
     assert_eq!(r.mixer.stats.late, 0);
 }
 
@@ -437,4 +438,55 @@ fn beeps_are_heard_by_everyone() {
             "member {i}"
         );
     }
+}
+
+#[test]
+fn a_members_relay_partner_is_not_heard_also_when_forwarding() {
+    use crate::pipeline::{process, Verdict};
+    use crate::stats::DropReason;
+    let mut r = Rig::new(
+        2,
+        ConfOptions {
+            allow_forwarding: true,
+        },
+    );
+    let (a, b) = (r.members[0], r.members[1]);
+    // Member A's relay partner (its other leg), linked to A as a relay links legs.
+    let mut x = Stream::new(PortHandle(50), RelayId(1), Side::B, Component::Rtp, 0);
+    x.peer = a;
+    x.remote = Some(([127, 0, 0, 1], 7050).into());
+    r.table.insert(x);
+    let mut ev: Vec<crate::command::MediaEvent> = Vec::new();
+    let src = ([127, 0, 0, 1], 7000).into();
+    let mut p = rtp(0, 1, 160, 9, &[0xff; 160]);
+    let v = process(&mut r.table, PortHandle(50), src, &mut p, 0, &mut ev);
+    assert_eq!(v, Verdict::Drop(DropReason::Superseded));
+    let mut p = rtp(0, 1, 160, 9, &[0xff; 160]);
+    let v = process(&mut r.table, PortHandle(0), src, &mut p, 0, &mut ev);
+    assert!(
+        matches!(v, Verdict::Forward { out, .. } if out == b),
+        "members forward to each other: {v:?}"
+    );
+}
+
+#[test]
+fn forwarding_resumes_when_a_beep_ends() {
+    let mut r = Rig::new(
+        2,
+        ConfOptions {
+            allow_forwarding: true,
+        },
+    );
+    let (a, b) = (r.members[0], r.members[1]);
+    r.mixer
+        .beep(ConfId(1), Beep::Exit, &mut r.table)
+        .expect("beep");
+    assert_eq!(
+        r.table.get(a).expect("a").peer,
+        TO_MIXER,
+        "mixed while beeping"
+    );
+    talk(&mut r, 12, &[], 0.0);
+    assert_eq!(r.table.get(a).expect("a").peer, b, "linked again");
+    assert_eq!(r.table.get(b).expect("b").peer, a);
 }
