@@ -335,7 +335,6 @@ impl Callbacks {
         self.enqueue("CE", call, reg.url, reg.method, &p).await;
     }
 
-    /// Writes a callback about `call` to the outbox and wakes the deliverer.
     /// A recording status callback (`recordingStatusCallback`) of the call, to be written
     /// with the recording's change ([`crate::store::Store::write_with_callback`]); wake the
     /// deliverer after.
@@ -380,6 +379,7 @@ impl Callbacks {
         }
     }
 
+    /// Writes a callback about `call` to the outbox and wakes the deliverer.
     async fn enqueue(
         &self,
         prefix: &str,

@@ -160,14 +160,14 @@ impl CallService {
         &self,
         values: &[(&str, Value)],
     ) -> Result<(), StoreError> {
+        self.write(CallWrite::Insert(values), "initiated").await?;
         self.note_call(values);
-        self.write(CallWrite::Insert(values), "initiated")
-            .await
-            .map(|_| ())
+        Ok(())
     }
 
-    /// Notes a call record about to be written: without a status callback, its status
-    /// changes need no outbox transaction.
+    /// Notes a call record just written: without a status callback, its status changes need
+    /// no outbox transaction (until the row says otherwise, see `write`). Noted only once the
+    /// row exists, so a failed insert leaves nothing behind.
     pub(crate) fn note_call(&self, values: &[(&str, Value)]) {
         let get = |k: &str| {
             values
@@ -209,7 +209,18 @@ impl CallService {
         };
         let row = match (quiet, w) {
             (true, CallWrite::Transition { sid, from, sets }) => {
-                self.store.transition_returning(sid, from, sets).await?
+                let row = self.store.transition_returning(sid, from, sets).await?;
+                // A status callback set since the call was noted quiet (by a request another
+                // node served, say) shows in the row: write its callback on its own, and take
+                // the transaction from now on.
+                let cb = row.as_ref().zip(self.callbacks.as_ref());
+                if let Some(cb) = cb.and_then(|(r, c)| c.status_callback(r, event)) {
+                    self.callbacks_changed(sid);
+                    if let Err(e) = self.store.enqueue_status_callback(sid, cb).await {
+                        tracing::error!(error = %e, call = %sid, "cannot write a callback to the outbox");
+                    }
+                }
+                row
             }
             _ => {
                 let cb = self.callbacks.clone();
@@ -364,11 +375,11 @@ impl CallService {
             ("date_updated", Value::from(now)),
         ];
         cols.extend(call.columns.iter().cloned());
-        self.note_call(&cols);
         if let Err(e) = self.store.insert(&CALLS, &cols).await {
             self.release(&sid);
             return Err(e.into());
         }
+        self.note_call(&cols);
         if call.has_instructions && self.engine.get().is_none() {
             self.notify(
                 &call.account,

@@ -20,4 +20,5 @@ pub mod sdnotify;
 pub mod secret;
 pub mod sip;
 pub mod store;
+pub mod tasks;
 pub mod voice;

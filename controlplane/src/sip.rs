@@ -2222,7 +2222,10 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 return;
             }
         }
-        if code > 100 && !(200..300).contains(&code) && !(code == 401 || code == 407) {
+        // A challenge answered with credentials is not the call's outcome; an unanswerable one
+        // (no credentials, or challenged again) is, and is reported as a failure.
+        let retry_auth = (code == 401 || code == 407) && !o.auth_tried && o.creds.is_some();
+        if code > 100 && !(200..300).contains(&code) && !retry_auth {
             let event = if code < 200 { "provisional" } else { "failure" };
             let sid = o.sid.clone();
             self.report(CallUpdate::Sip(Box::new(SipEvent::of(&sid, event, &msg))));
@@ -2319,7 +2322,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.report(CallUpdate::Answered { sid, media });
             }
-            401 | 407 if !o.auth_tried && o.creds.is_some() => {
+            401 | 407 if retry_auth => {
                 let again = o
                     .creds
                     .as_ref()

@@ -146,6 +146,30 @@ async fn origin(State(o): State<Origin>, req: Request) -> Response {
                 .into_response(),
         ),
         "/fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        // Version 10: Ogg audio, stale at once (max-age=0) but not must-revalidate; 11: the
+        // origin fails; 12: different audio (MP3).
+        "/flaky" => match o.version.load(Ordering::SeqCst) {
+            11 => (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response(),
+            v => {
+                let (ct, body) = if v == 12 {
+                    ("audio/mpeg", fixture("tone.mp3"))
+                } else {
+                    ("audio/ogg", fixture("tone.ogg"))
+                };
+                let etag = format!("\"v{v}\"");
+                sent(
+                    (
+                        [
+                            ("content-type", ct),
+                            ("cache-control", "max-age=0"),
+                            ("etag", etag.as_str()),
+                        ],
+                        body,
+                    )
+                        .into_response(),
+                )
+            }
+        },
         _ => (StatusCode::NOT_FOUND, "").into_response(),
     }
 }
@@ -373,6 +397,50 @@ async fn fetches_once_revalidates_and_coalesces() {
         .await
         .expect("other account");
     assert_eq!(o.requests("/fresh.wav"), 2);
+}
+
+/// While the origin fails, the stale copy plays and the origin is asked again only after the
+/// failure TTL (not by every call); when the audio behind the URL changes, the old audio's
+/// files go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_origin_is_asked_once_per_failure_ttl_and_replaced_audio_leaves_no_files() {
+    let (o, addr) = start_origin().await;
+    let env = Env::new("flaky");
+    let cfg = MediaConfig {
+        failure_ttl_secs: 1,
+        ..env.cfg()
+    };
+    let cache = env.open(cfg, true).await;
+    let src = url(addr, "/flaky");
+    o.version.store(10, Ordering::SeqCst);
+    let first = cache.media(ACC, &src, Codec::Pcmu).await.expect("plays");
+    let files = files_in(&env.dir.join("cache"));
+    o.version.store(11, Ordering::SeqCst);
+    for _ in 0..3 {
+        let m = cache
+            .media(ACC, &src, Codec::Pcmu)
+            .await
+            .expect("the stale copy");
+        assert_eq!(m.frames, first.frames);
+    }
+    assert_eq!(
+        o.requests("/flaky"),
+        2,
+        "one failed revalidation for three calls"
+    );
+    assert_eq!(cache.stats.stale_served.load(Ordering::Relaxed), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    o.version.store(12, Ordering::SeqCst);
+    let new = cache
+        .media(ACC, &src, Codec::Pcmu)
+        .await
+        .expect("new audio");
+    assert_ne!(new.frames, first.frames);
+    assert_eq!(
+        files_in(&env.dir.join("cache")),
+        files,
+        "the old audio's files were replaced, not kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1221,7 +1221,9 @@ async fn status_callbacks_are_signed_ordered_and_retried() {
         let (r, base) = start(c).await;
         let a = account(&r, "hooks").await;
         let seen2 = seen.clone();
+        let (a0, base0) = (a.clone(), base.clone());
         tokio::task::spawn_blocking(move || {
+            let (a, base) = (a0, base0);
             let cb_url = format!("http://{app_addr}/cb?tenant=a");
             let (s, call) = req(
                 "POST",
@@ -1299,6 +1301,88 @@ async fn status_callbacks_are_signed_ordered_and_retried() {
                     .into_owned()
                     .collect();
             assert!(last["CallDuration"].parse::<u64>().is_ok());
+        })
+        .await
+        .expect("client");
+
+        // A call placed without a status callback whose row gains one where this node does
+        // not see it (another node's request on a shared database): its answer still calls
+        // back.
+        let callee = Callee::new();
+        let callee_addr = callee.sock.local_addr().expect("addr");
+        let (a2, base2) = (a.clone(), base.clone());
+        let (sid2, callee, inv, from) = tokio::task::spawn_blocking(move || {
+            let (s, call) = req(
+                "POST",
+                &a2.url(&base2, "/Calls.json"),
+                a2.auth(),
+                &[
+                    ("To", &format!("sip:callee@{callee_addr}")),
+                    ("From", "+15550001111"),
+                    ("Twiml", r#"<Response><Pause length="60"/></Response>"#),
+                ],
+            );
+            assert_eq!(s, 201, "{call}");
+            let (inv, from) = callee.recv();
+            (
+                call["sid"].as_str().expect("sid").to_string(),
+                callee,
+                inv,
+                from,
+            )
+        })
+        .await
+        .expect("client");
+        let cb_url = format!("http://{app_addr}/cb?tenant=b");
+        r.store
+            .as_ref()
+            .expect("store")
+            .update(
+                &voxedge_controlplane::store::CALLS,
+                &a.sid,
+                &sid2,
+                &[
+                    ("status_callback", Value::from(cb_url.as_str())),
+                    ("status_callback_event", Value::from("answered")),
+                ],
+            )
+            .await
+            .expect("row updated behind this node's back");
+        let (a3, base3, seen3) = (a.clone(), base.clone(), seen.clone());
+        tokio::task::spawn_blocking(move || {
+            callee.reply(&inv, 200, "OK", from, true);
+            let _ack = callee.recv();
+            std::thread::sleep(Duration::from_millis(200));
+            let (s, _) = req(
+                "POST",
+                &a3.url(&base3, &format!("/Calls/{sid2}.json")),
+                a3.auth(),
+                &[("Status", "completed")],
+            );
+            assert_eq!(s, 200);
+            let (bye, from) = callee.recv();
+            callee.reply(&bye, 200, "OK", from, false);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let got = seen3
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .any(|(code, uri, _, body)| {
+                        *code == 200
+                            && uri == "/cb?tenant=b"
+                            && body.contains(&sid2)
+                            && body.contains("CallStatus=in-progress")
+                    });
+                if got {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the answered callback was not written"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         })
         .await
         .expect("client");

@@ -1,7 +1,7 @@
 //! How long a fetched copy may be served without asking the origin again (RFC 9111), from
 //! the response's `Cache-Control`, `Expires`, `Date`, `Age` and `Last-Modified`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, AGE, CACHE_CONTROL, DATE, ETAG, EXPIRES, LAST_MODIFIED};
 
@@ -89,13 +89,6 @@ pub fn freshness(h: &HeaderMap, now_us: i64, default_ttl: Duration) -> Freshness
         etag: header(h, &ETAG).map(str::to_string),
         last_modified: header(h, &LAST_MODIFIED).map(str::to_string),
     }
-}
-
-/// Microseconds since the epoch, now.
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

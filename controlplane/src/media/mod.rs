@@ -36,11 +36,11 @@ use voxedge_dataplane::mediafile;
 use voxedge_dataplane::player::PlayMedia;
 
 use crate::config::MediaConfig;
+use crate::store::now_us;
 use crate::store::{Store, MEDIA};
 use crate::voice::audio::{self, Codec, Synthesizer};
 use crate::voice::fetch::{FetchError, Fetcher, MediaFetch, Timeouts};
 use decode::{DecodeError, Prepared, Variant};
-use freshness::now_us;
 
 /// What to play.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -90,8 +90,6 @@ pub struct MediaError {
 pub const CODE_UNPLAYABLE: &str = "13227";
 /// Twilio's code for `<Say>` failing.
 pub const CODE_SAY_FAILED: &str = "13520";
-/// Twilio's code for a media file over the size limit.
-pub const CODE_TOO_LARGE: &str = "11750";
 
 impl From<FetchError> for MediaError {
     fn from(e: FetchError) -> Self {
@@ -367,7 +365,7 @@ impl MediaCache {
                 }
                 Resolved::Stored(content) => {
                     let path = self.path(&content, Variant::for_codec(codec));
-                    match self.frames(&path) {
+                    match self.frames(&path).await {
                         Ok(m) => return Ok(m),
                         Err(e) => {
                             // Files lost under the entry (evicted meanwhile, removed by hand):
@@ -385,11 +383,17 @@ impl MediaCache {
         })
     }
 
-    fn frames(&self, path: &Path) -> Result<Arc<PlayMedia>, mediafile::MediaFileError> {
+    /// The loaded frames of a file: shared while any call plays them, else read (on the
+    /// blocking pool: a long prompt is megabytes).
+    async fn frames(&self, path: &Path) -> Result<Arc<PlayMedia>, mediafile::MediaFileError> {
         if let Some(m) = lock(&self.loaded).get(path).and_then(Weak::upgrade) {
             return Ok(m);
         }
-        let m = Arc::new(mediafile::read(path)?);
+        let p = path.to_path_buf();
+        let read = tokio::task::spawn_blocking(move || mediafile::read(&p))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let m = Arc::new(read?);
         let mut loaded = lock(&self.loaded);
         if loaded.len() >= 1024 {
             loaded.retain(|_, w| w.strong_count() > 0);
@@ -399,11 +403,18 @@ impl MediaCache {
     }
 
     fn forget(&self, account: &str, source: &Source) {
-        let mut ix = lock(&self.index);
-        if let Some(e) = ix.entries.remove(&(account.to_string(), source.key())) {
-            drop_content(&mut ix, &e.content);
+        let removed = {
+            let mut ix = lock(&self.index);
+            let removed = ix.entries.remove(&(account.to_string(), source.key()));
+            if let Some(e) = &removed {
+                drop_content(&mut ix, &e.content);
+            }
+            self.gauges(&ix);
+            removed
+        };
+        if let Some(e) = removed {
+            self.remove_files_if_unused(&e.content);
         }
-        self.gauges(&ix);
     }
 
     /// Prefetches `source` for `account` (REST): its entry's SID.
@@ -488,9 +499,15 @@ impl MediaCache {
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 if let Some(s) = stale.filter(|s| !s.must_revalidate) {
-                    // The origin is failing: a stale copy beats dead air.
+                    // The origin is failing: a stale copy beats dead air, and the next calls
+                    // use it too until the failure would have expired (not one fetch each).
                     tracing::warn!(account, source = ?source, error = %e, "media revalidation failed; serving the stale copy");
                     self.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+                    let until =
+                        now_us() + i64::from(self.cfg.failure_ttl_secs).saturating_mul(1_000_000);
+                    if let Some(entry) = lock(&self.index).entries.get_mut(&key) {
+                        entry.fresh_until_us = until;
+                    }
                     return Ok(Resolved::Stored(s.content));
                 }
                 let mut ix = lock(&self.index);
@@ -547,13 +564,7 @@ impl MediaCache {
                     .fetcher
                     .media(url, validators, self.cfg.file_bytes_max, &self.timeouts)
                     .await
-                    .map_err(|e| {
-                        let mut e = MediaError::from(e);
-                        if e.code == "11750" {
-                            e.code = CODE_TOO_LARGE;
-                        }
-                        e
-                    })?;
+                    .map_err(MediaError::from)?;
                 let default_ttl = Duration::from_secs(u64::from(self.cfg.default_ttl_secs));
                 match fetched {
                     MediaFetch::NotModified { headers } => {
@@ -726,14 +737,19 @@ impl MediaCache {
             fetched_us: now,
             created_us: stale.map_or(now, |s| s.created_us),
         };
-        {
+        let replaced = {
             let mut ix = lock(&self.index);
-            if let Some(old) = ix.entries.remove(key) {
+            add_content(&mut ix, &e);
+            let old = ix.entries.insert(key.clone(), e.clone());
+            if let Some(old) = &old {
                 drop_content(&mut ix, &old.content);
             }
-            add_content(&mut ix, &e);
-            ix.entries.insert(key.clone(), e.clone());
             self.gauges(&ix);
+            old
+        };
+        // The source's audio changed: its old files go unless another entry shares them.
+        if let Some(old) = replaced.filter(|o| o.content != e.content) {
+            self.remove_files_if_unused(&old.content);
         }
         self.persist(&e, stale.is_none()).await;
         self.evict(Some(key)).await;
@@ -910,21 +926,10 @@ impl MediaCache {
     /// Flushes hit counts every few seconds until `stop`.
     pub fn spawn_flusher(
         self: &Arc<Self>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = stop.changed() => {}
-                }
-                let Some(cache) = me.upgrade() else { return };
-                cache.flush().await;
-                if *stop.borrow() {
-                    return;
-                }
-            }
+        crate::tasks::spawn_flusher(self, Duration::from_secs(5), stop, |c| async move {
+            c.flush().await;
         })
     }
 }

@@ -271,6 +271,21 @@ fn events_path(path: &str) -> Option<String> {
     is_sid(acc, "AC").then(|| acc.to_string())
 }
 
+/// The account's request rate (every API path, streams and recording audio included).
+fn rate_limit(st: &RestState, account: &str) -> Result<(), TwError> {
+    if st.allow(account) {
+        return Ok(());
+    }
+    Err(TwError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        20429,
+        format!(
+            "Too many requests: at most {} per second per account",
+            st.cfg.requests_per_second_per_account
+        ),
+    ))
+}
+
 /// Server-sent events of an account (`CallSid=` narrows to one call): see `crate::events`.
 async fn event_stream(
     st: &Arc<RestState>,
@@ -279,6 +294,7 @@ async fn event_stream(
     query: &str,
 ) -> Result<Response, TwError> {
     let principal = authenticate(st, auth).await?;
+    rate_limit(st, &principal.account.sid)?;
     path_account(st, &principal, acc).await?;
     let mut call = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -359,7 +375,12 @@ async fn recording_media(
     if rec.require_auth {
         let principal = authenticate(st, auth).await?;
         account_for_log.clone_from(&principal.account.sid);
+        rate_limit(st, &principal.account.sid)?;
         path_account(st, &principal, acc).await?;
+    } else {
+        // Anonymous downloads (MP3 is encoded per request) have a budget of their own per
+        // account, so strangers cannot spend the owner's API budget.
+        rate_limit(st, &format!("{acc}/recordings"))?;
     }
     let row = st
         .store
@@ -449,16 +470,7 @@ async fn handle(
     // Authenticate, then the rate.
     let principal = authenticate(st, auth.as_deref()).await?;
     account_for_log.clone_from(&principal.account.sid);
-    if !st.allow(&principal.account.sid) {
-        return Err(TwError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            20429,
-            format!(
-                "Too many requests: at most {} per second per account",
-                st.cfg.requests_per_second_per_account
-            ),
-        ));
-    }
+    rate_limit(st, &principal.account.sid)?;
     // Parameters.
     let raw = if method == "POST" {
         if !body.is_empty() && !content_type.starts_with("application/x-www-form-urlencoded") {

@@ -4,6 +4,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::callbacks::{ATTEMPTS_RANGE, BACKOFF_RANGE_MS};
+
 /// What a route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -198,47 +200,41 @@ const APP_BASE_PARAMS: &[Param] = &[
     ),
     p(
         "CallbackAttempts",
-        Ty::Range(1, 20),
+        Ty::Range(ATTEMPTS_RANGE.0, ATTEMPTS_RANGE.1),
         "VoxEdge: attempts of each status, SIP-event and recording callback of this application's calls before it is given up (default 10).",
     ),
     p(
         "CallbackBackoffMs",
-        Ty::Range(100, 60_000),
+        Ty::Range(BACKOFF_RANGE_MS.0, BACKOFF_RANGE_MS.1),
         "VoxEdge: delay before the first retry of a callback, ms (default 2000); doubled each retry up to 300 s, with jitter (half of each delay random).",
     ),
 ];
 
 /// A SIP-event callback registration (VoxEdge): of an application, of a call at creation,
 /// or of a live call through `/v1/`.
-macro_rules! sip_event_params {
-    () => {
-        [
-            p(
-                "SipEventsUrl",
-                Ty::Url,
-                "VoxEdge: URL told about the call's SIP signalling events (SIP-event callbacks); empty removes the registration.",
-            ),
-            p("SipEventsMethod", Ty::HttpMethod, "GET or POST (default POST)."),
-            p(
-                "SipEvents",
-                Ty::Many(crate::sip::SIP_EVENTS),
-                "Events reported (repeatable; default all): provisional (1xx received), failure (final error received), reinvite, update, info, refer, bye, cancel.",
-            ),
-            p(
-                "SipEventsHeaders",
-                Ty::HeaderNames,
-                "SIP headers copied into each callback as SipHeader_<Name> (e.g. \"Reason X-Customer\").",
-            ),
-            p(
-                "SipEventsFilter",
-                Ty::HeaderFilter,
-                "Only events whose message has this header containing this text (\"Name: text\", case-insensitive).",
-            ),
-        ]
-    };
-}
-
-const SIP_EVENT_PARAMS: &[Param] = &sip_event_params!();
+const SIP_EVENT_PARAMS: &[Param] = &[
+    p(
+        "SipEventsUrl",
+        Ty::Url,
+        "VoxEdge: URL told about the call's SIP signalling events (SIP-event callbacks); empty removes the registration.",
+    ),
+    p("SipEventsMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+    p(
+        "SipEvents",
+        Ty::Many(crate::sip::SIP_EVENTS),
+        "Events reported (repeatable; default all): provisional (1xx received), failure (final error received), reinvite, update, info, refer, bye, cancel.",
+    ),
+    p(
+        "SipEventsHeaders",
+        Ty::HeaderNames,
+        "SIP headers copied into each callback as SipHeader_<Name> (e.g. \"Reason X-Customer\").",
+    ),
+    p(
+        "SipEventsFilter",
+        Ty::HeaderFilter,
+        "Only events whose message has this header containing this text (\"Name: text\", case-insensitive).",
+    ),
+];
 
 /// `a` then `b` (`N` = their total length), for parameter lists that share a tail.
 const fn join<const N: usize>(a: &[Param], b: &[Param]) -> [Param; N] {

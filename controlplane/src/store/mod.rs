@@ -414,6 +414,16 @@ fn audited(q: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(q)
 }
 
+/// A write's error: a unique column already taken is [`StoreError::Conflict`].
+fn write_error(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(e) if e.is_unique_violation() => {
+            StoreError::Conflict(e.message().to_string())
+        }
+        e => e.into(),
+    }
+}
+
 fn quoted(c: &str) -> String {
     format!("\"{c}\"")
 }
@@ -826,18 +836,11 @@ impl Store {
     /// # Errors
     /// Database errors; a unique column already taken is [`StoreError::Conflict`].
     pub async fn insert(&self, table: &Table, values: &[(&str, Value)]) -> Result<(), StoreError> {
-        let q = Self::insert_sql(table, values);
-        let mut query = sqlx::query(audited(q));
-        for (c, v) in values {
-            query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
-        }
-        match query.execute(&self.pool).await {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict(e.message().to_string()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        Self::insert_query(table, values, false)
+            .execute(&self.pool)
+            .await
+            .map_err(write_error)?;
+        Ok(())
     }
 
     fn columns(table: &Table) -> String {
@@ -990,16 +993,11 @@ impl Store {
         sid: &str,
         sets: &[(&str, Value)],
     ) -> Result<bool, StoreError> {
-        match Self::update_query(table, account, sid, sets)
+        let r = Self::update_query(table, account, sid, sets)
             .execute(&self.pool)
             .await
-        {
-            Ok(r) => Ok(r.rows_affected() > 0),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(StoreError::Conflict(e.message().to_string()))
-            }
-            Err(e) => Err(e.into()),
-        }
+            .map_err(write_error)?;
+        Ok(r.rows_affected() > 0)
     }
 
     /// A call's state change and the status callback it causes, in **one transaction**: the
@@ -1021,24 +1019,10 @@ impl Store {
     {
         let mut tx = self.pool.begin().await?;
         let returned = match write {
-            CallWrite::Insert(values) => {
-                let q = format!(
-                    "{} RETURNING {}",
-                    Self::insert_sql(&CALLS, values),
-                    Self::columns(&CALLS)
-                );
-                let mut query = sqlx::query(audited(q));
-                for (c, v) in values {
-                    query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
-                }
-                match query.fetch_one(&mut *tx).await {
-                    Ok(r) => r,
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        return Err(StoreError::Conflict(e.message().to_string()))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            CallWrite::Insert(values) => Self::insert_query(&CALLS, values, true)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(write_error)?,
             CallWrite::Transition { sid, from, sets } => {
                 match Self::transition_query(sid, from, sets, true)
                     .fetch_optional(&mut *tx)
@@ -1055,17 +1039,44 @@ impl Store {
         let row = decode(&CALLS, &returned)?;
         if let Some(build) = then(&row) {
             let call = row.get("sid").and_then(Value::as_str).unwrap_or_default();
-            let prior: i64 = sqlx::query(
-                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM callbacks WHERE call_sid = $1 AND sid LIKE 'CB%'",
-            )
-            .bind(call.to_string())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-            Self::enqueue_query(&build(prior)).execute(&mut *tx).await?;
+            Self::enqueue_numbered(&mut tx, call, build).await?;
         }
         tx.commit().await?;
         Ok(Some(row))
+    }
+
+    /// Writes a status callback of `call` numbered after the ones written before it (its
+    /// `SequenceNumber`), on its own: for a change made without the outbox transaction.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn enqueue_status_callback(
+        &self,
+        call: &str,
+        build: Box<dyn FnOnce(i64) -> Callback + Send>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        Self::enqueue_numbered(&mut tx, call, build).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_numbered(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        call: &str,
+        build: Box<dyn FnOnce(i64) -> Callback + Send>,
+    ) -> Result<(), StoreError> {
+        let prior: i64 = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM callbacks WHERE call_sid = $1 AND sid LIKE 'CB%'",
+        )
+        .bind(call.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+        Self::enqueue_query(&build(prior))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// A resource row written (inserted, or updated by SID) together with the callback the
@@ -1082,17 +1093,10 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         match write {
             RowWrite::Insert(values) => {
-                let mut query = sqlx::query(audited(Self::insert_sql(table, values)));
-                for (c, v) in values {
-                    query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
-                }
-                match query.execute(&mut *tx).await {
-                    Ok(_) => {}
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        return Err(StoreError::Conflict(e.message().to_string()))
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                Self::insert_query(table, values, false)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(write_error)?;
             }
             RowWrite::Update { account, sid, sets } => {
                 Self::update_query(table, account, sid, sets)
@@ -1197,15 +1201,28 @@ impl Store {
         query.bind(sid.to_string()).bind(account.to_string())
     }
 
-    fn insert_sql(table: &Table, values: &[(&str, Value)]) -> String {
+    /// `INSERT` of `values` into `table`, bound (`RETURNING` every column when asked).
+    fn insert_query<'q>(
+        table: &Table,
+        values: &[(&str, Value)],
+        returning: bool,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
         let cols: Vec<String> = values.iter().map(|(c, _)| quoted(c)).collect();
         let params: Vec<String> = (1..=values.len()).map(|i| format!("${i}")).collect();
-        format!(
+        let mut q = format!(
             "INSERT INTO {} ({}) VALUES ({})",
             table.name,
             cols.join(", "),
             params.join(", ")
-        )
+        );
+        if returning {
+            q = format!("{q} RETURNING {}", Self::columns(table));
+        }
+        let mut query = sqlx::query(audited(q));
+        for (c, v) in values {
+            query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
+        }
+        query
     }
 
     /// Sets the status of a call only if it is currently one of `from` (state changes race
@@ -1468,33 +1485,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    /// The callbacks of a call with their outcome, in order (sid, seq, status, attempts).
-    ///
-    /// # Errors
-    /// Database errors.
-    pub async fn callbacks_of(
-        &self,
-        call_sid: &str,
-    ) -> Result<Vec<(String, i64, String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sid, seq, status, attempts FROM callbacks WHERE call_sid = $1 ORDER BY seq",
-        )
-        .bind(call_sid.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("sid")?,
-                    r.try_get("seq")?,
-                    r.try_get("status")?,
-                    r.try_get("attempts")?,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
     }
 
     /// Every row of `table`, all accounts (a service loading its own index at start).

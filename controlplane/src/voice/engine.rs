@@ -5,19 +5,23 @@
 //! The call record is written (`ringing`, `inbound`), then one task per call fetches the
 //! document (falling back to the fallback URL with `ErrorCode`/`ErrorUrl` when the primary
 //! fails; with no usable fallback the caller hears that an application error occurred), and
-//! runs its verbs in order: `Say` (espeak-ng), `Play` (WAV or µ-law audio fetched from the
-//! URL, or DTMF tones), `Pause`, `Gather` (RFC 4733 digits reported by the dataplane, with
-//! barge-in over its prompts), `Redirect`, `Hangup`, `Reject`. The call is answered when the
-//! first verb that needs media starts. When the document runs out, the call is hung up.
+//! runs its verbs in order: `Say` (espeak-ng, rendered once per text and voice by the media
+//! cache), `Play` (WAV, MP3, Ogg/Vorbis, FLAC or µ-law through the media cache, or `digits` as
+//! RFC 4733 events on the call's telephone-event payload type, in-band tones otherwise),
+//! `Pause`, `Gather` (RFC 4733 digits reported by the dataplane, with barge-in over its
+//! prompts), `Record` (the dataplane's recording tap; silence timeout, trimming,
+//! `finishOnKey`, `maxLength`, recording callbacks), `Redirect`, `Hangup`, `Reject`. The call
+//! is answered when the first verb that needs media starts. When the document runs out, the
+//! call is hung up.
 //!
 //! `Echo` loops the caller's media back until the call ends. `Dial` places child calls (their
 //! own call records, `outbound-dial`, with the leg's status callbacks) whose callee uses leg B
-//! of the caller's relay: the caller hears ringback while they ring; the first to answer is
-//! bridged (the others are canceled) until either side hangs up, `timeLimit` passes or the
-//! caller presses `*` (`hangupOnStar`); then the `action` URL gets `DialCallStatus`,
-//! `DialCallSid`, `DialCallDuration` and `DialBridged`, or the document goes on. `Record` is
-//! parsed and validated but not run by this version: reaching it records notification 82004
-//! and the engine goes on with the next verb (so do `record` on `<Dial>` and whisper `url`s).
+//! of the caller's relay: the caller hears ringback while they ring; the answering leg hears
+//! its whisper `url` first, if any; the first to answer is bridged (the others are canceled)
+//! until either side hangs up, `timeLimit` passes or the caller presses `*` (`hangupOnStar`),
+//! recorded when `record` asks (mono or dual channel); then the `action` URL gets
+//! `DialCallStatus`, `DialCallSid`, `DialCallDuration` and `DialBridged`, or the document goes
+//! on.
 //!
 //! Every failure is recorded as a notification with Twilio's code and a message naming the URL
 //! and the problem.
@@ -280,21 +284,10 @@ impl Engine {
     /// Flushes module usage every 5 s until `stop`, then once more.
     pub fn spawn_usage_flusher(
         self: &Arc<Self>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let stopping = tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(5)) => false,
-                    _ = stop.wait_for(|s| *s) => true,
-                };
-                let Some(engine) = me.upgrade() else { return };
-                engine.flush_usage().await;
-                if stopping {
-                    return;
-                }
-            }
+        crate::tasks::spawn_flusher(self, Duration::from_secs(5), stop, |e| async move {
+            e.flush_usage().await;
         })
     }
 
@@ -636,12 +629,12 @@ impl Engine {
                 cols.push((col, Value::from(v)));
             }
         }
-        self.calls.note_call(&cols);
         if let Err(e) = self.store.insert(&CALLS, &cols).await {
             tracing::error!(error = %e, "cannot record an incoming call");
             let _ = self.sip.reject(&inc.sid, 503).await;
             return;
         }
+        self.calls.note_call(&cols);
         let mut base = base_params(&inc.sid, &account, &inc.from, &to, "inbound");
         if let Some(f) = &inc.forwarded_from {
             base.insert("ForwardedFrom".into(), f.clone());

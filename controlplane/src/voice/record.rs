@@ -2,9 +2,10 @@
 //! timestamp (reordered packets land where they belong, lost ones leave silence), speech
 //! detection for the silence timeout, trimming, and the WAV file.
 
+use voxedge_dataplane::g711::Law;
 use voxedge_dataplane::recorder::RecFrame;
 
-use super::audio::{alaw_decode, ulaw_decode, RATE};
+use super::audio::RATE;
 
 /// RMS level of a 20 ms frame above which the caller is taken to be speaking (about −40 dBFS).
 pub const SPEECH_RMS: f64 = 330.0;
@@ -48,13 +49,9 @@ impl Capture {
 
     /// Places one frame; true when it held speech.
     pub fn push(&mut self, f: &RecFrame) -> bool {
-        let decode: fn(u8) -> i16 = match f.payload_type {
-            0 => ulaw_decode,
-            8 => alaw_decode,
-            _ => {
-                self.ignored += 1;
-                return false;
-            }
+        let Some(law) = Law::from_payload_type(f.payload_type) else {
+            self.ignored += 1;
+            return false;
         };
         let base = *self.base_ts.get_or_insert(f.ts);
         let offset = f.ts.wrapping_sub(base);
@@ -71,7 +68,7 @@ impl Capture {
         }
         let mut energy = 0f64;
         for (slot, b) in self.samples[at..end].iter_mut().zip(payload) {
-            *slot = decode(*b);
+            *slot = law.decode(*b);
             energy += f64::from(*slot) * f64::from(*slot);
         }
         let n = end - at;
