@@ -88,6 +88,9 @@ pub struct MediaError {
 
 /// Twilio's code for media that was fetched but cannot be played (format, corruption).
 pub const CODE_UNPLAYABLE: &str = "13227";
+/// Largest frame file read on the calling task (32 s of G.711); larger ones are read on the
+/// blocking pool.
+const INLINE_READ_BYTES: u64 = 256 * 1024;
 /// Twilio's code for `<Say>` failing.
 pub const CODE_SAY_FAILED: &str = "13520";
 
@@ -383,16 +386,22 @@ impl MediaCache {
         })
     }
 
-    /// The loaded frames of a file: shared while any call plays them, else read (on the
-    /// blocking pool: a long prompt is megabytes).
+    /// The loaded frames of a file: shared while any call plays them, else read. A file of up
+    /// to [`INLINE_READ_BYTES`] is read in place (from the page cache that is a few
+    /// microseconds, less than a hop to the blocking pool); a longer one on the blocking pool.
     async fn frames(&self, path: &Path) -> Result<Arc<PlayMedia>, mediafile::MediaFileError> {
         if let Some(m) = lock(&self.loaded).get(path).and_then(Weak::upgrade) {
             return Ok(m);
         }
-        let p = path.to_path_buf();
-        let read = tokio::task::spawn_blocking(move || mediafile::read(&p))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= INLINE_READ_BYTES);
+        let read = if small {
+            mediafile::read(path)
+        } else {
+            let p = path.to_path_buf();
+            tokio::task::spawn_blocking(move || mediafile::read(&p))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+        };
         let m = Arc::new(read?);
         let mut loaded = lock(&self.loaded);
         if loaded.len() >= 1024 {
