@@ -251,6 +251,19 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
             if n > 0 {
                 tracing::warn!(calls = n, "calls left live by the previous run were ended");
             }
+            if let Some(e) = &engine {
+                let n = e
+                    .conferences()
+                    .recover()
+                    .await
+                    .context("cannot end conferences left live")?;
+                if n > 0 {
+                    tracing::warn!(
+                        conferences = n,
+                        "conferences left live by the previous run were ended"
+                    );
+                }
+            }
         }
         {
             // Event streams end when the node stops (graceful shutdown waits for them).

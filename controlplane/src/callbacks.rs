@@ -348,6 +348,18 @@ impl Callbacks {
         self.callback("CR", call, url, method, params)
     }
 
+    /// A conference status callback (`statusCallback` of `<Conference>`), written to the
+    /// outbox; `owner` names the account and the participant's call (empty for the room).
+    pub async fn conference_callback(
+        &self,
+        owner: &Map<String, Value>,
+        url: String,
+        method: &str,
+        params: &BTreeMap<String, String>,
+    ) {
+        self.enqueue("CC", owner, url, method, params).await;
+    }
+
     fn callback(
         &self,
         prefix: &str,

@@ -118,7 +118,9 @@ pub fn process<E: EventSink>(
             tap.push(seq, ts, p.payload_type(), p.payload());
         }
     }
-    if s.blocked {
+    // Blocking stops media between a relay's legs; a conference member's media goes to its
+    // conference (or, linked directly, to the one other member) all the same.
+    if s.blocked && !s.in_conference {
         return drop(s, DropReason::Blocked);
     }
     let out_idx = s.peer;

@@ -41,6 +41,8 @@ pub struct Stream {
     pub policy: SourcePolicy,
     /// Rewrite SSRC/seq/ts of RTP leaving through this port.
     pub rewrite: bool,
+    /// Media arriving here is not relayed to the other leg (conference members still reach
+    /// their conference).
     pub blocked: bool,
     /// A player is sending on this stream's port; forwarded RTP towards it is held back.
     pub playing: bool,

@@ -11,6 +11,7 @@
 //! (`code`, `message`, `more_info`, `status`); every answer carries a request id and is logged
 //! without secrets.
 
+mod conferences;
 pub mod routes;
 
 use std::collections::HashMap;
@@ -531,6 +532,7 @@ async fn handle(
         params: &params,
         sid: pp("Sid"),
         call_sid: pp("CallSid"),
+        conference_sid: pp("ConferenceSid"),
         path: &path,
     };
     let status = StatusCode::from_u16(routes::success_status(route)).unwrap_or(StatusCode::OK);
@@ -833,6 +835,7 @@ fn check_params(route: &Route, raw: &[u8], page_size_max: u32) -> Result<Params,
 }
 
 /// Everything an operation sees.
+#[derive(Clone)]
 struct Ctx<'a> {
     st: &'a Arc<RestState>,
     principal: &'a Principal,
@@ -840,6 +843,7 @@ struct Ctx<'a> {
     params: &'a Params,
     sid: String,
     call_sid: String,
+    conference_sid: String,
     path: &'a str,
 }
 
@@ -938,6 +942,7 @@ fn collection(t: &Table) -> &'static str {
         "notifications" => "Notifications",
         "recordings" => "Recordings",
         "media_cache" => "Media",
+        "conferences" => "Conferences",
         _ => "Events",
     }
 }
@@ -979,9 +984,31 @@ fn render(t: &Table, row: &Map<String, Value>) -> Value {
         m.insert(k.clone(), shown);
     }
     let root = if t.name == "media_cache" { "/v1" } else { API };
-    let base = format!("{root}/Accounts/{acc}/{}/{sid}", collection(t));
+    let base = if t.name == "conference_participants" {
+        // A participant is named by its call SID under its conference.
+        m.remove("sid");
+        let conf = row
+            .get("conference_sid")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        format!("{root}/Accounts/{acc}/Conferences/{conf}/Participants/{sid}")
+    } else {
+        format!("{root}/Accounts/{acc}/{}/{sid}", collection(t))
+    };
     m.insert("uri".into(), Value::from(format!("{base}.json")));
     match t.name {
+        "conferences" => {
+            m.insert(
+                "subresource_uris".into(),
+                json!({
+                    "participants": format!("{base}/Participants.json"),
+                    "recordings": format!("{base}/Recordings.json"),
+                }),
+            );
+        }
+        "conference_participants" => {
+            m.entry("queue_time").or_insert(Value::Null);
+        }
         "calls" => {
             for k in [
                 "annotation",
@@ -1494,6 +1521,15 @@ async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
         Op::MediaList | Op::MediaPrefetch | Op::MediaFetch | Op::MediaDelete | Op::MediaPurge => {
             media(op, c).await
         }
+        Op::ConferencesList
+        | Op::ConferenceFetch
+        | Op::ConferenceUpdate
+        | Op::ConferenceRecordingsList
+        | Op::ParticipantsList
+        | Op::ParticipantCreate
+        | Op::ParticipantFetch
+        | Op::ParticipantUpdate
+        | Op::ParticipantDelete => conferences::run(op, c).await,
     }
 }
 

@@ -51,6 +51,15 @@ pub enum Op {
     MediaFetch,
     MediaDelete,
     MediaPurge,
+    ConferencesList,
+    ConferenceFetch,
+    ConferenceUpdate,
+    ConferenceRecordingsList,
+    ParticipantsList,
+    ParticipantCreate,
+    ParticipantFetch,
+    ParticipantUpdate,
+    ParticipantDelete,
 }
 
 /// The type of a parameter (how it is checked and documented).
@@ -410,6 +419,154 @@ const RECORDING_LIST_PARAMS: &[Param] = &[
     p("DateCreated<", Ty::Date, "Before this day."),
 ];
 
+const CONFERENCE_LIST_PARAMS: &[Param] = &[
+    p("FriendlyName", Ty::Str, "Only conferences of this name."),
+    p(
+        "Status",
+        Ty::OneOf(&["init", "in-progress", "completed"]),
+        "Only conferences in this status.",
+    ),
+    p(
+        "DateCreated",
+        Ty::Date,
+        "Only conferences created this day.",
+    ),
+    p("DateCreated>", Ty::Date, "Created on or after this day."),
+    p("DateCreated<", Ty::Date, "Created before this day."),
+    p(
+        "DateUpdated",
+        Ty::Date,
+        "Only conferences updated this day.",
+    ),
+    p("DateUpdated>", Ty::Date, "Updated on or after this day."),
+    p("DateUpdated<", Ty::Date, "Updated before this day."),
+];
+
+const CONFERENCE_UPDATE_PARAMS: &[Param] = &[
+    p(
+        "Status",
+        Ty::OneOf(&["completed"]),
+        "completed ends the conference (every participant's call goes on with its next instruction).",
+    ),
+    p(
+        "AnnounceUrl",
+        Ty::Url,
+        "Audio (or TwiML with Play or Say) played to every participant.",
+    ),
+    p("AnnounceMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+];
+
+const PARTICIPANT_LIST_PARAMS: &[Param] = &[
+    p("Muted", Ty::Bool, "Only participants muted (or not)."),
+    p("Hold", Ty::Bool, "Only participants on hold (or not)."),
+    p("Coaching", Ty::Bool, "Only participants coaching (or not)."),
+];
+
+const PARTICIPANT_UPDATE_PARAMS: &[Param] = &[
+    p("Muted", Ty::Bool, "Whether the participant is heard."),
+    p(
+        "Hold",
+        Ty::Bool,
+        "On hold the participant neither hears nor is heard (and hears HoldUrl, if given).",
+    ),
+    p(
+        "HoldUrl",
+        Ty::Url,
+        "Audio (or TwiML with Play or Say) looped while on hold.",
+    ),
+    p("HoldMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+    p(
+        "AnnounceUrl",
+        Ty::Url,
+        "Audio (or TwiML with Play or Say) played to this participant.",
+    ),
+    p(
+        "AnnounceMethod",
+        Ty::HttpMethod,
+        "GET or POST (default POST).",
+    ),
+    p(
+        "BeepOnExit",
+        Ty::Bool,
+        "Beep to the others when this participant leaves.",
+    ),
+    p(
+        "EndConferenceOnExit",
+        Ty::Bool,
+        "The conference ends when this participant leaves.",
+    ),
+    p(
+        "Coaching",
+        Ty::Bool,
+        "Whether the participant coaches CallSidToCoach (false: heard by everyone again).",
+    ),
+    p(
+        "CallSidToCoach",
+        Ty::Str,
+        "The participant (call SID) who alone hears this one while coaching.",
+    ),
+];
+
+const PARTICIPANT_CREATE_PARAMS: &[Param] = &[
+    req("From", Ty::Str, "Caller ID of the call placed."),
+    req(
+        "To",
+        Ty::Str,
+        "Number to call (routed by the [sip] routes dial plan) or sip: URI (when api.sip_uri_calls is on).",
+    ),
+    p("Label", Ty::Str, "A name for the participant (participantLabel)."),
+    p("Muted", Ty::Bool, "Join muted."),
+    p(
+        "Beep",
+        Ty::OneOf(&["true", "false", "onEnter", "onExit"]),
+        "Beep when joining and/or leaving (default true).",
+    ),
+    p(
+        "StartConferenceOnEnter",
+        Ty::Bool,
+        "The conference starts when this participant joins (default true).",
+    ),
+    p(
+        "EndConferenceOnExit",
+        Ty::Bool,
+        "The conference ends when this participant leaves.",
+    ),
+    p("WaitUrl", Ty::Url, "Audio (or TwiML with Play or Say) until the conference starts."),
+    p("WaitMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+    p("MaxParticipants", Ty::Range(2, 250), "Largest size of the conference (if this call creates it)."),
+    p(
+        "ConferenceRecord",
+        Ty::OneOf(&["record-from-start", "do-not-record", "true", "false"]),
+        "Record the conference (the mix and one track per participant) if this call creates it.",
+    ),
+    p("ConferenceTrim", Ty::OneOf(&["trim-silence", "do-not-trim"]), "Trim silence from recordings."),
+    p("ConferenceStatusCallback", Ty::Url, "URL told about the conference's events (if this call creates it)."),
+    p("ConferenceStatusCallbackMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+    p(
+        "ConferenceStatusCallbackEvent",
+        Ty::Many(&["start", "end", "join", "leave", "mute", "hold", "modify", "speaker", "announcement"]),
+        "Events for ConferenceStatusCallback (repeatable; default start end).",
+    ),
+    p("ConferenceRecordingStatusCallback", Ty::Url, "URL told about the conference's recordings."),
+    p("ConferenceRecordingStatusCallbackMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+    p("Coaching", Ty::Bool, "Join coaching CallSidToCoach."),
+    p("CallSidToCoach", Ty::Str, "The participant (call SID) this one coaches."),
+    p(
+        "JitterBufferSize",
+        Ty::OneOf(&["off", "small", "medium", "large"]),
+        "Fixed playout delay (20, 40, 60 ms) instead of the adaptive one (off, the default).",
+    ),
+    p("StatusCallback", Ty::Url, "URL told about the placed call's status changes."),
+    p("StatusCallbackMethod", Ty::HttpMethod, "GET or POST (default POST)."),
+    p(
+        "StatusCallbackEvent",
+        Ty::Many(CALLBACK_EVENTS),
+        "Events for StatusCallback (repeatable; default completed).",
+    ),
+    p("Timeout", Ty::Range(5, 600), "Seconds to let the call ring (default 30)."),
+    p("TimeLimit", Ty::Range(1, 86_400), "Longest time in the conference, seconds."),
+];
+
 const MEDIA_LIST_PARAMS: &[Param] = &[
     p("Url", Ty::Url, "Only the entry of this URL."),
     p(
@@ -713,6 +870,69 @@ pub const ROUTES: &[Route] = &[
     ),
     route!(
         "GET",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences.json",
+        ConferencesList,
+        "List conferences, newest first",
+        CONFERENCE_LIST_PARAMS
+    ),
+    route!(
+        "GET",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{Sid}.json",
+        ConferenceFetch,
+        "Fetch a conference",
+        &[]
+    ),
+    route!(
+        "POST",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{Sid}.json",
+        ConferenceUpdate,
+        "End a live conference, or announce to its participants",
+        CONFERENCE_UPDATE_PARAMS
+    ),
+    route!(
+        "GET",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Recordings.json",
+        ConferenceRecordingsList,
+        "Recordings of a conference (its mix and each participant's track)",
+        RECORDING_LIST_PARAMS
+    ),
+    route!(
+        "GET",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants.json",
+        ParticipantsList,
+        "Participants in a conference now",
+        PARTICIPANT_LIST_PARAMS
+    ),
+    route!(
+        "POST",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants.json",
+        ParticipantCreate,
+        "Add a participant by calling it (the conference is created by name when the SID is a friendly name)",
+        PARTICIPANT_CREATE_PARAMS
+    ),
+    route!(
+        "GET",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants/{CallSid}.json",
+        ParticipantFetch,
+        "Fetch a participant",
+        &[]
+    ),
+    route!(
+        "POST",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants/{CallSid}.json",
+        ParticipantUpdate,
+        "Mute, hold, coach or announce to a participant",
+        PARTICIPANT_UPDATE_PARAMS
+    ),
+    route!(
+        "DELETE",
+        "/2010-04-01/Accounts/{AccountSid}/Conferences/{ConferenceSid}/Participants/{CallSid}.json",
+        ParticipantDelete,
+        "Remove a participant (its call goes on with its next instruction)",
+        &[]
+    ),
+    route!(
+        "GET",
         "/2010-04-01/Accounts/{AccountSid}/Usage/Records.json",
         UsageRecordsList,
         "Usage by category over a period",
@@ -792,6 +1012,9 @@ pub fn is_list(op: Op) -> bool {
             | Op::RecordingsList
             | Op::UsageRecordsList
             | Op::MediaList
+            | Op::ConferencesList
+            | Op::ConferenceRecordingsList
+            | Op::ParticipantsList
     )
 }
 
@@ -803,6 +1026,7 @@ pub fn success_status(r: &Route) -> u16 {
         | Op::ApplicationCreate
         | Op::NumberCreate
         | Op::CallCreate
+        | Op::ParticipantCreate
         | Op::MediaPrefetch => 201,
         _ if r.method == "DELETE" => 204,
         _ => 200,

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("0006_media_cache.sql")),
     (7, include_str!("0007_module_usage.sql")),
     (8, include_str!("0008_callback_policy.sql")),
+    (9, include_str!("0009_conferences.sql")),
 ];
 
 /// What a store operation can fail with.
@@ -215,6 +216,42 @@ pub const RECORDINGS: Table = Table {
         ("start_time", Time),
         ("media_path", Text),
         ("error_code", Text),
+        ("date_created", Time),
+        ("date_updated", Time),
+    ],
+};
+
+pub const CONFERENCES: Table = Table {
+    name: "conferences",
+    sid_prefix: "CF",
+    columns: &[
+        ("friendly_name", Text),
+        ("status", Text),
+        ("region", Text),
+        ("api_version", Text),
+        ("reason_conference_ended", Text),
+        ("call_sid_ending_conference", Text),
+        ("date_created", Time),
+        ("date_updated", Time),
+    ],
+};
+
+/// Participants present in a conference; `sid` is the participant's call SID.
+pub const PARTICIPANTS: Table = Table {
+    name: "conference_participants",
+    sid_prefix: "CA",
+    columns: &[
+        ("conference_sid", Text),
+        ("call_sid", Text),
+        ("label", Text),
+        ("call_sid_to_coach", Text),
+        ("coaching", Bool),
+        ("muted", Bool),
+        ("hold", Bool),
+        ("start_conference_on_enter", Bool),
+        ("end_conference_on_exit", Bool),
+        ("status", Text),
+        ("api_version", Text),
         ("date_created", Time),
         ("date_updated", Time),
     ],

@@ -39,10 +39,12 @@ use voxedge_dataplane::player::PlayMedia;
 use voxedge_dataplane::Dataplane;
 
 use super::audio::{self, Codec};
+use super::conference::{ConfSignal, Conferences, Joining};
 use super::fetch::{resolve, FetchError, Fetcher};
 use super::record;
 use super::twiml::{
-    Dial, DialTarget, Gather, LegCallback, Method, Play, Prompt, Record, RejectReason, Say, Verb,
+    ConferenceSpec, Dial, DialTarget, Gather, LegCallback, Method, Play, Prompt, Record,
+    RejectReason, Say, Verb,
 };
 use crate::calls::CallService;
 use crate::media::{MediaCache, Source as MediaSource};
@@ -56,6 +58,8 @@ type TapPair = (RecordTap, RecReceiver);
 
 /// VoxEdge notification: a verb this version parses but does not run.
 pub const CODE_VERB_UNSUPPORTED: &str = "82004";
+/// A participant could not enter a conference.
+const CODE_CONFERENCE: &str = "13500";
 /// Twilio: `Play` media could not be used.
 const CODE_PLAY_FAILED: &str = crate::media::CODE_UNPLAYABLE;
 /// Documents a call may fetch (actions and redirects included) before it is ended as a loop.
@@ -106,6 +110,8 @@ struct OpenRecording {
     start_us: i64,
     source: &'static str,
     channels: u16,
+    /// The conference a participant's track belongs to.
+    conference: Option<String>,
 }
 
 /// The next document a call runs.
@@ -142,6 +148,7 @@ pub struct Engine {
     /// Dialled legs by SID (bounded by live dials: an entry leaves when its leg ends).
     children: Mutex<HashMap<String, LegSink>>,
     ringback: Mutex<HashMap<Codec, Arc<PlayMedia>>>,
+    conferences: Arc<Conferences>,
 }
 
 /// Signals queued per call at most (digits, playback ends, new instructions).
@@ -237,6 +244,12 @@ impl Engine {
         recordings: Arc<Recordings>,
     ) -> Arc<Engine> {
         Arc::new(Engine {
+            conferences: Conferences::new(
+                store.clone(),
+                dp.clone(),
+                calls.clone(),
+                recordings.clone(),
+            ),
             store,
             calls,
             sip,
@@ -353,6 +366,11 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The conference rooms of this node.
+    pub fn conferences(&self) -> &Arc<Conferences> {
+        &self.conferences
+    }
+
     /// Calls whose instructions are running.
     pub fn running(&self) -> usize {
         self.live().len()
@@ -372,6 +390,16 @@ impl Engine {
                 },
             ),
             MediaEvent::PlayDone { relay, id, .. } => (relay, Signal::PlayDone(id)),
+            MediaEvent::Talking {
+                conf,
+                relay,
+                talking,
+                ..
+            } => {
+                let confs = self.conferences.clone();
+                tokio::spawn(async move { confs.talking(conf, relay, talking).await });
+                return;
+            }
             _ => return,
         };
         let Some(sid) = self.by_relay().get(&relay).cloned() else {
@@ -1006,7 +1034,7 @@ impl CallRun {
             return Flow::Next;
         };
         let rec = self
-            .open_recording("RecordVerb", 1, r.status_callback.as_ref(), base)
+            .open_recording("RecordVerb", 1, r.status_callback.as_ref(), base, None)
             .await;
         let mut capture = record::Capture::new(r.max_length);
         let begun = tokio::time::Instant::now();
@@ -1107,6 +1135,7 @@ impl CallRun {
         channels: u16,
         cb: Option<&LegCallback>,
         base: &reqwest::Url,
+        conference: Option<&str>,
     ) -> OpenRecording {
         let sid = crate::secret::new_sid(RECORDINGS.sid_prefix);
         let rec = OpenRecording {
@@ -1115,11 +1144,16 @@ impl CallRun {
             start_us: now_us(),
             source,
             channels,
+            conference: conference.map(str::to_string),
         };
         let row = [
             ("sid", Value::from(rec.sid.clone())),
             ("account_sid", Value::from(self.call.account.clone())),
             ("call_sid", Value::from(self.call.sid.clone())),
+            (
+                "conference_sid",
+                conference.map_or(Value::Null, Value::from),
+            ),
             ("api_version", Value::from("2010-04-01")),
             ("status", Value::from("in-progress")),
             ("source", Value::from(source)),
@@ -1270,9 +1304,12 @@ impl CallRun {
         p.insert("RecordingStatus".to_string(), status.to_string());
         p.insert("RecordingChannels".to_string(), rec.channels.to_string());
         p.insert("RecordingSource".to_string(), rec.source.to_string());
+        if let Some(c) = &rec.conference {
+            p.insert("ConferenceSid".to_string(), c.clone());
+        }
         p.insert(
             "RecordingTrack".to_string(),
-            if rec.source == "RecordVerb" {
+            if matches!(rec.source, "RecordVerb" | "Conference") {
                 "inbound"
             } else {
                 "both"
@@ -1313,6 +1350,10 @@ impl CallRun {
     /// `<Dial>`: the targets at once (or one after another with `sequential`), the first to
     /// answer bridged; then the action URL or the next verb.
     async fn dial(&mut self, d: &Dial, base: &reqwest::Url) -> Flow {
+        if let Some(spec) = &d.conference {
+            self.answer().await;
+            return self.conference(d, spec, base).await;
+        }
         // Bridged only when answered (answerOnBridge): until then the caller hears ringing.
         if d.answer_on_bridge && !self.call.answered {
             let _ = self.engine.sip.ring(&self.call.sid).await;
@@ -1362,6 +1403,16 @@ impl CallRun {
             params.insert("RecordingUrl".to_string(), url.clone());
             params.insert("RecordingDuration".to_string(), secs.to_string());
         }
+        self.dial_action(d, base, params).await
+    }
+
+    /// After a `<Dial>`: its `action` with `params`, else the next verb.
+    async fn dial_action(
+        &mut self,
+        d: &Dial,
+        base: &reqwest::Url,
+        mut params: BTreeMap<String, String>,
+    ) -> Flow {
         let Some(action) = &d.action else {
             return if self.ended { Flow::Stop } else { Flow::Next };
         };
@@ -1525,7 +1576,13 @@ impl CallRun {
                 (Some(a), Some(b)) => {
                     let channels = if r.dual { 2 } else { 1 };
                     let open = self
-                        .open_recording("DialVerb", channels, r.status_callback.as_ref(), base)
+                        .open_recording(
+                            "DialVerb",
+                            channels,
+                            r.status_callback.as_ref(),
+                            base,
+                            None,
+                        )
                         .await;
                     let caps = (
                         record::Capture::new(d.time_limit),
@@ -2080,5 +2137,285 @@ impl CallRun {
             params.insert("FinishedOnKey".to_string(), k.to_string());
         }
         Flow::Goto(action, g.method, params)
+    }
+}
+
+/// Audio a participant hears outside the mix: wait or hold audio looping, or an announcement
+/// playing once (after which the loop, if any, resumes).
+struct Aside {
+    /// The loop (wait or hold audio) and the id of its current playback.
+    looping: Option<(Arc<PlayMedia>, u64)>,
+    /// The announcement playing now.
+    announcing: Option<u64>,
+}
+
+impl CallRun {
+    /// `<Dial><Conference>`: the caller enters the room, hears the wait audio until the
+    /// conference starts, then is in the mix until it hangs up, presses `*`
+    /// (`hangupOnStar`), `timeLimit` passes, new instructions arrive, the API removes it or
+    /// the conference ends; then the `action` URL (`DialCallStatus`, `ConferenceSid`) or the
+    /// next verb. With `record`, the participant's own track is a recording of its own.
+    async fn conference(&mut self, d: &Dial, spec: &ConferenceSpec, base: &reqwest::Url) -> Flow {
+        let absolute = |cb: &Option<LegCallback>| {
+            cb.as_ref().and_then(|c| {
+                resolve(base, &c.url).ok().map(|url| LegCallback {
+                    url,
+                    method: c.method,
+                    events: c.events.clone(),
+                })
+            })
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let confs = self.engine.conferences.clone();
+        let joining = Joining {
+            call_sid: &self.call.sid,
+            relay: self.call.relay,
+            codec: self.call.codec,
+            spec,
+            status_callback: absolute(&spec.status_callback),
+            recording_callback: absolute(&spec.recording_callback),
+            signals: tx,
+            answered: self.call.answered,
+        };
+        let entered = match confs.enter(&self.call.account, joining).await {
+            Ok(e) => e,
+            Err(e) => {
+                self.notify("0", CODE_CONFERENCE, &format!("<Conference>: {e}"))
+                    .await;
+                let mut params = BTreeMap::new();
+                params.insert("DialCallStatus".to_string(), "failed".to_string());
+                return self.dial_action(d, base, params).await;
+            }
+        };
+        let room = entered.room.clone();
+        let joined = tokio::time::Instant::now();
+        let until = joined + Duration::from_secs(u64::from(d.time_limit));
+        let mut track = if entered.record {
+            match self.tap(Side::A).await {
+                Some(t) => {
+                    let open = self
+                        .open_recording(
+                            "Conference",
+                            1,
+                            entered.recording_callback.as_ref(),
+                            base,
+                            Some(&room.sid),
+                        )
+                        .await;
+                    Some((t, record::Capture::new(d.time_limit), open))
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let mut aside = Aside {
+            looping: None,
+            announcing: None,
+        };
+        if !entered.started {
+            if let Some((url, method)) = &spec.wait_url {
+                let media = self.conference_media(url, *method, base).await;
+                self.loop_aside(&mut aside, media).await;
+            }
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut removed = false;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                s = self.signal(Some(left)) => match s {
+                    None | Some(Signal::Ended) => break,
+                    Some(Signal::Digit('*')) if d.hangup_on_star => break,
+                    Some(Signal::PlayDone(id)) => self.aside_done(&mut aside, id).await,
+                    Some(_) => {}
+                },
+                c = rx.recv() => match c {
+                    Some(ConfSignal::Started) => self.stop_aside(&mut aside).await,
+                    Some(ConfSignal::Left) | None => {
+                        removed = true;
+                        break;
+                    }
+                    Some(ConfSignal::Announce(url, method)) => {
+                        if let Some(media) = self.conference_media(&url, method, base).await {
+                            let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
+                            if self.play_on_leg(media, 1, id).await {
+                                aside.announcing = Some(id);
+                            }
+                        }
+                    }
+                    Some(ConfSignal::Hold(url)) => {
+                        if let Some((u, m)) = url {
+                            let media = self.conference_media(&u, m, base).await;
+                            self.loop_aside(&mut aside, media).await;
+                        }
+                    }
+                    Some(ConfSignal::Unhold) => self.stop_aside(&mut aside).await,
+                },
+                _ = tick.tick() => {
+                    if let Some((t, cap, _)) = &mut track {
+                        let at = (joined.elapsed().as_millis() as usize) * 8;
+                        for f in t.1.try_iter() {
+                            cap.push_at(&f, at);
+                        }
+                    }
+                    confs.drain(&room).await;
+                }
+            }
+        }
+        if aside.looping.is_some() || aside.announcing.is_some() {
+            self.stop_playing().await;
+        }
+        if !removed {
+            confs.leave(&room, &self.call.sid).await;
+        }
+        let mut params = BTreeMap::new();
+        params.insert("DialCallStatus".to_string(), "completed".to_string());
+        params.insert("ConferenceSid".to_string(), room.sid.clone());
+        params.insert(
+            "DialCallDuration".to_string(),
+            joined.elapsed().as_secs().to_string(),
+        );
+        if let Some((t, mut cap, open)) = track {
+            self.untap(Side::A, &t).await;
+            let at = (joined.elapsed().as_millis() as usize) * 8;
+            for f in t.1.try_iter() {
+                cap.push_at(&f, at);
+            }
+            let samples = cap.finish(entered.trim);
+            if let Some(secs) = self
+                .close_recording(&open, samples, 1, entered.recording_callback.as_ref(), base)
+                .await
+            {
+                params.insert("RecordingSid".to_string(), open.sid.clone());
+                params.insert("RecordingUrl".to_string(), open.url.clone());
+                params.insert("RecordingDuration".to_string(), secs.to_string());
+            }
+        }
+        if self.redirect.is_some() {
+            return Flow::Stop;
+        }
+        self.dial_action(d, base, params).await
+    }
+
+    /// Wait, hold or announcement audio: an audio file, or a TwiML document whose first
+    /// `<Play>` or `<Say>` is used. `None` (with a notification) when neither works.
+    async fn conference_media(
+        &mut self,
+        url: &str,
+        method: Method,
+        base: &reqwest::Url,
+    ) -> Option<Arc<PlayMedia>> {
+        let url = match resolve(base, url) {
+            Ok(u) => u,
+            Err(e) => {
+                self.notify("0", e.code, &format!("<Conference> audio: {}", e.message))
+                    .await;
+                return None;
+            }
+        };
+        let (account, codec) = (self.call.account.clone(), self.call.codec);
+        let as_audio = self
+            .engine
+            .media
+            .media(&account, &MediaSource::Url(url.clone()), codec)
+            .await;
+        let audio_error = match as_audio {
+            Ok(m) => return Some(m),
+            Err(e) => e,
+        };
+        // Not audio: perhaps instructions (Twilio's wait URLs may answer with TwiML).
+        let doc = self
+            .engine
+            .fetcher
+            .instructions(
+                &url,
+                method,
+                &self.params(&BTreeMap::new()),
+                &self.call.token,
+                &self.timeouts,
+            )
+            .await;
+        let source = doc.ok().and_then(|doc| {
+            let doc_base = doc.url.clone();
+            doc.verbs.into_iter().find_map(|v| match v {
+                Verb::Play(p) if !p.url.is_empty() => {
+                    resolve(&doc_base, &p.url).ok().map(MediaSource::Url)
+                }
+                Verb::Say(s) => Some(MediaSource::Say {
+                    voice: audio::espeak_voice(s.language.as_deref(), s.voice.as_deref()),
+                    text: s.text,
+                }),
+                _ => None,
+            })
+        });
+        if let Some(src) = source {
+            if let Ok(m) = self.engine.media.media(&account, &src, codec).await {
+                return Some(m);
+            }
+        }
+        self.notify(
+            "0",
+            audio_error.code,
+            &format!("<Conference> audio {url}: {}", audio_error.message),
+        )
+        .await;
+        None
+    }
+
+    /// Starts playback on the caller's leg without waiting; false (with a notification) when
+    /// the dataplane refused it.
+    async fn play_on_leg(&mut self, media: Arc<PlayMedia>, loops: u32, id: u64) -> bool {
+        let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
+        match tokio::task::spawn_blocking(move || dp.play(relay, Side::A, media, loops, id)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                self.notify(
+                    "0",
+                    CODE_PLAY_FAILED,
+                    &format!("media could not be played: {e}"),
+                )
+                .await;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Loops `media` aside from the mix (replacing any loop; an announcement finishes first).
+    async fn loop_aside(&mut self, aside: &mut Aside, media: Option<Arc<PlayMedia>>) {
+        let Some(media) = media else {
+            return;
+        };
+        let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
+        if aside.announcing.is_none()
+            && !self
+                .play_on_leg(media.clone(), super::twiml::LOOP_FOREVER, id)
+                .await
+        {
+            return;
+        }
+        aside.looping = Some((media, id));
+    }
+
+    /// Stops the audio aside: the participant hears the mix again.
+    async fn stop_aside(&mut self, aside: &mut Aside) {
+        if aside.looping.take().is_some() || aside.announcing.take().is_some() {
+            self.stop_playing().await;
+        }
+    }
+
+    /// A playback ended: after an announcement the loop resumes; a loop that ran out starts
+    /// again.
+    async fn aside_done(&mut self, aside: &mut Aside, id: u64) {
+        let ended_announcement = aside.announcing == Some(id);
+        let ended_loop = aside.looping.as_ref().is_some_and(|(_, l)| *l == id);
+        if !(ended_announcement || ended_loop) {
+            return;
+        }
+        aside.announcing = None;
+        if let Some((media, _)) = aside.looping.take() {
+            self.loop_aside(aside, Some(media)).await;
+        }
     }
 }

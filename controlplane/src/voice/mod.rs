@@ -2,6 +2,7 @@
 //! with fallback, the audio they play, and the engine that runs them on a call.
 
 pub mod audio;
+pub mod conference;
 pub mod engine;
 pub mod fetch;
 pub mod record;

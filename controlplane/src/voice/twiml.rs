@@ -149,7 +149,42 @@ pub struct Dial {
     pub record: Option<DialRecord>,
     pub answer_on_bridge: bool,
     pub sequential: bool,
+    /// `<Conference>`: the caller joins a conference room instead of dialling (then
+    /// `targets` is empty).
+    pub conference: Option<Box<ConferenceSpec>>,
 }
+
+/// `<Dial><Conference>`: a room by name and how this participant takes part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConferenceSpec {
+    /// The room's friendly name (unique per account while the room is live).
+    pub name: String,
+    pub muted: bool,
+    /// A beep when someone joins / leaves (`beep="true|false|onEnter|onExit"`).
+    pub beep_enter: bool,
+    pub beep_exit: bool,
+    pub start_on_enter: bool,
+    pub end_on_exit: bool,
+    /// What the participant hears until the conference starts (audio or TwiML of Play, Say
+    /// and Pause; silence when absent).
+    pub wait_url: Option<(String, Method)>,
+    pub max_participants: u32,
+    /// `record="record-from-start"`: the mix and one track per participant.
+    pub record: bool,
+    pub trim: bool,
+    /// The call SID this participant coaches (only that participant hears it).
+    pub coach: Option<String>,
+    /// `statusCallback*`: events among start end join leave mute hold speaker.
+    pub status_callback: Option<LegCallback>,
+    pub recording_callback: Option<LegCallback>,
+    /// Fixed playout delay in ms (`jitterBufferSize` small 20 / medium 40 / large 60), or
+    /// adaptive (`off` or absent).
+    pub jitter_ms: Option<u32>,
+    pub label: Option<String>,
+}
+
+/// Largest conference a `<Conference maxParticipants>` may ask for (the mixer's limit).
+pub const CONFERENCE_PARTICIPANTS_MAX: u32 = 250;
 
 /// How a `<Dial>` records the bridged call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -745,6 +780,7 @@ impl<'a> Parser<'a> {
             ],
         )?;
         let mut targets = Vec::new();
+        let mut conference = None;
         let plain = body.text.trim();
         if !plain.is_empty() {
             if !body.children.is_empty() {
@@ -813,12 +849,18 @@ impl<'a> Parser<'a> {
                         callback: n.leg_callback()?,
                     });
                 }
+                "Conference" => {
+                    if conference.is_some() || !targets.is_empty() || body.children.len() > 1 {
+                        return Err(self.schema(c, "<Conference> must be the only noun in <Dial>"));
+                    }
+                    conference = Some(Box::new(self.conference(c, text)?));
+                }
                 other => {
                     return Err(self.schema(el, format!("<{other}> is not supported in <Dial>")))
                 }
             }
         }
-        if targets.is_empty() {
+        if targets.is_empty() && conference.is_none() {
             return Err(self.schema(el, "needs a number or a nested <Number> or <Sip>"));
         }
         if targets.len() > 10 {
@@ -859,6 +901,129 @@ impl<'a> Parser<'a> {
             },
             answer_on_bridge: a.boolean("answerOnBridge", false)?,
             sequential: a.boolean("sequential", false)?,
+            conference,
+        })
+    }
+
+    fn conference(&self, c: &Element, name: &str) -> Result<ConferenceSpec, TwimlError> {
+        let a = Attrs::new(
+            self,
+            c,
+            &[
+                "muted",
+                "beep",
+                "startConferenceOnEnter",
+                "endConferenceOnExit",
+                "waitUrl",
+                "waitMethod",
+                "maxParticipants",
+                "record",
+                "region",
+                "coach",
+                "trim",
+                "statusCallback",
+                "statusCallbackEvent",
+                "statusCallbackMethod",
+                "recordingStatusCallback",
+                "recordingStatusCallbackMethod",
+                "recordingStatusCallbackEvent",
+                "jitterBufferSize",
+                "participantLabel",
+                "eventCallbackUrl",
+            ],
+        )?;
+        if name.is_empty() || name.len() > 128 {
+            return Err(self.schema(c, "needs a room name of 1 to 128 characters"));
+        }
+        if a.get("eventCallbackUrl").is_some() {
+            return Err(self.schema(
+                c,
+                "eventCallbackUrl is deprecated; use statusCallback and statusCallbackEvent",
+            ));
+        }
+        let (beep_enter, beep_exit) = match a.get("beep") {
+            None | Some("true") => (true, true),
+            Some("false") => (false, false),
+            Some("onEnter") => (true, false),
+            Some("onExit") => (false, true),
+            Some(o) => {
+                return Err(self.schema(
+                    c,
+                    format!("beep={o:?} is not true, false, onEnter or onExit"),
+                ))
+            }
+        };
+        let record = match a.get("record") {
+            None | Some("do-not-record") => false,
+            Some("record-from-start") => true,
+            Some(o) => {
+                return Err(self.schema(
+                    c,
+                    format!("record={o:?} is not record-from-start or do-not-record"),
+                ))
+            }
+        };
+        let trim = match a.get("trim") {
+            None | Some("trim-silence") => true,
+            Some("do-not-trim") => false,
+            Some(o) => {
+                return Err(self.schema(c, format!("trim={o:?} is not trim-silence or do-not-trim")))
+            }
+        };
+        let jitter_ms = match a.get("jitterBufferSize") {
+            None | Some("off") => None,
+            Some("small") => Some(20),
+            Some("medium") => Some(40),
+            Some("large") => Some(60),
+            Some(o) => {
+                return Err(self.schema(
+                    c,
+                    format!("jitterBufferSize={o:?} is not off, small, medium or large"),
+                ))
+            }
+        };
+        let coach = a.get("coach").map(str::trim).filter(|s| !s.is_empty());
+        if coach.is_some_and(|s| !(s.starts_with("CA") && s.len() == 34)) {
+            return Err(self.schema(c, "coach must be a call SID (CA…)"));
+        }
+        Ok(ConferenceSpec {
+            name: name.to_string(),
+            muted: a.boolean("muted", false)?,
+            beep_enter,
+            beep_exit,
+            start_on_enter: a.boolean("startConferenceOnEnter", true)?,
+            end_on_exit: a.boolean("endConferenceOnExit", false)?,
+            wait_url: match a.url("waitUrl")? {
+                Some(u) => Some((u, a.method_named("waitMethod")?)),
+                None => None,
+            },
+            max_participants: a.uint(
+                "maxParticipants",
+                CONFERENCE_PARTICIPANTS_MAX,
+                2,
+                CONFERENCE_PARTICIPANTS_MAX,
+            )?,
+            record,
+            trim,
+            coach: coach.map(str::to_string),
+            status_callback: a.callback_or(
+                "statusCallback",
+                &[
+                    "start",
+                    "end",
+                    "join",
+                    "leave",
+                    "mute",
+                    "hold",
+                    "modify",
+                    "speaker",
+                    "announcement",
+                ],
+                "start end",
+            )?,
+            recording_callback: a.recording_callback()?,
+            jitter_ms,
+            label: a.get("participantLabel").map(str::to_string),
         })
     }
 }
@@ -951,10 +1116,20 @@ impl<'p, 'a> Attrs<'p, 'a> {
     /// A callback given as `{name}` (URL), `{name}Method` and `{name}Event` (any of
     /// `events`, space- or comma-separated; `completed` when absent).
     fn callback(&self, name: &str, events: &[&str]) -> Result<Option<LegCallback>, TwimlError> {
+        self.callback_or(name, events, "completed")
+    }
+
+    /// As [`Attrs::callback`], with `default` events when `{name}Event` is absent.
+    fn callback_or(
+        &self,
+        name: &str,
+        events: &[&str],
+        default: &str,
+    ) -> Result<Option<LegCallback>, TwimlError> {
         let Some(url) = self.url(name)? else {
             return Ok(None);
         };
-        let asked = self.get(&format!("{name}Event")).unwrap_or("completed");
+        let asked = self.get(&format!("{name}Event")).unwrap_or(default);
         let mut out = Vec::new();
         for e in asked.split([' ', ',']).filter(|e| !e.is_empty()) {
             if !events.contains(&e) {
@@ -1330,6 +1505,66 @@ mod tests {
             r#"<Response><Dial record="record-from-answer" trim="some">1</Dial></Response>"#,
         ] {
             assert_eq!(err(bad.as_bytes()).kind, ErrorKind::Schema, "{bad}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod conference_tests {
+    use super::*;
+
+    fn conference(doc: &str) -> Result<ConferenceSpec, TwimlError> {
+        match parse(doc.as_bytes())?.pop() {
+            Some(Verb::Dial(d)) => Ok(*d.conference.expect("a conference")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn conference_attributes_are_read() {
+        let c = conference(
+            r#"<Response><Dial><Conference muted="true" beep="onExit" startConferenceOnEnter="false" endConferenceOnExit="true" waitUrl="/wait" waitMethod="GET" maxParticipants="5" record="record-from-start" trim="do-not-trim" coach="CA0123456789abcdef0123456789abcdef" statusCallback="/cs" statusCallbackEvent="join leave speaker" jitterBufferSize="large" participantLabel="agent">Room 1</Conference></Dial></Response>"#,
+        )
+        .expect("valid");
+        assert_eq!(c.name, "Room 1");
+        assert!(c.muted && !c.beep_enter && c.beep_exit && !c.start_on_enter && c.end_on_exit);
+        assert_eq!(c.wait_url, Some(("/wait".into(), Method::Get)));
+        assert_eq!(c.max_participants, 5);
+        assert!(c.record && !c.trim);
+        assert_eq!(c.coach.as_deref(), Some("CA0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            c.status_callback.map(|s| s.events),
+            Some("join leave speaker".into())
+        );
+        assert_eq!(c.jitter_ms, Some(60));
+        assert_eq!(c.label.as_deref(), Some("agent"));
+        // Defaults: Twilio's.
+        let d = conference("<Response><Dial><Conference statusCallback=\"/cs\">r</Conference></Dial></Response>")
+            .expect("valid");
+        assert!(!d.muted && d.beep_enter && d.beep_exit && d.start_on_enter && !d.end_on_exit);
+        assert!(!d.record && d.trim && d.jitter_ms.is_none());
+        assert_eq!(d.max_participants, CONFERENCE_PARTICIPANTS_MAX);
+        assert_eq!(d.status_callback.map(|s| s.events), Some("start end".into()));
+    }
+
+    #[test]
+    fn bad_conferences_are_schema_errors() {
+        for doc in [
+            "<Response><Dial><Conference></Conference></Dial></Response>",
+            r#"<Response><Dial><Conference beep="loud">r</Conference></Dial></Response>"#,
+            r#"<Response><Dial><Conference maxParticipants="1">r</Conference></Dial></Response>"#,
+            r#"<Response><Dial><Conference maxParticipants="251">r</Conference></Dial></Response>"#,
+            r#"<Response><Dial><Conference record="yes">r</Conference></Dial></Response>"#,
+            r#"<Response><Dial><Conference coach="me">r</Conference></Dial></Response>"#,
+            r#"<Response><Dial><Conference statusCallback="/s" statusCallbackEvent="dance">r</Conference></Dial></Response>"#,
+            r#"<Response><Dial><Conference jitterBufferSize="huge">r</Conference></Dial></Response>"#,
+            r#"<Response><Dial><Conference eventCallbackUrl="/e">r</Conference></Dial></Response>"#,
+            "<Response><Dial><Number>1</Number><Conference>r</Conference></Dial></Response>",
+            "<Response><Dial><Conference>a</Conference><Conference>b</Conference></Dial></Response>",
+            "<Response><Conference>r</Conference></Response>",
+        ] {
+            let e = parse(doc.as_bytes()).expect_err(doc);
+            assert_eq!(e.kind, ErrorKind::Schema, "{doc}: {e}");
         }
     }
 }

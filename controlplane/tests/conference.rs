@@ -1,0 +1,566 @@
+//! `<Dial><Conference>` end to end: three sipp callers, each playing its own tone (a capture
+//! written by the test), join one room; what each caller hears is captured on a socket of
+//! the test (the port its SDP offers) and checked by spectrum (Goertzel power at each tone):
+//! - everyone hears the two others and not itself;
+//! - muted (REST `Muted=true`), a participant is not heard; on hold (`Hold=true`) it neither
+//!   hears nor is heard; coaching one participant (`Coaching`, `CallSidToCoach`), only that
+//!   participant hears it;
+//! - the conference's status callbacks arrive (start, join, mute, unmute, hold, unhold, leave,
+//!   end) numbered in order; the Conference and Participant resources follow;
+//! - with `record`, each participant's track holds only its own tone and the mix all three;
+//! - ending the conference through the API hangs the callers up (their documents run out).
+
+mod common;
+use common::{basic_auth as auth, xml};
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use voxedge_controlplane::app::{self, Role};
+use voxedge_dataplane::g711::Law;
+use voxedge_dataplane::BackendKind;
+
+type Seen = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
+
+#[derive(Clone, Default)]
+struct AppServer {
+    seen: Seen,
+}
+
+async fn handle(State(app): State<AppServer>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    app.seen.lock().expect("seen").push((path.clone(), params));
+    match path.as_str() {
+        "/conf" => xml(
+            r#"<Response><Dial><Conference beep="false" record="record-from-start" trim="do-not-trim" statusCallback="/confstatus" statusCallbackEvent="start end join leave mute hold" recordingStatusCallback="/recstatus">room one</Conference></Dial></Response>"#,
+        ),
+        "/confstatus" | "/recstatus" | "/status" => (StatusCode::NO_CONTENT, "").into_response(),
+        _ => (StatusCode::NOT_FOUND, "").into_response(),
+    }
+}
+
+/// Tones of the three callers (Hz): no one's harmonics near another's.
+const TONES: [f64; 3] = [500.0, 1100.0, 1700.0];
+
+/// A capture of `secs` seconds of RTP (PCMU, 20 ms) carrying a sine at `hz`.
+fn tone_pcap(hz: f64, secs: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    // pcap global header: magic, v2.4, zone, sigfigs, snaplen, Ethernet.
+    v.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&4u16.to_le_bytes());
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(&65535u32.to_le_bytes());
+    v.extend_from_slice(&1u32.to_le_bytes());
+    let mut n = 0usize;
+    for i in 0..(secs * 50) {
+        let mut rtp = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+        rtp[2..4].copy_from_slice(&(i as u16).to_be_bytes());
+        rtp[4..8].copy_from_slice(&(i * 160).to_be_bytes());
+        for _ in 0..160 {
+            let s = (2.0 * std::f64::consts::PI * hz * n as f64 / 8000.0).sin() * 6000.0;
+            rtp.push(Law::Mu.encode(s as i16));
+            n += 1;
+        }
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
+        f.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+        f.extend_from_slice(&[0x1f, 0x40, 0x1f, 0x42]);
+        f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&rtp);
+        let us = u64::from(i) * 20_000;
+        v.extend_from_slice(&((us / 1_000_000) as u32).to_le_bytes());
+        v.extend_from_slice(&((us % 1_000_000) as u32).to_le_bytes());
+        v.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        v.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        v.extend_from_slice(&f);
+    }
+    v
+}
+
+/// Relative power of `hz` in `s`: Goertzel over 50 ms blocks (whole cycles of every tone),
+/// summed without regard to phase, so the jitter buffer's adjustments (which shift a tone's
+/// phase) do not hide it. 1.0 for a pure tone of that frequency, whatever its level.
+fn tone_share(s: &[i16], hz: f64) -> f64 {
+    const BLOCK: usize = 400;
+    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
+    let (mut power, mut energy) = (0.0f64, 0.0f64);
+    for b in s.chunks_exact(BLOCK) {
+        let (mut q1, mut q2) = (0.0f64, 0.0f64);
+        for &x in b {
+            let x = f64::from(x);
+            energy += x * x;
+            let q0 = 2.0 * w.cos() * q1 - q2 + x;
+            q2 = q1;
+            q1 = q0;
+        }
+        power += q1 * q1 + q2 * q2 - 2.0 * w.cos() * q1 * q2;
+    }
+    // A pure tone: power ≈ (N·A/2)² per block, energy ≈ N·A²/2 → ratio ≈ 1.
+    if energy < 1.0 {
+        0.0
+    } else {
+        power / (energy * BLOCK as f64 / 2.0)
+    }
+}
+
+/// Which tones a window of audio holds (share of its power above 10 %).
+fn tones_in(s: &[i16]) -> Vec<usize> {
+    (0..3).filter(|&k| tone_share(s, TONES[k]) > 0.10).collect()
+}
+
+/// Audio a caller hears: (arrival, samples) per packet.
+type Heard = Arc<Mutex<Vec<(Instant, Vec<i16>)>>>;
+
+fn listen(sock: UdpSocket, heard: Heard, until: Instant) {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    while Instant::now() < until {
+        if let Ok(n) = sock.recv(&mut buf) {
+            if n > 12 && buf[1] & 0x7f == 0 {
+                let pcm = buf[12..n].iter().map(|b| Law::Mu.decode(*b)).collect();
+                heard.lock().expect("heard").push((Instant::now(), pcm));
+            }
+        }
+    }
+}
+
+/// The audio heard between `from` and `to`.
+fn window(heard: &Heard, from: Instant, to: Instant) -> Vec<i16> {
+    heard
+        .lock()
+        .expect("heard")
+        .iter()
+        .filter(|(t, _)| *t >= from && *t < to)
+        .flat_map(|(_, s)| s.iter().copied())
+        .collect()
+}
+
+fn get_json(url: &str, a: &str) -> Value {
+    ureq::get(url)
+        .set("Authorization", a)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .into_json()
+        .expect("json")
+}
+
+fn post_form(url: &str, a: &str, form: &[(&str, &str)]) -> Value {
+    ureq::post(url)
+        .set("Authorization", a)
+        .send_form(form)
+        .unwrap_or_else(|e| match e {
+            ureq::Error::Status(s, r) => {
+                panic!("POST {url}: {s} {}", r.into_string().unwrap_or_default())
+            }
+            e => panic!("POST {url}: {e}"),
+        })
+        .into_json()
+        .expect("json")
+}
+
+/// 16-bit mono samples of a WAV file (after its 44-byte header).
+fn wav_samples(b: &[u8]) -> Vec<i16> {
+    b.get(44..)
+        .unwrap_or_default()
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
+    let app_state = AppServer::default();
+    let app_port = common::serve_app(
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(app_state.clone()),
+    )
+    .await;
+    let scratch = common::scratch_dir("conference");
+    let dir = scratch.path().to_path_buf();
+    let c = common::serve_config(&dir, 30400);
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("start");
+    let api = format!("http://{}", r.api.expect("api"));
+    let sip = r.sip_udp.expect("sip");
+    let store = r.store.clone().expect("store");
+    let (acc, token) = store.create_account("conf", None).await.expect("account");
+    let sid = acc.sid.clone();
+    let a = auth(&sid, &token);
+    let numbers = ["+15550600", "+15550601", "+15550602"];
+    for number in numbers {
+        let (url, a, voice) = (
+            format!("{api}/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json"),
+            a.clone(),
+            format!("http://127.0.0.1:{app_port}/conf"),
+        );
+        tokio::task::spawn_blocking(move || {
+            post_form(
+                &url,
+                &a,
+                &[("PhoneNumber", number), ("VoiceUrl", voice.as_str())],
+            )
+        })
+        .await
+        .expect("join");
+    }
+
+    // Each caller: its tone capture, a socket hearing for it, a sipp call.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut heard: Vec<Heard> = Vec::new();
+    let mut callers = Vec::new();
+    for (i, number) in numbers.iter().enumerate() {
+        let pcap = dir.join(format!("tone{i}.pcap"));
+        std::fs::write(&pcap, tone_pcap(TONES[i], 25)).expect("pcap");
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("rtp sink");
+        let sink = sock.local_addr().expect("addr").port().to_string();
+        let h: Heard = Arc::default();
+        heard.push(h.clone());
+        std::thread::spawn(move || listen(sock, h, deadline));
+        let number = number.to_string();
+        callers.push(tokio::task::spawn_blocking(move || {
+            let (sip_port, media_port) = ((29590 + i).to_string(), (29800 + 10 * i).to_string());
+            let pcap = pcap.display().to_string();
+            common::sipp_call(
+                "uac_conference.xml",
+                &number,
+                sip,
+                &[
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &sip_port,
+                    "-mi",
+                    "127.0.0.1",
+                    "-mp",
+                    &media_port,
+                    "-key",
+                    "rtp_sink",
+                    &sink,
+                    "-key",
+                    "tone_pcap",
+                    &pcap,
+                ],
+            )
+        }));
+    }
+
+    // The room, and who is who (by the number each called).
+    let list = format!("{api}/2010-04-01/Accounts/{sid}/Conferences.json");
+    let (conf, members) = {
+        let (list, a) = (list.clone(), a.clone());
+        let (api, sid) = (api.clone(), sid.clone());
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..100 {
+                let l = get_json(&format!("{list}?FriendlyName=room%20one"), &a);
+                if let Some(cf) = l["conferences"][0]["sid"].as_str() {
+                    let p = get_json(
+                        &format!(
+                            "{api}/2010-04-01/Accounts/{sid}/Conferences/{cf}/Participants.json"
+                        ),
+                        &a,
+                    );
+                    let ps = p["participants"].as_array().cloned().unwrap_or_default();
+                    if ps.len() == 3 {
+                        let mut by_number = Vec::new();
+                        for n in numbers {
+                            let who = ps
+                                .iter()
+                                .filter_map(|p| p["call_sid"].as_str())
+                                .find(|cs| {
+                                    let call = get_json(
+                                        &format!("{api}/2010-04-01/Accounts/{sid}/Calls/{cs}.json"),
+                                        &a,
+                                    );
+                                    call["to"].as_str() == Some(n)
+                                })
+                                .expect("participant of each number")
+                                .to_string();
+                            by_number.push(who);
+                        }
+                        return (cf.to_string(), by_number);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("the three callers never were in one conference");
+        })
+        .await
+        .expect("join")
+    };
+    let conf_url = format!("{api}/2010-04-01/Accounts/{sid}/Conferences/{conf}");
+    let part = |i: usize| format!("{conf_url}/Participants/{}.json", members[i]);
+    let update = |url: String, form: Vec<(&'static str, String)>| {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || {
+            let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post_form(&url, &a, &f)
+        })
+    };
+    let fetch = |url: String| {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || get_json(&url, &a))
+    };
+
+    // Phase windows: settle 1.5 s after each change, listen 2 s.
+    let settle = Duration::from_millis(1500);
+    let listen_for = Duration::from_millis(2000);
+    let mut phases: Vec<(&str, [Vec<usize>; 3], Instant)> = Vec::new();
+    let mark = |phases: &mut Vec<(&'static str, [Vec<usize>; 3], Instant)>, name, expect| {
+        phases.push((name, expect, Instant::now() + settle));
+    };
+    mark(
+        &mut phases,
+        "all talking",
+        [vec![1, 2], vec![0, 2], vec![0, 1]],
+    );
+    tokio::time::sleep(settle + listen_for).await;
+
+    let p = update(part(1), vec![("Muted", "true".into())])
+        .await
+        .expect("join");
+    assert_eq!(p["muted"], Value::Bool(true), "{p}");
+    assert_eq!(p["call_sid"].as_str(), Some(members[1].as_str()), "{p}");
+    mark(&mut phases, "B muted", [vec![2], vec![0, 2], vec![0]]);
+    tokio::time::sleep(settle + listen_for).await;
+
+    update(part(1), vec![("Muted", "false".into())])
+        .await
+        .expect("join");
+    let p = update(part(2), vec![("Hold", "true".into())])
+        .await
+        .expect("join");
+    assert_eq!(p["hold"], Value::Bool(true), "{p}");
+    mark(&mut phases, "C on hold", [vec![1], vec![0], vec![]]);
+    tokio::time::sleep(settle + listen_for).await;
+
+    update(part(2), vec![("Hold", "false".into())])
+        .await
+        .expect("join");
+    let p = update(
+        part(1),
+        vec![
+            ("Coaching", "true".into()),
+            ("CallSidToCoach", members[0].clone()),
+        ],
+    )
+    .await
+    .expect("join");
+    assert_eq!(p["coaching"], Value::Bool(true), "{p}");
+    assert_eq!(
+        p["call_sid_to_coach"].as_str(),
+        Some(members[0].as_str()),
+        "{p}"
+    );
+    mark(
+        &mut phases,
+        "B coaches A",
+        [vec![1, 2], vec![0, 2], vec![0]],
+    );
+    tokio::time::sleep(settle + listen_for).await;
+
+    let listed = fetch(format!("{conf_url}/Participants.json?Coaching=true"))
+        .await
+        .expect("join");
+    assert_eq!(
+        listed["participants"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+    let live = fetch(format!("{conf_url}.json")).await.expect("join");
+    assert_eq!(live["status"], "in-progress", "{live}");
+
+    // Ending it through the API hangs every caller up.
+    let ended = update(
+        format!("{conf_url}.json"),
+        vec![("Status", "completed".into())],
+    )
+    .await
+    .expect("join");
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(
+        ended["reason_conference_ended"], "conference-ended-via-api",
+        "{ended}"
+    );
+    for (i, c) in callers.into_iter().enumerate() {
+        let (ok, out) = c.await.expect("join");
+        assert!(ok, "caller {i}: {out}");
+    }
+
+    let metrics = {
+        let url = format!("http://{}/metrics", r.admin);
+        tokio::task::spawn_blocking(move || {
+            ureq::get(&url)
+                .call()
+                .expect("metrics")
+                .into_string()
+                .expect("text")
+        })
+        .await
+        .expect("join")
+    };
+    let mix_lines: String = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("voxedge_mix")
+                || l.starts_with("voxedge_drops")
+                || l.starts_with("voxedge_packets")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (name, expect, from) in &phases {
+        for (i, h) in heard.iter().enumerate() {
+            let s = window(h, *from, *from + listen_for);
+            // A participant on hold is sent nothing; the others hear at least half the window.
+            assert!(
+                expect[i].is_empty() || s.len() >= 8000,
+                "{name}: caller {i} heard only {} samples",
+                s.len()
+            );
+            let shares: Vec<f64> = TONES.iter().map(|f| tone_share(&s, *f)).collect();
+            assert_eq!(
+                tones_in(&s),
+                expect[i].clone(),
+                "{name}: caller {i} heard tone shares {shares:?}; the dataplane's counters:\n{mix_lines}"
+            );
+        }
+    }
+
+    // Status callbacks, numbered in order.
+    let mut events: Vec<(u64, String, String)> = Vec::new();
+    for _ in 0..100 {
+        events = app_state
+            .seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .filter(|(p, _)| p == "/confstatus")
+            .map(|(_, q)| {
+                (
+                    q.get("SequenceNumber")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0),
+                    q.get("StatusCallbackEvent").cloned().unwrap_or_default(),
+                    q.get("CallSid").cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if events.iter().any(|e| e.1 == "conference-end") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    events.sort();
+    let names: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    let count = |n: &str| names.iter().filter(|x| **x == n).count();
+    assert_eq!(count("participant-join"), 3, "{names:?}");
+    assert_eq!(count("conference-start"), 1, "{names:?}");
+    assert_eq!(count("participant-leave"), 3, "{names:?}");
+    for e in [
+        "participant-mute",
+        "participant-unmute",
+        "participant-hold",
+        "participant-unhold",
+    ] {
+        assert_eq!(count(e), 1, "{e}: {names:?}");
+    }
+    assert_eq!(names.last(), Some(&"conference-end"), "{names:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.1 == "participant-mute" && e.2 == members[1]),
+        "{events:?}"
+    );
+
+    // Recordings: the mix and one track per participant (only that participant's tone).
+    let recs = {
+        let (url, a) = (format!("{conf_url}/Recordings.json"), a.clone());
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..100 {
+                let r = get_json(&url, &a);
+                let list = r["recordings"].as_array().cloned().unwrap_or_default();
+                if list.len() == 4 && list.iter().all(|x| x["status"] == "completed") {
+                    return list;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("the conference's four recordings were not completed");
+        })
+        .await
+        .expect("join")
+    };
+    for rec in &recs {
+        let rsid = rec["sid"].as_str().expect("sid");
+        let (url, a) = (
+            format!("{api}/2010-04-01/Accounts/{sid}/Recordings/{rsid}.wav"),
+            a.clone(),
+        );
+        let wav = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            let r = ureq::get(&url)
+                .set("Authorization", &a)
+                .call()
+                .expect("wav");
+            std::io::Read::read_to_end(&mut r.into_reader(), &mut v).expect("read");
+            v
+        })
+        .await
+        .expect("join");
+        let s = wav_samples(&wav);
+        let shares: Vec<f64> = TONES.iter().map(|f| tone_share(&s, *f)).collect();
+        match rec["call_sid"].as_str() {
+            None => assert_eq!(tones_in(&s), vec![0, 1, 2], "mix: {shares:?}"),
+            Some(cs) => {
+                let i = members.iter().position(|m| m == cs).expect("a participant");
+                assert_eq!(tones_in(&s), vec![i], "track of caller {i}: {shares:?}");
+                assert_eq!(rec["source"], "Conference", "{rec}");
+                assert_eq!(rec["conference_sid"].as_str(), Some(conf.as_str()), "{rec}");
+            }
+        }
+    }
+    let none = fetch(format!("{conf_url}/Participants.json"))
+        .await
+        .expect("join");
+    assert_eq!(
+        none["participants"].as_array().map(Vec::len),
+        Some(0),
+        "{none}"
+    );
+    r.shutdown().await;
+}
