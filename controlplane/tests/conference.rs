@@ -44,6 +44,14 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
         "/conf" => xml(
             r#"<Response><Dial><Conference beep="false" record="record-from-start" trim="do-not-trim" statusCallback="/confstatus" statusCallbackEvent="start end join leave mute hold" recordingStatusCallback="/recstatus">room one</Conference></Dial></Response>"#,
         ),
+        "/wait-room" => xml(
+            r#"<Response><Dial><Conference beep="false" startConferenceOnEnter="false" waitUrl="/hold.wav" statusCallback="/confstatus" statusCallbackEvent="start end join leave">room two</Conference></Dial></Response>"#,
+        ),
+        "/hold.wav" => (
+            [("content-type", "audio/wav")],
+            wav(&tone_samples(WAIT_TONE, 8000 * 2)),
+        )
+            .into_response(),
         "/confstatus" | "/recstatus" | "/status" => (StatusCode::NO_CONTENT, "").into_response(),
         _ => (StatusCode::NOT_FOUND, "").into_response(),
     }
@@ -51,6 +59,37 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
 
 /// Tones of the three callers (Hz): no one's harmonics near another's.
 const TONES: [f64; 3] = [500.0, 1100.0, 1700.0];
+
+/// The wait audio's tone (Hz).
+const WAIT_TONE: f64 = 300.0;
+
+fn tone_samples(hz: f64, n: usize) -> Vec<i16> {
+    (0..n)
+        .map(|i| ((2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin() * 6000.0) as i16)
+        .collect()
+}
+
+/// A WAV file (8 kHz, 16-bit mono).
+fn wav(s: &[i16]) -> Vec<u8> {
+    let data = (s.len() * 2) as u32;
+    let mut v = Vec::new();
+    v.extend_from_slice(b"RIFF");
+    v.extend_from_slice(&(36 + data).to_le_bytes());
+    v.extend_from_slice(b"WAVEfmt ");
+    v.extend_from_slice(&16u32.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&1u16.to_le_bytes());
+    v.extend_from_slice(&8000u32.to_le_bytes());
+    v.extend_from_slice(&16000u32.to_le_bytes());
+    v.extend_from_slice(&2u16.to_le_bytes());
+    v.extend_from_slice(&16u16.to_le_bytes());
+    v.extend_from_slice(b"data");
+    v.extend_from_slice(&data.to_le_bytes());
+    for x in s {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
 
 /// A capture of `secs` seconds of RTP (PCMU, 20 ms) carrying a sine at `hz`.
 fn tone_pcap(hz: f64, secs: u32) -> Vec<u8> {
@@ -561,6 +600,277 @@ async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
         none["participants"].as_array().map(Vec::len),
         Some(0),
         "{none}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts_the_room() {
+    let app_state = AppServer::default();
+    let app_port = common::serve_app(
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(app_state.clone()),
+    )
+    .await;
+    let scratch = common::scratch_dir("conference-wait");
+    let dir = scratch.path().to_path_buf();
+    let mut c = common::serve_config(&dir, 30600);
+    // Participants added through the API: the sipp callee.
+    c.sip.routes = vec![voxedge_controlplane::config::SipRoute {
+        pattern: "+1888*".into(),
+        target: "sip:127.0.0.1:29620".into(),
+        username: None,
+        password: None,
+    }];
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("start");
+    let api = format!("http://{}", r.api.expect("api"));
+    let sip = r.sip_udp.expect("sip");
+    let store = r.store.clone().expect("store");
+    let (acc, token) = store
+        .create_account("conf-wait", None)
+        .await
+        .expect("account");
+    let sid = acc.sid.clone();
+    let a = auth(&sid, &token);
+    let base = format!("{api}/2010-04-01/Accounts/{sid}");
+    {
+        let (url, a, voice) = (
+            format!("{base}/IncomingPhoneNumbers.json"),
+            a.clone(),
+            format!("http://127.0.0.1:{app_port}/wait-room"),
+        );
+        tokio::task::spawn_blocking(move || {
+            post_form(
+                &url,
+                &a,
+                &[("PhoneNumber", "+15550700"), ("VoiceUrl", voice.as_str())],
+            )
+        })
+        .await
+        .expect("join");
+    }
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let pcap_a = dir.join("a.pcap");
+    std::fs::write(&pcap_a, tone_pcap(TONES[1], 25)).expect("pcap");
+    let pcap_b = dir.join("b.pcap");
+    std::fs::write(&pcap_b, tone_pcap(TONES[0], 25)).expect("pcap");
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("rtp sink");
+    let sink = sock.local_addr().expect("addr").port().to_string();
+    let heard: Heard = Arc::default();
+    {
+        let h = heard.clone();
+        std::thread::spawn(move || listen(sock, h, deadline));
+    }
+    let dir_sipp = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sipp/");
+    let callee = std::process::Command::new("sipp")
+        .args(["-sf", &format!("{dir_sipp}uas_conference.xml")])
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "29620",
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            "29640",
+        ])
+        .args(["-key", "tone_pcap", &pcap_b.display().to_string()])
+        .args(["-m", "1", "-timeout", "60s", "-timeout_error", "-nostdin"])
+        .stdout(std::fs::File::create(dir.join("callee.out")).expect("file"))
+        .stderr(std::fs::File::create(dir.join("callee.err")).expect("file"))
+        .spawn()
+        .expect("sipp callee");
+    let mut callee = common::Kill(callee);
+    let caller = tokio::task::spawn_blocking(move || {
+        common::sipp_call(
+            "uac_conference.xml",
+            "+15550700",
+            sip,
+            &[
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "29610",
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                "29630",
+                "-key",
+                "rtp_sink",
+                &sink,
+                "-key",
+                "tone_pcap",
+                &pcap_a.display().to_string(),
+            ],
+        )
+    });
+
+    // The caller alone: the room waits (`init`), the caller hears the wait audio.
+    let participants = |n: usize| {
+        let (base, a) = (base.clone(), a.clone());
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..150 {
+                let l = get_json(
+                    &format!("{base}/Conferences.json?FriendlyName=room%20two"),
+                    &a,
+                );
+                if let Some(cf) = l["conferences"][0]["sid"].as_str() {
+                    let p = get_json(&format!("{base}/Conferences/{cf}/Participants.json"), &a);
+                    if p["participants"].as_array().map(Vec::len) == Some(n) {
+                        return (cf.to_string(), p);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("room two never had {n} participants");
+        })
+    };
+    let (conf, _) = participants(1).await.expect("join");
+    let waiting_from = Instant::now() + Duration::from_millis(1000);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let room = {
+        let (url, a) = (format!("{base}/Conferences/{conf}.json"), a.clone());
+        tokio::task::spawn_blocking(move || get_json(&url, &a))
+            .await
+            .expect("join")
+    };
+    assert_eq!(room["status"], "init", "{room}");
+
+    // A participant added by dialling out starts the room (and ends it when it leaves).
+    let added = {
+        let (url, a) = (
+            format!("{base}/Conferences/{conf}/Participants.json"),
+            a.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            post_form(
+                &url,
+                &a,
+                &[
+                    ("From", "+15550799"),
+                    ("To", "+18880001"),
+                    ("Beep", "false"),
+                    ("StartConferenceOnEnter", "true"),
+                    ("EndConferenceOnExit", "true"),
+                    ("Label", "supervisor"),
+                ],
+            )
+        })
+        .await
+        .expect("join")
+    };
+    assert_eq!(added["status"], "queued", "{added}");
+    assert_eq!(
+        added["conference_sid"].as_str(),
+        Some(conf.as_str()),
+        "{added}"
+    );
+    let b_sid = added["call_sid"].as_str().expect("call sid").to_string();
+    let (_, listed) = participants(2).await.expect("join");
+    let b_row = listed["participants"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["call_sid"] == b_sid.as_str()).cloned())
+        .expect("the added participant is listed");
+    assert_eq!(b_row["label"], "supervisor", "{b_row}");
+    assert_eq!(
+        b_row["end_conference_on_exit"],
+        Value::Bool(true),
+        "{b_row}"
+    );
+    let started_from = Instant::now() + Duration::from_millis(1500);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let room = {
+        let (url, a) = (format!("{base}/Conferences/{conf}.json"), a.clone());
+        tokio::task::spawn_blocking(move || get_json(&url, &a))
+            .await
+            .expect("join")
+    };
+    assert_eq!(room["status"], "in-progress", "{room}");
+
+    // Removing it ends the room (endConferenceOnExit): both calls run out of instructions.
+    let status = {
+        let (url, a) = (
+            format!("{base}/Conferences/{conf}/Participants/{b_sid}.json"),
+            a.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            ureq::delete(&url)
+                .set("Authorization", &a)
+                .call()
+                .map(|r| r.status())
+        })
+        .await
+        .expect("join")
+    };
+    assert_eq!(status.ok(), Some(204));
+    let (ok, out) = caller.await.expect("join");
+    assert!(ok, "caller: {out}");
+    let mut callee_ok = false;
+    for _ in 0..100 {
+        if let Ok(Some(st)) = callee.0.try_wait() {
+            callee_ok = st.success();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        callee_ok,
+        "callee: {}",
+        std::fs::read_to_string(dir.join("callee.err")).unwrap_or_default()
+    );
+    let room = {
+        let (url, a) = (format!("{base}/Conferences/{conf}.json"), a.clone());
+        tokio::task::spawn_blocking(move || get_json(&url, &a))
+            .await
+            .expect("join")
+    };
+    assert_eq!(room["status"], "completed", "{room}");
+    assert_eq!(
+        room["reason_conference_ended"], "participant-with-end-conference-on-exit-left",
+        "{room}"
+    );
+    assert_eq!(
+        room["call_sid_ending_conference"].as_str(),
+        Some(b_sid.as_str()),
+        "{room}"
+    );
+
+    let waiting = window(
+        &heard,
+        waiting_from,
+        waiting_from + Duration::from_millis(2000),
+    );
+    assert!(waiting.len() >= 8000, "waiting: {} samples", waiting.len());
+    let wait_share = tone_share(&waiting, WAIT_TONE);
+    assert!(wait_share > 0.5, "the wait audio: {wait_share}");
+    let started = window(
+        &heard,
+        started_from,
+        started_from + Duration::from_millis(2000),
+    );
+    assert!(started.len() >= 8000, "started: {} samples", started.len());
+    let (wait_after, b_tone) = (
+        tone_share(&started, WAIT_TONE),
+        tone_share(&started, TONES[0]),
+    );
+    assert!(
+        wait_after < 0.05 && b_tone > 0.5,
+        "after the start: wait tone {wait_after}, the added participant {b_tone}"
+    );
+    let events: Vec<String> = app_state
+        .seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .filter(|(p, _)| p == "/confstatus")
+        .filter_map(|(_, q)| q.get("StatusCallbackEvent").cloned())
+        .collect();
+    assert!(
+        events.contains(&"conference-start".to_string()),
+        "{events:?}"
     );
     r.shutdown().await;
 }

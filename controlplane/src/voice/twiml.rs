@@ -1531,7 +1531,10 @@ mod conference_tests {
         assert_eq!(c.wait_url, Some(("/wait".into(), Method::Get)));
         assert_eq!(c.max_participants, 5);
         assert!(c.record && !c.trim);
-        assert_eq!(c.coach.as_deref(), Some("CA0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            c.coach.as_deref(),
+            Some("CA0123456789abcdef0123456789abcdef")
+        );
         assert_eq!(
             c.status_callback.map(|s| s.events),
             Some("join leave speaker".into())
@@ -1539,12 +1542,17 @@ mod conference_tests {
         assert_eq!(c.jitter_ms, Some(60));
         assert_eq!(c.label.as_deref(), Some("agent"));
         // Defaults: Twilio's.
-        let d = conference("<Response><Dial><Conference statusCallback=\"/cs\">r</Conference></Dial></Response>")
-            .expect("valid");
+        let d = conference(
+            "<Response><Dial><Conference statusCallback=\"/cs\">r</Conference></Dial></Response>",
+        )
+        .expect("valid");
         assert!(!d.muted && d.beep_enter && d.beep_exit && d.start_on_enter && !d.end_on_exit);
         assert!(!d.record && d.trim && d.jitter_ms.is_none());
         assert_eq!(d.max_participants, CONFERENCE_PARTICIPANTS_MAX);
-        assert_eq!(d.status_callback.map(|s| s.events), Some("start end".into()));
+        assert_eq!(
+            d.status_callback.map(|s| s.events),
+            Some("start end".into())
+        );
     }
 
     #[test]
