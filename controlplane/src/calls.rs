@@ -46,6 +46,9 @@ pub struct NewCall {
     pub time_limit: Duration,
     /// Whether the request carried customer instructions (`Url`, `Twiml`, `ApplicationSid`).
     pub has_instructions: bool,
+    /// The dataplane worker for the call's media (a conference's, for a participant added by
+    /// dialling out); otherwise the least loaded.
+    pub worker: Option<voxedge_dataplane::ids::WorkerId>,
 }
 
 /// Why a call was not accepted.
@@ -458,6 +461,7 @@ impl CallService {
                 from_user: call.from.clone(),
                 instructions: call.has_instructions && svc.engine.get().is_some(),
                 bridge: None,
+                worker: call.worker,
             };
             if sip.originate(o).await.is_err() {
                 svc.end(&sid2, EndStatus::Failed, None).await;

@@ -314,6 +314,7 @@ async fn create_relay(
         },
         rewrite: body.rewrite,
         echo: body.echo,
+        worker: None,
     };
     let dp = st.dataplane.clone();
     let info = blocking(move || dp.create_relay(req)).await?;

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use voxedge_dataplane::ids::{RelayId, Side};
+use voxedge_dataplane::ids::{RelayId, Side, WorkerId};
 use voxedge_dataplane::{Dataplane, RelayInfo, RelayRequest};
 use voxedge_sip_core::dialog::{request_dialog_id, Dialog, DialogId, DialogState};
 use voxedge_sip_core::transaction::{
@@ -61,6 +61,11 @@ enum Inbound {
     Answer(String),
     Reject(String, u16),
     Ring(String),
+    Rehome(
+        String,
+        WorkerId,
+        tokio::sync::oneshot::Sender<Option<RelayId>>,
+    ),
 }
 
 /// A call to place (REST `POST /Calls`): its SID, where to send the INVITE and who it is from.
@@ -76,6 +81,8 @@ pub struct Originate {
     /// A `<Dial>` leg: the callee joins leg B of the dialling call's relay (bridged by the
     /// engine once answered) instead of getting media of its own.
     pub bridge: Option<Bridge>,
+    /// The dataplane worker for a call with media of its own (see [`crate::calls::NewCall`]).
+    pub worker: Option<WorkerId>,
 }
 
 /// The media a `<Dial>` leg joins: the parent call's relay, whose leg B the callee uses, and
@@ -342,6 +349,24 @@ impl SipHandle {
     /// The SIP service stopped.
     pub async fn ring(&self, sid: &str) -> Result<(), OriginateError> {
         self.send(Inbound::Ring(sid.to_string())).await
+    }
+
+    /// Moves an incoming engine call that is not answered yet onto dataplane worker `worker`
+    /// (a new relay there; the answer will offer its port). The call's relay now, or `None`
+    /// when the call is answered (its far end knows the port) or gone, or the worker has no
+    /// room.
+    ///
+    /// # Errors
+    /// The SIP service stopped.
+    pub async fn rehome(
+        &self,
+        sid: &str,
+        worker: WorkerId,
+    ) -> Result<Option<RelayId>, OriginateError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Inbound::Rehome(sid.to_string(), worker, tx))
+            .await?;
+        rx.await.map_err(|_| OriginateError::Stopped)
     }
 
     /// Ends a placed call: CANCEL while it rings, BYE once answered. A call not ringing yet
@@ -1012,6 +1037,9 @@ impl Core {
                     Some(Inbound::Answer(sid)) => self.answer_app(&sid, self.now()),
                     Some(Inbound::Reject(sid, code)) => self.reject_app(&sid, code, self.now()),
                     Some(Inbound::Ring(sid)) => self.ring_app(&sid, self.now()),
+                    Some(Inbound::Rehome(sid, worker, reply)) => {
+                        let _ = reply.send(self.rehome_app(&sid, worker));
+                    }
                     None => {}
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -2048,6 +2076,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                 .dp
                 .create_relay(RelayRequest {
                     echo: !o.instructions,
+                    worker: o.worker,
                     ..RelayRequest::with_remotes(None, None)
                 })
                 .map(|info| {
@@ -2438,6 +2467,43 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         let id = self.origin_calls.get(sid)?;
         let call = self.calls.get(id).filter(|c| c.unanswered)?;
         Some((id.clone(), call.invite_tx))
+    }
+
+    /// See [`SipHandle::rehome`]: leg A of a new relay on `worker` points at the caller like
+    /// the old one did (blocked, with the caller's telephone-event type); the old relay goes.
+    fn rehome_app(&mut self, sid: &str, worker: WorkerId) -> Option<RelayId> {
+        let (id, tx) = self.unanswered_app(sid)?;
+        let inv = self.pending_invites.get(&tx?)?;
+        let offer = inv.sdp().and_then(|sd| parse_offer(&sd))?;
+        let (codec, te) = choose_g711(&offer)?;
+        let old = self.calls.get(&id)?.relay?;
+        if self.dp.relay(old)?.worker == worker {
+            return Some(old);
+        }
+        let info = match self.dp.create_relay(RelayRequest {
+            worker: Some(worker),
+            ..RelayRequest::with_remotes(offer.remote(), None)
+        }) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(sid, worker = worker.0, error = %e, "the call's media cannot move to the conference's worker");
+                return None;
+            }
+        };
+        let _ = self.dp.update_leg_nowait(
+            info.id,
+            Side::A,
+            voxedge_dataplane::command::LegUpdate {
+                blocked: Some(true),
+                dtmf_pt: te,
+                ..Default::default()
+            },
+        );
+        let call = self.calls.get_mut(&id)?;
+        call.relay = Some(info.id);
+        call.answer = app_answer_sdp(self.advertise, info.legs[0].local.port(), codec, te);
+        let _ = self.dp.delete_relay_nowait(old);
+        Some(info.id)
     }
 
     /// The engine answers an incoming call.

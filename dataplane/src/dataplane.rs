@@ -118,6 +118,9 @@ pub struct RelayRequest {
     pub rewrite: bool,
     /// Media arriving on a leg goes back to that leg's remote (echo test target).
     pub echo: bool,
+    /// The worker to place the relay on (a conference's, so its members mix on one core);
+    /// otherwise the least loaded.
+    pub worker: Option<WorkerId>,
 }
 
 impl RelayRequest {
@@ -504,10 +507,16 @@ impl Dataplane {
         let id = RelayId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (w, k, ports) = {
             let mut st = self.state();
-            let w = (0..self.workers.len())
-                .filter(|&w| st.allocators[w].iter().any(|a| a.available() >= 2))
-                .min_by_key(|&w| st.relays_per_worker[w])
-                .ok_or(DataplaneError::PortsExhausted)?;
+            let has_room = |w: usize| st.allocators[w].iter().any(|a| a.available() >= 2);
+            let w = match req.worker {
+                Some(w) => Some(usize::from(w.0))
+                    .filter(|&w| w < self.workers.len() && has_room(w))
+                    .ok_or(DataplaneError::PortsExhausted)?,
+                None => (0..self.workers.len())
+                    .filter(|&w| has_room(w))
+                    .min_by_key(|&w| st.relays_per_worker[w])
+                    .ok_or(DataplaneError::PortsExhausted)?,
+            };
             // Both legs on the address of this worker with the most free ports.
             let k = (0..st.allocators[w].len())
                 .max_by_key(|&k| st.allocators[w][k].available())

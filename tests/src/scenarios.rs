@@ -49,6 +49,7 @@ pub fn relay_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         policy: SourcePolicy::default(),
         rewrite: true,
         echo: false,
+        worker: None,
     };
     let info = dp.create_relay(req).expect("relay created");
     let (a_local, b_local) = (info.legs[0].local, info.legs[1].local);
@@ -169,6 +170,7 @@ pub fn strict_source_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
         },
         rewrite: false,
         echo: false,
+        worker: None,
     };
     let info = dp.create_relay(req).expect("relay");
     assert!(

@@ -419,6 +419,7 @@ impl Engine {
             policy: Self::relay_policy(&d.flags),
             rewrite: false,
             echo: false,
+            worker: None,
         });
         let info = match created {
             Ok(i) => i,

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::routes::Op;
 use super::{
-    create_call, day_filters, fetch_row, list_rows, render, unavailable, Ctx, Params, TwError,
+    create_call_on, day_filters, fetch_row, list_rows, render, unavailable, Ctx, Params, TwError,
 };
 use crate::store::{now_us, rfc2822, Filter, CONFERENCES, PARTICIPANTS, RECORDINGS};
 use crate::voice::conference::{Conferences, ParticipantUpdate, UpdateError};
@@ -300,7 +300,9 @@ async fn add_participant(c: &Ctx<'_>) -> Result<Value, TwError> {
         params: &call_params,
         ..c.clone()
     };
-    let call = create_call(&call_ctx).await?;
+    // Its media goes where the room mixes (all of a room's members are on one worker).
+    let worker = rooms(c)?.worker_of(c.acc_sid(), &room);
+    let call = create_call_on(&call_ctx, worker).await?;
     let call_sid = call.get("sid").and_then(Value::as_str).unwrap_or_default();
     let now = rfc2822(now_us());
     let acc = c.acc_sid();

@@ -1599,6 +1599,14 @@ fn merge(cols: &mut Vec<(&'static str, Value)>, more: Vec<(&'static str, Value)>
 }
 
 async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
+    create_call_on(c, None).await
+}
+
+/// `POST /Calls` with the call's media placed on `worker` (when given).
+async fn create_call_on(
+    c: &Ctx<'_>,
+    worker: Option<voxedge_dataplane::ids::WorkerId>,
+) -> Result<Value, TwError> {
     let p = c.params;
     let to = p.get("To").unwrap_or_default().trim().to_string();
     let from = p.get("From").unwrap_or_default().trim().to_string();
@@ -1689,6 +1697,7 @@ async fn create_call(c: &Ctx<'_>) -> Result<Value, TwError> {
         timeout: Duration::from_secs(u64::try_from(timeout).unwrap_or(60)),
         time_limit: Duration::from_secs(u64::try_from(time_limit).unwrap_or(14_400)),
         has_instructions: true,
+        worker,
     };
     match c.st.calls.create(new).await {
         Ok(row) => Ok(render(&CALLS, &row)),

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use voxedge_dataplane::command::{ConfOp, ConfReply};
-use voxedge_dataplane::ids::{RelayId, Side};
+use voxedge_dataplane::ids::{RelayId, Side, WorkerId};
 use voxedge_dataplane::mixer::jitter::Target;
 use voxedge_dataplane::mixer::{Beep, ConfId, ConfOptions, MemberSpec, MemberUpdate};
 use voxedge_dataplane::recorder::{RecReceiver, RecordTap};
@@ -130,6 +130,8 @@ pub struct Room {
     pub account: String,
     pub name: String,
     pub conf: ConfId,
+    /// The dataplane worker that mixes the room: its first participant's.
+    worker: std::sync::OnceLock<WorkerId>,
     st: tokio::sync::Mutex<RoomState>,
 }
 
@@ -234,6 +236,28 @@ impl Conferences {
             .map(|r| r.sid.clone())
     }
 
+    /// The worker mixing the live room of that name (new participants' media belongs there).
+    pub fn worker_of(&self, account: &str, name: &str) -> Option<WorkerId> {
+        lock(&self.rooms)
+            .get(&(account.to_string(), name.to_string()))
+            .and_then(|r| r.worker.get().copied())
+    }
+
+    /// The worker that mixes room `spec.name`: the live room's, or `mine` for a room this
+    /// participant creates now (so participants arriving together agree on one worker).
+    ///
+    /// # Errors
+    /// The room's row cannot be written.
+    pub async fn claim_worker(
+        &self,
+        account: &str,
+        spec: &ConferenceSpec,
+        mine: WorkerId,
+    ) -> Result<WorkerId, EnterError> {
+        let room = self.room_for(account, spec).await?;
+        Ok(*room.worker.get_or_init(|| mine))
+    }
+
     /// A live room by SID.
     pub fn room(&self, sid: &str) -> Option<Arc<Room>> {
         lock(&self.by_sid).get(sid).cloned()
@@ -292,6 +316,43 @@ impl Conferences {
             drop(st);
             return Box::pin(self.enter(account, j)).await;
         }
+        if let Err(e) = self.admit(&room, &mut st, account, j).await {
+            if st.members.is_empty() && !st.started {
+                // A room no one could enter is gone again.
+                st.ended = true;
+                self.forget(&room);
+                let sets = [
+                    ("status", Value::from("completed")),
+                    (
+                        "reason_conference_ended",
+                        Value::from("no-participant-joined"),
+                    ),
+                    ("date_updated", Value::from(now_us())),
+                ];
+                let _ = self
+                    .store
+                    .update(&CONFERENCES, &room.account, &room.sid, &sets)
+                    .await;
+            }
+            return Err(e);
+        }
+        Ok(Entered {
+            room: room.clone(),
+            started: st.started,
+            record: st.record,
+            recording_callback: st.recording_callback.clone(),
+            trim: st.trim,
+        })
+    }
+
+    /// Checks and adds a participant to a room (the caller holds the room's lock).
+    async fn admit(
+        &self,
+        room: &Arc<Room>,
+        st: &mut RoomState,
+        account: &str,
+        j: Joining<'_>,
+    ) -> Result<(), EnterError> {
         let first = st.members.is_empty() && !st.started;
         if first {
             st.max = j.spec.max_participants;
@@ -302,6 +363,19 @@ impl Conferences {
         }
         if st.members.len() >= st.max as usize {
             return Err(EnterError::Full(room.name.clone(), st.max));
+        }
+        // Every member's media must be on the room's worker (the first participant's).
+        let leg = self
+            .dp
+            .relay(j.relay)
+            .ok_or_else(|| EnterError::Dataplane("the call's media is gone".into()))?
+            .worker;
+        let conf_worker = *room.worker.get_or_init(|| leg);
+        if leg != conf_worker {
+            return Err(EnterError::Worker {
+                leg: leg.0,
+                conf: conf_worker.0,
+            });
         }
         if let Some(c) = &j.spec.coach {
             if !st.members.iter().any(|m| &m.call_sid == c) {
@@ -327,7 +401,7 @@ impl Conferences {
         if st.started || starting {
             // The room's worker must carry this leg's media.
             let coach_of = coach_target(&st.members, member.coach.as_deref());
-            self.join_mix(&room, st.record, coach_of, &mut member)
+            self.join_mix(room, st.record, coach_of, &mut member)
                 .await?;
             if j.spec.beep_enter {
                 let _ = self.dp_op(room.conf, ConfOp::Beep(Beep::Enter)).await;
@@ -367,31 +441,18 @@ impl Conferences {
         let _ = self.store.delete(&PARTICIPANTS, account, j.call_sid).await;
         if let Err(e) = self.store.insert(&PARTICIPANTS, &row).await {
             if member.in_mix {
-                self.leave_mix(&room, &member).await;
+                self.leave_mix(room, &member).await;
             }
             return Err(EnterError::Store(e.to_string()));
         }
         let started_now = starting;
         st.members.push(member);
-        self.event(
-            &room,
-            &mut st,
-            "join",
-            "participant-join",
-            Some(j.call_sid),
-            &[],
-        )
-        .await;
+        self.event(room, st, "join", "participant-join", Some(j.call_sid), &[])
+            .await;
         if started_now {
-            self.start(&room, &mut st).await;
+            self.start(room, st).await;
         }
-        Ok(Entered {
-            room: room.clone(),
-            started: st.started,
-            record: st.record,
-            recording_callback: st.recording_callback.clone(),
-            trim: st.trim,
-        })
+        Ok(())
     }
 
     /// The live room of that name, or a new one (its row written, `init`).
@@ -421,6 +482,7 @@ impl Conferences {
             account: account.to_string(),
             name: spec.name.clone(),
             conf: ConfId(self.next_conf.fetch_add(1, Ordering::Relaxed)),
+            worker: std::sync::OnceLock::new(),
             st: tokio::sync::Mutex::new(RoomState::default()),
         });
         {

@@ -524,8 +524,9 @@ impl Engine {
         };
         let engine = self.clone();
         tokio::spawn(async move {
-            let (sid, relay) = (run.call.sid.clone(), run.call.relay);
-            run.run(first, fallback).await;
+            let sid = run.call.sid.clone();
+            // The call's relay at its end (a conference may have moved its media).
+            let relay = run.run(first, fallback).await;
             engine.live().remove(&sid);
             engine.by_relay().remove(&relay);
         });
@@ -827,7 +828,7 @@ impl CallRun {
         }
     }
 
-    async fn run(mut self, first: Option<Next>, fallback: Option<(String, Method)>) {
+    async fn run(mut self, first: Option<Next>, fallback: Option<(String, Method)>) -> RelayId {
         self.run_instructions(first, fallback).await;
         // Usage per module, counted on the day the instructions ended; written in batches.
         let day_us = 86_400 * 1_000_000;
@@ -844,6 +845,8 @@ impl CallRun {
             slot.0 += fetches;
             slot.1 += ms;
         }
+        drop(u);
+        self.call.relay
     }
 
     async fn run_instructions(&mut self, first: Option<Next>, fallback: Option<(String, Method)>) {
@@ -1351,6 +1354,7 @@ impl CallRun {
     /// answer bridged; then the action URL or the next verb.
     async fn dial(&mut self, d: &Dial, base: &reqwest::Url) -> Flow {
         if let Some(spec) = &d.conference {
+            self.place_for_conference(spec).await;
             self.answer().await;
             return self.conference(d, spec, base).await;
         }
@@ -1882,6 +1886,7 @@ impl CallRun {
                 codec: self.call.codec,
                 dtmf_pt: self.call.dtmf_pt,
             }),
+            worker: None,
         };
         if self.engine.sip.originate(o).await.is_err() {
             self.engine.children().remove(&child);
@@ -2296,6 +2301,37 @@ impl CallRun {
             return Flow::Stop;
         }
         self.dial_action(d, base, params).await
+    }
+
+    /// Before an unanswered caller enters a room mixed on another dataplane worker, its media
+    /// moves there (a new relay; the answer offers its port). An answered caller's far end
+    /// already uses its port: it cannot move, and entering will say so.
+    async fn place_for_conference(&mut self, spec: &ConferenceSpec) {
+        if self.call.answered {
+            return;
+        }
+        let Some(mine) = self.engine.dp.relay(self.call.relay).map(|r| r.worker) else {
+            return;
+        };
+        let Ok(worker) = self
+            .engine
+            .conferences
+            .claim_worker(&self.call.account, spec, mine)
+            .await
+        else {
+            return;
+        };
+        if worker == mine {
+            return;
+        }
+        if let Ok(Some(relay)) = self.engine.sip.rehome(&self.call.sid, worker).await {
+            if relay != self.call.relay {
+                let mut by = self.engine.by_relay();
+                by.remove(&self.call.relay);
+                by.insert(relay, self.call.sid.clone());
+                self.call.relay = relay;
+            }
+        }
     }
 
     /// Wait, hold or announcement audio: an audio file, or a TwiML document whose first
