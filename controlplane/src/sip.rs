@@ -2418,16 +2418,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         let Some((_, _offer, info, dialog)) = self.anchor(tx, &msg, &tag, false, now) else {
             return;
         };
-        let _ = self.dp.update_leg_nowait(
-            info.id,
-            Side::A,
-            voxedge_dataplane::command::LegUpdate {
-                blocked: Some(true),
-                // Digits arrive with the caller's telephone-event payload type.
-                dtmf_pt: te,
-                ..Default::default()
-            },
-        );
+        self.hold_caller_leg(info.id, te);
         let sid = crate::secret::new_sid("CA");
         let from_user = msg.header("From").and_then(uri_user).unwrap_or_default();
         let forwarded_from = msg.header("Diversion").and_then(uri_user);
@@ -2469,6 +2460,20 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         Some((id.clone(), call.invite_tx))
     }
 
+    /// An engine call's caller leg: its media goes nowhere until instructions connect it;
+    /// digits arrive with the caller's telephone-event payload type `te`.
+    fn hold_caller_leg(&self, relay: RelayId, te: Option<u8>) {
+        let _ = self.dp.update_leg_nowait(
+            relay,
+            Side::A,
+            voxedge_dataplane::command::LegUpdate {
+                blocked: Some(true),
+                dtmf_pt: te,
+                ..Default::default()
+            },
+        );
+    }
+
     /// See [`SipHandle::rehome`]: leg A of a new relay on `worker` points at the caller like
     /// the old one did (blocked, with the caller's telephone-event type); the old relay goes.
     fn rehome_app(&mut self, sid: &str, worker: WorkerId) -> Option<RelayId> {
@@ -2490,15 +2495,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 return None;
             }
         };
-        let _ = self.dp.update_leg_nowait(
-            info.id,
-            Side::A,
-            voxedge_dataplane::command::LegUpdate {
-                blocked: Some(true),
-                dtmf_pt: te,
-                ..Default::default()
-            },
-        );
+        self.hold_caller_leg(info.id, te);
         let call = self.calls.get_mut(&id)?;
         call.relay = Some(info.id);
         call.answer = app_answer_sdp(self.advertise, info.legs[0].local.port(), codec, te);

@@ -13,7 +13,6 @@
 mod common;
 use common::{basic_auth as auth, xml};
 
-use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,10 +22,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
+use voxedge_controlplane::config::SipRoute;
 use voxedge_dataplane::g711::Law;
 use voxedge_dataplane::BackendKind;
 
-type Seen = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
+use common::Seen;
 
 #[derive(Clone, Default)]
 struct AppServer {
@@ -34,12 +34,7 @@ struct AppServer {
 }
 
 async fn handle(State(app): State<AppServer>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    app.seen.lock().expect("seen").push((path.clone(), params));
+    let path = common::note_request(&app.seen, req).await;
     match path.as_str() {
         "/conf" => xml(
             r#"<Response><Dial><Conference beep="false" record="record-from-start" trim="do-not-trim" statusCallback="/confstatus" statusCallbackEvent="start end join leave mute hold" recordingStatusCallback="/recstatus">room one</Conference></Dial></Response>"#,
@@ -212,6 +207,14 @@ fn get_json(url: &str, a: &str) -> Value {
         .expect("json")
 }
 
+/// [`get_json`] off the async runtime.
+async fn get_async(url: String, a: &str) -> Value {
+    let a = a.to_string();
+    tokio::task::spawn_blocking(move || get_json(&url, &a))
+        .await
+        .expect("join")
+}
+
 fn post_form(url: &str, a: &str, form: &[(&str, &str)]) -> Value {
     ureq::post(url)
         .set("Authorization", a)
@@ -235,47 +238,84 @@ fn wav_samples(b: &[u8]) -> Vec<i16> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
-    let app_state = AppServer::default();
-    let app_port = common::serve_app(
-        axum::Router::new()
-            .fallback(handle)
-            .with_state(app_state.clone()),
-    )
-    .await;
-    let scratch = common::scratch_dir("conference");
-    let dir = scratch.path().to_path_buf();
-    let mut c = common::serve_config(&dir, 30400);
-    // Two workers: callers' media starts on either; the room mixes on one, and callers not
-    // answered yet move there.
+/// A `voxedge serve` with two dataplane workers (callers' media starts on either; a room mixes
+/// on one), the test's app server, an account, and `numbers` answered by the app's `path`.
+struct Node {
+    r: app::Running,
+    app: AppServer,
+    api: String,
+    sip: std::net::SocketAddr,
+    sid: String,
+    auth: String,
+    /// Removed when the test ends.
+    scratch: tempfile::TempDir,
+}
+
+async fn node(
+    name: &str,
+    port_min: u16,
+    routes: Vec<SipRoute>,
+    numbers: &[&str],
+    path: &str,
+) -> Node {
+    let app = AppServer::default();
+    let app_port =
+        common::serve_app(axum::Router::new().fallback(handle).with_state(app.clone())).await;
+    let scratch = common::scratch_dir(name);
+    let mut c = common::serve_config(scratch.path(), port_min);
     c.dataplane.workers = 2;
+    c.sip.routes = routes;
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
         .expect("start");
     let api = format!("http://{}", r.api.expect("api"));
     let sip = r.sip_udp.expect("sip");
     let store = r.store.clone().expect("store");
-    let (acc, token) = store.create_account("conf", None).await.expect("account");
-    let sid = acc.sid.clone();
-    let a = auth(&sid, &token);
-    let numbers = ["+15550600", "+15550601", "+15550602"];
+    let (acc, token) = store.create_account(name, None).await.expect("account");
+    let auth = auth(&acc.sid, &token);
     for number in numbers {
-        let (url, a, voice) = (
-            format!("{api}/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json"),
-            a.clone(),
-            format!("http://127.0.0.1:{app_port}/conf"),
+        let (url, a, voice, number) = (
+            format!(
+                "{api}/2010-04-01/Accounts/{}/IncomingPhoneNumbers.json",
+                acc.sid
+            ),
+            auth.clone(),
+            format!("http://127.0.0.1:{app_port}{path}"),
+            number.to_string(),
         );
         tokio::task::spawn_blocking(move || {
             post_form(
                 &url,
                 &a,
-                &[("PhoneNumber", number), ("VoiceUrl", voice.as_str())],
+                &[("PhoneNumber", &number), ("VoiceUrl", voice.as_str())],
             )
         })
         .await
         .expect("join");
     }
+    Node {
+        r,
+        app,
+        api,
+        sip,
+        sid: acc.sid,
+        auth,
+        scratch,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
+    let numbers = ["+15550600", "+15550601", "+15550602"];
+    let n = node("conference", 30400, Vec::new(), &numbers, "/conf").await;
+    let (api, sip, sid, a, app_state) = (
+        n.api.clone(),
+        n.sip,
+        n.sid.clone(),
+        n.auth.clone(),
+        n.app.clone(),
+    );
+    let dir = n.scratch.path().to_path_buf();
 
     // Each caller: its tone capture, a socket hearing for it, a sipp call.
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -460,7 +500,7 @@ async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
     }
 
     let metrics = {
-        let url = format!("http://{}/metrics", r.admin);
+        let url = format!("http://{}/metrics", n.r.admin);
         tokio::task::spawn_blocking(move || {
             ureq::get(&url)
                 .call()
@@ -604,59 +644,35 @@ async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
         Some(0),
         "{none}"
     );
-    r.shutdown().await;
+    n.r.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts_the_room() {
-    let app_state = AppServer::default();
-    let app_port = common::serve_app(
-        axum::Router::new()
-            .fallback(handle)
-            .with_state(app_state.clone()),
-    )
-    .await;
-    let scratch = common::scratch_dir("conference-wait");
-    let dir = scratch.path().to_path_buf();
-    let mut c = common::serve_config(&dir, 30600);
-    // Two workers: the participant dialled out gets its media on the room's.
-    c.dataplane.workers = 2;
     // Participants added through the API: the sipp callee.
-    c.sip.routes = vec![voxedge_controlplane::config::SipRoute {
+    let routes = vec![SipRoute {
         pattern: "+1888*".into(),
         target: "sip:127.0.0.1:29620".into(),
         username: None,
         password: None,
     }];
-    let r = app::start(Role::Serve, c, BackendKind::Socket)
-        .await
-        .expect("start");
-    let api = format!("http://{}", r.api.expect("api"));
-    let sip = r.sip_udp.expect("sip");
-    let store = r.store.clone().expect("store");
-    let (acc, token) = store
-        .create_account("conf-wait", None)
-        .await
-        .expect("account");
-    let sid = acc.sid.clone();
-    let a = auth(&sid, &token);
+    let n = node(
+        "conference-wait",
+        30600,
+        routes,
+        &["+15550700"],
+        "/wait-room",
+    )
+    .await;
+    let (api, sip, sid, a, app_state) = (
+        n.api.clone(),
+        n.sip,
+        n.sid.clone(),
+        n.auth.clone(),
+        n.app.clone(),
+    );
+    let dir = n.scratch.path().to_path_buf();
     let base = format!("{api}/2010-04-01/Accounts/{sid}");
-    {
-        let (url, a, voice) = (
-            format!("{base}/IncomingPhoneNumbers.json"),
-            a.clone(),
-            format!("http://127.0.0.1:{app_port}/wait-room"),
-        );
-        tokio::task::spawn_blocking(move || {
-            post_form(
-                &url,
-                &a,
-                &[("PhoneNumber", "+15550700"), ("VoiceUrl", voice.as_str())],
-            )
-        })
-        .await
-        .expect("join");
-    }
     let deadline = Instant::now() + Duration::from_secs(45);
     let pcap_a = dir.join("a.pcap");
     std::fs::write(&pcap_a, tone_pcap(TONES[1], 25)).expect("pcap");
@@ -736,12 +752,7 @@ async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts
     let (conf, _) = participants(1).await.expect("join");
     let waiting_from = Instant::now() + Duration::from_millis(1000);
     tokio::time::sleep(Duration::from_millis(3000)).await;
-    let room = {
-        let (url, a) = (format!("{base}/Conferences/{conf}.json"), a.clone());
-        tokio::task::spawn_blocking(move || get_json(&url, &a))
-            .await
-            .expect("join")
-    };
+    let room = get_async(format!("{base}/Conferences/{conf}.json"), &a).await;
     assert_eq!(room["status"], "init", "{room}");
 
     // A participant added by dialling out starts the room (and ends it when it leaves).
@@ -787,12 +798,7 @@ async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts
     );
     let started_from = Instant::now() + Duration::from_millis(1500);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    let room = {
-        let (url, a) = (format!("{base}/Conferences/{conf}.json"), a.clone());
-        tokio::task::spawn_blocking(move || get_json(&url, &a))
-            .await
-            .expect("join")
-    };
+    let room = get_async(format!("{base}/Conferences/{conf}.json"), &a).await;
     assert_eq!(room["status"], "in-progress", "{room}");
 
     // Removing it ends the room (endConferenceOnExit): both calls run out of instructions.
@@ -827,12 +833,7 @@ async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts
         "callee: {}",
         std::fs::read_to_string(dir.join("callee.err")).unwrap_or_default()
     );
-    let room = {
-        let (url, a) = (format!("{base}/Conferences/{conf}.json"), a.clone());
-        tokio::task::spawn_blocking(move || get_json(&url, &a))
-            .await
-            .expect("join")
-    };
+    let room = get_async(format!("{base}/Conferences/{conf}.json"), &a).await;
     assert_eq!(room["status"], "completed", "{room}");
     assert_eq!(
         room["reason_conference_ended"], "participant-with-end-conference-on-exit-left",
@@ -878,5 +879,5 @@ async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts
         events.contains(&"conference-start".to_string()),
         "{events:?}"
     );
-    r.shutdown().await;
+    n.r.shutdown().await;
 }

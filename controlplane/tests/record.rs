@@ -10,7 +10,6 @@ mod common;
 use common::{basic_auth as auth, xml};
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -22,8 +21,7 @@ use voxedge_controlplane::media::decode;
 use voxedge_controlplane::voice::audio;
 use voxedge_dataplane::BackendKind;
 
-/// Requests the app server received: (path, form parameters).
-type Seen = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
+use common::Seen;
 
 #[derive(Clone, Default)]
 struct AppServer {
@@ -31,12 +29,7 @@ struct AppServer {
 }
 
 async fn handle(State(app): State<AppServer>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let params: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    app.seen.lock().expect("seen").push((path.clone(), params));
+    let path = common::note_request(&app.seen, req).await;
     match path.as_str() {
         "/record" => xml(
             r#"<Response><Record maxLength="20" timeout="5" finishOnKey="1" action="/recorded" recordingStatusCallback="/recstatus" recordingStatusCallbackEvent="in-progress completed absent"/><Say>Not reached.</Say></Response>"#,

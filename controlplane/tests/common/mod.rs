@@ -9,6 +9,22 @@ use voxedge_controlplane::config::Config;
 
 use voxedge_sip_core::{Limits, SipMessage};
 
+/// Requests an app server received: (path, form parameters), in order.
+pub type Seen =
+    std::sync::Arc<std::sync::Mutex<Vec<(String, std::collections::BTreeMap<String, String>)>>>;
+
+/// Reads a request to an app server (its path and form body), notes it in `seen`, and returns
+/// the path.
+pub async fn note_request(seen: &Seen, req: axum::extract::Request) -> String {
+    let path = req.uri().path().to_string();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let params = form_urlencoded::parse(&body).into_owned().collect();
+    seen.lock().expect("seen").push((path.clone(), params));
+    path
+}
+
 /// A scripted callee on UDP.
 pub struct Callee {
     pub sock: UdpSocket,
