@@ -274,7 +274,7 @@ impl CallService {
     /// # Errors
     /// Store errors.
     pub async fn recover(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let left = self.store.calls_in(LIVE).await?;
+        let left = self.store.rows_in(&CALLS, LIVE).await?;
         let n = left.len();
         for c in left {
             let sid = text(&c, "sid");

@@ -22,3 +22,9 @@ pub mod sip;
 pub mod store;
 pub mod tasks;
 pub mod voice;
+
+/// Locks a mutex whose data stays usable if a holder panicked (every use here leaves it
+/// consistent between statements).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -23,6 +23,7 @@ pub mod bench;
 pub mod decode;
 pub mod freshness;
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,10 +196,6 @@ impl std::fmt::Debug for MediaCache {
             .field("dir", &self.dir)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn unplayable(e: DecodeError, what: &str) -> MediaError {

@@ -12,6 +12,7 @@ use super::{
 use crate::store::{now_us, rfc2822, Filter, CONFERENCES, PARTICIPANTS, RECORDINGS};
 use crate::voice::conference::{Conferences, ParticipantUpdate, UpdateError};
 use crate::voice::twiml::Method;
+use quick_xml::escape::escape as xml;
 
 fn rooms<'a>(c: &'a Ctx<'_>) -> Result<&'a std::sync::Arc<Conferences>, TwError> {
     c.st.calls
@@ -165,22 +166,6 @@ pub(super) async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
         Op::ParticipantCreate => add_participant(c).await,
         _ => Err(TwError::not_found(c.path)),
     }
-}
-
-/// Escapes text for an XML attribute or element.
-fn xml(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&apos;"),
-            c => o.push(c),
-        }
-    }
-    o
 }
 
 /// The `<Dial><Conference>` a participant added through the API runs once it answers.

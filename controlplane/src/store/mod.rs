@@ -1538,15 +1538,19 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Calls in any of `statuses` (service start-up: calls a crash left behind).
+    /// The rows of `table` whose `status` is one of `statuses`, oldest first.
     ///
     /// # Errors
-    /// Database errors.
-    pub async fn calls_in(&self, statuses: &[&str]) -> Result<Vec<Map<String, Value>>, StoreError> {
+    /// Store errors.
+    pub async fn rows_in(
+        &self,
+        table: &Table,
+        statuses: &[&str],
+    ) -> Result<Vec<Map<String, Value>>, StoreError> {
         let states: Vec<String> = (1..=statuses.len()).map(|i| format!("${i}")).collect();
         let q = format!(
             "{} WHERE status IN ({}) ORDER BY date_created",
-            Self::select(&CALLS),
+            Self::select(table),
             states.join(", ")
         );
         let mut query = sqlx::query(audited(q));
@@ -1556,7 +1560,7 @@ impl Store {
         let rows = query.fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
-            .map(|r| decode(&CALLS, r))
+            .map(|r| decode(table, r))
             .collect::<Result<Vec<_>, _>>()?)
     }
 }

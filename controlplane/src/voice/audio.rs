@@ -23,11 +23,16 @@ pub enum Codec {
 }
 
 impl Codec {
-    pub fn payload_type(self) -> u8 {
+    /// The G.711 law (the dataplane's, which the mixer decodes and encodes).
+    pub fn law(self) -> Law {
         match self {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
+            Codec::Pcmu => Law::Mu,
+            Codec::Pcma => Law::A,
         }
+    }
+
+    pub fn payload_type(self) -> u8 {
+        self.law().payload_type()
     }
 
     pub fn name(self) -> &'static str {
@@ -38,15 +43,12 @@ impl Codec {
     }
 
     fn encode(self, s: i16) -> u8 {
-        match self {
-            Codec::Pcmu => ulaw(s),
-            Codec::Pcma => alaw(s),
-        }
+        self.law().encode(s)
     }
 }
 
 /// G.711 (the dataplane's, shared with the mixer).
-pub use voxedge_dataplane::g711::{alaw, alaw_decode, ulaw, ulaw_decode};
+pub use voxedge_dataplane::g711::{alaw, alaw_decode, ulaw, ulaw_decode, Law};
 
 /// Why audio could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -26,6 +26,7 @@ use voxedge_dataplane::DataplaneError;
 use super::audio::Codec;
 use super::twiml::{ConferenceSpec, LegCallback, Method};
 use crate::calls::CallService;
+use crate::lock;
 use crate::store::{now_us, rfc2822, RowWrite, Store, StoreError, CONFERENCES, PARTICIPANTS};
 
 /// What a room tells a participant's call task.
@@ -102,10 +103,36 @@ struct Member {
 /// The mix recording of a room.
 struct MixRecording {
     tap: RecordTap,
-    frames: RecReceiver,
-    capture: super::record::Capture,
     sid: String,
     start_us: i64,
+    /// Stops the collector, which then hands back what it captured.
+    stop: tokio::sync::oneshot::Sender<()>,
+    collector: tokio::task::JoinHandle<super::record::Capture>,
+}
+
+/// Moves the mix tap's frames into a capture every 200 ms until `stop` (or its sender's
+/// drop), then once more; returns the capture.
+fn collect(
+    frames: RecReceiver,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<super::record::Capture> {
+    tokio::spawn(async move {
+        let mut capture = super::record::Capture::new(4 * 3600);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => {}
+            }
+            for f in frames.try_iter() {
+                capture.push(&f);
+            }
+        }
+        for f in frames.try_iter() {
+            capture.push(&f);
+        }
+        capture
+    })
 }
 
 #[derive(Default)]
@@ -156,8 +183,6 @@ pub struct Joining<'a> {
     pub status_callback: Option<LegCallback>,
     pub recording_callback: Option<LegCallback>,
     pub signals: mpsc::UnboundedSender<ConfSignal>,
-    /// The call is not answered yet (its media may still move to the room's worker).
-    pub answered: bool,
 }
 
 /// The rooms of this node.
@@ -178,20 +203,9 @@ impl std::fmt::Debug for Conferences {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn law_of(c: Codec) -> voxedge_dataplane::g711::Law {
-    match c {
-        Codec::Pcmu => voxedge_dataplane::g711::Law::Mu,
-        Codec::Pcma => voxedge_dataplane::g711::Law::A,
-    }
-}
-
 impl Member {
     fn spec(&self, coach_of: Option<(RelayId, Side)>) -> MemberSpec {
-        let mut m = MemberSpec::new(self.relay, Side::A, law_of(self.codec));
+        let mut m = MemberSpec::new(self.relay, Side::A, self.codec.law());
         m.payload_type = self.codec.payload_type();
         m.muted = self.muted || self.hold;
         m.deaf = self.hold;
@@ -222,11 +236,6 @@ impl Conferences {
             // bench or another client of the dataplane might pick).
             next_conf: AtomicU64::new(1 << 32),
         })
-    }
-
-    /// Rooms live now.
-    pub fn live(&self) -> usize {
-        lock(&self.rooms).len()
     }
 
     /// The SID of the live room of that name.
@@ -268,19 +277,13 @@ impl Conferences {
     /// # Errors
     /// Store errors.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let rows = self.store.all_rows(&CONFERENCES).await?;
-        let mut n = 0;
-        for r in rows {
-            let status = r.get("status").and_then(Value::as_str).unwrap_or("");
-            if status == "completed" {
-                continue;
-            }
-            let (Some(acc), Some(sid)) = (
-                r.get("account_sid").and_then(Value::as_str),
-                r.get("sid").and_then(Value::as_str),
-            ) else {
-                continue;
-            };
+        let left = self
+            .store
+            .rows_in(&CONFERENCES, &["init", "in-progress"])
+            .await?;
+        for r in &left {
+            let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default();
+            let (acc, sid) = (text("account_sid"), text("sid"));
             let sets = [
                 ("status", Value::from("completed")),
                 (
@@ -290,17 +293,11 @@ impl Conferences {
                 ("date_updated", Value::from(now_us())),
             ];
             self.store.update(&CONFERENCES, acc, sid, &sets).await?;
-            n += 1;
+            self.store
+                .delete_where(&PARTICIPANTS, acc, "conference_sid", sid)
+                .await?;
         }
-        for p in self.store.all_rows(&PARTICIPANTS).await? {
-            if let (Some(acc), Some(sid)) = (
-                p.get("account_sid").and_then(Value::as_str),
-                p.get("sid").and_then(Value::as_str),
-            ) {
-                self.store.delete(&PARTICIPANTS, acc, sid).await?;
-            }
-        }
-        Ok(n)
+        Ok(left.len())
     }
 
     /// A participant enters the room `spec.name` of `account` (created if it is not live).
@@ -316,7 +313,7 @@ impl Conferences {
             drop(st);
             return Box::pin(self.enter(account, j)).await;
         }
-        if let Err(e) = self.admit(&room, &mut st, account, j).await {
+        if let Err(e) = self.admit(&room, &mut st, j).await {
             if st.members.is_empty() && !st.started {
                 // A room no one could enter is gone again.
                 st.ended = true;
@@ -350,7 +347,6 @@ impl Conferences {
         &self,
         room: &Arc<Room>,
         st: &mut RoomState,
-        account: &str,
         j: Joining<'_>,
     ) -> Result<(), EnterError> {
         let first = st.members.is_empty() && !st.started;
@@ -399,7 +395,6 @@ impl Conferences {
         };
         let starting = !st.started && member.start_on_enter;
         if st.started || starting {
-            // The room's worker must carry this leg's media.
             let coach_of = coach_target(&st.members, member.coach.as_deref());
             self.join_mix(room, st.record, coach_of, &mut member)
                 .await?;
@@ -410,7 +405,7 @@ impl Conferences {
         let now = now_us();
         let row = [
             ("sid", Value::from(member.call_sid.clone())),
-            ("account_sid", Value::from(account)),
+            ("account_sid", Value::from(room.account.clone())),
             ("conference_sid", Value::from(room.sid.clone())),
             ("call_sid", Value::from(member.call_sid.clone())),
             (
@@ -438,18 +433,20 @@ impl Conferences {
             ("date_updated", Value::from(now)),
         ];
         // A participant row left by a call that was in another room is replaced.
-        let _ = self.store.delete(&PARTICIPANTS, account, j.call_sid).await;
+        let _ = self
+            .store
+            .delete(&PARTICIPANTS, &room.account, j.call_sid)
+            .await;
         if let Err(e) = self.store.insert(&PARTICIPANTS, &row).await {
             if member.in_mix {
                 self.leave_mix(room, &member).await;
             }
             return Err(EnterError::Store(e.to_string()));
         }
-        let started_now = starting;
         st.members.push(member);
         self.event(room, st, "join", "participant-join", Some(j.call_sid), &[])
             .await;
-        if started_now {
+        if starting {
             self.start(room, st).await;
         }
         Ok(())
@@ -575,9 +572,11 @@ impl Conferences {
             let r = self
                 .join_mix(room, record, coach_of, &mut st.members[i])
                 .await;
-            let _ = st.members[i].signals.send(ConfSignal::Started);
-            if let Err(e) = r {
-                refused.push((st.members[i].call_sid.clone(), e));
+            match r {
+                Ok(()) => {
+                    let _ = st.members[i].signals.send(ConfSignal::Started);
+                }
+                Err(e) => refused.push((st.members[i].call_sid.clone(), e)),
             }
         }
         for (sid, e) in refused {
@@ -607,12 +606,13 @@ impl Conferences {
                 let start_us = now_us();
                 self.recording_row(room, st, &sid, start_us, "in-progress", None, None)
                     .await;
+                let (stop, stopped) = tokio::sync::oneshot::channel();
                 st.mix = Some(MixRecording {
                     tap,
-                    frames,
-                    capture: super::record::Capture::new(4 * 3600),
                     sid,
                     start_us,
+                    stop,
+                    collector: collect(frames, stopped),
                 });
             }
         }
@@ -709,16 +709,18 @@ impl Conferences {
                 .delete(&PARTICIPANTS, &room.account, &m.call_sid)
                 .await;
         }
-        if let Some(mut mix) = st.mix.take() {
+        if let Some(mix) = st.mix.take() {
             let _ = self.dp_op(room.conf, ConfOp::Record(None)).await;
-            for f in mix.frames.try_iter() {
-                mix.capture.push(&f);
-            }
+            let _ = mix.stop.send(());
+            let capture = mix
+                .collector
+                .await
+                .unwrap_or_else(|_| super::record::Capture::new(0));
             let dropped = mix.tap.dropped.load(Ordering::Relaxed);
             if dropped > 0 {
                 tracing::warn!(conference = %room.sid, dropped, "mix recording lost frames (tap full)");
             }
-            let samples = mix.capture.finish(st.trim);
+            let samples = capture.finish(st.trim);
             self.close_mix(room, st, &mix.sid, mix.start_us, samples)
                 .await;
         }
@@ -742,16 +744,6 @@ impl Conferences {
         }
         self.event(room, st, "end", "conference-end", None, &extra)
             .await;
-    }
-
-    /// Drains the mix recording's tap (called by participants' tasks every few hundred ms).
-    pub async fn drain(&self, room: &Arc<Room>) {
-        let mut st = room.st.lock().await;
-        if let Some(mix) = st.mix.as_mut() {
-            for f in mix.frames.try_iter() {
-                mix.capture.push(&f);
-            }
-        }
     }
 
     /// Stores the mix (`completed`, or `absent` when silent) with its callback.

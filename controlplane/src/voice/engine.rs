@@ -47,6 +47,7 @@ use super::twiml::{
     RejectReason, Say, Verb,
 };
 use crate::calls::CallService;
+use crate::lock;
 use crate::media::{MediaCache, Source as MediaSource};
 use crate::recordings::Recordings;
 use crate::sip::{Bridge, CallUpdate, EndStatus, IncomingCall, OriginateError, SipHandle};
@@ -270,12 +271,7 @@ impl Engine {
     /// Writes the module usage gathered since the last flush (one upsert per account, module
     /// and day). A failed write keeps the usage for the next flush.
     pub async fn flush_usage(&self) {
-        let pending: Vec<_> = self
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain()
-            .collect();
+        let pending: Vec<_> = lock(&self.usage).drain().collect();
         for ((account, module, day), (fetches, ms)) in pending {
             if let Err(e) = self
                 .store
@@ -283,10 +279,7 @@ impl Engine {
                 .await
             {
                 tracing::warn!(module, error = %e, "module usage not recorded yet; kept for the next flush");
-                let mut u = self
-                    .usage
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut u = lock(&self.usage);
                 let slot = u.entry((account, module, day)).or_default();
                 slot.0 += fetches;
                 slot.1 += ms;
@@ -305,9 +298,7 @@ impl Engine {
     }
 
     fn children(&self) -> std::sync::MutexGuard<'_, HashMap<String, LegSink>> {
-        self.children
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.children)
     }
 
     /// Progress of a call the SIP service reports: a dialled leg's goes to its `<Dial>`. A leg
@@ -346,24 +337,18 @@ impl Engine {
     }
 
     fn ringback(&self, codec: Codec) -> Arc<PlayMedia> {
-        self.ringback
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.ringback)
             .entry(codec)
             .or_insert_with(|| audio::encode(&audio::ringback(), codec))
             .clone()
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<Signal>>> {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.live)
     }
 
     fn by_relay(&self) -> std::sync::MutexGuard<'_, HashMap<RelayId, String>> {
-        self.by_relay
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.by_relay)
     }
 
     /// The conference rooms of this node.
@@ -833,11 +818,7 @@ impl CallRun {
         // Usage per module, counted on the day the instructions ended; written in batches.
         let day_us = 86_400 * 1_000_000;
         let day = now_us() / day_us * day_us;
-        let mut u = self
-            .engine
-            .usage
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut u = lock(&self.engine.usage);
         for (module, (fetches, ms)) in std::mem::take(&mut self.usage) {
             let slot = u
                 .entry((self.call.account.clone(), module, day))
@@ -2180,7 +2161,6 @@ impl CallRun {
             status_callback: absolute(&spec.status_callback),
             recording_callback: absolute(&spec.recording_callback),
             signals: tx,
-            answered: self.call.answered,
         };
         let entered = match confs.enter(&self.call.account, joining).await {
             Ok(e) => e,
@@ -2257,14 +2237,13 @@ impl CallRun {
                     }
                     Some(ConfSignal::Unhold) => self.stop_aside(&mut aside).await,
                 },
-                _ = tick.tick() => {
+                _ = tick.tick(), if track.is_some() => {
                     if let Some((t, cap, _)) = &mut track {
                         let at = (joined.elapsed().as_millis() as usize) * 8;
                         for f in t.1.try_iter() {
                             cap.push_at(&f, at);
                         }
                     }
-                    confs.drain(&room).await;
                 }
             }
         }
