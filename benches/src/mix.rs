@@ -2,11 +2,13 @@
 //!
 //! Builds `--members` streams in a worker's stream table, joins them into conferences of
 //! `--size` members, and runs the worker's own packet pipeline and mixer on one thread in
-//! simulated time: every member sends a G.711 packet every 20 ms (phases spread over the
-//! period), `--talkers` members per conference send a loud tone and the rest low background
-//! noise; each packet goes through `pipeline::process` into the mixer (decoded into the
-//! member's jitter buffer), and every conference ticks every 20 ms (decode, mix, limit,
-//! encode, RTP header) with mixed packets copied out as a transmit would. What is left out is
+//! simulated time: every member sends a packet every 20 ms (phases spread over the period),
+//! `--talkers` members per conference send a loud tone and the rest low background noise;
+//! each packet goes through `pipeline::process` into the mixer (G.711 is decoded into the
+//! member's jitter buffer on arrival; Opus waits there whole), and every conference ticks every
+//! 20 ms (Opus decode, resampling, mix, limit, encode, RTP header) with mixed packets copied
+//! out as a transmit would. Opus packets are encoded before the clock starts (one second per
+//! source, looped), so what is measured is the appliance's side only. What is left out is
 //! the packet I/O itself (socket or NIC), which the relay and DPDK benches measure.
 //!
 //! Reported: members per core (members × simulated seconds ÷ CPU seconds), CPU per member,
@@ -21,7 +23,7 @@ use serde::Serialize;
 use voxedge_dataplane::command::MediaEvent;
 use voxedge_dataplane::g711::Law;
 use voxedge_dataplane::ids::{Component, PortHandle, RelayId, Side, StreamIdx};
-use voxedge_dataplane::mixer::{ConfId, ConfOptions, MemberSpec, MixOut, Mixer};
+use voxedge_dataplane::mixer::{ConfId, ConfOptions, MemberCodec, MemberSpec, MixOut, Mixer};
 use voxedge_dataplane::pipeline::{self, EventSink, Verdict};
 use voxedge_dataplane::table::{Stream, StreamTable};
 
@@ -36,7 +38,8 @@ pub struct MixArgs {
     /// Members per conference who talk (send a tone); the others send background noise.
     #[arg(long, default_value_t = 3)]
     pub talkers: usize,
-    /// Codec: pcmu or pcma.
+    /// Codec: pcmu, pcma, or opus (16 kHz; opus8, opus16, opus48 for a rate; needs the
+    /// `opus` feature).
     #[arg(long, default_value = "pcmu")]
     pub codec: String,
     /// Simulated seconds.
@@ -84,7 +87,7 @@ impl EventSink for Count {
 
 /// Copies each mixed packet into a transmit buffer, as loading a burst would.
 struct Sink {
-    buf: [u8; 256],
+    buf: [u8; 512],
     packets: u64,
     check: u64,
 }
@@ -103,37 +106,74 @@ impl MixOut for Sink {
     }
 }
 
-/// 50 frames (one second) of a tone or of noise, encoded.
-fn frames(law: Law, talker: Option<usize>, seed: u32) -> Vec<[u8; 160]> {
+/// 50 frames (one second) of a tone or of noise at `rate`, 16-bit.
+fn pcm_frames(rate: u32, talker: Option<usize>, seed: u32) -> Vec<Vec<i16>> {
+    let n = (rate / 50) as usize;
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);
     (0..50)
         .map(|f| {
-            std::array::from_fn(|i| {
-                let n = f * 160 + i;
-                let v = match talker {
-                    Some(t) => {
-                        let freq = 300.0 + 170.0 * t as f64;
-                        6000.0 * (2.0 * std::f64::consts::PI * freq * n as f64 / 8000.0).sin()
-                    }
-                    None => {
-                        x ^= x << 13;
-                        x ^= x >> 17;
-                        x ^= x << 5;
-                        f64::from((x % 101) as i32 - 50)
-                    }
-                };
-                law.encode(v as i16)
-            })
+            (0..n)
+                .map(|i| {
+                    let k = f * n + i;
+                    let v = match talker {
+                        Some(t) => {
+                            let freq = 300.0 + 170.0 * t as f64;
+                            6000.0
+                                * (2.0 * std::f64::consts::PI * freq * k as f64 / f64::from(rate))
+                                    .sin()
+                        }
+                        None => {
+                            x ^= x << 13;
+                            x ^= x >> 17;
+                            x ^= x << 5;
+                            f64::from((x % 101) as i32 - 50)
+                        }
+                    };
+                    v as i16
+                })
+                .collect()
         })
         .collect()
 }
 
+/// The bench's codec: what members send and hear.
+fn parse_codec(name: &str) -> anyhow::Result<MemberCodec> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "pcmu" | "ulaw" | "mu" => MemberCodec::G711(Law::Mu),
+        "pcma" | "alaw" | "a" => MemberCodec::G711(Law::A),
+        "opus" | "opus16" => MemberCodec::Opus { rate: 16_000 },
+        "opus8" => MemberCodec::Opus { rate: 8_000 },
+        "opus48" => MemberCodec::Opus { rate: 48_000 },
+        other => bail!("--codec {other}: pcmu, pcma, opus (opus8, opus16, opus48)"),
+    })
+}
+
+/// One second of a source's packets' payloads in `codec`.
+fn payloads(codec: MemberCodec, talker: Option<usize>, seed: u32) -> anyhow::Result<Vec<Vec<u8>>> {
+    let pcm = pcm_frames(codec.rate(), talker, seed);
+    match codec {
+        MemberCodec::G711(law) => Ok(pcm
+            .iter()
+            .map(|f| f.iter().map(|s| law.encode(*s)).collect())
+            .collect()),
+        MemberCodec::Opus { rate } => opus_payloads(rate, &pcm),
+    }
+}
+
+#[cfg(feature = "opus")]
+fn opus_payloads(rate: u32, pcm: &[Vec<i16>]) -> anyhow::Result<Vec<Vec<u8>>> {
+    use opus::{Application, Channels, Encoder};
+    let mut e = Encoder::new(rate, Channels::Mono, Application::Voip)?;
+    pcm.iter().map(|f| Ok(e.encode_vec(f, 1000)?)).collect()
+}
+
+#[cfg(not(feature = "opus"))]
+fn opus_payloads(_rate: u32, _pcm: &[Vec<i16>]) -> anyhow::Result<Vec<Vec<u8>>> {
+    bail!("--codec opus: this build has no Opus (build with --features opus and libopus-dev)")
+}
+
 pub fn run(a: &MixArgs) -> anyhow::Result<MixReport> {
-    let law = match a.codec.to_ascii_lowercase().as_str() {
-        "pcmu" | "ulaw" | "mu" => Law::Mu,
-        "pcma" | "alaw" | "a" => Law::A,
-        other => bail!("--codec {other}: pcmu or pcma (Opus is not built in yet)"),
-    };
+    let codec = parse_codec(&a.codec)?;
     if a.size < 2 || a.members < a.size || a.talkers > a.size || a.seconds == 0 {
         bail!("need --size ≥ 2, --members ≥ --size, --talkers ≤ --size, --seconds ≥ 1");
     }
@@ -142,11 +182,19 @@ pub fn run(a: &MixArgs) -> anyhow::Result<MixReport> {
     let mut table = StreamTable::with_capacity(members);
     let mut mixer = Mixer::new(7);
     let src: SocketAddr = ([10, 0, 0, 1], 4000).into();
-    let talk: Vec<Vec<[u8; 160]>> = (0..a.talkers).map(|t| frames(law, Some(t), 0)).collect();
-    let noise: Vec<Vec<[u8; 160]>> = (0..8).map(|k| frames(law, None, k + 1)).collect();
-    // Per member: its packet (header + payload) and which frames it sends.
-    let mut packets: Vec<[u8; 172]> = Vec::with_capacity(members);
-    let mut source: Vec<&Vec<[u8; 160]>> = Vec::with_capacity(members);
+    let talk: Vec<Vec<Vec<u8>>> = (0..a.talkers)
+        .map(|t| payloads(codec, Some(t), 0))
+        .collect::<anyhow::Result<_>>()?;
+    let noise: Vec<Vec<Vec<u8>>> = (0..8)
+        .map(|k| payloads(codec, None, k + 1))
+        .collect::<anyhow::Result<_>>()?;
+    let ts_step = match codec {
+        MemberCodec::G711(_) => 160u32,
+        MemberCodec::Opus { .. } => 960,
+    };
+    // Per member: its packet buffer (header + payload) and which payloads it sends.
+    let mut packets: Vec<Vec<u8>> = Vec::with_capacity(members);
+    let mut source: Vec<&Vec<Vec<u8>>> = Vec::with_capacity(members);
     for m in 0..members {
         let (c, k) = (m / a.size, m % a.size);
         let mut s = Stream::new(
@@ -157,21 +205,21 @@ pub fn run(a: &MixArgs) -> anyhow::Result<MixReport> {
             0,
         );
         s.remote = Some(src);
-        s.clock_rate_hz = 8000;
+        s.clock_rate_hz = ts_step * 50;
         let idx = table.insert(s);
         mixer
             .join(
                 ConfId(c as u64),
                 ConfOptions::default(),
-                &MemberSpec::new(RelayId(m as u64 + 1), Side::A, law),
+                &MemberSpec::new(RelayId(m as u64 + 1), Side::A, codec),
                 idx,
                 &mut table,
                 0,
             )
             .map_err(|e| anyhow::anyhow!("join: {e}"))?;
-        let mut p = [0u8; 172];
+        let mut p = vec![0u8; 12 + 1000];
         p[0] = 0x80;
-        p[1] = law.payload_type();
+        p[1] = codec.default_payload_type();
         p[8..12].copy_from_slice(&(m as u32 + 1).to_be_bytes());
         packets.push(p);
         source.push(if k < a.talkers {
@@ -182,7 +230,7 @@ pub fn run(a: &MixArgs) -> anyhow::Result<MixReport> {
     }
     let mut events = Count(0);
     let mut sink = Sink {
-        buf: [0; 256],
+        buf: [0; 512],
         packets: 0,
         check: 0,
     };
@@ -197,18 +245,20 @@ pub fn run(a: &MixArgs) -> anyhow::Result<MixReport> {
         let mut m = phase;
         while m < members {
             let p = &mut packets[m];
+            let payload = &source[m][frame as usize % 50];
+            let len = 12 + payload.len();
             p[2..4].copy_from_slice(&(frame as u16).to_be_bytes());
-            p[4..8].copy_from_slice(&(frame.wrapping_mul(160)).to_be_bytes());
-            p[12..].copy_from_slice(&source[m][frame as usize % 50]);
+            p[4..8].copy_from_slice(&(frame.wrapping_mul(ts_step)).to_be_bytes());
+            p[12..len].copy_from_slice(payload);
             if let Verdict::Mix(r) = pipeline::process(
                 &mut table,
                 PortHandle(m as u32),
                 src,
-                &mut p[..],
+                &mut p[..len],
                 now,
                 &mut events,
             ) {
-                mixer.push(r, &p[..], now);
+                mixer.push(r, &p[..len], now);
             }
             m += 20;
         }
@@ -223,11 +273,11 @@ pub fn run(a: &MixArgs) -> anyhow::Result<MixReport> {
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let st = mixer.stats;
     Ok(MixReport {
-        codec: match law {
-            Law::Mu => "PCMU",
-            Law::A => "PCMA",
-        }
-        .into(),
+        codec: match codec {
+            MemberCodec::G711(Law::Mu) => "PCMU".into(),
+            MemberCodec::G711(Law::A) => "PCMA".into(),
+            MemberCodec::Opus { rate } => format!("OPUS/{rate}"),
+        },
         conference_size: a.size,
         talkers: a.talkers,
         members,

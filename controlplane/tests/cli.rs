@@ -161,7 +161,47 @@ fn mix_bench_reports_json() {
         .output()
         .expect("run bench");
     assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("pcmu or pcma"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("pcmu, pcma, opus"));
+}
+
+/// The mix bench with Opus 16 kHz members: every packet decoded, mixed and sent back out as
+/// Opus, on time (nothing concealed), with the shared encoding. Built without the `opus`
+/// feature, the bench says Opus is not built in.
+#[test]
+fn mix_bench_runs_opus_members() {
+    let args = [
+        "mix",
+        "--codec",
+        "opus",
+        "--members",
+        "40",
+        "--size",
+        "4",
+        "--talkers",
+        "1",
+        "--seconds",
+        "2",
+        "--json",
+    ];
+    if !cfg!(feature = "opus") {
+        let out = Command::new(BIN)
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("run bench");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no Opus"));
+        return;
+    }
+    let v = bench_json(&args);
+    assert_eq!(v["codec"], "OPUS/16000");
+    assert_eq!(v["packets_in"], 40 * 100);
+    assert_eq!(v["packets_out"], v["packets_in"]);
+    assert_eq!(v["late_packets"], 0);
+    assert_eq!(v["concealed_frames"], 0);
+    assert_eq!(v["talking_events"], 10);
+    let enc = v["encodes_per_tick"].as_f64().expect("number");
+    assert!(enc > 1.5 && enc <= 2.0, "1 talker + 1 shared: {enc}");
 }
 
 /// The relay bench end to end at a small size: a real `voxedge media` child, real sockets.

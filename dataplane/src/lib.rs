@@ -22,6 +22,7 @@ pub mod mixer;
 pub mod pipeline;
 pub mod player;
 pub mod recorder;
+pub mod resample;
 pub mod rewrite;
 pub mod stats;
 pub mod table;

@@ -19,11 +19,22 @@
 //! the conference's members; nothing on the tick or packet path allocates, locks or logs
 //! (members' buffers are allocated when they join, on the command path).
 //!
-//! A conference of two members with one law, no recording, no coach, nobody muted, deaf or
+//! Members speak G.711 (µ-law or A-law, 8 kHz) or, with the `opus` feature, Opus at 8, 16 or
+//! 48 kHz ([`opus`]). A conference mixes at the highest rate among its members (8 kHz while all
+//! are G.711): a member at a lower rate is resampled up on the way in and its mix down on the
+//! way out ([`crate::resample`]). The shared mix is encoded once per distinct output (law, or
+//! Opus rate); an Opus talker's own N−1 mix goes through the member's own encoder.
+//!
+//! A conference of two members with one codec, no recording, no coach, nobody muted, deaf or
 //! amplified, and forwarding allowed is not mixed: the two streams are linked to each other
 //! and packets are forwarded as in a relay.
 
 pub mod jitter;
+#[cfg(feature = "opus")]
+pub mod opus;
+#[cfg(not(feature = "opus"))]
+#[path = "no_opus.rs"]
+mod opus;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -37,9 +48,11 @@ use crate::ids::{RelayId, Side, StreamIdx};
 use crate::pipeline::EventSink;
 use crate::player::splitmix;
 use crate::recorder::RecordTap;
+use crate::resample::{Resampler, RATES};
 use crate::table::StreamTable;
 use crate::wire::rtp::RtpPacket;
 use jitter::{FrameKind, Jitter, Target, FRAME};
+use opus::{OpusIn, OpusOut};
 
 pub use jitter::JitterStats;
 
@@ -52,8 +65,14 @@ const SLOT_NS: u64 = TICK_NS / SLOTS as u64;
 const CATCH_UP_NS: u64 = 60_000_000;
 /// Most members of one conference.
 pub const MEMBERS_MAX: usize = 1000;
-/// RTP payload of a mixed packet (one frame of G.711).
-const PACKET: usize = 12 + FRAME;
+/// Samples of the longest frame (20 ms at 48 kHz).
+pub const FRAME_MAX: usize = 960;
+/// Largest encoded frame the mixer sends (Opus at the mixer's bit rate stays far below).
+pub const ENCODED_MAX: usize = 400;
+/// Longest mixed packet.
+const PACKET: usize = 12 + ENCODED_MAX;
+/// Distinct outputs a shared mix is encoded to: µ-law, A-law, Opus at 8, 16, 48 kHz.
+const OUTPUTS: usize = 5;
 /// `Stream::peer` of a stream whose packets go to the mixer.
 pub const TO_MIXER: StreamIdx = StreamIdx(u32::MAX - 1);
 /// Limiter ceiling: peaks are kept at or below this (−1 dBFS).
@@ -76,13 +95,70 @@ pub struct MixRef {
     pub member: u32,
 }
 
+/// What a member's audio is encoded with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberCodec {
+    G711(Law),
+    /// Opus (RFC 7587) decoded and encoded at `rate`: 8, 16 or 48 kHz (the RTP clock is
+    /// 48 kHz whatever the rate). Needs the `opus` feature.
+    Opus {
+        rate: u32,
+    },
+}
+
+impl From<Law> for MemberCodec {
+    fn from(law: Law) -> Self {
+        MemberCodec::G711(law)
+    }
+}
+
+impl MemberCodec {
+    /// The audio's sample rate.
+    pub fn rate(self) -> u32 {
+        match self {
+            MemberCodec::G711(_) => 8_000,
+            MemberCodec::Opus { rate } => rate,
+        }
+    }
+
+    /// RTP timestamp units per 20 ms frame.
+    fn ts_per_frame(self) -> u32 {
+        match self {
+            MemberCodec::G711(_) => FRAME as u32,
+            MemberCodec::Opus { .. } => 960,
+        }
+    }
+
+    /// The static payload type, or the one usually negotiated for Opus.
+    pub fn default_payload_type(self) -> u8 {
+        match self {
+            MemberCodec::G711(law) => law.payload_type(),
+            MemberCodec::Opus { .. } => 111,
+        }
+    }
+
+    /// Index of the shared mix's encoding this codec hears.
+    fn output(self) -> usize {
+        match self {
+            MemberCodec::G711(Law::Mu) => 0,
+            MemberCodec::G711(Law::A) => 1,
+            MemberCodec::Opus { rate } => 2 + rate_index(rate),
+        }
+    }
+}
+
+/// Index of a supported rate in [`RATES`].
+fn rate_index(rate: u32) -> usize {
+    RATES.iter().position(|r| *r == rate).unwrap_or(0)
+}
+
 /// A member as the control plane asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemberSpec {
     pub relay: RelayId,
     pub side: Side,
-    pub law: Law,
-    /// Payload type of the member's audio (the law's static type unless negotiated otherwise).
+    pub codec: MemberCodec,
+    /// Payload type of the member's audio (the codec's usual type unless negotiated otherwise).
     pub payload_type: u8,
     pub muted: bool,
     pub deaf: bool,
@@ -95,12 +171,13 @@ pub struct MemberSpec {
 
 impl MemberSpec {
     /// An unmuted, hearing member at unity gain with an adaptive jitter buffer.
-    pub fn new(relay: RelayId, side: Side, law: Law) -> Self {
+    pub fn new(relay: RelayId, side: Side, codec: impl Into<MemberCodec>) -> Self {
+        let codec = codec.into();
         MemberSpec {
             relay,
             side,
-            law,
-            payload_type: law.payload_type(),
+            codec,
+            payload_type: codec.default_payload_type(),
             muted: false,
             deaf: false,
             gain_db: 0,
@@ -150,6 +227,8 @@ pub enum MixError {
     Full(ConfId),
     #[error("the coached leg is not a member of conference {0:?}")]
     NoCoachee(ConfId),
+    #[error("codec: {0}")]
+    Codec(String),
 }
 
 /// A member as [`Mixer::roster`] reports it.
@@ -197,7 +276,7 @@ impl Default for Limiter {
 }
 
 impl Limiter {
-    fn apply(&mut self, x: &[i32; FRAME], out: &mut [i16; FRAME]) {
+    fn apply(&mut self, x: &[i32], out: &mut [i16]) {
         let peak = x.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
         let allowed = if peak == 0 {
             UNITY
@@ -241,21 +320,66 @@ impl Vad {
     }
 }
 
+/// A member's incoming audio: a jitter buffer and, for Opus, the decoder behind it.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the G.711 buffer is read every tick and stays inline; Opus state is boxed"
+)]
+enum Input {
+    /// Decoded as packets arrive (8 kHz).
+    G711(Jitter),
+    Opus(Box<OpusIn>),
+}
+
+impl Input {
+    fn stats(&self) -> JitterStats {
+        match self {
+            Input::G711(jb) => jb.stats,
+            Input::Opus(o) => o.stats(),
+        }
+    }
+
+    fn target_ms(&self) -> u32 {
+        match self {
+            Input::G711(jb) => jb.target() / 8,
+            Input::Opus(o) => o.target_ms(),
+        }
+    }
+
+    /// The next 20 ms at the member's rate into `out` (`out.len()` samples).
+    fn read(&mut self, out: &mut [i16]) -> FrameKind {
+        match self {
+            Input::G711(jb) => match out.split_first_chunk_mut::<FRAME>() {
+                Some((frame, _)) => jb.read(frame),
+                None => FrameKind::Silent,
+            },
+            Input::Opus(o) => o.read(out),
+        }
+    }
+}
+
 struct Member {
     stream: StreamIdx,
     /// The stream's relay link before it joined (restored when it leaves).
     saved_peer: StreamIdx,
     relay: RelayId,
     side: Side,
-    law: Law,
+    codec: MemberCodec,
     payload_type: u8,
     muted: bool,
     deaf: bool,
     /// Q16 linear gain.
     gain: u32,
     coach_of: Option<StreamIdx>,
-    jb: Jitter,
-    pcm: [i16; FRAME],
+    input: Input,
+    /// Opus: the encoder of the member's own mix (while it talks or is coached).
+    encoder: Option<Box<OpusOut>>,
+    /// Member rate → conference rate (when lower).
+    up: Option<Resampler>,
+    /// Conference rate → member rate, for its own mix.
+    down: Option<Resampler>,
+    /// This tick's frame at the conference rate.
+    pcm: [i16; FRAME_MAX],
     /// This tick: the member's frame is in the conference sum.
     contributes: bool,
     vad: Vad,
@@ -275,7 +399,13 @@ impl Member {
 struct Conference {
     id: ConfId,
     options: ConfOptions,
+    /// Mixing rate: the highest member rate (8 kHz with no member).
+    rate: u32,
     members: Vec<Option<Member>>,
+    /// Conference rate → each lower rate, for the shared mix (by [`rate_index`]).
+    shared_down: [Option<Resampler>; 3],
+    /// Encoders of the shared mix for Opus members, by rate.
+    shared_opus: [Option<Box<OpusOut>>; 3],
     free: Vec<u32>,
     slot: usize,
     rec: Option<(RecordTap, u16, u32)>,
@@ -291,6 +421,38 @@ impl Conference {
         self.members.len() - self.free.len()
     }
 
+    /// Samples per 20 ms frame at the conference rate.
+    fn frame(&self) -> usize {
+        (self.rate / 50) as usize
+    }
+
+    /// Sets the mixing rate to the highest member rate and builds the resamplers that rate
+    /// needs (the command path: this allocates).
+    fn retune(&mut self) {
+        let rate = self
+            .members
+            .iter()
+            .flatten()
+            .map(|m| m.codec.rate())
+            .max()
+            .unwrap_or(8_000);
+        let changed = rate != self.rate;
+        self.rate = rate;
+        for m in self.members.iter_mut().flatten() {
+            let r = m.codec.rate();
+            let fits = m.up.is_some() == (r < rate);
+            if changed || !fits {
+                m.up = (r < rate).then(|| Resampler::new(r, rate).ok()).flatten();
+                m.down = (r < rate).then(|| Resampler::new(rate, r).ok()).flatten();
+            }
+        }
+        if changed {
+            for (k, r) in RATES.into_iter().enumerate() {
+                self.shared_down[k] = (r < rate).then(|| Resampler::new(rate, r).ok()).flatten();
+            }
+        }
+    }
+
     fn member_of(&self, stream: StreamIdx) -> Option<u32> {
         self.members
             .iter()
@@ -301,12 +463,18 @@ impl Conference {
 
 /// Scratch buffers for a tick (allocated once per mixer).
 struct Scratch {
-    total: [i32; FRAME],
-    own: [i32; FRAME],
-    pcm: [i16; FRAME],
-    shared_pcm: [i16; FRAME],
-    /// Shared mix encoded per law this tick (`None` until a member needs it).
-    shared_enc: [Option<[u8; FRAME]>; 2],
+    total: [i32; FRAME_MAX],
+    own: [i32; FRAME_MAX],
+    pcm: [i16; FRAME_MAX],
+    /// A frame at a member's rate (read from its buffer, or its mix resampled down).
+    low: [i16; FRAME_MAX],
+    /// The shared mix at the conference rate, then at each rate (`shared_at_ok`).
+    shared_pcm: [i16; FRAME_MAX],
+    shared_at: [[i16; FRAME_MAX]; 3],
+    shared_at_ok: [bool; 3],
+    /// The shared mix encoded per output this tick (length; `None` until a member needs it).
+    shared_enc: [[u8; ENCODED_MAX]; OUTPUTS],
+    shared_len: [Option<usize>; OUTPUTS],
     packet: [u8; PACKET],
     coaches: Vec<(StreamIdx, u32)>,
 }
@@ -349,11 +517,15 @@ impl Mixer {
             slot: 0,
             next_slot_ns: 0,
             scratch: Box::new(Scratch {
-                total: [0; FRAME],
-                own: [0; FRAME],
-                pcm: [0; FRAME],
-                shared_pcm: [0; FRAME],
-                shared_enc: [None; 2],
+                total: [0; FRAME_MAX],
+                own: [0; FRAME_MAX],
+                pcm: [0; FRAME_MAX],
+                low: [0; FRAME_MAX],
+                shared_pcm: [0; FRAME_MAX],
+                shared_at: [[0; FRAME_MAX]; 3],
+                shared_at_ok: [false; 3],
+                shared_enc: [[0; ENCODED_MAX]; OUTPUTS],
+                shared_len: [None; OUTPUTS],
                 packet: [0; PACKET],
                 coaches: Vec::with_capacity(16),
             }),
@@ -405,6 +577,14 @@ impl Mixer {
         if s.in_conference {
             return Err(MixError::AlreadyMember);
         }
+        let (input, encoder) = match spec.codec {
+            MemberCodec::G711(_) => (Input::G711(Jitter::new(spec.jitter)), None),
+            MemberCodec::Opus { rate } => {
+                let i = OpusIn::new(rate, spec.jitter).map_err(|e| MixError::Codec(e.0))?;
+                let o = OpusOut::new(rate).map_err(|e| MixError::Codec(e.0))?;
+                (Input::Opus(Box::new(i)), Some(Box::new(o)))
+            }
+        };
         let saved_peer = s.peer;
         let coach_of = match spec.coach_of {
             None => None,
@@ -423,19 +603,29 @@ impl Mixer {
         if conf.live() >= MEMBERS_MAX {
             return Err(MixError::Full(id));
         }
+        if let MemberCodec::Opus { rate } = spec.codec {
+            let k = rate_index(rate);
+            if conf.shared_opus[k].is_none() {
+                let o = OpusOut::new(rate).map_err(|e| MixError::Codec(e.0))?;
+                conf.shared_opus[k] = Some(Box::new(o));
+            }
+        }
         let member = Member {
             stream: idx,
             saved_peer,
             relay: spec.relay,
             side: spec.side,
-            law: spec.law,
+            codec: spec.codec,
             payload_type: spec.payload_type,
             muted: spec.muted,
             deaf: spec.deaf,
             gain: db_to_q16(spec.gain_db),
             coach_of,
-            jb: Jitter::new(spec.jitter),
-            pcm: [0; FRAME],
+            input,
+            encoder,
+            up: None,
+            down: None,
+            pcm: [0; FRAME_MAX],
             contributes: false,
             vad: Vad::default(),
             limiter: Limiter::default(),
@@ -461,6 +651,7 @@ impl Mixer {
                 member: mi,
             };
         }
+        conf.retune();
         relink(conf, table);
         Ok(())
     }
@@ -496,6 +687,7 @@ impl Mixer {
             self.remove(ci);
             return Ok(true);
         }
+        conf.retune();
         relink(conf, table);
         Ok(false)
     }
@@ -597,8 +789,8 @@ impl Mixer {
                 deaf: m.deaf,
                 talking: m.vad.talking,
                 coaching: m.coach_of.is_some(),
-                jitter: m.jb.stats,
-                target_ms: m.jb.target() / 8,
+                jitter: m.input.stats(),
+                target_ms: m.input.target_ms(),
             })
             .collect())
     }
@@ -635,7 +827,10 @@ impl Mixer {
         let conf = Conference {
             id,
             options,
+            rate: 8_000,
             members: Vec::new(),
+            shared_down: [None, None, None],
+            shared_opus: [None, None, None],
             free: Vec::new(),
             slot,
             rec: None,
@@ -692,12 +887,19 @@ impl Mixer {
             self.stats.ignored += 1;
             return;
         }
-        // Arrival in 8 kHz clock units for the jitter estimate.
-        let arrival = ((now_ns / 1000).wrapping_mul(8) / 1000) as u32;
-        match m
-            .jb
-            .push(m.law, p.ssrc(), p.timestamp(), p.payload(), arrival)
-        {
+        // Arrival in RTP clock units (8 or 48 kHz) for the jitter estimate.
+        let result = match (&mut m.input, m.codec) {
+            (Input::G711(jb), MemberCodec::G711(law)) => {
+                let arrival = ((now_ns / 1000).wrapping_mul(8) / 1000) as u32;
+                jb.push(law, p.ssrc(), p.timestamp(), p.payload(), arrival)
+            }
+            (Input::Opus(o), _) => {
+                let arrival = ((now_ns / 1000).wrapping_mul(48) / 1000) as u32;
+                o.push(p.ssrc(), p.timestamp(), p.payload(), arrival)
+            }
+            (Input::G711(_), MemberCodec::Opus { .. }) => Err(jitter::PushError::Size),
+        };
+        match result {
             Ok(()) => {}
             Err(jitter::PushError::Late) => self.stats.late += 1,
             Err(jitter::PushError::Size) => self.stats.bad += 1,
@@ -724,15 +926,13 @@ impl Mixer {
                 let ci = self.wheel[self.slot][k];
                 if let Some(conf) = self.confs[ci as usize].as_mut() {
                     let t0 = Instant::now();
-                    tick(
-                        conf,
-                        &mut self.scratch,
-                        &mut self.stats,
-                        table,
-                        events,
-                        out,
-                        now_ns,
-                    );
+                    let sc = &mut self.scratch;
+                    let st = &mut self.stats;
+                    match conf.rate {
+                        8_000 => tick::<160, E, O>(conf, sc, st, table, events, out, now_ns),
+                        16_000 => tick::<320, E, O>(conf, sc, st, table, events, out, now_ns),
+                        _ => tick::<960, E, O>(conf, sc, st, table, events, out, now_ns),
+                    }
                     let ns = t0.elapsed().as_nanos() as u64;
                     self.tick_ns.saturating_record(ns.max(1));
                 }
@@ -755,7 +955,7 @@ fn relink(conf: &mut Conference, table: &mut StreamTable) {
         conf.options.allow_forwarding
             && conf.rec.is_none()
             && conf.beep.is_none()
-            && a.law == b.law
+            && a.codec == b.codec
             && a.payload_type == b.payload_type
             && a.plain()
             && b.plain()
@@ -776,8 +976,9 @@ fn relink(conf: &mut Conference, table: &mut StreamTable) {
     }
 }
 
-/// One conference tick.
-fn tick<E: EventSink, O: MixOut>(
+/// One conference tick at the rate whose 20 ms frame is `N` samples (a constant, so the
+/// per-sample loops compile for their exact length).
+fn tick<const N: usize, E: EventSink, O: MixOut>(
     conf: &mut Conference,
     sc: &mut Scratch,
     stats: &mut MixStats,
@@ -790,27 +991,37 @@ fn tick<E: EventSink, O: MixOut>(
         return;
     }
     stats.ticks += 1;
-    sc.total = [0; FRAME];
+    let n = N;
+    sc.total[..n].fill(0);
     sc.coaches.clear();
-    // 1. Each member's frame: read, gain, talking, contribution.
+    // 1. Each member's frame at the conference rate: read, gain, talking, contribution.
     for (mi, slot) in conf.members.iter_mut().enumerate() {
         let Some(m) = slot.as_mut() else { continue };
-        let concealed_before = m.jb.stats.concealed_frames;
-        let kind = m.jb.read(&mut m.pcm);
-        stats.concealed_frames += m.jb.stats.concealed_frames - concealed_before;
+        let concealed_before = m.input.stats().concealed_frames;
+        let mn = (m.codec.rate() / 50) as usize;
+        let kind = match m.up.as_mut() {
+            Some(up) => {
+                let kind = m.input.read(&mut sc.low[..mn]);
+                up.process(&sc.low[..mn], &mut m.pcm[..n]);
+                kind
+            }
+            // At the conference rate already (`n == mn`).
+            None => m.input.read(&mut m.pcm[..mn.min(n)]),
+        };
+        stats.concealed_frames += m.input.stats().concealed_frames - concealed_before;
+        let pcm = &mut m.pcm[..n];
         if m.gain != UNITY {
-            for s in m.pcm.iter_mut() {
+            for s in pcm.iter_mut() {
                 *s = ((i64::from(*s) * i64::from(m.gain)) >> 16).clamp(-32_768, 32_767) as i16;
             }
         }
         let energy = if kind == FrameKind::Silent {
             0
         } else {
-            m.pcm
-                .iter()
+            pcm.iter()
                 .map(|s| (i64::from(*s) * i64::from(*s)) as u64)
                 .sum::<u64>()
-                / FRAME as u64
+                / n as u64
         };
         if m.vad.update(energy) {
             events.emit(crate::command::MediaEvent::Talking {
@@ -823,7 +1034,7 @@ fn tick<E: EventSink, O: MixOut>(
         let speaks = !m.muted && m.vad.talking && kind != FrameKind::Silent;
         m.contributes = speaks && m.coach_of.is_none();
         if m.contributes {
-            for (t, s) in sc.total.iter_mut().zip(m.pcm.iter()) {
+            for (t, s) in sc.total[..n].iter_mut().zip(pcm.iter()) {
                 *t += i32::from(*s);
             }
         }
@@ -833,20 +1044,24 @@ fn tick<E: EventSink, O: MixOut>(
     }
     // 2. Tones for everyone.
     if let Some((beep, pos)) = conf.beep.as_mut() {
-        if add_beep(*beep, pos, &mut sc.total) {
+        if add_beep(*beep, pos, &mut sc.total[..n], conf.rate) {
             conf.beep = None;
             // Two plain members may go back to forwarding (from the next packet on).
             relink(conf, table);
         }
     }
-    // 3. The shared mix (also what a recording of the conference gets).
-    conf.shared.apply(&sc.total, &mut sc.shared_pcm);
-    sc.shared_enc = [None, None];
-    if let Some((tap, seq, ts)) = conf.rec.as_mut() {
-        let enc = shared_encoding(sc, Law::Mu, stats);
-        tap.push(*seq, *ts, Law::Mu.payload_type(), &enc);
-        *seq = seq.wrapping_add(1);
-        *ts = ts.wrapping_add(FRAME as u32);
+    // 3. The shared mix (also what a recording of the conference gets, as 8 kHz µ-law).
+    conf.shared.apply(&sc.total[..n], &mut sc.shared_pcm[..n]);
+    sc.shared_len = [None; OUTPUTS];
+    sc.shared_at_ok = [false; 3];
+    if conf.rec.is_some() {
+        let mu = MemberCodec::G711(Law::Mu);
+        let len = shared_encoding(conf, sc, mu, stats);
+        if let Some((tap, seq, ts)) = conf.rec.as_mut() {
+            tap.push(*seq, *ts, Law::Mu.payload_type(), &sc.shared_enc[0][..len]);
+            *seq = seq.wrapping_add(1);
+            *ts = ts.wrapping_add(FRAME as u32);
+        }
     }
     // 4. What each member hears (nothing for the deaf, nor while a prompt or hold music plays
     // to the member: the player has the stream then).
@@ -858,17 +1073,18 @@ fn tick<E: EventSink, O: MixOut>(
         if m.deaf || table.get(stream).is_none_or(|s| s.playing) {
             continue;
         }
+        let codec = m.codec;
         let coached_by = sc.coaches.iter().any(|(c, _)| *c == stream);
-        let payload: [u8; FRAME] = if m.contributes || coached_by {
-            sc.own = sc.total;
+        let len = if m.contributes || coached_by {
+            sc.own[..n].copy_from_slice(&sc.total[..n]);
             if m.contributes {
-                for (o, s) in sc.own.iter_mut().zip(m.pcm.iter()) {
+                for (o, s) in sc.own[..n].iter_mut().zip(m.pcm[..n].iter()) {
                     *o -= i32::from(*s);
                 }
             }
             for (_, ci) in sc.coaches.iter().filter(|(c, _)| *c == stream) {
                 if let Some(coach) = conf.members[*ci as usize].as_ref() {
-                    for (o, s) in sc.own.iter_mut().zip(coach.pcm.iter()) {
+                    for (o, s) in sc.own[..n].iter_mut().zip(coach.pcm[..n].iter()) {
                         *o += i32::from(*s);
                     }
                 }
@@ -876,17 +1092,42 @@ fn tick<E: EventSink, O: MixOut>(
             let Some(m) = conf.members[mi].as_mut() else {
                 continue;
             };
-            m.limiter.apply(&sc.own, &mut sc.pcm);
-            stats.encodes += 1;
-            let mut enc = [0u8; FRAME];
-            for (e, s) in enc.iter_mut().zip(sc.pcm.iter()) {
-                *e = m.law.encode(*s);
+            m.limiter.apply(&sc.own[..n], &mut sc.pcm[..n]);
+            let mn = (codec.rate() / 50) as usize;
+            match m.down.as_mut() {
+                Some(down) => {
+                    down.process(&sc.pcm[..n], &mut sc.low[..mn]);
+                }
+                None => {
+                    let k = mn.min(n);
+                    sc.low[..k].copy_from_slice(&sc.pcm[..k]);
+                }
             }
-            enc
+            stats.encodes += 1;
+            let payload = &mut sc.packet[12..];
+            match (codec, m.encoder.as_mut()) {
+                (MemberCodec::G711(law), _) => {
+                    for (e, s) in payload[..mn].iter_mut().zip(sc.low[..mn].iter()) {
+                        *e = law.encode(*s);
+                    }
+                    mn
+                }
+                (MemberCodec::Opus { .. }, Some(enc)) => enc
+                    .encode(&sc.low[..mn], &mut payload[..ENCODED_MAX])
+                    .unwrap_or(0),
+                (MemberCodec::Opus { .. }, None) => 0,
+            }
         } else {
-            let law = m.law;
-            shared_encoding(sc, law, stats)
+            let len = shared_encoding(conf, sc, codec, stats);
+            let v = codec.output();
+            sc.packet[12..12 + len].copy_from_slice(&sc.shared_enc[v][..len]);
+            len
         };
+        if len == 0 {
+            // The encoder refused the frame: nothing to send this tick.
+            stats.bad += 1;
+            continue;
+        }
         let (Some(m), Some(s)) = (conf.members[mi].as_mut(), table.get_mut(stream)) else {
             continue;
         };
@@ -901,48 +1142,81 @@ fn tick<E: EventSink, O: MixOut>(
         p[2..4].copy_from_slice(&seq.to_be_bytes());
         p[4..8].copy_from_slice(&ts.to_be_bytes());
         p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-        p[12..].copy_from_slice(&payload);
         m.first = false;
         m.seq = m.seq.wrapping_add(1);
-        m.ts = m.ts.wrapping_add(FRAME as u32);
-        if out.send(table, stream, &sc.packet[..]) {
+        m.ts = m.ts.wrapping_add(codec.ts_per_frame());
+        if out.send(table, stream, &sc.packet[..12 + len]) {
             stats.packets_out += 1;
         }
     }
 }
 
-/// The shared mix encoded in `law`, once per tick.
-fn shared_encoding(sc: &mut Scratch, law: Law, stats: &mut MixStats) -> [u8; FRAME] {
-    let k = usize::from(law == Law::A);
-    if let Some(e) = sc.shared_enc[k] {
-        return e;
+/// The shared mix encoded for `codec` (once per tick and output) into
+/// `sc.shared_enc[codec.output()]`; returns its length (0 if the encoder refused it).
+fn shared_encoding(
+    conf: &mut Conference,
+    sc: &mut Scratch,
+    codec: MemberCodec,
+    stats: &mut MixStats,
+) -> usize {
+    let v = codec.output();
+    if let Some(len) = sc.shared_len[v] {
+        return len;
     }
-    let mut e = [0u8; FRAME];
-    for (b, s) in e.iter_mut().zip(sc.shared_pcm.iter()) {
-        *b = law.encode(*s);
+    let n = conf.frame();
+    let rate = codec.rate();
+    let ri = rate_index(rate);
+    let mn = (rate / 50) as usize;
+    // The shared mix at the codec's rate (once per rate and tick).
+    if !sc.shared_at_ok[ri] {
+        match conf.shared_down[ri].as_mut() {
+            Some(down) if rate < conf.rate => {
+                down.process(&sc.shared_pcm[..n], &mut sc.shared_at[ri][..mn]);
+            }
+            _ => {
+                let k = mn.min(n);
+                sc.shared_at[ri][..k].copy_from_slice(&sc.shared_pcm[..k]);
+            }
+        }
+        sc.shared_at_ok[ri] = true;
     }
+    let pcm = &sc.shared_at[ri][..mn];
+    let enc = &mut sc.shared_enc[v];
+    let len = match codec {
+        MemberCodec::G711(law) => {
+            for (b, s) in enc[..mn].iter_mut().zip(pcm.iter()) {
+                *b = law.encode(*s);
+            }
+            mn
+        }
+        MemberCodec::Opus { .. } => match conf.shared_opus[ri].as_mut() {
+            Some(o) => o.encode(pcm, &mut enc[..]).unwrap_or(0),
+            None => 0,
+        },
+    };
     stats.encodes += 1;
-    sc.shared_enc[k] = Some(e);
-    e
+    sc.shared_len[v] = Some(len);
+    len
 }
 
-/// Adds the next frame of a beep (two 100 ms tones at −16 dBFS); true when it is over.
-fn add_beep(beep: Beep, pos: &mut u32, total: &mut [i32; FRAME]) -> bool {
-    const TONE: u32 = 800;
+/// Adds the next frame of a beep (two 100 ms tones at −16 dBFS) at `rate`; true when it is
+/// over.
+fn add_beep(beep: Beep, pos: &mut u32, total: &mut [i32], rate: u32) -> bool {
+    let tone = rate / 10;
     let (f1, f2) = match beep {
         Beep::Enter => (660.0, 880.0),
         Beep::Exit => (880.0, 660.0),
     };
     for t in total.iter_mut() {
-        if *pos >= 2 * TONE {
+        if *pos >= 2 * tone {
             return true;
         }
-        let f = if *pos < TONE { f1 } else { f2 };
-        let x = f64::from(*pos) / 8000.0;
+        let f = if *pos < tone { f1 } else { f2 };
+        let x = f64::from(*pos) / f64::from(rate);
         *t += (5200.0 * (2.0 * std::f64::consts::PI * f * x).sin()) as i32;
         *pos += 1;
     }
-    *pos >= 2 * TONE
+    *pos >= 2 * tone
 }
 
 /// dB (clamped to ±24) to Q16 linear gain.
@@ -951,5 +1225,7 @@ fn db_to_q16(db: i8) -> u32 {
     (10f64.powf(db / 20.0) * f64::from(UNITY)).round() as u32
 }
 
+#[cfg(all(test, feature = "opus"))]
+mod opus_tests;
 #[cfg(test)]
 mod tests;
