@@ -8,7 +8,8 @@
 //! - the conference's status callbacks arrive (start, join, mute, unmute, hold, unhold, leave,
 //!   end) numbered in order; the Conference and Participant resources follow;
 //! - with `record`, each participant's track holds only its own tone and the mix all three;
-//! - ending the conference through the API hangs the callers up (their documents run out).
+//! - ending the conference through the API hangs the callers up (their documents run out);
+//! - a caller greeted before entering a room mixed on another worker moves there first.
 
 mod common;
 use common::{basic_auth as auth, xml};
@@ -41,6 +42,9 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
         ),
         "/wait-room" => xml(
             r#"<Response><Dial><Conference beep="false" startConferenceOnEnter="false" waitUrl="/hold.wav" statusCallback="/confstatus" statusCallbackEvent="start end join leave">room two</Conference></Dial></Response>"#,
+        ),
+        "/greet-room" => xml(
+            r#"<Response><Say>Welcome.</Say><Dial><Conference beep="false">room three</Conference></Dial></Response>"#,
         ),
         "/hold.wav" => (
             [("content-type", "audio/wav")],
@@ -879,5 +883,108 @@ async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts
         events.contains(&"conference-start".to_string()),
         "{events:?}"
     );
+    n.r.shutdown().await;
+}
+
+/// Two callers greeted (`<Say>`) before they enter one room, on a node with two dataplane
+/// workers: the first answers and creates the room on its worker; the second's media starts
+/// on the other worker (the least loaded) and moves to the room's before its `<Say>` answers,
+/// so the two hear each other. Without the move the second is refused entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_greeted_before_entering_joins_a_room_on_another_worker() {
+    let numbers = ["+15550800", "+15550801"];
+    let n = node(
+        "conference-greet",
+        31000,
+        Vec::new(),
+        &numbers,
+        "/greet-room",
+    )
+    .await;
+    let (api, sip, sid, a) = (n.api.clone(), n.sip, n.sid.clone(), n.auth.clone());
+    let dir = n.scratch.path().to_path_buf();
+    let base = format!("{api}/2010-04-01/Accounts/{sid}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut heard: Vec<Heard> = Vec::new();
+    let mut callers = Vec::new();
+    let mut room = None;
+    for (i, number) in numbers.iter().enumerate() {
+        let pcap = dir.join(format!("greet{i}.pcap"));
+        std::fs::write(&pcap, tone_pcap(TONES[i], 20)).expect("pcap");
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("rtp sink");
+        let sink = sock.local_addr().expect("addr").port().to_string();
+        let h: Heard = Arc::default();
+        heard.push(h.clone());
+        std::thread::spawn(move || listen(sock, h, deadline));
+        let number = number.to_string();
+        callers.push(tokio::task::spawn_blocking(move || {
+            let (sip_port, media_port) = ((29660 + i).to_string(), (29860 + 10 * i).to_string());
+            let pcap = pcap.display().to_string();
+            common::sipp_call(
+                "uac_conference.xml",
+                &number,
+                sip,
+                &[
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &sip_port,
+                    "-mi",
+                    "127.0.0.1",
+                    "-mp",
+                    &media_port,
+                    "-key",
+                    "rtp_sink",
+                    &sink,
+                    "-key",
+                    "tone_pcap",
+                    &pcap,
+                ],
+            )
+        }));
+        // The next caller comes once this one is in the room.
+        let mut found = None;
+        for _ in 0..150 {
+            let l = get_async(
+                format!("{base}/Conferences.json?FriendlyName=room%20three"),
+                &a,
+            )
+            .await;
+            if let Some(cf) = l["conferences"][0]["sid"].as_str() {
+                let p = get_async(format!("{base}/Conferences/{cf}/Participants.json"), &a).await;
+                if p["participants"].as_array().map_or(0, Vec::len) == i + 1 {
+                    found = Some(cf.to_string());
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        room = Some(found.unwrap_or_else(|| panic!("caller {i} never entered the room")));
+    }
+    let room = room.expect("room");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let from = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let to = Instant::now();
+    for (i, h) in heard.iter().enumerate() {
+        let w = window(h, from, to);
+        assert!(w.len() >= 8000, "caller {i} heard {} samples", w.len());
+        let (other, own) = (tone_share(&w, TONES[1 - i]), tone_share(&w, TONES[i]));
+        assert!(
+            other > 0.5 && own < 0.05,
+            "caller {i}: the other caller {other}, itself {own}"
+        );
+    }
+    let ended = {
+        let (url, a) = (format!("{base}/Conferences/{room}.json"), a.clone());
+        tokio::task::spawn_blocking(move || post_form(&url, &a, &[("Status", "completed")]))
+            .await
+            .expect("join")
+    };
+    assert_eq!(ended["status"], "completed", "{ended}");
+    for c in callers {
+        let (ok, out) = c.await.expect("join");
+        assert!(ok, "caller: {out}");
+    }
     n.r.shutdown().await;
 }

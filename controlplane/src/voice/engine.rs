@@ -853,6 +853,7 @@ impl CallRun {
             };
             let mut goto = None;
             let (module, started) = (module_of(base.as_str()), tokio::time::Instant::now());
+            self.place_ahead_for_conference(&verbs).await;
             for verb in verbs {
                 if self.ended || self.redirect.is_some() {
                     break;
@@ -2304,12 +2305,42 @@ impl CallRun {
             return;
         }
         if let Ok(Some(relay)) = self.engine.sip.rehome(&self.call.sid, worker).await {
-            if relay != self.call.relay {
-                let mut by = self.engine.by_relay();
-                by.remove(&self.call.relay);
-                by.insert(relay, self.call.sid.clone());
-                self.call.relay = relay;
-            }
+            self.adopt_relay(relay);
+        }
+    }
+
+    /// A document that leads an unanswered caller into a live room mixed on another worker
+    /// (`<Say>` then `<Dial><Conference>`, say) moves the caller's media there before its first
+    /// verb answers: once answered, the far end's port is fixed. Only a live room is looked up;
+    /// none is created, so a caller who never reaches the `<Dial>` leaves nothing behind.
+    async fn place_ahead_for_conference(&mut self, verbs: &[Verb]) {
+        if self.call.answered {
+            return;
+        }
+        let Some(name) = verbs.iter().find_map(|v| match v {
+            Verb::Dial(d) => d.conference.as_ref().map(|c| c.name.as_str()),
+            _ => None,
+        }) else {
+            return;
+        };
+        let Some(worker) = self.engine.conferences.worker_of(&self.call.account, name) else {
+            return;
+        };
+        if self.engine.dp.relay(self.call.relay).map(|r| r.worker) == Some(worker) {
+            return;
+        }
+        if let Ok(Some(relay)) = self.engine.sip.rehome(&self.call.sid, worker).await {
+            self.adopt_relay(relay);
+        }
+    }
+
+    /// The call's media moved to relay `relay`.
+    fn adopt_relay(&mut self, relay: RelayId) {
+        if relay != self.call.relay {
+            let mut by = self.engine.by_relay();
+            by.remove(&self.call.relay);
+            by.insert(relay, self.call.sid.clone());
+            self.call.relay = relay;
         }
     }
 
