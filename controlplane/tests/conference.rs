@@ -191,6 +191,52 @@ fn listen(sock: UdpSocket, heard: Heard, until: Instant) {
     }
 }
 
+/// A sipp caller to `number` playing `TONES[i]` (a capture written in `dir`) from SIP and media
+/// ports `ports`; what it hears (at a socket its SDP offers) is collected until `deadline`.
+fn tone_caller(
+    dir: &std::path::Path,
+    i: usize,
+    number: &str,
+    sip: std::net::SocketAddr,
+    ports: (u16, u16),
+    deadline: Instant,
+) -> (Heard, tokio::task::JoinHandle<(bool, String)>) {
+    let pcap = dir.join(format!("tone{i}-{}.pcap", ports.0));
+    std::fs::write(&pcap, tone_pcap(TONES[i], 25)).expect("pcap");
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("rtp sink");
+    let sink = sock.local_addr().expect("addr").port().to_string();
+    let heard: Heard = Arc::default();
+    let h = heard.clone();
+    std::thread::spawn(move || listen(sock, h, deadline));
+    let number = number.to_string();
+    let caller = tokio::task::spawn_blocking(move || {
+        let (sip_port, media_port) = (ports.0.to_string(), ports.1.to_string());
+        let pcap = pcap.display().to_string();
+        common::sipp_call(
+            "uac_conference.xml",
+            &number,
+            sip,
+            &[
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &sip_port,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &media_port,
+                "-key",
+                "rtp_sink",
+                &sink,
+                "-key",
+                "tone_pcap",
+                &pcap,
+            ],
+        )
+    });
+    (heard, caller)
+}
+
 /// The audio heard between `from` and `to`.
 fn window(heard: &Heard, from: Instant, to: Instant) -> Vec<i16> {
     heard
@@ -326,39 +372,10 @@ async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
     let mut heard: Vec<Heard> = Vec::new();
     let mut callers = Vec::new();
     for (i, number) in numbers.iter().enumerate() {
-        let pcap = dir.join(format!("tone{i}.pcap"));
-        std::fs::write(&pcap, tone_pcap(TONES[i], 25)).expect("pcap");
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("rtp sink");
-        let sink = sock.local_addr().expect("addr").port().to_string();
-        let h: Heard = Arc::default();
-        heard.push(h.clone());
-        std::thread::spawn(move || listen(sock, h, deadline));
-        let number = number.to_string();
-        callers.push(tokio::task::spawn_blocking(move || {
-            let (sip_port, media_port) = ((29590 + i).to_string(), (29800 + 10 * i).to_string());
-            let pcap = pcap.display().to_string();
-            common::sipp_call(
-                "uac_conference.xml",
-                &number,
-                sip,
-                &[
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    &sip_port,
-                    "-mi",
-                    "127.0.0.1",
-                    "-mp",
-                    &media_port,
-                    "-key",
-                    "rtp_sink",
-                    &sink,
-                    "-key",
-                    "tone_pcap",
-                    &pcap,
-                ],
-            )
-        }));
+        let ports = (29590 + i as u16, 29800 + 10 * i as u16);
+        let (h, caller) = tone_caller(&dir, i, number, sip, ports, deadline);
+        heard.push(h);
+        callers.push(caller);
     }
 
     // The room, and who is who (by the number each called).
@@ -909,39 +926,10 @@ async fn a_caller_greeted_before_entering_joins_a_room_on_another_worker() {
     let mut callers = Vec::new();
     let mut room = None;
     for (i, number) in numbers.iter().enumerate() {
-        let pcap = dir.join(format!("greet{i}.pcap"));
-        std::fs::write(&pcap, tone_pcap(TONES[i], 20)).expect("pcap");
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("rtp sink");
-        let sink = sock.local_addr().expect("addr").port().to_string();
-        let h: Heard = Arc::default();
-        heard.push(h.clone());
-        std::thread::spawn(move || listen(sock, h, deadline));
-        let number = number.to_string();
-        callers.push(tokio::task::spawn_blocking(move || {
-            let (sip_port, media_port) = ((29660 + i).to_string(), (29860 + 10 * i).to_string());
-            let pcap = pcap.display().to_string();
-            common::sipp_call(
-                "uac_conference.xml",
-                &number,
-                sip,
-                &[
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    &sip_port,
-                    "-mi",
-                    "127.0.0.1",
-                    "-mp",
-                    &media_port,
-                    "-key",
-                    "rtp_sink",
-                    &sink,
-                    "-key",
-                    "tone_pcap",
-                    &pcap,
-                ],
-            )
-        }));
+        let ports = (29660 + i as u16, 29860 + 10 * i as u16);
+        let (h, caller) = tone_caller(&dir, i, number, sip, ports, deadline);
+        heard.push(h);
+        callers.push(caller);
         // The next caller comes once this one is in the room.
         let mut found = None;
         for _ in 0..150 {

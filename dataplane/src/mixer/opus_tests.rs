@@ -2,21 +2,12 @@
 //! own codec, and what it receives is decoded the way its phone would (libopus at its rate,
 //! or G.711) and checked by spectrum.
 
+use super::tests::{rtp, Capture};
 use super::*;
 use crate::ids::{Component, PortHandle};
 use crate::table::Stream;
 
 const MS: u64 = 1_000_000;
-
-#[derive(Default)]
-struct Capture(HashMap<StreamIdx, Vec<Vec<u8>>>);
-
-impl MixOut for Capture {
-    fn send(&mut self, _table: &mut StreamTable, idx: StreamIdx, packet: &[u8]) -> bool {
-        self.0.entry(idx).or_default().push(packet.to_vec());
-        true
-    }
-}
 
 /// One member's phone: its codec, encoder state and RTP counters.
 struct Phone {
@@ -35,15 +26,6 @@ struct Rig {
     out: Capture,
     events: Vec<crate::command::MediaEvent>,
     now: u64,
-}
-
-fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&ts.to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
 }
 
 impl Rig {

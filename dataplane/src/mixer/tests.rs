@@ -8,7 +8,7 @@ const MS: u64 = 1_000_000;
 
 /// Collects mixed packets per stream.
 #[derive(Default)]
-struct Capture(HashMap<StreamIdx, Vec<Vec<u8>>>);
+pub(super) struct Capture(pub(super) HashMap<StreamIdx, Vec<Vec<u8>>>);
 
 impl MixOut for Capture {
     fn send(&mut self, _table: &mut StreamTable, idx: StreamIdx, packet: &[u8]) -> bool {
@@ -27,7 +27,7 @@ struct Rig {
     now: u64,
 }
 
-fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+pub(super) fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     p[2..4].copy_from_slice(&seq.to_be_bytes());
     p[4..8].copy_from_slice(&ts.to_be_bytes());
