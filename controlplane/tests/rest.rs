@@ -1494,3 +1494,57 @@ async fn an_applications_callback_retry_policy_applies_to_its_calls() {
     .expect("client");
     r.shutdown().await;
 }
+
+/// A row update that names `date_updated` itself (as conference updates do) works on every
+/// database: the store sets that column once, not twice (PostgreSQL refuses a column assigned
+/// twice; SQLite keeps the last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_naming_date_updated_work_on_every_database() {
+    use voxedge_controlplane::secret::SecretKey;
+    use voxedge_controlplane::store::{Store, CONFERENCES};
+    let scratch = common::scratch_dir("rest-date-updated");
+    for db in databases(scratch.path()) {
+        let store = Store::connect(&db, SecretKey::from_hex(KEY).expect("key"))
+            .await
+            .expect("store");
+        let (acc, sid) = (
+            "AC".to_string() + &"1".repeat(32),
+            "CF".to_string() + &"2".repeat(32),
+        );
+        store
+            .insert(
+                &CONFERENCES,
+                &[
+                    ("sid", Value::from(sid.clone())),
+                    ("account_sid", Value::from(acc.clone())),
+                    ("friendly_name", Value::from("room")),
+                    ("status", Value::from("init")),
+                    ("region", Value::from("local")),
+                    ("api_version", Value::from("2010-04-01")),
+                    ("date_created", Value::from(1_000_000i64)),
+                    ("date_updated", Value::from(1_000_000i64)),
+                ],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{db}: insert: {e}"));
+        let updated = store
+            .update(
+                &CONFERENCES,
+                &acc,
+                &sid,
+                &[
+                    ("status", Value::from("in-progress")),
+                    ("date_updated", Value::from(2_000_000i64)),
+                ],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{db}: update: {e}"));
+        assert!(updated, "{db}");
+        let row = store
+            .get(&CONFERENCES, &acc, &sid)
+            .await
+            .expect("get")
+            .expect("row");
+        assert_eq!(row["status"], "in-progress", "{db}");
+    }
+}

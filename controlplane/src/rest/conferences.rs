@@ -7,7 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::routes::Op;
 use super::{
-    create_call_on, day_filters, fetch_row, list_rows, render, unavailable, Ctx, Params, TwError,
+    check_callback_urls, create_call_on, day_filters, fetch_row, list_rows, render, unavailable,
+    Ctx, Params, TwError,
 };
 use crate::store::{now_us, rfc2822, Filter, CONFERENCES, PARTICIPANTS, RECORDINGS};
 use crate::voice::conference::{Conferences, ParticipantUpdate, UpdateError};
@@ -226,7 +227,7 @@ fn participant_twiml(p: &Params, room: &str) -> String {
 async fn add_participant(c: &Ctx<'_>) -> Result<Value, TwError> {
     let p = c.params;
     // The path names the room by SID (it must exist) or by friendly name.
-    let (conf_sid, room) = if c.conference_sid.starts_with("CF") && c.conference_sid.len() == 34 {
+    let (conf_sid, room) = if crate::secret::is_sid(&c.conference_sid, "CF") {
         let row = fetch_row(c, &CONFERENCES, &c.conference_sid).await?;
         if row.get("status").and_then(Value::as_str) == Some("completed") {
             return Err(TwError::bad(20001, "The conference has ended"));
@@ -253,15 +254,23 @@ async fn add_participant(c: &Ctx<'_>) -> Result<Value, TwError> {
     if p.bool("Coaching") == Some(true) && p.get("CallSidToCoach").is_none_or(str::is_empty) {
         return Err(TwError::bad(20001, "Coaching=true needs CallSidToCoach"));
     }
-    for name in [
-        "ConferenceStatusCallback",
-        "ConferenceRecordingStatusCallback",
-    ] {
-        if let Some(u) = p.get(name).filter(|u| !u.is_empty()) {
-            crate::callbacks::check_url(u, c.st.cfg.callbacks_allow_private)
-                .map_err(|e| TwError::bad(21609, format!("Invalid {name}: {e}")))?;
+    // Checked now, not when the callee answers and its instructions are parsed.
+    if let Some(s) = p.get("CallSidToCoach").filter(|s| !s.is_empty()) {
+        if !crate::secret::is_sid(s, "CA") {
+            return Err(TwError::bad(
+                20001,
+                format!("CallSidToCoach {s:?} is not a call SID"),
+            ));
         }
     }
+    check_callback_urls(
+        c,
+        p,
+        &[
+            "ConferenceStatusCallback",
+            "ConferenceRecordingStatusCallback",
+        ],
+    )?;
     let twiml = participant_twiml(p, &room);
     let mut values: HashMap<&'static str, Vec<String>> = HashMap::new();
     for k in [

@@ -1713,7 +1713,12 @@ async fn create_call_on(
 
 /// A `StatusCallback` must be a URL callbacks may reach (SSRF check on the literal host).
 fn check_callback(c: &Ctx<'_>, p: &Params) -> Result<(), TwError> {
-    for name in ["StatusCallback", "SipEventsUrl"] {
+    check_callback_urls(c, p, &["StatusCallback", "SipEventsUrl"])
+}
+
+/// Refuses (21609) a callback URL parameter among `names` that callbacks may not use.
+fn check_callback_urls(c: &Ctx<'_>, p: &Params, names: &[&str]) -> Result<(), TwError> {
+    for &name in names {
         if let Some(u) = p.get(name).filter(|u| !u.is_empty()) {
             crate::callbacks::check_url(u, c.st.cfg.callbacks_allow_private)
                 .map_err(|e| TwError::bad(21609, format!("Invalid {name}: {e}")))?;

@@ -5,6 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::callbacks::{ATTEMPTS_RANGE, BACKOFF_RANGE_MS};
+use crate::voice::twiml::CONFERENCE_PARTICIPANTS_MAX;
 
 /// What a route does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,7 +534,7 @@ const PARTICIPANT_CREATE_PARAMS: &[Param] = &[
     ),
     p("WaitUrl", Ty::Url, "Audio (or TwiML with Play or Say) until the conference starts."),
     p("WaitMethod", Ty::HttpMethod, "GET or POST (default POST)."),
-    p("MaxParticipants", Ty::Range(2, 250), "Largest size of the conference (if this call creates it)."),
+    p("MaxParticipants", Ty::Range(2, CONFERENCE_PARTICIPANTS_MAX as i64), "Largest size of the conference (if this call creates it)."),
     p(
         "ConferenceRecord",
         Ty::OneOf(&["record-from-start", "do-not-record", "true", "false"]),
@@ -563,7 +564,7 @@ const PARTICIPANT_CREATE_PARAMS: &[Param] = &[
         Ty::Many(CALLBACK_EVENTS),
         "Events for StatusCallback (repeatable; default completed).",
     ),
-    p("Timeout", Ty::Range(5, 600), "Seconds to let the call ring (default 30)."),
+    p("Timeout", Ty::Range(5, 600), "Seconds to let the call ring (default 60)."),
     p("TimeLimit", Ty::Range(1, 86_400), "Longest time in the conference, seconds."),
 ];
 

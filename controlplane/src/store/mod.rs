@@ -1176,19 +1176,13 @@ impl Store {
         sets: &[(&str, Value)],
         returning: bool,
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-        let mut sets: Vec<(&str, Value)> = sets.to_vec();
-        sets.push(("date_updated", Value::from(now_us())));
-        let assign: Vec<String> = sets
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
-            .collect();
+        let sets = Self::stamped(&CALLS, sets);
         let states: Vec<String> = (0..from.len())
             .map(|i| format!("${}", sets.len() + 2 + i))
             .collect();
         let mut q = format!(
             "UPDATE calls SET {} WHERE sid = ${} AND status IN ({})",
-            assign.join(", "),
+            Self::assignments(&sets),
             sets.len() + 1,
             states.join(", ")
         );
@@ -1196,10 +1190,7 @@ impl Store {
             q.push_str(" RETURNING ");
             q.push_str(&Self::columns(&CALLS));
         }
-        let mut query = sqlx::query(audited(q));
-        for (c, v) in &sets {
-            query = bind_value(query, CALLS.kind(c).unwrap_or(Kind::Text), v);
-        }
+        let mut query = Self::bind_sets(sqlx::query(audited(q)), &CALLS, &sets);
         query = query.bind(sid.to_string());
         for f in from {
             query = query.bind((*f).to_string());
@@ -1215,27 +1206,48 @@ impl Store {
         sid: &str,
         sets: &[(&str, Value)],
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-        let mut sets: Vec<(&str, Value)> = sets.to_vec();
-        if table.kind("date_updated").is_some() {
-            sets.push(("date_updated", Value::from(now_us())));
-        }
-        let assign: Vec<String> = sets
-            .iter()
-            .enumerate()
-            .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
-            .collect();
+        let sets = Self::stamped(table, sets);
         let q = format!(
             "UPDATE {} SET {} WHERE sid = ${} AND account_sid = ${}",
             table.name,
-            assign.join(", "),
+            Self::assignments(&sets),
             sets.len() + 1,
             sets.len() + 2
         );
-        let mut query = sqlx::query(audited(q));
-        for (c, v) in &sets {
+        Self::bind_sets(sqlx::query(audited(q)), table, &sets)
+            .bind(sid.to_string())
+            .bind(account.to_string())
+    }
+
+    /// `sets` with `date_updated` = now added when the table has that column and `sets` does not
+    /// name it already (a column assigned twice is an error on PostgreSQL).
+    fn stamped<'a>(table: &Table, sets: &[(&'a str, Value)]) -> Vec<(&'a str, Value)> {
+        let mut sets = sets.to_vec();
+        if table.kind("date_updated").is_some() && !sets.iter().any(|(c, _)| *c == "date_updated") {
+            sets.push(("date_updated", Value::from(now_us())));
+        }
+        sets
+    }
+
+    /// `"a" = $1, "b" = $2, …` for `sets`.
+    fn assignments(sets: &[(&str, Value)]) -> String {
+        sets.iter()
+            .enumerate()
+            .map(|(i, (c, _))| format!("{} = ${}", quoted(c), i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Binds the values of `sets`, in order.
+    fn bind_sets<'q>(
+        mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+        table: &Table,
+        sets: &[(&str, Value)],
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+        for (c, v) in sets {
             query = bind_value(query, table.kind(c).unwrap_or(Kind::Text), v);
         }
-        query.bind(sid.to_string()).bind(account.to_string())
+        query
     }
 
     /// `INSERT` of `values` into `table`, bound (`RETURNING` every column when asked).

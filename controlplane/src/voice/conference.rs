@@ -290,7 +290,6 @@ impl Conferences {
                     "reason_conference_ended",
                     Value::from("control-node-restarted"),
                 ),
-                ("date_updated", Value::from(now_us())),
             ];
             self.store.update(&CONFERENCES, acc, sid, &sets).await?;
             self.store
@@ -324,7 +323,6 @@ impl Conferences {
                         "reason_conference_ended",
                         Value::from("no-participant-joined"),
                     ),
-                    ("date_updated", Value::from(now_us())),
                 ];
                 let _ = self
                     .store
@@ -616,10 +614,7 @@ impl Conferences {
                 });
             }
         }
-        let sets = [
-            ("status", Value::from("in-progress")),
-            ("date_updated", Value::from(now_us())),
-        ];
+        let sets = [("status", Value::from("in-progress"))];
         let _ = self
             .store
             .update(&CONFERENCES, &room.account, &room.sid, &sets)
@@ -632,19 +627,17 @@ impl Conferences {
     /// end of `timeLimit`). Idempotent.
     pub async fn leave(&self, room: &Arc<Room>, call_sid: &str) {
         let mut st = room.st.lock().await;
+        self.leave_locked(room, &mut st, call_sid).await;
+    }
+
+    /// [`Conferences::leave`] with the room's lock held.
+    async fn leave_locked(&self, room: &Arc<Room>, st: &mut RoomState, call_sid: &str) {
         let Some(pos) = st.members.iter().position(|m| m.call_sid == call_sid) else {
             return;
         };
         // Reported with the participant's state as it was.
-        self.event(
-            room,
-            &mut st,
-            "leave",
-            "participant-leave",
-            Some(call_sid),
-            &[],
-        )
-        .await;
+        self.event(room, st, "leave", "participant-leave", Some(call_sid), &[])
+            .await;
         let m = st.members.remove(pos);
         if m.in_mix {
             self.leave_mix(room, &m).await;
@@ -664,13 +657,13 @@ impl Conferences {
         if m.end_on_exit && !st.members.is_empty() {
             self.end(
                 room,
-                &mut st,
+                st,
                 "participant-with-end-conference-on-exit-left",
                 Some(call_sid),
             )
             .await;
         } else if st.members.is_empty() {
-            self.end(room, &mut st, "last-participant-left", Some(call_sid))
+            self.end(room, st, "last-participant-left", Some(call_sid))
                 .await;
         } else if m.beep_exit && st.started {
             let _ = self.dp_op(room.conf, ConfOp::Beep(Beep::Exit)).await;
@@ -724,7 +717,6 @@ impl Conferences {
             self.close_mix(room, st, &mix.sid, mix.start_us, samples)
                 .await;
         }
-        let now = now_us();
         let sets = [
             ("status", Value::from("completed")),
             ("reason_conference_ended", Value::from(reason)),
@@ -732,7 +724,6 @@ impl Conferences {
                 "call_sid_ending_conference",
                 by.map_or(Value::Null, Value::from),
             ),
-            ("date_updated", Value::from(now)),
         ];
         let _ = self
             .store
@@ -837,7 +828,7 @@ impl Conferences {
                     p.insert("RecordingDuration".to_string(), s.to_string());
                 }
                 Some(callbacks.recording_callback(
-                    &owner(&room.account, ""),
+                    &owner(&room.account, &room.sid),
                     cb.url.clone(),
                     cb.method.as_str(),
                     &p,
@@ -864,7 +855,6 @@ impl Conferences {
                 ("status", Value::from(status)),
                 ("duration", secs.map_or(Value::Null, Value::from)),
                 ("media_path", path.map_or(Value::Null, Value::from)),
-                ("date_updated", Value::from(now)),
             ];
             RowWrite::Update {
                 account: &room.account,
@@ -971,7 +961,6 @@ impl Conferences {
         if let Some(a) = &u.announce {
             let _ = m.signals.send(ConfSignal::Announce(a.0.clone(), a.1));
         }
-        let now = now_us();
         let sets = [
             ("muted", Value::from(i64::from(m.muted))),
             ("hold", Value::from(i64::from(m.hold))),
@@ -984,7 +973,6 @@ impl Conferences {
                 "end_conference_on_exit",
                 Value::from(i64::from(m.end_on_exit)),
             ),
-            ("date_updated", Value::from(now)),
         ];
         let _ = self
             .store
@@ -1018,16 +1006,15 @@ impl Conferences {
     /// The room is not live here, or the call is not in it.
     pub async fn remove(&self, conf_sid: &str, call_sid: &str) -> Result<(), UpdateError> {
         let room = self.room(conf_sid).ok_or(UpdateError::NotLive)?;
-        {
-            let st = room.st.lock().await;
-            let m = st
-                .members
-                .iter()
-                .find(|m| m.call_sid == call_sid)
-                .ok_or(UpdateError::NotParticipant)?;
-            let _ = m.signals.send(ConfSignal::Left);
-        }
-        self.leave(&room, call_sid).await;
+        // Under one lock: the participant's task cannot enter again before it has left.
+        let mut st = room.st.lock().await;
+        let m = st
+            .members
+            .iter()
+            .find(|m| m.call_sid == call_sid)
+            .ok_or(UpdateError::NotParticipant)?;
+        let _ = m.signals.send(ConfSignal::Left);
+        self.leave_locked(&room, &mut st, call_sid).await;
         Ok(())
     }
 
@@ -1123,7 +1110,7 @@ impl Conferences {
         }
         callbacks
             .conference_callback(
-                &owner(&room.account, call_sid.unwrap_or("")),
+                &owner(&room.account, &room.sid),
                 cb.url,
                 cb.method.as_str(),
                 &p,
@@ -1132,12 +1119,12 @@ impl Conferences {
     }
 }
 
-/// The row a callback is written for: the account and the call it concerns (none for
-/// conference-wide events).
-fn owner(account: &str, call: &str) -> Map<String, Value> {
+/// The row a conference's callbacks are written for: the account and the room, so a room's
+/// callbacks are delivered in order and a room whose URL fails holds up no other room.
+fn owner(account: &str, room: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("account_sid".into(), Value::from(account));
-    m.insert("sid".into(), Value::from(call));
+    m.insert("sid".into(), Value::from(room));
     m
 }
 

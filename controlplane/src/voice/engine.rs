@@ -2446,7 +2446,9 @@ impl CallRun {
 
     /// Stops the audio aside: the participant hears the mix again.
     async fn stop_aside(&mut self, aside: &mut Aside) {
-        if aside.looping.take().is_some() || aside.announcing.take().is_some() {
+        // Both are cleared (an announcement may play while a loop waits to resume).
+        let (looping, announcing) = (aside.looping.take(), aside.announcing.take());
+        if looping.is_some() || announcing.is_some() {
             self.stop_playing().await;
         }
     }

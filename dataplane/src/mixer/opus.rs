@@ -140,12 +140,14 @@ impl OpusIn {
     }
 
     fn compute_target(&self) -> u32 {
-        match self.policy {
+        let t = match self.policy {
             Target::Fixed(ms) => (u32::from(ms.clamp(20, 200)) * 48).min(CAP),
             Target::Adaptive => {
                 (960 + 3 * (self.jitter16 / 16) + 480).clamp(TARGET_MIN, TARGET_MAX)
             }
-        }
+        };
+        // No more than the slots hold of packets this long, or priming would never end.
+        t.min((SLOTS as u32 - 1) * self.last_dur)
     }
 
     fn reset(&mut self, ssrc: u32, ts: u32) {
@@ -481,6 +483,27 @@ mod tests {
             assert_eq!(j.stats.concealed_frames, 0, "{ms} ms");
             assert!(loud(&out), "{ms} ms: the tone is decoded");
         }
+    }
+
+    /// A delay target longer than the slots hold of short packets (200 ms of 10 ms packets)
+    /// still ends the start-up: the target is what the slots can hold.
+    #[test]
+    fn a_long_target_with_short_packets_still_starts() {
+        let mut j = OpusIn::new(16_000, Target::Fixed(200)).expect("decoder");
+        let mut out = [0i16; 320];
+        let mut kinds = Vec::new();
+        for (k, (ts, p)) in packets(10, 100).into_iter().enumerate() {
+            j.push(9, ts, &p, ts).expect("push");
+            if k % 2 == 1 {
+                kinds.push(j.read(&mut out));
+            }
+        }
+        assert_eq!(
+            *kinds.last().expect("frames"),
+            FrameKind::Audio,
+            "{kinds:?}"
+        );
+        assert!(loud(&out));
     }
 
     #[test]
