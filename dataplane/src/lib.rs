@@ -26,6 +26,8 @@ pub mod resample;
 pub mod rewrite;
 pub mod stats;
 pub mod table;
+#[cfg(test)]
+mod testutil;
 pub mod wire;
 pub mod worker;
 

@@ -139,11 +139,6 @@ impl Resampler {
         self.buf.copy_within(n..n + h, 0);
         produced
     }
-
-    /// Forgets the history (a new stream starts).
-    pub fn reset(&mut self) {
-        self.buf.fill(0.0);
-    }
 }
 
 #[inline]
@@ -164,17 +159,9 @@ mod tests {
             .collect()
     }
 
-    /// Level of `freq` in `x` (Goertzel), as an amplitude.
+    /// Level of `freq` in `x`, as an amplitude.
     fn level(x: &[i16], freq: f64, rate: u32) -> f64 {
-        let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for v in x {
-            let s = f64::from(*v) + 2.0 * w.cos() * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        let p = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
-        2.0 * p.sqrt() / x.len() as f64
+        crate::testutil::tone_level(x.iter().map(|v| f64::from(*v)), freq, rate)
     }
 
     fn convert(r: &mut Resampler, x: &[i16], chunk: usize) -> Vec<i16> {

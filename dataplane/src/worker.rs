@@ -131,7 +131,8 @@ impl WorkerShared {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// A histogram of nanoseconds with the worker's bounds (1 ns to 10 ms, 2 digits).
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Bounds are constants that hdrhistogram accepts; failure would be a programming error.
     Histogram::new_with_bounds(1, HIST_MAX_NS, 2).expect("valid histogram bounds")
 }

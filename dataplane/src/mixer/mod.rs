@@ -531,9 +531,9 @@ impl Mixer {
             }),
             seed,
             stats: MixStats::default(),
-            // The worker's histogram bounds (1 ns to 10 ms, 2 digits), so publishing is an
-            // `add` that cannot fail or allocate; longer ticks saturate.
-            tick_ns: Histogram::new_with_bounds(1, 10_000_000, 2).expect("valid bounds"),
+            // The worker's histogram bounds, so publishing is an `add` that cannot fail or
+            // allocate; longer ticks saturate.
+            tick_ns: crate::worker::new_histogram(),
         }
     }
 
@@ -586,11 +586,10 @@ impl Mixer {
             }
         };
         let saved_peer = s.peer;
-        let coach_of = match spec.coach_of {
-            None => None,
-            Some(_) if !self.by_id.contains_key(&id) => return Err(MixError::NoCoachee(id)),
-            Some((relay, side)) => Some(self.find_stream(id, relay, side, table)?),
-        };
+        let coach_of = spec
+            .coach_of
+            .map(|(relay, side)| self.find_stream(id, relay, side, table))
+            .transpose()?;
         let ci = match self.by_id.get(&id) {
             Some(&ci) => ci,
             None => self.create(id, options, now_ns),
@@ -1170,7 +1169,8 @@ fn shared_encoding(
     // The shared mix at the codec's rate (once per rate and tick).
     if !sc.shared_at_ok[ri] {
         match conf.shared_down[ri].as_mut() {
-            Some(down) if rate < conf.rate => {
+            // Present exactly for the rates below the conference's.
+            Some(down) => {
                 down.process(&sc.shared_pcm[..n], &mut sc.shared_at[ri][..mn]);
             }
             _ => {

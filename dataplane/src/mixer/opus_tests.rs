@@ -150,17 +150,9 @@ impl Rig {
     }
 }
 
-/// Goertzel amplitude of `freq` in `x` sampled at `rate`.
+/// Amplitude of `freq` in `x` sampled at `rate`.
 fn level(x: &[f64], freq: f64, rate: u32) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
-    let c = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s0 = v + c * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    2.0 * (s1 * s1 + s2 * s2 - c * s1 * s2).max(0.0).sqrt() / x.len() as f64
+    crate::testutil::tone_level(x.iter().copied(), freq, rate)
 }
 
 fn opus(rate: u32) -> MemberCodec {

@@ -112,30 +112,21 @@ impl Rig {
     }
 }
 
-/// Goertzel power of `freq` in `x` (normalised by length).
+/// Goertzel power of `freq` in `x` (normalised by length): the squared amplitude over four.
 fn power(x: &[f64], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let c = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0, 0.0);
-    for v in x {
-        let s0 = v + c * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
+    crate::testutil::tone_level(x.iter().copied(), freq, 8000).powi(2) / 4.0
 }
 
 const FREQS: [f64; 4] = [400.0, 700.0, 1100.0, 1500.0];
 
 fn talk(r: &mut Rig, ticks: u32, who: &[usize], amp: f64) {
-    for k in 0..ticks {
+    for _ in 0..ticks {
         let frames: Vec<Option<[i16; FRAME]>> = (0..r.members.len())
             .map(|i| {
                 who.contains(&i)
                     .then(|| sine(FREQS[i], amp, u32::from(r.seq[i]) * FRAME as u32))
             })
             .collect();
-        let _ = k;
         r.step(&frames);
     }
 }
