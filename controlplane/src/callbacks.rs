@@ -623,6 +623,15 @@ impl Callbacks {
     }
 }
 
+/// The callback retry policy columns (`callback_attempts`, `callback_backoff_ms`) a row sets,
+/// for a call that inherits them (from its application, or a dialled leg from its caller).
+pub fn policy_columns(row: &Map<String, Value>) -> Vec<(&'static str, Value)> {
+    ["callback_attempts", "callback_backoff_ms"]
+        .into_iter()
+        .filter_map(|col| Some((col, Value::from(row.get(col)?.as_i64()?))))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
 

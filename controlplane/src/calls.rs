@@ -92,6 +92,25 @@ pub struct CallService {
 }
 
 impl CallService {
+    /// A recording's row change and, when there is one, its status callback, in one
+    /// transaction; the deliverer is woken for the callback.
+    ///
+    /// # Errors
+    /// Store errors (nothing is written then).
+    pub async fn write_recording(
+        &self,
+        write: crate::store::RowWrite<'_>,
+        callback: Option<&crate::store::Callback>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .write_with_callback(&crate::store::RECORDINGS, write, callback)
+            .await?;
+        if let (Some(_), Some(c)) = (callback, self.callbacks()) {
+            c.wake();
+        }
+        Ok(())
+    }
+
     /// The callback outbox (serve role).
     pub fn callbacks(&self) -> Option<&Arc<crate::callbacks::Callbacks>> {
         self.callbacks.as_ref()
@@ -180,28 +199,19 @@ impl CallService {
                 .unwrap_or_default()
         };
         if get("status_callback").is_empty() && !get("sid").is_empty() {
-            self.quiet
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(get("sid").to_string());
+            crate::lock(&self.quiet).insert(get("sid").to_string());
         }
     }
 
     /// A call's status callback was set or changed: its changes take the outbox transaction.
     pub(crate) fn callbacks_changed(&self, sid: &str) {
-        self.quiet
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(sid);
+        crate::lock(&self.quiet).remove(sid);
     }
 
     async fn write(&self, w: CallWrite<'_>, event: &str) -> Result<bool, StoreError> {
         let quiet = match w {
             CallWrite::Transition { sid, .. } => {
-                let mut q = self
-                    .quiet
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut q = crate::lock(&self.quiet);
                 if event == "completed" {
                     q.remove(sid)
                 } else {
@@ -245,9 +255,7 @@ impl CallService {
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock(&self.book)
     }
 
     /// Live calls of an account.

@@ -175,10 +175,7 @@ impl EventHub {
         call: Option<String>,
     ) -> Option<Subscription> {
         {
-            let mut s = self
-                .streams
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut s = crate::lock(&self.streams);
             let n = s.entry(account.to_string()).or_insert(0);
             if *n >= STREAMS_PER_ACCOUNT {
                 return None;
@@ -248,11 +245,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.open.fetch_sub(1, Ordering::Relaxed);
-        let mut s = self
-            .hub
-            .streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = crate::lock(&self.hub.streams);
         if let Some(n) = s.get_mut(&self.account) {
             *n = n.saturating_sub(1);
             if *n == 0 {

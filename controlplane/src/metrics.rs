@@ -210,10 +210,7 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
             )
         })
         .collect();
-    let mut last = window
-        .last
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = crate::lock(&window.last);
     header(&mut out, "voxedge_worker_busy_ratio", "gauge", "Share of wall time the worker was busy since the previous scrape (since start on the first).");
     for (i, (busy, wall)) in now.iter().enumerate() {
         let (b0, w0) = last.get(i).copied().unwrap_or((0, 0));
@@ -235,11 +232,7 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
     );
     let mut quantiles = String::new();
     for (i, w) in workers.iter().enumerate() {
-        let h = w
-            .processing_ns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let h = crate::lock(&w.processing_ns).clone();
         histogram_series(&mut out, "voxedge_packet_processing_seconds", i, &h);
         for q in [0.5, 0.99, 0.999] {
             let _ = writeln!(
@@ -264,11 +257,7 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
         "Time a received packet spends in the worker until its burst is transmitted (per packet).",
     );
     for (i, w) in workers.iter().enumerate() {
-        let h = w
-            .burst_ns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let h = crate::lock(&w.burst_ns).clone();
         histogram_series(&mut out, "voxedge_worker_latency_seconds", i, &h);
     }
 
@@ -279,11 +268,7 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
         "Time of one conference tick (decode, mix, encode and send for all its members).",
     );
     for (i, w) in workers.iter().enumerate() {
-        let h = w
-            .mix_tick_ns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let h = crate::lock(&w.mix_tick_ns).clone();
         histogram_series(&mut out, "voxedge_mix_tick_seconds", i, &h);
     }
 

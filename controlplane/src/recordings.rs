@@ -44,6 +44,32 @@ impl Recordings {
     ///
     /// # Errors
     /// Disk full, directory gone.
+    /// Stores `samples` (8 kHz, `channels` interleaved) as the WAV file of recording `sid`, on
+    /// the blocking pool: the whole seconds it holds (rounded) and where it went.
+    pub async fn save(
+        self: &std::sync::Arc<Self>,
+        sid: &str,
+        samples: Vec<i16>,
+        channels: u16,
+    ) -> (u64, Result<PathBuf, String>) {
+        let rate = crate::voice::audio::RATE;
+        let per_sec = u64::from(rate) * u64::from(channels.max(1));
+        let secs = (samples.len() as u64 + per_sec / 2) / per_sec;
+        let (me, sid) = (self.clone(), sid.to_string());
+        let written = tokio::task::spawn_blocking(move || {
+            me.write(
+                &sid,
+                &crate::voice::record::wav_channels(&samples, rate, channels),
+            )
+        })
+        .await;
+        let path = match written {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        (secs, path)
+    }
+
     pub fn write(&self, sid: &str, wav: &[u8]) -> std::io::Result<PathBuf> {
         let path = self
             .path(sid)

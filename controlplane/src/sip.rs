@@ -790,9 +790,7 @@ async fn accept_loop(
             }
         };
         {
-            let mut o = open
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut o = crate::lock(&open);
             let total: usize = o.values().sum();
             let here = o.entry(peer.ip()).or_default();
             if total >= max || *here >= per_source {
@@ -850,9 +848,7 @@ async fn accept_loop(
             }
             writer.abort();
             let _ = inbound.send(Inbound::Closed(peer)).await;
-            let mut o = open
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut o = crate::lock(&open);
             if let Some(c) = o.get_mut(&peer.ip()) {
                 *c = c.saturating_sub(1);
             }

@@ -1500,17 +1500,15 @@ async fn an_applications_callback_retry_policy_applies_to_its_calls() {
 /// twice; SQLite keeps the last).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_naming_date_updated_work_on_every_database() {
-    use voxedge_controlplane::secret::SecretKey;
+    use voxedge_controlplane::secret::{new_sid, SecretKey};
     use voxedge_controlplane::store::{Store, CONFERENCES};
     let scratch = common::scratch_dir("rest-date-updated");
     for db in databases(scratch.path()) {
         let store = Store::connect(&db, SecretKey::from_hex(KEY).expect("key"))
             .await
             .expect("store");
-        let (acc, sid) = (
-            "AC".to_string() + &"1".repeat(32),
-            "CF".to_string() + &"2".repeat(32),
-        );
+        // Fresh SIDs: a PostgreSQL database outlives a run started by hand.
+        let (acc, sid) = (new_sid("AC"), new_sid("CF"));
         store
             .insert(
                 &CONFERENCES,

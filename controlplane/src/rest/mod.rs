@@ -80,10 +80,7 @@ impl RestState {
     fn allow(&self, account: &str) -> bool {
         let rate = f64::from(self.cfg.requests_per_second_per_account.max(1));
         let now = Instant::now();
-        let mut m = self
-            .limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = crate::lock(&self.limiter);
         if m.len() > 100_000 {
             m.retain(|_, (t, at)| *t + now.duration_since(*at).as_secs_f64() * rate < rate);
         }
@@ -1186,21 +1183,19 @@ async fn delete_row(c: &Ctx<'_>, t: &Table) -> Result<Value, TwError> {
 }
 
 /// An application SID given by the caller must be one of the account's.
-async fn own_application(c: &Ctx<'_>, sid: &str) -> Result<(), TwError> {
-    if is_sid(sid, "AP")
-        && c.st
-            .store
-            .get(&APPLICATIONS, c.acc_sid(), sid)
-            .await?
-            .is_some()
-    {
-        Ok(())
+/// The account's application `sid` (its row), or 21606.
+async fn own_application(c: &Ctx<'_>, sid: &str) -> Result<Map<String, Value>, TwError> {
+    let row = if is_sid(sid, "AP") {
+        c.st.store.get(&APPLICATIONS, c.acc_sid(), sid).await?
     } else {
-        Err(TwError::bad(
+        None
+    };
+    row.ok_or_else(|| {
+        TwError::bad(
             21606,
             format!("Application {sid} is not an application of this account"),
-        ))
-    }
+        )
+    })
 }
 
 async fn run(op: Op, c: &Ctx<'_>) -> Result<Value, TwError> {
@@ -1628,15 +1623,8 @@ async fn create_call_on(
     }
     let mut policy = Vec::new();
     if let Some(app) = p.get("ApplicationSid").filter(|s| !s.is_empty()) {
-        own_application(c, app).await?;
         // The application's callback retry policy applies to the call's callbacks.
-        if let Some(row) = c.st.store.get(&APPLICATIONS, c.acc_sid(), app).await? {
-            for col in ["callback_attempts", "callback_backoff_ms"] {
-                if let Some(v) = row.get(col).and_then(Value::as_i64) {
-                    policy.push((col, Value::from(v)));
-                }
-            }
-        }
+        policy = crate::callbacks::policy_columns(&own_application(c, app).await?);
     }
     if p.bool("Record") == Some(true) {
         return Err(TwError::bad(

@@ -751,16 +751,9 @@ impl Conferences {
                 .await;
             return;
         }
-        let rate = u64::from(super::audio::RATE);
-        let secs = (samples.len() as u64 + rate / 2) / rate;
-        let recordings = self.recordings.clone();
-        let id = sid.to_string();
-        let written = tokio::task::spawn_blocking(move || {
-            recordings.write(&id, &super::record::wav(&samples, super::audio::RATE))
-        })
-        .await;
+        let (secs, written) = self.recordings.save(sid, samples, 1).await;
         match written {
-            Ok(Ok(p)) => {
+            Ok(p) => {
                 self.recording_row(
                     room,
                     st,
@@ -772,7 +765,7 @@ impl Conferences {
                 )
                 .await;
             }
-            _ => {
+            Err(e) => {
                 self.calls
                     .notify(
                         &room.account,
@@ -780,7 +773,7 @@ impl Conferences {
                         "0",
                         "13500",
                         &format!(
-                            "the recording of conference {:?} could not be stored",
+                            "the recording of conference {:?} could not be stored: {e}",
                             room.name
                         ),
                     )
@@ -862,19 +855,8 @@ impl Conferences {
                 sets: &sets,
             }
         };
-        match self
-            .store
-            .write_with_callback(&crate::store::RECORDINGS, write, callback.as_ref())
-            .await
-        {
-            Ok(()) => {
-                if let (Some(_), Some(c)) = (&callback, self.calls.callbacks()) {
-                    c.wake();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(conference = %room.sid, recording = sid, error = %e, "recording change not written");
-            }
+        if let Err(e) = self.calls.write_recording(write, callback.as_ref()).await {
+            tracing::warn!(conference = %room.sid, recording = sid, error = %e, "recording change not written");
         }
     }
 

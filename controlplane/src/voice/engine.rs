@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use voxedge_dataplane::command::MediaEvent;
-use voxedge_dataplane::ids::{RelayId, Side};
+use voxedge_dataplane::ids::{RelayId, Side, WorkerId};
 use voxedge_dataplane::player::PlayMedia;
 use voxedge_dataplane::Dataplane;
 
@@ -1176,17 +1176,14 @@ impl CallRun {
                 .await;
             return None;
         }
-        let per_sec = u64::from(audio::RATE) * u64::from(channels.max(1));
-        let secs = (samples.len() as u64 + per_sec / 2) / per_sec;
-        let recordings = self.engine.recordings.clone();
-        let sid = rec.sid.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            recordings.write(&sid, &record::wav_channels(&samples, audio::RATE, channels))
-        })
-        .await;
+        let (secs, written) = self
+            .engine
+            .recordings
+            .save(&rec.sid, samples, channels)
+            .await;
         let (status, path) = match written {
-            Ok(Ok(p)) => ("completed", Value::from(p.display().to_string())),
-            Ok(Err(e)) => {
+            Ok(p) => ("completed", Value::from(p.display().to_string())),
+            Err(e) => {
                 self.notify(
                     "0",
                     "13500",
@@ -1195,7 +1192,6 @@ impl CallRun {
                 .await;
                 ("failed", Value::Null)
             }
-            Err(_) => ("failed", Value::Null),
         };
         let sets = [
             ("status", Value::from(status)),
@@ -1225,20 +1221,13 @@ impl CallRun {
         secs: Option<u64>,
     ) {
         let callback = self.recording_callback(cb, base, rec, status, secs).await;
-        match self
+        if let Err(e) = self
             .engine
-            .store
-            .write_with_callback(&RECORDINGS, write, callback.as_ref())
+            .calls
+            .write_recording(write, callback.as_ref())
             .await
         {
-            Ok(()) => {
-                if let (Some(_), Some(c)) = (&callback, self.engine.calls.callbacks()) {
-                    c.wake();
-                }
-            }
-            Err(e) => {
-                tracing::warn!(call = %self.call.sid, recording = %rec.sid, error = %e, "recording change not written");
-            }
+            tracing::warn!(call = %self.call.sid, recording = %rec.sid, error = %e, "recording change not written");
         }
         self.engine.calls.events().recording(
             &self.call.account,
@@ -1838,11 +1827,7 @@ impl CallRun {
             .get(&CALLS, &self.call.account, &self.call.sid)
             .await
         {
-            for col in ["callback_attempts", "callback_backoff_ms"] {
-                if let Some(v) = parent.get(col).and_then(Value::as_i64) {
-                    cols.push((col, Value::from(v)));
-                }
-            }
+            cols.extend(crate::callbacks::policy_columns(&parent));
         }
         // The leg's record and its `initiated` status callback, in one transaction.
         if let Err(e) = self.engine.calls.insert_initiated(&cols).await {
@@ -1909,25 +1894,12 @@ impl CallRun {
     /// and waits for its end (or, with `barge`, the first digit, which stops it).
     async fn play_media(&mut self, media: Arc<PlayMedia>, loops: u32, barge: bool) -> Waited {
         let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
-        let dp = self.engine.dp.clone();
         let (relay, side) = (self.call.relay, self.side);
         // Should the end event be lost (a full queue), the media's own length ends the wait.
         let length = Duration::from_nanos(media.length_ns()).saturating_mul(loops.max(1));
         let until = tokio::time::Instant::now() + length + Duration::from_secs(2);
-        let started =
-            tokio::task::spawn_blocking(move || dp.play(relay, side, media, loops, id)).await;
-        match started {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.notify(
-                    "0",
-                    CODE_PLAY_FAILED,
-                    &format!("media could not be played: {e}"),
-                )
-                .await;
-                return Waited::Done;
-            }
-            Err(_) => return Waited::Done,
+        if !self.start_play(side, media, loops, id).await {
+            return Waited::Done;
         }
         loop {
             let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -2225,7 +2197,7 @@ impl CallRun {
                     Some(ConfSignal::Announce(url, method)) => {
                         if let Some(media) = self.conference_media(&url, method, base).await {
                             let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
-                            if self.play_on_leg(media, 1, id).await {
+                            if self.start_play(Side::A, media, 1, id).await {
                                 aside.announcing = Some(id);
                             }
                         }
@@ -2301,12 +2273,7 @@ impl CallRun {
         else {
             return;
         };
-        if worker == mine {
-            return;
-        }
-        if let Ok(Some(relay)) = self.engine.sip.rehome(&self.call.sid, worker).await {
-            self.adopt_relay(relay);
-        }
+        self.move_media_to(worker).await;
     }
 
     /// A document that leads an unanswered caller into a live room mixed on another worker
@@ -2323,19 +2290,19 @@ impl CallRun {
         }) else {
             return;
         };
-        let Some(worker) = self.engine.conferences.worker_of(&self.call.account, name) else {
-            return;
-        };
-        if self.engine.dp.relay(self.call.relay).map(|r| r.worker) == Some(worker) {
-            return;
-        }
-        if let Ok(Some(relay)) = self.engine.sip.rehome(&self.call.sid, worker).await {
-            self.adopt_relay(relay);
+        if let Some(worker) = self.engine.conferences.worker_of(&self.call.account, name) {
+            self.move_media_to(worker).await;
         }
     }
 
-    /// The call's media moved to relay `relay`.
-    fn adopt_relay(&mut self, relay: RelayId) {
+    /// Moves an unanswered caller's media to a relay on `worker` (nothing when it is there).
+    async fn move_media_to(&mut self, worker: WorkerId) {
+        if self.engine.dp.relay(self.call.relay).map(|r| r.worker) == Some(worker) {
+            return;
+        }
+        let Ok(Some(relay)) = self.engine.sip.rehome(&self.call.sid, worker).await else {
+            return;
+        };
         if relay != self.call.relay {
             let mut by = self.engine.by_relay();
             by.remove(&self.call.relay);
@@ -2409,11 +2376,11 @@ impl CallRun {
         None
     }
 
-    /// Starts playback on the caller's leg without waiting; false (with a notification) when
-    /// the dataplane refused it.
-    async fn play_on_leg(&mut self, media: Arc<PlayMedia>, loops: u32, id: u64) -> bool {
+    /// Starts playback `id` on side `side` of the call's relay without waiting; false (with a
+    /// notification when the dataplane refused it) when it did not start.
+    async fn start_play(&mut self, side: Side, media: Arc<PlayMedia>, loops: u32, id: u64) -> bool {
         let (dp, relay) = (self.engine.dp.clone(), self.call.relay);
-        match tokio::task::spawn_blocking(move || dp.play(relay, Side::A, media, loops, id)).await {
+        match tokio::task::spawn_blocking(move || dp.play(relay, side, media, loops, id)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 self.notify(
@@ -2436,7 +2403,7 @@ impl CallRun {
         let id = self.engine.play_ids.fetch_add(1, Ordering::Relaxed);
         if aside.announcing.is_none()
             && !self
-                .play_on_leg(media.clone(), super::twiml::LOOP_FOREVER, id)
+                .start_play(Side::A, media.clone(), super::twiml::LOOP_FOREVER, id)
                 .await
         {
             return;

@@ -850,7 +850,7 @@ impl<'a> Parser<'a> {
                     });
                 }
                 "Conference" => {
-                    if conference.is_some() || !targets.is_empty() || body.children.len() > 1 {
+                    if body.children.len() > 1 {
                         return Err(self.schema(c, "<Conference> must be the only noun in <Dial>"));
                     }
                     conference = Some(Box::new(self.conference(c, text)?));
