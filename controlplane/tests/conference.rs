@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::config::SipRoute;
+use voxedge_controlplane::voice::{self, audio};
 use voxedge_dataplane::g711::Law;
 use voxedge_dataplane::BackendKind;
 
@@ -48,7 +49,7 @@ async fn handle(State(app): State<AppServer>, req: Request) -> Response {
         ),
         "/hold.wav" => (
             [("content-type", "audio/wav")],
-            wav(&tone_samples(WAIT_TONE, 8000 * 2)),
+            voice::record::wav(&tone_samples(WAIT_TONE, 8000 * 2), 8000),
         )
             .into_response(),
         "/confstatus" | "/recstatus" | "/status" => (StatusCode::NO_CONTENT, "").into_response(),
@@ -66,28 +67,6 @@ fn tone_samples(hz: f64, n: usize) -> Vec<i16> {
     (0..n)
         .map(|i| ((2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin() * 6000.0) as i16)
         .collect()
-}
-
-/// A WAV file (8 kHz, 16-bit mono).
-fn wav(s: &[i16]) -> Vec<u8> {
-    let data = (s.len() * 2) as u32;
-    let mut v = Vec::new();
-    v.extend_from_slice(b"RIFF");
-    v.extend_from_slice(&(36 + data).to_le_bytes());
-    v.extend_from_slice(b"WAVEfmt ");
-    v.extend_from_slice(&16u32.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&1u16.to_le_bytes());
-    v.extend_from_slice(&8000u32.to_le_bytes());
-    v.extend_from_slice(&16000u32.to_le_bytes());
-    v.extend_from_slice(&2u16.to_le_bytes());
-    v.extend_from_slice(&16u16.to_le_bytes());
-    v.extend_from_slice(b"data");
-    v.extend_from_slice(&data.to_le_bytes());
-    for x in s {
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v
 }
 
 /// A capture of `secs` seconds of RTP (PCMU, 20 ms) carrying a sine at `hz`.
@@ -277,15 +256,6 @@ fn post_form(url: &str, a: &str, form: &[(&str, &str)]) -> Value {
         })
         .into_json()
         .expect("json")
-}
-
-/// 16-bit mono samples of a WAV file (after its 44-byte header).
-fn wav_samples(b: &[u8]) -> Vec<i16> {
-    b.get(44..)
-        .unwrap_or_default()
-        .chunks_exact(2)
-        .map(|c| i16::from_le_bytes([c[0], c[1]]))
-        .collect()
 }
 
 /// A `voxedge serve` with two dataplane workers (callers' media starts on either; a room mixes
@@ -645,7 +615,7 @@ async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
         })
         .await
         .expect("join");
-        let s = wav_samples(&wav);
+        let s = audio::decode_wav(&wav).expect("a WAV").samples;
         let shares: Vec<f64> = TONES.iter().map(|f| tone_share(&s, *f)).collect();
         match rec["call_sid"].as_str() {
             None => assert_eq!(tones_in(&s), vec![0, 1, 2], "mix: {shares:?}"),
@@ -948,6 +918,22 @@ async fn a_caller_greeted_before_entering_joins_a_room_on_another_worker() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         room = Some(found.unwrap_or_else(|| panic!("caller {i} never entered the room")));
+        let workers: Vec<_> =
+            n.r.dataplane
+                .list_relays()
+                .iter()
+                .map(|r| r.worker)
+                .collect();
+        if i == 0 {
+            // One relay, on the room's worker: the least-loaded placement starts the next
+            // caller's media on the other one, so the test exercises the move.
+            assert_eq!(workers.len(), 1, "{workers:?}");
+        } else {
+            assert!(
+                workers.iter().all(|w| *w == workers[0]),
+                "one worker mixes: {workers:?}"
+            );
+        }
     }
     let room = room.expect("room");
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -1204,13 +1204,7 @@ async fn status_callbacks_are_signed_ordered_and_retried() {
             ),
         )
     };
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let app_addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
+    let app_addr = std::net::SocketAddr::from(([127, 0, 0, 1], common::serve_app(app).await));
     let scratch = common::scratch_dir("rest-callbacks");
     for db in databases(scratch.path()) {
         seen.lock().expect("lock").clear();
@@ -1396,27 +1390,21 @@ async fn status_callbacks_are_signed_ordered_and_retried() {
 /// notification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applications_callback_retry_policy_applies_to_its_calls() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let hits = Arc::new(AtomicUsize::new(0));
+    use std::sync::{Arc, Mutex};
+    // When each delivery attempt arrived.
+    let hits: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let h = hits.clone();
     let app = axum::Router::new().route(
         "/fail",
         axum::routing::post(move || {
             let h = h.clone();
             async move {
-                h.fetch_add(1, Ordering::SeqCst);
+                h.lock().expect("hits").push(Instant::now());
                 axum::http::StatusCode::SERVICE_UNAVAILABLE
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let app_addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
+    let app_addr = format!("127.0.0.1:{}", common::serve_app(app).await);
     let callee = Callee::new();
     let callee_addr = callee.sock.local_addr().expect("addr");
     let scratch = common::scratch_dir("rest-policy");
@@ -1488,7 +1476,11 @@ async fn an_applications_callback_retry_policy_applies_to_its_calls() {
             std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(h2.load(Ordering::SeqCst), 2, "CallbackAttempts=2");
+        let at = h2.lock().expect("hits").clone();
+        assert_eq!(at.len(), 2, "CallbackAttempts=2");
+        // CallbackBackoffMs=100: the retry comes well before the default backoff (≥ 1 s).
+        let gap = at[1] - at[0];
+        assert!(gap < Duration::from_millis(900), "retried after {gap:?}");
     })
     .await
     .expect("client");

@@ -140,17 +140,11 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
     );
     // The app server.
     let app_state = AppServer::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind app server");
-    let app_port = listener.local_addr().expect("addr").port();
-    *app_state.port.lock().expect("port") = app_port;
     let router = axum::Router::new()
         .fallback(handle)
         .with_state(app_state.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let app_port = common::serve_app(router).await;
+    *app_state.port.lock().expect("port") = app_port;
     let app_url = |p: &str| format!("http://127.0.0.1:{app_port}{p}");
 
     // VoxEdge on kernel sockets (sipp sends real RTP).

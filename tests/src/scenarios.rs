@@ -430,7 +430,7 @@ pub fn record_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
 
 /// Conference: three relays' A legs join one conference; each sends its own tone, paced in
 /// real time, and receives a mix holding the other two tones and not its own. Members talk
-/// (events), leave (the relay link comes back) and the conference ends with the last one.
+/// (events) and leave, and the conference ends with the last one.
 pub fn conference_scenario(dp: &Dataplane, net: &mut dyn TestNet) {
     use voxedge_dataplane::command::{ConfOp, ConfReply};
     use voxedge_dataplane::g711::Law;
