@@ -199,6 +199,10 @@ pub struct SipConfig {
     /// (`sip:host:port`, host an address or a name resolved at start). Without a match,
     /// `echo` and `hangup` users reach the built-in targets; anything else gets 404.
     pub routes: Vec<SipRoute>,
+    /// Codecs (encoding names, e.g. `["PCMU", "PCMA", "G729"]`) let through offers to the
+    /// built-in targets and to routes without their own list; empty: all. telephone-event
+    /// always passes. An offer with none of them is refused with 488.
+    pub codecs: Vec<String>,
     /// When not empty, new calls must authenticate (digest, 401 challenge) as one of these.
     pub users: Vec<SipUser>,
     /// Realm of those challenges.
@@ -216,6 +220,9 @@ pub struct SipRoute {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Codecs offered to this target (see `[sip] codecs`); unset: the `[sip]` list.
+    #[serde(default)]
+    pub codecs: Option<Vec<String>>,
 }
 
 /// A user allowed to place calls when `[sip] users` is set.
@@ -242,6 +249,7 @@ impl Default for SipConfig {
             calls_per_second_max: 5_000,
             calls_per_second_per_source_max: 2_500,
             routes: Vec::new(),
+            codecs: Vec::new(),
             users: Vec::new(),
             auth_realm: "voxedge".into(),
         }

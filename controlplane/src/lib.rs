@@ -17,6 +17,7 @@ pub mod ng;
 pub mod recordings;
 pub mod rest;
 pub mod sdnotify;
+pub mod sdp;
 pub mod secret;
 pub mod sip;
 pub mod store;

@@ -315,6 +315,24 @@ pub fn render_sip(out: &mut String, s: &crate::sip::SipStats) {
             v(&s.calls_refused),
         ),
         (
+            "voxedge_sip_loops_detected_total",
+            "counter",
+            "INVITEs answered 482 (a merged request or our own INVITE come back).",
+            v(&s.loops_detected),
+        ),
+        (
+            "voxedge_sip_sdp_refused_total",
+            "counter",
+            "Offers or answers refused with 488 (unusable SDP or no codec in common).",
+            v(&s.sdp_refused),
+        ),
+        (
+            "voxedge_sip_answers_outside_offer_total",
+            "counter",
+            "SDP answers naming no offered codec (relayed unchanged).",
+            v(&s.answers_outside_offer),
+        ),
+        (
             "voxedge_sip_calls_active",
             "gauge",
             "Calls up now.",

@@ -30,6 +30,7 @@ use voxedge_sip_core::transaction::{
 use voxedge_sip_core::{Framer, Limits, SipMessage, StartLine};
 
 use crate::config::SipConfig;
+use crate::sdp::{CodecPolicy, Format, Sdp, SdpError};
 
 /// Counters of the SIP service (for metrics and tests).
 #[derive(Debug, Default)]
@@ -40,6 +41,12 @@ pub struct SipStats {
     pub calls_active: std::sync::atomic::AtomicU64,
     /// New calls refused by admission control (503).
     pub calls_refused: std::sync::atomic::AtomicU64,
+    /// INVITEs answered 482 Loop Detected.
+    pub loops_detected: std::sync::atomic::AtomicU64,
+    /// Offers and answers refused for their SDP (488).
+    pub sdp_refused: std::sync::atomic::AtomicU64,
+    /// Answers naming no offered codec (relayed unchanged).
+    pub answers_outside_offer: std::sync::atomic::AtomicU64,
 }
 
 /// The running service.
@@ -298,7 +305,9 @@ impl SipHandle {
             .find(|(p, _)| route_matches(p, to))
             .map(|(_, t)| t);
         match found {
-            Some(RouteTarget::Sip { uri, addr, creds }) => {
+            Some(RouteTarget::Sip {
+                uri, addr, creds, ..
+            }) => {
                 let host = uri[4..].rsplit_once('@').map_or(&uri[4..], |(_, h)| h);
                 Ok(Target {
                     uri: format!("sip:{to}@{host}"),
@@ -423,6 +432,22 @@ struct Call {
     /// relay (a `<Dial>` leg borrows leg B of its parent's relay).
     side: Side,
     owns_relay: bool,
+    /// A delayed offer: the offer our 2xx carried (rewritten to our port), whose answer comes
+    /// in the caller's ACK.
+    ack_answer: Option<Sdp>,
+}
+
+/// An in-dialog request relayed to the other leg.
+#[derive(Debug)]
+struct Relayed {
+    /// The call (by its inbound dialog).
+    call: DialogId,
+    /// The server transaction to answer, and its request.
+    stx: TxId,
+    req: SipMessage,
+    from_a: bool,
+    /// The SDP offer sent on, to which the answer is cut.
+    offer: Option<Sdp>,
 }
 
 /// The outbound leg of a routed call.
@@ -432,11 +457,18 @@ struct BLeg {
     tx: TxId,
     peer: Peer,
     dialog: Option<Dialog>,
-    /// What we offered the callee (reused for its re-INVITEs).
-    offer: Bytes,
+    /// The SDP offer sent to the callee, to which its answers are cut; `None` for a delayed
+    /// offer (the callee offers in its 2xx, the caller answers in its ACK).
+    offer: Option<Sdp>,
+    /// Codecs offered to the callee (a delayed offer's is applied to the callee's offer).
+    codecs: CodecPolicy,
     answered: bool,
-    /// Our port towards the caller (leg A of the relay).
+    /// The ACK for the callee's 2xx, kept for its retransmissions; `None` while a delayed
+    /// offer's answer is awaited from the caller.
+    ack: Option<Vec<u8>>,
+    /// Our ports towards the caller (leg A of the relay) and the callee (leg B).
     a_port: u16,
+    b_port: u16,
     /// Credentials for a challenging target, and whether they were used already.
     creds: Option<(String, String)>,
     auth_tried: bool,
@@ -481,6 +513,7 @@ enum RouteTarget {
         uri: String,
         addr: SocketAddr,
         creds: Option<(String, String)>,
+        codecs: CodecPolicy,
     },
 }
 
@@ -519,6 +552,7 @@ fn resolve_routes(cfg: &SipConfig) -> anyhow::Result<Vec<(String, RouteTarget)>>
                     uri: uri.to_string(),
                     addr,
                     creds: r.username.clone().zip(r.password.clone()),
+                    codecs: CodecPolicy::new(r.codecs.as_deref().unwrap_or(&cfg.codecs)),
                 }
             }
         };
@@ -535,41 +569,6 @@ fn route_matches(pattern: &str, user: &str) -> bool {
         Some(prefix) => user.starts_with(prefix),
         None => user.eq_ignore_ascii_case(pattern),
     }
-}
-
-/// The SDP with its connection address and first audio port replaced by ours (the rest kept).
-fn rewrite_sdp(sdp: &[u8], advertise: IpAddr, port: u16) -> Bytes {
-    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
-    let text = String::from_utf8_lossy(sdp);
-    let mut out = String::with_capacity(text.len() + 32);
-    let mut audio_done = false;
-    for line in text.lines() {
-        let line = line.trim_end();
-        if line.starts_with("c=") {
-            out.push_str(&format!("c=IN {fam} {advertise}\r\n"));
-        } else if let Some(rest) = line.strip_prefix("o=") {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            if f.len() >= 6 {
-                out.push_str(&format!(
-                    "o={} {} {} IN {fam} {advertise}\r\n",
-                    f[0], f[1], f[2]
-                ));
-            } else {
-                out.push_str(line);
-                out.push_str("\r\n");
-            }
-        } else if let (false, Some(rest)) = (audio_done, line.strip_prefix("m=audio ")) {
-            audio_done = true;
-            let tail = rest.split_once(' ').map_or("", |(_, t)| t);
-            out.push_str(&format!("m=audio {port} {tail}\r\n"));
-        } else if line.starts_with("a=rtcp:") {
-            out.push_str(&format!("a=rtcp:{}\r\n", port + 1));
-        } else if !line.is_empty() {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    Bytes::from(out)
 }
 
 struct Core {
@@ -593,9 +592,8 @@ struct Core {
     b_by_tx: HashMap<TxId, DialogId>,
     /// Outbound dialog (our view) → the call.
     b_dialogs: HashMap<DialogId, DialogId>,
-    /// In-dialog requests relayed to the other leg: our client transaction → (call, the
-    /// server transaction to answer, the request, whether it came from the caller).
-    relayed: HashMap<TxId, (DialogId, TxId, SipMessage, bool)>,
+    /// In-dialog requests relayed to the other leg, by our client transaction.
+    relayed: HashMap<TxId, Relayed>,
     /// Calls placed through the API: by INVITE transaction, SID → transaction, SID → dialog.
     origins: HashMap<TxId, Origin>,
     origin_tx: HashMap<String, TxId>,
@@ -613,6 +611,14 @@ struct Core {
     stats: Arc<SipStats>,
     /// INVITEs no dial-plan entry claims go to the instruction engine (else 404).
     apps: bool,
+    /// Codecs let through to the built-in targets and the engine (`[sip] codecs`).
+    codecs: CodecPolicy,
+    /// Open INVITE server transactions by (Call-ID, From tag, CSeq), for merged requests
+    /// (RFC 3261 §8.2.2.2), and the reverse for cleanup.
+    invite_keys: HashMap<(String, String, u32), TxId>,
+    key_of_invite: HashMap<TxId, (String, String, u32)>,
+    /// Call-IDs of our outbound INVITEs: one arriving back here is a loop.
+    b_call_ids: HashMap<String, DialogId>,
 }
 
 fn random_token(n: usize) -> String {
@@ -749,6 +755,10 @@ pub async fn start(
         limits,
         stats: stats.clone(),
         apps: apps && updates_present,
+        codecs: CodecPolicy::new(&cfg.codecs),
+        invite_keys: HashMap::new(),
+        key_of_invite: HashMap::new(),
+        b_call_ids: HashMap::new(),
     };
     tasks.push(tokio::spawn(core.run(in_rx, stop)));
     if let Some(a) = udp_addr {
@@ -856,28 +866,9 @@ async fn accept_loop(
     }
 }
 
-/// Minimal SDP offer view: the media address and port and the payload types offered, with
-/// the attribute lines that describe them.
-struct Offer {
-    addr: Option<IpAddr>,
-    port: u16,
-    pts: Vec<String>,
-    attrs: Vec<String>,
-}
-
-impl Offer {
-    /// Where the offerer receives media; `None` for a held (0.0.0.0) or rejected (port 0)
-    /// stream, which latches instead.
-    fn remote(&self) -> Option<SocketAddr> {
-        self.addr
-            .filter(|a| !a.is_unspecified() && self.port != 0)
-            .map(|a| SocketAddr::new(a, self.port))
-    }
-}
-
-/// Points `side` of `relay` at the media address in `sdp`, if it names one.
-fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &[u8]) {
-    if let Some(r) = parse_offer(sdp).and_then(|o| o.remote()) {
+/// Points `side` of `relay` at where `sdp` receives media, if it says.
+fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &Sdp) {
+    if let Some(r) = sdp.remote() {
         let _ = dp.update_leg_nowait(
             relay,
             side,
@@ -889,85 +880,76 @@ fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &[u8]) {
     }
 }
 
-fn parse_offer(sdp: &[u8]) -> Option<Offer> {
-    let text = std::str::from_utf8(sdp).ok()?;
-    let mut addr = None;
-    let mut media = None;
-    let mut attrs = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if let Some(c) = line.strip_prefix("c=") {
-            let a = c.split_whitespace().nth(2)?.split('/').next()?.parse().ok();
-            addr = a.or(addr);
-        } else if let Some(m) = line.strip_prefix("m=audio ") {
-            if media.is_none() {
-                let mut f = m.split_whitespace();
-                let port: u16 = f.next()?.parse().ok()?;
-                let _proto = f.next()?;
-                let pts: Vec<String> = f.map(str::to_string).take(32).collect();
-                media = Some((port, pts));
-            }
-        } else if media.is_some()
-            && (line.starts_with("a=rtpmap:")
-                || line.starts_with("a=fmtp:")
-                || line.starts_with("a=ptime:"))
-        {
-            attrs.push(line.to_string());
-        }
+/// An answer cut to what `offer` offered. An answer with no offered codec at all breaks
+/// RFC 3264 but is common (test UASs answer with a fixed codec); the relay does not
+/// transcode, so it goes on unchanged and is counted rather than ending the call.
+fn cut_answer(answer: &mut Sdp, offer: &Sdp, stats: &SipStats) {
+    if answer.answer_within(offer).is_err() {
+        stats
+            .answers_outside_offer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let (port, pts) = media?;
-    Some(Offer {
-        addr,
-        port,
-        pts,
-        attrs,
-    })
 }
 
 /// The call's G.711 codec (the offerer's first of PCMU/PCMA) and its telephone-event type.
-fn choose_g711(offer: &Offer) -> Option<(crate::voice::audio::Codec, Option<u8>)> {
+fn choose_g711(offer: &Sdp) -> Option<(crate::voice::audio::Codec, Option<u8>)> {
     use crate::voice::audio::Codec;
-    let codec = offer.pts.iter().find_map(|p| match p.as_str() {
-        "0" => Some(Codec::Pcmu),
-        "8" => Some(Codec::Pcma),
+    let codec = offer.formats().iter().find_map(|f| match f.pt {
+        0 => Some(Codec::Pcmu),
+        8 => Some(Codec::Pcma),
         _ => None,
     })?;
-    let te = offer.attrs.iter().find_map(|a| {
-        let rest = a.strip_prefix("a=rtpmap:")?;
-        let (pt, enc) = rest.split_once(' ')?;
-        enc.to_ascii_lowercase()
-            .starts_with("telephone-event/8000")
-            .then(|| pt.trim().parse::<u8>().ok())
-            .flatten()
-            .filter(|pt| offer.pts.iter().any(|p| p == &pt.to_string()))
-    });
-    Some((codec, te))
+    Some((codec, offer.telephone_event()))
 }
 
-/// Our answer for an engine call: the chosen G.711 codec and, when offered, telephone-event.
+/// Our SDP for an engine call on `port`: the answer with the chosen G.711 codec and, when
+/// offered, telephone-event; for a delayed offer, our offer of exactly those.
 fn app_answer_sdp(
+    offer: Option<&Sdp>,
     advertise: IpAddr,
     port: u16,
     codec: crate::voice::audio::Codec,
     te: Option<u8>,
 ) -> Bytes {
-    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
-    let id = rand::thread_rng().gen_range(1_000_000u64..9_999_999);
     let pt = codec.payload_type();
-    let mut s = format!(
-        "v=0\r\no=voxedge {id} 1 IN {fam} {advertise}\r\ns=VoxEdge\r\nc=IN {fam} {advertise}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pt}{}\r\na=rtpmap:{pt} {}/8000\r\n",
-        te.map(|t| format!(" {t}")).unwrap_or_default(),
-        codec.name()
-    );
-    if let Some(t) = te {
-        s.push_str(&format!(
-            "a=rtpmap:{t} telephone-event/8000\r\na=fmtp:{t} 0-15\r\n"
-        ));
+    offer
+        .and_then(|o| Sdp::answer_to(o, advertise, port, |f| f.pt == pt || Some(f.pt) == te).ok())
+        .map_or_else(
+            || Sdp::offer_of(advertise, port, &codec_formats(codec, te)),
+            |a| a.to_bytes(),
+        )
+}
+
+/// An engine call's codec and telephone-event type from the caller's offer; for a delayed
+/// offer PCMU and telephone-event 101, which our offer proposes alone (so the answer in the
+/// ACK can only take them), and that offer to check the answer against.
+fn app_media(
+    offer: Option<&Sdp>,
+) -> Option<(crate::voice::audio::Codec, Option<u8>, Option<Sdp>)> {
+    use crate::voice::audio::Codec;
+    match offer {
+        Some(o) => choose_g711(o).map(|(c, te)| (c, te, None)),
+        None => {
+            let (codec, te) = (Codec::Pcmu, Some(101));
+            let ours = Sdp::offer_of(IpAddr::from([0, 0, 0, 0]), 9, &codec_formats(codec, te));
+            Some((codec, te, Some(Sdp::parse(&ours).ok()?)))
+        }
     }
-    s.push_str(&format!(
-        "a=ptime:20\r\na=rtcp:{}\r\na=sendrecv\r\n",
-        port + 1
-    ));
-    Bytes::from(s)
+}
+
+/// Formats of one G.711 codec and, optionally, telephone-event.
+fn codec_formats(codec: crate::voice::audio::Codec, te: Option<u8>) -> Vec<Format> {
+    let mut f = vec![Format {
+        pt: codec.payload_type(),
+        name: codec.name().into(),
+        rate: 8000,
+    }];
+    f.extend(te.map(|pt| Format {
+        pt,
+        name: "telephone-event".into(),
+        rate: 8000,
+    }));
+    f
 }
 
 /// User part of the first SIP/TEL URI in a header value (`"Bob" <sip:+1555@host>;tag=x`).
@@ -982,21 +964,6 @@ fn uri_user(v: &str) -> Option<String> {
     // A SIP URI names a user only before an '@'; a tel URI is all number.
     (scheme == "tel:" || rest[end..].starts_with('@'))
         .then(|| rest[..end].chars().take(128).collect())
-}
-
-fn answer_sdp(advertise: IpAddr, port: u16, offer: &Offer) -> Bytes {
-    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
-    let id = rand::thread_rng().gen_range(1_000_000u64..9_999_999);
-    let mut s = format!(
-        "v=0\r\no=voxedge {id} 1 IN {fam} {advertise}\r\ns=VoxEdge\r\nc=IN {fam} {advertise}\r\nt=0 0\r\nm=audio {port} RTP/AVP {}\r\n",
-        offer.pts.join(" ")
-    );
-    for a in &offer.attrs {
-        s.push_str(a);
-        s.push_str("\r\n");
-    }
-    s.push_str(&format!("a=rtcp:{}\r\na=sendrecv\r\n", port + 1));
-    Bytes::from(s)
 }
 
 impl Core {
@@ -1154,21 +1121,7 @@ impl Core {
     fn on_event(&mut self, e: TxEvent, now: Duration) {
         match e {
             TxEvent::Request { tx, msg, from } => self.on_request(tx, msg, from, now),
-            TxEvent::Ack { msg, .. } => {
-                if let Some(id) = request_dialog_id(&msg) {
-                    let hang = self
-                        .calls
-                        .get_mut(&id)
-                        .map(|c| {
-                            c.dialog.state = DialogState::Confirmed;
-                            c.hangup_after_ack
-                        })
-                        .unwrap_or(false);
-                    if hang {
-                        self.end_call(&id, true);
-                    }
-                }
-            }
+            TxEvent::Ack { msg, .. } => self.on_ack(&msg, now),
             TxEvent::Timeout { tx } if self.origins.contains_key(&tx) => {
                 if let Some(o) = self.origins.remove(&tx) {
                     self.origin_tx.remove(&o.sid);
@@ -1184,8 +1137,8 @@ impl Core {
                 }
             }
             TxEvent::Timeout { tx } if self.relayed.contains_key(&tx) => {
-                if let Some((_, stx, req, _)) = self.relayed.remove(&tx) {
-                    self.respond(stx, build_response(&req, 408, "Request Timeout", None), now);
+                if let Some(r) = self.relayed.remove(&tx) {
+                    self.respond(r.stx, build_response(&r.req, 408, "Request Timeout", None), now);
                 }
             }
             TxEvent::Timeout { tx } if self.b_by_tx.contains_key(&tx) => {
@@ -1234,6 +1187,9 @@ impl Core {
                 self.b_by_tx.remove(&tx);
                 if let Some(b) = self.branch_of_invite.remove(&tx) {
                     self.invites_by_branch.remove(&b);
+                }
+                if let Some(k) = self.key_of_invite.remove(&tx) {
+                    self.invite_keys.remove(&k);
                 }
                 self.relayed.remove(&tx);
             }
@@ -1348,6 +1304,17 @@ impl Core {
         let StartLine::Request { uri, .. } = &msg.start else {
             return;
         };
+        if self.is_loop(tx, &msg) {
+            self.stats
+                .loops_detected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.respond(
+                tx,
+                build_response(&msg, 482, "Loop Detected", Some(&random_token(10))),
+                now,
+            );
+            return;
+        }
         if let Some(a) = self.auth.as_mut() {
             let ok = msg
                 .header("Authorization")
@@ -1403,18 +1370,46 @@ impl Core {
                 );
                 return;
             }
-            Some(RouteTarget::Sip { uri, addr, creds }) => {
-                self.b2bua_invite(tx, msg, from, (&uri, addr, creds), &user_raw, now);
+            Some(RouteTarget::Sip {
+                uri,
+                addr,
+                creds,
+                codecs,
+            }) => {
+                self.b2bua_invite(tx, msg, from, (&uri, addr, creds, codecs), &user_raw, now);
                 return;
             }
             Some(RouteTarget::Hangup) => true,
             Some(RouteTarget::Echo) => false,
         };
         let tag = random_token(12);
-        let Some((_, offer, info, dialog)) = self.anchor(tx, &msg, &tag, true, now) else {
+        let policy = self.codecs.clone();
+        let Some(offer) = self.read_offer(tx, &msg, &tag, &policy, now) else {
             return;
         };
-        let sdp = answer_sdp(self.advertise, info.legs[0].local.port(), &offer);
+        // Our answer (or, for a delayed offer, our offer) before any media is set up.
+        let (sdp, ack_answer) = match &offer {
+            Some(o) => match Sdp::answer_to(o, self.advertise, 0, |_| true) {
+                Ok(a) => (a, None),
+                Err(e) => {
+                    self.refuse_offer(tx, &msg, &tag, &e, now);
+                    return;
+                }
+            },
+            None => {
+                let ours = Sdp::parse(&Sdp::our_offer(self.advertise, 0));
+                let Ok(ours) = ours else {
+                    return;
+                };
+                (ours.clone(), Some(ours))
+            }
+        };
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, true, offer.as_ref(), now) else {
+            return;
+        };
+        let mut sdp = sdp;
+        sdp.anchor_to(self.advertise, info.legs[0].local.port());
+        let sdp = sdp.to_bytes();
         let mut ok = build_response(&msg, 200, "OK", Some(&tag));
         ok.headers.insert(
             Name::CONTACT,
@@ -1441,13 +1436,77 @@ impl Core {
                 unanswered: false,
                 side: Side::A,
                 owns_relay: true,
+                ack_answer,
             },
         );
     }
 
-    /// Media for a new call: the offer of the INVITE (488 without a usable one), a relay whose
-    /// leg A points at the caller (503 when the dataplane has no room) and the caller's dialog
-    /// (400 when the INVITE lacks what a dialog needs). On failure the response is sent and
+    /// A merged request (RFC 3261 §8.2.2.2: the Call-ID, From tag and CSeq of an INVITE
+    /// still in progress, on another branch) or one of our own outbound INVITEs come back
+    /// (a dial plan or a peer routing it to us again). Otherwise the INVITE's key is recorded.
+    fn is_loop(&mut self, tx: TxId, msg: &SipMessage) -> bool {
+        let call_id = msg.header("Call-ID").unwrap_or_default().trim().to_string();
+        if self.b_call_ids.contains_key(&call_id) {
+            return true;
+        }
+        let from_tag = msg
+            .header("From")
+            .and_then(|f| voxedge_sip_core::uri::header_param(f, "tag"))
+            .unwrap_or_default()
+            .to_string();
+        let key = (call_id, from_tag, cseq_number(msg));
+        match self.invite_keys.get(&key) {
+            Some(other) if *other != tx => true,
+            _ => {
+                self.invite_keys.insert(key.clone(), tx);
+                self.key_of_invite.insert(tx, key);
+                false
+            }
+        }
+    }
+
+    /// The SDP offer of a new call's INVITE, cut to `policy`: `Some(None)` for a delayed
+    /// offer (no SDP); `None` after answering 488 to an unusable one.
+    fn read_offer(
+        &mut self,
+        tx: TxId,
+        msg: &SipMessage,
+        tag: &str,
+        policy: &CodecPolicy,
+        now: Duration,
+    ) -> Option<Option<Sdp>> {
+        let Some(body) = msg.sdp() else {
+            return Some(None);
+        };
+        let parsed = Sdp::parse(&body).and_then(|mut o| o.restrict(policy).map(|()| o));
+        match parsed {
+            Ok(o) => Some(Some(o)),
+            Err(e) => {
+                self.refuse_offer(tx, msg, tag, &e, now);
+                None
+            }
+        }
+    }
+
+    /// 488 with the reason in a Warning header (RFC 3261 §20.43, code 305: incompatible
+    /// media format; 399 for the rest).
+    fn refuse_offer(&mut self, tx: TxId, msg: &SipMessage, tag: &str, e: &SdpError, now: Duration) {
+        self.stats
+            .sdp_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut r = build_response(msg, 488, "Not Acceptable Here", Some(tag));
+        let code = if *e == SdpError::NoCommonCodec { 305 } else { 399 };
+        let text = e.to_string().replace(['"', '\\'], "'");
+        r.headers.insert(
+            Name::from(BytesStr::from_static("Warning")),
+            BytesStr::from(format!("{code} voxedge \"{text}\"")),
+        );
+        self.respond(tx, r, now);
+    }
+
+    /// Media for a new call: a relay whose leg A points at the caller's `offer` (latched
+    /// for a delayed offer; 503 when the dataplane has no room) and the caller's dialog (400
+    /// when the INVITE lacks what a dialog needs). On failure the response is sent and
     /// nothing is kept.
     fn anchor(
         &mut self,
@@ -1455,19 +1514,12 @@ impl Core {
         msg: &SipMessage,
         tag: &str,
         echo: bool,
+        offer: Option<&Sdp>,
         now: Duration,
-    ) -> Option<(Bytes, Offer, RelayInfo, Dialog)> {
-        let Some((sdp, offer)) = msg.sdp().and_then(|sd| parse_offer(&sd).map(|o| (sd, o))) else {
-            self.respond(
-                tx,
-                build_response(msg, 488, "Not Acceptable Here", Some(tag)),
-                now,
-            );
-            return None;
-        };
+    ) -> Option<(RelayInfo, Dialog)> {
         let created = self.dp.create_relay(RelayRequest {
             echo,
-            ..RelayRequest::with_remotes(offer.remote(), None)
+            ..RelayRequest::with_remotes(offer.and_then(Sdp::remote), None)
         });
         let info = match created {
             Ok(i) => i,
@@ -1481,7 +1533,7 @@ impl Core {
             }
         };
         match Dialog::uas(msg, tag, DialogState::Early) {
-            Ok(d) => Some((sdp, offer, info, d)),
+            Ok(d) => Some((info, d)),
             Err(e) => {
                 let _ = self.dp.delete_relay_nowait(info.id);
                 self.respond(
@@ -1502,13 +1554,15 @@ impl Core {
         tx: TxId,
         msg: SipMessage,
         from: Peer,
-        (target_uri, addr, creds): (&str, SocketAddr, Option<(String, String)>),
+        (target_uri, addr, creds, codecs): (&str, SocketAddr, Option<(String, String)>, CodecPolicy),
         user: &str,
         now: Duration,
     ) {
         let tag = random_token(12);
-        // A delayed offer (INVITE without SDP) is not relayed yet: 488 from anchor().
-        let Some((sdp, _, info, dialog)) = self.anchor(tx, &msg, &tag, false, now) else {
+        let Some(offer) = self.read_offer(tx, &msg, &tag, &codecs, now) else {
+            return;
+        };
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), now) else {
             return;
         };
         let mf = msg
@@ -1528,25 +1582,30 @@ impl Core {
         } else {
             format!("sip:{user}@{}", &target_uri[4..])
         };
-        let b_offer = rewrite_sdp(&sdp, self.advertise, info.legs[1].local.port());
+        let b_port = info.legs[1].local.port();
+        // A delayed offer goes on without SDP: the callee offers in its 2xx.
+        let b_offer = offer.map(|mut o| {
+            o.anchor_to(self.advertise, b_port);
+            o
+        });
+        let body = b_offer.as_ref().map(Sdp::to_bytes).unwrap_or_default();
+        let call_id = format!("{}@{}", random_token(20), self.advertise);
         let mut text = format!(
             "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{}\r\nMax-Forwards: {mf}\r\n\
-From: <sip:{from_user}@{local}>;tag={}\r\nTo: <{ruri}>\r\nCall-ID: {}@{}\r\nCSeq: 1 INVITE\r\n\
+From: <sip:{from_user}@{local}>;tag={}\r\nTo: <{ruri}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
 Contact: <sip:voxedge@{local}>\r\n",
             random_token(16),
             random_token(12),
-            random_token(20),
-            self.advertise,
         );
         for pai in msg.header_all("P-Asserted-Identity") {
             text.push_str(&format!("P-Asserted-Identity: {pai}\r\n"));
         }
-        text.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
-            b_offer.len()
-        ));
+        if !body.is_empty() {
+            text.push_str("Content-Type: application/sdp\r\n");
+        }
+        text.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
         let mut raw = text.into_bytes();
-        raw.extend_from_slice(&b_offer);
+        raw.extend_from_slice(&body);
         let Ok(b_invite) = SipMessage::parse(&raw, &self.limits) else {
             let _ = self.dp.delete_relay_nowait(info.id);
             self.respond(
@@ -1574,6 +1633,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         let a_id = dialog.id.clone();
         self.b_by_tx.insert(btx, a_id.clone());
+        self.b_call_ids.insert(call_id, a_id.clone());
         self.calls.insert(
             a_id,
             Call {
@@ -1589,8 +1649,11 @@ Contact: <sip:voxedge@{local}>\r\n",
                     peer,
                     dialog: None,
                     offer: b_offer,
+                    codecs,
                     answered: false,
+                    ack: None,
                     a_port: info.legs[0].local.port(),
+                    b_port,
                     creds,
                     auth_tried: false,
                 }),
@@ -1598,12 +1661,16 @@ Contact: <sip:voxedge@{local}>\r\n",
                 unanswered: false,
                 side: Side::A,
                 owns_relay: true,
+                ack_answer: None,
             },
         );
     }
 
     /// A response on an outbound INVITE: provisional and final responses are relayed to the
-    /// caller with SDP rewritten to our ports; a 2xx is acknowledged towards the callee.
+    /// caller with SDP cut to what was offered and rewritten to our ports; a 2xx is
+    /// acknowledged towards the callee (for a delayed offer, once the caller's ACK brings the
+    /// answer). A 2xx whose SDP is unusable ends the call: ACK and BYE to the callee, 488 to
+    /// the caller.
     fn on_b_response(&mut self, btx: TxId, msg: SipMessage, now: Duration) {
         let Some(a_id) = self.b_by_tx.get(&btx).cloned() else {
             return;
@@ -1617,46 +1684,62 @@ Contact: <sip:voxedge@{local}>\r\n",
         let (Some(relay), Some(b)) = (call.relay, call.b.as_mut()) else {
             return;
         };
-        let a_port = b.a_port;
-        // Media from the callee's SDP (183 early media or the answer).
-        if let Some(sdp) = msg.sdp() {
-            follow_media(&self.dp, relay, Side::B, &sdp);
-        }
         let Some(inv_a) = self
             .pending_invites
             .get(&call.invite_tx.unwrap_or(TxId(0)))
             .cloned()
         else {
-            // The caller's INVITE is already answered (a 2xx retransmission): re-ACK.
+            // The caller's INVITE is already answered (a 2xx retransmission): the same ACK
+            // again (none yet while a delayed offer's answer is awaited).
             if (200..300).contains(&code) {
-                if let Some(d) = b.dialog.as_mut() {
-                    let branch = format!("z9hG4bK{}", random_token(16));
-                    if let Ok(ack) = d.request(
-                        Method::ACK,
-                        &format!("UDP {local}"),
-                        &branch,
-                        None,
-                        Some(cseq_number(&b.invite)),
-                    ) {
-                        let peer = b.peer;
-                        self.send_raw(peer, ack.to_bytes());
-                    }
+                if let Some(ack) = b.ack.clone() {
+                    let peer = b.peer;
+                    self.send_raw(peer, ack);
                 }
             }
             return;
         };
+        // The callee's SDP: an answer cut to our offer, or (delayed offer) its own offer cut
+        // to the route's codecs.
+        let stats = &self.stats;
+        let sdp = msg.sdp().map(|body| {
+            Sdp::parse(&body).and_then(|mut s| {
+                match b.offer.as_ref() {
+                    Some(offer) => cut_answer(&mut s, offer, stats),
+                    None => s.restrict(&b.codecs)?,
+                }
+                Ok(s)
+            })
+        });
+        let a_port = b.a_port;
         let a_tx = call.invite_tx.unwrap_or(TxId(0));
         let tag = call.dialog.id.local_tag.clone();
         let mut resp = build_response(&inv_a, code, status_reason(&msg), Some(&tag));
-        if let Some(sdp) = msg.sdp() {
-            let body = rewrite_sdp(&sdp, advertise, a_port);
-            resp.headers
-                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
-            if (200..300).contains(&code) {
-                call.answer = body.clone();
+        let mut relayed_sdp = None;
+        match sdp {
+            Some(Ok(mut s)) => {
+                follow_media(&self.dp, relay, Side::B, &s);
+                s.anchor_to(advertise, a_port);
+                resp.headers
+                    .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+                resp.body = s.to_bytes();
+                relayed_sdp = Some(s);
             }
-            resp.body = body;
+            Some(Err(e)) if (200..300).contains(&code) => {
+                tracing::info!(error = %e, "callee's SDP refused; call ended");
+                self.b_answered(&a_id, &msg);
+                self.ack_b(&a_id, None);
+                self.bye_b(&a_id, now);
+                self.refuse_offer(a_tx, &inv_a, &tag, &e, now);
+                self.end_call(&a_id, false);
+                return;
+            }
+            // A provisional response goes on without an SDP we cannot use.
+            Some(Err(_)) | None => {}
         }
+        let Some(b) = self.calls.get_mut(&a_id).and_then(|c| c.b.as_mut()) else {
+            return;
+        };
         if (code == 401 || code == 407) && !b.auth_tried {
             let again = b
                 .creds
@@ -1676,6 +1759,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                 }
             }
         }
+        let delayed = b.offer.is_none();
         match code {
             100 => {}
             101..=199 => {
@@ -1686,24 +1770,28 @@ Contact: <sip:voxedge@{local}>\r\n",
                 self.respond(a_tx, resp, now);
             }
             200..=299 => {
-                let mut d = match Dialog::uac(&b.invite, &msg) {
-                    Ok(d) => d,
-                    Err(_) => return,
-                };
-                let branch = format!("z9hG4bK{}", random_token(16));
-                if let Ok(ack) = d.request(
-                    Method::ACK,
-                    &format!("UDP {local}"),
-                    &branch,
-                    None,
-                    Some(cseq_number(&b.invite)),
-                ) {
-                    let peer = b.peer;
-                    let data = ack.to_bytes();
-                    b.dialog = Some(d.clone());
-                    b.answered = true;
-                    self.b_dialogs.insert(d.id.clone(), a_id.clone());
-                    self.send_raw(peer, data);
+                if delayed && relayed_sdp.is_none() {
+                    // A delayed offer's 2xx must carry the callee's offer.
+                    self.b_answered(&a_id, &msg);
+                    self.ack_b(&a_id, None);
+                    self.bye_b(&a_id, now);
+                    self.refuse_offer(a_tx, &inv_a, &tag, &SdpError::NoMedia, now);
+                    self.end_call(&a_id, false);
+                    return;
+                }
+                if !self.b_answered(&a_id, &msg) {
+                    return;
+                }
+                if let Some(call) = self.calls.get_mut(&a_id) {
+                    if !resp.body.is_empty() {
+                        call.answer = resp.body.clone();
+                    }
+                    if delayed {
+                        call.ack_answer = relayed_sdp;
+                    }
+                }
+                if !delayed {
+                    self.ack_b(&a_id, None);
                 }
                 resp.headers.insert(
                     Name::CONTACT,
@@ -1719,6 +1807,95 @@ Contact: <sip:voxedge@{local}>\r\n",
                 self.respond(a_tx, resp, now);
                 self.end_call(&a_id, false);
             }
+        }
+    }
+
+    /// The callee's 2xx: its dialog. False when the 2xx cannot make one.
+    fn b_answered(&mut self, a_id: &DialogId, msg: &SipMessage) -> bool {
+        let Some(b) = self.calls.get_mut(a_id).and_then(|c| c.b.as_mut()) else {
+            return false;
+        };
+        let Ok(d) = Dialog::uac(&b.invite, msg) else {
+            return false;
+        };
+        self.b_dialogs.insert(d.id.clone(), a_id.clone());
+        b.dialog = Some(d);
+        b.answered = true;
+        true
+    }
+
+    /// ACKs the callee's 2xx (with `sdp`, a delayed offer's answer) and keeps the ACK for
+    /// the 2xx's retransmissions.
+    fn ack_b(&mut self, a_id: &DialogId, sdp: Option<Bytes>) {
+        let local = fmt_host(self.local);
+        let Some(b) = self.calls.get_mut(a_id).and_then(|c| c.b.as_mut()) else {
+            return;
+        };
+        let cseq = cseq_number(&b.invite);
+        let Some(d) = b.dialog.as_mut() else {
+            return;
+        };
+        let branch = format!("z9hG4bK{}", random_token(16));
+        let Ok(mut ack) = d.request(Method::ACK, &format!("UDP {local}"), &branch, None, Some(cseq))
+        else {
+            return;
+        };
+        if let Some(body) = sdp {
+            ack.headers
+                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+            ack.body = body;
+        }
+        let data = ack.to_bytes();
+        b.ack = Some(data.clone());
+        let peer = b.peer;
+        self.send_raw(peer, data);
+    }
+
+    /// The caller's ACK of our 2xx. With a delayed offer it carries the answer: cut to the
+    /// offer, it points leg A at the caller and (routed calls) goes on in the callee's ACK.
+    /// An ACK without a usable answer ends the call.
+    fn on_ack(&mut self, msg: &SipMessage, now: Duration) {
+        let Some(id) = request_dialog_id(msg) else {
+            return;
+        };
+        let advertise = self.advertise;
+        let Some(c) = self.calls.get_mut(&id) else {
+            return;
+        };
+        c.dialog.state = DialogState::Confirmed;
+        if c.hangup_after_ack {
+            self.end_call(&id, true);
+            return;
+        }
+        let Some(offer) = c.ack_answer.take() else {
+            return;
+        };
+        let answer = msg
+            .sdp()
+            .ok_or(SdpError::NoMedia)
+            .and_then(|body| Sdp::parse(&body))
+            .map(|mut a| {
+                cut_answer(&mut a, &offer, &self.stats);
+                a
+            });
+        let mut answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(error = %e, "no usable answer in the caller's ACK; call ended");
+                if c.b.is_some() {
+                    self.ack_b(&id, None);
+                    self.bye_b(&id, now);
+                }
+                self.end_call(&id, true);
+                return;
+            }
+        };
+        if let Some(relay) = c.relay {
+            follow_media(&self.dp, relay, c.side, &answer);
+        }
+        if let Some(b_port) = c.b.as_ref().map(|b| b.b_port) {
+            answer.anchor_to(advertise, b_port);
+            self.ack_b(&id, Some(answer.to_bytes()));
         }
     }
 
@@ -1770,12 +1947,30 @@ Contact: <sip:voxedge@{local}>\r\n",
             return;
         }
         if method == Method::INVITE || method == Method::UPDATE {
-            // Re-INVITE / UPDATE (hold, resume, new address): follow the new media address.
+            // Re-INVITE / UPDATE (hold, resume, new address): follow the new media address
+            // and answer with the call's codecs, the offer's direction mirrored.
             let mut ok = build_response(&msg, 200, "OK", None);
-            if let Some(sdp) = msg.sdp().filter(|sd| parse_offer(sd).is_some()) {
+            if let Some(body) = msg.sdp() {
+                let answer = Sdp::parse(&body).and_then(|offer| {
+                    let current = Sdp::parse(&call.answer)?;
+                    let mut a = Sdp::answer_to(&offer, self.advertise, current.port(), |f| {
+                        current.formats().iter().any(|c| c.pt == f.pt)
+                    })?;
+                    a.follow_version(&current);
+                    Ok((offer, a))
+                });
+                let (offer, answer) = match answer {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let tag = call.dialog.id.local_tag.clone();
+                        self.refuse_offer(tx, &msg, &tag, &e, now);
+                        return;
+                    }
+                };
                 if let Some(relay) = call.relay {
-                    follow_media(&self.dp, relay, call.side, &sdp);
+                    follow_media(&self.dp, relay, call.side, &offer);
                 }
+                call.answer = answer.to_bytes();
                 ok.headers
                     .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
                 ok.body = call.answer.clone();
@@ -1821,19 +2016,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             self.relay_in_dialog(tx, a_id, msg, false, now);
             return;
         }
-        let mut ok = build_response(&msg, 200, "OK", None);
-        if method == Method::INVITE || method == Method::UPDATE {
-            if let Some(b) = call.b.as_ref() {
-                ok.headers
-                    .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
-                ok.body = b.offer.clone();
-            }
-            ok.headers.insert(
-                Name::CONTACT,
-                BytesStr::from(format!("<sip:voxedge@{}>", fmt_host(self.local))),
-            );
-        }
-        self.respond(tx, ok, now);
+        self.respond(tx, build_response(&msg, 200, "OK", None), now);
     }
 
     /// Relays a re-INVITE, UPDATE or INFO to the other leg (SDP rewritten to our port on that
@@ -1856,22 +2039,39 @@ Contact: <sip:voxedge@{local}>\r\n",
         let (Some(relay), Some(b)) = (call.relay, call.b.as_mut()) else {
             return;
         };
-        let (b_port, a_port) = (media_port(&b.offer), b.a_port);
         let (side, out_port) = if from_a {
-            (Side::A, b_port)
+            (Side::A, b.b_port)
         } else {
-            (Side::B, a_port)
+            (Side::B, b.a_port)
         };
-        if let Some(sdp) = msg.sdp() {
-            follow_media(&self.dp, relay, side, &sdp);
-        }
+        // A new offer: the sender's media address applied, the rest rewritten for the other
+        // leg (and kept, to cut the answer to it); an unusable one is refused here.
+        let offer = match msg.sdp().map(|body| Sdp::parse(&body)) {
+            Some(Ok(mut o)) => {
+                follow_media(&self.dp, relay, side, &o);
+                o.anchor_to(advertise, out_port);
+                Some(o)
+            }
+            Some(Err(e)) => {
+                let tag = request_dialog_id(&msg).map(|d| d.local_tag).unwrap_or_default();
+                self.refuse_offer(tx, &msg, &tag, &e, now);
+                return;
+            }
+            None => None,
+        };
+        let Some(b) = self.calls.get_mut(&a_id).and_then(|c| c.b.as_mut()) else {
+            return;
+        };
+        let peer = b.peer;
         let (dialog, peer) = if from_a {
-            let p = b.peer;
             match b.dialog.as_mut() {
-                Some(d) => (d, p),
+                Some(d) => (d, peer),
                 None => return,
             }
         } else {
+            let Some(call) = self.calls.get_mut(&a_id) else {
+                return;
+            };
             (&mut call.dialog, call.peer)
         };
         let transport = if peer.reliable { "TCP" } else { "UDP" };
@@ -1886,10 +2086,10 @@ Contact: <sip:voxedge@{local}>\r\n",
         ) else {
             return;
         };
-        if let Some(sdp) = msg.sdp() {
+        if let Some(o) = offer.as_ref() {
             out.headers
                 .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
-            out.body = rewrite_sdp(&sdp, advertise, out_port);
+            out.body = o.to_bytes();
         } else if !msg.body.is_empty() {
             if let Some(ct) = msg.header("Content-Type") {
                 out.headers
@@ -1907,7 +2107,16 @@ Contact: <sip:voxedge@{local}>\r\n",
             now,
         ) {
             Ok(ctx) => {
-                self.relayed.insert(ctx, (a_id, tx, msg, from_a));
+                self.relayed.insert(
+                    ctx,
+                    Relayed {
+                        call: a_id,
+                        stx: tx,
+                        req: msg,
+                        from_a,
+                        offer,
+                    },
+                );
             }
             Err(_) => self.respond(
                 tx,
@@ -1924,7 +2133,14 @@ Contact: <sip:voxedge@{local}>\r\n",
         if code < 200 {
             return;
         }
-        let Some((a_id, stx, req, from_a)) = self.relayed.remove(&ctx) else {
+        let Some(Relayed {
+            call: a_id,
+            stx,
+            req,
+            from_a,
+            offer,
+        }) = self.relayed.remove(&ctx)
+        else {
             return;
         };
         let local = fmt_host(self.local);
@@ -1935,11 +2151,10 @@ Contact: <sip:voxedge@{local}>\r\n",
         let Some(b) = call.b.as_mut() else {
             return;
         };
-        let (b_port, a_port) = (media_port(&b.offer), b.a_port);
         let (relay, back_port, answer_side) = if from_a {
-            (call.relay, a_port, Side::B)
+            (call.relay, b.a_port, Side::B)
         } else {
-            (call.relay, b_port, Side::A)
+            (call.relay, b.b_port, Side::A)
         };
         if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
             // ACK the 2xx on the leg we sent the re-INVITE on.
@@ -1974,13 +2189,17 @@ Contact: <sip:voxedge@{local}>\r\n",
             }
         }
         let mut resp = build_response(&req, code, status_reason(&msg), None);
-        if let Some(sdp) = msg.sdp() {
-            if let Some(r) = relay {
-                follow_media(&self.dp, r, answer_side, &sdp);
+        if let Some(Ok(mut answer)) = msg.sdp().map(|body| Sdp::parse(&body)) {
+            if let Some(o) = offer.as_ref() {
+                cut_answer(&mut answer, o, &self.stats);
             }
+            if let Some(r) = relay {
+                follow_media(&self.dp, r, answer_side, &answer);
+            }
+            answer.anchor_to(advertise, back_port);
             resp.headers
                 .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
-            resp.body = rewrite_sdp(&sdp, advertise, back_port);
+            resp.body = answer.to_bytes();
         }
         if req.method() != Some(&Method::INFO) {
             resp.headers.insert(
@@ -2059,12 +2278,9 @@ Contact: <sip:voxedge@{local}>\r\n",
                 .dp
                 .relay(b.relay)
                 .map(|info| {
-                    let sdp = app_answer_sdp(
-                        self.advertise,
-                        info.legs[1].local.port(),
-                        b.codec,
-                        b.dtmf_pt,
-                    );
+                    let port = info.legs[1].local.port();
+                    let sdp =
+                        Sdp::offer_of(self.advertise, port, &codec_formats(b.codec, b.dtmf_pt));
                     (info, sdp)
                 })
                 .ok_or_else(|| "the dialling call has ended".to_string()),
@@ -2076,7 +2292,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                     ..RelayRequest::with_remotes(None, None)
                 })
                 .map(|info| {
-                    let sdp = offer_sdp(self.advertise, info.legs[0].local.port());
+                    let sdp = Sdp::our_offer(self.advertise, info.legs[0].local.port());
                     (info, sdp)
                 })
                 .map_err(|e| e.to_string()),
@@ -2233,7 +2449,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         }
         // A <Dial> leg's media is connected only if it wins (below); early media is not
         // passed to the caller (the engine plays ringback).
-        if let (Some(sdp), false) = (msg.sdp(), o.bridge) {
+        if let (Some(Ok(sdp)), false) = (msg.sdp().map(|b| Sdp::parse(&b)), o.bridge) {
             follow_media(&self.dp, o.relay, Side::A, &sdp);
         }
         if (100..200).contains(&code) {
@@ -2274,7 +2490,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 let media = (o.instructions && !bridge).then(|| {
                     let (codec, te) = msg
                         .sdp()
-                        .and_then(|sd| parse_offer(&sd))
+                        .and_then(|sd| Sdp::parse(&sd).ok())
                         .and_then(|a| choose_g711(&a))
                         .unwrap_or((crate::voice::audio::Codec::Pcmu, None));
                     (relay, codec, te)
@@ -2314,6 +2530,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                         unanswered: false,
                         side: if bridge { Side::B } else { Side::A },
                         owns_relay: !bridge,
+                        ack_answer: None,
                     },
                 );
                 // A <Dial> leg answering after another target of the same dial won (or after
@@ -2334,7 +2551,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 }
                 if bridge {
                     self.bridged.insert(relay, sid.clone());
-                    if let Some(sdp) = msg.sdp() {
+                    if let Some(Ok(sdp)) = msg.sdp().map(|b| Sdp::parse(&b)) {
                         follow_media(&self.dp, relay, Side::B, &sdp);
                     }
                 }
@@ -2394,24 +2611,21 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
     /// refuses through the handle.
     fn app_call(&mut self, tx: TxId, msg: SipMessage, from: Peer, to: &str, now: Duration) {
         let tag = random_token(12);
-        let codec = msg
-            .sdp()
-            .and_then(|sd| parse_offer(&sd))
-            .and_then(|o| choose_g711(&o));
-        let Some((codec, te)) = codec else {
-            self.respond(
+        let policy = self.codecs.clone();
+        let Some(offer) = self.read_offer(tx, &msg, &tag, &policy, now) else {
+            return;
+        };
+        let Some((codec, te, ack_answer)) = app_media(offer.as_ref()) else {
+            self.refuse_offer(
                 tx,
-                build_response(
-                    &msg,
-                    488,
-                    "Not Acceptable Here (PCMU or PCMA required)",
-                    Some(&tag),
-                ),
+                &msg,
+                &tag,
+                &SdpError::Syntax("PCMU or PCMA required".into()),
                 now,
             );
             return;
         };
-        let Some((_, _offer, info, dialog)) = self.anchor(tx, &msg, &tag, false, now) else {
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), now) else {
             return;
         };
         self.hold_caller_leg(info.id, te);
@@ -2419,7 +2633,13 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         let from_user = msg.header("From").and_then(uri_user).unwrap_or_default();
         let forwarded_from = msg.header("Diversion").and_then(uri_user);
         let call_id = msg.header("Call-ID").unwrap_or_default().to_string();
-        let sdp = app_answer_sdp(self.advertise, info.legs[0].local.port(), codec, te);
+        let sdp = app_answer_sdp(
+            offer.as_ref(),
+            self.advertise,
+            info.legs[0].local.port(),
+            codec,
+            te,
+        );
         self.origin_calls.insert(sid.clone(), dialog.id.clone());
         self.calls.insert(
             dialog.id.clone(),
@@ -2435,6 +2655,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 unanswered: true,
                 side: Side::A,
                 owns_relay: true,
+                ack_answer,
             },
         );
         self.report(CallUpdate::Incoming(Box::new(IncomingCall {
@@ -2475,15 +2696,18 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
     fn rehome_app(&mut self, sid: &str, worker: WorkerId) -> Option<RelayId> {
         let (id, tx) = self.unanswered_app(sid)?;
         let inv = self.pending_invites.get(&tx?)?;
-        let offer = inv.sdp().and_then(|sd| parse_offer(&sd))?;
-        let (codec, te) = choose_g711(&offer)?;
+        let offer = match inv.sdp() {
+            Some(body) => Some(Sdp::parse(&body).ok()?),
+            None => None,
+        };
+        let (codec, te, _) = app_media(offer.as_ref())?;
         let old = self.calls.get(&id)?.relay?;
         if self.dp.relay(old)?.worker == worker {
             return Some(old);
         }
         let info = match self.dp.create_relay(RelayRequest {
             worker: Some(worker),
-            ..RelayRequest::with_remotes(offer.remote(), None)
+            ..RelayRequest::with_remotes(offer.as_ref().and_then(Sdp::remote), None)
         }) {
             Ok(i) => i,
             Err(e) => {
@@ -2494,7 +2718,13 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         self.hold_caller_leg(info.id, te);
         let call = self.calls.get_mut(&id)?;
         call.relay = Some(info.id);
-        call.answer = app_answer_sdp(self.advertise, info.legs[0].local.port(), codec, te);
+        call.answer = app_answer_sdp(
+            offer.as_ref(),
+            self.advertise,
+            info.legs[0].local.port(),
+            codec,
+            te,
+        );
         let _ = self.dp.delete_relay_nowait(old);
         Some(info.id)
     }
@@ -2631,6 +2861,9 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 self.b_dialogs.remove(&d.id);
             }
             self.b_by_tx.remove(&b.tx);
+            if let Some(id) = b.invite.header("Call-ID") {
+                self.b_call_ids.remove(id.trim());
+            }
         }
         if let Some(r) = call.relay.take() {
             if call.owns_relay {
@@ -2733,29 +2966,12 @@ fn cancel_for(inv: &SipMessage) -> Option<SipMessage> {
     })
 }
 
-/// Our SDP offer for a placed call: G.711 µ-law and A-law, RFC 4733 events, 20 ms.
-fn offer_sdp(advertise: IpAddr, port: u16) -> Bytes {
-    let fam = if advertise.is_ipv4() { "IP4" } else { "IP6" };
-    let id = rand::thread_rng().gen_range(1_000_000u64..9_999_999);
-    Bytes::from(format!(
-        "v=0\r\no=voxedge {id} 1 IN {fam} {advertise}\r\ns=VoxEdge\r\nc=IN {fam} {advertise}\r\nt=0 0\r\n\
-m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
-a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=rtcp:{}\r\na=sendrecv\r\n",
-        port + 1
-    ))
-}
-
 /// The CSeq number of a message (1 when unreadable).
 fn cseq_number(m: &SipMessage) -> u32 {
     m.header("CSeq")
         .and_then(|c| c.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(1)
-}
-
-/// The first audio port of an SDP body (0 when absent).
-fn media_port(sdp: &[u8]) -> u16 {
-    parse_offer(sdp).map_or(0, |o| o.port)
 }
 
 /// The reason phrase of a response.

@@ -646,6 +646,7 @@ async fn a_waiting_caller_hears_the_wait_audio_until_an_added_participant_starts
         target: "sip:127.0.0.1:29620".into(),
         username: None,
         password: None,
+        codecs: None,
     }];
     let n = node(
         "conference-wait",

@@ -620,6 +620,7 @@ async fn calls_follow_the_signalling() {
             target: format!("sip:{callee_addr}"),
             username: None,
             password: None,
+            codecs: None,
         }];
         let (r, base) = start_on(c, BackendKind::Socket).await;
         let a = account(&r, "caller").await;

@@ -334,6 +334,7 @@ fn routed(port_min: u16, callee: SocketAddr) -> Config {
         target: format!("sip:{callee}"),
         username: None,
         password: None,
+        codecs: None,
     }];
     c
 }

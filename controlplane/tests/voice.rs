@@ -158,6 +158,7 @@ async fn a_number_runs_its_instructions_with_digits_and_fallbacks() {
         target: "sip:127.0.0.1:29450".into(),
         username: None,
         password: None,
+        codecs: None,
     }];
     let r = app::start(Role::Serve, c, BackendKind::Socket)
         .await
