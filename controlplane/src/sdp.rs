@@ -210,8 +210,14 @@ fn conn_addr(c: Option<&ConnectionInformation>) -> Option<IpAddr> {
 fn is_ice(key: &str) -> bool {
     matches!(
         key,
-        "candidate" | "remote-candidates" | "end-of-candidates" | "ice-ufrag" | "ice-pwd"
-            | "ice-options" | "ice-lite" | "ice-mismatch"
+        "candidate"
+            | "remote-candidates"
+            | "end-of-candidates"
+            | "ice-ufrag"
+            | "ice-pwd"
+            | "ice-options"
+            | "ice-lite"
+            | "ice-mismatch"
     )
 }
 
@@ -318,8 +324,9 @@ impl Sdp {
                         let rate = parts.next().and_then(|r| r.parse().ok()).unwrap_or(0);
                         (name, rate)
                     }
-                    None => static_format(pt)
-                        .map_or((String::new(), 0), |(n, r)| (n.to_string(), r)),
+                    None => {
+                        static_format(pt).map_or((String::new(), 0), |(n, r)| (n.to_string(), r))
+                    }
                 };
                 Some(Format { pt, name, rate })
             })
@@ -474,7 +481,8 @@ impl Sdp {
                     || at.key.starts_with("T38")
             });
             if is_t38(m) {
-                m.attributes.retain(|at| at.key != "rtpmap" && at.key != "fmtp");
+                m.attributes
+                    .retain(|at| at.key != "rtpmap" && at.key != "fmtp");
             }
             m.attributes.push(Attribute {
                 key: mirror(dir).into(),
@@ -517,7 +525,11 @@ m=audio {port} RTP/AVP {}\r\n",
                 let _ = write!(s, "a=fmtp:{} 0-16\r\n", f.pt);
             }
         }
-        let _ = write!(s, "a=ptime:20\r\na=rtcp:{}\r\na=sendrecv\r\n", u32::from(port) + 1);
+        let _ = write!(
+            s,
+            "a=ptime:20\r\na=rtcp:{}\r\na=sendrecv\r\n",
+            u32::from(port) + 1
+        );
         Bytes::from(s)
     }
 
@@ -535,7 +547,10 @@ m=audio {port} RTP/AVP {}\r\n",
 
 fn is_t38(m: &MediaDescription) -> bool {
     m.media_name.media.eq_ignore_ascii_case("image")
-        && m.media_name.formats.iter().any(|f| f.eq_ignore_ascii_case("t38"))
+        && m.media_name
+            .formats
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case("t38"))
 }
 
 fn direction_of(attrs: &[Attribute]) -> Option<&'static str> {
@@ -559,6 +574,7 @@ fn mirror(offered: Option<&'static str>) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -607,7 +623,10 @@ a=T38FaxUdpEC:t38UDPRedundancy\r\n";
         assert!(t.contains("c=IN IP4 192.0.2.7\r\n"), "{t}");
         assert!(t.contains("m=audio 30000 RTP/AVP 0 8 18 101\r\n"), "{t}");
         assert!(t.contains("a=rtcp:30001\r\n"), "{t}");
-        assert!(t.contains("a=X-sqn:0\r\na=X-cap: 1 audio RTP/AVP 100\r\n"), "{t}");
+        assert!(
+            t.contains("a=X-sqn:0\r\na=X-cap: 1 audio RTP/AVP 100\r\n"),
+            "{t}"
+        );
         assert!(t.contains("a=maxptime:40\r\n"), "{t}");
         assert!(t.contains("m=video 0 RTP/AVP 96\r\n"), "{t}");
         assert!(!t.contains("10.0.0.1"), "{t}");
@@ -624,7 +643,10 @@ a=T38FaxUdpEC:t38UDPRedundancy\r\n";
         s.anchor_to("192.0.2.7".parse().unwrap(), 30000);
         let t = text(&s);
         assert!(t.contains("m=image 30000 udptl t38\r\n"), "{t}");
-        assert!(t.contains("a=T38FaxRateManagement:transferredTCF\r\n"), "{t}");
+        assert!(
+            t.contains("a=T38FaxRateManagement:transferredTCF\r\n"),
+            "{t}"
+        );
         assert!(!t.contains("a=rtcp"), "{t}");
         // A codec policy does not apply to fax.
         s.restrict(&CodecPolicy::new(&["PCMU"])).unwrap();
@@ -668,7 +690,8 @@ m=audio 4000 RTP/AVP 0\r\na=rtcp:4001 IN IP6 2001:db8::1\r\n";
             Sdp::parse(video_only.as_bytes()).unwrap_err(),
             SdpError::NoMedia
         );
-        let mut many = String::from("v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n");
+        let mut many =
+            String::from("v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n");
         for _ in 0..=MEDIA_MAX {
             many.push_str("m=audio 4000 RTP/AVP 0\r\n");
         }
@@ -737,8 +760,12 @@ a=rtpmap:100 telephone-event/8000\r\n",
 
     #[test]
     fn our_answer_mirrors_the_offer() {
-        let offer = Sdp::parse(VENDOR.replace("a=ptime:20", "a=ptime:30\r\na=sendonly").as_bytes())
-            .unwrap();
+        let offer = Sdp::parse(
+            VENDOR
+                .replace("a=ptime:20", "a=ptime:30\r\na=sendonly")
+                .as_bytes(),
+        )
+        .unwrap();
         let a = Sdp::answer_to(&offer, "192.0.2.7".parse().unwrap(), 30000, |f| {
             f.pt == 8 || f.is_telephone_event()
         })
@@ -752,8 +779,7 @@ a=rtpmap:100 telephone-event/8000\r\n",
         assert!(!t.contains("X-sqn"), "{t}");
         assert!(t.starts_with("v=0\r\no=voxedge "), "{t}");
         assert_eq!(
-            Sdp::answer_to(&offer, "192.0.2.7".parse().unwrap(), 30000, |f| f.pt == 9)
-                .unwrap_err(),
+            Sdp::answer_to(&offer, "192.0.2.7".parse().unwrap(), 30000, |f| f.pt == 9).unwrap_err(),
             SdpError::NoCommonCodec
         );
         let ours = Sdp::parse(&Sdp::our_offer("192.0.2.7".parse().unwrap(), 30000)).unwrap();
@@ -763,6 +789,7 @@ a=rtpmap:100 telephone-event/8000\r\n",
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod props {
     use proptest::prelude::*;
 
@@ -784,13 +811,23 @@ a=rtcp:4001 IN IP4 10.0.0.1\r\na=ptime:20\r\nm=image 0 udptl t38\r\na=T38FaxVers
         let Ok(mut s) = Sdp::parse(body) else {
             return;
         };
-        let _ = (s.remote(), s.formats(), s.telephone_event(), s.ptime(), s.is_fax());
+        let _ = (
+            s.remote(),
+            s.formats(),
+            s.telephone_event(),
+            s.ptime(),
+            s.is_fax(),
+        );
         let offer = s.clone();
         let _ = s.restrict(&CodecPolicy::new(&["PCMA"]));
         let _ = s.answer_within(&offer);
         s.anchor_to("192.0.2.1".parse().unwrap(), 30000);
         let again = Sdp::parse(&s.to_bytes());
-        assert!(again.is_ok(), "{again:?}: {:?}", String::from_utf8_lossy(&s.to_bytes()));
+        assert!(
+            again.is_ok(),
+            "{again:?}: {:?}",
+            String::from_utf8_lossy(&s.to_bytes())
+        );
         if let Ok(a) = Sdp::answer_to(&offer, "192.0.2.1".parse().unwrap(), 30000, |_| true) {
             assert!(Sdp::parse(&a.to_bytes()).is_ok());
         }

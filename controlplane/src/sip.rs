@@ -923,9 +923,7 @@ fn app_answer_sdp(
 /// An engine call's codec and telephone-event type from the caller's offer; for a delayed
 /// offer PCMU and telephone-event 101, which our offer proposes alone (so the answer in the
 /// ACK can only take them), and that offer to check the answer against.
-fn app_media(
-    offer: Option<&Sdp>,
-) -> Option<(crate::voice::audio::Codec, Option<u8>, Option<Sdp>)> {
+fn app_media(offer: Option<&Sdp>) -> Option<(crate::voice::audio::Codec, Option<u8>, Option<Sdp>)> {
     use crate::voice::audio::Codec;
     match offer {
         Some(o) => choose_g711(o).map(|(c, te)| (c, te, None)),
@@ -1138,7 +1136,11 @@ impl Core {
             }
             TxEvent::Timeout { tx } if self.relayed.contains_key(&tx) => {
                 if let Some(r) = self.relayed.remove(&tx) {
-                    self.respond(r.stx, build_response(&r.req, 408, "Request Timeout", None), now);
+                    self.respond(
+                        r.stx,
+                        build_response(&r.req, 408, "Request Timeout", None),
+                        now,
+                    );
                 }
             }
             TxEvent::Timeout { tx } if self.b_by_tx.contains_key(&tx) => {
@@ -1495,7 +1497,11 @@ impl Core {
             .sdp_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut r = build_response(msg, 488, "Not Acceptable Here", Some(tag));
-        let code = if *e == SdpError::NoCommonCodec { 305 } else { 399 };
+        let code = if *e == SdpError::NoCommonCodec {
+            305
+        } else {
+            399
+        };
         let text = e.to_string().replace(['"', '\\'], "'");
         r.headers.insert(
             Name::from(BytesStr::from_static("Warning")),
@@ -1554,7 +1560,12 @@ impl Core {
         tx: TxId,
         msg: SipMessage,
         from: Peer,
-        (target_uri, addr, creds, codecs): (&str, SocketAddr, Option<(String, String)>, CodecPolicy),
+        (target_uri, addr, creds, codecs): (
+            &str,
+            SocketAddr,
+            Option<(String, String)>,
+            CodecPolicy,
+        ),
         user: &str,
         now: Duration,
     ) {
@@ -1836,8 +1847,13 @@ Contact: <sip:voxedge@{local}>\r\n",
             return;
         };
         let branch = format!("z9hG4bK{}", random_token(16));
-        let Ok(mut ack) = d.request(Method::ACK, &format!("UDP {local}"), &branch, None, Some(cseq))
-        else {
+        let Ok(mut ack) = d.request(
+            Method::ACK,
+            &format!("UDP {local}"),
+            &branch,
+            None,
+            Some(cseq),
+        ) else {
             return;
         };
         if let Some(body) = sdp {
@@ -2053,7 +2069,9 @@ Contact: <sip:voxedge@{local}>\r\n",
                 Some(o)
             }
             Some(Err(e)) => {
-                let tag = request_dialog_id(&msg).map(|d| d.local_tag).unwrap_or_default();
+                let tag = request_dialog_id(&msg)
+                    .map(|d| d.local_tag)
+                    .unwrap_or_default();
                 self.refuse_offer(tx, &msg, &tag, &e, now);
                 return;
             }

@@ -43,11 +43,29 @@ fn invite(
         rtp.ip(),
         rtp.port()
     );
+    invite_with(user, branch, call_id, transport, via, Some(&sdp))
+}
+
+/// An INVITE with `sdp` as its body, or none (a delayed offer).
+fn invite_with(
+    user: &str,
+    branch: &str,
+    call_id: &str,
+    transport: &str,
+    via: SocketAddr,
+    sdp: Option<&str>,
+) -> String {
+    let body = sdp.unwrap_or_default();
+    let ctype = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
     format!(
         "INVITE sip:{user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} {via};branch={branch}\r\nMax-Forwards: 70\r\n\
 From: <sip:tester@127.0.0.1>;tag=ua1\r\nTo: <sip:{user}@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
-Contact: <sip:tester@{via}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-        sdp.len()
+Contact: <sip:tester@{via}>\r\n{ctype}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
 }
 
@@ -928,5 +946,499 @@ async fn garbage_on_udp_and_tcp_does_not_hurt_the_service() {
     .await
     .expect("ua");
     assert!(stats.malformed.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    r.shutdown().await;
+}
+
+// --- SDP offer/answer, delayed offer, loops ---------------------------------------------------
+
+/// An SDP body of the test's caller or callee: audio `formats` at `rtp`, and a video stream.
+fn sdp_body(rtp: SocketAddr, formats: &str) -> String {
+    let mut s = format!(
+        "v=0\r\no=ua 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 {}\r\nt=0 0\r\nm=audio {} RTP/AVP {formats}\r\n",
+        rtp.ip(),
+        rtp.port()
+    );
+    for f in formats.split_whitespace() {
+        let enc = match f {
+            "0" => "PCMU/8000",
+            "8" => "PCMA/8000",
+            _ => "telephone-event/8000",
+        };
+        s.push_str(&format!("a=rtpmap:{f} {enc}\r\n"));
+    }
+    s.push_str("a=ptime:20\r\nm=video 9000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n");
+    s
+}
+
+fn body_text(m: &SipMessage) -> String {
+    String::from_utf8(m.sdp().expect("an SDP body").to_vec()).expect("utf8")
+}
+
+/// Sends `body` as the response to `req` from the test's callee (tag `callee1`).
+fn callee_reply(callee: &Callee, req: &SipMessage, code: u16, to: SocketAddr, body: &str) {
+    let mut r = voxedge_sip_core::transaction::build_response(req, code, "OK", Some("callee1"));
+    let contact = format!("<sip:callee@{}>", callee.sock.local_addr().expect("a"));
+    r.headers.insert(
+        ezk_sip_types::Name::CONTACT,
+        bytesstr::BytesStr::from(contact),
+    );
+    r.headers.insert(
+        ezk_sip_types::Name::CONTENT_TYPE,
+        bytesstr::BytesStr::from_static("application/sdp"),
+    );
+    r.body = bytes::Bytes::from(body.to_string());
+    callee.sock.send_to(&r.to_bytes(), to).expect("reply");
+}
+
+fn ua(server: SocketAddr) -> (Udp, SocketAddr, UdpSocket) {
+    let ua = Udp {
+        sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        server,
+    };
+    ua.sock
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("t");
+    let via = ua.sock.local_addr().expect("addr");
+    let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+    rtp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("t");
+    (ua, via, rtp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_offers_its_codecs_and_answers_are_cut_to_the_offer() {
+    let callee = Callee::new();
+    let mut c = routed(26000, callee.sock.local_addr().expect("a"));
+    c.sip.routes[0].codecs = Some(vec!["PCMA".into()]);
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("start");
+    let server = r.sip_udp.expect("udp");
+    let stats = r.sip_stats.clone().expect("stats");
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        let offer = sdp_body(rtp.local_addr().expect("a"), "0 8 101");
+        ua.send(&invite_with(
+            "+15550001",
+            "z9hG4bKc1",
+            "codecs1",
+            "UDP",
+            via,
+            Some(&offer),
+        ));
+        // The callee is offered PCMA and telephone-event only; video is disabled.
+        let (inv, from) = callee.recv();
+        let sent = body_text(&inv);
+        assert!(sent.contains(" RTP/AVP 8 101\r\n"), "{sent}");
+        assert!(!sent.contains("a=rtpmap:0 "), "{sent}");
+        assert!(sent.contains("m=video 0 RTP/AVP 96\r\n"), "{sent}");
+        assert!(
+            !sent.contains(&rtp.local_addr().expect("a").port().to_string()),
+            "{sent}"
+        );
+        // It answers PCMA and PCMU (never offered): the caller gets PCMA only.
+        let answer = sdp_body(callee.rtp.local_addr().expect("a"), "8 0")
+            .replace("m=video 9000", "m=video 0");
+        callee_reply(&callee, &inv, 200, from, &answer);
+        let ok = ua.recv();
+        assert_eq!(ok.status(), Some(200));
+        let got = body_text(&ok);
+        assert!(got.contains(" RTP/AVP 8\r\n"), "{got}");
+        assert!(!got.contains("PCMU"), "{got}");
+        assert!(got.contains("c=IN IP4 127.0.0.1\r\n"), "{got}");
+        let (ack, _) = callee.recv();
+        assert_eq!(
+            ack.method().map(ToString::to_string).as_deref(),
+            Some("ACK")
+        );
+        ua.send(&in_dialog(
+            "ACK",
+            1,
+            "codecs1",
+            &to_tag(&ok),
+            "z9hG4bKc1a",
+            "UDP",
+            via,
+            "+15550001",
+        ));
+        ua.send(&in_dialog(
+            "BYE",
+            2,
+            "codecs1",
+            &to_tag(&ok),
+            "z9hG4bKc1b",
+            "UDP",
+            via,
+            "+15550001",
+        ));
+        let (bye, from) = callee.recv();
+        assert_eq!(
+            bye.method().map(ToString::to_string).as_deref(),
+            Some("BYE")
+        );
+        callee.reply(&bye, 200, "OK", from, false);
+        assert_eq!(ua.recv().status(), Some(200));
+        // An offer with none of the route's codecs: 488 with a warning, the callee never asked.
+        let pcmu_only = sdp_body(rtp.local_addr().expect("a"), "0 101");
+        ua.send(&invite_with(
+            "+15550001",
+            "z9hG4bKc2",
+            "codecs2",
+            "UDP",
+            via,
+            Some(&pcmu_only),
+        ));
+        let refused = ua.recv();
+        assert_eq!(refused.status(), Some(488));
+        let warning = refused.header("Warning").expect("a Warning header");
+        assert!(
+            warning.starts_with("305 voxedge \"no codec in common"),
+            "{warning}"
+        );
+        ua.send(&in_dialog(
+            "ACK",
+            1,
+            "codecs2",
+            &to_tag(&refused),
+            "z9hG4bKc2",
+            "UDP",
+            via,
+            "+15550001",
+        ));
+        // Unparseable SDP: 488 as well.
+        ua.send(&invite_with(
+            "+15550001",
+            "z9hG4bKc3",
+            "codecs3",
+            "UDP",
+            via,
+            Some("v=0\r\nm=audio x\r\n"),
+        ));
+        let bad = ua.recv();
+        assert_eq!(bad.status(), Some(488));
+        assert!(bad
+            .header("Warning")
+            .expect("warning")
+            .starts_with("399 voxedge \"SDP"));
+        callee
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("t");
+        let mut b = [0u8; 4096];
+        assert!(
+            callee.sock.recv_from(&mut b).is_err(),
+            "refused offers never reach the callee"
+        );
+        assert_eq!(
+            stats.sdp_refused.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(
+            stats
+                .answers_outside_offer
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_offer_is_routed_with_the_answer_in_the_acks() {
+    let callee = Callee::new();
+    let r = app::start(
+        Role::Serve,
+        routed(26100, callee.sock.local_addr().expect("a")),
+        BackendKind::Socket,
+    )
+    .await
+    .expect("start");
+    let server = r.sip_udp.expect("udp");
+    let dp = r.dataplane.clone();
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        ua.send(&invite_with(
+            "+15550002",
+            "z9hG4bKd1",
+            "delayed1",
+            "UDP",
+            via,
+            None,
+        ));
+        // The callee gets an INVITE without SDP and offers in its 2xx.
+        let (inv, from) = callee.recv();
+        assert!(inv.body.is_empty(), "a delayed offer stays delayed");
+        let offer = sdp_body(callee.rtp.local_addr().expect("a"), "0 101");
+        callee_reply(&callee, &inv, 200, from, &offer);
+        // The caller gets that offer on our address; the callee's ACK waits for the answer.
+        let ok = ua.recv();
+        assert_eq!(ok.status(), Some(200));
+        let relayed = body_text(&ok);
+        assert!(relayed.contains(" RTP/AVP 0 101\r\n"), "{relayed}");
+        assert!(!relayed.contains(&callee.rtp.local_addr().expect("a").port().to_string()));
+        let caller_to = answer_port(&ok);
+        callee
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("t");
+        let mut b = [0u8; 4096];
+        assert!(
+            callee.sock.recv_from(&mut b).is_err(),
+            "no ACK before the caller's answer"
+        );
+        callee
+            .sock
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("t");
+        let answer =
+            sdp_body(rtp.local_addr().expect("a"), "0").replace("m=video 9000", "m=video 0");
+        let ack = in_dialog(
+            "ACK",
+            1,
+            "delayed1",
+            &to_tag(&ok),
+            "z9hG4bKd1a",
+            "UDP",
+            via,
+            "+15550002",
+        )
+        .replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+                answer.len()
+            ),
+        );
+        ua.send(&ack);
+        let (b_ack, _) = callee.recv();
+        assert_eq!(
+            b_ack.method().map(ToString::to_string).as_deref(),
+            Some("ACK")
+        );
+        let b_answer = body_text(&b_ack);
+        assert!(b_answer.contains(" RTP/AVP 0\r\n"), "{b_answer}");
+        assert!(!b_answer.contains(&rtp.local_addr().expect("a").port().to_string()));
+        let callee_to = answer_port(&b_ack);
+        // Media both ways through the relay, each side pointed by the other's SDP.
+        rtp.send_to(&rtp_packet(1), ("127.0.0.1", caller_to))
+            .expect("rtp a");
+        let mut b = [0u8; 2048];
+        let (n, _) = callee
+            .rtp
+            .recv_from(&mut b)
+            .expect("callee hears the caller");
+        assert_eq!(n, 172);
+        callee
+            .rtp
+            .send_to(&rtp_packet(2), ("127.0.0.1", callee_to))
+            .expect("rtp b");
+        let (n, _) = rtp.recv_from(&mut b).expect("caller hears the callee");
+        assert_eq!((n, &b[2..4]), (172, &[0u8, 2][..]));
+        ua.send(&in_dialog(
+            "BYE",
+            2,
+            "delayed1",
+            &to_tag(&ok),
+            "z9hG4bKd1b",
+            "UDP",
+            via,
+            "+15550002",
+        ));
+        let (bye, from) = callee.recv();
+        assert_eq!(
+            bye.method().map(ToString::to_string).as_deref(),
+            Some("BYE")
+        );
+        callee.reply(&bye, 200, "OK", from, false);
+        assert_eq!(ua.recv().status(), Some(200));
+        // An ACK without the answer ends the call on both sides.
+        ua.send(&invite_with(
+            "+15550002",
+            "z9hG4bKd2",
+            "delayed2",
+            "UDP",
+            via,
+            None,
+        ));
+        let (inv, from) = callee.recv();
+        callee_reply(&callee, &inv, 200, from, &offer);
+        let ok = ua.recv();
+        assert_eq!(ok.status(), Some(200));
+        ua.send(&in_dialog(
+            "ACK",
+            1,
+            "delayed2",
+            &to_tag(&ok),
+            "z9hG4bKd2a",
+            "UDP",
+            via,
+            "+15550002",
+        ));
+        let (b_ack, _) = callee.recv();
+        assert_eq!(
+            b_ack.method().map(ToString::to_string).as_deref(),
+            Some("ACK")
+        );
+        let (b_bye, _) = callee.recv();
+        assert_eq!(
+            b_bye.method().map(ToString::to_string).as_deref(),
+            Some("BYE")
+        );
+        let a_bye = ua.recv();
+        assert_eq!(
+            a_bye.method().map(ToString::to_string).as_deref(),
+            Some("BYE")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(dp.relay_count(), 0, "media released");
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_offer_to_echo_gets_our_offer() {
+    let r = start(26200).await;
+    let server = r.sip_udp.expect("udp");
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        ua.send(&invite_with(
+            "echo",
+            "z9hG4bKe1",
+            "echo-delayed",
+            "UDP",
+            via,
+            None,
+        ));
+        let ok = ua.recv();
+        assert_eq!(ok.status(), Some(200));
+        let offer = body_text(&ok);
+        assert!(offer.contains(" RTP/AVP 0 8 101\r\n"), "{offer}");
+        let answer = sdp_body(rtp.local_addr().expect("a"), "8");
+        let ack = in_dialog(
+            "ACK",
+            1,
+            "echo-delayed",
+            &to_tag(&ok),
+            "z9hG4bKe1a",
+            "UDP",
+            via,
+            "echo",
+        )
+        .replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}",
+                answer.len()
+            ),
+        );
+        ua.send(&ack);
+        echo_media(&ok, &rtp);
+        ua.send(&in_dialog(
+            "BYE",
+            2,
+            "echo-delayed",
+            &to_tag(&ok),
+            "z9hG4bKe1b",
+            "UDP",
+            via,
+            "echo",
+        ));
+        assert_eq!(ua.recv().status(), Some(200));
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_are_answered_482() {
+    // A dial plan that routes a number back to this node.
+    let own: SocketAddr = "127.0.0.1:26390".parse().expect("addr");
+    let mut c = routed(26300, own);
+    c.sip.listen = own;
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("start");
+    let stats = r.sip_stats.clone().expect("stats");
+    let dp = r.dataplane.clone();
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(own);
+        ua.send(&invite(
+            "+15550003",
+            "z9hG4bKl1",
+            "loop1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        ));
+        let looped = ua.recv();
+        assert_eq!(looped.status(), Some(482), "our own INVITE came back");
+        ua.send(&in_dialog(
+            "ACK",
+            1,
+            "loop1",
+            &to_tag(&looped),
+            "z9hG4bKl1",
+            "UDP",
+            via,
+            "+15550003",
+        ));
+        // A merged request: the same INVITE (Call-ID, From tag, CSeq) on another branch while
+        // the first is in progress.
+        ua.send(&invite(
+            "echo",
+            "z9hG4bKm1",
+            "merged1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        ));
+        let ok = ua.recv();
+        assert_eq!(ok.status(), Some(200));
+        ua.send(&invite(
+            "echo",
+            "z9hG4bKm2",
+            "merged1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        ));
+        assert_eq!(ua.recv().status(), Some(482));
+        ua.send(&in_dialog(
+            "ACK",
+            1,
+            "merged1",
+            &to_tag(&ok),
+            "z9hG4bKm1a",
+            "UDP",
+            via,
+            "echo",
+        ));
+        ua.send(&in_dialog(
+            "BYE",
+            2,
+            "merged1",
+            &to_tag(&ok),
+            "z9hG4bKm1b",
+            "UDP",
+            via,
+            "echo",
+        ));
+        assert_eq!(ua.recv().status(), Some(200));
+        assert_eq!(
+            stats
+                .loops_detected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(dp.relay_count(), 0, "media released");
+    })
+    .await
+    .expect("ua");
     r.shutdown().await;
 }
