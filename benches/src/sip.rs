@@ -6,6 +6,11 @@
 //! `--hold-ms`, BYE, 200 on both legs; a relay is created and deleted per call). Reports
 //! completed and failed calls (from sipp's statistics) and CPU per call of voxedge and of the
 //! two sipp processes (from /proc), so a reader can see who ran out of CPU.
+//!
+//! `--via kamailio` runs the same sipp scenario through Kamailio (from apt, the stateful proxy
+//! of `tests/ng/kamailio.cfg`) with its `rtpengine` module anchoring media in rtpengine (from
+//! apt, userspace `--table=-1`) instead, and reports their CPU per call: the comparison the SIP
+//! issue asks for.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,7 +19,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
 
-use crate::proc::{self, Kill};
+use crate::proc::{self, Kill, KillGroup};
 use crate::relay::{agent, free_port};
 
 /// Options of `voxedge bench sip`.
@@ -32,30 +37,49 @@ pub struct SipArgs {
     /// Dataplane workers of the started voxedge.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// What carries the calls: `voxedge` (B2BUA with its dataplane) or `kamailio` (Kamailio
+    /// proxy + rtpengine over ng).
+    #[arg(long, default_value = "voxedge")]
+    pub via: String,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
-pub(crate) fn stat_field(csv: &str, name: &str) -> Option<u64> {
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next()?.split(';').collect();
-    let last: Vec<&str> = lines.last()?.split(';').collect();
-    let i = header.iter().position(|h| *h == name)?;
-    last.get(i)?.trim().parse().ok()
+/// The Kamailio configuration of the ng interop test.
+const KAMAILIO_CFG: &str = include_str!("../../tests/ng/kamailio.cfg");
+
+/// What carries the calls, and how to read its CPU time.
+enum Carrier {
+    Voxedge(Kill),
+    Kamailio { proxy: KillGroup, rtpengine: Kill },
 }
 
-/// Runs the bench.
-///
-/// # Errors
-/// sipp missing, or voxedge could not start.
-pub fn main(a: &SipArgs) -> anyhow::Result<()> {
-    if Command::new("sipp").arg("-v").output().is_err() {
-        bail!("sipp is not installed (apt-get install sip-tester)");
+impl Carrier {
+    /// CPU seconds so far: (signalling, media) for kamailio + rtpengine, (all, 0) for voxedge.
+    fn cpu(&self) -> (f64, f64) {
+        match self {
+            Carrier::Voxedge(p) => (proc::cpu_seconds(p.0.id()).unwrap_or(0.0), 0.0),
+            Carrier::Kamailio { proxy, rtpengine } => (
+                proc::group_cpu_seconds(proxy.0.id()),
+                proc::cpu_seconds(rtpengine.0.id()).unwrap_or(0.0),
+            ),
+        }
     }
-    let dir = std::env::temp_dir().join(format!("voxedge-bench-sip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let (admin, sip, uas_port, uac_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
+}
+
+fn udp_port_taken(port: u16) -> bool {
+    std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+}
+
+/// Starts `voxedge serve` routing every call to the UAS at `uas_port`.
+fn start_voxedge(
+    a: &SipArgs,
+    dir: &std::path::Path,
+    sip: u16,
+    uas_port: u16,
+) -> anyhow::Result<Carrier> {
+    let admin = free_port()?;
     let cfg = dir.join("voxedge.toml");
     std::fs::write(
         &cfg,
@@ -88,6 +112,103 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(Carrier::Voxedge(serve))
+}
+
+/// Starts rtpengine (userspace, one thread per voxedge worker) and Kamailio relaying every
+/// call to the UAS at `uas_port` with media through rtpengine.
+fn start_kamailio(
+    a: &SipArgs,
+    dir: &std::path::Path,
+    sip: u16,
+    uas_port: u16,
+) -> anyhow::Result<Carrier> {
+    let ng = free_port()?;
+    let rtpengine = Kill(
+        Command::new("rtpengine")
+            .args(["--config-file=none", "--table=-1", "--interface=127.0.0.1"])
+            .arg(format!("--listen-ng=127.0.0.1:{ng}"))
+            .args(["--foreground", "--log-stderr", "--log-level=3"])
+            .args(["--port-min=20000", "--port-max=32000", "--delete-delay=0"])
+            .arg(format!("--num-threads={}", a.workers.max(1)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start rtpengine (apt-get install rtpengine-daemon)")?,
+    );
+    let cfg = dir.join("kamailio.cfg");
+    std::fs::write(&cfg, KAMAILIO_CFG)?;
+    std::fs::create_dir_all(dir.join("run"))?;
+    use std::os::unix::process::CommandExt;
+    let proxy = KillGroup(
+        Command::new("kamailio")
+            .arg("-f")
+            .arg(&cfg)
+            .args(["-DD", "-E", "-m", "256", "-M", "16", "-Y"])
+            .arg(dir.join("run"))
+            .arg("-P")
+            .arg(dir.join("run/kamailio.pid"))
+            .args(["-A", &format!("SIP_PORT={sip}")])
+            .args(["-A", &format!("NG_SOCK=\"udp:127.0.0.1:{ng}\"")])
+            .args(["-A", &format!("UAS_URI=\"sip:127.0.0.1:{uas_port}\"")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(
+                dir.join("kamailio.log"),
+            )?))
+            .process_group(0)
+            .spawn()
+            .context("start kamailio (apt-get install kamailio)")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !udp_port_taken(sip) || !udp_port_taken(ng) {
+        if Instant::now() > deadline {
+            bail!(
+                "kamailio or rtpengine did not start: {}",
+                std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The module pings rtpengine at start; give it a moment before the first call.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Carrier::Kamailio { proxy, rtpengine })
+}
+
+pub(crate) fn stat_field(csv: &str, name: &str) -> Option<u64> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next()?.split(';').collect();
+    let last: Vec<&str> = lines.last()?.split(';').collect();
+    let i = header.iter().position(|h| *h == name)?;
+    last.get(i)?.trim().parse().ok()
+}
+
+/// Runs the bench.
+///
+/// # Errors
+/// sipp missing, or voxedge could not start.
+pub fn main(a: &SipArgs) -> anyhow::Result<()> {
+    if Command::new("sipp").arg("-v").output().is_err() {
+        bail!("sipp is not installed (apt-get install sip-tester)");
+    }
+    let dir = std::env::temp_dir().join(format!("voxedge-bench-sip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (sip, uas_port, uac_port) = (free_port()?, free_port()?, free_port()?);
+    let carrier = match a.via.as_str() {
+        "voxedge" => start_voxedge(a, &dir, sip, uas_port),
+        "kamailio" => start_kamailio(a, &dir, sip, uas_port),
+        other => Err(anyhow::anyhow!(
+            "--via takes voxedge or kamailio, not {other}"
+        )),
+    };
+    let carrier = match carrier {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let uas = Kill(
         Command::new("sipp")
             .args([
@@ -108,10 +229,7 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
     std::thread::sleep(Duration::from_millis(300));
     let calls = a.rate * a.duration;
     let stat = dir.join("uac.csv");
-    let (v0, s0) = (
-        proc::cpu_seconds(serve.0.id()).unwrap_or(0.0),
-        proc::cpu_seconds(uas.0.id()).unwrap_or(0.0),
-    );
+    let (v0, s0) = (carrier.cpu(), proc::cpu_seconds(uas.0.id()).unwrap_or(0.0));
     let t0 = Instant::now();
     let uac = Command::new("sipp")
         .args(["-sn", "uac", "-s", "1000", &format!("127.0.0.1:{sip}")])
@@ -128,15 +246,12 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
         .context("start sipp uac")?;
     let out = uac.wait_with_output().context("sipp uac")?;
     let wall = t0.elapsed().as_secs_f64();
-    let (v1, s1) = (
-        proc::cpu_seconds(serve.0.id()).unwrap_or(0.0),
-        proc::cpu_seconds(uas.0.id()).unwrap_or(0.0),
-    );
+    let (v1, s1) = (carrier.cpu(), proc::cpu_seconds(uas.0.id()).unwrap_or(0.0));
     let csv = std::fs::read_to_string(&stat).unwrap_or_default();
     let ok = stat_field(&csv, "SuccessfulCall(C)").unwrap_or(0);
     let failed = stat_field(&csv, "FailedCall(C)").unwrap_or(0);
     drop(uas);
-    drop(serve);
+    drop(carrier);
     let _ = std::fs::remove_dir_all(&dir);
     let report = json!({
         "bench": "sip",
@@ -149,22 +264,25 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
         "sipp_uac_exit_ok": out.status.success(),
         "wall_s": wall,
         "completed_cps": ok as f64 / wall,
-        "voxedge_cpu_s": v1 - v0,
-        "voxedge_cpu_us_per_call": if ok > 0 { (v1 - v0) * 1e6 / ok as f64 } else { 0.0 },
+        "via": a.via,
+        "signalling_cpu_s": v1.0 - v0.0,
+        "media_cpu_s": v1.1 - v0.1,
+        "cpu_us_per_call": if ok > 0 { (v1.0 - v0.0 + v1.1 - v0.1) * 1e6 / ok as f64 } else { 0.0 },
         "sipp_uas_cpu_s": s1 - s0,
-        "note": "voxedge, sipp UAS and sipp UAC share this machine's cores",
+        "note": "the carrier (voxedge alone, or kamailio's processes for signalling and rtpengine for media), sipp UAS and sipp UAC share this machine's cores",
     });
     if a.json {
         println!("{report}");
     } else {
         println!(
-            "voxedge bench sip: {} calls offered at {}/s: {} completed, {} failed in {:.1} s; voxedge {:.0} CPU-µs per call",
+            "voxedge bench sip via {}: {} calls offered at {}/s: {} completed, {} failed in {:.1} s; {:.0} CPU-µs per call",
+            a.via,
             calls,
             a.rate,
             ok,
             failed,
             wall,
-            report["voxedge_cpu_us_per_call"].as_f64().unwrap_or(0.0)
+            report["cpu_us_per_call"].as_f64().unwrap_or(0.0)
         );
     }
     Ok(())

@@ -240,7 +240,13 @@ impl SipMessage {
 
     /// First value of a header by name (full or compact, any case), as written.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.header_all(name).into_iter().next()
+        // Fast path: names parsed from the wire print in their full form (`i:` as `Call-ID`),
+        // so a full name given in any case matches without building a `Name`.
+        self.headers
+            .iter()
+            .find(|(k, _)| k.as_print_str().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .or_else(|| self.header_all(name).into_iter().next())
     }
 
     /// Every value of a header (one per line or comma-separated item is not split here).
