@@ -98,6 +98,7 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
             .arg(&cfg)
             .env_remove("VOXEDGE_CONFIG")
             .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("voxedge.log"))?))
             .spawn()
             .context("start voxedge serve")?,
     );
