@@ -47,7 +47,7 @@ pub fn group_cpu_seconds(pgid: u32) -> f64 {
 }
 
 /// A process group killed (SIGKILL to the group) and its leader reaped when dropped.
-pub(crate) struct KillGroup(pub std::process::Child);
+pub struct KillGroup(pub std::process::Child);
 
 impl Drop for KillGroup {
     fn drop(&mut self) {

@@ -7,25 +7,12 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use voxedge_bench::proc::KillGroup;
 use voxedge_controlplane::app::{self, Role};
 use voxedge_controlplane::config::Config;
 use voxedge_dataplane::BackendKind;
 
 mod common;
-
-/// A process group killed on drop (kamailio forks its workers).
-struct Group(std::process::Child);
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = self.0.wait();
-    }
-}
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -68,7 +55,7 @@ async fn kamailio_rtpengine_module_drives_voxedge() {
     let (sip, uas, uac) = (free_udp_port(), free_udp_port(), free_udp_port());
     let (uas_media, uac_media) = (free_udp_port(), free_udp_port());
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/ng/kamailio.cfg");
-    let _kamailio = Group(
+    let _kamailio = KillGroup(
         Command::new("kamailio")
             .args(["-f", cfg, "-DD", "-E", "-m", "64", "-M", "8", "-Y"])
             .arg(dir.join("run"))
@@ -94,7 +81,7 @@ async fn kamailio_rtpengine_module_drives_voxedge() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _uas = Group(
+    let _uas = KillGroup(
         Command::new("sipp")
             .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas.to_string()])
             .args([
@@ -124,7 +111,7 @@ async fn kamailio_rtpengine_module_drives_voxedge() {
         .process_group(0)
         .spawn()
         .expect("sipp uac");
-    let mut uac_child = Group(uac_child);
+    let mut uac_child = KillGroup(uac_child);
     // Mid-call (the UAC plays its pcap for about 8 s): one relay, media on both legs.
     let dp2 = dp.clone();
     let mid = tokio::task::spawn_blocking(move || {
