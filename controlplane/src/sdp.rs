@@ -12,8 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use rtc_sdp::description::common::{Address, Attribute, ConnectionInformation};
-use rtc_sdp::description::media::MediaDescription;
-use rtc_sdp::description::session::SessionDescription;
+use rtc_sdp::description::media::{MediaDescription, MediaName, RangedPort};
+use rtc_sdp::description::session::{Origin, SessionDescription, TimeDescription};
 
 /// Largest SDP body accepted.
 pub const SDP_MAX_BYTES: usize = 16 * 1024;
@@ -55,7 +55,7 @@ impl Format {
 
     /// Same codec: equal static payload types, or equal name and clock rate.
     fn same_codec(&self, other: &Format) -> bool {
-        if self.pt < 96 && other.pt < 96 && self.name.is_empty() | other.name.is_empty() {
+        if self.pt < 96 && other.pt < 96 && (self.name.is_empty() || other.name.is_empty()) {
             return self.pt == other.pt;
         }
         self.name.eq_ignore_ascii_case(&other.name) && self.rate == other.rate
@@ -286,7 +286,7 @@ impl Sdp {
     }
 
     /// The anchored stream is T.38 fax (`m=image … udptl t38`).
-    pub fn is_fax(&self) -> bool {
+    fn is_fax(&self) -> bool {
         is_t38(self.anchored())
     }
 
@@ -339,16 +339,6 @@ impl Sdp {
             .into_iter()
             .find(|f| f.is_telephone_event() && f.rate == 8000)
             .map(|f| f.pt)
-    }
-
-    /// The anchored stream's `a=ptime`, when given.
-    pub fn ptime(&self) -> Option<u32> {
-        let m = self.anchored();
-        m.attributes
-            .iter()
-            .chain(self.desc.attributes.iter())
-            .find(|a| a.key == "ptime")
-            .and_then(|a| a.value.as_deref()?.trim().parse().ok())
     }
 
     /// Keeps the anchored stream's formats `keep` accepts (and their rtpmap/fmtp lines).
@@ -495,7 +485,7 @@ impl Sdp {
     }
 
     /// An SDP offer of our own: PCMU, PCMA and telephone-event 101 on `addr`:`port`.
-    pub fn our_offer(addr: IpAddr, port: u16) -> Bytes {
+    pub fn our_offer(addr: IpAddr, port: u16) -> Sdp {
         let f = |pt, name: &str| Format {
             pt,
             name: name.into(),
@@ -508,29 +498,55 @@ impl Sdp {
         )
     }
 
-    /// An SDP offer of `formats` (20 ms packets) on `addr`:`port`.
-    pub fn offer_of(addr: IpAddr, port: u16, formats: &[Format]) -> Bytes {
-        use std::fmt::Write as _;
-        let fam = family(addr);
-        let id = rand::random::<u32>();
-        let pts: Vec<String> = formats.iter().map(|f| f.pt.to_string()).collect();
-        let mut s = format!(
-            "v=0\r\no=voxedge {id} 1 IN {fam} {addr}\r\ns=VoxEdge\r\nc=IN {fam} {addr}\r\nt=0 0\r\n\
-m=audio {port} RTP/AVP {}\r\n",
-            pts.join(" ")
-        );
+    /// An SDP offer of `formats` (20 ms packets, sendrecv) on `addr`:`port`.
+    pub fn offer_of(addr: IpAddr, port: u16, formats: &[Format]) -> Sdp {
+        let attr = |key: &str, value: Option<String>| Attribute {
+            key: key.into(),
+            value,
+        };
+        let mut attributes = Vec::new();
         for f in formats {
-            let _ = write!(s, "a=rtpmap:{} {}/{}\r\n", f.pt, f.name, f.rate);
+            attributes.push(attr(
+                "rtpmap",
+                Some(format!("{} {}/{}", f.pt, f.name, f.rate)),
+            ));
             if f.is_telephone_event() {
-                let _ = write!(s, "a=fmtp:{} 0-16\r\n", f.pt);
+                attributes.push(attr("fmtp", Some(format!("{} 0-16", f.pt))));
             }
         }
-        let _ = write!(
-            s,
-            "a=ptime:20\r\na=rtcp:{}\r\na=sendrecv\r\n",
-            u32::from(port) + 1
-        );
-        Bytes::from(s)
+        attributes.push(attr("ptime", Some("20".into())));
+        attributes.push(attr("sendrecv", None));
+        let media = MediaDescription {
+            media_name: MediaName {
+                media: "audio".into(),
+                port: RangedPort {
+                    value: 0,
+                    range: None,
+                },
+                protos: vec!["RTP".into(), "AVP".into()],
+                formats: formats.iter().map(|f| f.pt.to_string()).collect(),
+            },
+            attributes,
+            ..Default::default()
+        };
+        let mut sdp = Sdp {
+            desc: SessionDescription {
+                origin: Origin {
+                    username: "voxedge".into(),
+                    session_id: u64::from(rand::random::<u32>()),
+                    session_version: 1,
+                    network_type: "IN".into(),
+                    ..Default::default()
+                },
+                session_name: "VoxEdge".into(),
+                time_descriptions: vec![TimeDescription::default()],
+                media_descriptions: vec![media],
+                ..Default::default()
+            },
+        };
+        // Addresses, port and `a=rtcp`.
+        sdp.anchor_to(addr, port);
+        sdp
     }
 
     /// Takes the session id of `previous` (our earlier SDP in this dialog) with its version
@@ -610,7 +626,6 @@ a=T38FaxUdpEC:t38UDPRedundancy\r\n";
             ]
         );
         assert_eq!(s.telephone_event(), Some(101));
-        assert_eq!(s.ptime(), Some(20));
         assert!(!s.is_fax());
     }
 
@@ -782,7 +797,8 @@ a=rtpmap:100 telephone-event/8000\r\n",
             Sdp::answer_to(&offer, "192.0.2.7".parse().unwrap(), 30000, |f| f.pt == 9).unwrap_err(),
             SdpError::NoCommonCodec
         );
-        let ours = Sdp::parse(&Sdp::our_offer("192.0.2.7".parse().unwrap(), 30000)).unwrap();
+        let ours =
+            Sdp::parse(&Sdp::our_offer("192.0.2.7".parse().unwrap(), 30000).to_bytes()).unwrap();
         assert_eq!(ours.telephone_event(), Some(101));
         assert_eq!(ours.remote(), Some("192.0.2.7:30000".parse().unwrap()));
     }
@@ -811,13 +827,7 @@ a=rtcp:4001 IN IP4 10.0.0.1\r\na=ptime:20\r\nm=image 0 udptl t38\r\na=T38FaxVers
         let Ok(mut s) = Sdp::parse(body) else {
             return;
         };
-        let _ = (
-            s.remote(),
-            s.formats(),
-            s.telephone_event(),
-            s.ptime(),
-            s.is_fax(),
-        );
+        let _ = (s.remote(), s.formats(), s.telephone_event(), s.is_fax());
         let offer = s.clone();
         let _ = s.restrict(&CodecPolicy::new(&["PCMA"]));
         let _ = s.answer_within(&offer);

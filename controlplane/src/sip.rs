@@ -7,7 +7,7 @@
 //! caller's media back through the dataplane; `sip:hangup@…` answers and hangs up at once.
 //! Anything else is 404 until the dial plan exists. OPTIONS is answered 200.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -618,7 +618,7 @@ struct Core {
     invite_keys: HashMap<(String, String, u32), TxId>,
     key_of_invite: HashMap<TxId, (String, String, u32)>,
     /// Call-IDs of our outbound INVITEs: one arriving back here is a loop.
-    b_call_ids: HashMap<String, DialogId>,
+    b_call_ids: HashSet<String>,
 }
 
 fn random_token(n: usize) -> String {
@@ -758,7 +758,7 @@ pub async fn start(
         codecs: CodecPolicy::new(&cfg.codecs),
         invite_keys: HashMap::new(),
         key_of_invite: HashMap::new(),
-        b_call_ids: HashMap::new(),
+        b_call_ids: HashSet::new(),
     };
     tasks.push(tokio::spawn(core.run(in_rx, stop)));
     if let Some(a) = udp_addr {
@@ -880,6 +880,11 @@ fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &Sdp) {
     }
 }
 
+/// The message's SDP body parsed, when it has one.
+fn sdp_of(msg: &SipMessage) -> Option<Result<Sdp, SdpError>> {
+    msg.sdp().map(|body| Sdp::parse(&body))
+}
+
 /// An answer cut to what `offer` offered. An answer with no offered codec at all breaks
 /// RFC 3264 but is common (test UASs answer with a fixed codec); the relay does not
 /// transcode, so it goes on unchanged and is counted rather than ending the call.
@@ -914,10 +919,8 @@ fn app_answer_sdp(
     let pt = codec.payload_type();
     offer
         .and_then(|o| Sdp::answer_to(o, advertise, port, |f| f.pt == pt || Some(f.pt) == te).ok())
-        .map_or_else(
-            || Sdp::offer_of(advertise, port, &codec_formats(codec, te)),
-            |a| a.to_bytes(),
-        )
+        .unwrap_or_else(|| Sdp::offer_of(advertise, port, &codec_formats(codec, te)))
+        .to_bytes()
 }
 
 /// An engine call's codec and telephone-event type from the caller's offer; for a delayed
@@ -930,7 +933,7 @@ fn app_media(offer: Option<&Sdp>) -> Option<(crate::voice::audio::Codec, Option<
         None => {
             let (codec, te) = (Codec::Pcmu, Some(101));
             let ours = Sdp::offer_of(IpAddr::from([0, 0, 0, 0]), 9, &codec_formats(codec, te));
-            Some((codec, te, Some(Sdp::parse(&ours).ok()?)))
+            Some((codec, te, Some(ours)))
         }
     }
 }
@@ -1399,10 +1402,7 @@ impl Core {
                 }
             },
             None => {
-                let ours = Sdp::parse(&Sdp::our_offer(self.advertise, 0));
-                let Ok(ours) = ours else {
-                    return;
-                };
+                let ours = Sdp::our_offer(self.advertise, 0);
                 (ours.clone(), Some(ours))
             }
         };
@@ -1448,7 +1448,7 @@ impl Core {
     /// (a dial plan or a peer routing it to us again). Otherwise the INVITE's key is recorded.
     fn is_loop(&mut self, tx: TxId, msg: &SipMessage) -> bool {
         let call_id = msg.header("Call-ID").unwrap_or_default().trim().to_string();
-        if self.b_call_ids.contains_key(&call_id) {
+        if self.b_call_ids.contains(&call_id) {
             return true;
         }
         let from_tag = msg
@@ -1477,10 +1477,10 @@ impl Core {
         policy: &CodecPolicy,
         now: Duration,
     ) -> Option<Option<Sdp>> {
-        let Some(body) = msg.sdp() else {
+        let Some(parsed) = sdp_of(msg) else {
             return Some(None);
         };
-        let parsed = Sdp::parse(&body).and_then(|mut o| o.restrict(policy).map(|()| o));
+        let parsed = parsed.and_then(|mut o| o.restrict(policy).map(|()| o));
         match parsed {
             Ok(o) => Some(Some(o)),
             Err(e) => {
@@ -1644,7 +1644,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         let a_id = dialog.id.clone();
         self.b_by_tx.insert(btx, a_id.clone());
-        self.b_call_ids.insert(call_id, a_id.clone());
+        self.b_call_ids.insert(call_id);
         self.calls.insert(
             a_id,
             Call {
@@ -1713,8 +1713,9 @@ Contact: <sip:voxedge@{local}>\r\n",
         // The callee's SDP: an answer cut to our offer, or (delayed offer) its own offer cut
         // to the route's codecs.
         let stats = &self.stats;
-        let sdp = msg.sdp().map(|body| {
-            Sdp::parse(&body).and_then(|mut s| {
+        let delayed = b.offer.is_none();
+        let sdp = sdp_of(&msg).map(|parsed| {
+            parsed.and_then(|mut s| {
                 match b.offer.as_ref() {
                     Some(offer) => cut_answer(&mut s, offer, stats),
                     None => s.restrict(&b.codecs)?,
@@ -1725,28 +1726,32 @@ Contact: <sip:voxedge@{local}>\r\n",
         let a_port = b.a_port;
         let a_tx = call.invite_tx.unwrap_or(TxId(0));
         let tag = call.dialog.id.local_tag.clone();
+        // A 2xx must bring usable SDP when it answers a delayed offer or brings any at all;
+        // a provisional response goes on without an SDP we cannot use.
+        let unusable = match &sdp {
+            _ if !(200..300).contains(&code) => None,
+            Some(Err(e)) => Some(e.clone()),
+            None if delayed => Some(SdpError::NoMedia),
+            _ => None,
+        };
+        if let Some(e) = unusable {
+            tracing::info!(error = %e, "callee's SDP refused; call ended");
+            self.b_answered(&a_id, &msg);
+            self.ack_b(&a_id, None);
+            self.bye_b(&a_id, now);
+            self.refuse_offer(a_tx, &inv_a, &tag, &e, now);
+            self.end_call(&a_id, false);
+            return;
+        }
         let mut resp = build_response(&inv_a, code, status_reason(&msg), Some(&tag));
         let mut relayed_sdp = None;
-        match sdp {
-            Some(Ok(mut s)) => {
-                follow_media(&self.dp, relay, Side::B, &s);
-                s.anchor_to(advertise, a_port);
-                resp.headers
-                    .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
-                resp.body = s.to_bytes();
-                relayed_sdp = Some(s);
-            }
-            Some(Err(e)) if (200..300).contains(&code) => {
-                tracing::info!(error = %e, "callee's SDP refused; call ended");
-                self.b_answered(&a_id, &msg);
-                self.ack_b(&a_id, None);
-                self.bye_b(&a_id, now);
-                self.refuse_offer(a_tx, &inv_a, &tag, &e, now);
-                self.end_call(&a_id, false);
-                return;
-            }
-            // A provisional response goes on without an SDP we cannot use.
-            Some(Err(_)) | None => {}
+        if let Some(Ok(mut s)) = sdp {
+            follow_media(&self.dp, relay, Side::B, &s);
+            s.anchor_to(advertise, a_port);
+            resp.headers
+                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+            resp.body = s.to_bytes();
+            relayed_sdp = Some(s);
         }
         let Some(b) = self.calls.get_mut(&a_id).and_then(|c| c.b.as_mut()) else {
             return;
@@ -1770,7 +1775,6 @@ Contact: <sip:voxedge@{local}>\r\n",
                 }
             }
         }
-        let delayed = b.offer.is_none();
         match code {
             100 => {}
             101..=199 => {
@@ -1781,15 +1785,6 @@ Contact: <sip:voxedge@{local}>\r\n",
                 self.respond(a_tx, resp, now);
             }
             200..=299 => {
-                if delayed && relayed_sdp.is_none() {
-                    // A delayed offer's 2xx must carry the callee's offer.
-                    self.b_answered(&a_id, &msg);
-                    self.ack_b(&a_id, None);
-                    self.bye_b(&a_id, now);
-                    self.refuse_offer(a_tx, &inv_a, &tag, &SdpError::NoMedia, now);
-                    self.end_call(&a_id, false);
-                    return;
-                }
                 if !self.b_answered(&a_id, &msg) {
                     return;
                 }
@@ -1886,14 +1881,10 @@ Contact: <sip:voxedge@{local}>\r\n",
         let Some(offer) = c.ack_answer.take() else {
             return;
         };
-        let answer = msg
-            .sdp()
-            .ok_or(SdpError::NoMedia)
-            .and_then(|body| Sdp::parse(&body))
-            .map(|mut a| {
-                cut_answer(&mut a, &offer, &self.stats);
-                a
-            });
+        let answer = sdp_of(msg).unwrap_or(Err(SdpError::NoMedia)).map(|mut a| {
+            cut_answer(&mut a, &offer, &self.stats);
+            a
+        });
         let mut answer = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -1966,11 +1957,12 @@ Contact: <sip:voxedge@{local}>\r\n",
             // Re-INVITE / UPDATE (hold, resume, new address): follow the new media address
             // and answer with the call's codecs, the offer's direction mirrored.
             let mut ok = build_response(&msg, 200, "OK", None);
-            if let Some(body) = msg.sdp() {
-                let answer = Sdp::parse(&body).and_then(|offer| {
+            if let Some(parsed) = sdp_of(&msg) {
+                let answer = parsed.and_then(|offer| {
                     let current = Sdp::parse(&call.answer)?;
+                    let codecs = current.formats();
                     let mut a = Sdp::answer_to(&offer, self.advertise, current.port(), |f| {
-                        current.formats().iter().any(|c| c.pt == f.pt)
+                        codecs.iter().any(|c| c.pt == f.pt)
                     })?;
                     a.follow_version(&current);
                     Ok((offer, a))
@@ -2062,7 +2054,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         // A new offer: the sender's media address applied, the rest rewritten for the other
         // leg (and kept, to cut the answer to it); an unusable one is refused here.
-        let offer = match msg.sdp().map(|body| Sdp::parse(&body)) {
+        let offer = match sdp_of(&msg) {
             Some(Ok(mut o)) => {
                 follow_media(&self.dp, relay, side, &o);
                 o.anchor_to(advertise, out_port);
@@ -2207,7 +2199,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             }
         }
         let mut resp = build_response(&req, code, status_reason(&msg), None);
-        if let Some(Ok(mut answer)) = msg.sdp().map(|body| Sdp::parse(&body)) {
+        if let Some(Ok(mut answer)) = sdp_of(&msg) {
             if let Some(o) = offer.as_ref() {
                 cut_answer(&mut answer, o, &self.stats);
             }
@@ -2298,7 +2290,8 @@ Contact: <sip:voxedge@{local}>\r\n",
                 .map(|info| {
                     let port = info.legs[1].local.port();
                     let sdp =
-                        Sdp::offer_of(self.advertise, port, &codec_formats(b.codec, b.dtmf_pt));
+                        Sdp::offer_of(self.advertise, port, &codec_formats(b.codec, b.dtmf_pt))
+                            .to_bytes();
                     (info, sdp)
                 })
                 .ok_or_else(|| "the dialling call has ended".to_string()),
@@ -2310,7 +2303,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                     ..RelayRequest::with_remotes(None, None)
                 })
                 .map(|info| {
-                    let sdp = Sdp::our_offer(self.advertise, info.legs[0].local.port());
+                    let sdp = Sdp::our_offer(self.advertise, info.legs[0].local.port()).to_bytes();
                     (info, sdp)
                 })
                 .map_err(|e| e.to_string()),
@@ -2467,7 +2460,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         }
         // A <Dial> leg's media is connected only if it wins (below); early media is not
         // passed to the caller (the engine plays ringback).
-        if let (Some(Ok(sdp)), false) = (msg.sdp().map(|b| Sdp::parse(&b)), o.bridge) {
+        if let (Some(Ok(sdp)), false) = (sdp_of(&msg), o.bridge) {
             follow_media(&self.dp, o.relay, Side::A, &sdp);
         }
         if (100..200).contains(&code) {
@@ -2506,9 +2499,8 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 let (sid, peer, relay, cancel) = (o.sid.clone(), o.peer, o.relay, o.cancel);
                 let bridge = o.bridge;
                 let media = (o.instructions && !bridge).then(|| {
-                    let (codec, te) = msg
-                        .sdp()
-                        .and_then(|sd| Sdp::parse(&sd).ok())
+                    let (codec, te) = sdp_of(&msg)
+                        .and_then(Result::ok)
                         .and_then(|a| choose_g711(&a))
                         .unwrap_or((crate::voice::audio::Codec::Pcmu, None));
                     (relay, codec, te)
@@ -2569,7 +2561,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 }
                 if bridge {
                     self.bridged.insert(relay, sid.clone());
-                    if let Some(Ok(sdp)) = msg.sdp().map(|b| Sdp::parse(&b)) {
+                    if let Some(Ok(sdp)) = sdp_of(&msg) {
                         follow_media(&self.dp, relay, Side::B, &sdp);
                     }
                 }
@@ -2634,13 +2626,8 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             return;
         };
         let Some((codec, te, ack_answer)) = app_media(offer.as_ref()) else {
-            self.refuse_offer(
-                tx,
-                &msg,
-                &tag,
-                &SdpError::Syntax("PCMU or PCMA required".into()),
-                now,
-            );
+            // The engine plays and records G.711 only.
+            self.refuse_offer(tx, &msg, &tag, &SdpError::NoCommonCodec, now);
             return;
         };
         let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), now) else {
@@ -2714,10 +2701,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
     fn rehome_app(&mut self, sid: &str, worker: WorkerId) -> Option<RelayId> {
         let (id, tx) = self.unanswered_app(sid)?;
         let inv = self.pending_invites.get(&tx?)?;
-        let offer = match inv.sdp() {
-            Some(body) => Some(Sdp::parse(&body).ok()?),
-            None => None,
-        };
+        let offer = sdp_of(inv).transpose().ok()?;
         let (codec, te, _) = app_media(offer.as_ref())?;
         let old = self.calls.get(&id)?.relay?;
         if self.dp.relay(old)?.worker == worker {
