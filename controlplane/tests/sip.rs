@@ -175,17 +175,7 @@ async fn echo_call_over_udp_with_media_and_bye() {
     let stats = r.sip_stats.clone().expect("stats");
     let dp = r.dataplane.clone();
     tokio::task::spawn_blocking(move || {
-        let ua = Udp {
-            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
-            server,
-        };
-        ua.sock
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("t");
-        let via = ua.sock.local_addr().expect("addr");
-        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
-        rtp.set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("t");
+        let (ua, via, rtp) = ua(server);
         // OPTIONS, an unknown target, a request without From.
         ua.send(
             &in_dialog("OPTIONS", 1, "opt1", "x", "z9hG4bKopt", "UDP", via, "x")
@@ -401,14 +391,7 @@ async fn routed_call_relays_ringing_answer_media_and_callee_bye() {
     let server = r.sip_udp.expect("udp");
     let dp = r.dataplane.clone();
     tokio::task::spawn_blocking(move || {
-        let ua = Udp {
-            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
-            server,
-        };
-        ua.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
-        let via = ua.sock.local_addr().expect("addr");
-        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
-        rtp.set_read_timeout(Some(Duration::from_secs(2))).expect("t");
+        let (ua, via, rtp) = ua(server);
         ua.send(&invite("+15551234", "z9hG4bKr1", "routed1", rtp.local_addr().expect("a"), "UDP", via));
         // The callee gets our INVITE (our SDP), rings, answers.
         let (inv, from) = callee.recv();
@@ -466,15 +449,7 @@ async fn routed_call_relays_busy_and_cancel() {
     let server = r.sip_udp.expect("udp");
     let dp = r.dataplane.clone();
     tokio::task::spawn_blocking(move || {
-        let ua = Udp {
-            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
-            server,
-        };
-        ua.sock
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("t");
-        let via = ua.sock.local_addr().expect("addr");
-        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+        let (ua, via, rtp) = ua(server);
         // 486 from the callee reaches the caller.
         ua.send(&invite(
             "+15550001",
@@ -660,14 +635,7 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
     let r = start_routed(26100, &callee, |_| {}).await;
     let server = r.sip_udp.expect("udp");
     tokio::task::spawn_blocking(move || {
-        let ua = Udp {
-            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
-            server,
-        };
-        ua.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
-        let via = ua.sock.local_addr().expect("addr");
-        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
-        rtp.set_read_timeout(Some(Duration::from_secs(2))).expect("t");
+        let (ua, via, rtp) = ua(server);
         ua.send(&invite("+15557777", "z9hG4bKri1", "reinv1", rtp.local_addr().expect("a"), "UDP", via));
         let (inv, from) = callee.recv();
         let b_port = answer_port(&inv);
@@ -748,15 +716,7 @@ async fn digest_auth_towards_a_trunk_and_from_callers() {
         .expect("start");
     let server = r.sip_udp.expect("udp");
     tokio::task::spawn_blocking(move || {
-        let ua = Udp {
-            sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
-            server,
-        };
-        ua.sock
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("t");
-        let via = ua.sock.local_addr().expect("addr");
-        let rtp = UdpSocket::bind("127.0.0.1:0").expect("rtp");
+        let (ua, via, rtp) = ua(server);
         // Without credentials: 401 with a challenge.
         let first = invite(
             "+15558888",
@@ -988,6 +948,8 @@ fn callee_reply(callee: &Callee, req: &SipMessage, code: u16, to: SocketAddr, bo
     callee.sock.send_to(&r.to_bytes(), to).expect("reply");
 }
 
+/// The test's caller: its SIP socket (5 s read timeout) talking to `server`, the address it
+/// puts in Via, and its RTP socket (2 s read timeout).
 fn ua(server: SocketAddr) -> (Udp, SocketAddr, UdpSocket) {
     let ua = Udp {
         sock: UdpSocket::bind("127.0.0.1:0").expect("bind"),
