@@ -71,8 +71,8 @@ pub fn process<E: EventSink>(
     let Some((s, taps)) = table.get_mut_with_taps(idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
-    s.counters.packets_in += 1;
-    s.counters.bytes_in += buf.len() as u64;
+    s.packets_in += 1;
+    s.bytes_in += buf.len() as u64;
     s.last_rx_ns = now_ns;
     s.timed_out = false;
 
@@ -128,7 +128,7 @@ pub fn process<E: EventSink>(
         return echo(s, idx, len);
     }
     if out_idx == TO_MIXER {
-        s.counters.packets_forwarded += 1;
+        s.packets_forwarded += 1;
         return Verdict::Mix(s.mix);
     }
     let Some((s, out)) = table.pair_mut(idx, out_idx) else {
@@ -156,9 +156,9 @@ fn echo(s: &mut Stream, idx: StreamIdx, len: usize) -> Verdict {
     let Some(dst) = s.remote else {
         return drop(s, DropReason::NoRemote);
     };
-    s.counters.packets_forwarded += 1;
-    s.counters.packets_out += 1;
-    s.counters.bytes_out += len as u64;
+    s.packets_forwarded += 1;
+    s.packets_out += 1;
+    s.bytes_out += len as u64;
     Verdict::Forward {
         out: idx,
         port: s.port,
@@ -178,7 +178,7 @@ fn latch<E: EventSink>(s: &mut Stream, src: SocketAddr, events: &mut E) {
 
 #[inline]
 fn drop(s: &mut Stream, reason: DropReason) -> Verdict {
-    s.counters.drops.count(reason);
+    s.drops.count(reason);
     Verdict::Drop(reason)
 }
 
@@ -204,7 +204,7 @@ fn process_rtcp(table: &mut StreamTable, idx: StreamIdx, buf: &mut [u8]) -> Verd
     let Some(s) = table.get_mut(idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
     };
-    s.counters.rtcp_in += 1;
+    s.rtcp_in += 1;
     if let Err(e) = validate_compound(buf) {
         return drop(s, DropReason::RtcpMalformed(e));
     }
@@ -239,9 +239,9 @@ fn forwarded(
     dst: SocketAddr,
     len: usize,
 ) -> Verdict {
-    s.counters.packets_forwarded += 1;
-    out.counters.packets_out += 1;
-    out.counters.bytes_out += len as u64;
+    s.packets_forwarded += 1;
+    out.packets_out += 1;
+    out.bytes_out += len as u64;
     Verdict::Forward {
         out: out_idx,
         port: out.port,

@@ -155,7 +155,7 @@ pub struct RtpReceiveStats {
 
 impl RtpReceiveStats {
     /// A value read from the fields `update` uses, for warming the cache (see
-    /// `StreamTable::warm`).
+    /// `StreamTable::warm_burst`).
     #[inline]
     pub fn touch(&self) -> u32 {
         u32::from(self.max_seq) ^ self.jitter_q4

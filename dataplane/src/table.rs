@@ -8,11 +8,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::config::BURST_SIZE_MAX;
 use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx};
 use crate::mixer::MixRef;
 use crate::recorder::RecordTap;
 use crate::rewrite::EgressRewrite;
-use crate::stats::{RtpReceiveStats, StreamCounters};
+use crate::stats::{RtpReceiveStats, StreamCounters, StreamDrops};
 
 /// How a stream treats the source address of what it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,10 +26,12 @@ pub struct SourcePolicy {
 
 /// One local port of one leg.
 ///
-/// Laid out for the packet path (`repr(C)`, cache-line aligned): line 0 holds what both the
-/// ingress and the egress stream of a packet read (remote, links, flags, last activity), lines
-/// 1–2 the counters and RTP receive statistics, the rest what only control or rewriting uses. A
-/// forwarded packet touches three lines of its ingress stream and two of its egress stream.
+/// Laid out for the packet path (`repr(C)`, cache-line aligned) so that a forwarded packet
+/// touches two lines of each stream it crosses: line 0 holds what both the ingress and the
+/// egress stream read (remote, links, flags, last activity); line 1 what only the ingress
+/// stream writes (receive counters and RTP receive statistics); line 2 what only the egress
+/// stream writes (send counters and the SSRC/seq/ts rewrite state); line 3 what control,
+/// RTCP and drops use. `hot_fields_share_their_cache_lines` checks the placement.
 #[derive(Debug, Clone)]
 #[repr(C, align(64))]
 pub struct Stream {
@@ -58,8 +61,23 @@ pub struct Stream {
     /// restores `peer` when it leaves. On line 0: the forward path tests it on both streams.
     pub in_conference: bool,
     pub last_rx_ns: u64,
-    pub counters: StreamCounters,
+    // Line 1: written by packets arriving here.
+    /// Packets received on this stream's local port.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Of those, packets handed to the other leg's port (or the mixer).
+    pub packets_forwarded: u64,
     pub rx: RtpReceiveStats,
+    // Line 2: written by packets leaving here.
+    /// Packets handed to this stream's port for sending.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub egress: EgressRewrite,
+    // Line 3 (and the end of line 2): RTCP, drops and control.
+    /// RTCP packets among `packets_in`.
+    pub rtcp_in: u64,
+    /// Packets received here and not forwarded, by reason (`tx_failed` on the sending stream).
+    pub drops: StreamDrops,
     /// Stream whose port transmits RTCP arriving here (differs from `peer` with rtcp-mux on
     /// one leg only).
     pub rtcp_peer: StreamIdx,
@@ -70,7 +88,6 @@ pub struct Stream {
     pub last_dtmf_ts: Option<u32>,
     /// The member's place in the worker's mixer (read only for members' packets).
     pub mix: MixRef,
-    pub egress: EgressRewrite,
 }
 
 impl Stream {
@@ -103,9 +120,28 @@ impl Stream {
             egress: EgressRewrite::default(),
             in_conference: false,
             mix: MixRef::default(),
-            counters: StreamCounters::default(),
+            packets_in: 0,
+            bytes_in: 0,
+            packets_forwarded: 0,
             rx: RtpReceiveStats::default(),
+            packets_out: 0,
+            bytes_out: 0,
+            rtcp_in: 0,
+            drops: StreamDrops::default(),
             last_rx_ns: now_ns,
+        }
+    }
+
+    /// The stream's counters as reported to the control plane.
+    pub fn counters(&self) -> StreamCounters {
+        StreamCounters {
+            packets_in: self.packets_in,
+            bytes_in: self.bytes_in,
+            rtcp_in: self.rtcp_in,
+            packets_forwarded: self.packets_forwarded,
+            packets_out: self.packets_out,
+            bytes_out: self.bytes_out,
+            drops: self.drops,
         }
     }
 }
@@ -210,19 +246,34 @@ impl StreamTable {
         Some(s)
     }
 
-    #[inline]
-    /// Reads the cache lines the packet path will use for a packet arriving on `port` (the
-    /// ingress stream's three hot lines and the egress stream's two) and returns a value
-    /// derived from them. Called for a whole burst before processing it, the loads of different
-    /// packets overlap, so a large table costs one memory latency per burst rather than two per
-    /// packet. Safe code has no prefetch instruction; these are ordinary loads.
-    pub fn warm(&self, port: PortHandle) -> u64 {
-        let Some(s) = self.by_port(port).and_then(|i| self.get(i)) else {
-            return 0;
-        };
-        let mut v = u64::from(s.peer.0) ^ s.counters.packets_in ^ u64::from(s.rx.touch());
-        if let Some(o) = self.get(s.peer) {
-            v ^= u64::from(o.port.0) ^ o.counters.packets_out;
+    /// Reads the cache lines the packet path will use for a burst of packets arriving on
+    /// `ports` (lines 0 and 1 of each ingress stream, lines 0 and 2 of its egress stream) and returns a
+    /// value derived from them. The loads go in three stages — port index, ingress streams,
+    /// egress streams — and within a stage no load depends on another, so all of a stage's
+    /// misses are in flight together: a large table costs about three memory latencies per
+    /// burst instead of three per packet. Safe code has no prefetch instruction; these are
+    /// ordinary loads. At most [`BURST_SIZE_MAX`] ports are warmed.
+    pub fn warm_burst(&self, ports: &[PortHandle]) -> u64 {
+        let n = ports.len().min(BURST_SIZE_MAX);
+        let mut idx = [u32::MAX; BURST_SIZE_MAX];
+        for (slot, p) in idx.iter_mut().zip(&ports[..n]) {
+            *slot = self
+                .by_port
+                .get(p.0 as usize)
+                .map_or(u32::MAX, |&v| v.wrapping_sub(1));
+        }
+        let mut v = 0u64;
+        let mut peers = [u32::MAX; BURST_SIZE_MAX];
+        for (peer, &i) in peers.iter_mut().zip(&idx[..n]) {
+            if let Some(Some(s)) = self.streams.get(i as usize) {
+                *peer = s.peer.0;
+                v ^= s.packets_in ^ u64::from(s.rx.touch());
+            }
+        }
+        for &i in &peers[..n] {
+            if let Some(Some(o)) = self.streams.get(i as usize) {
+                v ^= u64::from(o.port.0) ^ o.packets_out;
+            }
         }
         v
     }
@@ -310,23 +361,56 @@ mod layout_tests {
     use super::*;
 
     #[test]
-    fn hot_fields_share_the_first_cache_line() {
+    fn hot_fields_share_their_cache_lines() {
         assert_eq!(std::mem::align_of::<Stream>(), 64);
         assert_eq!(
             std::mem::size_of::<Option<Stream>>(),
             std::mem::size_of::<Stream>(),
             "Option uses a niche, no extra line"
         );
+        assert_eq!(std::mem::size_of::<Stream>(), 256, "four cache lines");
         let s = Stream::new(PortHandle(1), RelayId(1), Side::A, Component::Rtp, 0);
         let base = std::ptr::addr_of!(s) as usize;
-        let last_rx = std::ptr::addr_of!(s.last_rx_ns) as usize - base;
-        assert!(last_rx + 8 <= 64, "line 0 ends at {}", last_rx + 8);
-        let rx_end =
-            std::ptr::addr_of!(s.rx) as usize - base + std::mem::size_of::<RtpReceiveStats>();
-        assert!(
-            rx_end <= 192,
-            "counters and receive stats within lines 1-2 (end {rx_end})"
-        );
-        assert_eq!(std::mem::size_of::<Stream>(), 256, "four cache lines");
+        // (first byte, one past the last byte) of a field, relative to the stream.
+        let span = |at: usize, size: usize| (at - base, at - base + size);
+        let line = |(start, end): (usize, usize)| {
+            assert_eq!(
+                start / 64,
+                (end - 1) / 64,
+                "field at {start}..{end} crosses a line"
+            );
+            start / 64
+        };
+        // Read by both streams of a forwarded packet.
+        for f in [
+            span(std::ptr::addr_of!(s.remote) as usize, 32),
+            span(std::ptr::addr_of!(s.peer) as usize, 4),
+            span(std::ptr::addr_of!(s.in_conference) as usize, 1),
+            span(std::ptr::addr_of!(s.last_rx_ns) as usize, 8),
+        ] {
+            assert_eq!(line(f), 0);
+        }
+        // Written by the ingress stream.
+        for f in [
+            span(std::ptr::addr_of!(s.packets_in) as usize, 8),
+            span(std::ptr::addr_of!(s.packets_forwarded) as usize, 8),
+            span(
+                std::ptr::addr_of!(s.rx) as usize,
+                std::mem::size_of::<RtpReceiveStats>(),
+            ),
+        ] {
+            assert_eq!(line(f), 1);
+        }
+        // Written by the egress stream.
+        for f in [
+            span(std::ptr::addr_of!(s.packets_out) as usize, 8),
+            span(std::ptr::addr_of!(s.bytes_out) as usize, 8),
+            span(
+                std::ptr::addr_of!(s.egress) as usize,
+                std::mem::size_of::<EgressRewrite>(),
+            ),
+        ] {
+            assert_eq!(line(f), 2);
+        }
     }
 }

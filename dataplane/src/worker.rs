@@ -326,11 +326,11 @@ impl<Io: PacketIo> Worker<Io> {
         };
         let mut ntx = 0;
         // Pull the burst's streams into cache first, all loads in flight together.
-        let mut warm = 0u64;
-        for i in 0..n {
-            warm ^= self.table.warm(self.batch.meta(i).port);
+        let mut ports = [PortHandle(0); BURST_SIZE_MAX];
+        for (i, p) in ports.iter_mut().enumerate().take(n) {
+            *p = self.batch.meta(i).port;
         }
-        std::hint::black_box(warm);
+        std::hint::black_box(self.table.warm_burst(&ports[..n]));
         for i in 0..n {
             let meta = self.batch.meta(i);
             self.totals.packets_in += 1;
@@ -370,7 +370,7 @@ impl<Io: PacketIo> Worker<Io> {
             } else {
                 self.totals.drops.count(DropReason::TxFailed);
                 if let Some(s) = self.table.get_mut(d.stream) {
-                    s.counters.drops.count(DropReason::TxFailed);
+                    s.drops.count(DropReason::TxFailed);
                 }
             }
         }
@@ -411,12 +411,12 @@ impl<Io: PacketIo> Worker<Io> {
                 match p.next_packet(s, &mut play_buf[..], now) {
                     Step::Packet(len) => {
                         let Some(dst) = s.remote else {
-                            s.counters.drops.count(DropReason::NoRemote);
+                            s.drops.count(DropReason::NoRemote);
                             totals.drops.count(DropReason::NoRemote);
                             continue;
                         };
                         if !io.load(batch, ntx, &play_buf[..len]) {
-                            s.counters.drops.count(DropReason::TxFailed);
+                            s.drops.count(DropReason::TxFailed);
                             totals.drops.count(DropReason::TxFailed);
                             continue;
                         }
@@ -998,12 +998,12 @@ impl<Io: PacketIo> MixOut for MixSend<'_, Io> {
             return false;
         };
         let Some(dst) = s.remote else {
-            s.counters.drops.count(DropReason::NoRemote);
+            s.drops.count(DropReason::NoRemote);
             self.totals.drops.count(DropReason::NoRemote);
             return false;
         };
         if !self.io.load(self.batch, self.ntx, packet) {
-            s.counters.drops.count(DropReason::TxFailed);
+            s.drops.count(DropReason::TxFailed);
             self.totals.drops.count(DropReason::TxFailed);
             return false;
         }
@@ -1036,11 +1036,11 @@ fn send_played<Io: PacketIo>(
         if d.sent {
             totals.packets_played += 1;
             totals.bytes_out += u64::from(d.len);
-            s.counters.packets_out += 1;
-            s.counters.bytes_out += u64::from(d.len);
+            s.packets_out += 1;
+            s.bytes_out += u64::from(d.len);
         } else {
             totals.drops.count(DropReason::TxFailed);
-            s.counters.drops.count(DropReason::TxFailed);
+            s.drops.count(DropReason::TxFailed);
         }
     }
 }
@@ -1048,8 +1048,8 @@ fn send_played<Io: PacketIo>(
 fn count_drop(table: &mut StreamTable, totals: &mut Totals, port: PortHandle, reason: DropReason) {
     totals.drops.count(reason);
     if let Some(s) = table.by_port(port).and_then(|idx| table.get_mut(idx)) {
-        s.counters.packets_in += 1;
-        s.counters.drops.count(reason);
+        s.packets_in += 1;
+        s.drops.count(reason);
     }
 }
 
@@ -1065,7 +1065,7 @@ fn stream_snapshot(s: &Stream, now: u64) -> StreamSnapshot {
     StreamSnapshot {
         local_port: 0,
         remote: s.remote,
-        counters: s.counters,
+        counters: s.counters(),
         ssrc: s.rx.ssrc(),
         cumulative_lost: s.rx.cumulative_lost(),
         jitter: s.rx.jitter(),

@@ -129,10 +129,10 @@ proptest! {
                 Verdict::Mix(_) => prop_assert!(false, "no stream here is a conference member"),
             }
         }
-        let counted: u64 = t.iter().map(|(_, s)| s.counters.drops.total()).sum();
+        let counted: u64 = t.iter().map(|(_, s)| s.drops.total()).sum();
         prop_assert_eq!(counted, dropped_known, "every drop on a known stream is counted on it");
         for (_, s) in t.iter() {
-            prop_assert!(s.counters.packets_forwarded + s.counters.drops.total() <= s.counters.packets_in + s.counters.drops.no_remote as u64);
+            prop_assert!(s.packets_forwarded + s.drops.total() <= s.packets_in + s.drops.no_remote as u64);
         }
     }
 }
