@@ -87,6 +87,8 @@ pub struct NgConfig {
     /// Replies kept for retransmitted requests (same cookie): how long and how many.
     pub cache_secs: u32,
     pub cache_entries_max: usize,
+    /// Where `start recording` / `record-call` write their WAV files.
+    pub recording_dir: String,
 }
 
 impl Default for NgConfig {
@@ -101,6 +103,7 @@ impl Default for NgConfig {
             silent_timeout_secs: 3600,
             cache_secs: 30,
             cache_entries_max: 100_000,
+            recording_dir: "recordings/ng".into(),
         }
     }
 }
@@ -401,6 +404,11 @@ impl Config {
                     "api.public_url must be http(s)://host[:port][/path] without a trailing slash, not {u:?}"
                 )));
             }
+        }
+        if self.ng.recording_dir.is_empty() {
+            return Err(ConfigFileError::Other(
+                "[ng] recording_dir must be set".into(),
+            ));
         }
         let m = &self.media;
         if m.recordings_dir.is_empty() {

@@ -378,6 +378,214 @@ async fn offer_answer_media_query_block_delete() {
     r.shutdown().await;
 }
 
+/// An RTP packet with payload type `pt`, timestamp `ts` and 160 payload bytes `byte`.
+fn rtp_with(pt: u8, seq: u16, ts: u32, byte: u8) -> Vec<u8> {
+    let mut p = vec![0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0x56, 0x78];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&[byte; 160]);
+    p
+}
+
+/// µ-law decoding of one byte (ITU-T G.711), for checking recorded samples.
+fn ulaw(b: u8) -> i16 {
+    let b = !b;
+    let t = ((i16::from(b & 0x0f) << 3) + 0x84) << ((b & 0x70) >> 4);
+    if b & 0x80 != 0 {
+        0x84 - t
+    } else {
+        t - 0x84
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_dtmf_and_call_recording() {
+    let dir = std::env::temp_dir().join(format!("voxedge-ng-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut c = config(31500);
+    c.ng.recording_dir = dir.to_string_lossy().into_owned();
+    let r = app::start(Role::Media, c, BackendKind::Socket)
+        .await
+        .expect("start");
+    let server = r.ng.expect("ng listener");
+    let dir2 = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let dir = dir2;
+        let mut ng = Ng::new(server);
+        let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+        let callee = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+        for sock in [&caller, &callee] {
+            sock.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("t");
+        }
+        let cport = caller.local_addr().expect("a").port();
+        let eport = callee.local_addr().expect("a").port();
+        let set_up = |ng: &mut Ng, id: &str, caller_sdp: &str, callee_sdp: &str, extra: Option<(&str, Value)>| {
+            let mut offer = Value::dict([
+                ("command", s("offer")),
+                ("call-id", s(id)),
+                ("from-tag", s("tagA")),
+                ("sdp", s(caller_sdp)),
+            ]);
+            if let Some((k, v)) = extra {
+                offer.set(k, v);
+            }
+            let offer = ng.call(&offer);
+            assert_eq!(result(&offer), "ok", "{offer}");
+            let answer = ng.call(&Value::dict([
+                ("command", s("answer")),
+                ("call-id", s(id)),
+                ("from-tag", s("tagA")),
+                ("to-tag", s("tagB")),
+                ("sdp", s(callee_sdp)),
+            ]));
+            assert_eq!(result(&answer), "ok", "{answer}");
+            (sdp_port(&answer), sdp_port(&offer))
+        };
+        let dtmf = |ng: &mut Ng, id: &str, code: Value| {
+            ng.call(&Value::dict([
+                ("command", s("play DTMF")),
+                ("call-id", s(id)),
+                ("from-tag", s("tagA")),
+                ("code", code),
+                ("duration", Value::Int(100)),
+            ]))
+        };
+        let mut buf = [0u8; 2048];
+
+        // telephone-event negotiated: the caller "presses" 5, the callee gets RFC 4733 events
+        // out of the port it receives the caller's media from.
+        let (to_caller, to_callee) =
+            set_up(&mut ng, "dtmf-1", &party_sdp(cport), &party_sdp(eport), None);
+        let d = dtmf(&mut ng, "dtmf-1", s("5"));
+        assert_eq!(result(&d), "ok", "{d}");
+        let mut events = Vec::new();
+        while events.last().is_none_or(|(_, end, _)| !end) && events.len() < 20 {
+            let (n, from) = callee.recv_from(&mut buf).expect("the callee gets the key");
+            assert_eq!((n, from.port()), (16, to_callee));
+            assert_eq!(buf[1] & 0x7f, 101, "telephone-event");
+            events.push((buf[12], buf[13] & 0x80 != 0, buf[1] & 0x80 != 0));
+        }
+        assert!(events.iter().all(|(e, _, _)| *e == 5), "{events:?}");
+        assert!(events[0].2, "the first packet of the event carries the marker");
+        assert!(events.last().is_some_and(|(_, end, _)| *end), "{events:?}");
+        // By event number too; codes outside 0-9*#A-D and 0-15 are refused.
+        assert_eq!(result(&dtmf(&mut ng, "dtmf-1", Value::Int(11))), "ok");
+        for bad in [s("X"), s("12"), Value::Int(16), Value::Int(-1)] {
+            let e = dtmf(&mut ng, "dtmf-1", bad);
+            assert_eq!(result(&e), "error", "{e}");
+        }
+        let e = ng.call(&Value::dict([
+            ("command", s("play DTMF")),
+            ("call-id", s("dtmf-1")),
+            ("from-tag", s("tagA")),
+        ]));
+        assert!(
+            e.get("error-reason").and_then(Value::as_text).unwrap_or_default().contains("code"),
+            "{e}"
+        );
+
+        // Recording: both parties' audio, each on its own channel of one WAV.
+        callee.set_read_timeout(Some(Duration::from_millis(300))).expect("t");
+        while callee.recv_from(&mut buf).is_ok() {}
+        let rec = ng.call(&Value::dict([
+            ("command", s("start recording")),
+            ("call-id", s("dtmf-1")),
+        ]));
+        assert_eq!(result(&rec), "ok", "{rec}");
+        callee.set_read_timeout(Some(Duration::from_secs(2))).expect("t");
+        for i in 0..25u16 {
+            let ts = u32::from(i) * 160;
+            caller
+                .send_to(&rtp_with(0, i, 1000 + ts, 0x10), ("127.0.0.1", to_caller))
+                .expect("send");
+            callee.recv_from(&mut buf).expect("relayed");
+            callee
+                .send_to(&rtp_with(0, i, 9000 + ts, 0x90), ("127.0.0.1", to_callee))
+                .expect("send");
+            caller.recv_from(&mut buf).expect("relayed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (cmd, want) in [
+            ("pause recording", "ok"),
+            ("start recording", "ok"),
+            ("stop recording", "ok"),
+            ("stop recording", "error"),
+            ("pause recording", "error"),
+        ] {
+            let r = ng.call(&Value::dict([("command", s(cmd)), ("call-id", s("dtmf-1"))]));
+            assert_eq!(result(&r), want, "{cmd}: {r}");
+        }
+        let wav_files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = std::fs::read_dir(dir)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            v.retain(|p| p.extension().is_some_and(|e| e == "wav"));
+            v.sort();
+            v
+        };
+        let mut files = Vec::new();
+        for _ in 0..50 {
+            files = wav_files(&dir);
+            if !files.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(files.len(), 1, "{files:?}");
+        let wav = std::fs::read(&files[0]).expect("the recording");
+        assert_eq!(&wav[..4], b"RIFF");
+        assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "stereo");
+        let frames: Vec<(i16, i16)> = wav[44..]
+            .chunks_exact(4)
+            .map(|c| (i16::from_le_bytes([c[0], c[1]]), i16::from_le_bytes([c[2], c[3]])))
+            .collect();
+        let left = frames.iter().filter(|(l, _)| *l == ulaw(0x10)).count();
+        let right = frames.iter().filter(|(_, r)| *r == ulaw(0x90)).count();
+        assert_eq!((left, right), (25 * 160, 25 * 160), "each party on its own channel");
+        assert!(frames.iter().all(|(l, r)| *l != ulaw(0x90) && *r != ulaw(0x10)));
+
+        // No telephone-event: an in-band tone in the call's codec (PCMU).
+        let g711_only = |port: u16| {
+            format!(
+                "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+            )
+        };
+        // record-call on the offer records from the start; delete completes the file.
+        let (_, to_callee) = set_up(
+            &mut ng,
+            "dtmf-2",
+            &g711_only(cport),
+            &g711_only(eport),
+            Some(("record-call", s("yes"))),
+        );
+        let d = dtmf(&mut ng, "dtmf-2", s("#"));
+        assert_eq!(result(&d), "ok", "{d}");
+        let (n, from) = callee.recv_from(&mut buf).expect("the callee gets the tone");
+        assert_eq!((n, from.port(), buf[1] & 0x7f), (172, to_callee, 0));
+        assert!(buf[12..172].iter().any(|b| *b != 0xff), "a tone, not silence");
+        let del = ng.call(&Value::dict([("command", s("delete")), ("call-id", s("dtmf-2"))]));
+        assert_eq!(result(&del), "ok", "{del}");
+        for _ in 0..50 {
+            if wav_files(&dir).len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(wav_files(&dir).len(), 2, "record-call's recording completed on delete");
+        let parts: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+            .collect();
+        assert!(parts.is_empty(), "{parts:?}");
+    })
+    .await
+    .expect("ng client");
+    r.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retransmissions_json_tcp_and_hostile_requests() {
     let r = start(30900).await;
@@ -420,7 +628,15 @@ async fn retransmissions_json_tcp_and_hostile_requests() {
                 b"e6 d7:command6:answer7:call-id7:unknown8:from-tag1:x6:to-tag1:y3:sdp3:v=0e",
                 "SDP",
             ),
-            (b"e7 d7:command9:play DTMF7:call-id4:retxe", "not supported"),
+            (b"e7 d7:command9:play DTMF7:call-id4:retxe", "from-tag"),
+            (
+                b"e7b d7:command16:start forwarding7:call-id4:retxe",
+                "not supported",
+            ),
+            (
+                b"e7c d7:command14:stop recording7:call-id4:retxe",
+                "not being recorded",
+            ),
             (b"e8 {not json", "JSON"),
             (b"e9 d7:command5:query7:call-id7:missinge", "Unknown"),
         ];

@@ -77,8 +77,22 @@ impl PlayMedia {
     /// one packet per 20 ms: each digit lasts [`DIGIT_MS`] with growing durations, its end
     /// packet is sent [`END_COPIES`] times, and a gap of [`DIGIT_MS`] follows.
     pub fn telephone_events(payload_type: u8, digits: &str) -> PlayMedia {
+        Self::telephone_events_timed(payload_type, digits, DIGIT_MS, DIGIT_MS, DIGIT_VOLUME)
+    }
+
+    /// As [`PlayMedia::telephone_events`], with each digit lasting `digit_ms` (100 ms to 5 s),
+    /// followed by `gap_ms` (at least the end packet's copies, 40 ms; at most 5 s), at
+    /// `volume` (−dBm0, 0–63, RFC 4733's volume field).
+    pub fn telephone_events_timed(
+        payload_type: u8,
+        digits: &str,
+        digit_ms: u32,
+        gap_ms: u32,
+        volume: u8,
+    ) -> PlayMedia {
         const SLOT: u32 = 160;
         const SLOT_MS: u32 = 20;
+        let volume = volume.min(63);
         let mut frames = Vec::new();
         let mut slot = 0u32;
         let push = |frames: &mut Vec<u8>, offset: u32, payload: [u8; 4]| {
@@ -102,25 +116,21 @@ impl PlayMedia {
                 _ => continue,
             };
             let start = slot * SLOT;
-            let packets = DIGIT_MS / SLOT_MS;
+            let packets = digit_ms.clamp(100, 5000) / SLOT_MS;
             for i in 1..=packets {
                 let end = if i == packets { 0x80 } else { 0 };
                 let duration = u16::try_from(i * SLOT).unwrap_or(u16::MAX).to_be_bytes();
-                let payload = [event, end | DIGIT_VOLUME, duration[0], duration[1]];
+                let payload = [event, end | volume, duration[0], duration[1]];
                 push(&mut frames, start, payload);
                 slot += 1;
             }
             let end = u16::try_from(packets * SLOT)
                 .unwrap_or(u16::MAX)
                 .to_be_bytes();
-            let gap = DIGIT_MS / SLOT_MS;
+            let gap = (gap_ms.min(5000) / SLOT_MS).max(END_COPIES - 1);
             for i in 0..gap {
                 if i + 1 < END_COPIES {
-                    push(
-                        &mut frames,
-                        start,
-                        [event, 0x80 | DIGIT_VOLUME, end[0], end[1]],
-                    );
+                    push(&mut frames, start, [event, 0x80 | volume, end[0], end[1]]);
                 } else {
                     push(&mut frames, NO_PACKET, [0; 4]);
                 }

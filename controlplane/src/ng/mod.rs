@@ -14,9 +14,11 @@
 //! `delete` removes the call and answers its statistics; `query`, `list`, `statistics`,
 //! `ping`, `block media`/`unblock media` work as in rtpengine. Calls whose media has been idle
 //! for `media_timeout_secs` are deleted by a periodic sweep (as rtpengine's timeout does), so a
-//! lost BYE does not leak ports. Playing media or DTMF and recording need the player and
-//! recorder the dataplane does not have yet: those commands answer an error that says so.
+//! lost BYE does not leak ports. `play media`/`play DTMF` use the dataplane's player;
+//! `start`/`pause`/`stop recording` and `record-call` its recording taps, written to stereo
+//! WAV files by [`record::Recorder`].
 
+pub mod record;
 pub mod sdp;
 
 /// The bencode codec (its own crate, shared with the benches' ng client).
@@ -85,6 +87,24 @@ struct NgCall {
     /// The G.711 codec the call uses (the answer's first payload type, or before the answer
     /// the offer's first G.711 one), for `play media`; `None` for other codecs.
     codec: Option<Codec>,
+    /// The call's RFC 4733 payload type (the answer's, or before the answer the offer's), for
+    /// `play DTMF`; `None`: in-band tones.
+    dtmf_pt: Option<u8>,
+    /// Being recorded (both legs tapped) and whether paused.
+    recording: Option<RecState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecState {
+    On,
+    Paused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecAction {
+    Start,
+    Pause,
+    Stop,
 }
 
 /// The G.711 codec of a payload-type list: its first entry for an answer, the first G.711
@@ -139,6 +159,8 @@ struct Engine {
     started: u64,
     /// Identifies playbacks (their end events are not waited for).
     play_id: u64,
+    /// Writes recordings (`start recording`, `record-call`).
+    recorder: record::Recorder,
 }
 
 /// Whether a dataplane error means the relay no longer exists.
@@ -227,8 +249,14 @@ impl Engine {
         let lower = cmd.to_ascii_lowercase();
         match lower.as_str() {
             "ping" => Value::dict([("result", Value::str("pong"))]),
-            "offer" => self.offer(req),
-            "answer" => self.answer(req),
+            "offer" => {
+                let r = self.offer(req);
+                self.record_call_flag(req, r)
+            }
+            "answer" => {
+                let r = self.answer(req);
+                self.record_call_flag(req, r)
+            }
             "delete" => self.delete(req),
             "query" => self.query(req),
             "list" => self.list(req),
@@ -236,12 +264,13 @@ impl Engine {
             "block media" | "unblock media" => self.block(req, lower.starts_with("block")),
             "play media" => self.play_media(req),
             "stop media" => self.stop_media(req),
-            "play dtmf" | "start recording" | "stop recording" | "pause recording"
-            | "start forwarding" | "stop forwarding" | "block dtmf" | "unblock dtmf" => {
-                error(&format!(
-                    "'{cmd}' is not supported by this appliance yet (no recorder or DTMF injection in its dataplane)"
-                ))
-            }
+            "play dtmf" => self.play_dtmf(req),
+            "start recording" => self.recording(req, RecAction::Start),
+            "pause recording" => self.recording(req, RecAction::Pause),
+            "stop recording" => self.recording(req, RecAction::Stop),
+            "start forwarding" | "stop forwarding" | "block dtmf" | "unblock dtmf" => error(
+                &format!("'{cmd}' is not supported by this appliance (no media forwarding or DTMF blocking)"),
+            ),
             _ => error("Unrecognized command"),
         }
     }
@@ -322,15 +351,12 @@ impl Engine {
         None
     }
 
-    fn sdp_reply(&self, body: &[u8], port: u16, how: &sdp::Rewrite, warn: Option<&str>) -> Value {
+    fn sdp_reply(&self, body: &[u8], port: u16, how: &sdp::Rewrite) -> Value {
         let mut r = ok();
         r.set(
             "sdp",
             Value::Bytes(sdp::rewrite(body, self.advertise, port, how)),
         );
-        if let Some(w) = warn {
-            r.set("warning", Value::str(w));
-        }
         r
     }
 
@@ -378,11 +404,6 @@ impl Engine {
             Ok(d) => d,
             Err(e) => return e,
         };
-        let warn = (text(req, "record-call").is_some_and(|v| v.eq_ignore_ascii_case("yes"))
-            || d.flags.has("record-call"))
-        .then_some(
-            "recording is not supported by this appliance yet; the call is relayed, not recorded",
-        );
         let now = unix_now();
         let label = text(req, "label");
         if let Some(call) = self.calls.get_mut(&call_id) {
@@ -404,7 +425,7 @@ impl Engine {
             }
             let (relay, other) = (call.info.id, call.info.legs[1 - side.index()].local.port());
             self.point(relay, side, &d);
-            return self.sdp_reply(&d.body, other, &d.how, warn);
+            return self.sdp_reply(&d.body, other, &d.how);
         }
         if self.calls.len() >= self.cfg.calls_max {
             return error("Too many calls: this appliance is at its configured limit");
@@ -439,10 +460,12 @@ impl Engine {
                 created_at: Instant::now(),
                 quiet: d.quiet,
                 codec: g711(&d.media.payload_types, false),
+                dtmf_pt: d.media.telephone_event,
+                recording: None,
             },
         );
         self.total_calls += 1;
-        self.sdp_reply(&d.body, port_b, &d.how, warn)
+        self.sdp_reply(&d.body, port_b, &d.how)
     }
 
     fn answer(&mut self, req: &Value) -> Value {
@@ -470,13 +493,14 @@ impl Engine {
         call.last_signal = unix_now();
         call.quiet = d.quiet;
         call.codec = g711(&d.media.payload_types, true);
+        call.dtmf_pt = d.media.telephone_event;
         call.endpoints[side.index()] = d.remote;
         if let Some(l) = text(req, "label") {
             call.labels[side.index()] = Some(l);
         }
         let (relay, other) = (call.info.id, call.info.legs[1 - side.index()].local.port());
         self.point(relay, side, &d);
-        self.sdp_reply(&d.body, other, &d.how, None)
+        self.sdp_reply(&d.body, other, &d.how)
     }
 
     fn delete(&mut self, req: &Value) -> Value {
@@ -498,6 +522,13 @@ impl Engine {
             if answered.is_some_and(|a| a != t) && t != call.from_tag {
                 return not_found();
             }
+        }
+        if self
+            .calls
+            .get(&call_id)
+            .is_some_and(|c| c.recording.is_some())
+        {
+            self.stop_recording(&call_id);
         }
         let Some(call) = self.calls.remove(&call_id) else {
             return not_found();
@@ -809,6 +840,192 @@ impl Engine {
         }
     }
 
+    /// `play DTMF`: one key (`code`: `0`–`9`, `*`, `#`, `A`–`D`, or the event number 0–15)
+    /// sent as if the `from-tag` party had pressed it, to the other party: RFC 4733 events when
+    /// the call negotiated telephone-event, else an in-band tone in the call's G.711 codec.
+    /// `duration` (ms, 100–5000, default 250), `volume` (dBm0, sign ignored, default −8),
+    /// `pause` (ms after the key, default 100). The other party's media to that party is held
+    /// back while the key plays, as with `play media`.
+    fn play_dtmf(&mut self, req: &Value) -> Value {
+        const KEYS: &[u8; 16] = b"0123456789*#ABCD";
+        let (relay, side, codec) = match self.side_of(req) {
+            Ok(x) => x,
+            Err(e) => return e,
+        };
+        let key = match req.get("code") {
+            Some(Value::Int(n)) => usize::try_from(*n).ok().and_then(|n| KEYS.get(n)).copied(),
+            Some(v) => v
+                .as_text()
+                .filter(|t| t.len() == 1)
+                .map(|t| t.as_bytes()[0].to_ascii_uppercase())
+                .filter(|k| KEYS.contains(k)),
+            None => return error("Missing DTMF code"),
+        };
+        let Some(key) = key else {
+            return error("Invalid DTMF code (0-9, *, #, A-D, or 0-15)");
+        };
+        let ms = |k: &str, default: i64, lo: i64, hi: i64| {
+            req.get(k)
+                .and_then(Value::as_int)
+                .unwrap_or(default)
+                .clamp(lo, hi) as u32
+        };
+        let duration = ms("duration", 250, 100, 5000);
+        let pause = ms("pause", 100, 0, 5000);
+        let volume = req
+            .get("volume")
+            .and_then(Value::as_int)
+            .map_or(8, i64::abs)
+            .min(63) as u8;
+        let dtmf_pt = self
+            .calls
+            .get(&text(req, "call-id").unwrap_or_default())
+            .and_then(|c| c.dtmf_pt);
+        let digit = char::from(key).to_string();
+        let media = match (dtmf_pt, codec) {
+            (Some(pt), _) => Arc::new(
+                voxedge_dataplane::player::PlayMedia::telephone_events_timed(
+                    pt, &digit, duration, pause, volume,
+                ),
+            ),
+            (None, Some(codec)) => audio::encode(
+                &audio::dtmf_tones_timed(&digit, duration, pause, volume),
+                codec,
+            ),
+            (None, None) => {
+                return error(
+                    "play DTMF needs telephone-event or a PCMU/PCMA call (this appliance does not transcode)",
+                )
+            }
+        };
+        // The from-tag party "presses" the key: it is sent out of the other leg.
+        let towards = side.other();
+        self.play_id += 1;
+        match self.dp.play(relay, towards, media, 1, self.play_id) {
+            Ok(()) => ok(),
+            Err(e) => error(&format!("Failed to play DTMF: {e}")),
+        }
+    }
+
+    /// `record-call=yes` (or the `record-call` flag) on an offer or answer that succeeded:
+    /// the call is recorded from now on; a recording that cannot start is a `warning`.
+    fn record_call_flag(&mut self, req: &Value, mut reply: Value) -> Value {
+        let asked = text(req, "record-call").is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+            || Flags::of(req).has("record-call");
+        let done = reply.get("result").and_then(Value::as_text).as_deref() == Some("ok");
+        let Some(call_id) = text(req, "call-id").filter(|_| asked && done) else {
+            return reply;
+        };
+        if self
+            .calls
+            .get(&call_id)
+            .is_some_and(|c| c.recording.is_none())
+        {
+            if let Err(e) = self.start_recording(&call_id) {
+                reply.set(
+                    "warning",
+                    Value::str(&format!("the call is relayed but not recorded: {e}")),
+                );
+            }
+        }
+        reply
+    }
+
+    /// `start recording` (also resumes a paused one), `pause recording`, `stop recording`.
+    fn recording(&mut self, req: &Value, action: RecAction) -> Value {
+        let Some(call_id) = text(req, "call-id") else {
+            return error("Missing call-id");
+        };
+        let Some(state) = self.calls.get(&call_id).map(|c| c.recording) else {
+            return error("Unknown call-id");
+        };
+        let result = match (action, state) {
+            (RecAction::Start, None) => self.start_recording(&call_id),
+            (RecAction::Start, Some(RecState::Paused)) => self
+                .recorder
+                .pause(&call_id, false)
+                .map_err(|e| e.to_string()),
+            (RecAction::Pause, Some(RecState::On)) => self
+                .recorder
+                .pause(&call_id, true)
+                .map_err(|e| e.to_string()),
+            (RecAction::Stop, Some(_)) => {
+                self.stop_recording(&call_id);
+                Ok(())
+            }
+            (RecAction::Start, Some(RecState::On)) | (RecAction::Pause, Some(RecState::Paused)) => {
+                Ok(())
+            }
+            (RecAction::Pause | RecAction::Stop, None) => {
+                return error("Call is not being recorded")
+            }
+        };
+        if let Err(e) = result {
+            return error(&format!(
+                "Failed to {} recording: {e}",
+                match action {
+                    RecAction::Start => "start",
+                    RecAction::Pause => "pause",
+                    RecAction::Stop => "stop",
+                }
+            ));
+        }
+        if let Some(call) = self.calls.get_mut(&call_id) {
+            call.recording = match action {
+                RecAction::Start => Some(RecState::On),
+                RecAction::Pause => Some(RecState::Paused),
+                RecAction::Stop => None,
+            };
+        }
+        ok()
+    }
+
+    /// Taps both legs of a call and starts its file.
+    fn start_recording(&mut self, call_id: &str) -> Result<(), String> {
+        use voxedge_dataplane::recorder::RecordTap;
+        let relay = self
+            .calls
+            .get(call_id)
+            .map(|c| c.info.id)
+            .ok_or("unknown call-id")?;
+        // Two seconds of 20 ms frames per leg between drains (every 200 ms).
+        let (tap_a, rx_a) = RecordTap::new(100);
+        let (tap_b, rx_b) = RecordTap::new(100);
+        self.dp
+            .record(relay, Side::A, Some(tap_a))
+            .map_err(|e| e.to_string())?;
+        if let Err(e) = self.dp.record(relay, Side::B, Some(tap_b)) {
+            let _ = self.dp.record(relay, Side::A, None);
+            return Err(e.to_string());
+        }
+        match self.recorder.begin(call_id, [rx_a, rx_b]) {
+            Ok(path) => {
+                tracing::info!(call_id, file = %path.display(), "ng recording started");
+                if let Some(c) = self.calls.get_mut(call_id) {
+                    c.recording = Some(RecState::On);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.dp.record(relay, Side::A, None);
+                let _ = self.dp.record(relay, Side::B, None);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Untaps a recorded call (when its relay still exists) and completes its file.
+    fn stop_recording(&mut self, call_id: &str) {
+        if let Some(c) = self.calls.get(call_id) {
+            for side in [Side::A, Side::B] {
+                let _ = self.dp.record(c.info.id, side, None);
+            }
+        }
+        if let Err(e) = self.recorder.finish(call_id) {
+            tracing::warn!(call_id, error = %e, "ng recording cannot be completed");
+        }
+    }
+
     /// `stop media`: ends playback to the `from-tag` party; forwarding resumes.
     fn stop_media(&mut self, req: &Value) -> Value {
         let (relay, side, _) = match self.side_of(req) {
@@ -857,6 +1074,9 @@ impl Engine {
             }
         }
         for id in dead {
+            if self.calls.get(&id).is_some_and(|c| c.recording.is_some()) {
+                self.stop_recording(&id);
+            }
             if let Some(call) = self.calls.remove(&id) {
                 if self.dp.delete_relay_nowait(call.info.id).is_err() {
                     self.pending_delete.push(call.info.id);
@@ -967,6 +1187,8 @@ pub async fn start(
     let udp_addr = udp.local_addr()?;
     let tcp_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
     let stats = Arc::new(NgStats::default());
+    let recorder = record::Recorder::start(std::path::Path::new(&cfg.recording_dir))
+        .context("the ng recorder thread")?;
     let advertise = if dp.advertise().is_unspecified() {
         cfg.listen.ip()
     } else {
@@ -985,6 +1207,7 @@ pub async fn start(
         total_calls: 0,
         started: unix_now(),
         play_id: 0,
+        recorder,
     };
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
     let mut tasks = vec![tokio::task::spawn_blocking({
@@ -1042,7 +1265,17 @@ fn engine_loop(mut engine: Engine, mut jobs: mpsc::Receiver<Job>, stop: watch::R
             next_sweep = Instant::now() + sweep_every;
         }
     }
-    // Stopping: the relays go with the dataplane.
+    // Stopping: recordings are completed (dropping the engine joins the recorder), the relays
+    // go with the dataplane.
+    let recorded: Vec<String> = engine
+        .calls
+        .iter()
+        .filter(|(_, c)| c.recording.is_some())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for id in recorded {
+        engine.stop_recording(&id);
+    }
     for (_, call) in engine.calls.drain() {
         let _ = engine.dp.delete_relay_nowait(call.info.id);
     }

@@ -16,6 +16,8 @@ pub struct Media {
     pub payload_types: Vec<String>,
     /// `RTP/AVP`, `RTP/SAVP`, …
     pub protocol: String,
+    /// The payload type of `telephone-event/8000` (RFC 4733) among `payload_types`.
+    pub telephone_event: Option<u8>,
 }
 
 /// Why an SDP body cannot be relayed.
@@ -39,6 +41,7 @@ pub fn parse(sdp: &[u8]) -> Result<Media, SdpError> {
     let mut media_addr: Option<IpAddr> = None;
     let mut audio: Option<(u16, String, Vec<String>)> = None;
     let mut rtcp = None;
+    let mut events: Vec<u8> = Vec::new();
     let mut in_audio = false;
     let mut seen_media = false;
     for line in text.lines().map(str::trim) {
@@ -68,6 +71,15 @@ pub fn parse(sdp: &[u8]) -> Result<Media, SdpError> {
             } else if in_audio {
                 media_addr = a;
             }
+        } else if let (true, Some(r)) = (in_audio, line.strip_prefix("a=rtpmap:")) {
+            let mut f = r.split_whitespace();
+            if let (Some(pt), Some(enc)) = (f.next(), f.next()) {
+                let mut e = enc.split('/');
+                let (name, rate) = (e.next().unwrap_or(""), e.next().unwrap_or(""));
+                if name.eq_ignore_ascii_case("telephone-event") && rate == "8000" {
+                    events.extend(pt.parse::<u8>().ok().filter(|p| *p < 128));
+                }
+            }
         } else if let (true, Some(r)) = (in_audio, line.strip_prefix("a=rtcp:")) {
             let mut f = r.split_whitespace();
             let port = f.next().and_then(|p| p.parse::<u16>().ok());
@@ -85,11 +97,16 @@ pub fn parse(sdp: &[u8]) -> Result<Media, SdpError> {
         (Some((p, None)), Some(a)) if !a.is_unspecified() && p != 0 => Some(SocketAddr::new(a, p)),
         _ => None,
     };
+    let telephone_event = payload_types
+        .iter()
+        .filter_map(|p| p.parse::<u8>().ok())
+        .find(|p| events.contains(p));
     Ok(Media {
         remote,
         rtcp,
         payload_types,
         protocol,
+        telephone_event,
     })
 }
 
@@ -238,6 +255,7 @@ m=video 51372 RTP/AVP 99\r\na=rtpmap:99 H264/90000\r\n";
         assert_eq!(m.remote, Some("198.51.100.1:49170".parse().expect("addr")));
         assert_eq!(m.payload_types, ["0", "8", "101"]);
         assert_eq!(m.protocol, "RTP/AVP");
+        assert_eq!(m.telephone_event, Some(101));
         let held = OFFER.replace("c=IN IP4 198.51.100.1", "c=IN IP4 0.0.0.0");
         assert_eq!(parse(held.as_bytes()).expect("parses").remote, None);
         assert_eq!(

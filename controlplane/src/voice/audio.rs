@@ -138,6 +138,16 @@ pub fn decode_wav(b: &[u8]) -> Result<Pcm, AudioError> {
 /// In-band DTMF for `<Play digits>`: 100 ms tone, 100 ms gap per key; `w`/`W` is a
 /// half-second pause. Keys outside `0-9*#A-D` are skipped (the parser refuses them).
 pub fn dtmf_tones(digits: &str) -> Vec<i16> {
+    dtmf_tones_timed(digits, 100, 100, 9)
+}
+
+/// In-band DTMF: each key a `tone_ms` dual tone with each frequency at −`level_dbm0` dBm0,
+/// then `gap_ms` of silence; `w`/`W` is a half-second pause; other keys are skipped.
+pub fn dtmf_tones_timed(digits: &str, tone_ms: u32, gap_ms: u32, level_dbm0: u8) -> Vec<i16> {
+    // Peak of a 0 dBm0 sine in 16-bit linear G.711 (µ-law's full scale is +3.17 dBm0).
+    const PEAK_0DBM0: f64 = 22_657.0;
+    let peak = PEAK_0DBM0 * 10f64.powf(-f64::from(level_dbm0.min(63)) / 20.0);
+    let per_ms = RATE as usize / 1000;
     let mut out = Vec::new();
     for c in digits.chars() {
         let (lo, hi) = match c.to_ascii_uppercase() {
@@ -163,14 +173,14 @@ pub fn dtmf_tones(digits: &str) -> Vec<i16> {
             }
             _ => continue,
         };
-        for i in 0..(RATE as usize / 10) {
+        for i in 0..(tone_ms as usize * per_ms) {
             let t = i as f64 / f64::from(RATE);
             let v = ((2.0 * std::f64::consts::PI * lo * t).sin()
                 + (2.0 * std::f64::consts::PI * hi * t).sin())
-                * 8000.0;
+                * peak;
             out.push(v as i16);
         }
-        out.extend(std::iter::repeat_n(0, RATE as usize / 10));
+        out.extend(std::iter::repeat_n(0, gap_ms as usize * per_ms));
     }
     out
 }
