@@ -100,6 +100,19 @@ fn rtp(seq: u16) -> Vec<u8> {
     p
 }
 
+/// The caller's and the callee's RTP sockets (2 s read timeout) and their ports.
+fn parties() -> (UdpSocket, UdpSocket, u16, u16) {
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
+    let callee = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
+    for sock in [&caller, &callee] {
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("t");
+    }
+    let cport = caller.local_addr().expect("a").port();
+    let eport = callee.local_addr().expect("a").port();
+    (caller, callee, cport, eport)
+}
+
 async fn start(port_min: u16) -> Running {
     app::start(Role::Media, config(port_min), BackendKind::Socket)
         .await
@@ -116,14 +129,7 @@ async fn offer_answer_media_query_block_delete() {
             result(&ng.call(&Value::dict([("command", s("ping"))]))),
             "pong"
         );
-        let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-        let callee = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-        for sock in [&caller, &callee] {
-            sock.set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("t");
-        }
-        let cport = caller.local_addr().expect("a").port();
-        let eport = callee.local_addr().expect("a").port();
+        let (caller, callee, cport, eport) = parties();
         let offer = ng.call(&Value::dict([
             ("command", s("offer")),
             ("call-id", s("call-1@test")),
@@ -412,14 +418,7 @@ async fn play_dtmf_and_call_recording() {
     tokio::task::spawn_blocking(move || {
         let dir = dir2;
         let mut ng = Ng::new(server);
-        let caller = UdpSocket::bind("127.0.0.1:0").expect("caller rtp");
-        let callee = UdpSocket::bind("127.0.0.1:0").expect("callee rtp");
-        for sock in [&caller, &callee] {
-            sock.set_read_timeout(Some(Duration::from_secs(2)))
-                .expect("t");
-        }
-        let cport = caller.local_addr().expect("a").port();
-        let eport = callee.local_addr().expect("a").port();
+        let (caller, callee, cport, eport) = parties();
         let set_up = |ng: &mut Ng, id: &str, caller_sdp: &str, callee_sdp: &str, extra: Option<(&str, Value)>| {
             let mut offer = Value::dict([
                 ("command", s("offer")),

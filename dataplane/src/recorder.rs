@@ -27,6 +27,20 @@ pub struct RecFrame {
 }
 
 impl RecFrame {
+    /// A frame holding `payload`; `None` when it is longer than [`REC_PAYLOAD_MAX`].
+    #[inline]
+    pub fn new(seq: u16, ts: u32, payload_type: u8, payload: &[u8]) -> Option<RecFrame> {
+        let mut f = RecFrame {
+            seq,
+            ts,
+            payload_type,
+            len: u16::try_from(payload.len()).ok()?,
+            data: [0; REC_PAYLOAD_MAX],
+        };
+        f.data.get_mut(..payload.len())?.copy_from_slice(payload);
+        Some(f)
+    }
+
     pub fn payload(&self) -> &[u8] {
         &self.data[..usize::from(self.len).min(REC_PAYLOAD_MAX)]
     }
@@ -57,18 +71,10 @@ impl RecordTap {
     /// Offers one payload (packet path).
     #[inline]
     pub fn push(&self, seq: u16, ts: u32, payload_type: u8, payload: &[u8]) {
-        if payload.len() > REC_PAYLOAD_MAX {
+        let Some(f) = RecFrame::new(seq, ts, payload_type, payload) else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
-        }
-        let mut f = RecFrame {
-            seq,
-            ts,
-            payload_type,
-            len: payload.len() as u16,
-            data: [0; REC_PAYLOAD_MAX],
         };
-        f.data[..payload.len()].copy_from_slice(payload);
         if self.tx.try_send(f).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -381,36 +381,25 @@ mod layout_tests {
             );
             start / 64
         };
-        // Read by both streams of a forwarded packet.
-        for f in [
-            span(std::ptr::addr_of!(s.remote) as usize, 32),
-            span(std::ptr::addr_of!(s.peer) as usize, 4),
-            span(std::ptr::addr_of!(s.in_conference) as usize, 1),
-            span(std::ptr::addr_of!(s.last_rx_ns) as usize, 8),
-        ] {
-            assert_eq!(line(f), 0);
-        }
-        // Written by the ingress stream.
-        for f in [
-            span(std::ptr::addr_of!(s.packets_in) as usize, 8),
-            span(std::ptr::addr_of!(s.packets_forwarded) as usize, 8),
-            span(
-                std::ptr::addr_of!(s.rx) as usize,
-                std::mem::size_of::<RtpReceiveStats>(),
-            ),
-        ] {
-            assert_eq!(line(f), 1);
-        }
-        // Written by the egress stream.
-        for f in [
-            span(std::ptr::addr_of!(s.packets_out) as usize, 8),
-            span(std::ptr::addr_of!(s.bytes_out) as usize, 8),
-            span(
-                std::ptr::addr_of!(s.egress) as usize,
-                std::mem::size_of::<EgressRewrite>(),
-            ),
-        ] {
-            assert_eq!(line(f), 2);
+        let rx_size = std::mem::size_of::<RtpReceiveStats>();
+        let egress_size = std::mem::size_of::<EgressRewrite>();
+        let expected = [
+            // Line 0: read by both streams of a forwarded packet.
+            (span(std::ptr::addr_of!(s.remote) as usize, 32), 0),
+            (span(std::ptr::addr_of!(s.peer) as usize, 4), 0),
+            (span(std::ptr::addr_of!(s.in_conference) as usize, 1), 0),
+            (span(std::ptr::addr_of!(s.last_rx_ns) as usize, 8), 0),
+            // Line 1: written by the ingress stream.
+            (span(std::ptr::addr_of!(s.packets_in) as usize, 8), 1),
+            (span(std::ptr::addr_of!(s.packets_forwarded) as usize, 8), 1),
+            (span(std::ptr::addr_of!(s.rx) as usize, rx_size), 1),
+            // Line 2: written by the egress stream.
+            (span(std::ptr::addr_of!(s.packets_out) as usize, 8), 2),
+            (span(std::ptr::addr_of!(s.bytes_out) as usize, 8), 2),
+            (span(std::ptr::addr_of!(s.egress) as usize, egress_size), 2),
+        ];
+        for (field, want) in expected {
+            assert_eq!(line(field), want, "field at {field:?}");
         }
     }
 }

@@ -422,18 +422,10 @@ fn run(rx: &Receiver<Cmd>, stats: &RecStats) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use voxedge_dataplane::recorder::{RecordTap, REC_PAYLOAD_MAX};
+    use voxedge_dataplane::recorder::RecordTap;
 
     fn frame(ts: u32, pt: u8, byte: u8) -> RecFrame {
-        let mut data = [0u8; REC_PAYLOAD_MAX];
-        data[..160].fill(byte);
-        RecFrame {
-            seq: 0,
-            ts,
-            payload_type: pt,
-            len: 160,
-            data,
-        }
+        RecFrame::new(0, ts, pt, &[byte; 160]).unwrap()
     }
 
     #[test]

@@ -179,11 +179,10 @@ pub fn wav_channels(samples: &[i16], rate: u32, channels: u16) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::voice::audio::{decode_wav, ulaw};
-    use voxedge_dataplane::recorder::REC_PAYLOAD_MAX;
 
     fn frame(ts: u32, pt: u8, level: i16) -> RecFrame {
-        let mut data = [0u8; REC_PAYLOAD_MAX];
-        for (i, b) in data[..160].iter_mut().enumerate() {
+        let mut data = [0u8; 160];
+        for (i, b) in data.iter_mut().enumerate() {
             let v = if i % 2 == 0 { level } else { -level };
             *b = if pt == 0 {
                 ulaw(v)
@@ -191,13 +190,7 @@ mod tests {
                 crate::voice::audio::alaw(v)
             };
         }
-        RecFrame {
-            seq: 0,
-            ts,
-            payload_type: pt,
-            len: 160,
-            data,
-        }
+        RecFrame::new(0, ts, pt, &data).expect("160 bytes fit")
     }
 
     #[test]
