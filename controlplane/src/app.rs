@@ -116,6 +116,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         role: role.name(),
         sip: std::sync::OnceLock::new(),
         media: std::sync::OnceLock::new(),
+        ng: std::sync::OnceLock::new(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -294,6 +295,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
     let mut ng = None;
     if cfg.ng.enabled {
         let svc = crate::ng::start(&cfg.ng, dataplane.clone(), stop_rx.clone()).await?;
+        let _ = state.ng.set(svc.stats.clone());
         ng = svc.udp.map(|a| (a, svc.stats.clone()));
         tasks.extend(svc.tasks);
     }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub sip: std::sync::OnceLock<Arc<crate::sip::SipStats>>,
     /// Media cache counters (serve role), set once the cache is open.
     pub media: std::sync::OnceLock<Arc<crate::media::MediaStats>>,
+    /// ng listener counters (both roles), set once the listener runs.
+    pub ng: std::sync::OnceLock<Arc<crate::ng::NgStats>>,
 }
 
 /// An API error: a status and a JSON body `{"error":{"code","message"}}` that never leaks internals.
@@ -171,6 +173,9 @@ async fn metrics_handler(State(st): State<Arc<AppState>>) -> Response {
     }
     if let Some(m) = st.media.get() {
         metrics::render_media(&mut body, m);
+    }
+    if let Some(n) = st.ng.get() {
+        metrics::render_ng(&mut body, n);
     }
     (
         [(

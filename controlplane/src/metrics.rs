@@ -344,6 +344,71 @@ pub fn render_sip(out: &mut String, s: &crate::sip::SipStats) {
     }
 }
 
+/// ng listener and ng recorder counters.
+pub fn render_ng(out: &mut String, s: &crate::ng::NgStats) {
+    let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let r = &s.recordings;
+    for (name, kind, help, value) in [
+        (
+            "voxedge_ng_requests_total",
+            "counter",
+            "ng requests received (retransmissions included).",
+            v(&s.requests),
+        ),
+        (
+            "voxedge_ng_errors_total",
+            "counter",
+            "ng requests answered with result=error.",
+            v(&s.errors),
+        ),
+        (
+            "voxedge_ng_retransmissions_total",
+            "counter",
+            "ng requests answered from the reply cache (same cookie).",
+            v(&s.retransmissions),
+        ),
+        (
+            "voxedge_ng_malformed_total",
+            "counter",
+            "ng messages that are not valid bencode or JSON (answered with an error).",
+            v(&s.malformed),
+        ),
+        (
+            "voxedge_ng_calls",
+            "gauge",
+            "Calls the ng listener relays now.",
+            v(&s.calls),
+        ),
+        (
+            "voxedge_ng_recordings_active",
+            "gauge",
+            "ng recordings being written.",
+            v(&r.active),
+        ),
+        (
+            "voxedge_ng_recordings_completed_total",
+            "counter",
+            "ng recordings completed (file renamed to .wav).",
+            v(&r.completed),
+        ),
+        (
+            "voxedge_ng_recordings_failed_total",
+            "counter",
+            "ng recordings with audio missing (disk error, 4 GiB WAV limit, not completed).",
+            v(&r.failed),
+        ),
+        (
+            "voxedge_ng_recording_frames_ignored_total",
+            "counter",
+            "Recorded frames not placed: not G.711, too late, or while paused.",
+            v(&r.frames_ignored),
+        ),
+    ] {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 /// Media cache counters.
 pub fn render_media(out: &mut String, s: &crate::media::MediaStats) {
     let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);

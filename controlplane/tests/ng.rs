@@ -581,6 +581,23 @@ async fn play_dtmf_and_call_recording() {
     })
     .await
     .expect("ng client");
+    let admin = r.admin;
+    let metrics = tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://{admin}/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text")
+    })
+    .await
+    .expect("metrics");
+    for line in [
+        "voxedge_ng_recordings_completed_total 2",
+        "voxedge_ng_recordings_active 0",
+        "voxedge_ng_recordings_failed_total 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     r.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -51,6 +51,8 @@ pub struct NgStats {
     pub retransmissions: std::sync::atomic::AtomicU64,
     pub malformed: std::sync::atomic::AtomicU64,
     pub calls: std::sync::atomic::AtomicU64,
+    /// The recorder's counters.
+    pub recordings: Arc<record::RecStats>,
 }
 
 /// The running listener.
@@ -1186,9 +1188,12 @@ pub async fn start(
     let udp = udp.context("the ng listener needs UDP")?;
     let udp_addr = udp.local_addr()?;
     let tcp_addr = tcp.as_ref().map(TcpListener::local_addr).transpose()?;
-    let stats = Arc::new(NgStats::default());
     let recorder = record::Recorder::start(std::path::Path::new(&cfg.recording_dir))
         .context("the ng recorder thread")?;
+    let stats = Arc::new(NgStats {
+        recordings: recorder.stats.clone(),
+        ..NgStats::default()
+    });
     let advertise = if dp.advertise().is_unspecified() {
         cfg.listen.ip()
     } else {
