@@ -581,16 +581,7 @@ async fn play_dtmf_and_call_recording() {
     })
     .await
     .expect("ng client");
-    let admin = r.admin;
-    let metrics = tokio::task::spawn_blocking(move || {
-        ureq::get(&format!("http://{admin}/metrics"))
-            .call()
-            .expect("metrics")
-            .into_string()
-            .expect("text")
-    })
-    .await
-    .expect("metrics");
+    let metrics = common::metrics(r.admin).await;
     for line in [
         "voxedge_ng_recordings_completed_total 2",
         "voxedge_ng_recordings_active 0",

@@ -590,16 +590,7 @@ async fn invite_flood_is_answered_503_with_retry_after() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= refused as u64
     );
-    let admin = r.admin;
-    let metrics = tokio::task::spawn_blocking(move || {
-        ureq::get(&format!("http://{admin}/metrics"))
-            .call()
-            .expect("metrics")
-            .into_string()
-            .expect("text")
-    })
-    .await
-    .expect("join");
+    let metrics = common::metrics(r.admin).await;
     assert!(
         metrics.contains("voxedge_sip_calls_refused_total "),
         "{metrics}"

@@ -125,6 +125,19 @@ pub fn xml(body: &str) -> axum::response::Response {
     ([("content-type", "text/xml")], body.to_string()).into_response()
 }
 
+/// The Prometheus text of the admin listener at `admin`.
+pub async fn metrics(admin: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&format!("http://{admin}/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text")
+    })
+    .await
+    .expect("join")
+}
+
 /// Serves `router` on a loopback port (for the life of the runtime); the port.
 pub async fn serve_app(router: axum::Router) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
