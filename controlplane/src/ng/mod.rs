@@ -154,7 +154,7 @@ struct Engine {
     cache_order: VecDeque<Vec<u8>>,
     cache_bytes: usize,
     /// Relays whose delete failed (worker busy): retried by the sweep.
-    pending_delete: Vec<voxedge_dataplane::ids::RelayId>,
+    pending_delete: Vec<RelayId>,
     cfg: NgConfig,
     stats: Arc<NgStats>,
     total_calls: u64,
@@ -384,7 +384,7 @@ impl Engine {
     }
 
     /// Points one side of a relay at the address an SDP gave (nothing for a held stream).
-    fn point(&self, relay: voxedge_dataplane::ids::RelayId, side: Side, d: &Described) {
+    fn point(&self, relay: RelayId, side: Side, d: &Described) {
         if let Some(r) = d.remote {
             let _ = self.dp.update_leg(
                 relay,
@@ -525,14 +525,7 @@ impl Engine {
                 return not_found();
             }
         }
-        if self
-            .calls
-            .get(&call_id)
-            .is_some_and(|c| c.recording.is_some())
-        {
-            self.stop_recording(&call_id);
-        }
-        let Some(call) = self.calls.remove(&call_id) else {
+        let Some(call) = self.remove_call(&call_id) else {
             return not_found();
         };
         match self.dp.delete_relay(call.info.id) {
@@ -759,8 +752,9 @@ impl Engine {
         ok()
     }
 
-    /// The side a `from-tag` names (the party that hears played media), or an error reply.
-    fn side_of(&self, req: &Value) -> Result<(RelayId, Side, Option<Codec>), Value> {
+    /// The side a `from-tag` names (the party that hears played media) and its call, or an
+    /// error reply.
+    fn side_of(&self, req: &Value) -> Result<(Side, &NgCall), Value> {
         let Some(call_id) = text(req, "call-id") else {
             return Err(error("Missing call-id"));
         };
@@ -773,14 +767,14 @@ impl Engine {
             Some(_) => return Err(error("Unknown from-tag")),
             None => return Err(error("Missing from-tag")),
         };
-        Ok((call.info.id, side, call.codec))
+        Ok((side, call))
     }
 
     /// `play media`: a WAV file (`file`, a path on this host) or WAV bytes (`blob`) played to
     /// the `from-tag` party, `repeat-times` times (default 1), in the call's G.711 codec.
     fn play_media(&mut self, req: &Value) -> Value {
-        let (relay, side, codec) = match self.side_of(req) {
-            Ok(x) => x,
+        let (side, relay, codec) = match self.side_of(req) {
+            Ok((side, call)) => (side, call.info.id, call.codec),
             Err(e) => return e,
         };
         let Some(codec) = codec else {
@@ -850,8 +844,8 @@ impl Engine {
     /// back while the key plays, as with `play media`.
     fn play_dtmf(&mut self, req: &Value) -> Value {
         const KEYS: &[u8; 16] = b"0123456789*#ABCD";
-        let (relay, side, codec) = match self.side_of(req) {
-            Ok(x) => x,
+        let (side, relay, codec, dtmf_pt) = match self.side_of(req) {
+            Ok((side, call)) => (side, call.info.id, call.codec, call.dtmf_pt),
             Err(e) => return e,
         };
         let key = match req.get("code") {
@@ -879,10 +873,6 @@ impl Engine {
             .and_then(Value::as_int)
             .map_or(8, i64::abs)
             .min(63) as u8;
-        let dtmf_pt = self
-            .calls
-            .get(&text(req, "call-id").unwrap_or_default())
-            .and_then(|c| c.dtmf_pt);
         let digit = char::from(key).to_string();
         let media = match (dtmf_pt, codec) {
             (Some(pt), _) => Arc::new(
@@ -923,11 +913,16 @@ impl Engine {
             .get(&call_id)
             .is_some_and(|c| c.recording.is_none())
         {
-            if let Err(e) = self.start_recording(&call_id) {
-                reply.set(
+            match self.start_recording(&call_id) {
+                Ok(()) => {
+                    if let Some(c) = self.calls.get_mut(&call_id) {
+                        c.recording = Some(RecState::On);
+                    }
+                }
+                Err(e) => reply.set(
                     "warning",
                     Value::str(&format!("the call is relayed but not recorded: {e}")),
-                );
+                ),
             }
         }
         reply
@@ -1003,9 +998,6 @@ impl Engine {
         match self.recorder.begin(call_id, [rx_a, rx_b]) {
             Ok(path) => {
                 tracing::info!(call_id, file = %path.display(), "ng recording started");
-                if let Some(c) = self.calls.get_mut(call_id) {
-                    c.recording = Some(RecState::On);
-                }
                 Ok(())
             }
             Err(e) => {
@@ -1016,22 +1008,36 @@ impl Engine {
         }
     }
 
-    /// Untaps a recorded call (when its relay still exists) and completes its file.
+    /// Untaps a recorded call that goes on and completes its file.
     fn stop_recording(&mut self, call_id: &str) {
         if let Some(c) = self.calls.get(call_id) {
             for side in [Side::A, Side::B] {
                 let _ = self.dp.record(c.info.id, side, None);
             }
         }
+        self.finish_recording(call_id);
+    }
+
+    fn finish_recording(&self, call_id: &str) {
         if let Err(e) = self.recorder.finish(call_id) {
             tracing::warn!(call_id, error = %e, "ng recording cannot be completed");
         }
     }
 
+    /// Removes a call from the engine and completes its recording, if any (its relay is
+    /// deleted next, and its taps with it).
+    fn remove_call(&mut self, call_id: &str) -> Option<NgCall> {
+        let call = self.calls.remove(call_id)?;
+        if call.recording.is_some() {
+            self.finish_recording(call_id);
+        }
+        Some(call)
+    }
+
     /// `stop media`: ends playback to the `from-tag` party; forwarding resumes.
     fn stop_media(&mut self, req: &Value) -> Value {
-        let (relay, side, _) = match self.side_of(req) {
-            Ok(x) => x,
+        let (side, relay) = match self.side_of(req) {
+            Ok((side, call)) => (side, call.info.id),
             Err(e) => return e,
         };
         match self.dp.stop_play(relay, side) {
@@ -1076,10 +1082,7 @@ impl Engine {
             }
         }
         for id in dead {
-            if self.calls.get(&id).is_some_and(|c| c.recording.is_some()) {
-                self.stop_recording(&id);
-            }
-            if let Some(call) = self.calls.remove(&id) {
+            if let Some(call) = self.remove_call(&id) {
                 if self.dp.delete_relay_nowait(call.info.id).is_err() {
                     self.pending_delete.push(call.info.id);
                 }
@@ -1272,17 +1275,11 @@ fn engine_loop(mut engine: Engine, mut jobs: mpsc::Receiver<Job>, stop: watch::R
     }
     // Stopping: recordings are completed (dropping the engine joins the recorder), the relays
     // go with the dataplane.
-    let recorded: Vec<String> = engine
-        .calls
-        .iter()
-        .filter(|(_, c)| c.recording.is_some())
-        .map(|(k, _)| k.clone())
-        .collect();
-    for id in recorded {
-        engine.stop_recording(&id);
-    }
-    for (_, call) in engine.calls.drain() {
-        let _ = engine.dp.delete_relay_nowait(call.info.id);
+    let ids: Vec<String> = engine.calls.keys().cloned().collect();
+    for id in ids {
+        if let Some(call) = engine.remove_call(&id) {
+            let _ = engine.dp.delete_relay_nowait(call.info.id);
+        }
     }
 }
 
