@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use voxedge_dataplane::g711::Law;
 use voxedge_dataplane::recorder::{RecFrame, RecReceiver};
 
+use crate::voice::record::wav_header;
+
 /// Samples per second (G.711).
 const RATE: u64 = 8000;
 /// Audio newer than this stays in memory (late packets can still be placed).
@@ -124,7 +126,7 @@ impl Recorder {
         let part = self.dir.join(format!("{name}.wav.part"));
         let created = std::fs::create_dir_all(&self.dir).and_then(|()| {
             let mut f = File::create(&part)?;
-            f.write_all(&wav_header(0))?;
+            f.write_all(&wav_header(0, RATE as u32, 2))?;
             Ok(f)
         });
         let file = created.map_err(|e| RecError::File(part.clone(), e))?;
@@ -202,27 +204,6 @@ fn file_safe(key: &str) -> String {
     }
 }
 
-/// A 44-byte header of a stereo 8 kHz 16-bit PCM WAV holding `data_bytes`.
-fn wav_header(data_bytes: u32) -> [u8; 44] {
-    let mut h = [0u8; 44];
-    let channels: u16 = 2;
-    let block = channels * 2;
-    h[0..4].copy_from_slice(b"RIFF");
-    h[4..8].copy_from_slice(&data_bytes.saturating_add(36).to_le_bytes());
-    h[8..12].copy_from_slice(b"WAVE");
-    h[12..16].copy_from_slice(b"fmt ");
-    h[16..20].copy_from_slice(&16u32.to_le_bytes());
-    h[20..22].copy_from_slice(&1u16.to_le_bytes());
-    h[22..24].copy_from_slice(&channels.to_le_bytes());
-    h[24..28].copy_from_slice(&(RATE as u32).to_le_bytes());
-    h[28..32].copy_from_slice(&(RATE as u32 * u32::from(block)).to_le_bytes());
-    h[32..34].copy_from_slice(&block.to_le_bytes());
-    h[34..36].copy_from_slice(&16u16.to_le_bytes());
-    h[36..40].copy_from_slice(b"data");
-    h[40..44].copy_from_slice(&data_bytes.to_le_bytes());
-    h
-}
-
 /// One leg's audio not yet written: `buf[0]` is sample number `written` of the recording.
 #[derive(Default)]
 struct Track {
@@ -263,8 +244,10 @@ impl Track {
 
 struct Recording {
     started: Instant,
-    /// Samples per channel written so far.
+    /// Samples per channel placed on the file's timeline so far.
     written: u64,
+    /// Audio bytes in the file (less than `written` × 4 once a write failed).
+    data_bytes: u64,
     paused: bool,
     failed: bool,
     out: BufWriter<File>,
@@ -293,26 +276,29 @@ impl Recording {
 
     /// Writes both channels up to sample `upto` (silence where a leg has nothing).
     fn write_upto(&mut self, upto: u64, stats: &RecStats) {
-        if upto <= self.written {
+        let Some(n) = upto.checked_sub(self.written).filter(|n| *n > 0) else {
             return;
-        }
-        let n = upto - self.written;
+        };
         self.written = upto;
-        let mut frame = [0u8; 4];
+        if !self.failed && self.data_bytes + n * 4 > DATA_BYTES_MAX {
+            tracing::warn!(file = %self.part.display(), "ng recording reached the WAV size limit (4 GiB); the rest is not written");
+            self.fail(stats);
+        }
         for _ in 0..n {
             let l = self.tracks[0].buf.pop_front().unwrap_or(0);
             let r = self.tracks[1].buf.pop_front().unwrap_or(0);
             if self.failed {
                 continue;
             }
+            let mut frame = [0u8; 4];
             frame[..2].copy_from_slice(&l.to_le_bytes());
             frame[2..].copy_from_slice(&r.to_le_bytes());
-            if self.written * 4 > DATA_BYTES_MAX {
-                tracing::warn!(file = %self.part.display(), "ng recording reached the WAV size limit (4 GiB); the rest is not written");
-                self.fail(stats);
-            } else if let Err(e) = self.out.write_all(&frame) {
-                tracing::warn!(file = %self.part.display(), error = %e, "ng recording cannot be written");
-                self.fail(stats);
+            match self.out.write_all(&frame) {
+                Ok(()) => self.data_bytes += 4,
+                Err(e) => {
+                    tracing::warn!(file = %self.part.display(), error = %e, "ng recording cannot be written");
+                    self.fail(stats);
+                }
             }
         }
     }
@@ -335,11 +321,11 @@ impl Recording {
             .unwrap_or(0);
         let end = self.elapsed().max(self.written + placed);
         self.write_upto(end, stats);
-        let data = (self.written * 4).min(DATA_BYTES_MAX) as u32;
+        let data = u32::try_from(self.data_bytes).unwrap_or(u32::MAX);
         let done = self.out.flush().and_then(|()| {
             let f = self.out.get_mut();
             f.seek(SeekFrom::Start(0))?;
-            f.write_all(&wav_header(data))?;
+            f.write_all(&wav_header(data, RATE as u32, 2))?;
             f.sync_all()?;
             std::fs::rename(&self.part, &self.path)
         });
@@ -347,7 +333,7 @@ impl Recording {
         match done {
             Ok(()) if !self.failed => {
                 stats.completed.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(file = %self.path.display(), seconds = self.written / RATE, "ng recording completed");
+                tracing::info!(file = %self.path.display(), seconds = self.data_bytes / 4 / RATE, "ng recording completed");
             }
             Ok(()) => {
                 tracing::warn!(file = %self.path.display(), "ng recording completed with missing audio (see the earlier warning)");
@@ -377,6 +363,7 @@ fn run(rx: &Receiver<Cmd>, stats: &RecStats) {
                 let rec = Recording {
                     started: Instant::now(),
                     written: 0,
+                    data_bytes: 0,
                     paused: false,
                     failed: false,
                     out: BufWriter::with_capacity(64 * 1024, file),

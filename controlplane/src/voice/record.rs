@@ -154,25 +154,33 @@ pub fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
 
 /// A RIFF/WAVE file: 16-bit PCM, `channels` interleaved, `rate` Hz.
 pub fn wav_channels(samples: &[i16], rate: u32, channels: u16) -> Vec<u8> {
-    let channels = channels.max(1);
     let data = u32::try_from(samples.len() * 2).unwrap_or(u32::MAX - 36);
     let mut out = Vec::with_capacity(44 + samples.len() * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&channels.to_le_bytes());
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * 2 * u32::from(channels)).to_le_bytes());
-    out.extend_from_slice(&(2 * channels).to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data.to_le_bytes());
+    out.extend_from_slice(&wav_header(data, rate, channels));
     for s in samples {
         out.extend_from_slice(&s.to_le_bytes());
     }
     out
+}
+
+/// The 44-byte header of a 16-bit PCM RIFF/WAVE file of `data_bytes` of audio, `channels`
+/// interleaved at `rate` Hz.
+pub fn wav_header(data_bytes: u32, rate: u32, channels: u16) -> [u8; 44] {
+    let channels = channels.max(1);
+    let mut h = [0u8; 44];
+    h[0..4].copy_from_slice(b"RIFF");
+    h[4..8].copy_from_slice(&data_bytes.saturating_add(36).to_le_bytes());
+    h[8..16].copy_from_slice(b"WAVEfmt ");
+    h[16..20].copy_from_slice(&16u32.to_le_bytes());
+    h[20..22].copy_from_slice(&1u16.to_le_bytes());
+    h[22..24].copy_from_slice(&channels.to_le_bytes());
+    h[24..28].copy_from_slice(&rate.to_le_bytes());
+    h[28..32].copy_from_slice(&(rate * 2 * u32::from(channels)).to_le_bytes());
+    h[32..34].copy_from_slice(&(2 * channels).to_le_bytes());
+    h[34..36].copy_from_slice(&16u16.to_le_bytes());
+    h[36..40].copy_from_slice(b"data");
+    h[40..44].copy_from_slice(&data_bytes.to_le_bytes());
+    h
 }
 
 #[cfg(test)]
