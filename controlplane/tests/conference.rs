@@ -490,18 +490,7 @@ async fn three_callers_conference_with_mute_hold_coach_and_tracks() {
         assert!(ok, "caller {i}: {out}");
     }
 
-    let metrics = {
-        let url = format!("http://{}/metrics", n.r.admin);
-        tokio::task::spawn_blocking(move || {
-            ureq::get(&url)
-                .call()
-                .expect("metrics")
-                .into_string()
-                .expect("text")
-        })
-        .await
-        .expect("join")
-    };
+    let metrics = common::metrics(n.r.admin).await;
     let mix_lines: String = metrics
         .lines()
         .filter(|l| {
