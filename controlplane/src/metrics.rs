@@ -123,6 +123,12 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
         "Send calls made by the packet I/O backend.",
         &|i| workers[i].tx_calls.load(Ordering::Relaxed),
     );
+    counter(
+        &mut out,
+        "voxedge_tx_raw_packets_total",
+        "Datagrams the socket backend sent through its raw IPv4 socket (dataplane.socket_raw_tx).",
+        &|i| workers[i].tx_raw.load(Ordering::Relaxed),
+    );
 
     header(
         &mut out,

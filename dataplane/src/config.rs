@@ -49,6 +49,12 @@ pub struct DataplaneConfig {
     pub socket_rcvbuf_bytes: usize,
     /// Kernel send buffer per media socket, bytes.
     pub socket_sndbuf_bytes: usize,
+    /// How the socket backend sends IPv4 media: `auto` (one raw `IPPROTO_RAW` socket per worker
+    /// sends a whole burst in one system call when the process has `CAP_NET_RAW`, else the
+    /// per-port sockets), `on` (raw, or refuse to start), `off` (per-port sockets). Raw sending
+    /// applies to ports bound to a specific IPv4 address; ports on `0.0.0.0` and IPv6 always use
+    /// their own socket.
+    pub socket_raw_tx: RawTx,
     /// Commands queued per worker before the control plane is told the worker is busy.
     pub command_queue_max: usize,
     /// Events queued (all workers) before new events are dropped and counted.
@@ -237,6 +243,7 @@ impl Default for DataplaneConfig {
             dscp: 46,
             socket_rcvbuf_bytes: 256 * 1024,
             socket_sndbuf_bytes: 256 * 1024,
+            socket_raw_tx: RawTx::Auto,
             command_queue_max: 4096,
             event_queue_max: 65536,
             streams_per_worker_max: 1 << 20,
@@ -244,6 +251,17 @@ impl Default for DataplaneConfig {
             dpdk: DpdkConfig::default(),
         }
     }
+}
+
+/// Whether the socket backend sends through a raw IPv4 socket (see
+/// [`DataplaneConfig::socket_raw_tx`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawTx {
+    #[default]
+    Auto,
+    On,
+    Off,
 }
 
 /// A configuration that cannot run.

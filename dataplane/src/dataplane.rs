@@ -225,6 +225,7 @@ impl Dataplane {
             rcvbuf_bytes: cfg.socket_rcvbuf_bytes,
             sndbuf_bytes: cfg.socket_sndbuf_bytes,
             ports_max: cfg.streams_per_worker_max,
+            raw_tx: cfg.socket_raw_tx,
         };
         Self::spawn(cfg, BackendKind::Socket, |_| move || SocketIo::new(opts))
     }

@@ -77,6 +77,8 @@ pub struct WorkerShared {
     /// Receive calls that failed (not counting "nothing queued").
     pub rx_errors: AtomicU64,
     pub tx_calls: AtomicU64,
+    /// Datagrams the backend sent through its raw socket.
+    pub tx_raw: AtomicU64,
     pub running: AtomicBool,
     /// Core the worker is pinned to, −1 when not pinned.
     pub pinned_core: std::sync::atomic::AtomicI64,
@@ -114,6 +116,7 @@ impl WorkerShared {
             rx_calls: AtomicU64::new(0),
             rx_errors: AtomicU64::new(0),
             tx_calls: AtomicU64::new(0),
+            tx_raw: AtomicU64::new(0),
             running: AtomicBool::new(false),
             pinned_core: std::sync::atomic::AtomicI64::new(-1),
             processing_ns: Mutex::new(new_histogram()),
@@ -944,6 +947,7 @@ impl<Io: PacketIo> Worker<Io> {
         sh.rx_calls.store(c.rx_calls, Ordering::Relaxed);
         sh.rx_errors.store(c.rx_errors, Ordering::Relaxed);
         sh.tx_calls.store(c.tx_calls, Ordering::Relaxed);
+        sh.tx_raw.store(c.tx_raw, Ordering::Relaxed);
         if hist {
             if let Ok(mut h) = sh.mix_tick_ns.try_lock() {
                 let _ = h.add(&self.mixer.tick_ns);

@@ -3,7 +3,10 @@
 //! on its own port, DTMF reported, bad packets counted by reason, strict source enforced.
 //! (The same scenarios run on DPDK in `dpdk_backend.rs`.)
 
-use voxedge_dataplane::config::DataplaneConfig;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use voxedge_dataplane::config::{DataplaneConfig, RawTx};
 use voxedge_dataplane::{Dataplane, RelayRequest};
 use voxedge_system_tests::scenarios::{
     conference_scenario, echo_scenario, echo_toggle_scenario, playback_scenario, record_scenario,
@@ -30,10 +33,39 @@ fn relay_on_memory_backend() {
     relay_scenario(&dp, &mut MemNet::new(net));
 }
 
+/// Datagrams the workers sent through their raw socket, once published (bounded wait for at
+/// least `min`).
+fn raw_sent(dp: &Dataplane, min: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let n: u64 = dp.workers().map(|w| w.tx_raw.load(Ordering::Relaxed)).sum();
+        if n >= min || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn relay_on_socket_backend() {
-    let dp = Dataplane::start(config(31200)).expect("start");
+    // `on`, not `auto`: CI runs as root, and a missing capability must fail here, not fall back.
+    let mut cfg = config(31200);
+    cfg.socket_raw_tx = RawTx::On;
+    let dp = Dataplane::start(cfg).expect("start");
     relay_scenario(&dp, &mut SocketNet::default());
+    assert!(
+        raw_sent(&dp, 100) >= 100,
+        "the relay's datagrams went out raw"
+    );
+}
+
+#[test]
+fn relay_on_socket_backend_without_raw_transmit() {
+    let mut cfg = config(32900);
+    cfg.socket_raw_tx = RawTx::Off;
+    let dp = Dataplane::start(cfg).expect("start");
+    relay_scenario(&dp, &mut SocketNet::default());
+    assert_eq!(raw_sent(&dp, 1), 0);
 }
 
 #[test]

@@ -115,6 +115,8 @@ pub struct TxDesc {
 pub struct IoCounters {
     pub rx_calls: u64,
     pub tx_calls: u64,
+    /// Datagrams sent through the socket backend's raw IPv4 socket (see `socket_raw_tx`).
+    pub tx_raw: u64,
     /// Receive calls that failed for a reason other than "nothing queued".
     pub rx_errors: u64,
 }
