@@ -209,6 +209,9 @@ struct LegBody {
     rtcp_mux: bool,
     clock_rate: Option<u32>,
     dtmf_payload_type: Option<u8>,
+    /// The leg carries datagrams that are not RTP (T.38 UDPTL): forwarded as they are.
+    #[serde(default)]
+    opaque: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +266,7 @@ fn leg_request(b: &LegBody) -> Result<LegRequest, ApiError> {
         rtcp_mux: b.rtcp_mux,
         clock_rate_hz: clock,
         dtmf_pt: b.dtmf_payload_type.or(d.dtmf_pt),
+        opaque: b.opaque,
     })
 }
 
@@ -444,6 +448,7 @@ struct LegPatch {
     remote: Option<SocketAddr>,
     rtcp_remote: Option<SocketAddr>,
     blocked: Option<bool>,
+    opaque: Option<bool>,
 }
 
 async fn update_leg(
@@ -466,6 +471,7 @@ async fn update_leg(
         blocked: p.blocked,
         echo: None,
         dtmf_pt: None,
+        opaque: p.opaque,
     };
     let dp = st.dataplane.clone();
     blocking(move || dp.update_leg(id, side, update)).await?;

@@ -265,11 +265,17 @@ impl Sdp {
         Ok(sdp)
     }
 
-    /// The stream the relay carries: the first audio stream, else the first T.38 stream.
+    /// The stream the relay carries: the first enabled audio stream, else the first enabled
+    /// T.38 stream (a switch to fax keeps `m=audio 0` before `m=image`), else the first audio
+    /// or T.38 stream (all disabled).
     fn anchored_index(&self) -> Option<usize> {
         let ms = &self.desc.media_descriptions;
+        let audio = |m: &MediaDescription| m.media_name.media.eq_ignore_ascii_case("audio");
+        let enabled = |m: &MediaDescription| m.media_name.port.value != 0;
         ms.iter()
-            .position(|m| m.media_name.media.eq_ignore_ascii_case("audio"))
+            .position(|m| audio(m) && enabled(m))
+            .or_else(|| ms.iter().position(|m| is_t38(m) && enabled(m)))
+            .or_else(|| ms.iter().position(audio))
             .or_else(|| ms.iter().position(is_t38))
     }
 
@@ -286,7 +292,7 @@ impl Sdp {
     }
 
     /// The anchored stream is T.38 fax (`m=image … udptl t38`).
-    fn is_fax(&self) -> bool {
+    pub fn is_fax(&self) -> bool {
         is_t38(self.anchored())
     }
 
@@ -665,6 +671,32 @@ a=T38FaxUdpEC:t38UDPRedundancy\r\n";
         assert!(!t.contains("a=rtcp"), "{t}");
         // A codec policy does not apply to fax.
         s.restrict(&CodecPolicy::new(&["PCMU"])).unwrap();
+    }
+
+    /// A re-INVITE to fax disables audio and adds T.38 (ITU-T T.38 Annex D): the enabled T.38
+    /// stream is the one anchored; back to audio, audio is again.
+    #[test]
+    fn a_switch_to_fax_anchors_the_enabled_t38_stream() {
+        let to_fax = "v=0\r\no=- 1 3 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 0 RTP/AVP 0\r\nm=image 40000 udptl t38\r\na=T38FaxVersion:0\r\n";
+        let mut s = Sdp::parse(to_fax.as_bytes()).unwrap();
+        assert!(s.is_fax());
+        assert_eq!(s.remote(), Some("10.0.0.1:40000".parse().unwrap()));
+        s.anchor_to("192.0.2.7".parse().unwrap(), 30000);
+        let t = text(&s);
+        assert!(t.contains("m=audio 0 RTP/AVP 0\r\n"), "{t}");
+        assert!(t.contains("m=image 30000 udptl t38\r\n"), "{t}");
+        let back = "v=0\r\no=- 1 4 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0\r\nm=image 0 udptl t38\r\n";
+        let s = Sdp::parse(back.as_bytes()).unwrap();
+        assert!(!s.is_fax());
+        assert_eq!(s.remote(), Some("10.0.0.1:4000".parse().unwrap()));
+        // Everything disabled: the audio stream stands for the call (held, no remote).
+        let off = "v=0\r\no=- 1 5 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 0 RTP/AVP 0\r\nm=image 0 udptl t38\r\n";
+        let s = Sdp::parse(off.as_bytes()).unwrap();
+        assert!(!s.is_fax());
+        assert_eq!(s.remote(), None);
     }
 
     #[test]

@@ -866,18 +866,18 @@ async fn accept_loop(
     }
 }
 
-/// Points `side` of `relay` at where `sdp` receives media, if it says.
+/// Points `side` of `relay` at where `sdp` receives media, if it says, and tells the leg
+/// whether its media is RTP or T.38 (UDPTL datagrams, forwarded as they are).
 fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &Sdp) {
-    if let Some(r) = sdp.remote() {
-        let _ = dp.update_leg_nowait(
-            relay,
-            side,
-            voxedge_dataplane::command::LegUpdate {
-                remote: Some(r),
-                ..Default::default()
-            },
-        );
-    }
+    let _ = dp.update_leg_nowait(
+        relay,
+        side,
+        voxedge_dataplane::command::LegUpdate {
+            remote: sdp.remote(),
+            opaque: Some(sdp.is_fax()),
+            ..Default::default()
+        },
+    );
 }
 
 /// The message's SDP body parsed, when it has one.
@@ -1523,10 +1523,13 @@ impl Core {
         offer: Option<&Sdp>,
         now: Duration,
     ) -> Option<(RelayInfo, Dialog)> {
-        let created = self.dp.create_relay(RelayRequest {
+        let mut req = RelayRequest {
             echo,
             ..RelayRequest::with_remotes(offer.and_then(Sdp::remote), None)
-        });
+        };
+        // A call that starts as fax: the caller's leg carries UDPTL from the first datagram.
+        req.legs[0].opaque = offer.is_some_and(Sdp::is_fax);
+        let created = self.dp.create_relay(req);
         let info = match created {
             Ok(i) => i,
             Err(e) => {

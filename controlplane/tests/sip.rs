@@ -689,6 +689,103 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
     r.shutdown().await;
 }
 
+/// The port of the `m=image` (T.38) stream of a message's SDP.
+fn image_port(m: &SipMessage) -> u16 {
+    let sdp = body_text(m);
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("m=image "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("m=image port")
+}
+
+/// T.38 SDP as fax endpoints switch to it: audio disabled, UDPTL at `port`.
+fn t38_sdp(version: u32, port: u16) -> String {
+    format!(
+        "v=0\r\no=ua 1 {version} IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+m=audio 0 RTP/AVP 0\r\nm=image {port} udptl t38\r\na=T38FaxVersion:0\r\na=T38MaxBitRate:14400\r\n\
+a=T38FaxRateManagement:transferredTCF\r\na=T38FaxUdpEC:t38UDPRedundancy\r\n"
+    )
+}
+
+/// Sends `datagram` from `from` to the relay's `port` until it arrives on `to` (the worker
+/// applies a leg update asynchronously), bounded; returns what arrived.
+fn through_relay(from: &UdpSocket, port: u16, to: &UdpSocket, datagram: &[u8]) -> Option<Vec<u8>> {
+    to.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut b = [0u8; 2048];
+    for _ in 0..25 {
+        from.send_to(datagram, ("127.0.0.1", port)).expect("send");
+        if let Ok((len, _)) = to.recv_from(&mut b) {
+            return Some(b[..len].to_vec());
+        }
+    }
+    None
+}
+
+/// A call that switches to fax: the caller's re-INVITE to T.38 (audio disabled, `m=image`)
+/// reaches the callee anchored on our port, the callee's T.38 answer comes back, and UDPTL
+/// datagrams — not RTP, so an RTP relay would drop them — cross the relay both ways unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_to_t38_relays_udptl_both_ways() {
+    let callee = Callee::new();
+    let r = start_routed(27000, &callee, |_| {}).await;
+    let server = r.sip_udp.expect("udp");
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        ua.send(&invite("+15557777", "z9hG4bKfx1", "fax1", rtp.local_addr().expect("a"), "UDP", via));
+        let (inv, from) = callee.recv();
+        let b_port = answer_port(&inv);
+        callee.reply(&inv, 200, "OK", from, true);
+        let ok = ua.recv();
+        let tag = to_tag(&ok);
+        let a_port = answer_port(&ok);
+        let _ack = callee.recv();
+        ua.send(&in_dialog("ACK", 1, "fax1", &tag, "z9hG4bKfxa", "UDP", via, "+15557777"));
+
+        // The caller's fax endpoint moves to a new port for UDPTL.
+        let fax_a = UdpSocket::bind("127.0.0.1:0").expect("fax a");
+        let sdp = t38_sdp(2, fax_a.local_addr().expect("a").port());
+        let re = format!(
+            "INVITE sip:voxedge@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKfx2\r\nMax-Forwards: 70\r\n\
+From: <sip:tester@127.0.0.1>;tag=ua1\r\nTo: <sip:+15557777@127.0.0.1>;tag={tag}\r\nCall-ID: fax1\r\nCSeq: 2 INVITE\r\n\
+Contact: <sip:tester@{via}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        ua.send(&re);
+        let (re, from) = callee.recv();
+        assert_eq!(method_of(&re), "INVITE");
+        let offer = body_text(&re);
+        assert!(offer.contains(&format!("m=image {b_port} udptl t38\r\n")), "{offer}");
+        assert!(offer.contains("m=audio 0 "), "{offer}");
+        assert!(offer.contains("a=T38FaxRateManagement:transferredTCF"), "{offer}");
+        callee_reply(&callee, &re, 200, from, &t38_sdp(2, callee.rtp.local_addr().expect("a").port()));
+        let ok2 = ua.recv();
+        assert_eq!(ok2.status(), Some(200));
+        assert_eq!(image_port(&ok2), a_port, "T.38 on the call's relay port");
+        let (ack, _) = callee.recv();
+        assert_eq!(method_of(&ack), "ACK");
+        ua.send(&in_dialog("ACK", 2, "fax1", &tag, "z9hG4bKfxa2", "UDP", via, "+15557777"));
+
+        // UDPTL (sequence number, then a T.30 indicator IFP): its first byte is not RTP's.
+        let from_a = [0x00, 0x00, 0x06, 0x7e, 0x00, 0x01, 0x02, 0x03];
+        let from_b = [0x00, 0x01, 0x06, 0x7e, 0x11, 0x12];
+        assert_eq!(
+            through_relay(&fax_a, a_port, &callee.rtp, &from_a).as_deref(),
+            Some(&from_a[..]),
+            "caller → callee"
+        );
+        assert_eq!(
+            through_relay(&callee.rtp, b_port, &fax_a, &from_b).as_deref(),
+            Some(&from_b[..]),
+            "callee → caller"
+        );
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
 /// A trunk that demands digest authentication: we answer its 401 with credentials from the
 /// route, and the call goes through. Callers must authenticate when `[sip] users` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,8 @@ pub struct LegSpec {
     pub rtcp_remote: Option<SocketAddr>,
     pub clock_rate_hz: u32,
     pub dtmf_pt: Option<u8>,
+    /// The leg's media is not RTP (T.38 UDPTL): see [`crate::LegRequest::opaque`].
+    pub opaque: bool,
 }
 
 /// A relay joining two legs.
@@ -55,6 +57,8 @@ pub struct LegUpdate {
     pub echo: Option<bool>,
     /// RFC 4733 payload type reported as DTMF on this leg (the one its SDP negotiated).
     pub dtmf_pt: Option<u8>,
+    /// Switch the leg's RTP port between RTP and opaque datagrams (T.38 re-INVITE and back).
+    pub opaque: Option<bool>,
 }
 
 /// Why a worker refused a command.

@@ -96,6 +96,10 @@ pub struct LegRequest {
     pub rtcp_mux: bool,
     pub clock_rate_hz: u32,
     pub dtmf_pt: Option<u8>,
+    /// What arrives on the leg's RTP port is not RTP (T.38 fax over UDPTL, RFC 3362): each
+    /// datagram is forwarded as it is after the source check — no RTP/RTCP demultiplexing,
+    /// parsing, statistics, DTMF or rewriting.
+    pub opaque: bool,
 }
 
 impl Default for LegRequest {
@@ -106,6 +110,7 @@ impl Default for LegRequest {
             rtcp_mux: false,
             clock_rate_hz: 8000,
             dtmf_pt: Some(101),
+            opaque: false,
         }
     }
 }
@@ -541,6 +546,7 @@ impl Dataplane {
                 rtcp_remote: l.rtcp_remote,
                 clock_rate_hz: l.clock_rate_hz,
                 dtmf_pt: l.dtmf_pt,
+                opaque: l.opaque,
             }
         };
         let spec = RelaySpec {

@@ -90,6 +90,10 @@ pub fn process<E: EventSink>(
         Some(_) => {}
     }
 
+    if s.opaque {
+        return process_opaque(table, idx, buf.len());
+    }
+
     let is_rtcp = match s.component {
         Component::Rtcp => true,
         Component::Rtp => match classify(buf) {
@@ -148,6 +152,35 @@ pub fn process<E: EventSink>(
         p.set_sequence_number(w.seq);
         p.set_timestamp(w.ts);
     }
+    forwarded(s, out, out_idx, dst, len)
+}
+
+/// A datagram of a leg that does not carry RTP (T.38 UDPTL): forwarded to the other leg as it
+/// is, or dropped when the leg is blocked, has no remote, or its partner plays or mixes (both
+/// are RTP-only).
+fn process_opaque(table: &mut StreamTable, idx: StreamIdx, len: usize) -> Verdict {
+    let Some(s) = table.get_mut(idx) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    if s.blocked {
+        return drop(s, DropReason::Blocked);
+    }
+    let out_idx = s.peer;
+    if out_idx == idx {
+        return echo(s, idx, len);
+    }
+    if out_idx == TO_MIXER {
+        return drop(s, DropReason::UnsupportedPayload);
+    }
+    let Some((s, out)) = table.pair_mut(idx, out_idx) else {
+        return Verdict::Drop(DropReason::UnknownStream);
+    };
+    if out.playing || out.in_conference {
+        return drop(s, DropReason::Superseded);
+    }
+    let Some(dst) = out.remote else {
+        return drop(s, DropReason::NoRemote);
+    };
     forwarded(s, out, out_idx, dst, len)
 }
 

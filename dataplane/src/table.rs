@@ -60,6 +60,8 @@ pub struct Stream {
     /// conference, to the other member) and its relay partner is not heard; the mixer
     /// restores `peer` when it leaves. On line 0: the forward path tests it on both streams.
     pub in_conference: bool,
+    /// Datagrams arriving here are forwarded as they are, not parsed as RTP/RTCP (T.38 UDPTL).
+    pub opaque: bool,
     pub last_rx_ns: u64,
     // Line 1: written by packets arriving here.
     /// Packets received on this stream's local port.
@@ -119,6 +121,7 @@ impl Stream {
             last_dtmf_ts: None,
             egress: EgressRewrite::default(),
             in_conference: false,
+            opaque: false,
             mix: MixRef::default(),
             packets_in: 0,
             bytes_in: 0,
@@ -388,6 +391,7 @@ mod layout_tests {
             (span(std::ptr::addr_of!(s.remote) as usize, 32), 0),
             (span(std::ptr::addr_of!(s.peer) as usize, 4), 0),
             (span(std::ptr::addr_of!(s.in_conference) as usize, 1), 0),
+            (span(std::ptr::addr_of!(s.opaque) as usize, 1), 0),
             (span(std::ptr::addr_of!(s.last_rx_ns) as usize, 8), 0),
             // Line 1: written by the ingress stream.
             (span(std::ptr::addr_of!(s.packets_in) as usize, 8), 1),

@@ -831,6 +831,9 @@ impl<Io: PacketIo> Worker<Io> {
             if let Some(pt) = update.dtmf_pt {
                 s.dtmf_pt = Some(pt);
             }
+            if let Some(o) = update.opaque {
+                s.opaque = o;
+            }
         }
         if let Some(c) = r.rtcp[i].and_then(|c| self.table.get_mut(c)) {
             let remote = update.rtcp_remote.or(update
@@ -1063,6 +1066,7 @@ fn configure_stream(s: &mut Stream, spec: &RelaySpec, leg: &LegSpec, remote: Opt
     s.rewrite = spec.rewrite;
     s.clock_rate_hz = leg.clock_rate_hz.max(1);
     s.dtmf_pt = leg.dtmf_pt;
+    s.opaque = leg.opaque && s.component == Component::Rtp;
 }
 
 fn stream_snapshot(s: &Stream, now: u64) -> StreamSnapshot {

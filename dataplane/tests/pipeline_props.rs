@@ -108,12 +108,19 @@ proptest! {
         packets in proptest::collection::vec((datagram(), 0u32..4, prop_oneof![Just(5000u16), Just(5001), Just(6000), any::<u16>()]), 1..8),
         strict in any::<bool>(),
         rewrite in any::<bool>(),
+        opaque in any::<bool>(),
     ) {
         let mut t = table(strict, rewrite);
+        // Opaque legs (T.38 UDPTL) carry anything on their RTP ports, untouched.
+        for port in [0, 2] {
+            let i = t.by_port(PortHandle(port)).expect("known");
+            t.get_mut(i).expect("known").opaque = opaque;
+        }
         let mut events: Vec<MediaEvent> = Vec::new();
         let mut dropped_known = 0u64;
         for (i, (mut buf, port, src_port)) in packets.into_iter().enumerate() {
             let len = buf.len();
+            let before = buf.clone();
             let v = process(&mut t, PortHandle(port), addr(src_port), &mut buf, 1 + i as u64 * 20_000_000, &mut events);
             prop_assert_eq!(buf.len(), len, "the pipeline never resizes");
             match v {
@@ -123,6 +130,9 @@ proptest! {
                     prop_assert_eq!(o.port, out_port);
                     prop_assert_eq!(Some(dst), o.remote);
                     prop_assert!(o.side != t.get(t.by_port(PortHandle(port)).expect("known")).expect("known").side);
+                    if opaque && port != 1 {
+                        prop_assert_eq!(&buf, &before, "opaque datagrams leave as they came");
+                    }
                 }
                 Verdict::Drop(DropReason::UnknownStream) => prop_assert_eq!(port, 3),
                 Verdict::Drop(_) => dropped_known += 1,
@@ -135,4 +145,55 @@ proptest! {
             prop_assert!(s.packets_forwarded + s.drops.total() <= s.packets_in + s.drops.no_remote as u64);
         }
     }
+}
+
+/// A T.38 leg: UDPTL datagrams (which RTP demultiplexing would drop or misread) are forwarded
+/// unchanged from the latched source, counted like RTP; other sources still obey strict-source.
+#[test]
+fn opaque_legs_forward_udptl_unchanged() {
+    let mut t = table(true, true);
+    let mut events: Vec<MediaEvent> = Vec::new();
+    // UDPTL: sequence number, then an IFP packet; the first byte says "not RTP" (RFC 7983).
+    let udptl = vec![0x00, 0x2a, 0x06, 0x7e, 0x00, 0x11, 0x22, 0x33];
+    let mut buf = udptl.clone();
+    let v = process(&mut t, PortHandle(0), addr(5000), &mut buf, 1, &mut events);
+    assert_eq!(
+        v,
+        Verdict::Drop(DropReason::UnsupportedPayload),
+        "an RTP leg drops it"
+    );
+    for port in [0, 2] {
+        let i = t.by_port(PortHandle(port)).expect("known");
+        t.get_mut(i).expect("known").opaque = true;
+    }
+    // An RTP-looking datagram is not rewritten either (rewrite is on for this table).
+    let rtp = valid_rtp(0, 7);
+    for (input, src, port, dst_port) in [
+        (udptl.clone(), 5000, 0, 6000),
+        (udptl.clone(), 6000, 2, 5000),
+        (rtp.clone(), 5000, 0, 6000),
+    ] {
+        let mut buf = input.clone();
+        let v = process(
+            &mut t,
+            PortHandle(port),
+            addr(src),
+            &mut buf,
+            2,
+            &mut events,
+        );
+        let Verdict::Forward { dst, .. } = v else {
+            panic!("forwarded: {v:?}");
+        };
+        assert_eq!(dst, addr(dst_port));
+        assert_eq!(buf, input);
+    }
+    let mut buf = udptl.clone();
+    let v = process(&mut t, PortHandle(0), addr(5999), &mut buf, 3, &mut events);
+    assert_eq!(v, Verdict::Drop(DropReason::SourceMismatch));
+    let a = t
+        .get(t.by_port(PortHandle(0)).expect("known"))
+        .expect("known");
+    assert_eq!((a.packets_in, a.packets_forwarded), (4, 2));
+    assert_eq!(a.rx.received(), 0, "no RTP statistics for opaque media");
 }
