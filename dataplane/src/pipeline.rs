@@ -157,7 +157,9 @@ pub fn process<E: EventSink>(
 
 /// A datagram of a leg that does not carry RTP (T.38 UDPTL): forwarded to the other leg as it
 /// is, or dropped when the leg is blocked, has no remote, or its partner plays or mixes (both
-/// are RTP-only).
+/// are RTP-only). Kept out of line: fax is rare, and the RTP path stays as compact as before.
+#[cold]
+#[inline(never)]
 fn process_opaque(table: &mut StreamTable, idx: StreamIdx, len: usize) -> Verdict {
     let Some(s) = table.get_mut(idx) else {
         return Verdict::Drop(DropReason::UnknownStream);
