@@ -11,6 +11,7 @@ pub mod config;
 pub mod digest;
 pub mod events;
 pub mod http;
+pub mod loglimit;
 pub mod media;
 pub mod metrics;
 pub mod ng;

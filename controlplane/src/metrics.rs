@@ -321,6 +321,18 @@ pub fn render_sip(out: &mut String, s: &crate::sip::SipStats) {
             v(&s.calls_refused),
         ),
         (
+            "voxedge_sip_calls_without_media_total",
+            "counter",
+            "New calls answered 503 because no media ports were free.",
+            v(&s.calls_without_media),
+        ),
+        (
+            "voxedge_sip_tcp_refused_total",
+            "counter",
+            "SIP TCP connections closed at once: connection limit (total or per source) reached.",
+            v(&s.tcp_refused),
+        ),
+        (
             "voxedge_sip_loops_detected_total",
             "counter",
             "INVITEs answered 482 (a merged request or our own INVITE come back).",

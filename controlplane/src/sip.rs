@@ -47,6 +47,10 @@ pub struct SipStats {
     pub sdp_refused: std::sync::atomic::AtomicU64,
     /// Answers naming no offered codec (relayed unchanged).
     pub answers_outside_offer: std::sync::atomic::AtomicU64,
+    /// New calls answered 503 because the dataplane had no media ports for them.
+    pub calls_without_media: std::sync::atomic::AtomicU64,
+    /// TCP connections closed at once: the total or per-source connection limit was reached.
+    pub tcp_refused: std::sync::atomic::AtomicU64,
 }
 
 /// The running service.
@@ -571,7 +575,12 @@ fn route_matches(pattern: &str, user: &str) -> bool {
     }
 }
 
+/// Shortest interval between two log lines about one repeating condition.
+const LOG_PERIOD: Duration = Duration::from_secs(10);
+
 struct Core {
+    /// Calls refused for want of media ports (one line per [`LOG_PERIOD`]).
+    no_media_log: crate::loglimit::LogLimit,
     tx: Transactions,
     epoch: Instant,
     udp: Option<Arc<UdpSocket>>,
@@ -719,6 +728,7 @@ pub async fn start(
         sip_uri_calls,
     };
     let core = Core {
+        no_media_log: crate::loglimit::LogLimit::new(LOG_PERIOD),
         tx: Transactions::new(Timers::default()).with_max_transactions(cfg.transactions_max),
         epoch: Instant::now(),
         udp: udp.clone(),
@@ -786,6 +796,9 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    // A connection flood must not become a log flood.
+    let started = Instant::now();
+    let mut refused_log = crate::loglimit::LogLimit::new(LOG_PERIOD);
     loop {
         let accepted = tokio::select! {
             r = l.accept() => r,
@@ -804,7 +817,12 @@ async fn accept_loop(
             let total: usize = o.values().sum();
             let here = o.entry(peer.ip()).or_default();
             if total >= max || *here >= per_source {
-                tracing::warn!(%peer, "SIP TCP connection refused: limit reached");
+                stats
+                    .tcp_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(skipped) = refused_log.check(started.elapsed()) {
+                    tracing::warn!(%peer, skipped, "SIP TCP connection refused: limit reached (further refusals within {}s are counted, not logged)", LOG_PERIOD.as_secs());
+                }
                 continue;
             }
             *here += 1;
@@ -1533,7 +1551,12 @@ impl Core {
         let info = match created {
             Ok(i) => i,
             Err(e) => {
-                tracing::warn!(error = %e, "no media for the call");
+                self.stats
+                    .calls_without_media
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(skipped) = self.no_media_log.check(now) {
+                    tracing::warn!(error = %e, skipped, "no media for the call: answered 503 (further ones within {}s are counted, not logged)", LOG_PERIOD.as_secs());
+                }
                 let mut r = build_response(msg, 503, "Service Unavailable", Some(tag));
                 r.headers
                     .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));

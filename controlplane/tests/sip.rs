@@ -786,6 +786,57 @@ Contact: <sip:tester@{via}>\r\nContent-Type: application/sdp\r\nContent-Length: 
     r.shutdown().await;
 }
 
+/// Out of media ports and over the TCP connection limit: calls get 503 with Retry-After and
+/// connections are closed at once, both counted in /metrics (the log says it once per period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_media_ports_and_tcp_limits_are_refused_and_counted() {
+    let mut c = config(27100);
+    c.dataplane.port_max = 27103; // two port pairs: one relay
+    c.sip.tcp_connections_per_source_max = 1;
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("serve starts");
+    let (server, tcp) = (r.sip_udp.expect("udp"), r.sip_tcp.expect("tcp"));
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        let a = rtp.local_addr().expect("a");
+        ua.send(&invite("echo", "z9hG4bKnm1", "nm1", a, "UDP", via));
+        let first = ua.recv();
+        assert_eq!(first.status(), Some(200), "the one relay there is room for");
+        for n in 2..5 {
+            ua.send(&invite(
+                "echo",
+                &format!("z9hG4bKnm{n}"),
+                &format!("nm{n}"),
+                a,
+                "UDP",
+                via,
+            ));
+            let m = ua.recv();
+            assert_eq!(m.status(), Some(503));
+            assert!(m.header("Retry-After").is_some());
+        }
+        // One TCP connection per source: the second is closed without a word.
+        let _kept = std::net::TcpStream::connect(tcp).expect("first connection");
+        let mut second = std::net::TcpStream::connect(tcp).expect("connect");
+        second
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("t");
+        let mut b = [0u8; 16];
+        use std::io::Read;
+        assert!(matches!(second.read(&mut b), Ok(0) | Err(_)), "closed");
+    })
+    .await
+    .expect("ua");
+    let m = common::metrics(r.admin).await;
+    assert!(
+        m.contains("voxedge_sip_calls_without_media_total 3\n"),
+        "{m}"
+    );
+    assert!(m.contains("voxedge_sip_tcp_refused_total 1\n"), "{m}");
+    r.shutdown().await;
+}
+
 /// A trunk that demands digest authentication: we answer its 401 with credentials from the
 /// route, and the call goes through. Callers must authenticate when `[sip] users` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
