@@ -439,6 +439,21 @@ struct Call {
     /// A delayed offer: the offer our 2xx carried (rewritten to our port), whose answer comes
     /// in the caller's ACK.
     ack_answer: Option<Sdp>,
+    /// A re-INVITE without SDP was answered with an offer: our ACK of that 2xx waits for the
+    /// sender's ACK, which brings the answer.
+    reinvite_ack: Option<ReinviteAck>,
+}
+
+/// The ACK owed to the leg that answered a relayed re-INVITE without SDP (RFC 3261 §14.1:
+/// its 2xx carries an offer, the answer comes in the ACK).
+#[derive(Debug)]
+struct ReinviteAck {
+    /// The re-INVITE came from leg A (so the ACK goes to leg B).
+    from_a: bool,
+    /// CSeq number of the re-INVITE (and of its ACK).
+    cseq: u32,
+    /// The offer in the 2xx, as its sender wrote it: the answer is cut to it.
+    offer: Sdp,
 }
 
 /// An in-dialog request relayed to the other leg.
@@ -1457,6 +1472,7 @@ impl Core {
                 side: Side::A,
                 owns_relay: true,
                 ack_answer,
+                reinvite_ack: None,
             },
         );
     }
@@ -1699,6 +1715,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                 side: Side::A,
                 owns_relay: true,
                 ack_answer: None,
+                reinvite_ack: None,
             },
         );
     }
@@ -1895,6 +1912,20 @@ Contact: <sip:voxedge@{local}>\r\n",
         let Some(id) = request_dialog_id(msg) else {
             return;
         };
+        if let Some(a_id) = self.b_dialogs.get(&id).cloned() {
+            // The callee's ACK: only a re-INVITE of its own without SDP needs it.
+            self.ack_reinvite(&a_id, false, msg);
+            return;
+        }
+        if self
+            .calls
+            .get(&id)
+            .and_then(|c| c.reinvite_ack.as_ref())
+            .is_some_and(|p| p.from_a)
+        {
+            self.ack_reinvite(&id, true, msg);
+            return;
+        }
         let advertise = self.advertise;
         let Some(c) = self.calls.get_mut(&id) else {
             return;
@@ -2192,7 +2223,29 @@ Contact: <sip:voxedge@{local}>\r\n",
         } else {
             (call.relay, b.b_port, Side::A)
         };
-        if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
+        // A re-INVITE without SDP answered with an offer: the answer comes in the sender's
+        // ACK, and ours goes on with it (see `ack_reinvite`).
+        let delayed_offer = ((200..300).contains(&code)
+            && req.method() == Some(&Method::INVITE)
+            && offer.is_none()
+            && req.sdp().is_none())
+        .then(|| sdp_of(&msg).and_then(Result::ok))
+        .flatten();
+        if let Some(o) = delayed_offer.as_ref() {
+            let dialog = if from_a {
+                b.dialog.as_mut()
+            } else {
+                Some(&mut call.dialog)
+            };
+            if let Some(d) = dialog {
+                d.on_refresh_response(&msg);
+            }
+            call.reinvite_ack = Some(ReinviteAck {
+                from_a,
+                cseq: cseq_number(&msg),
+                offer: o.clone(),
+            });
+        } else if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
             // ACK the 2xx on the leg we sent the re-INVITE on.
             let cseq = Some(cseq_number(&msg));
             let (dialog, peer) = if from_a {
@@ -2244,6 +2297,83 @@ Contact: <sip:voxedge@{local}>\r\n",
             );
         }
         self.respond(stx, resp, now);
+    }
+
+    /// The ACK of a re-INVITE's sender when that re-INVITE had no SDP and the other leg's 2xx
+    /// offered (see [`ReinviteAck`]): the answer it brings, cut to the offer, points the
+    /// sender's leg at its media and goes on in our ACK of the other leg's 2xx. An ACK without
+    /// a usable answer is passed on without one (the offerer's dialog rules then apply).
+    fn ack_reinvite(&mut self, a_id: &DialogId, from_a: bool, msg: &SipMessage) {
+        let local = fmt_host(self.local);
+        let advertise = self.advertise;
+        let Some(call) = self.calls.get_mut(a_id) else {
+            return;
+        };
+        // Only the ACK of the leg whose re-INVITE is waiting for one.
+        if call.reinvite_ack.as_ref().map(|p| p.from_a) != Some(from_a) {
+            return;
+        }
+        let Some(pending) = call.reinvite_ack.take() else {
+            return;
+        };
+        let Some(b) = call.b.as_mut() else {
+            return;
+        };
+        let (side, out_port) = if from_a {
+            (Side::A, b.b_port)
+        } else {
+            (Side::B, b.a_port)
+        };
+        let body = match sdp_of(msg) {
+            Some(Ok(mut answer)) => {
+                cut_answer(&mut answer, &pending.offer, &self.stats);
+                if let Some(r) = call.relay {
+                    follow_media(&self.dp, r, side, &answer);
+                }
+                answer.anchor_to(advertise, out_port);
+                Some(answer.to_bytes())
+            }
+            other => {
+                tracing::info!(
+                    error = ?other.and_then(Result::err),
+                    "the ACK of a re-INVITE without SDP brought no usable answer; passed on without one"
+                );
+                None
+            }
+        };
+        let (dialog, peer) = if from_a {
+            let peer = b.peer;
+            match b.dialog.as_mut() {
+                Some(d) => (d, peer),
+                None => return,
+            }
+        } else {
+            (&mut call.dialog, call.peer)
+        };
+        let branch = format!("z9hG4bK{}", random_token(16));
+        let transport = if peer.reliable { "TCP" } else { "UDP" };
+        let Ok(mut ack) = dialog.request(
+            Method::ACK,
+            &format!("{transport} {local}"),
+            &branch,
+            None,
+            Some(pending.cseq),
+        ) else {
+            return;
+        };
+        if let Some(body) = body {
+            ack.headers
+                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+            ack.body = body;
+        }
+        let to = target_addr(&dialog.remote_target).unwrap_or(peer.addr);
+        self.send_raw(
+            Peer {
+                addr: to,
+                reliable: peer.reliable,
+            },
+            ack.to_bytes(),
+        );
     }
 
     /// Sends BYE on the outbound dialog, if it was answered.
@@ -2567,6 +2697,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                         side: if bridge { Side::B } else { Side::A },
                         owns_relay: !bridge,
                         ack_answer: None,
+                        reinvite_ack: None,
                     },
                 );
                 // A <Dial> leg answering after another target of the same dial won (or after
@@ -2687,6 +2818,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 side: Side::A,
                 owns_relay: true,
                 ack_answer,
+                reinvite_ack: None,
             },
         );
         self.report(CallUpdate::Incoming(Box::new(IncomingCall {

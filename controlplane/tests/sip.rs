@@ -786,6 +786,121 @@ Contact: <sip:tester@{via}>\r\nContent-Type: application/sdp\r\nContent-Length: 
     r.shutdown().await;
 }
 
+/// A re-INVITE without SDP (RFC 3261 §14.1): relayed without a body, the callee's 2xx offers,
+/// that offer reaches the caller on our port, and our ACK to the callee waits for the caller's
+/// ACK, whose answer it carries; the caller's leg follows the answer's new media address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_without_sdp_gets_the_answer_from_the_callers_ack() {
+    let callee = Callee::new();
+    let r = start_routed(27200, &callee, |_| {}).await;
+    let server = r.sip_udp.expect("udp");
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        ua.send(&invite("+15557777", "z9hG4bKdr1", "dro1", rtp.local_addr().expect("a"), "UDP", via));
+        let (inv, from) = callee.recv();
+        let b_port = answer_port(&inv);
+        callee.reply(&inv, 200, "OK", from, true);
+        let ok = ua.recv();
+        let tag = to_tag(&ok);
+        let a_port = answer_port(&ok);
+        let _ack = callee.recv();
+        ua.send(&in_dialog("ACK", 1, "dro1", &tag, "z9hG4bKdra", "UDP", via, "+15557777"));
+
+        ua.send(&in_dialog("INVITE", 2, "dro1", &tag, "z9hG4bKdr2", "UDP", via, "+15557777"));
+        let (re, from) = callee.recv();
+        assert_eq!(method_of(&re), "INVITE");
+        assert!(re.sdp().is_none(), "relayed without SDP");
+        let callee_rtp = callee.rtp.local_addr().expect("a");
+        callee_reply(&callee, &re, 200, from, &sdp_body(callee_rtp, "0 8"));
+        let ok2 = ua.recv();
+        assert_eq!(ok2.status(), Some(200));
+        assert_eq!(answer_port(&ok2), a_port, "the callee's offer, on our port");
+        // No ACK to the callee before the caller answers.
+        callee
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("t");
+        let mut b = [0u8; 4096];
+        assert!(callee.sock.recv_from(&mut b).is_err(), "the ACK waits for the answer");
+        callee.sock.set_read_timeout(Some(Duration::from_secs(5))).expect("t");
+
+        // The caller answers PCMA from a new media port in its ACK.
+        let rtp2 = UdpSocket::bind("127.0.0.1:0").expect("rtp2");
+        let answer = sdp_body(rtp2.local_addr().expect("a"), "8");
+        let ack = in_dialog("ACK", 2, "dro1", &tag, "z9hG4bKdra2", "UDP", via, "+15557777")
+            .replace(
+                "Content-Length: 0\r\n\r\n",
+                &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}", answer.len()),
+            );
+        ua.send(&ack);
+        let (ack, _) = callee.recv();
+        assert_eq!(method_of(&ack), "ACK");
+        let sdp = body_text(&ack);
+        assert!(sdp.contains(&format!("m=audio {b_port} RTP/AVP 8\r\n")), "{sdp}");
+        assert!(!sdp.contains(&rtp2.local_addr().expect("a").port().to_string()), "{sdp}");
+        // The caller's leg follows the answer: the callee's media reaches the new port.
+        let got = through_relay(&callee.rtp, b_port, &rtp2, &rtp_packet(40));
+        assert_eq!(got.map(|p| p.len()), Some(172), "media on the answered address");
+
+        // The same the other way: the callee's re-INVITE without SDP, the caller offers.
+        let (to, from_hdr, cid) = (
+            voxedge_sip_core::uri::header_uri(inv.header("To").expect("to"))
+                .map(|u| format!("<{u}>"))
+                .expect("to"),
+            inv.header("From").expect("from").to_string(),
+            inv.header("Call-ID").expect("cid").to_string(),
+        );
+        let callee_req = |method: &str, branch: &str, extra: &str| {
+            format!(
+                "{method} sip:voxedge@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={branch}\r\nMax-Forwards: 70\r\n\
+From: {to};tag=callee1\r\nTo: {from_hdr}\r\nCall-ID: {cid}\r\nCSeq: 3 {method}\r\n\
+Contact: <sip:callee@{}>\r\n{extra}",
+                callee.sock.local_addr().expect("a"),
+                callee.sock.local_addr().expect("a"),
+            )
+        };
+        callee
+            .sock
+            .send_to(callee_req("INVITE", "z9hG4bKcr3", "Content-Length: 0\r\n\r\n").as_bytes(), server)
+            .expect("re-INVITE");
+        let re = ua.recv();
+        assert_eq!(method_of(&re), "INVITE");
+        assert!(re.sdp().is_none(), "relayed without SDP");
+        let mut ok3 = voxedge_sip_core::transaction::build_response(&re, 200, "OK", None);
+        ok3.headers.insert(
+            ezk_sip_types::Name::CONTACT,
+            bytesstr::BytesStr::from(format!("<sip:tester@{via}>")),
+        );
+        ok3.headers.insert(
+            ezk_sip_types::Name::CONTENT_TYPE,
+            bytesstr::BytesStr::from_static("application/sdp"),
+        );
+        ok3.body = bytes::Bytes::from(sdp_body(rtp2.local_addr().expect("a"), "8"));
+        ua.sock.send_to(&ok3.to_bytes(), server).expect("200");
+        let ok3 = loop {
+            let (m, _) = callee.recv();
+            if m.status() != Some(100) {
+                break m;
+            }
+        };
+        assert_eq!(ok3.status(), Some(200));
+        assert_eq!(answer_port(&ok3), b_port, "the caller's offer, on our port");
+        let answer = sdp_body(callee_rtp, "8");
+        let ack = callee_req(
+            "ACK",
+            "z9hG4bKca3",
+            &format!("Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{answer}", answer.len()),
+        );
+        callee.sock.send_to(ack.as_bytes(), server).expect("ACK");
+        let ack = ua.recv();
+        assert_eq!(method_of(&ack), "ACK");
+        assert!(body_text(&ack).contains(&format!("m=audio {a_port} RTP/AVP 8\r\n")));
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
 /// Out of media ports and over the TCP connection limit: calls get 503 with Retry-After and
 /// connections are closed at once, both counted in /metrics (the log says it once per period).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
