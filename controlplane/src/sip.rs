@@ -899,6 +899,48 @@ async fn accept_loop(
     }
 }
 
+/// Our ACK of the 2xx that answered a re-INVITE relayed to the other leg than the sender's
+/// (leg B when the sender is leg A), with CSeq `cseq` and `body` (an SDP answer) when given:
+/// where it goes and its bytes. `None` when that leg has no dialog.
+fn leg_ack(
+    call: &mut Call,
+    from_a: bool,
+    local: &str,
+    cseq: u32,
+    body: Option<Bytes>,
+) -> Option<(Peer, Vec<u8>)> {
+    let (dialog, peer) = if from_a {
+        let b = call.b.as_mut()?;
+        (b.dialog.as_mut()?, b.peer)
+    } else {
+        (&mut call.dialog, call.peer)
+    };
+    let branch = format!("z9hG4bK{}", random_token(16));
+    let transport = if peer.reliable { "TCP" } else { "UDP" };
+    let mut ack = dialog
+        .request(
+            Method::ACK,
+            &format!("{transport} {local}"),
+            &branch,
+            None,
+            Some(cseq),
+        )
+        .ok()?;
+    if let Some(body) = body {
+        ack.headers
+            .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
+        ack.body = body;
+    }
+    let to = target_addr(&dialog.remote_target).unwrap_or(peer.addr);
+    Some((
+        Peer {
+            addr: to,
+            reliable: peer.reliable,
+        },
+        ack.to_bytes(),
+    ))
+}
+
 /// Points `side` of `relay` at where `sdp` receives media, if it says, and tells the leg
 /// whether its media is RTP or T.38 (UDPTL datagrams, forwarded as they are).
 fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &Sdp) {
@@ -2223,15 +2265,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         } else {
             (call.relay, b.b_port, Side::A)
         };
-        // A re-INVITE without SDP answered with an offer: the answer comes in the sender's
-        // ACK, and ours goes on with it (see `ack_reinvite`).
-        let delayed_offer = ((200..300).contains(&code)
-            && req.method() == Some(&Method::INVITE)
-            && offer.is_none()
-            && req.sdp().is_none())
-        .then(|| sdp_of(&msg).and_then(Result::ok))
-        .flatten();
-        if let Some(o) = delayed_offer.as_ref() {
+        if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
             let dialog = if from_a {
                 b.dialog.as_mut()
             } else {
@@ -2240,41 +2274,21 @@ Contact: <sip:voxedge@{local}>\r\n",
             if let Some(d) = dialog {
                 d.on_refresh_response(&msg);
             }
-            call.reinvite_ack = Some(ReinviteAck {
-                from_a,
-                cseq: cseq_number(&msg),
-                offer: o.clone(),
-            });
-        } else if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
-            // ACK the 2xx on the leg we sent the re-INVITE on.
-            let cseq = Some(cseq_number(&msg));
-            let (dialog, peer) = if from_a {
-                let p = b.peer;
-                match b.dialog.as_mut() {
-                    Some(d) => (d, p),
-                    None => return,
-                }
-            } else {
-                (&mut call.dialog, call.peer)
-            };
-            dialog.on_refresh_response(&msg);
-            let branch = format!("z9hG4bK{}", random_token(16));
-            let transport = if peer.reliable { "TCP" } else { "UDP" };
-            if let Ok(ack) = dialog.request(
-                Method::ACK,
-                &format!("{transport} {local}"),
-                &branch,
-                None,
-                cseq,
-            ) {
-                let to = target_addr(&dialog.remote_target).unwrap_or(peer.addr);
-                self.send_raw(
-                    Peer {
-                        addr: to,
-                        reliable: peer.reliable,
-                    },
-                    ack.to_bytes(),
-                );
+            let cseq = cseq_number(&msg);
+            // A re-INVITE without SDP answered with an offer: the answer comes in the
+            // sender's ACK, and ours goes on with it (see `ack_reinvite`).
+            let delayed_offer = (offer.is_none() && req.sdp().is_none())
+                .then(|| sdp_of(&msg).and_then(Result::ok))
+                .flatten();
+            if let Some(o) = delayed_offer {
+                call.reinvite_ack = Some(ReinviteAck {
+                    from_a,
+                    cseq,
+                    offer: o,
+                });
+            } else if let Some((peer, ack)) = leg_ack(call, from_a, &local, cseq, None) {
+                // ACK the 2xx on the leg we sent the re-INVITE on.
+                self.send_raw(peer, ack);
             }
         }
         let mut resp = build_response(&req, code, status_reason(&msg), None);
@@ -2341,39 +2355,9 @@ Contact: <sip:voxedge@{local}>\r\n",
                 None
             }
         };
-        let (dialog, peer) = if from_a {
-            let peer = b.peer;
-            match b.dialog.as_mut() {
-                Some(d) => (d, peer),
-                None => return,
-            }
-        } else {
-            (&mut call.dialog, call.peer)
-        };
-        let branch = format!("z9hG4bK{}", random_token(16));
-        let transport = if peer.reliable { "TCP" } else { "UDP" };
-        let Ok(mut ack) = dialog.request(
-            Method::ACK,
-            &format!("{transport} {local}"),
-            &branch,
-            None,
-            Some(pending.cseq),
-        ) else {
-            return;
-        };
-        if let Some(body) = body {
-            ack.headers
-                .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
-            ack.body = body;
+        if let Some((peer, ack)) = leg_ack(call, from_a, &local, pending.cseq, body) {
+            self.send_raw(peer, ack);
         }
-        let to = target_addr(&dialog.remote_target).unwrap_or(peer.addr);
-        self.send_raw(
-            Peer {
-                addr: to,
-                reliable: peer.reliable,
-            },
-            ack.to_bytes(),
-        );
     }
 
     /// Sends BYE on the outbound dialog, if it was answered.

@@ -618,6 +618,59 @@ Contact: <sip:tester@{via}>\r\nContent-Type: application/sdp\r\nContent-Length: 
     )
 }
 
+/// A routed call from the test's caller to `callee`, answered and acknowledged on both legs.
+struct Answered {
+    /// The INVITE as the callee got it.
+    inv: SipMessage,
+    /// Our tag towards the caller.
+    tag: String,
+    /// Our media port towards the caller, and towards the callee.
+    a_port: u16,
+    b_port: u16,
+}
+
+fn answered_call(
+    ua: &Udp,
+    via: SocketAddr,
+    rtp: &UdpSocket,
+    callee: &Callee,
+    call_id: &str,
+) -> Answered {
+    let branch = format!("z9hG4bK{call_id}i");
+    ua.send(&invite(
+        "+15557777",
+        &branch,
+        call_id,
+        rtp.local_addr().expect("a"),
+        "UDP",
+        via,
+    ));
+    let (inv, from) = callee.recv();
+    let b_port = answer_port(&inv);
+    callee.reply(&inv, 200, "OK", from, true);
+    let ok = ua.recv();
+    let tag = to_tag(&ok);
+    let a_port = answer_port(&ok);
+    let _ack = callee.recv();
+    let branch = format!("z9hG4bK{call_id}a");
+    ua.send(&in_dialog(
+        "ACK",
+        1,
+        call_id,
+        &tag,
+        &branch,
+        "UDP",
+        via,
+        "+15557777",
+    ));
+    Answered {
+        inv,
+        tag,
+        a_port,
+        b_port,
+    }
+}
+
 /// Hold and resume: the caller's re-INVITEs (and an INFO) reach the callee with our SDP, the
 /// callee's answers come back, and media keeps flowing on the new address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,15 +680,7 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
     let server = r.sip_udp.expect("udp");
     tokio::task::spawn_blocking(move || {
         let (ua, via, rtp) = ua(server);
-        ua.send(&invite("+15557777", "z9hG4bKri1", "reinv1", rtp.local_addr().expect("a"), "UDP", via));
-        let (inv, from) = callee.recv();
-        let b_port = answer_port(&inv);
-        callee.reply(&inv, 200, "OK", from, true);
-        let ok = ua.recv();
-        let tag = to_tag(&ok);
-        let a_port = answer_port(&ok);
-        let _ack = callee.recv();
-        ua.send(&in_dialog("ACK", 1, "reinv1", &tag, "z9hG4bKria", "UDP", via, "+15557777"));
+        let Answered { tag, a_port, b_port, .. } = answered_call(&ua, via, &rtp, &callee, "reinv1");
         for (n, dir, answer_dir) in [(2, "sendonly", "recvonly"), (3, "sendrecv", "sendrecv")] {
             // A new media port for the caller on resume, to check the relay follows it.
             let rtp2 = UdpSocket::bind("127.0.0.1:0").expect("rtp2");
@@ -733,15 +778,7 @@ async fn reinvite_to_t38_relays_udptl_both_ways() {
     let server = r.sip_udp.expect("udp");
     tokio::task::spawn_blocking(move || {
         let (ua, via, rtp) = ua(server);
-        ua.send(&invite("+15557777", "z9hG4bKfx1", "fax1", rtp.local_addr().expect("a"), "UDP", via));
-        let (inv, from) = callee.recv();
-        let b_port = answer_port(&inv);
-        callee.reply(&inv, 200, "OK", from, true);
-        let ok = ua.recv();
-        let tag = to_tag(&ok);
-        let a_port = answer_port(&ok);
-        let _ack = callee.recv();
-        ua.send(&in_dialog("ACK", 1, "fax1", &tag, "z9hG4bKfxa", "UDP", via, "+15557777"));
+        let Answered { tag, a_port, b_port, .. } = answered_call(&ua, via, &rtp, &callee, "fax1");
 
         // The caller's fax endpoint moves to a new port for UDPTL.
         let fax_a = UdpSocket::bind("127.0.0.1:0").expect("fax a");
@@ -796,15 +833,7 @@ async fn reinvite_without_sdp_gets_the_answer_from_the_callers_ack() {
     let server = r.sip_udp.expect("udp");
     tokio::task::spawn_blocking(move || {
         let (ua, via, rtp) = ua(server);
-        ua.send(&invite("+15557777", "z9hG4bKdr1", "dro1", rtp.local_addr().expect("a"), "UDP", via));
-        let (inv, from) = callee.recv();
-        let b_port = answer_port(&inv);
-        callee.reply(&inv, 200, "OK", from, true);
-        let ok = ua.recv();
-        let tag = to_tag(&ok);
-        let a_port = answer_port(&ok);
-        let _ack = callee.recv();
-        ua.send(&in_dialog("ACK", 1, "dro1", &tag, "z9hG4bKdra", "UDP", via, "+15557777"));
+        let Answered { inv, tag, a_port, b_port } = answered_call(&ua, via, &rtp, &callee, "dro1");
 
         ua.send(&in_dialog("INVITE", 2, "dro1", &tag, "z9hG4bKdr2", "UDP", via, "+15557777"));
         let (re, from) = callee.recv();
