@@ -52,8 +52,8 @@ pub struct DataplaneConfig {
     /// How the socket backend sends IPv4 media: `auto` (one raw `IPPROTO_RAW` socket per worker
     /// sends a whole burst in one system call when the process has `CAP_NET_RAW`, else the
     /// per-port sockets), `on` (raw, or refuse to start), `off` (per-port sockets). Raw sending
-    /// applies to ports bound to a specific IPv4 address; ports on `0.0.0.0` and IPv6 always use
-    /// their own socket.
+    /// applies to IPv4 ports (on `0.0.0.0` from the source the route gives each destination);
+    /// IPv6 ports always use their own socket.
     pub socket_raw_tx: RawTx,
     /// Commands queued per worker before the control plane is told the worker is busy.
     pub command_queue_max: usize,

@@ -9,9 +9,10 @@
 //! Sending: a datagram leaves through the socket of its port, grouped per port into `sendmmsg`.
 //! RTP streams carry 50 packets/s each, so a burst rarely has two datagrams for one port and that
 //! costs one system call per datagram. With `CAP_NET_RAW` (`socket_raw_tx`), a worker instead
-//! sends the IPv4 datagrams of ports bound to a specific address through one raw socket
-//! (`IPPROTO_RAW`, header included): it writes the IPv4 and UDP headers itself (source = the
-//! port's address, UDP checksum computed here; the kernel fills in the IP checksum, length and
+//! sends the IPv4 datagrams of its ports through one raw socket (`IPPROTO_RAW`, header
+//! included): it writes the IPv4 and UDP headers itself (source = the port's address, or for a
+//! port on 0.0.0.0 the route's source for the destination; UDP checksum computed here; the
+//! kernel fills in the IP checksum, length and
 //! identification) and sends the whole burst in one `sendmmsg`. A datagram the raw socket
 //! refuses as too large for the route's MTU goes out of the port's own socket instead, which
 //! fragments as UDP would. See ADR 0017.
@@ -53,8 +54,65 @@ struct Port {
     sock: UdpSocket,
     /// Queued in `ready` already.
     queued: bool,
-    /// The port's address when its datagrams go out through the raw socket.
+    /// The port's address when its datagrams go out through the raw socket; `0.0.0.0` for a
+    /// wildcard port, whose source address is the route's choice per destination
+    /// ([`SourceCache`]).
     raw_src: Option<SocketAddrV4>,
+}
+
+/// How long a destination's source address is trusted before the route is asked again.
+const SOURCE_TTL_NS: u64 = 30_000_000_000;
+/// Destinations remembered per worker; beyond, the cache starts over (it never grows).
+const SOURCES_MAX: usize = 16_384;
+
+/// The source address the kernel would give a datagram from a wildcard-bound port to each
+/// destination (the one an unconnected UDP socket gets): found by connecting a spare UDP socket
+/// (a route lookup, no packet sent), kept for [`SOURCE_TTL_NS`] so route changes are followed.
+/// The map is allocated once; a full map is cleared rather than grown.
+struct SourceCache {
+    probe: Option<StdUdpSocket>,
+    map: std::collections::HashMap<std::net::Ipv4Addr, (std::net::Ipv4Addr, u64)>,
+    probes: u64,
+}
+
+impl SourceCache {
+    /// A cache for up to `capacity` destinations (0 for a backend without raw sending).
+    fn new(capacity: usize) -> Self {
+        SourceCache {
+            probe: None,
+            map: std::collections::HashMap::with_capacity(capacity),
+            probes: 0,
+        }
+    }
+
+    /// The source for `dst` at `now_ns`; `None` when the kernel has no route to it (the port's
+    /// own socket then sends, and fails, as it would have).
+    fn source(&mut self, dst: std::net::Ipv4Addr, now_ns: u64) -> Option<std::net::Ipv4Addr> {
+        if let Some(&(src, at)) = self.map.get(&dst) {
+            if now_ns.saturating_sub(at) < SOURCE_TTL_NS {
+                return Some(src);
+            }
+        }
+        if self.probe.is_none() {
+            self.probe = StdUdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok();
+        }
+        let probe = self.probe.as_ref()?;
+        self.probes += 1;
+        // Any port does: connecting a UDP socket only looks the route up.
+        probe.connect((dst, 9)).ok()?;
+        let SocketAddr::V4(local) = probe.local_addr().ok()? else {
+            return None;
+        };
+        let src = *local.ip();
+        if src.is_unspecified() {
+            return None;
+        }
+        if self.map.len() >= SOURCES_MAX && !self.map.contains_key(&dst) {
+            self.map.clear();
+        }
+        self.map.insert(dst, (src, now_ns));
+        Some(src)
+    }
 }
 
 /// IPv4 header (no options) + UDP header, as the raw socket sends them.
@@ -157,6 +215,10 @@ pub struct SocketIo {
     counters: IoCounters,
     waker: std::sync::Arc<mio::Waker>,
     raw: Option<RawSender>,
+    /// Source addresses for wildcard ports' raw datagrams.
+    sources: SourceCache,
+    /// The worker's clock at the last housekeeping (coarse: for [`SourceCache`] ages).
+    now_ns: u64,
 }
 
 /// The poll token of the command waker (no port handle reaches it).
@@ -188,6 +250,7 @@ impl SocketIo {
                 ))
             })?),
         };
+        let raw_cache = if raw.is_some() { SOURCES_MAX } else { 0 };
         let poll = Poll::new().map_err(IoError::Poller)?;
         let waker = std::sync::Arc::new(
             mio::Waker::new(poll.registry(), WAKE_TOKEN).map_err(IoError::Poller)?,
@@ -205,10 +268,12 @@ impl SocketIo {
             opts,
             counters: IoCounters::default(),
             raw,
+            sources: SourceCache::new(raw_cache),
+            now_ns: 0,
         })
     }
 
-    /// Whether IPv4 datagrams of ports bound to a specific address leave through the raw socket.
+    /// Whether IPv4 datagrams leave through the raw socket.
     pub fn raw_tx(&self) -> bool {
         self.raw.is_some()
     }
@@ -366,8 +431,16 @@ impl SocketIo {
             else {
                 continue;
             };
+            let src = if src.ip().is_unspecified() {
+                match self.sources.source(*dst.ip(), self.now_ns) {
+                    Some(ip) => SocketAddrV4::new(ip, src.port()),
+                    None => continue,
+                }
+            } else {
+                *src
+            };
             let payload = &batch.bufs[usize::from(d.buf)][..usize::from(d.len)];
-            if !write_raw_head(&mut raw.heads[k], *src, dst, raw.tos, payload) {
+            if !write_raw_head(&mut raw.heads[k], src, dst, raw.tos, payload) {
                 continue;
             }
             // The kernel routes by this address; the port in it is ignored.
@@ -491,7 +564,7 @@ impl PacketIo for SocketIo {
             self.ready.reserve(self.ports.len() - self.ready.len());
         }
         let raw_src = match (&self.raw, local) {
-            (Some(_), SocketAddr::V4(a)) if !a.ip().is_unspecified() => {
+            (Some(_), SocketAddr::V4(a)) => {
                 let port = if a.port() == 0 {
                     sock.local_addr().map_or(0, |l| l.port())
                 } else {
@@ -593,6 +666,10 @@ impl PacketIo for SocketIo {
         sent
     }
 
+    fn housekeeping(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
     fn counters(&self) -> IoCounters {
         self.counters
     }
@@ -663,14 +740,25 @@ mod tests {
     /// Sends `payloads` out of one port of a fresh backend to a receiver; returns what arrived
     /// (payload, source) and the backend's raw count.
     fn send_through(raw_tx: RawTx, payloads: &[Vec<u8>]) -> (Vec<(Vec<u8>, SocketAddr)>, u64) {
+        send_from("127.0.0.1:0", raw_tx, payloads)
+    }
+
+    /// [`send_through`] out of a port bound to `bind`; datagrams must arrive from the port
+    /// number on 127.0.0.1 (the loopback route's source, also for a wildcard port).
+    fn send_from(
+        bind: &str,
+        raw_tx: RawTx,
+        payloads: &[Vec<u8>],
+    ) -> (Vec<(Vec<u8>, SocketAddr)>, u64) {
         let mut io = SocketIo::new(opts(raw_tx)).unwrap();
-        let port = io.open_port("127.0.0.1:0".parse().unwrap()).unwrap();
-        let local = io.ports[port.0 as usize]
+        let port = io.open_port(bind.parse().unwrap()).unwrap();
+        let bound = io.ports[port.0 as usize]
             .as_ref()
             .unwrap()
             .sock
             .local_addr()
             .unwrap();
+        let local = SocketAddr::from(([127, 0, 0, 1], bound.port()));
         let rx = StdUdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut batch = PacketBatch::default();
@@ -724,22 +812,24 @@ mod tests {
         assert_eq!(got.len(), 2);
     }
 
+    /// A port bound to 0.0.0.0 sends raw from the source the route gives the destination
+    /// (what its own socket would have used), looked up once per destination.
     #[test]
-    fn wildcard_ports_do_not_use_the_raw_socket() {
-        let mut io = SocketIo::new(opts(RawTx::On)).unwrap();
-        assert!(io.raw_tx());
-        let port = io.open_port("0.0.0.0:0".parse().unwrap()).unwrap();
-        assert!(io.ports[port.0 as usize]
-            .as_ref()
-            .unwrap()
-            .raw_src
-            .is_none());
-        let port = io.open_port("127.0.0.1:0".parse().unwrap()).unwrap();
-        assert!(io.ports[port.0 as usize]
-            .as_ref()
-            .unwrap()
-            .raw_src
-            .is_some());
+    fn wildcard_ports_send_raw_from_the_routes_source_address() {
+        let payloads = vec![vec![5u8; 172], vec![6u8; 40]];
+        let (got, raw) = send_from("0.0.0.0:0", RawTx::On, &payloads);
+        assert_eq!(raw, 2);
+        assert_eq!(
+            got.into_iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            payloads
+        );
+        let mut cache = SourceCache::new(SOURCES_MAX);
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        assert_eq!(cache.source(lo, 0), Some(lo));
+        assert_eq!(cache.source(lo, SOURCE_TTL_NS - 1), Some(lo));
+        assert_eq!(cache.probes, 1, "cached");
+        assert_eq!(cache.source(lo, SOURCE_TTL_NS), Some(lo));
+        assert_eq!(cache.probes, 2, "asked again once stale");
     }
 
     /// A datagram too large for the route's MTU is refused by the raw socket (it does not
