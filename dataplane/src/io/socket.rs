@@ -12,10 +12,9 @@
 //! sends the IPv4 datagrams of its ports through one raw socket (`IPPROTO_RAW`, header
 //! included): it writes the IPv4 and UDP headers itself (source = the port's address, or for a
 //! port on 0.0.0.0 the route's source for the destination; UDP checksum computed here; the
-//! kernel fills in the IP checksum, length and
-//! identification) and sends the whole burst in one `sendmmsg`. A datagram the raw socket
-//! refuses as too large for the route's MTU goes out of the port's own socket instead, which
-//! fragments as UDP would. See ADR 0017.
+//! kernel fills in the IP checksum, length and identification) and sends the whole burst in one
+//! `sendmmsg`. A datagram the raw socket refuses as too large for the route's MTU goes out of
+//! the port's own socket instead, which fragments as UDP would. See ADR 0017.
 //!
 //! `SocketIo` holds preallocated `mmsghdr` arrays (which contain raw pointers) and is therefore
 //! built on its worker thread.
