@@ -450,8 +450,10 @@ struct Call {
 struct ReinviteAck {
     /// The re-INVITE came from leg A (so the ACK goes to leg B).
     from_a: bool,
-    /// CSeq number of the re-INVITE (and of its ACK).
+    /// CSeq number of the re-INVITE we sent (and of our ACK).
     cseq: u32,
+    /// CSeq number of the sender's re-INVITE: its ACK carries the same.
+    sender_cseq: u32,
     /// The offer in the 2xx, as its sender wrote it: the answer is cut to it.
     offer: Sdp,
 }
@@ -2284,6 +2286,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                 call.reinvite_ack = Some(ReinviteAck {
                     from_a,
                     cseq,
+                    sender_cseq: cseq_number(&req),
                     offer: o,
                 });
             } else if let Some((peer, ack)) = leg_ack(call, from_a, &local, cseq, None) {
@@ -2323,8 +2326,15 @@ Contact: <sip:voxedge@{local}>\r\n",
         let Some(call) = self.calls.get_mut(a_id) else {
             return;
         };
-        // Only the ACK of the leg whose re-INVITE is waiting for one.
-        if call.reinvite_ack.as_ref().map(|p| p.from_a) != Some(from_a) {
+        // Only the ACK of the re-INVITE that is waiting for one (not, say, a repeated ACK of
+        // an earlier 2xx).
+        let sender_cseq = cseq_number(msg);
+        if call
+            .reinvite_ack
+            .as_ref()
+            .map(|p| (p.from_a, p.sender_cseq))
+            != Some((from_a, sender_cseq))
+        {
             return;
         }
         let Some(pending) = call.reinvite_ack.take() else {
