@@ -138,20 +138,49 @@ fn start_kamailio(
             .spawn()
             .context("start rtpengine (apt-get install rtpengine-daemon)")?,
     );
+    let proxy = start_kamailio_proxy(dir, sip, ([127, 0, 0, 1], ng).into(), uas_port, (256, 16))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !udp_port_taken(ng) {
+        if Instant::now() > deadline {
+            bail!("rtpengine did not start (its ng port {ng} stays free)");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The module pings rtpengine at start; give it a moment before the first call.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(Carrier::Kamailio { proxy, rtpengine })
+}
+
+/// Starts Kamailio on `tests/ng/kamailio.cfg` (a stateful, record-routing proxy with the
+/// `rtpengine` module), written into `dir` with its run directory and `dir/kamailio.log`: SIP on
+/// 127.0.0.1:`sip`, the module talking ng to `ng`, every call relayed to the UAS on
+/// 127.0.0.1:`uas_port`; `mem_mb` is (shared, private) memory. Returns once Kamailio listens
+/// (at most 20 s; the error carries its log).
+///
+/// # Errors
+/// Kamailio cannot be started (not installed: `apt-get install kamailio`) or does not listen.
+pub fn start_kamailio_proxy(
+    dir: &std::path::Path,
+    sip: u16,
+    ng: std::net::SocketAddr,
+    uas_port: u16,
+    mem_mb: (u32, u32),
+) -> anyhow::Result<KillGroup> {
+    use std::os::unix::process::CommandExt;
     let cfg = dir.join("kamailio.cfg");
     std::fs::write(&cfg, KAMAILIO_CFG)?;
     std::fs::create_dir_all(dir.join("run"))?;
-    use std::os::unix::process::CommandExt;
     let proxy = KillGroup(
         Command::new("kamailio")
             .arg("-f")
             .arg(&cfg)
-            .args(["-DD", "-E", "-m", "256", "-M", "16", "-Y"])
+            .args(["-DD", "-E", "-Y"])
             .arg(dir.join("run"))
+            .args(["-m", &mem_mb.0.to_string(), "-M", &mem_mb.1.to_string()])
             .arg("-P")
             .arg(dir.join("run/kamailio.pid"))
             .args(["-A", &format!("SIP_PORT={sip}")])
-            .args(["-A", &format!("NG_SOCK=\"udp:127.0.0.1:{ng}\"")])
+            .args(["-A", &format!("NG_SOCK=\"udp:{ng}\"")])
             .args(["-A", &format!("UAS_URI=\"sip:127.0.0.1:{uas_port}\"")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -163,18 +192,16 @@ fn start_kamailio(
             .context("start kamailio (apt-get install kamailio)")?,
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !udp_port_taken(sip) || !udp_port_taken(ng) {
+    while !udp_port_taken(sip) {
         if Instant::now() > deadline {
             bail!(
-                "kamailio or rtpengine did not start: {}",
+                "kamailio did not start: {}",
                 std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The module pings rtpengine at start; give it a moment before the first call.
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(Carrier::Kamailio { proxy, rtpengine })
+    Ok(proxy)
 }
 
 pub(crate) fn stat_field(csv: &str, name: &str) -> Option<u64> {

@@ -21,11 +21,6 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// Whether something listens on UDP `port` (binding it fails).
-fn udp_taken(port: u16) -> bool {
-    std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kamailio_rtpengine_module_drives_voxedge() {
     assert!(
@@ -54,33 +49,8 @@ async fn kamailio_rtpengine_module_drives_voxedge() {
     let dp = r.dataplane.clone();
     let (sip, uas, uac) = (free_udp_port(), free_udp_port(), free_udp_port());
     let (uas_media, uac_media) = (free_udp_port(), free_udp_port());
-    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/ng/kamailio.cfg");
-    let _kamailio = KillGroup(
-        Command::new("kamailio")
-            .args(["-f", cfg, "-DD", "-E", "-m", "64", "-M", "8", "-Y"])
-            .arg(dir.join("run"))
-            .arg("-P")
-            .arg(dir.join("run/kamailio.pid"))
-            .args(["-A", &format!("SIP_PORT={sip}")])
-            .args(["-A", &format!("NG_SOCK=\"udp:{ng}\"")])
-            .args(["-A", &format!("UAS_URI=\"sip:127.0.0.1:{uas}\"")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("kamailio.log")).expect("log"),
-            ))
-            .process_group(0)
-            .spawn()
-            .expect("start kamailio"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !udp_taken(sip) {
-        assert!(
-            Instant::now() < deadline,
-            "kamailio did not start: {}",
-            std::fs::read_to_string(dir.join("kamailio.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _kamailio = voxedge_bench::sip::start_kamailio_proxy(&dir, sip, ng, uas, (64, 8))
+        .expect("start kamailio");
     let _uas = KillGroup(
         Command::new("sipp")
             .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &uas.to_string()])
