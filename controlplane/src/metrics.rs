@@ -24,6 +24,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A metric with one unlabelled value, with its header.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// One worker's series of a nanosecond histogram exported in seconds: buckets, +Inf, sum,
 /// count.
 fn histogram_series(out: &mut String, name: &str, worker: usize, h: &hdrhistogram::Histogram<u64>) {
@@ -278,16 +284,15 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
         histogram_series(&mut out, "voxedge_mix_tick_seconds", i, &h);
     }
 
-    header(
+    scalar(
         &mut out,
         "voxedge_uptime_seconds",
         "gauge",
         "Seconds since the dataplane started.",
+        dp.uptime().as_secs(),
     );
-    let _ = writeln!(out, "voxedge_uptime_seconds {}", dp.uptime().as_secs());
     for (name, help, value) in dp.backend_metrics() {
-        header(&mut out, &name, "counter", help);
-        let _ = writeln!(out, "{name} {value}");
+        scalar(&mut out, &name, "counter", help, value);
     }
     out
 }
@@ -357,8 +362,7 @@ pub fn render_sip(out: &mut String, s: &crate::sip::SipStats) {
             v(&s.calls_active),
         ),
     ] {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
+        scalar(out, name, kind, help, value);
     }
 }
 
@@ -422,8 +426,7 @@ pub fn render_ng(out: &mut String, s: &crate::ng::NgStats) {
             v(&r.frames_ignored),
         ),
     ] {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
+        scalar(out, name, kind, help, value);
     }
 }
 
@@ -504,7 +507,6 @@ pub fn render_media(out: &mut String, s: &crate::media::MediaStats) {
             v(&s.entries),
         ),
     ] {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
+        scalar(out, name, kind, help, value);
     }
 }
