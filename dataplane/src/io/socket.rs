@@ -272,11 +272,6 @@ impl SocketIo {
         })
     }
 
-    /// Whether IPv4 datagrams leave through the raw socket.
-    pub fn raw_tx(&self) -> bool {
-        self.raw.is_some()
-    }
-
     fn configure(&self, sock: &StdUdpSocket, addr: SocketAddr) -> Result<(), IoError> {
         let err = |option: &'static str| {
             move |e: nix::errno::Errno| IoError::SockOpt {
