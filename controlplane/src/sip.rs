@@ -456,6 +456,8 @@ struct ReinviteAck {
     sender_cseq: u32,
     /// The offer in the 2xx, as its sender wrote it: the answer is cut to it.
     offer: Sdp,
+    /// Our client transaction of that re-INVITE (whose entry in `relayed` keeps the ACK).
+    ctx: TxId,
 }
 
 /// An in-dialog request relayed to the other leg.
@@ -469,6 +471,11 @@ struct Relayed {
     from_a: bool,
     /// The SDP offer sent on, to which the answer is cut.
     offer: Option<Sdp>,
+    /// A re-INVITE answered with 2xx: the entry stays until its client transaction ends so
+    /// that each retransmission of the 2xx (our ACK was lost) gets our ACK again.
+    answered: bool,
+    /// That ACK: where it went and its bytes (`None` while it waits for the sender's ACK).
+    ack: Option<(Peer, Vec<u8>)>,
 }
 
 /// The outbound leg of a routed call.
@@ -1215,7 +1222,7 @@ impl Core {
                 }
             }
             TxEvent::Timeout { tx } if self.relayed.contains_key(&tx) => {
-                if let Some(r) = self.relayed.remove(&tx) {
+                if let Some(r) = self.relayed.remove(&tx).filter(|r| !r.answered) {
                     self.respond(
                         r.stx,
                         build_response(&r.req, 408, "Request Timeout", None),
@@ -2226,6 +2233,8 @@ Contact: <sip:voxedge@{local}>\r\n",
                         req: msg,
                         from_a,
                         offer,
+                        answered: false,
+                        ack: None,
                     },
                 );
             }
@@ -2244,12 +2253,22 @@ Contact: <sip:voxedge@{local}>\r\n",
         if code < 200 {
             return;
         }
+        if let Some(r) = self.relayed.get(&ctx).filter(|r| r.answered) {
+            // A retransmission of the 2xx (RFC 6026 passes each one up): our ACK was lost.
+            if (200..300).contains(&code) {
+                if let Some((peer, ack)) = r.ack.clone() {
+                    self.send_raw(peer, ack);
+                }
+            }
+            return;
+        }
         let Some(Relayed {
             call: a_id,
             stx,
             req,
             from_a,
             offer,
+            ..
         }) = self.relayed.remove(&ctx)
         else {
             return;
@@ -2282,17 +2301,34 @@ Contact: <sip:voxedge@{local}>\r\n",
             let delayed_offer = (offer.is_none() && req.sdp().is_none())
                 .then(|| sdp_of(&msg).and_then(Result::ok))
                 .flatten();
+            let mut ack = None;
             if let Some(o) = delayed_offer {
                 call.reinvite_ack = Some(ReinviteAck {
                     from_a,
                     cseq,
                     sender_cseq: cseq_number(&req),
                     offer: o,
+                    ctx,
                 });
-            } else if let Some((peer, ack)) = leg_ack(call, from_a, &local, cseq, None) {
+            } else {
                 // ACK the 2xx on the leg we sent the re-INVITE on.
-                self.send_raw(peer, ack);
+                ack = leg_ack(call, from_a, &local, cseq, None);
+                if let Some((peer, bytes)) = ack.clone() {
+                    self.send_raw(peer, bytes);
+                }
             }
+            self.relayed.insert(
+                ctx,
+                Relayed {
+                    call: a_id.clone(),
+                    stx,
+                    req: req.clone(),
+                    from_a,
+                    offer: offer.clone(),
+                    answered: true,
+                    ack,
+                },
+            );
         }
         let mut resp = build_response(&req, code, status_reason(&msg), None);
         if let Some(Ok(mut answer)) = sdp_of(&msg) {
@@ -2366,7 +2402,11 @@ Contact: <sip:voxedge@{local}>\r\n",
             }
         };
         if let Some((peer, ack)) = leg_ack(call, from_a, &local, pending.cseq, body) {
-            self.send_raw(peer, ack);
+            self.send_raw(peer, ack.clone());
+            // Kept for the 2xx's retransmissions while its transaction lasts.
+            if let Some(r) = self.relayed.get_mut(&pending.ctx) {
+                r.ack = Some((peer, ack));
+            }
         }
     }
 

@@ -704,6 +704,11 @@ async fn reinvite_hold_resume_and_info_are_relayed() {
             assert_eq!(answer_port(&ok2), a_port, "our port towards the caller");
             let (ack, _) = callee.recv();
             assert_eq!(method_of(&ack), "ACK");
+            // Say our ACK was lost: the callee's 2xx again gets the same ACK again.
+            callee.sock.send_to(&ans.to_bytes(), from).expect("200 again");
+            let (again, _) = callee.recv();
+            assert_eq!(method_of(&again), "ACK", "the 2xx retransmission is ACKed");
+            assert_eq!(again.header("CSeq"), ack.header("CSeq"));
             ua.send(&in_dialog("ACK", n, "reinv1", &tag, &format!("z9hG4bKra{n}"), "UDP", via, "+15557777"));
             if dir == "sendrecv" {
                 // The callee's media reaches the caller's new port (the worker applies the
@@ -905,7 +910,8 @@ Contact: <sip:callee@{}>\r\n{extra}",
             bytesstr::BytesStr::from_static("application/sdp"),
         );
         ok3.body = bytes::Bytes::from(sdp_body(rtp2.local_addr().expect("a"), "8"));
-        ua.sock.send_to(&ok3.to_bytes(), server).expect("200");
+        let ok3_bytes = ok3.to_bytes();
+        ua.sock.send_to(&ok3_bytes, server).expect("200");
         let ok3 = loop {
             let (m, _) = callee.recv();
             if m.status() != Some(100) {
@@ -924,6 +930,12 @@ Contact: <sip:callee@{}>\r\n{extra}",
         let ack = ua.recv();
         assert_eq!(method_of(&ack), "ACK");
         assert!(body_text(&ack).contains(&format!("m=audio {a_port} RTP/AVP 8\r\n")));
+        // Say our ACK was lost: the caller's 2xx again gets the same ACK, answer included.
+        ua.sock.send_to(&ok3_bytes, server).expect("200 again");
+        let again = ua.recv();
+        assert_eq!(method_of(&again), "ACK", "the 2xx retransmission is ACKed");
+        assert_eq!(again.header("CSeq"), ack.header("CSeq"));
+        assert_eq!(body_text(&again), body_text(&ack));
     })
     .await
     .expect("ua");
