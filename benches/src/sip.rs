@@ -41,9 +41,28 @@ pub struct SipArgs {
     /// proxy + rtpengine over ng).
     #[arg(long, default_value = "voxedge")]
     pub via: String,
+    /// Media ports of the carrier's dataplane (voxedge's or rtpengine's), `LOW-HIGH`.
+    #[arg(long, default_value = "20000-32000", value_parser = parse_port_range)]
+    pub media_ports: (u16, u16),
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected LOW-HIGH"))?;
+    let (lo, hi): (u16, u16) = (
+        lo.trim().parse().map_err(|e| format!("{lo:?}: {e}"))?,
+        hi.trim().parse().map_err(|e| format!("{hi:?}: {e}"))?,
+    );
+    if lo < 1024 || hi < lo + 3 {
+        return Err(format!(
+            "{s:?}: need 1024 <= LOW and at least four ports (two per call leg pair)"
+        ));
+    }
+    Ok((lo, hi))
 }
 
 /// The Kamailio configuration of the ng interop test.
@@ -87,8 +106,10 @@ fn start_voxedge(
             "[api]\nenabled = false\n[ng]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"warn\"\n[sip]\nlisten = \"127.0.0.1:{sip}\"\n\
 calls_per_second_max = 100000\ncalls_per_second_per_source_max = 100000\n\
 routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
-[dataplane]\nworkers = {workers}\nbind = \"127.0.0.1\"\nport_min = 20000\nport_max = 32000\n",
+[dataplane]\nworkers = {workers}\nbind = \"127.0.0.1\"\nport_min = {lo}\nport_max = {hi}\n",
             workers = a.workers,
+            lo = a.media_ports.0,
+            hi = a.media_ports.1,
         ),
     )?;
     let exe = std::env::current_exe().context("locate voxedge binary")?;
@@ -130,7 +151,9 @@ fn start_kamailio(
             .args(["--config-file=none", "--table=-1", "--interface=127.0.0.1"])
             .arg(format!("--listen-ng=127.0.0.1:{ng}"))
             .args(["--foreground", "--log-stderr", "--log-level=3"])
-            .args(["--port-min=20000", "--port-max=32000", "--delete-delay=0"])
+            .arg(format!("--port-min={}", a.media_ports.0))
+            .arg(format!("--port-max={}", a.media_ports.1))
+            .arg("--delete-delay=0")
             .arg(format!("--num-threads={}", a.workers.max(1)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -204,6 +227,16 @@ pub fn start_kamailio_proxy(
     Ok(proxy)
 }
 
+/// The last `max` bytes of a text file (empty when it cannot be read).
+fn tail(path: &std::path::Path, max: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
+
 pub(crate) fn stat_field(csv: &str, name: &str) -> Option<u64> {
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next()?.split(';').collect();
@@ -267,6 +300,8 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
         .args(["-d", &a.hold_ms.to_string(), "-timeout", "120", "-nostdin"])
         .args(["-trace_stat", "-stf"])
         .arg(&stat)
+        .args(["-trace_err", "-error_file"])
+        .arg(dir.join("uac_errors.log"))
         .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -280,6 +315,18 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
     let failed = stat_field(&csv, "FailedCall(C)").unwrap_or(0);
     drop(uas);
     drop(carrier);
+    // What went wrong, for whoever reads a report with failed calls: sipp's account of the
+    // unexpected messages and the end of the carrier's log.
+    let diagnosis = (failed > 0 || ok < u64::from(calls)).then(|| {
+        let log = match a.via.as_str() {
+            "voxedge" => "voxedge.log",
+            _ => "kamailio.log",
+        };
+        json!({
+            "sipp_uac_errors": tail(&dir.join("uac_errors.log"), 4000),
+            "carrier_log": tail(&dir.join(log), 4000),
+        })
+    });
     let _ = std::fs::remove_dir_all(&dir);
     let report = json!({
         "bench": "sip",
@@ -297,6 +344,7 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
         "media_cpu_s": v1.1 - v0.1,
         "cpu_us_per_call": if ok > 0 { (v1.0 - v0.0 + v1.1 - v0.1) * 1e6 / ok as f64 } else { 0.0 },
         "sipp_uas_cpu_s": s1 - s0,
+        "diagnosis": diagnosis,
         "note": "the carrier (voxedge alone, or kamailio's processes for signalling and rtpengine for media), sipp UAS and sipp UAC share this machine's cores",
     });
     if a.json {

@@ -391,7 +391,18 @@ fn sipp_flood_is_answered_503() {
 
 #[test]
 fn sip_bench_reports_json() {
-    let v = common::bench_json(&["sip", "--rate", "20", "--duration", "2", "--json"]);
+    // Media ports of their own: the Kamailio bench's rtpengine and this file's other tests run
+    // alongside.
+    let v = common::bench_json(&[
+        "sip",
+        "--rate",
+        "20",
+        "--duration",
+        "2",
+        "--media-ports",
+        "17000-17999",
+        "--json",
+    ]);
     assert_eq!(v["calls"], 40);
     assert_eq!(v["completed"], 40, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
@@ -411,6 +422,8 @@ fn sip_bench_runs_via_kamailio_and_rtpengine() {
         "20",
         "--duration",
         "2",
+        "--media-ports",
+        "18000-18999",
         "--json",
     ]);
     assert_eq!(v["via"], "kamailio", "{v}");
