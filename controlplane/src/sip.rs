@@ -609,7 +609,9 @@ struct Core {
     epoch: Instant,
     udp: Option<Arc<UdpSocket>>,
     conns: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    calls: HashMap<DialogId, Call>,
+    /// Boxed and reserved for `calls_max` up front, so the map never rehashes large entries
+    /// while messages wait (see `Transactions::with_max_transactions`).
+    calls: HashMap<DialogId, Box<Call>>,
     /// INVITE server transactions by branch, for CANCEL (and the reverse, for cleanup).
     invites_by_branch: HashMap<String, TxId>,
     branch_of_invite: HashMap<TxId, String>,
@@ -757,7 +759,7 @@ pub async fn start(
         epoch: Instant::now(),
         udp: udp.clone(),
         conns: HashMap::new(),
-        calls: HashMap::new(),
+        calls: HashMap::with_capacity(cfg.calls_max.min(1 << 20)),
         invites_by_branch: HashMap::new(),
         branch_of_invite: HashMap::new(),
         pending_invites: HashMap::new(),
@@ -1510,7 +1512,7 @@ impl Core {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.calls.insert(
             dialog.id.clone(),
-            Call {
+            Box::new(Call {
                 dialog,
                 relay: Some(info.id),
                 invite_tx: Some(tx),
@@ -1524,7 +1526,7 @@ impl Core {
                 owns_relay: true,
                 ack_answer,
                 reinvite_ack: None,
-            },
+            }),
         );
     }
 
@@ -1740,7 +1742,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         self.b_call_ids.insert(call_id);
         self.calls.insert(
             a_id,
-            Call {
+            Box::new(Call {
                 dialog,
                 relay: Some(info.id),
                 invite_tx: Some(tx),
@@ -1767,7 +1769,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                 owns_relay: true,
                 ack_answer: None,
                 reinvite_ack: None,
-            },
+            }),
         );
     }
 
@@ -2718,7 +2720,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 let id = d.id.clone();
                 self.calls.insert(
                     id.clone(),
-                    Call {
+                    Box::new(Call {
                         dialog: d,
                         relay: Some(relay),
                         invite_tx: None,
@@ -2732,7 +2734,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                         owns_relay: !bridge,
                         ack_answer: None,
                         reinvite_ack: None,
-                    },
+                    }),
                 );
                 // A <Dial> leg answering after another target of the same dial won (or after
                 // its parent ended) is hung up like a canceled one.
@@ -2839,7 +2841,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         self.origin_calls.insert(sid.clone(), dialog.id.clone());
         self.calls.insert(
             dialog.id.clone(),
-            Call {
+            Box::new(Call {
                 dialog,
                 relay: Some(info.id),
                 invite_tx: Some(tx),
@@ -2853,7 +2855,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 owns_relay: true,
                 ack_answer,
                 reinvite_ack: None,
-            },
+            }),
         );
         self.report(CallUpdate::Incoming(Box::new(IncomingCall {
             sid,
