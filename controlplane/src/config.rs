@@ -189,6 +189,9 @@ pub struct SipConfig {
     /// Simultaneous TCP connections, in all and from one source address.
     pub tcp_connections_max: usize,
     pub tcp_connections_per_source_max: usize,
+    /// Receive buffer asked for the UDP socket, bytes: it absorbs bursts while the SIP loop
+    /// is busy (the kernel caps it at `net.core.rmem_max`; the size granted is logged).
+    pub udp_rcvbuf_bytes: usize,
     /// Transactions alive at once; beyond this new requests get 503.
     pub transactions_max: usize,
     /// Calls (dialogs) up at once; a new INVITE beyond gets 503 + Retry-After.
@@ -247,6 +250,7 @@ impl Default for SipConfig {
             max_message_bytes: 65_535,
             tcp_connections_max: 1024,
             tcp_connections_per_source_max: 32,
+            udp_rcvbuf_bytes: 4 << 20,
             transactions_max: 100_000,
             calls_max: 20_000,
             calls_per_second_max: 5_000,

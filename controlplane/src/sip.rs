@@ -664,6 +664,27 @@ fn random_token(n: usize) -> String {
         .collect()
 }
 
+/// Asks for a receive buffer of `bytes` on the SIP UDP socket (room for bursts while the loop
+/// is busy: a datagram that finds the queue full is lost, and the retransmission that follows
+/// comes half a second later). Returns the size granted, as the kernel reports it (it doubles
+/// the value asked, for its bookkeeping, and caps it at twice `net.core.rmem_max`); says so in
+/// the log when the cap cut it.
+fn udp_receive_buffer(u: &UdpSocket, bytes: usize) -> usize {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt::RcvBuf};
+    if let Err(e) = setsockopt(u, RcvBuf, &bytes) {
+        tracing::warn!(error = %e, "SIP UDP socket: SO_RCVBUF not set");
+    }
+    let granted = getsockopt(u, RcvBuf).unwrap_or(0);
+    if granted / 2 < bytes {
+        tracing::warn!(
+            asked = bytes,
+            granted = granted / 2,
+            "SIP UDP receive buffer capped by net.core.rmem_max; raise that sysctl for more"
+        );
+    }
+    granted
+}
+
 /// Binds UDP (when `udp`) and TCP (when `tcp`) on one address, for a listener called `what`.
 /// With port 0, UDP picks a free port and TCP follows it; when that port is taken for TCP (an
 /// ephemeral port of some client connection), another is tried.
@@ -722,6 +743,9 @@ pub async fn start(
         ..Limits::default()
     };
     let (udp, tcp) = bind_pair(cfg.listen, cfg.udp, cfg.tcp, "SIP").await?;
+    let udp_rcvbuf = udp
+        .as_deref()
+        .map(|u| udp_receive_buffer(u, cfg.udp_rcvbuf_bytes));
     let stats = Arc::new(SipStats::default());
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(4096);
     let mut tasks = Vec::new();
@@ -798,7 +822,7 @@ pub async fn start(
     };
     tasks.push(tokio::spawn(core.run(in_rx, stop)));
     if let Some(a) = udp_addr {
-        tracing::info!(addr = %a, "SIP over UDP");
+        tracing::info!(addr = %a, rcvbuf_bytes = udp_rcvbuf.unwrap_or(0), "SIP over UDP");
     }
     if let Some(a) = tcp_local {
         tracing::info!(addr = %a, "SIP over TCP");
@@ -3205,4 +3229,21 @@ fn target_addr(uri: &str) -> Option<SocketAddr> {
 /// Requests the core must refuse regardless of method.
 fn request_is_bad(msg: &SipMessage) -> bool {
     msg.header("Call-ID").is_none() || msg.header("From").is_none() || msg.header("To").is_none()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The size asked is applied (the kernel reports double), and a size beyond the host's
+    /// cap is granted capped, without failing.
+    #[tokio::test]
+    async fn udp_receive_buffer_is_applied_and_capped() {
+        let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert_eq!(udp_receive_buffer(&u, 64 * 1024), 2 * 64 * 1024);
+        let huge = 1 << 30;
+        let granted = udp_receive_buffer(&u, huge);
+        assert!(granted >= 2 * 64 * 1024 && granted / 2 < huge, "{granted}");
+    }
 }
