@@ -2312,7 +2312,9 @@ Contact: <sip:voxedge@{local}>\r\n",
         } else {
             (call.relay, b.b_port, Side::A)
         };
-        if (200..300).contains(&code) && req.method() == Some(&Method::INVITE) {
+        let reinvite_ok = (200..300).contains(&code) && req.method() == Some(&Method::INVITE);
+        let mut ack = None;
+        if reinvite_ok {
             let dialog = if from_a {
                 b.dialog.as_mut()
             } else {
@@ -2327,7 +2329,6 @@ Contact: <sip:voxedge@{local}>\r\n",
             let delayed_offer = (offer.is_none() && req.sdp().is_none())
                 .then(|| sdp_of(&msg).and_then(Result::ok))
                 .flatten();
-            let mut ack = None;
             if let Some(o) = delayed_offer {
                 call.reinvite_ack = Some(ReinviteAck {
                     from_a,
@@ -2343,18 +2344,6 @@ Contact: <sip:voxedge@{local}>\r\n",
                     self.send_raw(peer, bytes);
                 }
             }
-            self.relayed.insert(
-                ctx,
-                Relayed {
-                    call: a_id.clone(),
-                    stx,
-                    req: req.clone(),
-                    from_a,
-                    offer: offer.clone(),
-                    answered: true,
-                    ack,
-                },
-            );
         }
         let mut resp = build_response(&req, code, status_reason(&msg), None);
         if let Some(Ok(mut answer)) = sdp_of(&msg) {
@@ -2376,6 +2365,21 @@ Contact: <sip:voxedge@{local}>\r\n",
             );
         }
         self.respond(stx, resp, now);
+        if reinvite_ok {
+            // Kept until the transaction ends, for the 2xx's retransmissions.
+            self.relayed.insert(
+                ctx,
+                Relayed {
+                    call: a_id,
+                    stx,
+                    req,
+                    from_a,
+                    offer,
+                    answered: true,
+                    ack,
+                },
+            );
+        }
     }
 
     /// The ACK of a re-INVITE's sender when that re-INVITE had no SDP and the other leg's 2xx
