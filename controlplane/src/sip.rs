@@ -666,19 +666,19 @@ fn random_token(n: usize) -> String {
 
 /// Asks for a receive buffer of `bytes` on the SIP UDP socket (room for bursts while the loop
 /// is busy: a datagram that finds the queue full is lost, and the retransmission that follows
-/// comes half a second later). Returns the size granted, as the kernel reports it (it doubles
-/// the value asked, for its bookkeeping, and caps it at twice `net.core.rmem_max`); says so in
-/// the log when the cap cut it.
+/// comes half a second later). Returns the size granted, in the units of `bytes` (the kernel
+/// reports double the value set, for its bookkeeping, and caps it at `net.core.rmem_max`); says
+/// so in the log when the cap cut it.
 fn udp_receive_buffer(u: &UdpSocket, bytes: usize) -> usize {
     use nix::sys::socket::{getsockopt, setsockopt, sockopt::RcvBuf};
     if let Err(e) = setsockopt(u, RcvBuf, &bytes) {
         tracing::warn!(error = %e, "SIP UDP socket: SO_RCVBUF not set");
     }
-    let granted = getsockopt(u, RcvBuf).unwrap_or(0);
-    if granted / 2 < bytes {
+    let granted = getsockopt(u, RcvBuf).unwrap_or(0) / 2;
+    if granted < bytes {
         tracing::warn!(
             asked = bytes,
-            granted = granted / 2,
+            granted,
             "SIP UDP receive buffer capped by net.core.rmem_max; raise that sysctl for more"
         );
     }
@@ -3240,14 +3240,14 @@ fn request_is_bad(msg: &SipMessage) -> bool {
 mod tests {
     use super::*;
 
-    /// The size asked is applied (the kernel reports double), and a size beyond the host's
-    /// cap is granted capped, without failing.
+    /// The size asked is applied (below the default, so any host grants it), and a size
+    /// beyond the host's cap is granted capped, without failing.
     #[tokio::test]
     async fn udp_receive_buffer_is_applied_and_capped() {
         let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        assert_eq!(udp_receive_buffer(&u, 64 * 1024), 2 * 64 * 1024);
+        assert_eq!(udp_receive_buffer(&u, 64 * 1024), 64 * 1024);
         let huge = 1 << 30;
         let granted = udp_receive_buffer(&u, huge);
-        assert!(granted >= 2 * 64 * 1024 && granted / 2 < huge, "{granted}");
+        assert!(granted >= 64 * 1024 && granted < huge, "{granted}");
     }
 }
