@@ -57,7 +57,7 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
         lo.trim().parse().map_err(|e| format!("{lo:?}: {e}"))?,
         hi.trim().parse().map_err(|e| format!("{hi:?}: {e}"))?,
     );
-    if lo < 1024 || hi < lo + 3 {
+    if lo < 1024 || hi.saturating_sub(lo) < 3 {
         return Err(format!(
             "{s:?}: need 1024 <= LOW and at least four ports (two per call leg pair)"
         ));
@@ -292,7 +292,7 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
     let stat = dir.join("uac.csv");
     let (v0, s0) = (carrier.cpu(), proc::cpu_seconds(uas.0.id()).unwrap_or(0.0));
     let t0 = Instant::now();
-    let uac = Command::new("sipp")
+    let mut uac = Command::new("sipp")
         .args(["-sn", "uac", "-s", "1000", &format!("127.0.0.1:{sip}")])
         .args(["-i", "127.0.0.1", "-p", &uac_port.to_string()])
         .args(["-r", &a.rate.to_string(), "-m", &calls.to_string()])
@@ -310,7 +310,6 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
     // sipp's own `-timeout` did not end a saturated run (seen at 2,200 calls/s: the UAC stayed
     // idle with calls it had given up on); past the run plus two INVITE timeouts it is killed
     // and the report says so.
-    let mut uac = uac;
     let give_up = t0 + Duration::from_secs(u64::from(a.duration) + 70);
     let status = loop {
         if let Some(s) = uac.try_wait().context("sipp uac")? {
@@ -378,4 +377,26 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn port_ranges_are_checked_without_overflow() {
+        assert_eq!(parse_port_range("20000-32000"), Ok((20000, 32000)));
+        assert_eq!(parse_port_range(" 17000 - 17003 "), Ok((17000, 17003)));
+        for bad in [
+            "65534-65535",
+            "17000-17002",
+            "32000-20000",
+            "80-2000",
+            "20000",
+            "a-b",
+            "1-99999",
+        ] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+    }
 }
