@@ -638,11 +638,7 @@ impl PacketIo for SocketIo {
 
     fn tx_burst(&mut self, batch: &mut PacketBatch, _n: usize, tx: &mut [TxDesc]) -> usize {
         // Bit i: descriptor i was handed to the raw socket (tx.len() <= BURST_SIZE_MAX <= 64).
-        let (mut sent, on_raw) = if self.raw.is_some() {
-            self.send_raw(batch, tx)
-        } else {
-            (0, 0u64)
-        };
+        let (mut sent, on_raw) = self.send_raw(batch, tx);
         let mut i = 0;
         while i < tx.len() {
             if on_raw & (1 << i) != 0 {
