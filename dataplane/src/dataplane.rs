@@ -88,6 +88,17 @@ pub enum DataplaneError {
     NoConference(u64),
 }
 
+impl DataplaneError {
+    /// The relay asked about does not exist (any more), as opposed to a worker that is busy,
+    /// slow or stopping.
+    pub fn relay_gone(&self) -> bool {
+        matches!(
+            self,
+            DataplaneError::NotFound(_) | DataplaneError::Command(CommandError::NotFound(_))
+        )
+    }
+}
+
 /// One leg as requested by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegRequest {

@@ -19,7 +19,7 @@ pub struct PortHandle(pub u32);
 pub struct StreamIdx(pub u32);
 
 /// Which leg of a relay a stream belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     A,

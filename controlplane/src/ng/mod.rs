@@ -165,16 +165,6 @@ struct Engine {
     recorder: record::Recorder,
 }
 
-/// Whether a dataplane error means the relay no longer exists.
-fn relay_gone(e: &voxedge_dataplane::DataplaneError) -> bool {
-    use voxedge_dataplane::command::CommandError;
-    use voxedge_dataplane::DataplaneError;
-    matches!(
-        e,
-        DataplaneError::NotFound(_) | DataplaneError::Command(CommandError::NotFound(_))
-    )
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -531,7 +521,7 @@ impl Engine {
         match self.dp.delete_relay(call.info.id) {
             Ok((_, snap)) => self.call_report(&call, Some(&snap)),
             Err(e) => {
-                if !relay_gone(&e) {
+                if !e.relay_gone() {
                     self.pending_delete.push(call.info.id);
                 }
                 self.call_report(&call, None)
@@ -1053,7 +1043,7 @@ impl Engine {
         let pending = std::mem::take(&mut self.pending_delete);
         for id in pending {
             if let Err(e) = self.dp.delete_relay_nowait(id) {
-                if !relay_gone(&e) {
+                if !e.relay_gone() {
                     self.pending_delete.push(id);
                 }
             }
@@ -1075,7 +1065,7 @@ impl Engine {
             let idle = match self.dp.query_relay(call.info.id) {
                 Ok((_, s)) => s.legs.iter().all(|l| l.rtp.idle_ms >= limit_ms),
                 // Only a relay the dataplane no longer has is dead; a busy worker is not.
-                Err(e) => relay_gone(&e),
+                Err(e) => e.relay_gone(),
             };
             if idle {
                 dead.push(id.clone());
