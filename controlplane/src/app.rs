@@ -277,7 +277,7 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         let rest = Arc::new(crate::rest::RestState::new(
             db.clone(),
             calls,
-            sip_handle,
+            sip_handle.clone(),
             cfg.api.clone(),
             media_cache,
             recordings,
@@ -299,7 +299,12 @@ pub async fn start(role: Role, cfg: Config, backend: BackendKind) -> anyhow::Res
         ng = svc.udp.map(|a| (a, svc.stats.clone()));
         tasks.extend(svc.tasks);
     }
-    tasks.push(drain_events(dataplane.clone(), engine.clone(), stop_rx));
+    tasks.push(drain_events(
+        dataplane.clone(),
+        engine.clone(),
+        sip_handle.clone(),
+        stop_rx,
+    ));
     Ok(Running {
         admin,
         management,
@@ -373,12 +378,13 @@ fn serve_http(
     })
 }
 
-/// Media events go to the instruction engine (digits, playback ends); the rest are logged.
-/// A blocking thread waits on the channel so digits reach their call without polling delay;
-/// the queue never fills.
+/// Media events go to the instruction engine (digits, playback ends) and, for media timeouts,
+/// to the SIP service (which hangs up silent calls); all are logged at debug level. A blocking
+/// thread waits on the channel so digits reach their call without polling delay.
 fn drain_events(
     dp: Arc<Dataplane>,
     engine: Option<Arc<crate::voice::engine::Engine>>,
+    sip: Option<crate::sip::SipHandle>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
@@ -393,6 +399,12 @@ fn drain_events(
             };
             if let Some(e) = &engine {
                 e.media_event(&ev);
+            }
+            if let (Some(s), voxedge_dataplane::command::MediaEvent::MediaTimeout { relay, side }) =
+                (&sip, &ev)
+            {
+                // Fails only once the SIP service has stopped (shutting down).
+                let _ = s.media_timeout_blocking(*relay, *side);
             }
             tracing::debug!(event = ?ev, "media event");
         }

@@ -200,6 +200,15 @@ pub struct SipConfig {
     /// second of burst); beyond: 503 + Retry-After.
     pub calls_per_second_max: u32,
     pub calls_per_second_per_source_max: u32,
+    /// A call whose media has been silent this long is hung up (BYE to each leg, with a
+    /// `Reason` header): both directions for a routed call, the far end's for a single-leg call
+    /// (the instruction engine's, one placed through the API, a `<Dial>` leg). It relies on
+    /// the dataplane's `media_timeout_ms` event, so it acts no sooner than that and not at all
+    /// when that is 0. 0: never.
+    pub media_timeout_secs: u32,
+    /// The same for a call on hold or inactive (its last SDP from either side is not
+    /// `sendrecv`, or points at 0.0.0.0), where silence is expected. 0: never.
+    pub hold_timeout_secs: u32,
     /// Dial plan, first match wins: `pattern` is `*` (anything), `prefix*` or an exact user
     /// part (number or name) of the request URI; `target` is `echo`, `hangup` or a SIP URI
     /// (`sip:host:port`, host an address or a name resolved at start). Without a match,
@@ -255,6 +264,8 @@ impl Default for SipConfig {
             calls_max: 20_000,
             calls_per_second_max: 5_000,
             calls_per_second_per_source_max: 2_500,
+            media_timeout_secs: 60,
+            hold_timeout_secs: 3600,
             routes: Vec::new(),
             codecs: Vec::new(),
             users: Vec::new(),

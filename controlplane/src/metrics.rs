@@ -338,6 +338,12 @@ pub fn render_sip(out: &mut String, s: &crate::sip::SipStats) {
             v(&s.tcp_refused),
         ),
         (
+            "voxedge_sip_media_timeouts_total",
+            "counter",
+            "Calls hung up because their media stayed silent past [sip] media_timeout_secs (or hold_timeout_secs).",
+            v(&s.media_timeouts),
+        ),
+        (
             "voxedge_sip_loops_detected_total",
             "counter",
             "INVITEs answered 482 (a merged request or our own INVITE come back).",

@@ -310,6 +310,15 @@ impl Sdp {
         (!addr.is_unspecified() && port != 0).then(|| SocketAddr::new(addr, port))
     }
 
+    /// Whether its sender expects silence on the anchored stream in some direction: on hold or
+    /// inactive (`sendonly`, `recvonly`, `inactive`, in the stream or for the session), or not
+    /// receiving at all (0.0.0.0, port 0).
+    pub fn expects_silence(&self) -> bool {
+        let dir = direction_of(&self.anchored().attributes)
+            .or_else(|| direction_of(&self.desc.attributes));
+        self.remote().is_none() || dir.is_some_and(|d| d != "sendrecv")
+    }
+
     /// The anchored stream's payload formats, in preference order.
     pub fn formats(&self) -> Vec<Format> {
         let m = self.anchored();
@@ -604,6 +613,30 @@ mod tests {
 m=audio 4000 RTP/AVP 0 8 18 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\n\
 a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=X-sqn:0\r\na=X-cap: 1 audio RTP/AVP 100\r\n\
 a=ptime:20\r\na=maxptime:40\r\nm=video 5000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n";
+
+    #[test]
+    fn hold_and_inactive_expect_silence() {
+        let base = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n";
+        let audio = "m=audio 4000 RTP/AVP 0\r\n";
+        let case = |session: &str, c: &str, media: &str| {
+            let text = format!("{base}{session}{audio}{media}").replace("c=IN IP4 10.0.0.1", c);
+            Sdp::parse(text.as_bytes()).unwrap().expects_silence()
+        };
+        let ip = "c=IN IP4 10.0.0.1";
+        assert!(!case("", ip, ""), "no direction: sendrecv");
+        assert!(!case("", ip, "a=sendrecv\r\n"));
+        for d in ["sendonly", "recvonly", "inactive"] {
+            assert!(case("", ip, &format!("a={d}\r\n")), "{d} in the stream");
+            assert!(case(&format!("a={d}\r\n"), ip, ""), "{d} for the session");
+        }
+        assert!(
+            !case("a=inactive\r\n", ip, "a=sendrecv\r\n"),
+            "the stream's own wins"
+        );
+        assert!(case("", "c=IN IP4 0.0.0.0", ""), "RFC 2543 hold");
+        let disabled = format!("{base}m=audio 0 RTP/AVP 0\r\n");
+        assert!(Sdp::parse(disabled.as_bytes()).unwrap().expects_silence());
+    }
 
     const T38: &str = "v=0\r\no=- 1 3 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
 m=image 40000 udptl t38\r\na=T38FaxVersion:0\r\na=T38MaxBitRate:14400\r\na=T38FaxRateManagement:transferredTCF\r\n\

@@ -7,7 +7,8 @@
 //! caller's media back through the dataplane; `sip:hangup@…` answers and hangs up at once.
 //! Anything else is 404 until the dial plan exists. OPTIONS is answered 200.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ pub struct SipStats {
     pub calls_without_media: std::sync::atomic::AtomicU64,
     /// TCP connections closed at once: the total or per-source connection limit was reached.
     pub tcp_refused: std::sync::atomic::AtomicU64,
+    /// Calls hung up because their media stayed silent too long.
+    pub media_timeouts: std::sync::atomic::AtomicU64,
 }
 
 /// The running service.
@@ -77,6 +80,8 @@ enum Inbound {
         WorkerId,
         tokio::sync::oneshot::Sender<Option<RelayId>>,
     ),
+    /// The dataplane's `MediaTimeout` event for a stream.
+    MediaTimeout(RelayId, Side),
 }
 
 /// A call to place (REST `POST /Calls`): its SID, where to send the INVITE and who it is from.
@@ -390,6 +395,18 @@ impl SipHandle {
     pub async fn hangup(&self, sid: &str, status: EndStatus) -> Result<(), OriginateError> {
         self.send(Inbound::Hangup(sid.to_string(), status)).await
     }
+
+    /// Hands over the dataplane's report that a stream went silent (see `[sip]
+    /// media_timeout_secs`). Blocks while the SIP task's queue is full: call it from a
+    /// blocking thread, not from async code.
+    ///
+    /// # Errors
+    /// The SIP service stopped.
+    pub fn media_timeout_blocking(&self, relay: RelayId, side: Side) -> Result<(), OriginateError> {
+        self.inbound
+            .blocking_send(Inbound::MediaTimeout(relay, side))
+            .map_err(|_| OriginateError::Stopped)
+    }
 }
 
 /// A placed call before its final response.
@@ -442,6 +459,8 @@ struct Call {
     /// A re-INVITE without SDP was answered with an offer: our ACK of that 2xx waits for the
     /// sender's ACK, which brings the answer.
     reinvite_ack: Option<ReinviteAck>,
+    /// When the call was answered (both legs of a routed call): silence counts from then.
+    answered_at: Option<Duration>,
 }
 
 /// The ACK owed to the leg that answered a relayed re-INVITE without SDP (RFC 3261 §14.1:
@@ -655,6 +674,26 @@ struct Core {
     key_of_invite: HashMap<TxId, (String, String, u32)>,
     /// Call-IDs of our outbound INVITEs: one arriving back here is a loop.
     b_call_ids: HashSet<String>,
+    /// Each call by the relay streams whose silence ends it (see [`media_keys`]).
+    by_media: HashMap<(RelayId, Side), DialogId>,
+    /// Relay legs whose far end's last SDP expects silence (hold, inactive).
+    quiet: HashSet<(RelayId, Side)>,
+    /// Streams to look at again, soonest first: a call whose streams all went silent gets no
+    /// further event, so its timeout is checked here (see [`Core::check_media`]).
+    media_checks: BinaryHeap<Reverse<(Duration, RelayId, Side)>>,
+    /// `[sip] media_timeout_secs` and `hold_timeout_secs`; zero: never.
+    media_timeout: Duration,
+    hold_timeout: Duration,
+}
+
+/// The relay streams whose silence ends a call: both legs of a routed call, the far end's leg
+/// of any other.
+fn media_keys(call: &Call) -> Vec<(RelayId, Side)> {
+    match call.relay {
+        Some(r) if call.b.is_some() => vec![(r, Side::A), (r, Side::B)],
+        Some(r) => vec![(r, call.side)],
+        None => Vec::new(),
+    }
 }
 
 fn random_token(n: usize) -> String {
@@ -771,6 +810,12 @@ pub async fn start(
             stop.clone(),
         )));
     }
+    let event_ms = dp.config().media_timeout_ms;
+    if event_ms == 0 && (cfg.media_timeout_secs > 0 || cfg.hold_timeout_secs > 0) {
+        tracing::warn!("[sip] media_timeout_secs and hold_timeout_secs have no effect: [dataplane] media_timeout_ms = 0 turns off the event they start from");
+    } else if u64::from(cfg.media_timeout_secs) * 1000 < event_ms && cfg.media_timeout_secs > 0 {
+        tracing::warn!(event_ms, "[sip] media_timeout_secs is shorter than [dataplane] media_timeout_ms: silent calls are hung up only once the dataplane reports them");
+    }
     let routes = resolve_routes(cfg)?;
     let updates_present = updates.is_some();
     let handle = SipHandle {
@@ -820,6 +865,11 @@ pub async fn start(
         invite_keys: HashMap::new(),
         key_of_invite: HashMap::new(),
         b_call_ids: HashSet::new(),
+        by_media: HashMap::with_capacity(cfg.calls_max.min(1 << 20)),
+        quiet: HashSet::new(),
+        media_checks: BinaryHeap::new(),
+        media_timeout: Duration::from_secs(u64::from(cfg.media_timeout_secs)),
+        hold_timeout: Duration::from_secs(u64::from(cfg.hold_timeout_secs)),
     };
     tasks.push(tokio::spawn(core.run(in_rx, stop)));
     if let Some(a) = udp_addr {
@@ -979,7 +1029,18 @@ fn leg_ack(
 
 /// Points `side` of `relay` at where `sdp` receives media, if it says, and tells the leg
 /// whether its media is RTP or T.38 (UDPTL datagrams, forwarded as they are).
-fn follow_media(dp: &Dataplane, relay: RelayId, side: Side, sdp: &Sdp) {
+fn follow_media(
+    dp: &Dataplane,
+    quiet: &mut HashSet<(RelayId, Side)>,
+    relay: RelayId,
+    side: Side,
+    sdp: &Sdp,
+) {
+    if sdp.expects_silence() {
+        quiet.insert((relay, side));
+    } else {
+        quiet.remove(&(relay, side));
+    }
     let _ = dp.update_leg_nowait(
         relay,
         side,
@@ -1086,9 +1147,11 @@ impl Core {
     async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) {
         let mut buf = vec![0u8; 65_536];
         loop {
-            let deadline = self
-                .tx
-                .next_deadline()
+            let next = match (self.tx.next_deadline(), self.media_checks.peek()) {
+                (Some(a), Some(Reverse((b, ..)))) => Some(a.min(*b)),
+                (a, b) => a.or(b.map(|Reverse((t, ..))| *t)),
+            };
+            let deadline = next
                 .map(|d| self.epoch + d)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let udp = self.udp.clone();
@@ -1115,19 +1178,31 @@ impl Core {
                     Some(Inbound::Rehome(sid, worker, reply)) => {
                         let _ = reply.send(self.rehome_app(&sid, worker));
                     }
+                    Some(Inbound::MediaTimeout(relay, side)) => {
+                        self.check_media(relay, side, self.now());
+                    }
                     None => {}
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     let now = self.now();
                     self.tx.handle_timeouts(now);
+                    while let Some(Reverse((at, relay, side))) = self.media_checks.peek().copied() {
+                        if at > now {
+                            break;
+                        }
+                        self.media_checks.pop();
+                        self.check_media(relay, side, now);
+                    }
                 }
                 () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             }
             self.process_events(self.now());
         }
-        // Draining: end the calls we anchor.
+        // Draining: end the calls we anchor, both legs of routed ones.
         let calls: Vec<DialogId> = self.calls.keys().cloned().collect();
+        let now = self.now();
         for id in calls {
+            self.bye_b(&id, now, None);
             self.end_call(&id, true);
         }
         self.process_events(self.now());
@@ -1535,24 +1610,22 @@ impl Core {
         self.stats
             .calls_answered
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.calls.insert(
-            dialog.id.clone(),
-            Box::new(Call {
-                dialog,
-                relay: Some(info.id),
-                invite_tx: Some(tx),
-                peer: from,
-                hangup_after_ack: hangup,
-                answer: sdp,
-                b: None,
-                origin: None,
-                unanswered: false,
-                side: Side::A,
-                owns_relay: true,
-                ack_answer,
-                reinvite_ack: None,
-            }),
-        );
+        self.insert_call(Call {
+            dialog,
+            relay: Some(info.id),
+            invite_tx: Some(tx),
+            peer: from,
+            hangup_after_ack: hangup,
+            answer: sdp,
+            b: None,
+            origin: None,
+            unanswered: false,
+            side: Side::A,
+            owns_relay: true,
+            ack_answer,
+            reinvite_ack: None,
+            answered_at: Some(now),
+        });
     }
 
     /// A merged request (RFC 3261 §8.2.2.2: the Call-ID, From tag and CSeq of an INVITE
@@ -1659,7 +1732,12 @@ impl Core {
             }
         };
         match Dialog::uas(msg, tag, DialogState::Early) {
-            Ok(d) => Some((info, d)),
+            Ok(d) => {
+                if offer.is_some_and(Sdp::expects_silence) {
+                    self.quiet.insert((info.id, Side::A));
+                }
+                Some((info, d))
+            }
             Err(e) => {
                 let _ = self.dp.delete_relay_nowait(info.id);
                 self.respond(
@@ -1765,37 +1843,35 @@ Contact: <sip:voxedge@{local}>\r\n",
         let a_id = dialog.id.clone();
         self.b_by_tx.insert(btx, a_id.clone());
         self.b_call_ids.insert(call_id);
-        self.calls.insert(
-            a_id,
-            Box::new(Call {
-                dialog,
-                relay: Some(info.id),
-                invite_tx: Some(tx),
-                peer: from,
-                hangup_after_ack: false,
-                answer: Bytes::new(),
-                b: Some(BLeg {
-                    invite: b_invite,
-                    tx: btx,
-                    peer,
-                    dialog: None,
-                    offer: b_offer,
-                    codecs,
-                    answered: false,
-                    ack: None,
-                    a_port: info.legs[0].local.port(),
-                    b_port,
-                    creds,
-                    auth_tried: false,
-                }),
-                origin: None,
-                unanswered: false,
-                side: Side::A,
-                owns_relay: true,
-                ack_answer: None,
-                reinvite_ack: None,
+        self.insert_call(Call {
+            dialog,
+            relay: Some(info.id),
+            invite_tx: Some(tx),
+            peer: from,
+            hangup_after_ack: false,
+            answer: Bytes::new(),
+            b: Some(BLeg {
+                invite: b_invite,
+                tx: btx,
+                peer,
+                dialog: None,
+                offer: b_offer,
+                codecs,
+                answered: false,
+                ack: None,
+                a_port: info.legs[0].local.port(),
+                b_port,
+                creds,
+                auth_tried: false,
             }),
-        );
+            origin: None,
+            unanswered: false,
+            side: Side::A,
+            owns_relay: true,
+            ack_answer: None,
+            reinvite_ack: None,
+            answered_at: None,
+        });
     }
 
     /// A response on an outbound INVITE: provisional and final responses are relayed to the
@@ -1859,7 +1935,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             tracing::info!(error = %e, "callee's SDP refused; call ended");
             self.b_answered(&a_id, &msg);
             self.ack_b(&a_id, None);
-            self.bye_b(&a_id, now);
+            self.bye_b(&a_id, now, None);
             self.refuse_offer(a_tx, &inv_a, &tag, &e, now);
             self.end_call(&a_id, false);
             return;
@@ -1867,7 +1943,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         let mut resp = build_response(&inv_a, code, status_reason(&msg), Some(&tag));
         let mut relayed_sdp = None;
         if let Some(Ok(mut s)) = sdp {
-            follow_media(&self.dp, relay, Side::B, &s);
+            follow_media(&self.dp, &mut self.quiet, relay, Side::B, &s);
             s.anchor_to(advertise, a_port);
             resp.headers
                 .insert(Name::CONTENT_TYPE, BytesStr::from_static("application/sdp"));
@@ -1939,7 +2015,11 @@ Contact: <sip:voxedge@{local}>\r\n",
 
     /// The callee's 2xx: its dialog. False when the 2xx cannot make one.
     fn b_answered(&mut self, a_id: &DialogId, msg: &SipMessage) -> bool {
-        let Some(b) = self.calls.get_mut(a_id).and_then(|c| c.b.as_mut()) else {
+        let now = self.now();
+        let Some(call) = self.calls.get_mut(a_id) else {
+            return false;
+        };
+        let Some(b) = call.b.as_mut() else {
             return false;
         };
         let Ok(d) = Dialog::uac(&b.invite, msg) else {
@@ -1948,6 +2028,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         self.b_dialogs.insert(d.id.clone(), a_id.clone());
         b.dialog = Some(d);
         b.answered = true;
+        call.answered_at = Some(now);
         true
     }
 
@@ -2026,14 +2107,14 @@ Contact: <sip:voxedge@{local}>\r\n",
                 tracing::info!(error = %e, "no usable answer in the caller's ACK; call ended");
                 if c.b.is_some() {
                     self.ack_b(&id, None);
-                    self.bye_b(&id, now);
+                    self.bye_b(&id, now, None);
                 }
                 self.end_call(&id, true);
                 return;
             }
         };
         if let Some(relay) = c.relay {
-            follow_media(&self.dp, relay, c.side, &answer);
+            follow_media(&self.dp, &mut self.quiet, relay, c.side, &answer);
         }
         if let Some(b_port) = c.b.as_ref().map(|b| b.b_port) {
             answer.anchor_to(advertise, b_port);
@@ -2077,7 +2158,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         if method == Method::BYE {
             self.respond(tx, build_response(&msg, 200, "OK", None), now);
-            self.bye_b(&id, now);
+            self.bye_b(&id, now, None);
             self.end_call(&id, false);
             return;
         }
@@ -2111,7 +2192,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                     }
                 };
                 if let Some(relay) = call.relay {
-                    follow_media(&self.dp, relay, call.side, &offer);
+                    follow_media(&self.dp, &mut self.quiet, relay, call.side, &offer);
                 }
                 call.answer = answer.to_bytes();
                 ok.headers
@@ -2191,7 +2272,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         // leg (and kept, to cut the answer to it); an unusable one is refused here.
         let offer = match sdp_of(&msg) {
             Some(Ok(mut o)) => {
-                follow_media(&self.dp, relay, side, &o);
+                follow_media(&self.dp, &mut self.quiet, relay, side, &o);
                 o.anchor_to(advertise, out_port);
                 Some(o)
             }
@@ -2352,7 +2433,7 @@ Contact: <sip:voxedge@{local}>\r\n",
                 cut_answer(&mut answer, o, &self.stats);
             }
             if let Some(r) = relay {
-                follow_media(&self.dp, r, answer_side, &answer);
+                follow_media(&self.dp, &mut self.quiet, r, answer_side, &answer);
             }
             answer.anchor_to(advertise, back_port);
             resp.headers
@@ -2419,7 +2500,7 @@ Contact: <sip:voxedge@{local}>\r\n",
             Some(Ok(mut answer)) => {
                 cut_answer(&mut answer, &pending.offer, &self.stats);
                 if let Some(r) = call.relay {
-                    follow_media(&self.dp, r, side, &answer);
+                    follow_media(&self.dp, &mut self.quiet, r, side, &answer);
                 }
                 answer.anchor_to(advertise, out_port);
                 Some(answer.to_bytes())
@@ -2442,7 +2523,9 @@ Contact: <sip:voxedge@{local}>\r\n",
     }
 
     /// Sends BYE on the outbound dialog, if it was answered.
-    fn bye_b(&mut self, a_id: &DialogId, now: Duration) {
+    /// Hangs up the callee's leg of a routed call (nothing before it answered), with a
+    /// `Reason` header when given.
+    fn bye_b(&mut self, a_id: &DialogId, now: Duration, reason: Option<&'static str>) {
         let local = fmt_host(self.local);
         let Some(b) = self.calls.get_mut(a_id).and_then(|c| c.b.as_mut()) else {
             return;
@@ -2453,7 +2536,13 @@ Contact: <sip:voxedge@{local}>\r\n",
         };
         self.b_dialogs.remove(&d.id);
         let branch = format!("z9hG4bK{}", random_token(16));
-        if let Ok(bye) = d.request(Method::BYE, &format!("UDP {local}"), &branch, None, None) {
+        if let Ok(mut bye) = d.request(Method::BYE, &format!("UDP {local}"), &branch, None, None) {
+            if let Some(r) = reason {
+                bye.headers.insert(
+                    Name::from(BytesStr::from_static("Reason")),
+                    BytesStr::from_static(r),
+                );
+            }
             let to = target_addr(&d.remote_target).unwrap_or(peer.addr);
             let _ = self.tx.send_request(
                 bye,
@@ -2682,7 +2771,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         // A <Dial> leg's media is connected only if it wins (below); early media is not
         // passed to the caller (the engine plays ringback).
         if let (Some(Ok(sdp)), false) = (sdp_of(&msg), o.bridge) {
-            follow_media(&self.dp, o.relay, Side::A, &sdp);
+            follow_media(&self.dp, &mut self.quiet, o.relay, Side::A, &sdp);
         }
         if (100..200).contains(&code) {
             o.provisional = true;
@@ -2747,24 +2836,22 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                     self.send_raw(peer, ack.to_bytes());
                 }
                 let id = d.id.clone();
-                self.calls.insert(
-                    id.clone(),
-                    Box::new(Call {
-                        dialog: d,
-                        relay: Some(relay),
-                        invite_tx: None,
-                        peer,
-                        hangup_after_ack: false,
-                        answer,
-                        b: None,
-                        origin: None,
-                        unanswered: false,
-                        side: if bridge { Side::B } else { Side::A },
-                        owns_relay: !bridge,
-                        ack_answer: None,
-                        reinvite_ack: None,
-                    }),
-                );
+                self.insert_call(Call {
+                    dialog: d,
+                    relay: Some(relay),
+                    invite_tx: None,
+                    peer,
+                    hangup_after_ack: false,
+                    answer,
+                    b: None,
+                    origin: None,
+                    unanswered: false,
+                    side: if bridge { Side::B } else { Side::A },
+                    owns_relay: !bridge,
+                    ack_answer: None,
+                    reinvite_ack: None,
+                    answered_at: Some(now),
+                });
                 // A <Dial> leg answering after another target of the same dial won (or after
                 // its parent ended) is hung up like a canceled one.
                 let lost = bridge
@@ -2784,7 +2871,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 if bridge {
                     self.bridged.insert(relay, sid.clone());
                     if let Some(Ok(sdp)) = sdp_of(&msg) {
-                        follow_media(&self.dp, relay, Side::B, &sdp);
+                        follow_media(&self.dp, &mut self.quiet, relay, Side::B, &sdp);
                     }
                 }
                 if let Some(c) = self.calls.get_mut(&id) {
@@ -2868,24 +2955,22 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             te,
         );
         self.origin_calls.insert(sid.clone(), dialog.id.clone());
-        self.calls.insert(
-            dialog.id.clone(),
-            Box::new(Call {
-                dialog,
-                relay: Some(info.id),
-                invite_tx: Some(tx),
-                peer: from,
-                hangup_after_ack: false,
-                answer: sdp,
-                b: None,
-                origin: Some(sid.clone()),
-                unanswered: true,
-                side: Side::A,
-                owns_relay: true,
-                ack_answer,
-                reinvite_ack: None,
-            }),
-        );
+        self.insert_call(Call {
+            dialog,
+            relay: Some(info.id),
+            invite_tx: Some(tx),
+            peer: from,
+            hangup_after_ack: false,
+            answer: sdp,
+            b: None,
+            origin: Some(sid.clone()),
+            unanswered: true,
+            side: Side::A,
+            owns_relay: true,
+            ack_answer,
+            reinvite_ack: None,
+            answered_at: None,
+        });
         self.report(CallUpdate::Incoming(Box::new(IncomingCall {
             sid,
             relay: info.id,
@@ -2942,7 +3027,16 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         };
         self.hold_caller_leg(info.id, te);
         let call = self.calls.get_mut(&id)?;
+        let before = media_keys(call);
         call.relay = Some(info.id);
+        let after = media_keys(call);
+        for k in before {
+            self.by_media.remove(&k);
+            self.quiet.remove(&k);
+        }
+        for k in after {
+            self.by_media.insert(k, id.clone());
+        }
         call.answer = app_answer_sdp(
             offer.as_ref(),
             self.advertise,
@@ -2966,6 +3060,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             return;
         };
         call.unanswered = false;
+        call.answered_at = Some(now);
         let mut ok = build_response(&inv, 200, "OK", Some(&id.local_tag));
         ok.headers.insert(
             Name::CONTACT,
@@ -3051,6 +3146,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             }
         }
         if let Some(mut call) = self.calls.remove(&id) {
+            self.unindex_media(&id, &call);
             self.origin_calls.remove(sid);
             call.origin = None;
             if let Some(r) = call.relay.take() {
@@ -3066,11 +3162,111 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         }
     }
 
+    /// Keeps a new call, indexed by the streams whose silence ends it.
+    fn insert_call(&mut self, call: Call) {
+        let id = call.dialog.id.clone();
+        for k in media_keys(&call) {
+            self.by_media.insert(k, id.clone());
+        }
+        self.calls.insert(id, Box::new(call));
+    }
+
+    /// Forgets a call's stream index (and, with its relay, the relay's hold marks).
+    fn unindex_media(&mut self, id: &DialogId, call: &Call) {
+        for k in media_keys(call) {
+            if self.by_media.get(&k) == Some(id) {
+                self.by_media.remove(&k);
+            }
+        }
+        if let (Some(r), true) = (call.relay, call.owns_relay) {
+            self.quiet.remove(&(r, Side::A));
+            self.quiet.remove(&(r, Side::B));
+        }
+    }
+
+    /// A stream of `relay` went silent (the dataplane's event) or a check of it fell due:
+    /// hangs its call up when all the streams that matter (see [`media_keys`]) have been
+    /// silent, since the answer, for `[sip] media_timeout_secs` (`hold_timeout_secs` when a
+    /// side's last SDP expects silence). When they all are silent but not yet for that long,
+    /// no event will come again: a check is planned for when they would be.
+    fn check_media(&mut self, relay: RelayId, side: Side, now: Duration) {
+        let Some(id) = self.by_media.get(&(relay, side)).cloned() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&id) else {
+            self.by_media.remove(&(relay, side));
+            return;
+        };
+        let keys = media_keys(call);
+        let held = self.quiet.contains(&(relay, Side::A)) || self.quiet.contains(&(relay, Side::B));
+        let limit = if held {
+            self.hold_timeout
+        } else {
+            self.media_timeout
+        };
+        if limit.is_zero() {
+            return;
+        }
+        let Some(answered) = call.answered_at else {
+            // Ringing: silence is normal; look again once it could have lasted `limit`
+            // after an answer.
+            self.media_checks.push(Reverse((now + limit, relay, side)));
+            return;
+        };
+        let since_answer = now.saturating_sub(answered);
+        let (idle, all_silent) = match self.dp.query_relay(relay) {
+            Ok((_, snap)) => keys
+                .iter()
+                .fold((since_answer, true), |(idle, all), (_, s)| {
+                    let st = &snap.legs[s.index()].rtp;
+                    (
+                        idle.min(Duration::from_millis(st.idle_ms)),
+                        all && st.timed_out,
+                    )
+                }),
+            // The media is gone: so is the call.
+            Err(e) if e.relay_gone() => (Duration::MAX, true),
+            // The worker did not answer in time: later.
+            Err(_) => {
+                self.media_checks
+                    .push(Reverse((now + Duration::from_secs(5), relay, side)));
+                return;
+            }
+        };
+        if idle >= limit {
+            self.stats
+                .media_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if idle == Duration::MAX {
+                tracing::warn!(call_id = %id.call_id, "call hung up: its media relay is gone");
+            } else {
+                tracing::info!(
+                    call_id = %id.call_id,
+                    silent_secs = idle.as_secs(),
+                    held,
+                    "call hung up: its media stayed silent past the timeout"
+                );
+            }
+            let reason = "Q.850;cause=41;text=\"media timeout\"";
+            self.bye_b(&id, now, Some(reason));
+            self.end_call_with(&id, true, Some(reason));
+        } else if all_silent {
+            self.media_checks
+                .push(Reverse((now + (limit - idle), relay, side)));
+        }
+    }
+
     /// Ends a call: deletes its media and, when `send_bye`, hangs up towards the caller.
     fn end_call(&mut self, id: &DialogId, send_bye: bool) {
+        self.end_call_with(id, send_bye, None);
+    }
+
+    /// [`Core::end_call`], the BYE carrying a `Reason` header when given.
+    fn end_call_with(&mut self, id: &DialogId, send_bye: bool, reason: Option<&'static str>) {
         let Some(mut call) = self.calls.remove(id) else {
             return;
         };
+        self.unindex_media(id, &call);
         let origin = call.origin.clone();
         if let Some(sid) = call.origin.take() {
             self.origin_calls.remove(&sid);
@@ -3102,7 +3298,13 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             let transport = if call.peer.reliable { "TCP" } else { "UDP" };
             let via = format!("{transport} {}", fmt_host(self.local));
             let branch = format!("z9hG4bK{}", random_token(16));
-            if let Ok(bye) = call.dialog.request(Method::BYE, &via, &branch, None, None) {
+            if let Ok(mut bye) = call.dialog.request(Method::BYE, &via, &branch, None, None) {
+                if let Some(r) = reason {
+                    bye.headers.insert(
+                        Name::from(BytesStr::from_static("Reason")),
+                        BytesStr::from_static(r),
+                    );
+                }
                 let now = self.now();
                 // Sent to the dialog's target; with no DNS here, a host that is not an
                 // address falls back to where the INVITE came from.

@@ -1665,3 +1665,209 @@ async fn loops_are_answered_482() {
     .expect("ua");
     r.shutdown().await;
 }
+
+/// Nothing arrives on `sock` within `wait` (a read timeout, not a message).
+fn quiet_for(sock: &UdpSocket, wait: Duration) -> bool {
+    sock.set_read_timeout(Some(wait)).expect("t");
+    let mut b = [0u8; 65536];
+    let got = sock.recv_from(&mut b);
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("t");
+    got.is_err()
+}
+
+/// A BYE from us with the media-timeout `Reason`, answered 200 from `sock`.
+fn media_timeout_bye(sock: &UdpSocket, server: SocketAddr) {
+    let mut b = [0u8; 65536];
+    let (n, _) = sock.recv_from(&mut b).expect("a BYE in time");
+    let bye = SipMessage::parse(&b[..n], &Limits::default()).expect("valid");
+    assert_eq!(method_of(&bye), "BYE");
+    let reason = bye.header("Reason").expect("a Reason header");
+    assert!(reason.contains("media timeout"), "{reason}");
+    let ok = voxedge_sip_core::transaction::build_response(&bye, 200, "OK", None);
+    sock.send_to(&ok.to_bytes(), server).expect("200");
+}
+
+/// `[sip] media_timeout_secs`: a routed call stays up while one side still sends (the callee
+/// is silent for twice the timeout), and is hung up on both legs, with a `Reason`, once both
+/// are silent for the timeout — not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_routed_call_is_hung_up_on_both_legs() {
+    let callee = Callee::new();
+    let r = start_routed(27300, &callee, |c| {
+        c.dataplane.media_timeout_ms = 300;
+        c.sip.media_timeout_secs = 1;
+    })
+    .await;
+    let server = r.sip_udp.expect("udp");
+    let stats = r.sip_stats.clone().expect("stats");
+    let dp = r.dataplane.clone();
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        let Answered { a_port, .. } = answered_call(&ua, via, &rtp, &callee, "silent1");
+        // Two seconds of the caller's media only.
+        callee
+            .rtp
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("t");
+        let mut b = [0u8; 2048];
+        let mut heard = 0;
+        for seq in 0..20u16 {
+            rtp.send_to(&rtp_packet(seq), ("127.0.0.1", a_port))
+                .expect("rtp");
+            if callee.rtp.recv_from(&mut b).is_ok() {
+                heard += 1;
+            }
+        }
+        assert!(heard >= 15, "the callee hears the caller ({heard} of 20)");
+        let silent_from = Instant::now();
+        assert!(
+            quiet_for(&ua.sock, Duration::from_millis(50)),
+            "no BYE while the caller talks"
+        );
+        assert!(quiet_for(&callee.sock, Duration::from_millis(50)));
+        assert_eq!(
+            stats
+                .media_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        // Now both are silent: each leg gets a BYE a second later.
+        media_timeout_bye(&ua.sock, server);
+        let waited = silent_from.elapsed();
+        assert!(
+            waited >= Duration::from_millis(800),
+            "hung up after {waited:?} of silence"
+        );
+        media_timeout_bye(&callee.sock, server);
+        assert_eq!(
+            stats
+                .media_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(dp.relay_count(), 0, "media released");
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
+/// A call put on hold (`a=inactive`) is silent by design: the media timeout passes it by and
+/// the longer `hold_timeout_secs` ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_call_is_hung_up_after_the_hold_timeout_only() {
+    let mut c = config(33300);
+    c.dataplane.media_timeout_ms = 300;
+    c.sip.media_timeout_secs = 1;
+    c.sip.hold_timeout_secs = 3;
+    let r = app::start(Role::Serve, c, BackendKind::Socket)
+        .await
+        .expect("serve starts");
+    let server = r.sip_udp.expect("udp");
+    let stats = r.sip_stats.clone().expect("stats");
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        ua.send(&invite(
+            "echo",
+            "z9hG4bKh1",
+            "held1",
+            rtp.local_addr().expect("a"),
+            "UDP",
+            via,
+        ));
+        let ok = ua.recv();
+        assert_eq!(ok.status(), Some(200));
+        let tag = to_tag(&ok);
+        ua.send(&in_dialog(
+            "ACK",
+            1,
+            "held1",
+            &tag,
+            "z9hG4bKh1a",
+            "UDP",
+            via,
+            "echo",
+        ));
+        echo_media(&ok, &rtp);
+        let port = rtp.local_addr().expect("a").port();
+        ua.send(&reinvite(
+            2,
+            "held1",
+            &tag,
+            "z9hG4bKh2",
+            via,
+            port,
+            "inactive",
+        ));
+        let held = ua.recv();
+        assert_eq!(held.status(), Some(200));
+        assert!(body_text(&held).contains("a=inactive"));
+        ua.send(&in_dialog(
+            "ACK",
+            2,
+            "held1",
+            &tag,
+            "z9hG4bKh2a",
+            "UDP",
+            via,
+            "echo",
+        ));
+        let silent_from = Instant::now();
+        assert!(
+            quiet_for(&ua.sock, Duration::from_millis(2000)),
+            "no BYE at twice the media timeout while held"
+        );
+        assert_eq!(
+            stats
+                .media_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        media_timeout_bye(&ua.sock, server);
+        let waited = silent_from.elapsed();
+        assert!(
+            waited >= Duration::from_millis(2500),
+            "hung up after {waited:?} on hold"
+        );
+        assert_eq!(
+            stats
+                .media_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}
+
+/// A graceful stop hangs up both legs of a routed call, not only the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_hangs_up_both_legs_of_routed_calls() {
+    let callee = Callee::new();
+    let r = start_routed(33400, &callee, |_| {}).await;
+    let server = r.sip_udp.expect("udp");
+    let (ua, callee, inv) = tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        let call = answered_call(&ua, via, &rtp, &callee, "stop1");
+        (ua, callee, call.inv)
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+    tokio::task::spawn_blocking(move || {
+        let caller_bye = ua.recv();
+        assert_eq!(method_of(&caller_bye), "BYE");
+        let (callee_bye, _) = callee.recv();
+        assert_eq!(method_of(&callee_bye), "BYE");
+        assert_eq!(
+            callee_bye.header("Call-ID"),
+            inv.header("Call-ID"),
+            "the BYE is in the callee's dialog"
+        );
+    })
+    .await
+    .expect("byes");
+}
