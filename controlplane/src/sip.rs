@@ -618,6 +618,10 @@ fn route_matches(pattern: &str, user: &str) -> bool {
     }
 }
 
+/// Datagrams read from the SIP socket in one turn of the loop at most (then timers, TCP and
+/// the API's requests get their turn).
+const UDP_BATCH: usize = 32;
+
 /// Shortest interval between two log lines about one repeating condition.
 const LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -1164,6 +1168,17 @@ impl Core {
                 } => {
                     if let Ok((n, from)) = r {
                         self.on_datagram(&buf[..n], from);
+                        // Under load more wait in the socket: take them (a bounded batch)
+                        // before setting up the select again, whose futures and timer cost
+                        // more than a datagram's read.
+                        if let Some(u) = &udp {
+                            for _ in 1..UDP_BATCH {
+                                let Ok((n, from)) = u.try_recv_from(&mut buf) else {
+                                    break;
+                                };
+                                self.on_datagram(&buf[..n], from);
+                            }
+                        }
                     }
                 }
                 m = inbound.recv() => match m {

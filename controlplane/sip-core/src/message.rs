@@ -176,6 +176,11 @@ fn parse_head(buf: &Bytes, limits: &Limits) -> Result<(StartLine, Headers, usize
     Ok((start, headers, body_at))
 }
 
+/// A compact header name (RFC 3261 §7.3.3 and its extensions): one letter.
+fn is_compact(name: &str) -> bool {
+    name.len() == 1
+}
+
 fn content_length(headers: &Headers) -> Result<Option<usize>, ParseError> {
     let mut values = headers.get_raw(&Name::CONTENT_LENGTH);
     let Some(first) = values.next() else {
@@ -240,26 +245,37 @@ impl SipMessage {
 
     /// First value of a header by name (full or compact, any case), as written.
     pub fn header(&self, name: &str) -> Option<&str> {
-        // Fast path: names parsed from the wire print in their full form (`i:` as `Call-ID`),
-        // so a full name given in any case matches without building a `Name`.
+        if is_compact(name) {
+            return self.header_all(name).into_iter().next();
+        }
         self.headers
             .iter()
             .find(|(k, _)| k.as_print_str().eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
-            .or_else(|| self.header_all(name).into_iter().next())
     }
 
     /// Every value of a header (one per line or comma-separated item is not split here).
     /// Matches names parsed from the wire (any case, compact forms) and names inserted as
     /// ezk's constants alike.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
+        if !is_compact(name) {
+            // Every name prints in its full form (`i:` parsed prints `Call-ID`), and ezk's
+            // only other spelling of a full name is its lower case: comparing the printed
+            // form is enough, without building a `Name` (a hot path: several lookups per
+            // message).
+            return self
+                .headers
+                .iter()
+                .filter(|(k, _)| k.as_print_str().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect();
+        }
         let n = Name::from(BytesStr::from(name.to_string()));
-        let printed = n.as_print_str().to_string();
+        let printed = n.as_print_str();
         self.headers
             .iter()
             .filter(|(k, _)| {
-                **k == n
-                    || k.as_print_str().eq_ignore_ascii_case(&printed)
+                k.as_print_str().eq_ignore_ascii_case(printed)
                     || k.as_print_str().eq_ignore_ascii_case(name)
             })
             .map(|(_, v)| v.as_str())
@@ -278,7 +294,8 @@ impl SipMessage {
             }
         }
         for (name, value) in self.headers.iter() {
-            if *name == Name::CONTENT_LENGTH {
+            // A parsed `l:` prints as `Content-Length` too.
+            if name.as_print_str().eq_ignore_ascii_case("Content-Length") {
                 continue;
             }
             let _ = write!(head, "{}: {}\r\n", name.as_print_str(), value);

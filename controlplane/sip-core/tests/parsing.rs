@@ -66,7 +66,25 @@ CSeq: 1 INVITE\r\nm: <sip:alice@10.0.0.1>\r\nc: application/sdp\r\nl: 3\r\n\r\nv
         1
     );
     assert_eq!(m.header("Call-ID"), Some("abc@10.0.0.1"));
+    assert_eq!(m.header("call-id"), Some("abc@10.0.0.1"));
     assert_eq!(m.header("i"), Some("abc@10.0.0.1"));
+    assert_eq!(m.header("I"), Some("abc@10.0.0.1"));
+    assert_eq!(m.header("Content-Type"), Some("application/sdp"));
+    assert_eq!(m.header("Reason"), None);
+    assert_eq!(m.header("r"), None);
+    // Compact and full lines are one header whichever way it is asked for.
+    let two_vias = parse(
+        "OPTIONS sip:bob@example.com SIP/2.0\r\nv: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bK2\r\n\
+Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nf: <sip:a@x>;tag=a\r\nt: <sip:b@x>\r\ni: c\r\n\
+CSeq: 1 OPTIONS\r\nX-Custom: 1\r\nl: 0\r\n\r\n",
+    );
+    for name in ["Via", "via", "v", "V"] {
+        assert_eq!(two_vias.header_all(name).len(), 2, "{name}");
+    }
+    assert_eq!(two_vias.header_all("x-custom"), vec!["1"]);
+    let printed = String::from_utf8(two_vias.to_bytes()).expect("utf8");
+    assert_eq!(printed.matches("Content-Length").count(), 1, "{printed}");
+    assert!(!printed.contains("\r\nl:"), "{printed}");
     assert_eq!(&m.body[..], b"v=0");
     assert!(m.sdp().is_some(), "c: is Content-Type");
 }
