@@ -311,7 +311,11 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
     // idle with calls it had given up on); past the run plus two INVITE timeouts it is killed
     // and the report says so.
     let give_up = t0 + Duration::from_secs(u64::from(a.duration) + 70);
+    // The UAC's CPU, read while it lives (its /proc entry goes when it is reaped): at most the
+    // last 100 ms are missed.
+    let mut uac_cpu = 0.0;
     let status = loop {
+        uac_cpu = proc::cpu_seconds(uac.id()).unwrap_or(uac_cpu);
         if let Some(s) = uac.try_wait().context("sipp uac")? {
             break Some(s);
         }
@@ -359,6 +363,10 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
         "media_cpu_s": v1.1 - v0.1,
         "cpu_us_per_call": if ok > 0 { (v1.0 - v0.0 + v1.1 - v0.1) * 1e6 / ok as f64 } else { 0.0 },
         "sipp_uas_cpu_s": s1 - s0,
+        "sipp_uac_cpu_s": uac_cpu,
+        // The box's two cores are shared: how much of them the three processes used.
+        "box_cpu_ratio": (v1.0 - v0.0 + v1.1 - v0.1 + s1 - s0 + uac_cpu)
+            / (wall * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)),
         "diagnosis": diagnosis,
         "note": "the carrier (voxedge alone, or kamailio's processes for signalling and rtpengine for media), sipp UAS and sipp UAC share this machine's cores",
     });

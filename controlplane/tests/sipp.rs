@@ -408,6 +408,9 @@ fn sip_bench_reports_json() {
     assert_eq!(v["failed"], 0, "{v}");
     assert_eq!(v["via"], "voxedge", "{v}");
     assert!(v["cpu_us_per_call"].as_f64().expect("number") > 0.0);
+    assert!(v["sipp_uac_cpu_s"].as_f64().expect("number") >= 0.0, "{v}");
+    let share = v["box_cpu_ratio"].as_f64().expect("number");
+    assert!(share > 0.0 && share <= 1.0, "{v}");
 }
 
 /// The same scenario through Kamailio + rtpengine (the comparison the SIP issue asks for):
