@@ -1754,7 +1754,7 @@ impl Core {
                 Some((info, d))
             }
             Err(e) => {
-                let _ = self.dp.delete_relay_nowait(info.id);
+                self.delete_relay(info.id);
                 self.respond(
                     tx,
                     build_response(msg, 400, &format!("Bad Request ({e})"), Some(tag)),
@@ -1831,7 +1831,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         let mut raw = text.into_bytes();
         raw.extend_from_slice(&body);
         let Ok(b_invite) = SipMessage::parse(&raw, &self.limits) else {
-            let _ = self.dp.delete_relay_nowait(info.id);
+            self.delete_relay(info.id);
             self.respond(
                 tx,
                 build_response(&msg, 500, "Server Internal Error", Some(&tag)),
@@ -1846,7 +1846,7 @@ Contact: <sip:voxedge@{local}>\r\n",
         let btx = match self.tx.send_request(b_invite.clone(), peer, now) {
             Ok(t) => t,
             Err(_) => {
-                let _ = self.dp.delete_relay_nowait(info.id);
+                self.delete_relay(info.id);
                 self.respond(
                     tx,
                     build_response(&msg, 500, "Server Internal Error", Some(&tag)),
@@ -2677,7 +2677,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             .and_then(|inv| Some((inv.clone(), self.tx.send_request(inv, peer, now).ok()?)));
         let Some((invite, tx)) = sent else {
             if !bridge {
-                let _ = self.dp.delete_relay_nowait(info.id);
+                self.delete_relay(info.id);
             }
             tracing::warn!(sid = %o.sid, uri = %o.target.uri, "cannot build or send the INVITE");
             self.report_end(&o.sid, EndStatus::Failed, None);
@@ -2834,7 +2834,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 let cseq = cseq_number(&o.invite);
                 let Ok(mut d) = Dialog::uac(&o.invite, &msg) else {
                     if !bridge {
-                        let _ = self.dp.delete_relay_nowait(relay);
+                        self.delete_relay(relay);
                     }
                     self.report_end(&sid, EndStatus::Failed, Some(code));
                     return;
@@ -3047,7 +3047,6 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         let after = media_keys(call);
         for k in before {
             self.by_media.remove(&k);
-            self.quiet.remove(&k);
         }
         for k in after {
             self.by_media.insert(k, id.clone());
@@ -3059,7 +3058,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             codec,
             te,
         );
-        let _ = self.dp.delete_relay_nowait(old);
+        self.delete_relay(old);
         Some(info.id)
     }
 
@@ -3112,9 +3111,9 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
     }
 
     /// A placed call that ends before its answer gives up its media, unless it borrowed it.
-    fn drop_origin_media(&self, o: &Origin) {
+    fn drop_origin_media(&mut self, o: &Origin) {
         if !o.bridge {
-            let _ = self.dp.delete_relay_nowait(o.relay);
+            self.delete_relay(o.relay);
         }
     }
 
@@ -3166,7 +3165,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             call.origin = None;
             if let Some(r) = call.relay.take() {
                 self.end_children(r);
-                let _ = self.dp.delete_relay_nowait(r);
+                self.delete_relay(r);
             }
             let status = match code {
                 486 | 600 => EndStatus::Busy,
@@ -3175,6 +3174,13 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             };
             self.report_end(sid, status, Some(code));
         }
+    }
+
+    /// Deletes a relay (without waiting for the worker) and forgets its hold marks.
+    fn delete_relay(&mut self, r: RelayId) {
+        let _ = self.dp.delete_relay_nowait(r);
+        self.quiet.remove(&(r, Side::A));
+        self.quiet.remove(&(r, Side::B));
     }
 
     /// Keeps a new call, indexed by the streams whose silence ends it.
@@ -3186,16 +3192,12 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         self.calls.insert(id, Box::new(call));
     }
 
-    /// Forgets a call's stream index (and, with its relay, the relay's hold marks).
+    /// Forgets a call's stream index (its relay's hold marks go with the relay).
     fn unindex_media(&mut self, id: &DialogId, call: &Call) {
         for k in media_keys(call) {
             if self.by_media.get(&k) == Some(id) {
                 self.by_media.remove(&k);
             }
-        }
-        if let (Some(r), true) = (call.relay, call.owns_relay) {
-            self.quiet.remove(&(r, Side::A));
-            self.quiet.remove(&(r, Side::B));
         }
     }
 
@@ -3304,7 +3306,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         if let Some(r) = call.relay.take() {
             if call.owns_relay {
                 self.end_children(r);
-                let _ = self.dp.delete_relay_nowait(r);
+                self.delete_relay(r);
             } else if origin.is_some() && self.bridged.get(&r) == origin.as_ref() {
                 self.bridged.remove(&r);
             }
