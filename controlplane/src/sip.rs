@@ -678,6 +678,8 @@ struct Core {
     key_of_invite: HashMap<TxId, (String, String, u32)>,
     /// Call-IDs of our outbound INVITEs: one arriving back here is a loop.
     b_call_ids: HashSet<String>,
+    /// Each call by its INVITE server transaction (for CANCEL and that transaction's end).
+    call_by_invite: HashMap<TxId, DialogId>,
     /// Each call by the relay streams whose silence ends it (see [`media_keys`]).
     by_media: HashMap<(RelayId, Side), DialogId>,
     /// Relay legs whose far end's last SDP expects silence (hold, inactive).
@@ -869,6 +871,7 @@ pub async fn start(
         invite_keys: HashMap::new(),
         key_of_invite: HashMap::new(),
         b_call_ids: HashSet::new(),
+        call_by_invite: HashMap::with_capacity(cfg.calls_max.min(1 << 20)),
         by_media: HashMap::with_capacity(cfg.calls_max.min(1 << 20)),
         quiet: HashSet::new(),
         media_checks: BinaryHeap::new(),
@@ -1367,14 +1370,8 @@ impl Core {
                 }
             }
             TxEvent::Timeout { tx } => {
-                // A 2xx without ACK, or a BYE without answer: the call is over.
-                let ids: Vec<DialogId> = self
-                    .calls
-                    .iter()
-                    .filter(|(_, c)| c.invite_tx == Some(tx))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for id in ids {
+                // Our 2xx to the caller never got its ACK: the call is over.
+                if let Some(id) = self.call_by_invite.get(&tx).cloned() {
                     self.end_call(&id, true);
                 }
             }
@@ -1423,11 +1420,7 @@ impl Core {
             match target.and_then(|t| self.pending_invites.remove(&t).map(|m| (t, m))) {
                 Some((inv_tx, inv)) => {
                     self.respond(tx, build_response(&msg, 200, "OK", None), now);
-                    let call = self
-                        .calls
-                        .iter()
-                        .find(|(_, c)| c.invite_tx == Some(inv_tx))
-                        .map(|(k, _)| k.clone());
+                    let call = self.call_by_invite.get(&inv_tx).cloned();
                     let tag = call
                         .as_ref()
                         .map_or_else(|| random_token(10), |k| k.local_tag.clone());
@@ -3160,7 +3153,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             }
         }
         if let Some(mut call) = self.calls.remove(&id) {
-            self.unindex_media(&id, &call);
+            self.unindex_call(&id, &call);
             self.origin_calls.remove(sid);
             call.origin = None;
             if let Some(r) = call.relay.take() {
@@ -3189,14 +3182,22 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         for k in media_keys(&call) {
             self.by_media.insert(k, id.clone());
         }
+        if let Some(t) = call.invite_tx {
+            self.call_by_invite.insert(t, id.clone());
+        }
         self.calls.insert(id, Box::new(call));
     }
 
-    /// Forgets a call's stream index (its relay's hold marks go with the relay).
-    fn unindex_media(&mut self, id: &DialogId, call: &Call) {
+    /// Forgets a call's indexes (its relay's hold marks go with the relay).
+    fn unindex_call(&mut self, id: &DialogId, call: &Call) {
         for k in media_keys(call) {
             if self.by_media.get(&k) == Some(id) {
                 self.by_media.remove(&k);
+            }
+        }
+        if let Some(t) = call.invite_tx {
+            if self.call_by_invite.get(&t) == Some(id) {
+                self.call_by_invite.remove(&t);
             }
         }
     }
@@ -3283,7 +3284,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         let Some(mut call) = self.calls.remove(id) else {
             return;
         };
-        self.unindex_media(id, &call);
+        self.unindex_call(id, &call);
         let origin = call.origin.clone();
         if let Some(sid) = call.origin.take() {
             self.origin_calls.remove(&sid);
