@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use voxedge_dataplane::ids::{RelayId, Side, WorkerId};
-use voxedge_dataplane::{Dataplane, RelayInfo, RelayRequest};
+use voxedge_dataplane::{Dataplane, DataplaneError, QueuedRelay, RelayInfo, RelayRequest};
 use voxedge_sip_core::dialog::{request_dialog_id, Dialog, DialogId, DialogState};
 use voxedge_sip_core::transaction::{
     build_response, Output, Peer, Timers, Transactions, TxEvent, TxId,
@@ -622,6 +622,9 @@ fn route_matches(pattern: &str, user: &str) -> bool {
 /// the API's requests get their turn).
 const UDP_BATCH: usize = 32;
 
+/// How soon the loop looks again at relays whose worker has not answered yet.
+const QUEUED_POLL: Duration = Duration::from_millis(1);
+
 /// Shortest interval between two log lines about one repeating condition.
 const LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -678,6 +681,8 @@ struct Core {
     key_of_invite: HashMap<TxId, (String, String, u32)>,
     /// Call-IDs of our outbound INVITEs: one arriving back here is a loop.
     b_call_ids: HashSet<String>,
+    /// Relays of routed calls made without waiting for their worker, until it answers.
+    queued: Vec<QueuedRelay>,
     /// Each call by its INVITE server transaction (for CANCEL and that transaction's end).
     call_by_invite: HashMap<TxId, DialogId>,
     /// Each call by the relay streams whose silence ends it (see [`media_keys`]).
@@ -871,6 +876,7 @@ pub async fn start(
         invite_keys: HashMap::new(),
         key_of_invite: HashMap::new(),
         b_call_ids: HashSet::new(),
+        queued: Vec::new(),
         call_by_invite: HashMap::with_capacity(cfg.calls_max.min(1 << 20)),
         by_media: HashMap::with_capacity(cfg.calls_max.min(1 << 20)),
         quiet: HashSet::new(),
@@ -1154,10 +1160,15 @@ impl Core {
     async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) {
         let mut buf = vec![0u8; 65_536];
         loop {
-            let next = match (self.tx.next_deadline(), self.media_checks.peek()) {
+            let mut next = match (self.tx.next_deadline(), self.media_checks.peek()) {
                 (Some(a), Some(Reverse((b, ..)))) => Some(a.min(*b)),
                 (a, b) => a.or(b.map(|Reverse((t, ..))| *t)),
             };
+            if !self.queued.is_empty() {
+                // A worker's answer is not a wake-up: look again shortly.
+                let soon = self.now() + QUEUED_POLL;
+                next = Some(next.map_or(soon, |n| n.min(soon)));
+            }
             let deadline = next
                 .map(|d| self.epoch + d)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -1214,6 +1225,7 @@ impl Core {
                 }
                 () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             }
+            self.settle_relays(self.now());
             self.process_events(self.now());
         }
         // Draining: end the calls we anchor, both legs of routed ones.
@@ -1600,7 +1612,8 @@ impl Core {
                 (ours.clone(), Some(ours))
             }
         };
-        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, true, offer.as_ref(), now) else {
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, true, offer.as_ref(), false, now)
+        else {
             return;
         };
         let mut sdp = sdp;
@@ -1706,7 +1719,9 @@ impl Core {
     /// Media for a new call: a relay whose leg A points at the caller's `offer` (latched
     /// for a delayed offer; 503 when the dataplane has no room) and the caller's dialog (400
     /// when the INVITE lacks what a dialog needs). On failure the response is sent and
-    /// nothing is kept.
+    /// nothing is kept. `queued`: the relay is made without waiting for the worker (see
+    /// [`Core::settle_relays`] for a worker that then fails it).
+    #[allow(clippy::too_many_arguments)]
     fn anchor(
         &mut self,
         tx: TxId,
@@ -1714,6 +1729,7 @@ impl Core {
         tag: &str,
         echo: bool,
         offer: Option<&Sdp>,
+        queued: bool,
         now: Duration,
     ) -> Option<(RelayInfo, Dialog)> {
         let mut req = RelayRequest {
@@ -1722,7 +1738,14 @@ impl Core {
         };
         // A call that starts as fax: the caller's leg carries UDPTL from the first datagram.
         req.legs[0].opaque = offer.is_some_and(Sdp::is_fax);
-        let created = self.dp.create_relay(req);
+        let created = if queued {
+            self.dp.create_relay_queued(req).map(|(info, q)| {
+                self.queued.push(q);
+                info
+            })
+        } else {
+            self.dp.create_relay(req)
+        };
         let info = match created {
             Ok(i) => i,
             Err(e) => {
@@ -1779,7 +1802,8 @@ impl Core {
         let Some(offer) = self.read_offer(tx, &msg, &tag, &codecs, now) else {
             return;
         };
-        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), now) else {
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), true, now)
+        else {
             return;
         };
         let mf = msg
@@ -2947,7 +2971,8 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             self.refuse_offer(tx, &msg, &tag, &SdpError::NoCommonCodec, now);
             return;
         };
-        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), now) else {
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), false, now)
+        else {
             return;
         };
         self.hold_caller_leg(info.id, te);
@@ -3166,6 +3191,54 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                 _ => EndStatus::NoAnswer,
             };
             self.report_end(sid, status, Some(code));
+        }
+    }
+
+    /// The workers' answers to relays made without waiting: a relay the worker could not make
+    /// (its port held by another program) fails its call like a want of ports would have —
+    /// 503 to a caller not answered yet (the callee's INVITE is canceled), else BYE to both.
+    fn settle_relays(&mut self, now: Duration) {
+        let mut i = 0;
+        while i < self.queued.len() {
+            match self.dp.settle(&self.queued[i]) {
+                None => i += 1,
+                Some(Ok(())) => {
+                    self.queued.swap_remove(i);
+                }
+                Some(Err(e)) => {
+                    let relay = self.queued.swap_remove(i).id();
+                    self.media_failed(relay, &e, now);
+                }
+            }
+        }
+    }
+
+    fn media_failed(&mut self, relay: RelayId, e: &DataplaneError, now: Duration) {
+        self.stats
+            .calls_without_media
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(skipped) = self.no_media_log.check(now) {
+            tracing::warn!(error = %e, skipped, "no media for the call: ended (further ones within {}s are counted, not logged)", LOG_PERIOD.as_secs());
+        }
+        let Some(id) = self.by_media.get(&(relay, Side::A)).cloned() else {
+            return; // the call ended already
+        };
+        let pending = self
+            .calls
+            .get(&id)
+            .and_then(|c| c.invite_tx)
+            .and_then(|t| self.pending_invites.get(&t).cloned().map(|m| (t, m)));
+        if let Some((t, inv)) = pending {
+            let mut r = build_response(&inv, 503, "Service Unavailable", Some(&id.local_tag));
+            r.headers
+                .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
+            self.respond(t, r, now);
+            self.cancel_b(&id, now);
+            self.end_call(&id, false);
+        } else {
+            let reason = "Q.850;cause=47;text=\"no media ports\"";
+            self.bye_b(&id, now, Some(reason));
+            self.end_call_with(&id, true, Some(reason));
         }
     }
 

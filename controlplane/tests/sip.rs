@@ -1871,3 +1871,69 @@ async fn stopping_hangs_up_both_legs_of_routed_calls() {
     .await
     .expect("byes");
 }
+
+/// A routed call's relay is made without waiting for the dataplane worker; when the worker
+/// cannot open a port (another program holds it) the caller gets 503 with Retry-After, the
+/// callee's INVITE is canceled, and the ports serve the next call once they are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_the_worker_cannot_open_fails_the_routed_call_cleanly() {
+    let blocker = UdpSocket::bind("127.0.0.1:33500").expect("bind blocker");
+    let callee = Callee::new();
+    let r = start_routed(33500, &callee, |c| {
+        c.dataplane.port_max = 33503; // one relay: RTP and RTCP on each leg
+    })
+    .await;
+    let server = r.sip_udp.expect("udp");
+    let stats = r.sip_stats.clone().expect("stats");
+    let dp = r.dataplane.clone();
+    tokio::task::spawn_blocking(move || {
+        let (ua, via, rtp) = ua(server);
+        let a = rtp.local_addr().expect("a");
+        ua.send(&invite(
+            "+15550100",
+            "z9hG4bKbl1",
+            "blocked1",
+            a,
+            "UDP",
+            via,
+        ));
+        let refused = ua.recv();
+        assert_eq!(refused.status(), Some(503), "{refused:?}");
+        assert!(refused.header("Retry-After").is_some());
+        // The callee got the INVITE (it left before the worker answered), then its CANCEL.
+        let (inv, from) = callee.recv();
+        assert_eq!(method_of(&inv), "INVITE");
+        let (cancel, _) = callee.recv();
+        assert_eq!(method_of(&cancel), "CANCEL");
+        callee.reply(&cancel, 200, "OK", from, false);
+        callee.reply(&inv, 487, "Request Terminated", from, false);
+        let (ack_487, _) = callee.recv();
+        assert_eq!(method_of(&ack_487), "ACK");
+        let ack = in_dialog(
+            "ACK",
+            1,
+            "blocked1",
+            &to_tag(&refused),
+            "z9hG4bKbl1",
+            "UDP",
+            via,
+            "+15550100",
+        );
+        ua.send(&ack);
+        assert_eq!(
+            stats
+                .calls_without_media
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(dp.relay_count(), 0, "the failed relay is gone");
+        // With the port free again the same ports carry the next call.
+        drop(blocker);
+        let Answered { a_port, .. } = answered_call(&ua, via, &rtp, &callee, "blocked2");
+        assert!((33500..=33503).contains(&a_port), "{a_port}");
+        assert_eq!(rtp_through(&rtp, a_port, &callee.rtp, 1), (172, 1));
+    })
+    .await
+    .expect("ua");
+    r.shutdown().await;
+}

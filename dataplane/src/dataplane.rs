@@ -160,6 +160,21 @@ pub struct LegInfo {
     pub rtcp_local: Option<SocketAddr>,
 }
 
+/// A relay whose creation was queued without waiting for the worker
+/// ([`Dataplane::create_relay_queued`]); [`Dataplane::settle`] tells how it went.
+#[derive(Debug)]
+pub struct QueuedRelay {
+    info: RelayInfo,
+    reply: Receiver<Result<(), CommandError>>,
+    at: Instant,
+}
+
+impl QueuedRelay {
+    pub fn id(&self) -> RelayId {
+        self.info.id
+    }
+}
+
 /// A created relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RelayInfo {
@@ -521,6 +536,84 @@ impl Dataplane {
     }
 
     fn create_relay_once(&self, req: RelayRequest) -> Result<RelayInfo, DataplaneError> {
+        let (spec, info) = self.reserve(req)?;
+        let w = usize::from(info.worker.0);
+        let result = self
+            .call(w, |reply| MediaCommand::CreateRelay { spec, reply })
+            .and_then(|r| r.map_err(DataplaneError::from));
+        let mut st = self.state();
+        match result {
+            Ok(()) => {
+                st.relays.insert(info.id, info);
+                Ok(info)
+            }
+            Err(e) => {
+                self.release(&mut st, &info);
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`Dataplane::create_relay`], without waiting for the worker: the relay is known
+    /// (and its ports given) at once, and commands sent to it queue behind its creation.
+    /// Whether the worker could open its ports comes later, from [`Dataplane::settle`]; a
+    /// port that another program holds is not skipped, the relay fails.
+    ///
+    /// # Errors
+    /// No ports left, or the worker's command queue is full or closed.
+    pub fn create_relay_queued(
+        &self,
+        req: RelayRequest,
+    ) -> Result<(RelayInfo, QueuedRelay), DataplaneError> {
+        let (spec, info) = self.reserve(req)?;
+        let w = usize::from(info.worker.0);
+        let (reply, rx) = bounded(1);
+        // Known before the command leaves, so that nothing sent to it after can miss it.
+        self.state().relays.insert(info.id, info);
+        if let Err(e) = self.post(w, MediaCommand::CreateRelay { spec, reply }) {
+            self.forget(&info);
+            return Err(e);
+        }
+        Ok((
+            info,
+            QueuedRelay {
+                info,
+                reply: rx,
+                at: Instant::now(),
+            },
+        ))
+    }
+
+    /// The outcome of a queued creation: `None` while the worker has not answered, `Some(Ok)`
+    /// once the relay runs, `Some(Err)` when it failed — the relay is then gone and its
+    /// ports are free again (also when the worker did not answer within
+    /// [`COMMAND_TIMEOUT`]: the creation is withdrawn).
+    pub fn settle(&self, q: &QueuedRelay) -> Option<Result<(), DataplaneError>> {
+        let w = q.info.worker.0;
+        match q.reply.try_recv() {
+            Ok(Ok(())) => Some(Ok(())),
+            Ok(Err(e)) => {
+                self.forget(&q.info);
+                Some(Err(e.into()))
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) if q.at.elapsed() < COMMAND_TIMEOUT => None,
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                // The creation may still run: the delete queued behind it undoes it.
+                if self.delete_relay_nowait(q.info.id).is_err() {
+                    self.forget(&q.info);
+                }
+                Some(Err(DataplaneError::Timeout(w, COMMAND_TIMEOUT)))
+            }
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                self.forget(&q.info);
+                Some(Err(DataplaneError::Stopped(w)))
+            }
+        }
+    }
+
+    /// Picks the worker and ports of a new relay (counted as that worker's, not yet known
+    /// as a relay): the command that creates it and what callers are told.
+    fn reserve(&self, req: RelayRequest) -> Result<(RelaySpec, RelayInfo), DataplaneError> {
         let id = RelayId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (w, k, ports) = {
             let mut st = self.state();
@@ -567,32 +660,16 @@ impl Dataplane {
             rewrite: req.rewrite,
             echo: req.echo,
         };
-        let result = self
-            .call(w, |reply| MediaCommand::CreateRelay { spec, reply })
-            .and_then(|r| r.map_err(DataplaneError::from));
-        let mut st = self.state();
-        match result {
-            Ok(()) => {
-                let leg = |i: usize| LegInfo {
-                    local: SocketAddr::new(shown_ip, ports[i]),
-                    rtcp_local: spec.legs[i].rtcp_port.map(|p| SocketAddr::new(shown_ip, p)),
-                };
-                let info = RelayInfo {
-                    id,
-                    worker: WorkerId(w as u16),
-                    legs: [leg(0), leg(1)],
-                };
-                st.relays.insert(id, info);
-                Ok(info)
-            }
-            Err(e) => {
-                st.relays_per_worker[w] -= 1;
-                for p in ports {
-                    st.allocators[w][k].release(p);
-                }
-                Err(e)
-            }
-        }
+        let leg = |i: usize| LegInfo {
+            local: SocketAddr::new(shown_ip, ports[i]),
+            rtcp_local: spec.legs[i].rtcp_port.map(|p| SocketAddr::new(shown_ip, p)),
+        };
+        let info = RelayInfo {
+            id,
+            worker: WorkerId(w as u16),
+            legs: [leg(0), leg(1)],
+        };
+        Ok((spec, info))
     }
 
     /// Statistics of a relay, with local ports filled in.
@@ -806,14 +883,19 @@ impl Dataplane {
 
     /// Drops a deleted relay from the registry and gives its ports back.
     fn forget(&self, info: &RelayInfo) {
-        let w = usize::from(info.worker.0);
         let mut st = self.state();
         if st.relays.remove(&info.id).is_some() {
-            st.relays_per_worker[w] -= 1;
-            let k = self.address_index(info.legs[0].local.ip());
-            for leg in info.legs {
-                st.allocators[w][k].release(leg.local.port());
-            }
+            self.release(&mut st, info);
+        }
+    }
+
+    /// Gives a relay's ports back and uncounts it (once: callers check it was still held).
+    fn release(&self, st: &mut ControlState, info: &RelayInfo) {
+        let w = usize::from(info.worker.0);
+        st.relays_per_worker[w] -= 1;
+        let k = self.address_index(info.legs[0].local.ip());
+        for leg in info.legs {
+            st.allocators[w][k].release(leg.local.port());
         }
     }
 

@@ -32,6 +32,6 @@ pub mod wire;
 pub mod worker;
 
 pub use dataplane::{
-    BackendKind, Dataplane, DataplaneError, LegInfo, LegRequest, MemoryNet, RelayInfo,
+    BackendKind, Dataplane, DataplaneError, LegInfo, LegRequest, MemoryNet, QueuedRelay, RelayInfo,
     RelayRequest, StartError, COMMAND_TIMEOUT,
 };

@@ -119,6 +119,67 @@ fn a_port_held_by_another_program_is_skipped_then_reported() {
         .expect("ports free again");
 }
 
+/// Waits (bounded) for a queued creation's outcome.
+fn settled(dp: &Dataplane, q: &voxedge_dataplane::QueuedRelay) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(r) = dp.settle(q) {
+            return r.map_err(|e| e.to_string());
+        }
+        assert!(Instant::now() < deadline, "the worker answers the creation");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A relay created without waiting is known at once; the worker's answer comes from
+/// `settle`. One whose port another program holds fails there, naming the port, and gives its
+/// ports back.
+#[test]
+fn a_queued_relay_settles_and_a_failed_one_gives_its_ports_back() {
+    let blocker = std::net::UdpSocket::bind("127.0.0.1:32800").expect("bind blocker");
+    let mut cfg = config(32800);
+    cfg.port_max = 32807; // four pairs: two relays
+    let dp = Dataplane::start(cfg).expect("start");
+    let (info, q) = dp
+        .create_relay_queued(RelayRequest::default())
+        .expect("queued");
+    assert_eq!(q.id(), info.id);
+    assert_eq!(dp.relay_count(), 1, "known before the worker answers");
+    assert!(
+        info.legs.iter().any(|l| l.local.port() == 32800),
+        "{info:?}"
+    );
+    let e = settled(&dp, &q).expect_err("port 32800 is taken");
+    assert!(e.contains("32800"), "{e}");
+    assert_eq!(dp.relay_count(), 0, "the failed relay is gone");
+    assert!(dp.settle(&q).is_some(), "asking again is harmless");
+    drop(blocker);
+    // Its ports came back: both relays the range holds are made and run.
+    let (a, qa) = dp
+        .create_relay_queued(RelayRequest::default())
+        .expect("first");
+    let (b, qb) = dp
+        .create_relay_queued(RelayRequest::default())
+        .expect("second");
+    settled(&dp, &qa).expect("first runs");
+    settled(&dp, &qb).expect("second runs");
+    assert!(matches!(
+        dp.create_relay_queued(RelayRequest::default()),
+        Err(voxedge_dataplane::DataplaneError::PortsExhausted)
+    ));
+    // A command sent right behind a queued creation finds the relay.
+    dp.delete_relay(a.id).expect("delete a");
+    let (c, qc) = dp
+        .create_relay_queued(RelayRequest::default())
+        .expect("third");
+    dp.query_relay(c.id)
+        .expect("the query queues behind the creation");
+    settled(&dp, &qc).expect("third runs");
+    dp.delete_relay(b.id).expect("delete b");
+    dp.delete_relay(c.id).expect("delete c");
+    assert_eq!(dp.relay_count(), 0);
+}
+
 #[test]
 fn echo_on_memory_and_socket_backends() {
     let (dp, net) = Dataplane::start_memory(config(31500)).expect("start");
