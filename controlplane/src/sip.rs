@@ -622,6 +622,22 @@ fn route_matches(pattern: &str, user: &str) -> bool {
 /// the API's requests get their turn).
 const UDP_BATCH: usize = 32;
 
+/// What a new call's relay is for ([`Core::anchor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    /// The built-in targets: the relay echoes each leg's media back (`hangup` too, for the
+    /// moment it is up).
+    Echo,
+    /// A call routed to a SIP target: made without waiting for the worker (ADR 0018; see
+    /// [`Core::settle_relays`] for a worker that then fails it).
+    Routed,
+    /// A call for the instruction engine.
+    Engine,
+}
+
+/// Retry-After of a call refused for want of media ports, seconds.
+const NO_MEDIA_RETRY: &str = "10";
+
 /// How soon the loop looks again at relays whose worker has not answered yet.
 const QUEUED_POLL: Duration = Duration::from_millis(1);
 
@@ -699,12 +715,13 @@ struct Core {
 
 /// The relay streams whose silence ends a call: both legs of a routed call, the far end's leg
 /// of any other.
-fn media_keys(call: &Call) -> Vec<(RelayId, Side)> {
-    match call.relay {
-        Some(r) if call.b.is_some() => vec![(r, Side::A), (r, Side::B)],
-        Some(r) => vec![(r, call.side)],
-        None => Vec::new(),
-    }
+fn media_keys(call: &Call) -> impl Iterator<Item = (RelayId, Side)> + use<> {
+    let keys = match call.relay {
+        Some(r) if call.b.is_some() => [Some((r, Side::A)), Some((r, Side::B))],
+        Some(r) => [Some((r, call.side)), None],
+        None => [None, None],
+    };
+    keys.into_iter().flatten()
 }
 
 fn random_token(n: usize) -> String {
@@ -1232,8 +1249,7 @@ impl Core {
         let calls: Vec<DialogId> = self.calls.keys().cloned().collect();
         let now = self.now();
         for id in calls {
-            self.bye_b(&id, now, None);
-            self.end_call(&id, true);
+            self.hang_up(&id, now, None);
         }
         self.process_events(self.now());
     }
@@ -1268,9 +1284,7 @@ impl Core {
         let now = self.now();
         let was_request = msg.is_request();
         if was_request && self.tx.is_full() && msg.method() != Some(&Method::ACK) {
-            let mut r = build_response(&msg, 503, "Service Unavailable", None);
-            r.headers
-                .insert(Name::RETRY_AFTER, BytesStr::from_static("5"));
+            let r = service_unavailable(&msg, None, "5");
             self.send_raw(peer, r.to_bytes());
             return;
         }
@@ -1545,9 +1559,7 @@ impl Core {
             self.stats
                 .calls_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut r = build_response(&msg, 503, "Service Unavailable", Some(&random_token(10)));
-            r.headers
-                .insert(Name::RETRY_AFTER, BytesStr::from_static("1"));
+            let r = service_unavailable(&msg, Some(&random_token(10)), "1");
             self.respond(tx, r, now);
             return;
         }
@@ -1612,7 +1624,7 @@ impl Core {
                 (ours.clone(), Some(ours))
             }
         };
-        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, true, offer.as_ref(), false, now)
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, Anchor::Echo, offer.as_ref(), now)
         else {
             return;
         };
@@ -1719,26 +1731,23 @@ impl Core {
     /// Media for a new call: a relay whose leg A points at the caller's `offer` (latched
     /// for a delayed offer; 503 when the dataplane has no room) and the caller's dialog (400
     /// when the INVITE lacks what a dialog needs). On failure the response is sent and
-    /// nothing is kept. `queued`: the relay is made without waiting for the worker (see
-    /// [`Core::settle_relays`] for a worker that then fails it).
-    #[allow(clippy::too_many_arguments)]
+    /// nothing is kept.
     fn anchor(
         &mut self,
         tx: TxId,
         msg: &SipMessage,
         tag: &str,
-        echo: bool,
+        kind: Anchor,
         offer: Option<&Sdp>,
-        queued: bool,
         now: Duration,
     ) -> Option<(RelayInfo, Dialog)> {
         let mut req = RelayRequest {
-            echo,
+            echo: kind == Anchor::Echo,
             ..RelayRequest::with_remotes(offer.and_then(Sdp::remote), None)
         };
         // A call that starts as fax: the caller's leg carries UDPTL from the first datagram.
         req.legs[0].opaque = offer.is_some_and(Sdp::is_fax);
-        let created = if queued {
+        let created = if kind == Anchor::Routed {
             self.dp.create_relay_queued(req).map(|(info, q)| {
                 self.queued.push(q);
                 info
@@ -1749,16 +1758,8 @@ impl Core {
         let info = match created {
             Ok(i) => i,
             Err(e) => {
-                self.stats
-                    .calls_without_media
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(skipped) = self.no_media_log.check(now) {
-                    tracing::warn!(error = %e, skipped, "no media for the call: answered 503 (further ones within {}s are counted, not logged)", LOG_PERIOD.as_secs());
-                }
-                let mut r = build_response(msg, 503, "Service Unavailable", Some(tag));
-                r.headers
-                    .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
-                self.respond(tx, r, now);
+                self.note_no_media(&e, now);
+                self.respond(tx, service_unavailable(msg, Some(tag), NO_MEDIA_RETRY), now);
                 return None;
             }
         };
@@ -1802,7 +1803,7 @@ impl Core {
         let Some(offer) = self.read_offer(tx, &msg, &tag, &codecs, now) else {
             return;
         };
-        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), true, now)
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, Anchor::Routed, offer.as_ref(), now)
         else {
             return;
         };
@@ -2554,11 +2555,10 @@ Contact: <sip:voxedge@{local}>\r\n",
         }
     }
 
-    /// Sends BYE on the outbound dialog, if it was answered.
-    /// Hangs up the callee's leg of a routed call (nothing before it answered), with a
+    /// Sends BYE on the outbound dialog of a routed call, if it was answered, with a
     /// `Reason` header when given.
     fn bye_b(&mut self, a_id: &DialogId, now: Duration, reason: Option<&'static str>) {
-        let local = fmt_host(self.local);
+        let via = format!("UDP {}", fmt_host(self.local));
         let Some(b) = self.calls.get_mut(a_id).and_then(|c| c.b.as_mut()) else {
             return;
         };
@@ -2567,24 +2567,16 @@ Contact: <sip:voxedge@{local}>\r\n",
             return;
         };
         self.b_dialogs.remove(&d.id);
-        let branch = format!("z9hG4bK{}", random_token(16));
-        if let Ok(mut bye) = d.request(Method::BYE, &format!("UDP {local}"), &branch, None, None) {
-            if let Some(r) = reason {
-                bye.headers.insert(
-                    Name::from(BytesStr::from_static("Reason")),
-                    BytesStr::from_static(r),
-                );
-            }
-            let to = target_addr(&d.remote_target).unwrap_or(peer.addr);
-            let _ = self.tx.send_request(
-                bye,
-                Peer {
-                    addr: to,
-                    reliable: false,
-                },
-                now,
-            );
+        if let Some((bye, to)) = bye_in(d, &via, peer, reason) {
+            let _ = self.tx.send_request(bye, to, now);
         }
+    }
+
+    /// Hangs up both legs of a call (the callee's only if routed and answered), with a
+    /// `Reason` header when given, and ends it.
+    fn hang_up(&mut self, id: &DialogId, now: Duration, reason: Option<&'static str>) {
+        self.bye_b(id, now, reason);
+        self.end_call_with(id, true, reason);
     }
 
     /// CANCELs the outbound INVITE if it has no final response yet (RFC 3261 §9.1).
@@ -2971,7 +2963,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             self.refuse_offer(tx, &msg, &tag, &SdpError::NoCommonCodec, now);
             return;
         };
-        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, false, offer.as_ref(), false, now)
+        let Some((info, dialog)) = self.anchor(tx, &msg, &tag, Anchor::Engine, offer.as_ref(), now)
         else {
             return;
         };
@@ -3214,12 +3206,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
     }
 
     fn media_failed(&mut self, relay: RelayId, e: &DataplaneError, now: Duration) {
-        self.stats
-            .calls_without_media
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(skipped) = self.no_media_log.check(now) {
-            tracing::warn!(error = %e, skipped, "no media for the call: ended (further ones within {}s are counted, not logged)", LOG_PERIOD.as_secs());
-        }
+        self.note_no_media(e, now);
         let Some(id) = self.by_media.get(&(relay, Side::A)).cloned() else {
             return; // the call ended already
         };
@@ -3229,16 +3216,23 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
             .and_then(|c| c.invite_tx)
             .and_then(|t| self.pending_invites.get(&t).cloned().map(|m| (t, m)));
         if let Some((t, inv)) = pending {
-            let mut r = build_response(&inv, 503, "Service Unavailable", Some(&id.local_tag));
-            r.headers
-                .insert(Name::RETRY_AFTER, BytesStr::from_static("10"));
+            let r = service_unavailable(&inv, Some(&id.local_tag), NO_MEDIA_RETRY);
             self.respond(t, r, now);
             self.cancel_b(&id, now);
             self.end_call(&id, false);
         } else {
-            let reason = "Q.850;cause=47;text=\"no media ports\"";
-            self.bye_b(&id, now, Some(reason));
-            self.end_call_with(&id, true, Some(reason));
+            self.hang_up(&id, now, Some("Q.850;cause=47;text=\"no media ports\""));
+        }
+    }
+
+    /// A call that gets no media (503, or BYE once answered): counted, and logged at most
+    /// once per [`LOG_PERIOD`].
+    fn note_no_media(&mut self, e: &DataplaneError, now: Duration) {
+        self.stats
+            .calls_without_media
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(skipped) = self.no_media_log.check(now) {
+            tracing::warn!(error = %e, skipped, "no media for the call: refused or ended (further ones within {}s are counted, not logged)", LOG_PERIOD.as_secs());
         }
     }
 
@@ -3306,15 +3300,13 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         };
         let since_answer = now.saturating_sub(answered);
         let (idle, all_silent) = match self.dp.query_relay(relay) {
-            Ok((_, snap)) => keys
-                .iter()
-                .fold((since_answer, true), |(idle, all), (_, s)| {
-                    let st = &snap.legs[s.index()].rtp;
-                    (
-                        idle.min(Duration::from_millis(st.idle_ms)),
-                        all && st.timed_out,
-                    )
-                }),
+            Ok((_, snap)) => keys.fold((since_answer, true), |(idle, all), (_, s)| {
+                let st = &snap.legs[s.index()].rtp;
+                (
+                    idle.min(Duration::from_millis(st.idle_ms)),
+                    all && st.timed_out,
+                )
+            }),
             // The media is gone: so is the call.
             Err(e) if e.relay_gone() => (Duration::MAX, true),
             // The worker did not answer in time: later.
@@ -3338,9 +3330,7 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
                     "call hung up: its media stayed silent past the timeout"
                 );
             }
-            let reason = "Q.850;cause=41;text=\"media timeout\"";
-            self.bye_b(&id, now, Some(reason));
-            self.end_call_with(&id, true, Some(reason));
+            self.hang_up(&id, now, Some("Q.850;cause=41;text=\"media timeout\""));
         } else if all_silent {
             self.media_checks
                 .push(Reverse((now + (limit - idle), relay, side)));
@@ -3388,29 +3378,51 @@ Contact: <sip:voxedge@{local}>\r\nX-Call-Sid: {}\r\nContent-Type: application/sd
         if send_bye {
             let transport = if call.peer.reliable { "TCP" } else { "UDP" };
             let via = format!("{transport} {}", fmt_host(self.local));
-            let branch = format!("z9hG4bK{}", random_token(16));
-            if let Ok(mut bye) = call.dialog.request(Method::BYE, &via, &branch, None, None) {
-                if let Some(r) = reason {
-                    bye.headers.insert(
-                        Name::from(BytesStr::from_static("Reason")),
-                        BytesStr::from_static(r),
-                    );
-                }
+            if let Some((bye, to)) = bye_in(&mut call.dialog, &via, call.peer, reason) {
                 let now = self.now();
-                // Sent to the dialog's target; with no DNS here, a host that is not an
-                // address falls back to where the INVITE came from.
-                let to = target_addr(&call.dialog.remote_target).unwrap_or(call.peer.addr);
-                let _ = self.tx.send_request(
-                    bye,
-                    Peer {
-                        addr: to,
-                        reliable: call.peer.reliable,
-                    },
-                    now,
-                );
+                let _ = self.tx.send_request(bye, to, now);
             }
         }
     }
+}
+
+/// 503 Service Unavailable to `msg`, asking to retry after `retry_after_secs`.
+fn service_unavailable(
+    msg: &SipMessage,
+    tag: Option<&str>,
+    retry_after_secs: &'static str,
+) -> SipMessage {
+    let mut r = build_response(msg, 503, "Service Unavailable", tag);
+    r.headers
+        .insert(Name::RETRY_AFTER, BytesStr::from_static(retry_after_secs));
+    r
+}
+
+/// A BYE in `dialog` (a new branch; a `Reason` header when given) and where it goes: the
+/// dialog's target — with no DNS here, a host that is not an address falls back to `peer`, where
+/// the dialog's requests came from — over `peer`'s transport.
+fn bye_in(
+    dialog: &mut Dialog,
+    via: &str,
+    peer: Peer,
+    reason: Option<&'static str>,
+) -> Option<(SipMessage, Peer)> {
+    let branch = format!("z9hG4bK{}", random_token(16));
+    let mut bye = dialog.request(Method::BYE, via, &branch, None, None).ok()?;
+    if let Some(r) = reason {
+        bye.headers.insert(
+            Name::from(BytesStr::from_static("Reason")),
+            BytesStr::from_static(r),
+        );
+    }
+    let to = target_addr(&dialog.remote_target).unwrap_or(peer.addr);
+    Some((
+        bye,
+        Peer {
+            addr: to,
+            reliable: peer.reliable,
+        },
+    ))
 }
 
 /// Our INVITE again, answering a 401/407 challenge with digest credentials: a new branch,
