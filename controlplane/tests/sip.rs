@@ -163,7 +163,14 @@ fn echo_media(answer: &SipMessage, rtp: &UdpSocket) {
 }
 
 async fn start(port_min: u16) -> Running {
-    app::start(Role::Serve, config(port_min), BackendKind::Socket)
+    start_with(port_min, |_| {}).await
+}
+
+/// A node on `config(port_min)` with `edit` applied.
+async fn start_with(port_min: u16, edit: impl FnOnce(&mut Config)) -> Running {
+    let mut c = config(port_min);
+    edit(&mut c);
+    app::start(Role::Serve, c, BackendKind::Socket)
         .await
         .expect("serve starts")
 }
@@ -508,12 +515,11 @@ async fn routed_call_relays_busy_and_cancel() {
 /// service keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invite_flood_is_answered_503_with_retry_after() {
-    let mut c = config(26000);
-    c.sip.calls_per_second_max = 10;
-    c.sip.calls_per_second_per_source_max = 10;
-    let r = app::start(Role::Serve, c, BackendKind::Socket)
-        .await
-        .expect("start");
+    let r = start_with(26000, |c| {
+        c.sip.calls_per_second_max = 10;
+        c.sip.calls_per_second_per_source_max = 10;
+    })
+    .await;
     let server = r.sip_udp.expect("udp");
     let stats = r.sip_stats.clone().expect("stats");
     let refused = tokio::task::spawn_blocking(move || {
@@ -946,12 +952,11 @@ Contact: <sip:callee@{}>\r\n{extra}",
 /// connections are closed at once, both counted in /metrics (the log says it once per period).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_media_ports_and_tcp_limits_are_refused_and_counted() {
-    let mut c = config(27100);
-    c.dataplane.port_max = 27103; // two port pairs: one relay
-    c.sip.tcp_connections_per_source_max = 1;
-    let r = app::start(Role::Serve, c, BackendKind::Socket)
-        .await
-        .expect("serve starts");
+    let r = start_with(27100, |c| {
+        c.dataplane.port_max = 27103; // two port pairs: one relay
+        c.sip.tcp_connections_per_source_max = 1;
+    })
+    .await;
     let (server, tcp) = (r.sip_udp.expect("udp"), r.sip_tcp.expect("tcp"));
     tokio::task::spawn_blocking(move || {
         let (ua, via, rtp) = ua(server);
@@ -1758,13 +1763,12 @@ async fn silent_routed_call_is_hung_up_on_both_legs() {
 /// the longer `hold_timeout_secs` ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_call_is_hung_up_after_the_hold_timeout_only() {
-    let mut c = config(33300);
-    c.dataplane.media_timeout_ms = 300;
-    c.sip.media_timeout_secs = 1;
-    c.sip.hold_timeout_secs = 3;
-    let r = app::start(Role::Serve, c, BackendKind::Socket)
-        .await
-        .expect("serve starts");
+    let r = start_with(33300, |c| {
+        c.dataplane.media_timeout_ms = 300;
+        c.sip.media_timeout_secs = 1;
+        c.sip.hold_timeout_secs = 3;
+    })
+    .await;
     let server = r.sip_udp.expect("udp");
     let stats = r.sip_stats.clone().expect("stats");
     tokio::task::spawn_blocking(move || {
