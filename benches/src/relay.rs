@@ -273,7 +273,25 @@ fn sample(t: &Target) -> Sample {
     }
 }
 
-fn phase_json(r: &PhaseResult, from: &Sample, to: &Sample) -> Value {
+/// What held a phase's delivery below what was asked, judged from four rates (packets/s):
+/// `"generator_send"` (the generator could not send at the asked rate), `"relay"` (the relay
+/// forwarded less than it was offered), `"generator_receive"` (the relay forwarded what it
+/// was offered but the generator did not take it in: its sockets overflowed or it read late,
+/// so loss and latency describe the generator, not the relay), or `"none"`. Rates within 2 %
+/// (5 % for sending, which is paced) count as equal.
+fn limited_by(asked: f64, offered: f64, forwarded: f64, delivered: f64) -> &'static str {
+    if offered < 0.95 * asked {
+        "generator_send"
+    } else if forwarded < 0.98 * offered {
+        "relay"
+    } else if delivered < 0.98 * forwarded {
+        "generator_receive"
+    } else {
+        "none"
+    }
+}
+
+fn phase_json(r: &PhaseResult, from: &Sample, to: &Sample, asked_pps: f64) -> Value {
     let secs = r.duration.as_secs_f64();
     let (sent, got) = (r.sent_total(), r.delivered_total());
     let h = &r.latency_ns;
@@ -292,10 +310,13 @@ fn phase_json(r: &PhaseResult, from: &Sample, to: &Sample) -> Value {
         .map(|(s, d)| f64::from(*d) / f64::from(*s))
         .collect();
     let min_ratio = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let (offered_pps, delivered_pps) = (sent as f64 / secs, got as f64 / secs);
     json!({
         "phase": r.name,
-        "offered_pps": sent as f64 / secs,
-        "delivered_pps": got as f64 / secs,
+        "asked_pps": asked_pps,
+        "limited_by": limited_by(asked_pps, offered_pps, forwarded / wall, delivered_pps),
+        "offered_pps": offered_pps,
+        "delivered_pps": delivered_pps,
         "loss_ratio": if sent == 0 { 0.0 } else { 1.0 - got as f64 / sent as f64 },
         "latency_us_p50": us(0.5),
         "latency_us_p99": us(0.99),
@@ -379,7 +400,10 @@ pub fn main(a: &RelayArgs) -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .filter(|(_, r)| r.measured)
-        .map(|(i, r)| phase_json(r, &samples[i], &samples[i + 1]))
+        .map(|(i, r)| {
+            let asked = phases[i].pps_per_stream * streams.len() as f64;
+            phase_json(r, &samples[i], &samples[i + 1], asked)
+        })
         .collect();
     // Clean up relays on a target we did not start.
     if t.child.is_none() {
@@ -402,6 +426,7 @@ pub fn main(a: &RelayArgs) -> anyhow::Result<()> {
         "setup_relays_per_s": a.calls as f64 / setup_s,
     });
     for k in [
+        "limited_by",
         "offered_pps",
         "delivered_pps",
         "loss_ratio",
@@ -465,11 +490,43 @@ fn print_human(r: &Value, phases: &[Value]) {
             p["streams_at_least_90pct"],
             f("min_stream_delivery_ratio"),
         );
+        match p["limited_by"].as_str() {
+            Some("generator_receive") => println!(
+                "           limited by the generator's receiving: the relay forwarded what it was offered, so loss and latency here describe the generator (give it a core of its own, or fewer calls)"
+            ),
+            Some("generator_send") => println!(
+                "           limited by the generator's sending: it could not offer the asked rate"
+            ),
+            Some("relay") => println!("           limited by the relay: it forwarded less than it was offered"),
+            _ => {}
+        }
     }
     if let Some(o) = r.get("overload") {
         println!(
             "all streams forwarding after overload: {}",
             o["all_streams_recovered"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::limited_by;
+
+    #[test]
+    fn the_bottleneck_is_named_from_the_rates() {
+        assert_eq!(limited_by(100.0, 100.0, 100.0, 100.0), "none");
+        assert_eq!(limited_by(100.0, 99.0, 98.5, 97.0), "none");
+        assert_eq!(limited_by(100.0, 90.0, 90.0, 90.0), "generator_send");
+        assert_eq!(limited_by(100.0, 100.0, 80.0, 80.0), "relay");
+        // What this machine showed at 2,000 calls: everything forwarded, little taken in.
+        assert_eq!(
+            limited_by(200_000.0, 133_576.0, 134_582.0, 12_925.0),
+            "generator_send"
+        );
+        assert_eq!(
+            limited_by(133_576.0, 133_576.0, 134_582.0, 12_925.0),
+            "generator_receive"
         );
     }
 }
