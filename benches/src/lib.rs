@@ -4,6 +4,7 @@
 //! planners can script and compare runs.
 
 pub mod dpdk;
+pub mod floor;
 pub mod gen;
 pub mod mix;
 pub mod proc;
@@ -34,6 +35,9 @@ pub enum BenchKind {
     VsRtpengine(vs_rtpengine::VsArgs),
     /// Conference mixing capacity of one worker core: members per core and tick time.
     Mix(mix::MixArgs),
+    /// What the kernel alone costs per datagram received and sent on loopback: the least a
+    /// relay on kernel sockets can spend per relayed packet on this host.
+    SocketFloor(floor::FloorArgs),
 }
 
 /// Runs one bench.
@@ -49,5 +53,6 @@ pub fn run_kind(kind: &BenchKind) -> anyhow::Result<()> {
         BenchKind::VsRtpengine(a) => vs_rtpengine::main(a),
         BenchKind::Voice(a) => voice::main(a),
         BenchKind::Mix(a) => mix::main(a),
+        BenchKind::SocketFloor(a) => floor::main(a),
     }
 }

@@ -10,8 +10,16 @@ const USER_HZ: f64 = 100.0;
 /// # Errors
 /// The process does not exist or /proc is not readable.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system CPU seconds from a `/proc/…/stat` file (a process's, or a thread's under
+/// `/proc/self/task/TID/stat`).
+///
+/// # Errors
+/// The file is not readable or not in the kernel's format.
+pub fn stat_cpu_seconds(path: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
     // The command name (field 2) may contain spaces; fields after it follow the last ')'.
     let rest = stat
         .rsplit_once(')')
