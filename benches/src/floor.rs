@@ -21,18 +21,18 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use nix::errno::Errno;
 use nix::sys::socket::{
     recvmmsg, sendmmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage, MsgFlags,
     MultiHeaders, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrStorage,
 };
 use serde_json::{json, Value};
-use voxedge_dataplane::wire::{checksum_add, checksum_fold, udp};
+use voxedge_dataplane::io::socket::{write_raw_head, RAW_HEAD_LEN};
 
 /// Options of `voxedge bench socket-floor`.
 #[derive(Debug, Clone, Args)]
@@ -52,8 +52,8 @@ pub struct FloorArgs {
 const PAYLOAD: usize = 172;
 const SEND_BURST: usize = 32;
 const RECV_BATCH: usize = 64;
-/// IPv4 + UDP headers written for the raw socket.
-const HEAD: usize = 28;
+/// DSCP EF, as the socket backend marks RTP by default.
+const TOS_EF: u8 = 46 << 2;
 
 /// CPU seconds (user + system) of thread `tid` of this process.
 fn thread_cpu_seconds(tid: i32) -> anyhow::Result<f64> {
@@ -78,58 +78,49 @@ struct Tally {
     wall_s: f64,
 }
 
-/// How a sender puts datagrams on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SendKind {
-    Udp,
-    Raw,
+/// Opens an `IPPROTO_RAW` socket, or `None` without `CAP_NET_RAW` (the socket backend then
+/// sends through its UDP sockets too).
+fn open_raw() -> anyhow::Result<Option<OwnedFd>> {
+    match socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Raw,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::EPERM | Errno::EACCES) => Ok(None),
+        Err(e) => Err(e).context("socket(AF_INET, SOCK_RAW, IPPROTO_RAW)"),
+    }
 }
 
-/// Sends `pps` datagrams per second to `dst` for `secs`, in bursts, paced by the clock.
-fn send_paced(kind: SendKind, dst: SocketAddrV4, pps: f64, secs: f64) -> anyhow::Result<Tally> {
+/// Sends `pps` datagrams per second to `dst` for `secs`, in bursts, paced by the clock:
+/// through `raw` with the headers the socket backend writes (`write_raw_head`), or through
+/// a UDP socket when `raw` is `None`.
+fn send_paced(
+    raw: Option<OwnedFd>,
+    dst: SocketAddrV4,
+    pps: f64,
+    secs: f64,
+) -> anyhow::Result<Tally> {
     let src_sock = UdpSocket::bind("127.0.0.1:0").context("bind the sender's UDP socket")?;
-    let src = match src_sock.local_addr()? {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => bail!("IPv4 expected"),
-    };
-    let raw: Option<OwnedFd> = match kind {
-        SendKind::Udp => None,
-        SendKind::Raw => Some(
-            socket(
-                AddressFamily::Inet,
-                SockType::Raw,
-                SockFlag::SOCK_CLOEXEC,
-                SockProtocol::Raw,
-            )
-            .context("socket(AF_INET, SOCK_RAW, IPPROTO_RAW) (needs CAP_NET_RAW)")?,
-        ),
+    let SocketAddr::V4(src) = src_sock.local_addr()? else {
+        bail!("IPv4 expected");
     };
     let payload = [0x80u8; PAYLOAD];
-    let udp_len = (udp::HEADER_LEN + PAYLOAD) as u16;
-    let mut head = [0u8; HEAD];
-    head[0] = 0x45;
-    head[6] = 0x40;
-    head[8] = 64;
-    head[9] = 17;
-    head[12..16].copy_from_slice(&src.ip().octets());
-    head[16..20].copy_from_slice(&dst.ip().octets());
-    head[20..22].copy_from_slice(&src.port().to_be_bytes());
-    head[22..24].copy_from_slice(&dst.port().to_be_bytes());
-    head[24..26].copy_from_slice(&udp_len.to_be_bytes());
-    let sum = checksum_add(udp::pseudo_v4(*src.ip(), *dst.ip(), udp_len), &head[20..26]);
-    let c = checksum_fold(checksum_add(sum, &payload));
-    head[26..28].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
-    let fd = match &raw {
-        Some(r) => r.as_raw_fd(),
-        None => src_sock.as_raw_fd(),
+    let mut head = [0u8; RAW_HEAD_LEN];
+    if !write_raw_head(&mut head, src, dst, TOS_EF, &payload) {
+        bail!("a {PAYLOAD}-byte datagram does not fit IPv4");
+    }
+    let fd = raw
+        .as_ref()
+        .map_or(src_sock.as_raw_fd(), AsRawFd::as_raw_fd);
+    let datagram: &[IoSlice<'_>] = if raw.is_some() {
+        &[IoSlice::new(&head), IoSlice::new(&payload)]
+    } else {
+        &[IoSlice::new(&payload)]
     };
-    let slices: Vec<Vec<IoSlice<'_>>> = (0..SEND_BURST)
-        .map(|_| match kind {
-            SendKind::Raw => vec![IoSlice::new(&head), IoSlice::new(&payload)],
-            SendKind::Udp => vec![IoSlice::new(&payload)],
-        })
-        .collect();
-    let addrs: Vec<Option<SockaddrIn>> = vec![Some(SockaddrIn::from(dst)); SEND_BURST];
+    let slices = [datagram; SEND_BURST];
+    let addrs = [Some(SockaddrIn::from(dst)); SEND_BURST];
     let mut hdrs: MultiHeaders<SockaddrIn> = MultiHeaders::preallocate(SEND_BURST, None);
     let tid = nix::unistd::gettid().as_raw();
     let no_cmsg: [ControlMessage<'_>; 0] = [];
@@ -146,7 +137,7 @@ fn send_paced(kind: SendKind, dst: SocketAddrV4, pps: f64, secs: f64) -> anyhow:
             continue;
         }
         t.calls += 1;
-        if let Ok(r) = sendmmsg(fd, &mut hdrs, &slices, &addrs, no_cmsg, MsgFlags::empty()) {
+        if let Ok(r) = sendmmsg(fd, &mut hdrs, &slices, addrs, no_cmsg, MsgFlags::empty()) {
             t.datagrams += r.count() as u64;
         }
     }
@@ -157,33 +148,24 @@ fn send_paced(kind: SendKind, dst: SocketAddrV4, pps: f64, secs: f64) -> anyhow:
 
 /// Drains `sock` until `stop`: blocking for the first datagram of each call (`busy` false,
 /// with a 50 ms timeout to see `stop`) or polling without ever sleeping (`busy` true).
-fn drain(
-    sock: &UdpSocket,
-    busy: bool,
-    stop: &AtomicBool,
-    got: &AtomicU64,
-) -> anyhow::Result<Tally> {
+fn drain(sock: &UdpSocket, busy: bool, stop: &AtomicBool) -> anyhow::Result<Tally> {
     let fd = sock.as_raw_fd();
     let flags = if busy {
         MsgFlags::MSG_DONTWAIT
     } else {
         MsgFlags::MSG_WAITFORONE
     };
-    let mut bufs = vec![[0u8; 256]; RECV_BATCH];
+    let mut bufs = [[0u8; 256]; RECV_BATCH];
     let mut hdrs: MultiHeaders<SockaddrStorage> = MultiHeaders::preallocate(RECV_BATCH, None);
     let tid = nix::unistd::gettid().as_raw();
     let (t0, c0) = (Instant::now(), thread_cpu_seconds(tid)?);
     let mut t = Tally::default();
     while !stop.load(Ordering::Relaxed) {
-        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
-            .iter_mut()
-            .map(|b| [IoSliceMut::new(&mut b[..])])
-            .collect();
+        // Rebuilt per call (nix ties the slices to the headers' borrow), on the stack.
+        let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
         t.calls += 1;
         if let Ok(msgs) = recvmmsg(fd, &mut hdrs, iovs.iter_mut(), flags, None) {
-            let n = msgs.count() as u64;
-            t.datagrams += n;
-            got.fetch_add(n, Ordering::Relaxed);
+            t.datagrams += msgs.count() as u64;
         }
     }
     t.wall_s = t0.elapsed().as_secs_f64();
@@ -191,26 +173,25 @@ fn drain(
     Ok(t)
 }
 
-/// One measurement: a sender thread of `kind` on core 0 and a draining thread on core 1.
-fn measure(kind: SendKind, busy_sink: bool, a: &FloorArgs) -> anyhow::Result<(Tally, Tally)> {
+/// One measurement: a sender thread (raw when `raw` is given, else UDP) on core 0 and a
+/// draining thread on core 1.
+fn measure(raw: Option<OwnedFd>, busy_sink: bool, a: &FloorArgs) -> anyhow::Result<(Tally, Tally)> {
     let sink = UdpSocket::bind("127.0.0.1:0").context("bind the receiving socket")?;
     setsockopt(&sink, sockopt::RcvBuf, &(8 << 20)).context("SO_RCVBUF")?;
     sink.set_read_timeout(Some(Duration::from_millis(50)))?;
-    let dst = match sink.local_addr()? {
-        SocketAddr::V4(d) => d,
-        SocketAddr::V6(_) => bail!("IPv4 expected"),
+    let SocketAddr::V4(dst) = sink.local_addr()? else {
+        bail!("IPv4 expected");
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let got = Arc::new(AtomicU64::new(0));
+    let stop = AtomicBool::new(false);
     let (pps, secs) = (a.pps, a.duration);
     std::thread::scope(|s| {
         let rx = s.spawn(|| {
             pin(1);
-            drain(&sink, busy_sink, &stop, &got)
+            drain(&sink, busy_sink, &stop)
         });
         let tx = s.spawn(move || {
             pin(0);
-            send_paced(kind, dst, pps, secs)
+            send_paced(raw, dst, pps, secs)
         });
         let sent = tx.join();
         // What is still in flight on loopback arrives within milliseconds.
@@ -279,18 +260,17 @@ fn run(a: &FloorArgs) -> anyhow::Result<Value> {
         }
         Ok(())
     };
-    let (s, recv) = measure(SendKind::Udp, false, a)?;
+    let (s, recv) = measure(None, false, a)?;
     check("receive", &s, &recv)?;
-    let (udp_send, sink) = measure(SendKind::Udp, true, a)?;
+    let (udp_send, sink) = measure(None, true, a)?;
     check("UDP send", &udp_send, &sink)?;
-    let raw = match measure(SendKind::Raw, true, a) {
-        Ok((raw_send, sink)) => {
+    let raw = match open_raw()? {
+        Some(fd) => {
+            let (raw_send, sink) = measure(Some(fd), true, a)?;
             check("raw send", &raw_send, &sink)?;
             Some(raw_send)
         }
-        // Without CAP_NET_RAW the socket backend sends through UDP sockets too.
-        Err(e) if format!("{e:#}").contains("SOCK_RAW") => None,
-        Err(e) => return Err(e),
+        None => None,
     };
     let receive_us = per_datagram_us(&recv);
     let udp_us = per_datagram_us(&udp_send);

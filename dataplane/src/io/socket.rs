@@ -115,7 +115,7 @@ impl SourceCache {
 }
 
 /// IPv4 header (no options) + UDP header, as the raw socket sends them.
-const RAW_HEAD_LEN: usize = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN;
+pub const RAW_HEAD_LEN: usize = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN;
 
 /// One raw IPv4 socket that sends datagrams of every port of the worker.
 struct RawSender {
@@ -165,7 +165,7 @@ impl RawSender {
 /// `dst`, with the UDP checksum. The IPv4 checksum, total length and identification are left
 /// zero: the kernel fills them in for an `IPPROTO_RAW` socket. Returns false when the datagram
 /// is too long for IPv4.
-fn write_raw_head(
+pub fn write_raw_head(
     head: &mut [u8; RAW_HEAD_LEN],
     src: SocketAddrV4,
     dst: SocketAddrV4,
