@@ -42,9 +42,11 @@ pub struct DpdkArgs {
     /// memif: offered packets/s in total (0 = as fast as the generator can).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Do not verify IPv4/UDP checksums in software on receive (shows what that costs).
+    /// Verify UDP checksums over the whole datagram in software on receive (the dataplane's
+    /// `verify_checksums`) instead of carrying them to the forwarded datagram (shows what
+    /// verifying costs).
     #[arg(long)]
-    pub no_verify_checksums: bool,
+    pub verify_checksums: bool,
     /// null: mbufs circulating through the port (their data is what the worker touches;
     /// 4095 × 2 KiB fits in a server's last-level cache, as packets DMA'd by a NIC with DDIO do).
     #[arg(long, default_value_t = 4095)]
@@ -145,7 +147,7 @@ mod imp {
                 mbufs,
                 mbuf_cache: 0,
                 addresses: (0..addresses).map(|k| format!("{}/16", addr(k))).collect(),
-                verify_checksums: !a.no_verify_checksums,
+                verify_checksums: a.verify_checksums,
                 ..DpdkConfig::default()
             },
             ..DataplaneConfig::default()
@@ -293,7 +295,7 @@ mod imp {
             "mbufs_circulating": filled,
             "traffic_note": "relays chained through the appliance: each frame walks every stream in turn, so all streams carry traffic",
             "hugepages": a.hugepages,
-            "verify_checksums": !a.no_verify_checksums,
+            "verify_checksums": a.verify_checksums,
             "setup_s": setup_s,
             "duration_s": secs,
             "offered_pps": rx / secs,

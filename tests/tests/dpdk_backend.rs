@@ -17,9 +17,10 @@ use voxedge_dataplane::io::netstack::{
     build_arp_request, build_neighbour_solicitation, handle_control, Control, Interface,
 };
 use voxedge_dataplane::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use voxedge_dataplane::wire::frame::build_udp_frame;
 use voxedge_dataplane::wire::{checksum_add, checksum_fold, ipv4, ipv6};
 use voxedge_dataplane::{Dataplane, RelayRequest, StartError};
-use voxedge_system_tests::dpdk::DpdkNet;
+use voxedge_system_tests::dpdk::{DpdkNet, PEER_MAC};
 use voxedge_system_tests::scenarios::{
     conference_scenario, playback_scenario, record_scenario, relay_scenario,
     strict_source_scenario, WAIT,
@@ -487,13 +488,80 @@ fn extra_media_addresses_add_capacity_and_are_used_as_sources() {
     ));
 }
 
-/// With verification left to the NIC (here: off), transmit checksums are derived from the
-/// received ones; the forwarded frames must still carry correct checksums (DpdkNet checks).
+/// Checksums verified in software over the whole datagram (`verify_checksums`), the kernel's
+/// way: the forwarded frames carry correct checksums all the same (DpdkNet checks).
 #[test]
-fn relay_scenario_with_checksums_not_verified_in_software() {
+fn relay_scenario_with_checksums_verified_in_software() {
     let (env, _g) = env();
     let mut cfg = config(ONE_Q, 1, 31000);
-    cfg.dpdk.verify_checksums = false;
+    cfg.dpdk.verify_checksums = true;
     let dp = Dataplane::start(cfg).expect("start");
     relay_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
+}
+
+/// A datagram damaged before it reached the appliance (ADR 0019). Verifying in software
+/// drops it and counts it; carrying the checksum (the default) forwards it with a checksum
+/// that still fails at its receiver. A damaged IPv4 header is dropped either way: its
+/// addresses decide where the datagram goes.
+#[test]
+fn damaged_datagrams_are_dropped_or_stay_detectable() {
+    let (env, _g) = env();
+    for verify in [false, true] {
+        let mut cfg = config(ONE_Q, 1, 31000);
+        cfg.dpdk.verify_checksums = verify;
+        let dp = Dataplane::start(cfg).expect("start");
+        let mut net = DpdkNet::new(&env.one_q, None);
+        let (a, b) = (net.endpoint(), net.endpoint());
+        let info = dp
+            .create_relay(RelayRequest::with_remotes(Some(a), Some(b)))
+            .expect("relay");
+        let mac = net.appliance_mac;
+        let frame = |tag: u32| {
+            let mut buf = vec![0u8; 512];
+            let n = build_udp_frame(
+                &mut buf,
+                PEER_MAC,
+                mac,
+                None,
+                a,
+                info.legs[0].local,
+                0,
+                &rtp(0, tag as u16, 0, 1, tag),
+            )
+            .expect("frame fits");
+            buf.truncate(n);
+            buf
+        };
+        // Intact: forwarded with right checksums.
+        assert!(env.one_q.send(0, &frame(1)));
+        let f = net.recv_frame(b, WAIT).expect("intact datagram forwarded");
+        assert!(f.checksums_ok);
+        // A payload byte flipped (past the RTP header, which the pipeline reads).
+        let mut damaged = frame(2);
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0x10;
+        assert!(env.one_q.send(0, &damaged));
+        let forwarded = net.recv_frame(b, Duration::from_millis(300));
+        if verify {
+            assert!(
+                forwarded.is_none(),
+                "verified: the damaged datagram is dropped"
+            );
+        } else {
+            let f = forwarded.expect("carried: the damaged datagram goes on");
+            assert_eq!(f.payload.last(), Some(&0x10), "the payload as it arrived");
+            assert!(!f.checksums_ok, "its receiver still sees the damage");
+        }
+        // The IPv4 header damaged (TTL changed, checksum not).
+        let mut bad_ip = frame(3);
+        bad_ip[22] ^= 0x01;
+        assert!(env.one_q.send(0, &bad_ip));
+        assert!(net.recv_frame(b, Duration::from_millis(300)).is_none());
+        let want = if verify { 2 } else { 1 };
+        assert_eq!(
+            metric(&dp, "voxedge_dpdk_bad_checksum_total"),
+            want,
+            "verify {verify}"
+        );
+    }
 }

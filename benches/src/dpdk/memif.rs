@@ -130,7 +130,7 @@ verify_checksums = {verify}
         pid = std::process::id(),
         nets = nets.join(", "),
         gmac = format_mac(GEN_MAC),
-        verify = !a.no_verify_checksums,
+        verify = a.verify_checksums,
     );
     let cfg_path = dir.join("media.toml");
     std::fs::File::create(&cfg_path)?.write_all(toml.as_bytes())?;
@@ -494,7 +494,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         "workers": a.workers,
         "frame_bytes": FRAME,
         "hugepages": a.hugepages,
-        "verify_checksums": !a.no_verify_checksums,
+        "verify_checksums": a.verify_checksums,
         "setup_s": setup_s,
         "duration_s": max.secs,
         "offered_pps": max.sent as f64 / max.secs,

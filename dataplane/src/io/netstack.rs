@@ -7,7 +7,7 @@
 //! the DPDK backend only moves packet buffers in and out of it.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::str::FromStr;
 
 use crate::wire::ethernet::{
@@ -673,8 +673,7 @@ pub fn verify_udp_sums(frame: &[u8], f: &crate::wire::frame::UdpFrame) -> Option
     let payload_sum = checksum_add(0, payload);
     let pseudo = match (f.src.ip(), f.dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let ip = frame.get(f.l3_offset..f.l4_offset)?;
-            if checksum_fold(checksum_add(0, ip)) != 0 {
+            if !ip_header_sum_ok(frame, f) {
                 return None;
             }
             if udp[6] == 0 && udp[7] == 0 {
@@ -692,10 +691,23 @@ pub fn verify_udp_sums(frame: &[u8], f: &crate::wire::frame::UdpFrame) -> Option
     (checksum_fold(total) == 0).then_some(payload_sum)
 }
 
+/// Whether the IP header of a frame parsed by `parse_udp_frame` has a right checksum: the
+/// IPv4 header checksum (20 to 60 bytes, in the frame's first cache lines); IPv6 has none.
+pub fn ip_header_sum_ok(frame: &[u8], f: &crate::wire::frame::UdpFrame) -> bool {
+    match f.src.ip() {
+        IpAddr::V4(_) => frame
+            .get(f.l3_offset..f.l4_offset)
+            .is_some_and(|ip| checksum_fold(checksum_add(0, ip)) == 0),
+        IpAddr::V6(_) => true,
+    }
+}
+
 /// The payload's one's-complement sum recovered from a frame's UDP checksum (the checksum
 /// covers pseudo-header + UDP header + payload, so the payload part is what remains after
 /// taking the others out), without reading the payload. `None` for an IPv4 datagram sent
-/// without a checksum. Only meaningful when the checksum is right (verified by the NIC).
+/// without a checksum. When the checksum is wrong (the datagram was damaged and nobody
+/// verified it), the sum is wrong by the same amount, so a checksum built from it for the
+/// forwarded datagram is wrong too and its receiver still detects the damage (ADR 0019).
 pub fn payload_sum_from_checksum(frame: &[u8], f: &crate::wire::frame::UdpFrame) -> Option<u32> {
     let udp = frame.get(f.l4_offset..f.l4_offset + udp::HEADER_LEN)?;
     let csum = u16::from_be_bytes([udp[6], udp[7]]);
@@ -835,6 +847,89 @@ pub fn write_udp_headers(
     u[6..8].copy_from_slice(&c.to_be_bytes());
     udp_hdr[..udp::HEADER_LEN].copy_from_slice(&u);
     Ok(())
+}
+
+/// [`write_udp_headers`] for the common frame, at fixed offsets: IPv4, untagged or with one
+/// 802.1Q tag, the payload's one's-complement sum known. `head` is exactly the headers (42
+/// bytes, 46 with a tag); `payload_len` bytes of payload follow them in the frame. The bytes
+/// written are those `write_udp_headers` writes.
+///
+/// # Errors
+/// `head` of the wrong length, or a payload too long for the length fields.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn write_ipv4_udp_headers(
+    head: &mut [u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    dscp: u8,
+    payload_len: usize,
+    payload_sum: u32,
+) -> Result<(), WireError> {
+    const IP_UDP: usize = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN;
+    let l2 = ethernet::HEADER_LEN + if vlan.is_some() { VLAN_TAG_LEN } else { 0 };
+    let udp_len = u16::try_from(payload_len + udp::HEADER_LEN).map_err(|_| WireError::BadLength)?;
+    let total = u16::try_from(payload_len + IP_UDP).map_err(|_| WireError::BadTotalLength)?;
+    if head.len() != l2 + IP_UDP {
+        return Err(WireError::Truncated);
+    }
+    let (eth, rest) = head.split_at_mut(l2);
+    let ip: &mut [u8; IP_UDP] = rest.try_into().map_err(|_| WireError::Truncated)?;
+    eth[0..6].copy_from_slice(&dst_mac);
+    eth[6..12].copy_from_slice(&src_mac);
+    if let Some(v) = vlan {
+        eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
+        eth[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+        eth[16..18].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    } else {
+        eth[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    }
+    let tos = (dscp & 0x3f) << 2;
+    let (s, d) = (u32::from(*src.ip()), u32::from(*dst.ip()));
+    let addrs =
+        u64::from(s >> 16) + u64::from(s & 0xffff) + u64::from(d >> 16) + u64::from(d & 0xffff);
+    // Version/IHL + TOS, total length, DF, TTL + protocol, addresses.
+    let ip_sum = u64::from(0x4500 | u16::from(tos))
+        + u64::from(total)
+        + 0x4000
+        + u64::from(u16::from_be_bytes([ipv4::DEFAULT_TTL, PROTO_UDP]))
+        + addrs;
+    ip[0] = 0x45;
+    ip[1] = tos;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[4..8].copy_from_slice(&[0, 0, 0x40, 0]);
+    ip[8] = ipv4::DEFAULT_TTL;
+    ip[9] = PROTO_UDP;
+    ip[10..12].copy_from_slice(&(!fold16(ip_sum)).to_be_bytes());
+    ip[12..16].copy_from_slice(&src.ip().octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    // Pseudo-header (addresses, protocol, length), header (ports, length), payload.
+    let udp_sum = addrs
+        + u64::from(PROTO_UDP)
+        + 2 * u64::from(udp_len)
+        + u64::from(src.port())
+        + u64::from(dst.port())
+        + u64::from(payload_sum);
+    let c = !fold16(udp_sum);
+    // A computed zero is sent as all-ones (RFC 768).
+    let c = if c == 0 { 0xffff } else { c };
+    ip[20..22].copy_from_slice(&src.port().to_be_bytes());
+    ip[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    ip[24..26].copy_from_slice(&udp_len.to_be_bytes());
+    ip[26..28].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// End-around-carry fold of a sum of 16-bit words.
+#[inline]
+fn fold16(mut x: u64) -> u16 {
+    while x > 0xffff {
+        x = (x & 0xffff) + (x >> 16);
+    }
+    x as u16
 }
 
 #[cfg(test)]
@@ -1097,6 +1192,70 @@ mod tests {
             Neighbours::new(4).resolve(&fixed, off_link, 0),
             Resolve::Mac([2, 9, 9, 9, 9, 9])
         );
+    }
+
+    /// The fixed-offset IPv4 writer writes what the general one writes.
+    #[test]
+    fn fixed_offset_ipv4_headers_match_the_general_writer() {
+        let ends = [
+            ("192.0.2.1:30000", "198.51.100.7:4000"),
+            ("10.255.255.254:65535", "10.0.0.1:1"),
+            ("0.0.0.1:0", "255.255.255.255:65535"),
+        ];
+        for vlan in [None, Some(100), Some(4095)] {
+            for (src, dst) in ends {
+                let (src, dst): (SocketAddrV4, SocketAddrV4) =
+                    (src.parse().unwrap(), dst.parse().unwrap());
+                for len in [0usize, 1, 12, 172, 1400] {
+                    for dscp in [0u8, 46, 0xff] {
+                        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+                        let hdr = 42 + if vlan.is_some() { 4 } else { 0 };
+                        let mut want = vec![0u8; hdr + len];
+                        want[hdr..].copy_from_slice(&payload);
+                        let mut got = want.clone();
+                        let (s, d) = (SocketAddr::V4(src), SocketAddr::V4(dst));
+                        write_udp_headers(
+                            &mut want, hdr, OUR_MAC, PEER_MAC, vlan, s, d, dscp, None,
+                        )
+                        .unwrap();
+                        let sum = checksum_add(0, &payload);
+                        write_ipv4_udp_headers(
+                            &mut got[..hdr],
+                            OUR_MAC,
+                            PEER_MAC,
+                            vlan,
+                            src,
+                            dst,
+                            dscp,
+                            len,
+                            sum,
+                        )
+                        .unwrap();
+                        assert_eq!(got, want, "{vlan:?} {src} {dst} {len} {dscp}");
+                    }
+                }
+            }
+        }
+        let (src, dst) = (
+            "192.0.2.1:1".parse().unwrap(),
+            "192.0.2.2:2".parse().unwrap(),
+        );
+        let mut head = [0u8; 46];
+        assert!(
+            write_ipv4_udp_headers(&mut head, OUR_MAC, PEER_MAC, None, src, dst, 0, 1, 0).is_err()
+        );
+        assert!(write_ipv4_udp_headers(
+            &mut head[..42],
+            OUR_MAC,
+            PEER_MAC,
+            None,
+            src,
+            dst,
+            0,
+            65_508,
+            0
+        )
+        .is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! [`parse_udp_frame`] does not verify checksums (receive paths usually rely
 //! on NIC/kernel offload); use [`verify_udp_frame_checksums`] when needed.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use super::ethernet::{self, EthernetFrame, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use super::ipv4::{self, Ipv4Packet, PROTO_UDP};
@@ -100,6 +100,119 @@ pub fn parse_udp_frame(buf: &[u8]) -> Result<UdpFrame, WireError> {
         payload_offset: l4_offset + udp::HEADER_LEN,
         payload_len: udp.payload().len(),
         ipv4_dscp,
+    })
+}
+
+/// The common media frame, read at fixed offsets: IPv4 without options or fragmentation,
+/// carrying UDP, untagged or with one 802.1Q tag. Everything the forwarding path needs, in
+/// registers rather than in a [`UdpFrame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Udp {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// Offset of the UDP payload (42, or 46 behind a tag).
+    pub payload_offset: u16,
+    /// Payload length per the UDP length field.
+    pub payload_len: u16,
+    /// The IPv4 header checksum verifies.
+    pub header_sum_ok: bool,
+    /// The UDP checksum field (0: sent without one).
+    pub udp_checksum: u16,
+}
+
+impl Ipv4Udp {
+    /// The payload's one's-complement sum as the UDP checksum implies it (what remains of the
+    /// checksummed sum once the pseudo-header and UDP header are taken out), without reading
+    /// the payload; `None` for a datagram sent without a checksum. Same value as
+    /// `netstack::payload_sum_from_checksum` on the same frame.
+    #[inline]
+    pub fn payload_sum_from_checksum(&self) -> Option<u32> {
+        if self.udp_checksum == 0 {
+            return None;
+        }
+        let (s, d) = (u32::from(*self.src.ip()), u32::from(*self.dst.ip()));
+        let udp_len = u64::from(self.payload_len) + super::udp::HEADER_LEN as u64;
+        // Pseudo-header (addresses, protocol, length) and header (ports, length again).
+        let others = u64::from(s >> 16)
+            + u64::from(s & 0xffff)
+            + u64::from(d >> 16)
+            + u64::from(d & 0xffff)
+            + u64::from(PROTO_UDP)
+            + 2 * udp_len
+            + u64::from(self.src.port())
+            + u64::from(self.dst.port());
+        let others = fold16(others);
+        // payload = !checksum − others, in one's complement: !checksum + !others.
+        Some(u32::from(fold16(
+            u64::from(!self.udp_checksum) + u64::from(!others),
+        )))
+    }
+}
+
+/// End-around-carry fold of a sum of 16-bit words.
+#[inline]
+fn fold16(mut x: u64) -> u16 {
+    while x > 0xffff {
+        x = (x & 0xffff) + (x >> 16);
+    }
+    x as u16
+}
+
+/// Reads `buf` as an [`Ipv4Udp`] frame on VLAN `vlan` (`None`: untagged), or `None` when it is
+/// anything else (another VLAN, two tags, IPv6, options, a fragment, not UDP, malformed):
+/// [`parse_udp_frame`] then says what it is. Where both parse a frame they agree.
+#[inline]
+pub fn parse_ipv4_udp(buf: &[u8], vlan: Option<u16>) -> Option<Ipv4Udp> {
+    let l3 = match vlan {
+        None => {
+            let b: &[u8; 14] = buf.get(..14)?.try_into().ok()?;
+            if u16::from_be_bytes([b[12], b[13]]) != ETHERTYPE_IPV4 {
+                return None;
+            }
+            14
+        }
+        Some(id) => {
+            let b: &[u8; 18] = buf.get(..18)?.try_into().ok()?;
+            if u16::from_be_bytes([b[12], b[13]]) != ethernet::ETHERTYPE_VLAN
+                || u16::from_be_bytes([b[14], b[15]]) & 0x0fff != id
+                || u16::from_be_bytes([b[16], b[17]]) != ETHERTYPE_IPV4
+            {
+                return None;
+            }
+            18
+        }
+    };
+    let ip: &[u8; 28] = buf.get(l3..l3 + 28)?.try_into().ok()?;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ip[0] != 0x45
+        || ip[9] != PROTO_UDP
+        || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+        || total < 28
+        || l3 + total > buf.len()
+    {
+        return None;
+    }
+    let udp_len = usize::from(u16::from_be_bytes([ip[24], ip[25]]));
+    if udp_len < super::udp::HEADER_LEN || udp_len > total - ipv4::MIN_HEADER_LEN {
+        return None;
+    }
+    let mut sum = 0u64;
+    for w in ip[..20].chunks_exact(2) {
+        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    Some(Ipv4Udp {
+        src: SocketAddrV4::new(
+            Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            u16::from_be_bytes([ip[20], ip[21]]),
+        ),
+        dst: SocketAddrV4::new(
+            Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            u16::from_be_bytes([ip[22], ip[23]]),
+        ),
+        payload_offset: (l3 + 28) as u16,
+        payload_len: (udp_len - super::udp::HEADER_LEN) as u16,
+        header_sum_ok: fold16(sum) == 0xffff,
+        udp_checksum: u16::from_be_bytes([ip[26], ip[27]]),
     })
 }
 
@@ -255,6 +368,78 @@ mod tests {
         v.extend_from_slice(&"2001:db8::2".parse::<Ipv6Addr>().unwrap().octets());
         v.extend_from_slice(&[0x13, 0x8c, 0x13, 0x8e, 0x00, 0x0a, 0x00, 0x00, 0xab, 0xcd]);
         v
+    }
+
+    /// The fixed-offset reader agrees with the general parser on every frame it accepts, and
+    /// accepts every frame of its kind: valid frames and each of them with every byte of its
+    /// headers set to a handful of values.
+    #[test]
+    fn fixed_offset_ipv4_reader_agrees_with_the_parser() {
+        let v4a: SocketAddr = "192.0.2.10:40000".parse().unwrap();
+        let v4b: SocketAddr = "198.51.100.7:5004".parse().unwrap();
+        let v6a: SocketAddr = "[2001:db8::10]:40000".parse().unwrap();
+        let v6b: SocketAddr = "[2001:db8:1::7]:5004".parse().unwrap();
+        let mut frames = Vec::new();
+        for vlan in [None, Some(100)] {
+            for payload in [&b""[..], b"x", &[0xa5u8; 172][..]] {
+                for (s, d) in [(v4a, v4b), (v6a, v6b)] {
+                    let mut buf = vec![0u8; 1600];
+                    let n =
+                        build_udp_frame(&mut buf, MAC_A, MAC_B, vlan, s, d, 46, payload).unwrap();
+                    buf.truncate(n + 4); // Ethernet padding after the datagram
+                    frames.push((vlan, buf));
+                }
+            }
+        }
+        frames.push((Some(42), tagged_v4()));
+        let mut checked = 0;
+        for (vlan, frame) in frames {
+            let mut variants = vec![frame.clone(), frame[..frame.len() - 5].to_vec()];
+            for at in 0..frame.len().min(50) {
+                for v in [0x00, 0x01, 0x08, 0x45, 0x46, 0x81, 0x11, 0xff] {
+                    let mut b = frame.clone();
+                    b[at] = v;
+                    variants.push(b);
+                }
+            }
+            for b in variants {
+                for want_vlan in [vlan, None, Some(7)] {
+                    compare(&b, want_vlan);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000);
+    }
+
+    fn compare(b: &[u8], vlan: Option<u16>) {
+        let fast = parse_ipv4_udp(b, vlan);
+        let slow = parse_udp_frame(b);
+        let of_its_kind = slow.as_ref().is_ok_and(|f| {
+            f.src.is_ipv4()
+                && f.vlan == vlan
+                && f.l4_offset - f.l3_offset == 20
+                && f.l3_offset == if vlan.is_some() { 18 } else { 14 }
+                && (vlan.is_none() || b[12..14] == [0x81, 0x00])
+        });
+        match (fast, slow) {
+            (Some(u), Ok(f)) => {
+                assert!(of_its_kind, "{b:02x?}");
+                assert_eq!(SocketAddr::V4(u.src), f.src);
+                assert_eq!(SocketAddr::V4(u.dst), f.dst);
+                assert_eq!(usize::from(u.payload_offset), f.payload_offset);
+                assert_eq!(usize::from(u.payload_len), f.payload_len);
+                let ip = Ipv4Packet::new_checked(&b[f.l3_offset..]).unwrap();
+                assert_eq!(u.header_sum_ok, ip.verify_checksum(), "{b:02x?}");
+                assert_eq!(
+                    u.payload_sum_from_checksum(),
+                    crate::io::netstack::payload_sum_from_checksum(b, &f),
+                    "{b:02x?}"
+                );
+            }
+            (None, _) => assert!(!of_its_kind, "not read at fixed offsets: {b:02x?}"),
+            (Some(_), Err(e)) => panic!("read a frame the parser rejects ({e}): {b:02x?}"),
+        }
     }
 
     #[test]
