@@ -16,7 +16,7 @@ use crate::wire::ethernet::{
 use crate::wire::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_UDP};
 use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::udp;
-use crate::wire::{checksum_add, checksum_fold, WireError};
+use crate::wire::{checksum_add, checksum_fold, fold16, WireError};
 
 pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 const ARP_LEN: usize = 28;
@@ -743,6 +743,28 @@ pub fn adjust_sum(sum: u32, old: &[u8], new: &[u8]) -> u32 {
     u32::from(fold(u64::from(sum) + u64::from(!o) + words(new)))
 }
 
+/// Writes an Ethernet header (with an 802.1Q tag when `vlan` is set) into `eth`, which is 14
+/// or 18 bytes as `vlan` says (checked by the callers). Constant-size copies only: a
+/// variable-length copy becomes a memcpy call on the per-packet path.
+#[inline]
+fn put_ethernet(
+    eth: &mut [u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+    ethertype: u16,
+) {
+    eth[0..6].copy_from_slice(&dst_mac);
+    eth[6..12].copy_from_slice(&src_mac);
+    if let Some(v) = vlan {
+        eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
+        eth[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+        eth[16..18].copy_from_slice(&ethertype.to_be_bytes());
+    } else {
+        eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    }
+}
+
 /// Writes Ethernet (+VLAN), IP and UDP headers into `frame[..hdr_len]` for the payload in
 /// `frame[hdr_len..]`, with a full UDP checksum; `payload_sum`, when given, is the payload's
 /// one's-complement sum, which saves summing it again. `hdr_len` must be
@@ -787,16 +809,7 @@ pub fn write_udp_headers(
     } else {
         ETHERTYPE_IPV6
     };
-    // Constant-size copies only (a variable-length copy becomes a memcpy call).
-    eth[0..6].copy_from_slice(&dst_mac);
-    eth[6..12].copy_from_slice(&src_mac);
-    if let Some(v) = vlan {
-        eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
-        eth[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
-        eth[16..18].copy_from_slice(&ethertype.to_be_bytes());
-    } else {
-        eth[12..14].copy_from_slice(&ethertype.to_be_bytes());
-    }
+    put_ethernet(eth, src_mac, dst_mac, vlan, ethertype);
 
     let pseudo = match (src.ip(), dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -878,15 +891,7 @@ pub fn write_ipv4_udp_headers(
     }
     let (eth, rest) = head.split_at_mut(l2);
     let ip: &mut [u8; IP_UDP] = rest.try_into().map_err(|_| WireError::Truncated)?;
-    eth[0..6].copy_from_slice(&dst_mac);
-    eth[6..12].copy_from_slice(&src_mac);
-    if let Some(v) = vlan {
-        eth[12..14].copy_from_slice(&ethernet::ETHERTYPE_VLAN.to_be_bytes());
-        eth[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
-        eth[16..18].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    } else {
-        eth[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    }
+    put_ethernet(eth, src_mac, dst_mac, vlan, ETHERTYPE_IPV4);
     let tos = (dscp & 0x3f) << 2;
     let (s, d) = (u32::from(*src.ip()), u32::from(*dst.ip()));
     let addrs =
@@ -921,15 +926,6 @@ pub fn write_ipv4_udp_headers(
     ip[24..26].copy_from_slice(&udp_len.to_be_bytes());
     ip[26..28].copy_from_slice(&c.to_be_bytes());
     Ok(())
-}
-
-/// End-around-carry fold of a sum of 16-bit words.
-#[inline]
-fn fold16(mut x: u64) -> u16 {
-    while x > 0xffff {
-        x = (x & 0xffff) + (x >> 16);
-    }
-    x as u16
 }
 
 #[cfg(test)]

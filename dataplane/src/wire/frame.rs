@@ -11,7 +11,7 @@ use super::ethernet::{self, EthernetFrame, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use super::ipv4::{self, Ipv4Packet, PROTO_UDP};
 use super::ipv6::{self, Ipv6Packet};
 use super::udp::{self, UdpPacket};
-use super::WireError;
+use super::{fold16, WireError};
 
 /// Where the pieces of a parsed UDP frame are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,15 +147,6 @@ impl Ipv4Udp {
             u64::from(!self.udp_checksum) + u64::from(!others),
         )))
     }
-}
-
-/// End-around-carry fold of a sum of 16-bit words.
-#[inline]
-fn fold16(mut x: u64) -> u16 {
-    while x > 0xffff {
-        x = (x & 0xffff) + (x >> 16);
-    }
-    x as u16
 }
 
 /// Reads `buf` as an [`Ipv4Udp`] frame on VLAN `vlan` (`None`: untagged), or `None` when it is

@@ -166,6 +166,13 @@ pub fn checksum_add(acc: u32, data: &[u8]) -> u32 {
     fold64(u64::from(acc) + u64::from(u16::from_be(native)))
 }
 
+/// End-around-carry fold of a sum of 16-bit words to 16 bits.
+#[inline]
+pub(crate) fn fold16(sum: u64) -> u16 {
+    fold64(sum) as u16
+}
+
+#[inline]
 fn fold64(mut sum: u64) -> u32 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
