@@ -23,8 +23,8 @@ use voxedge_dpdk_sys as sys;
 
 use super::netstack::{
     adjust_sum, build_arp_request, build_neighbour_solicitation, format_mac, handle_control,
-    ip_header_sum_ok, payload_sum_from_checksum, verify_udp_sums, write_ipv4_udp_headers,
-    write_udp_headers, Control, IgnoreReason, Interface, Neighbours, ReplyKind, Resolve,
+    ip_header_sum_ok, payload_sum_from_checksum, verify_udp_sums, write_udp_headers, Control,
+    IgnoreReason, Interface, Neighbours, ReplyKind, Resolve,
 };
 use super::{IoCounters, IoError, PacketIo, RxBatch, RxMeta, TxDesc, NO_PORT};
 use crate::config::{DpdkConfig, Steering, BURST_SIZE_MAX};
@@ -812,7 +812,6 @@ impl RxChecksums {
 struct Datagram {
     /// Stream handle slot: (address index << 16) | port.
     slot: usize,
-    port: u16,
     src: SocketAddr,
     payload_offset: usize,
     len: usize,
@@ -886,16 +885,7 @@ impl DpdkIo {
         Some((k << 16) | usize::from(port))
     }
 
-    #[inline]
     fn owner(&self, port: u16) -> Option<usize> {
-        let own = usize::from(self.queue);
-        if self
-            .ranges
-            .get(own)
-            .is_some_and(|&(lo, hi)| (lo..=hi).contains(&port))
-        {
-            return Some(own);
-        }
         self.ranges
             .iter()
             .position(|&(lo, hi)| (lo..=hi).contains(&port))
@@ -995,7 +985,8 @@ impl DpdkIo {
             None => self.any_datagram(m, buf, data_len, cks)?,
         };
         if !from_handoff {
-            if let Some(owner) = self.owner(d.port) {
+            // The slot's low 16 bits are the UDP port (see handle_of).
+            if let Some(owner) = self.owner(d.slot as u16) {
                 if owner != usize::from(self.queue) {
                     let ring = self.ctx.rings[owner];
                     let obj = m.cast::<c_void>();
@@ -1052,7 +1043,6 @@ impl DpdkIo {
         }
         Some(Datagram {
             slot,
-            port: u.dst.port(),
             src: SocketAddr::V4(u.src),
             payload_offset: usize::from(u.payload_offset),
             // The reader checked that the datagram lies inside the frame.
@@ -1146,7 +1136,6 @@ impl DpdkIo {
         let len = f.payload_len.min(data_len.saturating_sub(f.payload_offset));
         Some(Datagram {
             slot,
-            port: f.dst.port(),
             src: f.src,
             payload_offset: f.payload_offset,
             len,
@@ -1447,32 +1436,19 @@ impl PacketIo for DpdkIo {
                 (*m).ol_flags &= ATTACHED;
                 let frame =
                     std::slice::from_raw_parts_mut((*m).buf_addr.cast::<u8>().add(start), total);
-                let (head, _) = frame.split_at_mut(hdr);
-                let written = match (src, dst, sum) {
-                    (SocketAddr::V4(s4), SocketAddr::V4(d4), Some(sum)) => write_ipv4_udp_headers(
-                        head,
-                        self.iface.mac,
-                        mac,
-                        self.iface.vlan,
-                        s4,
-                        d4,
-                        self.iface.dscp,
-                        len,
-                        sum,
-                    ),
-                    _ => write_udp_headers(
-                        frame,
-                        hdr,
-                        self.iface.mac,
-                        mac,
-                        self.iface.vlan,
-                        src,
-                        dst,
-                        self.iface.dscp,
-                        sum,
-                    ),
-                };
-                if written.is_err() {
+                if write_udp_headers(
+                    frame,
+                    hdr,
+                    self.iface.mac,
+                    mac,
+                    self.iface.vlan,
+                    src,
+                    dst,
+                    self.iface.dscp,
+                    sum,
+                )
+                .is_err()
+                {
                     continue;
                 }
             }

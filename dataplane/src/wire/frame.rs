@@ -11,7 +11,7 @@ use super::ethernet::{self, EthernetFrame, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use super::ipv4::{self, Ipv4Packet, PROTO_UDP};
 use super::ipv6::{self, Ipv6Packet};
 use super::udp::{self, UdpPacket};
-use super::{fold16, WireError};
+use super::{checksum_add, checksum_fold, fold16, WireError};
 
 /// Where the pieces of a parsed UDP frame are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,18 +130,14 @@ impl Ipv4Udp {
         if self.udp_checksum == 0 {
             return None;
         }
-        let (s, d) = (u32::from(*self.src.ip()), u32::from(*self.dst.ip()));
-        let udp_len = u64::from(self.payload_len) + super::udp::HEADER_LEN as u64;
-        // Pseudo-header (addresses, protocol, length) and header (ports, length again).
-        let others = u64::from(s >> 16)
-            + u64::from(s & 0xffff)
-            + u64::from(d >> 16)
-            + u64::from(d & 0xffff)
-            + u64::from(PROTO_UDP)
-            + 2 * udp_len
-            + u64::from(self.src.port())
-            + u64::from(self.dst.port());
-        let others = fold16(others);
+        let udp_len = self.payload_len + udp::HEADER_LEN as u16;
+        // Pseudo-header and header (ports, length; the checksum field counts as zero).
+        let others = fold16(
+            u64::from(udp::pseudo_v4(*self.src.ip(), *self.dst.ip(), udp_len))
+                + u64::from(self.src.port())
+                + u64::from(self.dst.port())
+                + u64::from(udp_len),
+        );
         // payload = !checksum − others, in one's complement: !checksum + !others.
         Some(u32::from(fold16(
             u64::from(!self.udp_checksum) + u64::from(!others),
@@ -184,12 +180,8 @@ pub fn parse_ipv4_udp(buf: &[u8], vlan: Option<u16>) -> Option<Ipv4Udp> {
         return None;
     }
     let udp_len = usize::from(u16::from_be_bytes([ip[24], ip[25]]));
-    if udp_len < super::udp::HEADER_LEN || udp_len > total - ipv4::MIN_HEADER_LEN {
+    if udp_len < udp::HEADER_LEN || udp_len > total - ipv4::MIN_HEADER_LEN {
         return None;
-    }
-    let mut sum = 0u64;
-    for w in ip[..20].chunks_exact(2) {
-        sum += u64::from(u16::from_be_bytes([w[0], w[1]]));
     }
     Some(Ipv4Udp {
         src: SocketAddrV4::new(
@@ -201,8 +193,8 @@ pub fn parse_ipv4_udp(buf: &[u8], vlan: Option<u16>) -> Option<Ipv4Udp> {
             u16::from_be_bytes([ip[22], ip[23]]),
         ),
         payload_offset: (l3 + 28) as u16,
-        payload_len: (udp_len - super::udp::HEADER_LEN) as u16,
-        header_sum_ok: fold16(sum) == 0xffff,
+        payload_len: (udp_len - udp::HEADER_LEN) as u16,
+        header_sum_ok: checksum_fold(checksum_add(0, &ip[..ipv4::MIN_HEADER_LEN])) == 0,
         udp_checksum: u16::from_be_bytes([ip[26], ip[27]]),
     })
 }
