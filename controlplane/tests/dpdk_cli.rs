@@ -127,13 +127,7 @@ fn media_node_runs_on_a_null_port_with_dpdk_metrics() {
         "",
         "no_huge = true\nvdevs = [\"net_null0,size=64\"]\nport = \"net_null0\"",
     );
-    // Fixed listener ports so the test can reach them.
-    let text = std::fs::read_to_string(&cfg)
-        .expect("read")
-        .replacen("127.0.0.1:0", "127.0.0.1:39121", 1)
-        .replacen("127.0.0.1:0", "127.0.0.1:39122", 1);
-    std::fs::write(&cfg, text).expect("write");
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["media", "--config"])
         .arg(&cfg)
         .env_remove("VOXEDGE_CONFIG")
@@ -142,17 +136,37 @@ fn media_node_runs_on_a_null_port_with_dpdk_metrics() {
         .spawn()
         .expect("spawn");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let log = StderrLog::collect(child.stderr.take().expect("stderr"));
     let mut guard = KillOnDrop(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The listeners bind port 0; their addresses come from the daemon's own start-up log.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (admin, management) = loop {
+        let text = log.text();
+        if let (Some(a), Some(m)) = (
+            logged_addr(&text, "admin listener", "admin="),
+            logged_addr(&text, "management API", "addr="),
+        ) {
+            break (a, m);
+        }
+        if let Some(status) = guard.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!("media node exited ({status}) before listening: {text}");
+        }
+        assert!(Instant::now() < deadline, "no listeners logged: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let health: serde_json::Value = loop {
-        if let Ok(r) = ureq::get("http://127.0.0.1:39121/health").call() {
+        if let Ok(r) = ureq::get(&format!("http://{admin}/health")).call() {
             break r.into_json().expect("json");
         }
-        assert!(Instant::now() < deadline, "no health answer");
+        assert!(
+            Instant::now() < deadline,
+            "no health answer: {}",
+            log.text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(health["status"], "ok");
-    let relay: serde_json::Value = ureq::post("http://127.0.0.1:39122/v1/relays")
+    let relay: serde_json::Value = ureq::post(&format!("http://{management}/v1/relays"))
         .send_json(serde_json::json!({"a": {}, "b": {}}))
         .expect("create relay")
         .into_json()
@@ -163,7 +177,7 @@ fn media_node_runs_on_a_null_port_with_dpdk_metrics() {
         .starts_with("10.1.0.1:"));
     // net_null delivers zero-filled frames (EtherType 0): counted as unsupported, none forwarded.
     std::thread::sleep(Duration::from_millis(200));
-    let metrics = ureq::get("http://127.0.0.1:39121/metrics")
+    let metrics = ureq::get(&format!("http://{admin}/metrics"))
         .call()
         .expect("metrics")
         .into_string()
@@ -180,14 +194,9 @@ fn media_node_runs_on_a_null_port_with_dpdk_metrics() {
     assert_eq!(value("voxedge_dpdk_tx_packets_total"), 0.0);
     assert_eq!(value("voxedge_dpdk_handoff_dropped_total"), 0.0);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
-    let out = guard
-        .0
-        .take()
-        .expect("child")
-        .wait_with_output()
-        .expect("wait");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "clean stop: {err}");
+    let status = guard.0.take().expect("child").wait().expect("wait");
+    let err = log.finish();
+    assert!(status.success(), "clean stop: {err}");
     assert!(
         err.contains("EAL arguments: voxedge -l 0"),
         "EAL arguments logged: {err}"
@@ -208,6 +217,47 @@ impl Drop for KillOnDrop {
             let _ = c.wait();
         }
     }
+}
+
+/// The child's stderr, read on its own thread so the pipe never fills, kept for assertions
+/// and failure messages.
+struct StderrLog {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl StderrLog {
+    fn collect(stderr: std::process::ChildStderr) -> Self {
+        use std::io::BufRead;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut t = sink.lock().expect("log lock");
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        Self { text, reader }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().expect("log lock").clone()
+    }
+
+    /// Everything the child wrote, once it has exited.
+    fn finish(self) -> String {
+        self.reader.join().expect("stderr reader");
+        self.text.lock().expect("log lock").clone()
+    }
+}
+
+/// The address after `key` on the log line that mentions `what`.
+fn logged_addr(log: &str, what: &str, key: &str) -> Option<std::net::SocketAddr> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 fn bench(args: &[&str]) -> serde_json::Value {

@@ -1413,7 +1413,7 @@ async fn an_applications_callback_retry_policy_applies_to_its_calls() {
     let mut c = config(
         &format!("sqlite://{}", dir.join("p.db").display()),
         dir,
-        33100,
+        19100,
     );
     c.api.callbacks_allow_private = true;
     let (r, base) = start(c).await;

@@ -1763,7 +1763,7 @@ async fn silent_routed_call_is_hung_up_on_both_legs() {
 /// the longer `hold_timeout_secs` ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_call_is_hung_up_after_the_hold_timeout_only() {
-    let r = start_with(33300, |c| {
+    let r = start_with(19300, |c| {
         c.dataplane.media_timeout_ms = 300;
         c.sip.media_timeout_secs = 1;
         c.sip.hold_timeout_secs = 3;
@@ -1851,7 +1851,7 @@ async fn held_call_is_hung_up_after_the_hold_timeout_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_hangs_up_both_legs_of_routed_calls() {
     let callee = Callee::new();
-    let r = start_routed(33400, &callee, |_| {}).await;
+    let r = start_routed(19400, &callee, |_| {}).await;
     let server = r.sip_udp.expect("udp");
     let (ua, callee, inv) = tokio::task::spawn_blocking(move || {
         let (ua, via, rtp) = ua(server);
@@ -1881,10 +1881,10 @@ async fn stopping_hangs_up_both_legs_of_routed_calls() {
 /// callee's INVITE is canceled, and the ports serve the next call once they are free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_the_worker_cannot_open_fails_the_routed_call_cleanly() {
-    let blocker = UdpSocket::bind("127.0.0.1:33500").expect("bind blocker");
+    let blocker = UdpSocket::bind("127.0.0.1:19500").expect("bind blocker");
     let callee = Callee::new();
-    let r = start_routed(33500, &callee, |c| {
-        c.dataplane.port_max = 33503; // one relay: RTP and RTCP on each leg
+    let r = start_routed(19500, &callee, |c| {
+        c.dataplane.port_max = 19503; // one relay: RTP and RTCP on each leg
     })
     .await;
     let server = r.sip_udp.expect("udp");
@@ -1934,7 +1934,7 @@ async fn a_relay_the_worker_cannot_open_fails_the_routed_call_cleanly() {
         // With the port free again the same ports carry the next call.
         drop(blocker);
         let Answered { a_port, .. } = answered_call(&ua, via, &rtp, &callee, "blocked2");
-        assert!((33500..=33503).contains(&a_port), "{a_port}");
+        assert!((19500..=19503).contains(&a_port), "{a_port}");
         assert_eq!(rtp_through(&rtp, a_port, &callee.rtp, 1), (172, 1));
     })
     .await

@@ -61,7 +61,7 @@ fn relay_on_socket_backend() {
 
 #[test]
 fn relay_on_socket_backend_without_raw_transmit() {
-    let mut cfg = config(32900);
+    let mut cfg = config(19900);
     cfg.socket_raw_tx = RawTx::Off;
     let dp = Dataplane::start(cfg).expect("start");
     relay_scenario(&dp, &mut SocketNet::default());
@@ -136,9 +136,9 @@ fn settled(dp: &Dataplane, q: &voxedge_dataplane::QueuedRelay) -> Result<(), Str
 /// ports back.
 #[test]
 fn a_queued_relay_settles_and_a_failed_one_gives_its_ports_back() {
-    let blocker = std::net::UdpSocket::bind("127.0.0.1:32800").expect("bind blocker");
-    let mut cfg = config(32800);
-    cfg.port_max = 32807; // four pairs: two relays
+    let blocker = std::net::UdpSocket::bind("127.0.0.1:19800").expect("bind blocker");
+    let mut cfg = config(19800);
+    cfg.port_max = 19807; // four pairs: two relays
     let dp = Dataplane::start(cfg).expect("start");
     let (info, q) = dp
         .create_relay_queued(RelayRequest::default())
@@ -146,11 +146,11 @@ fn a_queued_relay_settles_and_a_failed_one_gives_its_ports_back() {
     assert_eq!(q.id(), info.id);
     assert_eq!(dp.relay_count(), 1, "known before the worker answers");
     assert!(
-        info.legs.iter().any(|l| l.local.port() == 32800),
+        info.legs.iter().any(|l| l.local.port() == 19800),
         "{info:?}"
     );
-    let e = settled(&dp, &q).expect_err("port 32800 is taken");
-    assert!(e.contains("32800"), "{e}");
+    let e = settled(&dp, &q).expect_err("port 19800 is taken");
+    assert!(e.contains("19800"), "{e}");
     assert_eq!(dp.relay_count(), 0, "the failed relay is gone");
     assert!(dp.settle(&q).is_some(), "asking again is harmless");
     drop(blocker);
@@ -212,6 +212,6 @@ fn recording_tap_on_memory_and_socket_backends() {
 fn conference_mixing_on_memory_and_socket_backends() {
     let (dp, net) = Dataplane::start_memory(config(32500)).expect("start");
     conference_scenario(&dp, &mut MemNet::new(net));
-    let dp = Dataplane::start(config(32700)).expect("start");
+    let dp = Dataplane::start(config(19700)).expect("start");
     conference_scenario(&dp, &mut SocketNet::default());
 }
