@@ -286,6 +286,21 @@ fn null_bench_reports_json() {
         r["delivered_pps"].as_f64().expect("number") > 10_000.0,
         "{r}"
     );
+    // Backend counters cover the measured window; what set-up counted (net_null's empty
+    // frames before the pool is filled with RTP) is reported apart.
+    let window = r["backend_counters"]["voxedge_dpdk_rx_packets_total"]
+        .as_u64()
+        .expect("window rx count");
+    let setup = r["backend_counters_setup"]["voxedge_dpdk_rx_packets_total"]
+        .as_u64()
+        .expect("set-up rx count");
+    assert!(window > 0 && setup > 0, "{r}");
+    assert!(
+        r["backend_counters_setup"]["voxedge_dpdk_unsupported_total"]
+            .as_u64()
+            .is_some_and(|v| v > 0),
+        "net_null's empty frames before the fill are counted in set-up: {r}"
+    );
 }
 
 #[test]
