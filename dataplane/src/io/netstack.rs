@@ -181,6 +181,9 @@ pub struct Neighbours {
     /// Direct-mapped cache of destination → next-hop MAC in front of the route and table
     /// lookups; an entry is valid while its generation matches (bumped on every change).
     fast: Vec<(IpAddr, [u8; 6], u32)>,
+    /// The next hop a miss of `fast` last resolved, with its MAC and generation. Behind a
+    /// gateway nearly every miss resolves to the same hop, which this answers without hashing.
+    last_hop: (IpAddr, [u8; 6], u32),
     generation: u32,
 }
 
@@ -208,6 +211,7 @@ impl Neighbours {
             requested: HashMap::new(),
             cap: cap.max(1),
             fast: vec![(IpAddr::V4(Ipv4Addr::UNSPECIFIED), [0; 6], 0); FAST_SLOTS],
+            last_hop: (IpAddr::V4(Ipv4Addr::UNSPECIFIED), [0; 6], 0),
             // Entries start at generation 0, so nothing is valid until filled.
             generation: 1,
         }
@@ -249,7 +253,12 @@ impl Neighbours {
     /// MAC of the next hop towards `dst` when known, without side effects (the fast path).
     #[inline]
     pub fn lookup(&self, iface: &Interface, dst: IpAddr) -> Option<[u8; 6]> {
-        let hop = iface.next_hop(dst)?;
+        self.hop_mac(iface, iface.next_hop(dst)?)
+    }
+
+    /// MAC of next hop `hop` when known.
+    #[inline]
+    fn hop_mac(&self, iface: &Interface, hop: IpAddr) -> Option<[u8; 6]> {
         if iface.is_local(hop) {
             return Some(iface.mac);
         }
@@ -267,7 +276,15 @@ impl Neighbours {
         if generation == self.generation && ip == dst {
             return Some(mac);
         }
-        let mac = self.lookup(iface, dst)?;
+        let hop = iface.next_hop(dst)?;
+        let (last, last_mac, last_generation) = self.last_hop;
+        let mac = if last_generation == self.generation && last == hop {
+            last_mac
+        } else {
+            let mac = self.hop_mac(iface, hop)?;
+            self.last_hop = (hop, mac, self.generation);
+            mac
+        };
         self.fast[slot] = (dst, mac, self.generation);
         Some(mac)
     }
@@ -1146,6 +1163,47 @@ mod tests {
         assert_eq!(
             handle_control(&ifc, &mut buf, len),
             Control::Learned("192.0.2.9".parse().unwrap(), PEER_MAC)
+        );
+    }
+
+    #[test]
+    fn cache_misses_resolve_through_the_last_hop_and_follow_changes() {
+        let ifc = Interface {
+            gateway_mac: None,
+            ..iface()
+        };
+        let mut n = Neighbours::new(8);
+        let gw: IpAddr = "192.0.2.254".parse().unwrap();
+        let on_link: IpAddr = "192.0.2.9".parse().unwrap();
+        let on_link_mac = [2, 0, 0, 0, 0, 0x09];
+        assert!(n.learn(gw, PEER_MAC));
+        assert!(n.learn(on_link, on_link_mac));
+        // More distinct off-link destinations than the direct-mapped cache has slots, so most
+        // lookups miss it; an on-link neighbour in between must not take the gateway's MAC.
+        let off_link = |k: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + k * 7 + 1));
+        for k in 0..(3 * FAST_SLOTS as u32) {
+            assert_eq!(n.lookup_cached(&ifc, off_link(k)), Some(PEER_MAC), "{k}");
+            if k % 97 == 0 {
+                assert_eq!(n.lookup_cached(&ifc, on_link), Some(on_link_mac));
+            }
+        }
+        // The gateway moves: misses and hits both follow at once.
+        assert!(n.learn(gw, [2, 0, 0, 0, 0, 0x77]));
+        for k in (0..(3 * FAST_SLOTS as u32)).rev() {
+            assert_eq!(
+                n.lookup_cached(&ifc, off_link(k)),
+                Some([2, 0, 0, 0, 0, 0x77]),
+                "{k}"
+            );
+        }
+        // Unknown next hop: nothing cached from before answers for it.
+        let other_gw = Interface {
+            gateway4: Some(Ipv4Addr::new(192, 0, 2, 253)),
+            ..ifc.clone()
+        };
+        assert_eq!(
+            n.lookup_cached(&other_gw, off_link(5 * FAST_SLOTS as u32)),
+            None
         );
     }
 
