@@ -80,6 +80,18 @@ pub use imp::main;
 #[cfg(feature = "dpdk")]
 mod memif;
 
+/// EAL arguments of the bench's DPDK processes. Each run uses a file prefix of its own, so
+/// with hugepages the EAL must unlink its hugepage files once mapped: otherwise every run
+/// would leave its pages held by files in hugetlbfs after it exits.
+#[cfg(feature = "dpdk")]
+fn eal_args(hugepages: bool) -> Vec<String> {
+    let mut v = vec!["--no-shconf".to_string(), "--log-level=*:error".to_string()];
+    if hugepages {
+        v.push("--huge-unlink".into());
+    }
+    v
+}
+
 #[cfg(feature = "dpdk")]
 mod imp {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -143,7 +155,7 @@ mod imp {
                     (u64::from(mbufs) * 2600 / (1 << 20)) as u32 + 256 + (relays / 1000) as u32,
                 ],
                 file_prefix: format!("vxbench{}", std::process::id()),
-                eal_args: vec!["--no-shconf".into(), "--log-level=*:error".into()],
+                eal_args: super::eal_args(a.hugepages),
                 mbufs,
                 mbuf_cache: 0,
                 addresses: (0..addresses).map(|k| format!("{}/16", addr(k))).collect(),

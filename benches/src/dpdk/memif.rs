@@ -112,7 +112,7 @@ port = "0"
 no_huge = {no_huge}
 memory_mb = [{mem}]
 file_prefix = "vxmedia{pid}"
-eal_args = ["--no-shconf", "--log-level=*:error"]
+eal_args = {eal}
 mbufs = {mbufs}
 mbuf_cache = 256
 addresses = [{nets}]
@@ -131,6 +131,8 @@ verify_checksums = {verify}
         nets = nets.join(", "),
         gmac = format_mac(GEN_MAC),
         verify = a.verify_checksums,
+        // A JSON array of plain strings is also a TOML array.
+        eal = serde_json::Value::from(super::eal_args(a.hugepages)),
     );
     let cfg_path = dir.join("media.toml");
     std::fs::File::create(&cfg_path)?.write_all(toml.as_bytes())?;
@@ -440,7 +442,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         no_huge: !a.hugepages,
         memory_mb: vec![512],
         file_prefix: format!("vxgen{}", std::process::id()),
-        eal_args: vec!["--no-shconf".into(), "--log-level=*:error".into()],
+        eal_args: super::eal_args(a.hugepages),
         mbufs: 16_383,
         mbuf_cache: 256,
         ..DpdkConfig::default()
