@@ -303,15 +303,11 @@ mod imp {
                 .map(|(n, _, v)| (n, json!(v)))
                 .collect()
         };
+        // Both lists come from the same call, in the same order.
         let window = after
-            .iter()
-            .map(|(n, h, v)| {
-                let b = before
-                    .iter()
-                    .find(|(bn, _, _)| bn == n)
-                    .map_or(0, |(_, _, bv)| *bv);
-                (n.clone(), *h, v.saturating_sub(b))
-            })
+            .into_iter()
+            .zip(&before)
+            .map(|((n, h, v), (_, _, b))| (n, h, v.saturating_sub(*b)))
             .collect();
         let backend = nonzero(window);
         let backend_setup = nonzero(before);
