@@ -34,7 +34,7 @@ fn table(streams: usize) -> StreamTable {
                 20000 + (port & 0xff) as u16,
             )));
             s.rewrite = true;
-            s.dtmf_pt = Some(101);
+            s.dtmf_pt = 101;
             let idx = t.insert(s);
             assert_eq!(idx, StreamIdx(port));
         }

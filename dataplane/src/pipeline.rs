@@ -115,7 +115,7 @@ pub fn process<E: EventSink>(
     };
     let (ssrc, seq, ts) = (p.ssrc(), p.sequence_number(), p.timestamp());
     s.rx.update(ssrc, seq, ts, rtp_clock(now_ns, s.clock_rate_hz));
-    if s.dtmf_pt == Some(p.payload_type()) {
+    if s.dtmf_pt == p.payload_type() {
         report_dtmf(s, p.payload(), ts, events);
     } else if s.recording {
         if let Some(tap) = taps.get(&idx.0) {

@@ -15,6 +15,10 @@ use crate::recorder::RecordTap;
 use crate::rewrite::EgressRewrite;
 use crate::stats::{RtpReceiveStats, StreamCounters, StreamDrops};
 
+/// `Stream::dtmf_pt` of a stream without telephone events: RTP payload types have seven bits,
+/// so no packet's type equals it.
+pub const NO_DTMF_PT: u8 = 0xff;
+
 /// How a stream treats the source address of what it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SourcePolicy {
@@ -54,14 +58,19 @@ pub struct Stream {
     /// on line 0, so streams not recording cost nothing more.
     pub recording: bool,
     pub component: Component,
-    /// RFC 4733 payload type reported as DTMF events.
-    pub dtmf_pt: Option<u8>,
+    /// RFC 4733 payload type reported as DTMF events, or [`NO_DTMF_PT`] (one byte, not an
+    /// `Option`: line 0 has no byte to spare).
+    pub dtmf_pt: u8,
     /// The stream is a conference member: its packets go to the mixer (or, in a two-member
     /// conference, to the other member) and its relay partner is not heard; the mixer
     /// restores `peer` when it leaves. On line 0: the forward path tests it on both streams.
     pub in_conference: bool,
     /// Datagrams arriving here are forwarded as they are, not parsed as RTP/RTCP (T.38 UDPTL).
     pub opaque: bool,
+    /// The table's slot holds this stream (false: a vacant slot). Kept by the table on line 0,
+    /// so telling a live slot from a vacant one reads a line the packet path reads anyway
+    /// (`Option<Stream>` put its niche on line 3: a third line per stream per packet).
+    live: bool,
     pub last_rx_ns: u64,
     // Line 1: written by packets arriving here.
     /// Packets received on this stream's local port.
@@ -117,11 +126,12 @@ impl Stream {
             relay,
             side,
             clock_rate_hz: 8000,
-            dtmf_pt: None,
+            dtmf_pt: NO_DTMF_PT,
             last_dtmf_ts: None,
             egress: EgressRewrite::default(),
             in_conference: false,
             opaque: false,
+            live: false,
             mix: MixRef::default(),
             packets_in: 0,
             bytes_in: 0,
@@ -152,7 +162,8 @@ impl Stream {
 /// Slab of streams with a dense port-handle index. Capacity is bounded by the caller.
 #[derive(Debug, Default)]
 pub struct StreamTable {
-    streams: Vec<Option<Stream>>,
+    /// Live and vacant slots (`Stream::live`); vacant ones are on `free`.
+    streams: Vec<Stream>,
     free: Vec<u32>,
     /// `by_port[handle] = stream index + 1`, 0 = no stream.
     by_port: Vec<u32>,
@@ -194,10 +205,7 @@ impl StreamTable {
         &mut self,
         idx: StreamIdx,
     ) -> Option<(&mut Stream, &HashMap<u32, RecordTap>)> {
-        let s = self
-            .streams
-            .get_mut(idx.0 as usize)
-            .and_then(Option::as_mut)?;
+        let s = self.streams.get_mut(idx.0 as usize).filter(|s| s.live)?;
         Some((s, &self.taps))
     }
 
@@ -215,15 +223,16 @@ impl StreamTable {
     }
 
     /// Inserts a stream and indexes it by its port.
-    pub fn insert(&mut self, stream: Stream) -> StreamIdx {
+    pub fn insert(&mut self, mut stream: Stream) -> StreamIdx {
         let port = stream.port.0 as usize;
+        stream.live = true;
         let idx = match self.free.pop() {
             Some(i) => {
-                self.streams[i as usize] = Some(stream);
+                self.streams[i as usize] = stream;
                 i
             }
             None => {
-                self.streams.push(Some(stream));
+                self.streams.push(stream);
                 (self.streams.len() - 1) as u32
             }
         };
@@ -237,7 +246,16 @@ impl StreamTable {
 
     /// Removes a stream, returning it. Its peers must be removed too (relays go as a whole).
     pub fn remove(&mut self, idx: StreamIdx) -> Option<Stream> {
-        let s = self.streams.get_mut(idx.0 as usize)?.take()?;
+        let slot = self.get_mut_slot(idx)?;
+        let vacant = Stream::new(
+            PortHandle(u32::MAX),
+            slot.relay,
+            slot.side,
+            slot.component,
+            0,
+        );
+        let mut s = std::mem::replace(slot, vacant);
+        s.live = false;
         if let Some(slot) = self.by_port.get_mut(s.port.0 as usize) {
             if *slot == idx.0 + 1 {
                 *slot = 0;
@@ -268,13 +286,13 @@ impl StreamTable {
         let mut v = 0u64;
         let mut peers = [u32::MAX; BURST_SIZE_MAX];
         for (peer, &i) in peers.iter_mut().zip(&idx[..n]) {
-            if let Some(Some(s)) = self.streams.get(i as usize) {
+            if let Some(s) = self.get(StreamIdx(i)) {
                 *peer = s.peer.0;
                 v ^= s.packets_in ^ u64::from(s.rx.touch());
             }
         }
         for &i in &peers[..n] {
-            if let Some(Some(o)) = self.streams.get(i as usize) {
+            if let Some(o) = self.get(StreamIdx(i)) {
                 v ^= u64::from(o.port.0) ^ o.packets_out;
             }
         }
@@ -291,14 +309,17 @@ impl StreamTable {
 
     #[inline]
     pub fn get(&self, idx: StreamIdx) -> Option<&Stream> {
-        self.streams.get(idx.0 as usize).and_then(Option::as_ref)
+        self.streams.get(idx.0 as usize).filter(|s| s.live)
     }
 
     #[inline]
     pub fn get_mut(&mut self, idx: StreamIdx) -> Option<&mut Stream> {
-        self.streams
-            .get_mut(idx.0 as usize)
-            .and_then(Option::as_mut)
+        self.get_mut_slot(idx)
+    }
+
+    #[inline]
+    fn get_mut_slot(&mut self, idx: StreamIdx) -> Option<&mut Stream> {
+        self.streams.get_mut(idx.0 as usize).filter(|s| s.live)
     }
 
     /// Two distinct streams mutably at once.
@@ -315,10 +336,7 @@ impl StreamTable {
             let (lo, hi) = self.streams.split_at_mut(ai);
             (&mut hi[0], &mut lo[bi])
         };
-        match (x.as_mut(), y.as_mut()) {
-            (Some(x), Some(y)) => Some((x, y)),
-            _ => None,
-        }
+        (x.live && y.live).then_some((x, y))
     }
 
     /// Iterates live streams with their indices.
@@ -326,7 +344,8 @@ impl StreamTable {
         self.streams
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (StreamIdx(i as u32), s)))
+            .filter(|(_, s)| s.live)
+            .map(|(i, s)| (StreamIdx(i as u32), s))
     }
 }
 
@@ -366,11 +385,6 @@ mod layout_tests {
     #[test]
     fn hot_fields_share_their_cache_lines() {
         assert_eq!(std::mem::align_of::<Stream>(), 64);
-        assert_eq!(
-            std::mem::size_of::<Option<Stream>>(),
-            std::mem::size_of::<Stream>(),
-            "Option uses a niche, no extra line"
-        );
         assert_eq!(std::mem::size_of::<Stream>(), 256, "four cache lines");
         let s = Stream::new(PortHandle(1), RelayId(1), Side::A, Component::Rtp, 0);
         let base = std::ptr::addr_of!(s) as usize;
@@ -392,6 +406,7 @@ mod layout_tests {
             (span(std::ptr::addr_of!(s.peer) as usize, 4), 0),
             (span(std::ptr::addr_of!(s.in_conference) as usize, 1), 0),
             (span(std::ptr::addr_of!(s.opaque) as usize, 1), 0),
+            (span(std::ptr::addr_of!(s.live) as usize, 1), 0),
             (span(std::ptr::addr_of!(s.last_rx_ns) as usize, 8), 0),
             // Line 1: written by the ingress stream.
             (span(std::ptr::addr_of!(s.packets_in) as usize, 8), 1),

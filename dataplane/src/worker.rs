@@ -32,7 +32,7 @@ use crate::mixer::{ConfId, MixOut, Mixer};
 use crate::pipeline::{self, EventSink, Verdict};
 use crate::player::{Player, Step, FRAME_BYTES_MAX, RTP_HEADER};
 use crate::stats::{DropCounters, DropReason, DROP_SLOTS};
-use crate::table::{Stream, StreamTable};
+use crate::table::{Stream, StreamTable, NO_DTMF_PT};
 
 /// Commands applied per loop iteration, so a command storm cannot starve packets.
 pub const COMMANDS_PER_LOOP: usize = 64;
@@ -829,7 +829,7 @@ impl<Io: PacketIo> Worker<Io> {
                 s.blocked = b;
             }
             if let Some(pt) = update.dtmf_pt {
-                s.dtmf_pt = Some(pt);
+                s.dtmf_pt = pt;
             }
             if let Some(o) = update.opaque {
                 s.opaque = o;
@@ -1065,7 +1065,7 @@ fn configure_stream(s: &mut Stream, spec: &RelaySpec, leg: &LegSpec, remote: Opt
     s.policy = spec.policy;
     s.rewrite = spec.rewrite;
     s.clock_rate_hz = leg.clock_rate_hz.max(1);
-    s.dtmf_pt = leg.dtmf_pt;
+    s.dtmf_pt = leg.dtmf_pt.unwrap_or(NO_DTMF_PT);
     s.opaque = leg.opaque && s.component == Component::Rtp;
 }
 

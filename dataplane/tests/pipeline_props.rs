@@ -37,7 +37,7 @@ fn table(strict: bool, rewrite: bool) -> StreamTable {
             handover: false,
         };
         s.rewrite = rewrite && comp == Component::Rtp;
-        s.dtmf_pt = Some(101);
+        s.dtmf_pt = 101;
         s
     };
     let a = t.insert(mk(0, Side::A, Component::Rtp, 5000));
