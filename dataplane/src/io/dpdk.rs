@@ -26,6 +26,7 @@ use super::netstack::{
     ip_header_sum_ok, payload_sum_from_checksum, verify_udp_sums, write_udp_headers, Control,
     IgnoreReason, Interface, Neighbours, ReplyKind, Resolve,
 };
+use super::portset::PortSet;
 use super::{IoCounters, IoError, PacketIo, RxBatch, RxMeta, TxDesc, NO_PORT};
 use crate::config::{DpdkConfig, Steering, BURST_SIZE_MAX};
 use crate::ids::PortHandle;
@@ -752,7 +753,8 @@ pub struct DpdkIo {
     queue: u16,
     /// UDP port ranges of all workers (index = worker = queue).
     ranges: Vec<(u16, u16)>,
-    open: Vec<bool>,
+    /// Slots (see `handle_of`) with an open port.
+    open: PortSet,
     bind: IpAddr,
     iface: Interface,
     neigh: Neighbours,
@@ -862,7 +864,7 @@ impl DpdkIo {
         Ok(DpdkIo {
             queue: p.queue,
             ranges: p.ranges,
-            open: vec![false; p.iface.addresses.len() << 16],
+            open: PortSet::new(p.iface.addresses.len() << 16),
             bind: p.bind,
             iface: p.iface,
             neigh: Neighbours::new(p.neighbours_max),
@@ -1005,7 +1007,7 @@ impl DpdkIo {
                 }
             }
         }
-        let handle = if self.open[d.slot] {
+        let handle = if self.open.contains(d.slot) {
             PortHandle(d.slot as u32)
         } else {
             NO_PORT
@@ -1295,17 +1297,14 @@ impl PacketIo for DpdkIo {
                 local.port()
             )));
         }
-        if self.open[slot] {
+        if !self.open.insert(slot) {
             return Err(IoError::InUse(local));
         }
-        self.open[slot] = true;
         Ok(PortHandle(slot as u32))
     }
 
     fn close_port(&mut self, port: PortHandle) {
-        if let Some(s) = self.open.get_mut(port.0 as usize) {
-            *s = false;
-        }
+        self.open.remove(port.0 as usize);
     }
 
     fn rx_burst(&mut self, batch: &mut DpdkBatch, max: usize, _wait: Duration) -> usize {

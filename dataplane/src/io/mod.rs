@@ -8,6 +8,7 @@
 pub mod dpdk;
 pub mod memory;
 pub mod netstack;
+pub mod portset;
 pub mod socket;
 
 use std::net::SocketAddr;
