@@ -47,10 +47,18 @@ pub struct DpdkArgs {
     /// verifying costs).
     #[arg(long)]
     pub verify_checksums: bool,
-    /// null: mbufs circulating through the port (their data is what the worker touches;
-    /// 4095 × 2 KiB fits in a server's last-level cache, as packets DMA'd by a NIC with DDIO do).
+    /// null: mbufs in the port's pool, each filled with a frame (4095 × 2 KiB fits in a
+    /// server's last-level cache, as packets DMA'd by a NIC with DDIO do).
     #[arg(long, default_value_t = 4095)]
     pub mbufs: usize,
+    /// null: per-lcore mempool cache of the pool (the dataplane's default, 256, is what a
+    /// deployment runs with). With a cache the worker takes back the mbufs it freed last, so
+    /// only about a burst's worth of frames circulate and their data stays in the core's own
+    /// caches; with 0 every mbuf of the pool circulates in turn (FIFO), each transmit frees
+    /// into the pool's shared ring one mbuf at a time, and the frames' data comes from the
+    /// last-level cache.
+    #[arg(long, default_value_t = 256)]
+    pub mbuf_cache: u32,
     /// Use hugepages (default: `--no-huge`, which works anywhere but is slower).
     #[arg(long)]
     pub hugepages: bool,
@@ -157,7 +165,7 @@ mod imp {
                 file_prefix: format!("vxbench{}", std::process::id()),
                 eal_args: super::eal_args(a.hugepages),
                 mbufs,
-                mbuf_cache: 0,
+                mbuf_cache: a.mbuf_cache,
                 addresses: (0..addresses).map(|k| format!("{}/16", addr(k))).collect(),
                 verify_checksums: a.verify_checksums,
                 ..DpdkConfig::default()
@@ -178,10 +186,31 @@ mod imp {
         build_udp_frame(buf, mac, mac, None, src, dst, 46, &payload).unwrap_or(0)
     }
 
-    /// Creates `relays` relays chained into a ring through the appliance itself: relay i's
-    /// leg A talks to relay i−1's leg B and its leg B to relay i+1's leg A. A frame received on
-    /// Aᵢ leaves Bᵢ towards Aᵢ₊₁ and one received on Bᵢ leaves Aᵢ towards Bᵢ₋₁, so every mbuf
-    /// walks through every stream in turn. Returns each stream's (local, remote) pair.
+    /// A fixed pseudo-random order of `n` relays (Fisher–Yates driven by SplitMix64, same
+    /// seed every run).
+    fn chain_order(n: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut state = 0u64;
+        for i in (1..n).rev() {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            order.swap(i, (z % (i as u64 + 1)) as usize);
+        }
+        order
+    }
+
+    /// Creates `relays` relays chained into a ring through the appliance itself, in the
+    /// order `chain_order` gives: with Rₖ the k-th relay along the chain, Rₖ's leg A talks to
+    /// Rₖ₋₁'s leg B and its leg B to Rₖ₊₁'s leg A. A frame received on Aₖ leaves Bₖ towards
+    /// Aₖ₊₁ and one received on Bₖ leaves Aₖ towards Bₖ₋₁, so every mbuf walks through every
+    /// stream in turn. The chain is shuffled so that a frame's consecutive hops land on
+    /// relays created far apart (unrelated places in the stream table), as the packets of
+    /// unrelated calls do, rather than walking the table in creation order where the CPU's
+    /// prefetchers would follow it. Returns each stream's (local, remote) pair in chain
+    /// order.
     fn chained_relays(
         dp: &Dataplane,
         relays: usize,
@@ -202,10 +231,12 @@ mod imp {
                 .with_context(|| format!("creating relay {i} of {relays}"))?;
             infos.push(info);
         }
+        let order = chain_order(relays);
         let mut streams = Vec::with_capacity(relays * 2);
-        for i in 0..relays {
-            let prev = infos[(i + relays - 1) % relays].legs[1].local;
-            let next = infos[(i + 1) % relays].legs[0].local;
+        for k in 0..relays {
+            let i = order[k];
+            let prev = infos[order[(k + relays - 1) % relays]].legs[1].local;
+            let next = infos[order[(k + 1) % relays]].legs[0].local;
             let (a, b) = (infos[i].legs[0].local, infos[i].legs[1].local);
             for (side, remote) in [(Side::A, prev), (Side::B, next)] {
                 dp.update_leg(
@@ -276,10 +307,6 @@ mod imp {
             let (local, remote) = streams[i * streams.len() / mbufs as usize % streams.len()];
             rtp_frame(buf, mac, remote, local, i as u32)
         };
-        // Twice: mbufs the worker held during the first fill (with net_null's empty frames)
-        // are back in the pool by the second.
-        port.fill_pool(fill);
-        std::thread::sleep(Duration::from_millis(50));
         let filled = port.fill_pool(fill);
         std::thread::sleep(Duration::from_secs_f64(a.warmup));
         let before = dp.backend_metrics();
@@ -318,8 +345,9 @@ mod imp {
             "relays": relays,
             "workers": a.workers,
             "frame_bytes": FRAME,
-            "mbufs_circulating": filled,
-            "traffic_note": "relays chained through the appliance: each frame walks every stream in turn, so all streams carry traffic",
+            "mbufs_filled": filled,
+            "mbuf_cache": a.mbuf_cache,
+            "traffic_note": "relays chained through the appliance in a shuffled order: each frame walks every stream in turn, its consecutive hops on relays far apart in the table, so all streams carry traffic",
             "hugepages": a.hugepages,
             "verify_checksums": a.verify_checksums,
             "setup_s": setup_s,

@@ -14,7 +14,7 @@
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -257,7 +257,12 @@ pub struct PortCtx {
     rings: Vec<*mut sys::rte_ring>,
     pub stats: Vec<Arc<DpdkStats>>,
     /// One backend per queue: a queue and its hand-off ring have a single consumer.
-    claimed: Vec<std::sync::atomic::AtomicBool>,
+    claimed: Vec<AtomicBool>,
+    /// Set while [`PortCtx::fill_pool`] runs: workers stop polling and give the mbufs held in
+    /// their mempool caches back to the pool.
+    quiesce: AtomicBool,
+    /// Workers that have stopped and emptied their caches since `quiesce` was set.
+    quiesced: AtomicUsize,
 }
 
 // SAFETY: the mempool and rings are DPDK objects designed for concurrent use from many
@@ -299,11 +304,35 @@ impl Drop for PortCtx {
 
 impl PortCtx {
     /// Writes a frame into every free mbuf of the port's pool: `fill(i, room)` returns the
-    /// frame length written at the start of `room` (0 leaves the mbuf empty). With a pool
-    /// without per-lcore cache (`mbuf_cache = 0`) mbufs are handed out in FIFO order, so a
-    /// `net_null` port then "receives" these frames round-robin for ever: the max-rate bench
-    /// uses this to drive the full RTP path with no generator. Returns how many were written.
+    /// frame length written at the start of `room` (0 leaves the mbuf empty). A `net_null`
+    /// port then "receives" these frames for ever (the frames are rewritten in place and
+    /// freed back into the pool): the max-rate bench uses this to drive the full RTP path
+    /// with no generator. While it runs the port's workers stop polling and return the mbufs
+    /// of their per-lcore mempool caches to the pool, so that every free mbuf is written (at
+    /// most 2 s are waited for them; a worker that does not stop in time keeps its cached
+    /// mbufs unwritten, which the bench would see as drops). Returns how many were written.
     pub fn fill_pool(&self, mut fill: impl FnMut(usize, &mut [u8]) -> usize) -> usize {
+        let workers = self
+            .claimed
+            .iter()
+            .filter(|c| c.load(Ordering::Acquire))
+            .count();
+        self.quiesced.store(0, Ordering::Release);
+        self.quiesce.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.quiesced.load(Ordering::Acquire) < workers && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if self.quiesced.load(Ordering::Acquire) < workers {
+            tracing::warn!(
+                target: "voxedge::dpdk",
+                "filling the pool of port {}: only {} of {} workers stopped within 2 s",
+                self.name,
+                self.quiesced.load(Ordering::Acquire),
+                workers
+            );
+        }
+        flush_lcore_cache(self.pool);
         let mut all = Vec::new();
         loop {
             // SAFETY: valid pool; a null return means it is empty.
@@ -325,6 +354,8 @@ impl PortCtx {
         for m in all {
             DpdkIo::free(m);
         }
+        flush_lcore_cache(self.pool);
+        self.quiesce.store(false, Ordering::Release);
         written
     }
 
@@ -392,6 +423,20 @@ fn find_port(spec: &str) -> Result<u16, DpdkError> {
         )));
     }
     Ok(id)
+}
+
+/// Returns the mbufs in the calling thread's per-lcore cache of `pool` (if it has one) to the
+/// pool itself, where any thread can take them.
+fn flush_lcore_cache(pool: *mut sys::rte_mempool) {
+    // SAFETY: pool is a valid mempool; rte_lcore_id reads this thread's lcore id, which is
+    // LCORE_ID_ANY for threads not registered with the EAL (default_cache then returns null);
+    // a non-null cache is this thread's own, which only this thread uses.
+    unsafe {
+        let cache = sys::rte_mempool_default_cache(pool, sys::rte_lcore_id());
+        if !cache.is_null() {
+            sys::rte_mempool_cache_flush(cache, pool);
+        }
+    }
 }
 
 fn mempool(cfg: &DpdkConfig, socket: i32) -> Result<*mut sys::rte_mempool, DpdkError> {
@@ -685,9 +730,9 @@ pub fn start_port(cfg: &DpdkConfig, ranges: &[(u16, u16)]) -> Result<Arc<PortCtx
         stats: (0..queues)
             .map(|_| Arc::new(DpdkStats::default()))
             .collect(),
-        claimed: (0..queues)
-            .map(|_| std::sync::atomic::AtomicBool::new(false))
-            .collect(),
+        claimed: (0..queues).map(|_| AtomicBool::new(false)).collect(),
+        quiesce: AtomicBool::new(false),
+        quiesced: AtomicUsize::new(0),
     };
     tracing::info!(
         target: "voxedge::dpdk",
@@ -767,6 +812,8 @@ pub struct DpdkIo {
     idle_sleep: Duration,
     verify_checksums: bool,
     epoch: Instant,
+    /// Stopped for [`PortCtx::fill_pool`], with the mempool cache emptied.
+    paused: bool,
 }
 
 /// What the worker needs to build its [`DpdkIo`] on its own thread.
@@ -876,6 +923,7 @@ impl DpdkIo {
             idle_sleep: p.idle_sleep,
             verify_checksums: p.verify_checksums,
             epoch: Instant::now(),
+            paused: false,
             ctx: p.ctx,
         })
     }
@@ -925,6 +973,19 @@ impl DpdkIo {
                 self.count(Stat::TxDropped);
             }
         }
+    }
+
+    /// Stops for [`PortCtx::fill_pool`]: sends what is pending and returns the mempool cache's
+    /// mbufs to the pool, once per request.
+    #[cold]
+    fn pause(&mut self) {
+        if !self.paused {
+            self.flush();
+            flush_lcore_cache(self.ctx.pool);
+            self.paused = true;
+            self.ctx.quiesced.fetch_add(1, Ordering::AcqRel);
+        }
+        std::thread::sleep(Duration::from_micros(100));
     }
 
     /// A new mbuf with `frame` built into it by `build`, queued for transmit.
@@ -1308,6 +1369,11 @@ impl PacketIo for DpdkIo {
     }
 
     fn rx_burst(&mut self, batch: &mut DpdkBatch, max: usize, _wait: Duration) -> usize {
+        if self.ctx.quiesce.load(Ordering::Acquire) {
+            self.pause();
+            return 0;
+        }
+        self.paused = false;
         self.flush();
         let max = max.min(BURST_SIZE_MAX);
         let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST_SIZE_MAX];
