@@ -1459,13 +1459,18 @@ impl PacketIo for DpdkIo {
                 self.count(Stat::NoNeighbour);
                 continue;
             };
-            let local_ip = self
-                .iface
-                .addresses
-                .get((d.port.0 >> 16) as usize)
-                .map_or(self.bind, |n| n.addr);
-            let Some(src_ip) = self.iface.source_for(dst.ip(), local_ip) else {
-                continue;
+            // The port's own address when of the destination's family (it is one of ours:
+            // no search); otherwise, or for a handle without an address, the interface's
+            // choice.
+            let src_ip = match self.iface.addresses.get((d.port.0 >> 16) as usize) {
+                Some(n) if n.addr.is_ipv4() == dst.is_ipv4() => n.addr,
+                other => {
+                    let local_ip = other.map_or(self.bind, |n| n.addr);
+                    let Some(ip) = self.iface.source_for(dst.ip(), local_ip) else {
+                        continue;
+                    };
+                    ip
+                }
             };
             let src = SocketAddr::new(src_ip, (d.port.0 & 0xffff) as u16);
             let hdr = self.iface.udp_header_len(dst.ip());
