@@ -321,6 +321,52 @@ fn answers_arp_nd_and_ping_and_resolves_on_link_peers() {
     assert_eq!(metric(&dp, "voxedge_dpdk_nd_replies_total"), 1);
 }
 
+/// `PortCtx::fill_pool` (the null bench's traffic source) writes every free mbuf of the pool,
+/// including those a running worker holds in its per-lcore mempool cache, and the worker polls
+/// again afterwards.
+#[test]
+fn filling_the_pool_reaches_the_mbufs_cached_by_a_running_worker() {
+    let (env, _g) = env();
+    // A pool of its own (pools are found by size and cache), used by this dataplane only.
+    const MBUFS: u32 = 2047;
+    let mut cfg = config(ONE_Q, 1, 31000);
+    cfg.dpdk.mbufs = MBUFS;
+    let dp = Dataplane::start(cfg).expect("start");
+    let mut net = DpdkNet::new(&env.one_q, None);
+    // Leg B's far end is on-link and unknown: forwarding to it makes the worker send an ARP
+    // request in an mbuf of its own pool, and that allocation fills the worker's cache from
+    // the pool.
+    let a = net.endpoint();
+    let b: SocketAddr = "10.9.0.77:30500".parse().expect("addr");
+    let info = dp
+        .create_relay(RelayRequest::with_remotes(Some(a), Some(b)))
+        .expect("relay");
+    let is_arp_request_for_b = |f: &[u8]| {
+        f.len() >= 42
+            && u16::from_be_bytes([f[12], f[13]]) == ETHERTYPE_ARP
+            && f[21] == 1
+            && f[38..42] == [10, 9, 0, 77]
+    };
+    net.send(a, info.legs[0].local, &rtp(0, 1, 0, 1, 1));
+    net.recv_other(WAIT, is_arp_request_for_b)
+        .expect("ARP request for the on-link remote");
+    let port = dp.dpdk_port().expect("dpdk port").clone();
+    let written = port.fill_pool(|_, room| {
+        room[..4].copy_from_slice(b"fill");
+        4
+    });
+    assert_eq!(
+        written, MBUFS as usize,
+        "every mbuf of the pool was free and written"
+    );
+    // The worker runs again (the ARP request is repeated only after a while: the worker
+    // answers a ping instead, with a fresh checksum).
+    let our_mac = net.appliance_mac;
+    assert!(env.one_q.send(0, &echo_request_v4(our_mac)));
+    net.recv_other(WAIT, |f| f.len() > 34 && f[23] == 1 && f[34] == 0)
+        .expect("echo reply after filling the pool");
+}
+
 #[test]
 fn packets_on_the_wrong_queue_are_handed_to_the_owner() {
     let (env, _g) = env();

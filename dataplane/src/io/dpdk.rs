@@ -1562,6 +1562,9 @@ impl Drop for DpdkIo {
         for m in self.pending.drain(..) {
             Self::free(m);
         }
+        // The thread's lcore cache would otherwise keep those mbufs (and any freed earlier)
+        // out of the pool until another thread gets this lcore id.
+        flush_lcore_cache(self.ctx.pool);
         self.publish();
         self.ctx.claimed[usize::from(self.queue)].store(false, Ordering::Release);
         let last = REGISTERED.with(|r| {
