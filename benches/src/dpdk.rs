@@ -1,9 +1,9 @@
 //! `voxedge bench dpdk`: RTP-aware forwarding rate of the DPDK backend.
 //!
 //! `--mode null` (one process): the dataplane runs on a `net_null` port whose mbuf pool is
-//! pre-filled with valid RTP frames, one per stream, each addressed to a stream of a relay
-//! whose far end is the appliance itself. `net_null` "receives" those mbufs round-robin and the
-//! worker parses, looks up, accounts, rewrites and transmits every one of them through the full
+//! pre-filled with valid RTP frames, spread over the streams, each addressed to a stream of a
+//! relay whose far end is the appliance itself. `net_null` "receives" those mbufs as the pool
+//! hands them out and the worker parses, looks up, accounts, rewrites and transmits every one of them through the full
 //! RTP path; the forwarded frame is identical to the received one, so the traffic sustains
 //! itself with no generator cost. Reports packets/s per worker core and the time each packet
 //! spends inside the worker (receive → transmit).
@@ -108,6 +108,9 @@ mod imp {
 
     use anyhow::{bail, Context};
     use hdrhistogram::Histogram;
+    use rand::rngs::SmallRng;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
     use serde_json::{json, Value};
     use voxedge_dataplane::config::{Backend, DataplaneConfig, DpdkConfig};
     use voxedge_dataplane::wire::frame::build_udp_frame;
@@ -186,24 +189,8 @@ mod imp {
         build_udp_frame(buf, mac, mac, None, src, dst, 46, &payload).unwrap_or(0)
     }
 
-    /// A fixed pseudo-random order of `n` relays (Fisher–Yates driven by SplitMix64, same
-    /// seed every run).
-    fn chain_order(n: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..n).collect();
-        let mut state = 0u64;
-        for i in (1..n).rev() {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            order.swap(i, (z % (i as u64 + 1)) as usize);
-        }
-        order
-    }
-
-    /// Creates `relays` relays chained into a ring through the appliance itself, in the
-    /// order `chain_order` gives: with Rₖ the k-th relay along the chain, Rₖ's leg A talks to
+    /// Creates `relays` relays chained into a ring through the appliance itself, in a fixed
+    /// shuffled order (the same seed every run): with Rₖ the k-th relay along the chain, Rₖ's leg A talks to
     /// Rₖ₋₁'s leg B and its leg B to Rₖ₊₁'s leg A. A frame received on Aₖ leaves Bₖ towards
     /// Aₖ₊₁ and one received on Bₖ leaves Aₖ towards Bₖ₋₁, so every mbuf walks through every
     /// stream in turn. The chain is shuffled so that a frame's consecutive hops land on
@@ -231,7 +218,8 @@ mod imp {
                 .with_context(|| format!("creating relay {i} of {relays}"))?;
             infos.push(info);
         }
-        let order = chain_order(relays);
+        let mut order: Vec<usize> = (0..relays).collect();
+        order.shuffle(&mut SmallRng::seed_from_u64(7));
         let mut streams = Vec::with_capacity(relays * 2);
         for k in 0..relays {
             let i = order[k];

@@ -359,8 +359,8 @@ fn filling_the_pool_reaches_the_mbufs_cached_by_a_running_worker() {
         written, MBUFS as usize,
         "every mbuf of the pool was free and written"
     );
-    // The worker runs again (the ARP request is repeated only after a while: the worker
-    // answers a ping instead, with a fresh checksum).
+    // The worker polls again: it answers a ping (the ARP request would be repeated only
+    // after a while).
     let our_mac = net.appliance_mac;
     assert!(env.one_q.send(0, &echo_request_v4(our_mac)));
     net.recv_other(WAIT, |f| f.len() > 34 && f[23] == 1 && f[34] == 0)

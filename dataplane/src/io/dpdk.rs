@@ -323,16 +323,16 @@ impl PortCtx {
         while self.quiesced.load(Ordering::Acquire) < workers && Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(200));
         }
-        if self.quiesced.load(Ordering::Acquire) < workers {
+        let stopped = self.quiesced.load(Ordering::Acquire);
+        if stopped < workers {
             tracing::warn!(
                 target: "voxedge::dpdk",
-                "filling the pool of port {}: only {} of {} workers stopped within 2 s",
+                "filling the pool of port {}: only {stopped} of {workers} workers stopped within 2 s",
                 self.name,
-                self.quiesced.load(Ordering::Acquire),
-                workers
             );
         }
-        flush_lcore_cache(self.pool);
+        // Allocating drains this thread's own cache first, so only the workers' had to be
+        // flushed; what is freed below lands in it again, hence the flush after.
         let mut all = Vec::new();
         loop {
             // SAFETY: valid pool; a null return means it is empty.
