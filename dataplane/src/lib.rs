@@ -18,6 +18,7 @@ pub mod g711;
 pub mod ids;
 pub mod io;
 pub mod mediafile;
+pub mod memhint;
 pub mod mixer;
 pub mod pipeline;
 pub mod player;

@@ -154,13 +154,6 @@ pub struct RtpReceiveStats {
 }
 
 impl RtpReceiveStats {
-    /// A value read from the fields `update` uses, for warming the cache (see
-    /// `StreamTable::warm_burst`).
-    #[inline]
-    pub fn touch(&self) -> u32 {
-        u32::from(self.max_seq) ^ self.jitter_q4
-    }
-
     fn init_seq(&mut self, seq: u16) {
         self.base_seq = u32::from(seq);
         self.max_seq = seq;

@@ -328,29 +328,31 @@ impl<Io: PacketIo> Worker<Io> {
             dropped: 0,
         };
         let mut ntx = 0;
-        // Pull the burst's streams into cache first, all loads in flight together.
         let mut ports = [PortHandle(0); BURST_SIZE_MAX];
         for (i, p) in ports.iter_mut().enumerate().take(n) {
             *p = self.batch.meta(i).port;
         }
-        std::hint::black_box(self.table.warm_burst(&ports[..n]));
-        for i in 0..n {
-            let meta = self.batch.meta(i);
-            self.totals.packets_in += 1;
-            self.totals.bytes_in += u64::from(meta.len);
+        let Worker {
+            table,
+            batch,
+            totals,
+            tx,
+            mixer,
+            ..
+        } = self;
+        // Each packet's streams are fetched into cache a few packets ahead of its turn.
+        table.for_each_prefetched(&ports[..n], |table, i| {
+            let meta = batch.meta(i);
+            totals.packets_in += 1;
+            totals.bytes_in += u64::from(meta.len);
             if meta.truncated {
-                count_drop(
-                    &mut self.table,
-                    &mut self.totals,
-                    meta.port,
-                    DropReason::Oversize,
-                );
-                continue;
+                count_drop(table, totals, meta.port, DropReason::Oversize);
+                return;
             }
-            let buf = self.batch.payload_mut(i);
-            match pipeline::process(&mut self.table, meta.port, meta.src, buf, now, &mut sink) {
+            let buf = batch.payload_mut(i);
+            match pipeline::process(table, meta.port, meta.src, buf, now, &mut sink) {
                 Verdict::Forward { out, port, dst } => {
-                    self.tx[ntx] = TxDesc {
+                    tx[ntx] = TxDesc {
                         buf: i as u8,
                         len: meta.len,
                         port,
@@ -360,10 +362,10 @@ impl<Io: PacketIo> Worker<Io> {
                     };
                     ntx += 1;
                 }
-                Verdict::Drop(r) => self.totals.drops.count(r),
-                Verdict::Mix(r) => self.mixer.push(r, buf, now),
+                Verdict::Drop(r) => totals.drops.count(r),
+                Verdict::Mix(r) => mixer.push(r, buf, now),
             }
-        }
+        });
         self.totals.events_dropped += sink.dropped;
         let sent = self.io.tx_burst(&mut self.batch, n, &mut self.tx[..ntx]);
         self.totals.packets_forwarded += sent as u64;

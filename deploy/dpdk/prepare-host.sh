@@ -875,6 +875,18 @@ cmd_check() {
         done
     fi
 
+    # --- transparent huge pages (the workers' stream tables ask for them; ADR 0020)
+    echo "== transparent huge pages"
+    if [[ -r /sys/kernel/mm/transparent_hugepage/enabled ]]; then
+        v=$(</sys/kernel/mm/transparent_hugepage/enabled)
+        echo "   enabled: $v"
+        if [[ $v == *"[never]"* ]]; then
+            warnings+=("transparent huge pages are off: stream tables stay on 4 KiB pages (echo madvise > /sys/kernel/mm/transparent_hugepage/enabled, or transparent_hugepage=madvise on the kernel command line)")
+        fi
+    else
+        echo "   not available in this kernel"
+    fi
+
     # --- memory locking (vfio pins DMA memory)
     if ((EUID != 0)); then
         memlock=$(ulimit -l)
