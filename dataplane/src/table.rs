@@ -451,7 +451,15 @@ mod tests {
         }
         // Bursts shorter and longer than the look-ahead, unknown ports and ports past the
         // index among them; more ports than a burst holds are cut to a burst.
-        for n in [0, 1, EGRESS_AHEAD, INGRESS_AHEAD, INGRESS_AHEAD + 1, BURST_SIZE_MAX, 40] {
+        for n in [
+            0,
+            1,
+            EGRESS_AHEAD,
+            INGRESS_AHEAD,
+            INGRESS_AHEAD + 1,
+            BURST_SIZE_MAX,
+            40,
+        ] {
             let ports: Vec<PortHandle> = (0..n as u32)
                 .map(|i| PortHandle(if i % 5 == 4 { 1000 + i } else { i }))
                 .collect();
