@@ -447,7 +447,7 @@ mod tests {
         let mut t = StreamTable::with_capacity(64);
         for p in 0..40 {
             let i = t.insert(s(p));
-            t.get_mut(i).expect("inserted").peer = StreamIdx((p ^ 1) as u32);
+            t.get_mut(i).expect("inserted").peer = StreamIdx(p ^ 1);
         }
         // Bursts shorter and longer than the look-ahead, unknown ports and ports past the
         // index among them; more ports than a burst holds are cut to a burst.
