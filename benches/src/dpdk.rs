@@ -62,6 +62,11 @@ pub struct DpdkArgs {
     /// Use hugepages (default: `--no-huge`, which works anywhere but is slower).
     #[arg(long)]
     pub hugepages: bool,
+    /// null: first measure DPDK's own io-forward rate on the worker's core with `dpdk-testpmd`
+    /// (two `net_null` ports, Debian package `dpdk`) and report the bench's rate as a share of
+    /// it, which compares across machines where packets/s alone does not.
+    #[arg(long)]
+    pub baseline: bool,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
@@ -85,6 +90,8 @@ pub fn main(_a: &DpdkArgs) -> anyhow::Result<()> {
 #[cfg(feature = "dpdk")]
 pub use imp::main;
 
+#[cfg(feature = "dpdk")]
+mod baseline;
 #[cfg(feature = "dpdk")]
 mod memif;
 
@@ -117,7 +124,7 @@ mod imp {
     use voxedge_dataplane::wire::rtp::emit_header;
     use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
 
-    use super::{memif, DpdkArgs, Mode};
+    use super::{baseline, memif, DpdkArgs, Mode};
 
     /// G.711 20 ms: 160 bytes of audio + 12 of RTP header = 214-byte frames on the wire.
     const RTP_PAYLOAD: usize = 172;
@@ -128,6 +135,9 @@ mod imp {
     const PORT_MAX: u16 = 65_000;
 
     pub fn main(a: &DpdkArgs) -> anyhow::Result<()> {
+        if a.baseline && a.mode != Mode::Null {
+            bail!("--baseline applies to --mode null (memif shares the cores with its generator)");
+        }
         let report = match a.mode {
             Mode::Null => null_mode(a)?,
             Mode::Memif => memif::run(a)?,
@@ -284,6 +294,13 @@ mod imp {
         let relays = a.streams / 2;
         let mbufs = ((a.mbufs.max(1024) + 1).next_power_of_two() - 1) as u32;
         let cfg = dataplane_config(a, relays, format!("net_null0,size={FRAME}"), mbufs);
+        // Before this process starts its own EAL, on the core the worker will have.
+        let base = if a.baseline {
+            let core = cfg.cores.first().copied().unwrap_or(1);
+            Some(baseline::testpmd(core, a.duration, a.hugepages)?)
+        } else {
+            None
+        };
         let t0 = Instant::now();
         let dp = Dataplane::start(cfg).context("starting the DPDK dataplane on net_null")?;
         let streams = chained_relays(&dp, relays)?;
@@ -353,6 +370,9 @@ mod imp {
             "backend_counters": backend,
             "backend_counters_note": "backend counters over the measured window; backend_counters_setup: before it (set-up and warm-up)",
             "backend_counters_setup": backend_setup,
+            "baseline": base,
+            "relative_to_baseline": base.as_ref().and_then(|b| b["mpps_per_core"].as_f64())
+                .map(|b| fwd / secs / a.workers as f64 / 1e6 / b),
         }))
     }
 
@@ -378,5 +398,15 @@ mod imp {
             r["latency_us_p999"],
             r["latency_note"].as_str().unwrap_or("")
         );
+        if let (Some(b), Some(rel)) = (
+            r["baseline"]["mpps_per_core"].as_f64(),
+            r["relative_to_baseline"].as_f64(),
+        ) {
+            println!(
+                "  baseline: dpdk-testpmd io-forward {b:.2} M packets/s on the worker's core \
+                 just before; this bench forwards {:.1} % of that",
+                rel * 100.0
+            );
+        }
     }
 }

@@ -312,3 +312,32 @@ fn memif_bench_reports_json() {
     assert!(r["loss_ratio"].as_f64().expect("number") < 0.01, "{r}");
     assert!(r["latency_us_p99"].as_f64().is_some(), "{r}");
 }
+
+#[test]
+fn null_bench_reports_its_rate_against_a_testpmd_baseline() {
+    let r = bench(&["--mode", "null", "--streams", "1000", "--baseline"]);
+    let base = &r["baseline"];
+    assert_eq!(base["tool"], "dpdk-testpmd", "{r}");
+    let samples = base["samples_mpps"].as_array().expect("samples");
+    assert!(!samples.is_empty(), "{r}");
+    // io-forward on net_null never touches the data: tens of millions per core even on a
+    // slow VM, far more than one.
+    let b = base["mpps_per_core"].as_f64().expect("baseline rate");
+    assert!(b > 1.0, "{r}");
+    let ours = r["mpps_per_core"].as_f64().expect("rate");
+    let rel = r["relative_to_baseline"].as_f64().expect("share");
+    assert!((rel - ours / b).abs() < 1e-9, "{r}");
+    assert!(
+        rel > 0.0 && rel < 1.0,
+        "RTP-aware forwarding is below io-forward: {r}"
+    );
+}
+
+#[test]
+fn a_baseline_outside_null_mode_is_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
+        .args(["bench", "dpdk", "--mode", "memif", "--baseline", "--json"])
+        .output()
+        .expect("run bench");
+    assert_clear_failure(&out, &["--baseline applies to --mode null"]);
+}
