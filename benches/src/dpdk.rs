@@ -343,6 +343,7 @@ mod imp {
             .collect();
         let backend = nonzero(window);
         let backend_setup = nonzero(before);
+        let mpps_per_core = fwd / secs / a.workers as f64 / 1e6;
         Ok(json!({
             "bench": "dpdk",
             "mode": "null",
@@ -361,7 +362,7 @@ mod imp {
             "delivered_pps": fwd / secs,
             "loss_ratio": if rx > 0.0 { ((rx - fwd) / rx).max(0.0) } else { 1.0 },
             "drops": s1.drops - s0.drops,
-            "mpps_per_core": fwd / secs / a.workers as f64 / 1e6,
+            "mpps_per_core": mpps_per_core,
             "ns_per_packet": if fwd > 0.0 { secs * a.workers as f64 * 1e9 / fwd } else { 0.0 },
             "latency_us_p50": q(0.5),
             "latency_us_p99": q(0.99),
@@ -372,7 +373,7 @@ mod imp {
             "backend_counters_setup": backend_setup,
             "baseline": base,
             "relative_to_baseline": base.as_ref().and_then(|b| b["mpps_per_core"].as_f64())
-                .map(|b| fwd / secs / a.workers as f64 / 1e6 / b),
+                .map(|b| mpps_per_core / b),
         }))
     }
 

@@ -50,7 +50,7 @@ fn table(streams: usize) -> StreamTable {
 
 fn bench_forward(c: &mut Criterion) {
     run_group(c, "forward_with_rewrite", false);
-    // As the worker does it: each packet's streams are prefetched a few packets ahead
+    // As the worker does it: each packet's streams are prefetched ahead of its turn
     // (StreamTable::for_each_prefetched).
     run_group(c, "forward_with_rewrite_burst_prefetched", true);
 }

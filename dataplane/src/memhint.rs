@@ -106,7 +106,6 @@ mod tests {
                 "{kb} kB of huge pages after advising (mode: {mode})"
             );
         }
-        assert!(v.iter().all(|&x| x == 1));
     }
 
     #[test]

@@ -21,13 +21,8 @@ use crate::stats::{RtpReceiveStats, StreamCounters, StreamDrops};
 pub const NO_DTMF_PT: u8 = 0xff;
 
 /// How many packets ahead of the one being processed [`StreamTable::for_each_prefetched`]
-/// fetches the ingress stream: a whole burst, all at once before the first packet. A burst's
-/// ingress lines (64 lines, 4 KiB) stay in L1 until their turn, and issuing them together
-/// lets all their misses overlap; eight ahead left each burst's first packets waiting (at 1M
-/// streams 4.7–6.5 M packets/s per core against 4.05, see docs/capacity.md).
-pub const INGRESS_AHEAD: usize = BURST_SIZE_MAX;
-/// How many packets ahead the egress stream is fetched (its index is on the ingress stream's
-/// line 0, fetched [`INGRESS_AHEAD`] − `EGRESS_AHEAD` packets earlier).
+/// fetches the egress stream (its index is on the ingress stream's line 0, requested before
+/// the burst's first packet).
 pub const EGRESS_AHEAD: usize = 8;
 
 /// How a stream treats the source address of what it receives.
@@ -289,11 +284,14 @@ impl StreamTable {
     /// processed: lines 0 and 1 of its ingress stream, lines 0 and 2 of its egress stream.
     ///
     /// The lines are found in three dependent steps (port index, ingress stream, its `peer`),
-    /// so they are fetched in three waves: every packet's port-index entry first; then, from
-    /// [`INGRESS_AHEAD`] packets ahead, the ingress stream; then, from [`EGRESS_AHEAD`]
-    /// packets ahead, the egress stream, whose index the ingress stream's line 0 (fetched
-    /// by then) gives. A table larger than the caches costs about one memory latency per
-    /// burst rather than three per packet, and the misses overlap with work.
+    /// so they are fetched in three waves: every packet's port-index entry first; then every
+    /// packet's ingress stream, all before the first packet (a burst's ingress lines, 64
+    /// lines or 4 KiB, stay in L1 until their turn, and requested together their misses
+    /// overlap; eight packets ahead left each burst's first packets waiting: at 1M streams
+    /// 4.7–6.5 M packets/s per core against 4.05, see docs/capacity.md); then, from
+    /// [`EGRESS_AHEAD`] packets ahead, the egress stream, whose index the ingress stream's
+    /// line 0 (fetched by then) gives. A table larger than the caches costs about one memory
+    /// latency per burst rather than three per packet, and the misses overlap with work.
     #[inline]
     pub fn for_each_prefetched(
         &mut self,
@@ -307,16 +305,13 @@ impl StreamTable {
             }
         }
         let mut idx = [u32::MAX; BURST_SIZE_MAX];
-        for j in 0..n.min(INGRESS_AHEAD) {
-            idx[j] = self.prefetch_ingress(ports[j]);
+        for (i, &p) in idx.iter_mut().zip(&ports[..n]) {
+            *i = self.prefetch_ingress(p);
         }
         for &i in &idx[..n.min(EGRESS_AHEAD)] {
             self.prefetch_egress(i);
         }
         for i in 0..n {
-            if i + INGRESS_AHEAD < n {
-                idx[i + INGRESS_AHEAD] = self.prefetch_ingress(ports[i + INGRESS_AHEAD]);
-            }
             if i + EGRESS_AHEAD < n {
                 self.prefetch_egress(idx[i + EGRESS_AHEAD]);
             }
@@ -457,9 +452,9 @@ mod tests {
             0,
             1,
             EGRESS_AHEAD,
-            INGRESS_AHEAD,
-            INGRESS_AHEAD + 1,
+            EGRESS_AHEAD + 1,
             BURST_SIZE_MAX,
+            BURST_SIZE_MAX + 1,
             40,
         ] {
             let ports: Vec<PortHandle> = (0..n as u32)

@@ -340,7 +340,7 @@ impl<Io: PacketIo> Worker<Io> {
             mixer,
             ..
         } = self;
-        // Each packet's streams are fetched into cache a few packets ahead of its turn.
+        // Each packet's streams are fetched into cache ahead of its turn.
         table.for_each_prefetched(&ports[..n], |table, i| {
             let meta = batch.meta(i);
             totals.packets_in += 1;
