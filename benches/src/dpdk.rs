@@ -63,7 +63,7 @@ pub struct DpdkArgs {
     #[arg(long)]
     pub hugepages: bool,
     /// null: first measure DPDK's own io-forward rate on the worker's core with `dpdk-testpmd`
-    /// (two `net_null` ports, Debian package `dpdk`) and report the bench's rate as a share of
+    /// (two `net_null` ports, Debian package `dpdk-dev`) and report the bench's rate as a share of
     /// it, which compares across machines where packets/s alone does not.
     #[arg(long)]
     pub baseline: bool,

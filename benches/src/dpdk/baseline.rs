@@ -117,7 +117,7 @@ pub fn testpmd(core: usize, seconds: f64, hugepages: bool) -> anyhow::Result<Val
         if err.contains("failed to run command") {
             bail!(
                 "--baseline needs dpdk-testpmd, which is not installed \
-                 (Debian/Ubuntu package `dpdk`)"
+                 (Debian/Ubuntu package `dpdk-dev`)"
             );
         }
         let tail: Vec<&str> = err.lines().rev().take(5).collect();
