@@ -107,6 +107,20 @@ fn eal_args(hugepages: bool) -> Vec<String> {
     v
 }
 
+/// The middle value of `v` (the mean of the two middle ones for an even count); `None` when
+/// empty.
+#[cfg(feature = "dpdk")]
+fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(s[n / 2]),
+        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
+    }
+}
+
 #[cfg(feature = "dpdk")]
 mod imp {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -124,7 +138,7 @@ mod imp {
     use voxedge_dataplane::wire::rtp::emit_header;
     use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
 
-    use super::{baseline, memif, DpdkArgs, Mode};
+    use super::{baseline, median, memif, DpdkArgs, Mode};
 
     /// G.711 20 ms: 160 bytes of audio + 12 of RTP header = 214-byte frames on the wire.
     const RTP_PAYLOAD: usize = 172;
@@ -287,6 +301,32 @@ mod imp {
         }
     }
 
+    /// Waits out the measured window of `seconds` that starts at `start`, reading the
+    /// forwarded count at each whole second: the M packets/s per worker core of each second
+    /// (none for a window shorter than two seconds, whose one rate is the bench's result).
+    fn sample_rates(dp: &Dataplane, start: &Snap, seconds: f64, workers: usize) -> Vec<f64> {
+        let end = start.at + Duration::from_secs_f64(seconds);
+        let whole = if seconds >= 2.0 { seconds as usize } else { 0 };
+        let mut samples = Vec::with_capacity(whole);
+        let (mut at, mut forwarded) = (start.at, start.forwarded);
+        for k in 1..=whole {
+            let due = start.at + Duration::from_secs(k as u64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            let f: u64 = dp
+                .workers()
+                .map(|w| w.packets_forwarded.load(Ordering::Relaxed))
+                .sum();
+            let secs = now.duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                samples.push(f.saturating_sub(forwarded) as f64 / secs / workers as f64 / 1e6);
+            }
+            (at, forwarded) = (now, f);
+        }
+        std::thread::sleep(end.saturating_duration_since(Instant::now()));
+        samples
+    }
+
     fn null_mode(a: &DpdkArgs) -> anyhow::Result<Value> {
         if a.streams < 2 {
             bail!("--streams must be at least 2");
@@ -316,7 +356,7 @@ mod imp {
         std::thread::sleep(Duration::from_secs_f64(a.warmup));
         let before = dp.backend_metrics();
         let s0 = snap(&dp);
-        std::thread::sleep(Duration::from_secs_f64(a.duration));
+        let samples = sample_rates(&dp, &s0, a.duration, a.workers);
         let s1 = snap(&dp);
         let after = dp.backend_metrics();
         let secs = s1.at.duration_since(s0.at).as_secs_f64();
@@ -363,6 +403,11 @@ mod imp {
             "loss_ratio": if rx > 0.0 { ((rx - fwd) / rx).max(0.0) } else { 1.0 },
             "drops": s1.drops - s0.drops,
             "mpps_per_core": mpps_per_core,
+            "samples_mpps_per_core": samples,
+            "samples_note": "the rate of each whole second of the measured window (none when it is shorter than two seconds): their spread shows how steady the machine was",
+            "mpps_per_core_min": samples.iter().copied().reduce(f64::min),
+            "mpps_per_core_median": median(&samples),
+            "mpps_per_core_max": samples.iter().copied().reduce(f64::max),
             "ns_per_packet": if fwd > 0.0 { secs * a.workers as f64 * 1e9 / fwd } else { 0.0 },
             "latency_us_p50": q(0.5),
             "latency_us_p99": q(0.99),
@@ -399,6 +444,15 @@ mod imp {
             r["latency_us_p999"],
             r["latency_note"].as_str().unwrap_or("")
         );
+        if let (Some(lo), Some(med), Some(hi)) = (
+            r["mpps_per_core_min"].as_f64(),
+            r["mpps_per_core_median"].as_f64(),
+            r["mpps_per_core_max"].as_f64(),
+        ) {
+            println!(
+                "  per second: median {med:.2}, min {lo:.2}, max {hi:.2} M packets/s per worker core"
+            );
+        }
         if let (Some(b), Some(rel)) = (
             r["baseline"]["mpps_per_core"].as_f64(),
             r["relative_to_baseline"].as_f64(),
@@ -409,5 +463,18 @@ mod imp {
                 rel * 100.0
             );
         }
+    }
+}
+
+#[cfg(all(test, feature = "dpdk"))]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_no_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[7.5]), Some(7.5));
+        assert_eq!(median(&[]), None);
     }
 }

@@ -282,6 +282,9 @@ fn null_bench_reports_json() {
         assert!(r.get(k).is_some(), "{k} in {r}");
     }
     assert_eq!(r["streams"], 1000);
+    // Shorter than two seconds: the window's one rate, no per-second samples.
+    assert_eq!(r["samples_mpps_per_core"], serde_json::json!([]), "{r}");
+    assert!(r["mpps_per_core_median"].is_null(), "{r}");
     assert!(
         r["delivered_pps"].as_f64().expect("number") > 10_000.0,
         "{r}"
@@ -301,6 +304,42 @@ fn null_bench_reports_json() {
             .is_some_and(|v| v > 0),
         "net_null's empty frames before the fill are counted in set-up: {r}"
     );
+}
+
+#[test]
+fn null_bench_reports_the_rate_of_each_second() {
+    let r = common::bench_json(&[
+        "dpdk",
+        "--json",
+        "--mode",
+        "null",
+        "--streams",
+        "1000",
+        "--duration",
+        "2.3",
+        "--warmup",
+        "0.2",
+    ]);
+    let samples: Vec<f64> = r["samples_mpps_per_core"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    assert_eq!(samples.len(), 2, "one per whole second: {r}");
+    assert!(samples.iter().all(|&s| s > 0.01), "{r}");
+    let (min, med, max) = (
+        r["mpps_per_core_min"].as_f64().expect("min"),
+        r["mpps_per_core_median"].as_f64().expect("median"),
+        r["mpps_per_core_max"].as_f64().expect("max"),
+    );
+    assert!(min <= med && med <= max, "{r}");
+    assert_eq!(min, samples[0].min(samples[1]), "{r}");
+    assert_eq!(max, samples[0].max(samples[1]), "{r}");
+    // The whole window's rate lies within the spread of its seconds (give or take the
+    // 0.3 s after the last whole one).
+    let whole = r["mpps_per_core"].as_f64().expect("rate");
+    assert!(whole > min * 0.5 && whole < max * 1.5, "{r}");
 }
 
 #[test]

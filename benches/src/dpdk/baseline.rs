@@ -131,9 +131,7 @@ pub fn testpmd(core: usize, seconds: f64, hugepages: bool) -> anyhow::Result<Val
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         );
     }
-    let mut sorted = samples.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let median = super::median(&samples).unwrap_or(0.0);
     Ok(json!({
         "tool": "dpdk-testpmd",
         "forward_mode": "io",
