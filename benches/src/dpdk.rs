@@ -312,16 +312,12 @@ mod imp {
         for k in 1..=whole {
             let due = start.at + Duration::from_secs(k as u64);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            let now = Instant::now();
-            let f: u64 = dp
-                .workers()
-                .map(|w| w.packets_forwarded.load(Ordering::Relaxed))
-                .sum();
-            let secs = now.duration_since(at).as_secs_f64();
+            let s = snap(dp);
+            let secs = s.at.duration_since(at).as_secs_f64();
             if secs > 0.0 {
-                samples.push(f.saturating_sub(forwarded) as f64 / secs / workers as f64 / 1e6);
+                samples.push((s.forwarded - forwarded) as f64 / secs / workers as f64 / 1e6);
             }
-            (at, forwarded) = (now, f);
+            (at, forwarded) = (s.at, s.forwarded);
         }
         std::thread::sleep(end.saturating_duration_since(Instant::now()));
         samples
