@@ -1484,7 +1484,12 @@ impl PacketIo for DpdkIo {
                     let head = batch.head[i];
                     let p = batch.payload_mut(i);
                     let rtcp = (64..96).contains(&(p[1] & 0x7f));
-                    (!rtcp).then(|| adjust_sum(sum, &head, &p[..RTP_HEAD]))
+                    let now_head = p
+                        .get(..RTP_HEAD)
+                        .and_then(|h| <&[u8; RTP_HEAD]>::try_from(h).ok());
+                    now_head
+                        .filter(|_| !rtcp)
+                        .map(|h| adjust_sum(sum, &head, h))
                 }
                 _ => None,
             };

@@ -742,22 +742,38 @@ pub fn payload_sum_from_checksum(frame: &[u8], f: &crate::wire::frame::UdpFrame)
     Some(checksum_add(total, &(!others).to_be_bytes()))
 }
 
-/// `sum` of a payload after bytes `old` were replaced by `new` (same length, even offset).
-pub fn adjust_sum(sum: u32, old: &[u8], new: &[u8]) -> u32 {
-    let words = |b: &[u8]| -> u64 {
-        b.chunks(2)
-            .map(|w| u64::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
-            .sum()
-    };
-    let fold = |mut x: u64| {
-        while x > 0xffff {
-            x = (x & 0xffff) + (x >> 16);
+/// `sum` of a payload after its first `N` bytes `old` were replaced by `new` (`N` even).
+/// Unchanged bytes (RTP not rewritten) return `sum` as it is; otherwise the words are summed
+/// at fixed size and folded in fixed steps, which this per-packet path needs (a slice loop
+/// with a fold until no carry was over a tenth of the transmit path's samples).
+#[inline]
+pub fn adjust_sum<const N: usize>(sum: u32, old: &[u8; N], new: &[u8; N]) -> u32 {
+    if old == new {
+        return sum;
+    }
+    let words = |b: &[u8; N]| -> u64 {
+        let mut acc = 0u64;
+        for w in b.chunks_exact(2) {
+            acc += u64::from(u16::from_be_bytes([w[0], w[1]]));
         }
-        x as u16
+        acc
     };
     // Subtracting in one's complement is adding the complement.
-    let o = fold(words(old));
-    u32::from(fold(u64::from(sum) + u64::from(!o) + words(new)))
+    let o = fold_fixed(words(old));
+    u32::from(fold_fixed(u64::from(sum) + u64::from(!o) + words(new)))
+}
+
+/// End-around-carry fold to 16 bits, in three fixed steps (no loop), of a sum below 2³³ (what
+/// [`adjust_sum`] adds: a `u32`, a 16-bit word and `N / 2` words for small `N`): after the
+/// first step the value is below 2¹⁷ + 2¹⁶, after the second at most 0x1_0000, after the
+/// third at most 0xffff.
+#[inline]
+fn fold_fixed(x: u64) -> u16 {
+    debug_assert!(x < 1 << 33);
+    let x = (x & 0xffff) + (x >> 16);
+    let x = (x & 0xffff) + (x >> 16);
+    let x = (x & 0xffff) + (x >> 16);
+    x as u16
 }
 
 /// Writes an Ethernet header (with an 802.1Q tag when `vlan` is set) into `eth`, which is 14
@@ -1376,5 +1392,54 @@ mod tests {
             )
             .is_err());
         }
+    }
+
+    #[test]
+    fn adjusted_payload_sum_equals_the_sum_of_the_rewritten_payload() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = SmallRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
+        // Sums are compared modulo 0xffff: 0 and 0xffff are the same one's-complement value.
+        let same = |a: u32, b: u32| a % 0xffff == b % 0xffff;
+        for round in 0..20_000 {
+            let len = rng.gen_range(12..200);
+            // Mostly 0xff bytes in half the rounds, so the folds carry at every step.
+            let mut p: Vec<u8> = (0..len)
+                .map(|_| {
+                    if round % 2 == 0 && rng.gen_range(0..4) != 0 {
+                        0xff
+                    } else {
+                        rng.gen()
+                    }
+                })
+                .collect();
+            let sum = checksum_add(0, &p);
+            let old: [u8; 12] = p[..12].try_into().unwrap();
+            // Seq, timestamp and SSRC rewritten, or (one round in four) nothing.
+            if round % 4 != 0 {
+                for b in &mut p[2..12] {
+                    *b = if round % 3 == 0 { 0xff } else { rng.gen() };
+                }
+            }
+            let new: [u8; 12] = p[..12].try_into().unwrap();
+            let adjusted = adjust_sum(sum, &old, &new);
+            let direct = checksum_add(0, &p);
+            assert!(adjusted <= 0xffff, "folded to 16 bits: {adjusted:#x}");
+            assert!(
+                same(adjusted, direct),
+                "round {round}: {adjusted:#x} against {direct:#x}"
+            );
+        }
+        // All-ones words on both sides: the largest sums the fixed fold meets.
+        let ones = [0xffu8; 12];
+        assert!(same(adjust_sum(0xffff, &[0; 12], &ones), 0xffff));
+        assert!(same(adjust_sum(0xffff, &ones, &[0; 12]), 0));
+        // 0xffff_ffff + !0xfffe + 0xffff = 0x1_0000_ffff, which only the third fold step
+        // brings to 16 bits (0x1_ffff, then 0x1_0000, then 1).
+        let mut old = [0u8; 12];
+        old[..2].copy_from_slice(&[0xff, 0xfe]);
+        let mut new = [0u8; 12];
+        new[..2].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(adjust_sum(0xffff_ffff, &old, &new), 1);
     }
 }
