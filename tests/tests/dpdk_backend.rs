@@ -16,6 +16,7 @@ use voxedge_dataplane::io::dpdk::{init_eal, RingWire};
 use voxedge_dataplane::io::netstack::{
     build_arp_request, build_neighbour_solicitation, handle_control, Control, Interface,
 };
+use voxedge_dataplane::stats::DropReason;
 use voxedge_dataplane::wire::ethernet::{self, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use voxedge_dataplane::wire::frame::build_udp_frame;
 use voxedge_dataplane::wire::{checksum_add, checksum_fold, ipv4, ipv6};
@@ -23,7 +24,7 @@ use voxedge_dataplane::{Dataplane, RelayRequest, StartError};
 use voxedge_system_tests::dpdk::{DpdkNet, PEER_MAC};
 use voxedge_system_tests::scenarios::{
     conference_scenario, playback_scenario, record_scenario, relay_scenario,
-    strict_source_scenario, WAIT,
+    strict_source_scenario, total_drops, WAIT,
 };
 use voxedge_system_tests::{rtp, TestNet};
 
@@ -389,6 +390,40 @@ fn packets_on_the_wrong_queue_are_handed_to_the_owner() {
     assert_eq!(seen_workers.len(), 2, "relays on both workers");
     assert!(metric(&dp, "voxedge_dpdk_handoff_total") >= 1);
     assert_eq!(metric(&dp, "voxedge_dpdk_handoff_dropped_total"), 0);
+}
+
+/// The receive path does not keep its own set of open ports: a datagram for a port that was
+/// never opened, or for the port of a deleted relay (whose handle the table no longer knows),
+/// reaches the worker with that port's handle and is dropped there as an unknown stream,
+/// counted, and nothing is sent.
+#[test]
+fn datagrams_for_closed_ports_are_dropped_and_counted() {
+    let (env, _g) = env();
+    let dp = Dataplane::start(config(ONE_Q, 1, 31000)).expect("start");
+    let mut net = DpdkNet::new(&env.one_q, None);
+    let (a, b) = (net.endpoint(), net.endpoint());
+    let info = dp
+        .create_relay(RelayRequest::with_remotes(Some(a), Some(b)))
+        .expect("relay");
+    let a_local = info.legs[0].local;
+    net.send(a, a_local, &rtp(0, 1, 0, 7, 1));
+    assert!(net.recv(b, WAIT).is_some(), "forwarded while open");
+    dp.delete_relay(info.id).expect("delete");
+    net.send(a, a_local, &rtp(0, 2, 160, 7, 1));
+    // A port inside the media range that no relay holds.
+    let unused = SocketAddr::new(a_local.ip(), 31000 + 199);
+    assert!(
+        [a_local, info.legs[1].local]
+            .iter()
+            .all(|l| l.port() != unused.port()),
+        "the range's last port is free"
+    );
+    net.send(a, unused, &rtp(0, 1, 0, 9, 1));
+    assert_eq!(total_drops(&dp, DropReason::UnknownStream, 2), 2);
+    assert!(
+        net.recv(b, Duration::from_millis(100)).is_none(),
+        "nothing forwarded from a closed port"
+    );
 }
 
 #[test]

@@ -27,7 +27,7 @@ use super::netstack::{
     IgnoreReason, Interface, Neighbours, ReplyKind, Resolve,
 };
 use super::portset::PortSet;
-use super::{IoCounters, IoError, PacketIo, RxBatch, RxMeta, TxDesc, NO_PORT};
+use super::{IoCounters, IoError, PacketIo, RxBatch, RxMeta, TxDesc};
 use crate::config::{DpdkConfig, Steering, BURST_SIZE_MAX};
 use crate::ids::PortHandle;
 use crate::wire::frame::{parse_ipv4_udp, parse_udp_frame, Ipv4Udp};
@@ -1068,15 +1068,13 @@ impl DpdkIo {
                 }
             }
         }
-        let handle = if self.open.contains(d.slot) {
-            PortHandle(d.slot as u32)
-        } else {
-            NO_PORT
-        };
+        // The slot as it is, open or not: a closed port's handle names no stream in the
+        // worker's table, which drops the datagram as for an unknown stream (what NO_PORT
+        // would get), and the open set stays off the per-packet path.
         Some((
             d.payload_offset as u16,
             RxMeta {
-                port: handle,
+                port: PortHandle(d.slot as u32),
                 src: d.src,
                 len: d.len as u16,
                 truncated: false,

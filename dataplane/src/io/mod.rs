@@ -20,7 +20,9 @@ use crate::ids::{PortHandle, StreamIdx};
 /// Largest datagram a worker accepts; larger ones are counted as oversize drops.
 pub const PACKET_BUF_SIZE: usize = 2048;
 
-/// Port handle a backend reports for a datagram addressed to no open port.
+/// Port handle a backend reports for a datagram addressed to no port it could open. (A
+/// backend may also report the handle of a port that is not open: it names no stream, and the
+/// worker drops the datagram just the same.)
 pub const NO_PORT: PortHandle = PortHandle(u32::MAX);
 
 /// Metadata of one received datagram.
@@ -184,8 +186,6 @@ pub trait PacketIo {
     /// `sent`, and releases the buffers of the others. Returns the number sent.
     fn tx_burst(&mut self, batch: &mut Self::Batch, n: usize, tx: &mut [TxDesc]) -> usize;
 
-    /// A way for other threads to wake the worker from its idle wait when a command is
-    /// queued (backends that sleep in the kernel); `None` for polling backends.
     /// Whether [`PacketIo::load`] works: the worker can send packets it generated itself
     /// (media playback).
     fn can_generate(&self) -> bool {
@@ -198,6 +198,8 @@ pub trait PacketIo {
         false
     }
 
+    /// A way for other threads to wake the worker from its idle wait when a command is
+    /// queued (backends that sleep in the kernel); `None` for polling backends.
     fn waker(&self) -> Option<Waker> {
         None
     }

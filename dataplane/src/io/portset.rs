@@ -1,7 +1,7 @@
-//! A set of port-handle slots as one bit each: a kernel-bypass backend tests it for every
-//! received datagram, and at a bit per slot the set for one address is 8 KiB, small enough to
-//! stay in the core's cache next to the stream table (a byte per slot was 64 KiB per address,
-//! and at scale the lookup missed).
+//! A set of port-handle slots as one bit each (8 KiB per address): the ports a kernel-bypass
+//! backend has open, so that opening one twice fails as a socket bind would. The receive path
+//! does not consult it: a datagram for a closed port carries that port's handle, which names
+//! no stream in the worker's table, and is dropped there as for an unknown stream.
 
 /// Slots `0..len` (fixed at creation), each open or not.
 #[derive(Debug, Clone)]
