@@ -47,6 +47,14 @@ pub struct DpdkArgs {
     /// verifying costs).
     #[arg(long)]
     pub verify_checksums: bool,
+    /// null: relays rewrite the SSRC, sequence number and timestamp of what they send, as a
+    /// B2BUA that hides the far side's numbering does. Without it every frame keeps the SSRC
+    /// and sequence number it was filled with as it walks the chain, so a stream's RTP
+    /// statistics see sources change and numbers repeat; with it a stream hears the one SSRC
+    /// of the stream before it with consecutive sequence numbers, as from a real source, and
+    /// every packet takes the rewrite path (and the adjusted UDP checksum).
+    #[arg(long)]
+    pub rewrite: bool,
     /// null: mbufs in the port's pool, each filled with a frame (4095 × 2 KiB fits in a
     /// server's last-level cache, as packets DMA'd by a NIC with DDIO do).
     #[arg(long, default_value_t = 4095)]
@@ -134,6 +142,7 @@ mod imp {
     use rand::SeedableRng;
     use serde_json::{json, Value};
     use voxedge_dataplane::config::{Backend, DataplaneConfig, DpdkConfig};
+    use voxedge_dataplane::ids::RelayId;
     use voxedge_dataplane::wire::frame::build_udp_frame;
     use voxedge_dataplane::wire::rtp::emit_header;
     use voxedge_dataplane::{Dataplane, LegRequest, RelayRequest};
@@ -213,6 +222,9 @@ mod imp {
         build_udp_frame(buf, mac, mac, None, src, dst, 46, &payload).unwrap_or(0)
     }
 
+    /// A stream's (local, remote) addresses.
+    type StreamEnds = (SocketAddr, SocketAddr);
+
     /// Creates `relays` relays chained into a ring through the appliance itself, in a fixed
     /// shuffled order (the same seed every run): with Rₖ the k-th relay along the chain, Rₖ's leg A talks to
     /// Rₖ₋₁'s leg B and its leg B to Rₖ₊₁'s leg A. A frame received on Aₖ leaves Bₖ towards
@@ -221,11 +233,12 @@ mod imp {
     /// relays created far apart (unrelated places in the stream table), as the packets of
     /// unrelated calls do, rather than walking the table in creation order where the CPU's
     /// prefetchers would follow it. Returns each stream's (local, remote) pair in chain
-    /// order.
+    /// order, and the relays' ids. With `rewrite` the relays rewrite SSRC/seq/ts.
     fn chained_relays(
         dp: &Dataplane,
         relays: usize,
-    ) -> anyhow::Result<Vec<(SocketAddr, SocketAddr)>> {
+        rewrite: bool,
+    ) -> anyhow::Result<(Vec<StreamEnds>, Vec<RelayId>)> {
         use voxedge_dataplane::command::LegUpdate;
         use voxedge_dataplane::ids::Side;
         let mut infos = Vec::with_capacity(relays);
@@ -237,6 +250,7 @@ mod imp {
             let info = dp
                 .create_relay(RelayRequest {
                     legs: [leg, leg],
+                    rewrite,
                     ..Default::default()
                 })
                 .with_context(|| format!("creating relay {i} of {relays}"))?;
@@ -264,7 +278,41 @@ mod imp {
             streams.push((a, prev));
             streams.push((b, next));
         }
-        Ok(streams)
+        Ok((streams, infos.iter().map(|i| i.id).collect()))
+    }
+
+    /// The share of up to 64 relays' RTP streams (spread over the table) whose extended
+    /// highest sequence number (RFC 3550) advanced in 200 ms while the traffic flows: about 1
+    /// when streams hear consecutive sequence numbers as from a real source (`--rewrite`), 0
+    /// when every frame carries the sequence number it was filled with. `None` when no
+    /// snapshot could be taken.
+    fn seq_advancing_share(dp: &Dataplane, relays: &[RelayId]) -> Option<f64> {
+        let step = (relays.len() / 64).max(1);
+        let sample: Vec<RelayId> = relays.iter().step_by(step).take(64).copied().collect();
+        let seqs = || -> Vec<Option<[u32; 2]>> {
+            sample
+                .iter()
+                .map(|&id| {
+                    dp.query_relay(id)
+                        .ok()
+                        .map(|(_, s)| s.legs.map(|l| l.rtp.extended_max_seq))
+                })
+                .collect()
+        };
+        let first = seqs();
+        std::thread::sleep(Duration::from_millis(200));
+        let second = seqs();
+        let pairs: Vec<([u32; 2], [u32; 2])> = first
+            .into_iter()
+            .zip(second)
+            .filter_map(|(a, b)| Some((a?, b?)))
+            .collect();
+        let streams = pairs.len() * 2;
+        let advanced: usize = pairs
+            .iter()
+            .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| y > x).count())
+            .sum();
+        (streams > 0).then(|| advanced as f64 / streams as f64)
     }
 
     struct Snap {
@@ -339,7 +387,7 @@ mod imp {
         };
         let t0 = Instant::now();
         let dp = Dataplane::start(cfg).context("starting the DPDK dataplane on net_null")?;
-        let streams = chained_relays(&dp, relays)?;
+        let (streams, relay_ids) = chained_relays(&dp, relays, a.rewrite)?;
         let setup_s = t0.elapsed().as_secs_f64();
         let port = dp.dpdk_port().context("dpdk port")?.clone();
         let mac = port.mac;
@@ -355,6 +403,7 @@ mod imp {
         let samples = sample_rates(&dp, &s0, a.duration, a.workers);
         let s1 = snap(&dp);
         let after = dp.backend_metrics();
+        let seq_advancing = seq_advancing_share(&dp, &relay_ids);
         let secs = s1.at.duration_since(s0.at).as_secs_f64();
         let rx = (s1.rx - s0.rx) as f64;
         let fwd = (s1.forwarded - s0.forwarded) as f64;
@@ -392,6 +441,9 @@ mod imp {
             "traffic_note": "relays chained through the appliance in a shuffled order: each frame walks every stream in turn, its consecutive hops on relays far apart in the table, so all streams carry traffic",
             "hugepages": a.hugepages,
             "verify_checksums": a.verify_checksums,
+            "rewrite": a.rewrite,
+            "seq_advancing_share": seq_advancing,
+            "seq_advancing_note": "share of sampled RTP streams (up to 128) whose extended highest sequence number advanced in 200 ms after the window: about 1 with --rewrite (consecutive sequence numbers, as from a real source), 0 without (every frame keeps the sequence number it was filled with)",
             "setup_s": setup_s,
             "duration_s": secs,
             "offered_pps": rx / secs,
@@ -447,6 +499,17 @@ mod imp {
         ) {
             println!(
                 "  per second: median {med:.2}, min {lo:.2}, max {hi:.2} M packets/s per worker core"
+            );
+        }
+        if let Some(share) = r["seq_advancing_share"].as_f64() {
+            let how = if r["rewrite"].as_bool() == Some(true) {
+                "rewrite SSRC, sequence numbers and timestamps"
+            } else {
+                "forward RTP headers as they are"
+            };
+            println!(
+                "  traffic: relays {how}; the sequence numbers of {:.0} % of sampled streams advanced",
+                share * 100.0
             );
         }
         if let (Some(b), Some(rel)) = (

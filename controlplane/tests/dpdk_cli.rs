@@ -282,6 +282,9 @@ fn null_bench_reports_json() {
         assert!(r.get(k).is_some(), "{k} in {r}");
     }
     assert_eq!(r["streams"], 1000);
+    // Frames keep the sequence number they were filled with: no stream's advances.
+    assert_eq!(r["rewrite"], false, "{r}");
+    assert_eq!(r["seq_advancing_share"].as_f64(), Some(0.0), "{r}");
     // Shorter than two seconds: the window's one rate, no per-second samples.
     assert_eq!(r["samples_mpps_per_core"], serde_json::json!([]), "{r}");
     assert!(r["mpps_per_core_median"].is_null(), "{r}");
@@ -303,6 +306,25 @@ fn null_bench_reports_json() {
             .as_u64()
             .is_some_and(|v| v > 0),
         "net_null's empty frames before the fill are counted in set-up: {r}"
+    );
+}
+
+/// With `--rewrite` every relay rewrites what it sends: each stream then hears consecutive
+/// sequence numbers from the stream before it in the chain, as from a real source, and the
+/// rewrite path (SSRC/seq/ts, the adjusted UDP checksum) forwards everything.
+#[test]
+fn null_bench_with_rewrite_numbers_each_stream_consecutively() {
+    let r = bench(&["--mode", "null", "--streams", "1000", "--rewrite"]);
+    assert_eq!(r["rewrite"], true, "{r}");
+    let advancing = r["seq_advancing_share"]
+        .as_f64()
+        .expect("seq_advancing_share");
+    assert!(advancing > 0.9, "consecutive numbers on every stream: {r}");
+    assert_eq!(r["loss_ratio"].as_f64(), Some(0.0), "{r}");
+    assert_eq!(r["drops"], 0, "{r}");
+    assert!(
+        r["delivered_pps"].as_f64().expect("number") > 10_000.0,
+        "{r}"
     );
 }
 
