@@ -161,6 +161,9 @@ mod imp {
         if a.baseline && a.mode != Mode::Null {
             bail!("--baseline applies to --mode null (memif shares the cores with its generator)");
         }
+        if a.rewrite && a.mode != Mode::Null {
+            bail!("--rewrite applies to --mode null (memif's generator numbers each stream consecutively already)");
+        }
         let report = match a.mode {
             Mode::Null => null_mode(a)?,
             Mode::Memif => memif::run(a)?,

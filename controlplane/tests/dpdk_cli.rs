@@ -395,10 +395,15 @@ fn null_bench_reports_its_rate_against_a_testpmd_baseline() {
 }
 
 #[test]
-fn a_baseline_outside_null_mode_is_a_clear_error() {
+fn null_only_options_outside_null_mode_are_clear_errors() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
         .args(["bench", "dpdk", "--mode", "memif", "--baseline", "--json"])
         .output()
         .expect("run bench");
     assert_clear_failure(&out, &["--baseline applies to --mode null"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
+        .args(["bench", "dpdk", "--mode", "memif", "--rewrite", "--json"])
+        .output()
+        .expect("run bench");
+    assert_clear_failure(&out, &["--rewrite applies to --mode null"]);
 }
