@@ -164,16 +164,44 @@ mod imp {
         if a.rewrite && a.mode != Mode::Null {
             bail!("--rewrite applies to --mode null (memif's generator numbers each stream consecutively already)");
         }
-        let report = match a.mode {
+        let mut report = match a.mode {
             Mode::Null => null_mode(a)?,
             Mode::Memif => memif::run(a)?,
         };
+        if let Value::Object(m) = &mut report {
+            m.insert("build".into(), build_info());
+        }
         if a.json {
             println!("{report}");
         } else {
             print_report(&report);
         }
         Ok(())
+    }
+
+    /// What the binary was compiled for: the x86-64 instruction-set extensions beyond the
+    /// baseline that the compiler could use (`-C target-cpu=…` in `RUSTFLAGS`), so a figure
+    /// can be repeated with the same build. The list is what `cfg!(target_feature)` says of
+    /// this crate, which is built with the same flags as the dataplane.
+    fn build_info() -> Value {
+        let mut features = Vec::new();
+        macro_rules! check {
+            ($($f:tt),*) => {$(
+                if cfg!(target_feature = $f) {
+                    features.push($f);
+                }
+            )*};
+        }
+        check!(
+            "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "bmi1", "bmi2", "fma",
+            "lzcnt", "movbe", "avx512f"
+        );
+        json!({
+            "arch": std::env::consts::ARCH,
+            "target_features": features,
+            "optimized": !cfg!(debug_assertions),
+            "note": "instruction-set extensions beyond the architecture's baseline that this build may use; none: a portable build (no -C target-cpu); see docs/dpdk.md, building for the server's CPU",
+        })
     }
 
     fn addr(k: usize) -> IpAddr {
@@ -514,6 +542,14 @@ mod imp {
                 "  traffic: relays {how}; the sequence numbers of {:.0} % of sampled streams advanced",
                 share * 100.0
             );
+        }
+        if let Some(f) = r["build"]["target_features"].as_array() {
+            let list: Vec<&str> = f.iter().filter_map(Value::as_str).collect();
+            if list.is_empty() {
+                println!("  build: portable (no instruction-set extensions beyond the baseline)");
+            } else {
+                println!("  build: may use {}", list.join(" "));
+            }
         }
         if let (Some(b), Some(rel)) = (
             r["baseline"]["mpps_per_core"].as_f64(),

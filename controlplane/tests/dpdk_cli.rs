@@ -282,6 +282,17 @@ fn null_bench_reports_json() {
         assert!(r.get(k).is_some(), "{k} in {r}");
     }
     assert_eq!(r["streams"], 1000);
+    // What the binary was compiled for, so a figure can be repeated with the same build: the
+    // bench is built with the same flags as this test.
+    assert_eq!(r["build"]["arch"], std::env::consts::ARCH, "{r}");
+    let features = r["build"]["target_features"].as_array().expect("list");
+    for (f, on) in [
+        ("avx2", cfg!(target_feature = "avx2")),
+        ("sse4.2", cfg!(target_feature = "sse4.2")),
+        ("movbe", cfg!(target_feature = "movbe")),
+    ] {
+        assert_eq!(features.iter().any(|v| v == f), on, "{f}: {r}");
+    }
     // Frames keep the sequence number they were filled with: no stream's advances.
     assert_eq!(r["rewrite"], false, "{r}");
     assert_eq!(r["seq_advancing_share"].as_f64(), Some(0.0), "{r}");
@@ -372,6 +383,7 @@ fn memif_bench_reports_json() {
     assert!(delivered > 15_000.0, "{r}");
     assert!(r["loss_ratio"].as_f64().expect("number") < 0.01, "{r}");
     assert!(r["latency_us_p99"].as_f64().is_some(), "{r}");
+    assert!(r["build"]["target_features"].is_array(), "{r}");
 }
 
 #[test]
