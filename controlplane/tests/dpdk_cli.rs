@@ -285,6 +285,11 @@ fn null_bench_reports_json() {
     // What the binary was compiled for, so a figure can be repeated with the same build: the
     // bench is built with the same flags as this test.
     assert_eq!(r["build"]["arch"], std::env::consts::ARCH, "{r}");
+    assert_eq!(
+        r["build"]["optimized"].as_bool(),
+        Some(!cfg!(debug_assertions)),
+        "{r}"
+    );
     let features = r["build"]["target_features"].as_array().expect("list");
     for (f, on) in [
         ("avx2", cfg!(target_feature = "avx2")),
