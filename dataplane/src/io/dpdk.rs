@@ -1480,14 +1480,12 @@ impl PacketIo for DpdkIo {
             let sum = match batch.payload_sum[i] {
                 Some(sum) if len == usize::from(batch.meta[i].len) => {
                     let head = batch.head[i];
-                    let p = batch.payload_mut(i);
-                    let rtcp = (64..96).contains(&(p[1] & 0x7f));
-                    let now_head = p
-                        .get(..RTP_HEAD)
-                        .and_then(|h| <&[u8; RTP_HEAD]>::try_from(h).ok());
-                    now_head
-                        .filter(|_| !rtcp)
-                        .map(|h| adjust_sum(sum, &head, h))
+                    match batch.payload_mut(i).first_chunk::<RTP_HEAD>() {
+                        Some(h) if !(64..96).contains(&(h[1] & 0x7f)) => {
+                            Some(adjust_sum(sum, &head, h))
+                        }
+                        _ => None,
+                    }
                 }
                 _ => None,
             };
