@@ -25,6 +25,25 @@ pub const NO_DTMF_PT: u8 = 0xff;
 /// the burst's first packet).
 pub const EGRESS_AHEAD: usize = 8;
 
+/// A burst whose streams are being fetched into cache: the ingress stream index of each of
+/// its packets as [`StreamTable::stage_ingress`] found it (`u32::MAX`: none).
+#[derive(Debug, Clone, Copy)]
+pub struct Staged {
+    idx: [u32; BURST_SIZE_MAX],
+    n: usize,
+}
+
+impl Staged {
+    /// Packets in the burst.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
 /// How a stream treats the source address of what it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SourcePolicy {
@@ -284,36 +303,78 @@ impl StreamTable {
     /// processed: lines 0 and 1 of its ingress stream, lines 0 and 2 of its egress stream.
     ///
     /// The lines are found in three dependent steps (port index, ingress stream, its `peer`),
-    /// so they are fetched in three waves: every packet's port-index entry first; then every
-    /// packet's ingress stream, all before the first packet (a burst's ingress lines, 64
-    /// lines or 4 KiB, stay in L1 until their turn, and requested together their misses
-    /// overlap; eight packets ahead left each burst's first packets waiting: at 1M streams
-    /// 4.7–6.5 M packets/s per core against 4.05, see docs/capacity.md); then, from
-    /// [`EGRESS_AHEAD`] packets ahead, the egress stream, whose index the ingress stream's
-    /// line 0 (fetched by then) gives. A table larger than the caches costs about one memory
-    /// latency per burst rather than three per packet, and the misses overlap with work.
+    /// so they are fetched in three waves: every packet's port-index entry first
+    /// ([`StreamTable::stage_ports`]); then every packet's ingress stream, all before the
+    /// first packet ([`StreamTable::stage_ingress`]; a burst's ingress lines, 64 lines or
+    /// 4 KiB, stay in L1 until their turn, and requested together their misses overlap;
+    /// eight packets ahead left each burst's first packets waiting: at 1M streams 4.7–6.5 M
+    /// packets/s per core against 4.05, see docs/capacity.md); then, from [`EGRESS_AHEAD`]
+    /// packets ahead, the egress stream, whose index the ingress stream's line 0 (fetched by
+    /// then) gives ([`StreamTable::stage_egress`], [`StreamTable::for_each_staged`]). A table
+    /// larger than the caches costs about one memory latency per burst rather than three per
+    /// packet, and the misses overlap with work.
+    ///
+    /// Run back to back as here, each wave waits for the one before. The worker can instead
+    /// run a burst's waves between the steps of the burst before it (see `Worker`), so that
+    /// the waits overlap with work too.
     #[inline]
     pub fn for_each_prefetched(
         &mut self,
         ports: &[PortHandle],
-        mut f: impl FnMut(&mut StreamTable, usize),
+        f: impl FnMut(&mut StreamTable, usize),
     ) {
+        self.stage_ports(ports);
+        let staged = self.stage_ingress(ports);
+        self.stage_egress(&staged);
+        self.for_each_staged(&staged, f);
+    }
+
+    /// First wave of a burst: requests every packet's port-index entry.
+    #[inline]
+    pub fn stage_ports(&self, ports: &[PortHandle]) {
         let n = ports.len().min(BURST_SIZE_MAX);
         for &p in &ports[..n] {
             if let Some(e) = self.by_port.get(p.0 as usize) {
                 prefetch(e);
             }
         }
-        let mut idx = [u32::MAX; BURST_SIZE_MAX];
-        for (i, &p) in idx.iter_mut().zip(&ports[..n]) {
+    }
+
+    /// Second wave: reads every packet's port-index entry (requested by
+    /// [`StreamTable::stage_ports`]) and requests its ingress stream's lines 0 and 1. The
+    /// indices it returns are hints for the later waves only: a command applied in between
+    /// may change the table, and processing looks every packet up again.
+    #[inline]
+    pub fn stage_ingress(&self, ports: &[PortHandle]) -> Staged {
+        let n = ports.len().min(BURST_SIZE_MAX);
+        let mut staged = Staged {
+            idx: [u32::MAX; BURST_SIZE_MAX],
+            n,
+        };
+        for (i, &p) in staged.idx.iter_mut().zip(&ports[..n]) {
             *i = self.prefetch_ingress(p);
         }
-        for &i in &idx[..n.min(EGRESS_AHEAD)] {
+        staged
+    }
+
+    /// Third wave, its first part: requests the egress streams of the burst's first
+    /// [`EGRESS_AHEAD`] packets (their `peer` is on the ingress line 0 that
+    /// [`StreamTable::stage_ingress`] requested).
+    #[inline]
+    pub fn stage_egress(&self, staged: &Staged) {
+        for &i in &staged.idx[..staged.n.min(EGRESS_AHEAD)] {
             self.prefetch_egress(i);
         }
+    }
+
+    /// Calls `f(table, i)` for each packet of a staged burst in order, requesting the egress
+    /// stream of packet `i + EGRESS_AHEAD` before packet `i` (the rest of the third wave).
+    #[inline]
+    pub fn for_each_staged(&mut self, staged: &Staged, mut f: impl FnMut(&mut StreamTable, usize)) {
+        let n = staged.n.min(BURST_SIZE_MAX);
         for i in 0..n {
             if i + EGRESS_AHEAD < n {
-                self.prefetch_egress(idx[i + EGRESS_AHEAD]);
+                self.prefetch_egress(staged.idx[i + EGRESS_AHEAD]);
             }
             f(self, i);
         }
