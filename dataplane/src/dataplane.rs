@@ -407,6 +407,7 @@ impl Dataplane {
             let wcfg = WorkerConfig {
                 bind: cfg.bind,
                 burst_size: cfg.burst_size,
+                overlap_bursts: cfg.overlap_bursts,
                 idle_wait: Duration::from_micros(cfg.idle_wait_us),
                 media_timeout: (cfg.media_timeout_ms > 0)
                     .then(|| Duration::from_millis(cfg.media_timeout_ms)),
@@ -434,8 +435,12 @@ impl Dataplane {
                     }
                     match make_io() {
                         Ok(io) => {
-                            let _ = ready_tx.send(Ok(io.waker()));
-                            Worker::new(wcfg, io, cmd_rx, ev, sh).run();
+                            let waker = io.waker();
+                            // Ready once the worker exists: what it publishes at creation
+                            // (`WorkerShared::overlapped`) is there when `start` returns.
+                            let worker = Worker::new(wcfg, io, cmd_rx, ev, sh);
+                            let _ = ready_tx.send(Ok(waker));
+                            worker.run();
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));

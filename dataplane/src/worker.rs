@@ -3,9 +3,12 @@
 //!
 //! Loop, each iteration bounded:
 //! 1. apply up to [`COMMANDS_PER_LOOP`] commands;
-//! 2. receive one burst (≤ 32), waiting at most `idle_wait` when nothing is ready;
+//! 2. receive one burst (≤ 32), waiting at most `idle_wait` when nothing is ready (not at all
+//!    while a burst is held);
 //! 3. read the clock once; run the pipeline on each datagram; queue forwards;
-//! 4. transmit the burst; count failures;
+//! 4. transmit the burst; count failures. With overlapped bursts (ADR 0021) steps 3 and 4
+//!    apply to the burst held from the iteration before, and the one just received is held
+//!    while its stream lines are fetched (see [`Worker::bursts`]);
 //! 5. record per-packet processing time; every few milliseconds sweep a bounded slice of
 //!    streams for media timeouts and publish counters to [`WorkerShared`].
 //!
@@ -25,14 +28,14 @@ use crate::command::{
     CommandError, ConfOp, ConfReply, LegSnapshot, LegSpec, LegUpdate, MediaCommand, MediaEvent,
     RelaySnapshot, RelaySpec, StreamSnapshot,
 };
-use crate::config::BURST_SIZE_MAX;
+use crate::config::{OverlapBursts, BURST_SIZE_MAX};
 use crate::ids::{Component, PortHandle, RelayId, Side, StreamIdx, WorkerId};
 use crate::io::{PacketIo, RxBatch, TxDesc};
 use crate::mixer::{ConfId, MixOut, Mixer};
 use crate::pipeline::{self, EventSink, Verdict};
 use crate::player::{Player, Step, FRAME_BYTES_MAX, RTP_HEADER};
 use crate::stats::{DropCounters, DropReason, DROP_SLOTS};
-use crate::table::{Stream, StreamTable, NO_DTMF_PT};
+use crate::table::{Staged, Stream, StreamTable, NO_DTMF_PT};
 
 /// Commands applied per loop iteration, so a command storm cannot starve packets.
 pub const COMMANDS_PER_LOOP: usize = 64;
@@ -80,6 +83,9 @@ pub struct WorkerShared {
     /// Datagrams the backend sent through its raw socket.
     pub tx_raw: AtomicU64,
     pub running: AtomicBool,
+    /// The worker holds each burst until its next receive call (`overlap_bursts` as the
+    /// worker resolved it with its backend).
+    pub overlapped: AtomicBool,
     /// Core the worker is pinned to, −1 when not pinned.
     pub pinned_core: std::sync::atomic::AtomicI64,
     /// Per-packet processing time, nanoseconds (cumulative since start).
@@ -118,6 +124,7 @@ impl WorkerShared {
             tx_calls: AtomicU64::new(0),
             tx_raw: AtomicU64::new(0),
             running: AtomicBool::new(false),
+            overlapped: AtomicBool::new(false),
             pinned_core: std::sync::atomic::AtomicI64::new(-1),
             processing_ns: Mutex::new(new_histogram()),
             burst_ns: Mutex::new(new_histogram()),
@@ -145,6 +152,7 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 pub struct WorkerConfig {
     pub bind: IpAddr,
     pub burst_size: usize,
+    pub overlap_bursts: OverlapBursts,
     pub idle_wait: Duration,
     pub media_timeout: Option<Duration>,
     pub streams_max: usize,
@@ -163,6 +171,14 @@ impl EventSink for ChannelSink<'_> {
             self.dropped += 1;
         }
     }
+}
+
+/// A received burst held back until the next receive call (see [`Worker::bursts`]).
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    staged: Staged,
+    /// When it was received.
+    rx_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -197,7 +213,14 @@ pub struct Worker<Io: PacketIo> {
     hist: Histogram<u64>,
     burst_hist: Histogram<u64>,
     totals: Totals,
-    batch: Io::Batch,
+    /// Two batches: `batches[cur]` receives (and carries played and mixed packets);
+    /// the other holds the burst received before, while it waits for its turn (see
+    /// [`PacketIo::overlap_bursts`]).
+    batches: [Io::Batch; 2],
+    cur: usize,
+    /// The burst in `batches[cur ^ 1]` waiting to be processed, when bursts overlap.
+    held: Option<Held>,
+    overlap: bool,
     tx: [TxDesc; BURST_SIZE_MAX],
     epoch: Instant,
     sweep_cursor: usize,
@@ -233,7 +256,13 @@ impl<Io: PacketIo> Worker<Io> {
             stream: StreamIdx(0),
             sent: false,
         };
-        let batch = io.new_batch();
+        let batches = [io.new_batch(), io.new_batch()];
+        let overlap = match cfg.overlap_bursts {
+            OverlapBursts::Auto => io.overlap_bursts(),
+            OverlapBursts::On => true,
+            OverlapBursts::Off => false,
+        };
+        shared.overlapped.store(overlap, Ordering::Relaxed);
         Worker {
             cfg,
             io,
@@ -245,7 +274,10 @@ impl<Io: PacketIo> Worker<Io> {
             hist: new_histogram(),
             burst_hist: new_histogram(),
             totals: Totals::default(),
-            batch,
+            batches,
+            cur: 0,
+            held: None,
+            overlap,
             tx: [tx0; BURST_SIZE_MAX],
             epoch: Instant::now(),
             sweep_cursor: 0,
@@ -275,6 +307,10 @@ impl<Io: PacketIo> Worker<Io> {
             self.totals.wall_ns += t.saturating_sub(t_prev);
             t_prev = t;
         }
+        if self.held.is_some() {
+            // The burst held back is forwarded, not lost.
+            self.bursts(0, self.now_ns());
+        }
         self.publish(self.now_ns(), true);
         self.shared.running.store(false, Ordering::Release);
     }
@@ -282,7 +318,7 @@ impl<Io: PacketIo> Worker<Io> {
     /// One loop iteration; returns the last clock reading it took.
     fn poll_once(&mut self) -> u64 {
         let did_commands = self.apply_commands();
-        let wait = if did_commands {
+        let wait = if did_commands || self.held.is_some() {
             Duration::ZERO
         } else if self.players.is_empty() && self.mixer.is_empty() {
             self.cfg.idle_wait
@@ -292,16 +328,13 @@ impl<Io: PacketIo> Worker<Io> {
             let until = due.saturating_sub(self.now_ns());
             self.cfg.idle_wait.min(Duration::from_nanos(until))
         };
-        let n = self.io.rx_burst(&mut self.batch, self.cfg.burst_size, wait);
+        let n = self
+            .io
+            .rx_burst(&mut self.batches[self.cur], self.cfg.burst_size, wait);
         let now = self.now_ns();
         let mut end = now;
-        if n > 0 {
-            self.process_burst(n, now);
-            end = self.now_ns();
-            let per_packet = (end - now) / n as u64;
-            self.hist.saturating_record_n(per_packet.max(1), n as u64);
-            self.burst_hist
-                .saturating_record_n((end - now).max(1), n as u64);
+        if n > 0 || self.held.is_some() {
+            end = self.bursts(n, now);
             self.totals.busy_ns += end - now;
         }
         if !self.players.is_empty() && end >= self.next_play_ns {
@@ -322,26 +355,80 @@ impl<Io: PacketIo> Worker<Io> {
         end
     }
 
-    fn process_burst(&mut self, n: usize, now: u64) {
+    /// Processes the `n` packets the last receive call put into `batches[cur]` at `now`, and
+    /// the burst held from the call before, if any; returns the clock read at the end.
+    ///
+    /// A burst's stream lines are fetched in three dependent waves (see
+    /// [`StreamTable::for_each_prefetched`]). Without overlap the waves run back to back and
+    /// the burst is processed and sent at once. With overlap ([`PacketIo::overlap_bursts`])
+    /// the new burst is held until the next call, and its waves run between the steps of the
+    /// held one: its port-index entries are requested before the held burst is processed,
+    /// its ingress streams before the held burst is sent, its first egress streams after, so
+    /// that no wave waits for the one before. A held burst goes at the next call, whatever
+    /// that call receives (the receive does not wait while a burst is held): a packet waits
+    /// one receive call and one burst longer, and the latency histogram counts that wait.
+    fn bursts(&mut self, n: usize, now: u64) -> u64 {
+        let mut ports = [PortHandle(0); BURST_SIZE_MAX];
+        let batch = &self.batches[self.cur];
+        for (i, p) in ports.iter_mut().enumerate().take(n) {
+            *p = batch.meta(i).port;
+        }
+        let ports = &ports[..n.min(BURST_SIZE_MAX)];
+        self.table.stage_ports(ports);
+        if !self.overlap {
+            let staged = self.table.stage_ingress(ports);
+            self.table.stage_egress(&staged);
+            let ntx = self.run_pipeline(self.cur, &staged, now);
+            self.transmit(self.cur, staged.len(), ntx);
+            return self.record(now, now, staged.len());
+        }
+        let held = self.held.take();
+        let ntx = held.map_or(0, |h| self.run_pipeline(self.cur ^ 1, &h.staged, now));
+        let staged = self.table.stage_ingress(ports);
+        let mut end = now;
+        if let Some(h) = held {
+            self.transmit(self.cur ^ 1, h.staged.len(), ntx);
+            end = self.record(h.rx_ns, now, h.staged.len());
+        }
+        if !staged.is_empty() {
+            self.table.stage_egress(&staged);
+            self.held = Some(Held { staged, rx_ns: now });
+            self.cur ^= 1;
+        }
+        end
+    }
+
+    /// Records `n` packets received at `rx_ns` and processed from `start` until now in the
+    /// latency histograms; returns now.
+    fn record(&mut self, rx_ns: u64, start: u64, n: usize) -> u64 {
+        let end = self.now_ns();
+        if n > 0 {
+            let per_packet = end.saturating_sub(start) / n as u64;
+            self.hist.saturating_record_n(per_packet.max(1), n as u64);
+            self.burst_hist
+                .saturating_record_n(end.saturating_sub(rx_ns).max(1), n as u64);
+        }
+        end
+    }
+
+    /// Runs the pipeline over the staged burst in `batches[slot]`, queueing its forwards in
+    /// `tx`; returns how many.
+    fn run_pipeline(&mut self, slot: usize, staged: &Staged, now: u64) -> usize {
         let mut sink = ChannelSink {
             tx: &self.events,
             dropped: 0,
         };
         let mut ntx = 0;
-        let mut ports = [PortHandle(0); BURST_SIZE_MAX];
-        for (i, p) in ports.iter_mut().enumerate().take(n) {
-            *p = self.batch.meta(i).port;
-        }
         let Worker {
             table,
-            batch,
+            batches,
             totals,
             tx,
             mixer,
             ..
         } = self;
-        // Each packet's streams are fetched into cache ahead of its turn.
-        table.for_each_prefetched(&ports[..n], |table, i| {
+        let batch = &mut batches[slot & 1];
+        table.for_each_staged(staged, |table, i| {
             let meta = batch.meta(i);
             totals.packets_in += 1;
             totals.bytes_in += u64::from(meta.len);
@@ -367,7 +454,15 @@ impl<Io: PacketIo> Worker<Io> {
             }
         });
         self.totals.events_dropped += sink.dropped;
-        let sent = self.io.tx_burst(&mut self.batch, n, &mut self.tx[..ntx]);
+        ntx
+    }
+
+    /// Ends the burst of `n` packets in `batches[slot]`: sends the `ntx` queued forwards and
+    /// counts what could not be sent.
+    fn transmit(&mut self, slot: usize, n: usize, ntx: usize) {
+        let sent = self
+            .io
+            .tx_burst(&mut self.batches[slot & 1], n, &mut self.tx[..ntx]);
         self.totals.packets_forwarded += sent as u64;
         for d in &self.tx[..ntx] {
             if d.sent {
@@ -388,7 +483,8 @@ impl<Io: PacketIo> Worker<Io> {
             players,
             table,
             io,
-            batch,
+            batches,
+            cur,
             tx,
             totals,
             events,
@@ -400,6 +496,7 @@ impl<Io: PacketIo> Worker<Io> {
             tx: events,
             dropped: 0,
         };
+        let batch = &mut batches[*cur & 1];
         let burst = cfg.burst_size.clamp(1, BURST_SIZE_MAX);
         let mut ntx = 0;
         let mut next = u64::MAX;
@@ -477,13 +574,15 @@ impl<Io: PacketIo> Worker<Io> {
             mixer,
             table,
             io,
-            batch,
+            batches,
+            cur,
             tx,
             totals,
             events,
             cfg,
             ..
         } = self;
+        let batch = &mut batches[*cur & 1];
         let mut sink = ChannelSink {
             tx: events,
             dropped: 0,

@@ -8,10 +8,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use voxedge_dataplane::config::{Backend, DataplaneConfig, DpdkConfig, Steering};
+use voxedge_dataplane::config::{Backend, DataplaneConfig, DpdkConfig, OverlapBursts, Steering};
 use voxedge_dataplane::io::dpdk::{init_eal, RingWire};
 use voxedge_dataplane::io::netstack::{
     build_arp_request, build_neighbour_solicitation, handle_control, Control, Interface,
@@ -128,8 +129,18 @@ fn metric(dp: &Dataplane, name: &str) -> u64 {
 #[test]
 fn relay_scenario_on_dpdk_ring_port() {
     let (env, _g) = env();
-    let dp = Dataplane::start(config(ONE_Q, 1, 31000)).expect("start");
-    relay_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
+    // With bursts overlapped (DPDK's choice under `auto`), then without.
+    for (overlap, overlapped) in [(OverlapBursts::Auto, true), (OverlapBursts::Off, false)] {
+        let mut cfg = config(ONE_Q, 1, 31000);
+        cfg.overlap_bursts = overlap;
+        let dp = Dataplane::start(cfg).expect("start");
+        assert!(
+            dp.workers()
+                .all(|w| w.overlapped.load(Ordering::Relaxed) == overlapped),
+            "{overlap:?}"
+        );
+        relay_scenario(&dp, &mut DpdkNet::new(&env.one_q, None));
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use voxedge_dataplane::config::{DataplaneConfig, RawTx};
+use voxedge_dataplane::config::{DataplaneConfig, OverlapBursts, RawTx};
 use voxedge_dataplane::{Dataplane, RelayRequest};
 use voxedge_system_tests::scenarios::{
     conference_scenario, echo_scenario, echo_toggle_scenario, playback_scenario, record_scenario,
@@ -214,4 +214,28 @@ fn conference_mixing_on_memory_and_socket_backends() {
     conference_scenario(&dp, &mut MemNet::new(net));
     let dp = Dataplane::start(config(19700)).expect("start");
     conference_scenario(&dp, &mut SocketNet::default());
+}
+
+/// The scenarios with every received burst held until the worker's next receive call
+/// (`overlap_bursts = on`, what DPDK runs by default), on the in-memory backend and on kernel
+/// sockets: a held burst goes out when no more traffic comes (the scenarios wait for each
+/// answer), and played and mixed packets share the worker with held bursts.
+#[test]
+fn scenarios_with_overlapped_bursts_on_memory_and_socket_backends() {
+    let overlapped = |port_min| DataplaneConfig {
+        overlap_bursts: OverlapBursts::On,
+        ..config(port_min)
+    };
+    let (dp, net) = Dataplane::start_memory(overlapped(19200)).expect("start");
+    assert!(dp.workers().all(|w| w.overlapped.load(Ordering::Relaxed)));
+    let mut net = MemNet::new(net);
+    relay_scenario(&dp, &mut net);
+    strict_source_scenario(&dp, &mut net);
+    playback_scenario(&dp, &mut net);
+    conference_scenario(&dp, &mut net);
+    let dp = Dataplane::start(overlapped(19600)).expect("start");
+    let mut net = SocketNet::default();
+    relay_scenario(&dp, &mut net);
+    echo_scenario(&dp, &mut net);
+    conference_scenario(&dp, &mut net);
 }

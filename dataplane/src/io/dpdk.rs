@@ -812,8 +812,10 @@ pub struct DpdkIo {
     idle_sleep: Duration,
     verify_checksums: bool,
     epoch: Instant,
-    /// Stopped for [`PortCtx::fill_pool`], with the mempool cache emptied.
-    paused: bool,
+    /// Receive calls since [`PortCtx::fill_pool`] asked the worker to stop (0: running), up
+    /// to 2: the first returns nothing so the worker sends the burst it holds, the second
+    /// empties the mempool cache and reports the worker stopped.
+    paused: u8,
 }
 
 /// What the worker needs to build its [`DpdkIo`] on its own thread.
@@ -923,7 +925,7 @@ impl DpdkIo {
             idle_sleep: p.idle_sleep,
             verify_checksums: p.verify_checksums,
             epoch: Instant::now(),
-            paused: false,
+            paused: 0,
             ctx: p.ctx,
         })
     }
@@ -976,14 +978,23 @@ impl DpdkIo {
     }
 
     /// Stops for [`PortCtx::fill_pool`]: sends what is pending and returns the mempool cache's
-    /// mbufs to the pool, once per request.
+    /// mbufs to the pool, once per request. The first call only returns: the worker then
+    /// sends the burst it holds (see [`PacketIo::overlap_bursts`]), whose mbufs the second
+    /// call finds in the cache.
     #[cold]
     fn pause(&mut self) {
-        if !self.paused {
-            self.flush();
-            flush_lcore_cache(self.ctx.pool);
-            self.paused = true;
-            self.ctx.quiesced.fetch_add(1, Ordering::AcqRel);
+        match self.paused {
+            0 => {
+                self.paused = 1;
+                return;
+            }
+            1 => {
+                self.flush();
+                flush_lcore_cache(self.ctx.pool);
+                self.paused = 2;
+                self.ctx.quiesced.fetch_add(1, Ordering::AcqRel);
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -1304,6 +1315,12 @@ impl PacketIo for DpdkIo {
         true
     }
 
+    /// Receiving a burst from a poll-mode queue costs tens of nanoseconds, a stream table
+    /// larger than the caches a memory access per wave: overlapping pays.
+    fn overlap_bursts(&self) -> bool {
+        true
+    }
+
     /// A generated datagram (media playback) in a fresh mbuf from the worker's pool, its
     /// payload at the pool's headroom so transmit writes the headers in front, as for a
     /// received one; the checksum is computed at transmit (`payload_sum` unknown).
@@ -1366,12 +1383,12 @@ impl PacketIo for DpdkIo {
         self.open.remove(port.0 as usize);
     }
 
-    fn rx_burst(&mut self, batch: &mut DpdkBatch, max: usize, _wait: Duration) -> usize {
+    fn rx_burst(&mut self, batch: &mut DpdkBatch, max: usize, wait: Duration) -> usize {
         if self.ctx.quiesce.load(Ordering::Acquire) {
             self.pause();
             return 0;
         }
-        self.paused = false;
+        self.paused = 0;
         self.flush();
         let max = max.min(BURST_SIZE_MAX);
         let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); BURST_SIZE_MAX];
@@ -1424,7 +1441,8 @@ impl PacketIo for DpdkIo {
         }
         if ho + nrx == 0 {
             self.flush();
-            if !self.idle_sleep.is_zero() {
+            // Not when the worker asks for no wait: it holds a burst, or has commands.
+            if !self.idle_sleep.is_zero() && !wait.is_zero() {
                 std::thread::sleep(self.idle_sleep);
             }
         }

@@ -186,6 +186,18 @@ pub trait PacketIo {
     /// `sent`, and releases the buffers of the others. Returns the number sent.
     fn tx_burst(&mut self, batch: &mut Self::Batch, n: usize, tx: &mut [TxDesc]) -> usize;
 
+    /// Whether the worker holds each received burst back until after its next receive call,
+    /// fetching the burst's streams into cache while it processes and sends the burst
+    /// before (see `Worker::bursts`). Worth it where a receive call costs little next to a
+    /// memory access (a poll-mode backend on a table larger than the caches); a kernel
+    /// backend's receive call costs more than the wait it would hide. A backend that says
+    /// yes must return from a receive call without waiting when the worker holds a burst
+    /// (the worker passes a zero wait), and its receive must return nothing at least once
+    /// between being asked to stop and stopping, so that the held burst is sent first.
+    fn overlap_bursts(&self) -> bool {
+        false
+    }
+
     /// Whether [`PacketIo::load`] works: the worker can send packets it generated itself
     /// (media playback).
     fn can_generate(&self) -> bool {
