@@ -298,6 +298,9 @@ fn null_bench_reports_json() {
     ] {
         assert_eq!(features.iter().any(|v| v == f), on, "{f}: {r}");
     }
+    // DPDK overlaps bursts unless told not to.
+    assert_eq!(r["overlap_bursts"], "auto", "{r}");
+    assert_eq!(r["overlapped"], true, "{r}");
     // Frames keep the sequence number they were filled with: no stream's advances.
     assert_eq!(r["rewrite"], false, "{r}");
     assert_eq!(r["seq_advancing_share"].as_f64(), Some(0.0), "{r}");
@@ -336,6 +339,29 @@ fn null_bench_with_rewrite_numbers_each_stream_consecutively() {
         .as_f64()
         .expect("seq_advancing_share");
     assert!(advancing > 0.9, "consecutive numbers on every stream: {r}");
+    assert_eq!(r["loss_ratio"].as_f64(), Some(0.0), "{r}");
+    assert_eq!(r["drops"], 0, "{r}");
+    assert!(
+        r["delivered_pps"].as_f64().expect("number") > 10_000.0,
+        "{r}"
+    );
+}
+
+/// `--overlap-bursts off`: each burst is processed as soon as it is received, and the bench
+/// still forwards everything (the rate and latency to compare with the default).
+#[test]
+fn null_bench_without_overlapped_bursts() {
+    let r = bench(&[
+        "--mode",
+        "null",
+        "--streams",
+        "1000",
+        "--rewrite",
+        "--overlap-bursts",
+        "off",
+    ]);
+    assert_eq!(r["overlap_bursts"], "off", "{r}");
+    assert_eq!(r["overlapped"], false, "{r}");
     assert_eq!(r["loss_ratio"].as_f64(), Some(0.0), "{r}");
     assert_eq!(r["drops"], 0, "{r}");
     assert!(

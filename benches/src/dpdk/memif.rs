@@ -104,6 +104,7 @@ port_min = {PORT_MIN}
 port_max = {PORT_MAX}
 media_timeout_ms = 0
 streams_per_worker_max = {smax}
+overlap_bursts = "{overlap}"
 
 [dataplane.dpdk]
 main_lcore = 0
@@ -131,6 +132,7 @@ verify_checksums = {verify}
         nets = nets.join(", "),
         gmac = format_mac(GEN_MAC),
         verify = a.verify_checksums,
+        overlap = a.overlap_bursts.as_str(),
         // A JSON array of plain strings is also a TOML array.
         eal = serde_json::Value::from(super::eal_args(a.hugepages)),
     );
@@ -497,6 +499,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         "frame_bytes": FRAME,
         "hugepages": a.hugepages,
         "verify_checksums": a.verify_checksums,
+        "overlap_bursts": a.overlap_bursts.as_str(),
         "setup_s": setup_s,
         "duration_s": max.secs,
         "offered_pps": max.sent as f64 / max.secs,
