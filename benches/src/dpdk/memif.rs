@@ -347,6 +347,11 @@ fn phase(port: &mut RawPort, frames: &mut Frames, rate: f64, secs: f64, hz: f64)
     }
 }
 
+/// How long the generator pauses before reading the workers' latency histogram: more than
+/// twice their publish interval (250 ms), so that everything a phase counted is published
+/// and nothing of the phase before is left to be.
+const HIST_SETTLE: Duration = Duration::from_millis(600);
+
 /// (upper bound in seconds, cumulative count) of the workers' latency histogram, summed.
 fn worker_latency_buckets(c: &Child_) -> Vec<(f64, f64)> {
     let Some(text) = agent()
@@ -475,8 +480,14 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         let p = phase(&mut port, &mut frames, 0.0, a.duration, hz);
         phases.push(phase_json("max", &p, 0.0));
         let half = p.received as f64 / p.secs / 2.0;
+        // The workers publish their latency histograms every 250 ms: without a pause, up to
+        // that much of the max phase (at saturation, where a packet waits a burst or two)
+        // would be counted in the half phase, and the half phase's last samples would be
+        // missed.
+        std::thread::sleep(HIST_SETTLE);
         let before = worker_latency_buckets(&media);
         let h = phase(&mut port, &mut frames, half, a.duration, hz);
+        std::thread::sleep(HIST_SETTLE);
         let after = worker_latency_buckets(&media);
         let mut pj = phase_json("half", &h, half);
         pj["worker_latency_us_p99_at_most"] = json!(bucket_quantile(&before, &after, 0.99));
