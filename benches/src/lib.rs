@@ -13,6 +13,7 @@ pub mod rest;
 pub mod sip;
 pub mod voice;
 pub mod vs_rtpengine;
+pub mod workdir;
 
 use clap::Subcommand;
 

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use crate::proc::{self, Kill};
 use crate::relay::free_port;
+use crate::workdir::WorkDir;
 
 /// Options of `voxedge bench rest`.
 #[derive(Debug, Clone, Args)]
@@ -122,8 +123,7 @@ pub fn main(a: &RestArgs) -> anyhow::Result<()> {
     if Command::new("sipp").arg("-v").output().is_err() {
         bail!("sipp is not installed (apt-get install sip-tester)");
     }
-    let dir = std::env::temp_dir().join(format!("voxedge-bench-rest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = WorkDir::create("rest")?;
     let (admin, sip, api, uas_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let database = a
         .database
@@ -234,7 +234,7 @@ routes = [{{ pattern = \"*\", target = \"sip:127.0.0.1:{uas_port}\" }}]\n\
         .ok()
         .and_then(|r| r.into_json::<Value>().ok());
     drop(serve);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let report = json!({
         "bench": "rest",
         "database": kind,

@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::proc::{self, Kill, KillGroup};
 use crate::relay::{agent, free_port};
+use crate::workdir::WorkDir;
 
 /// Options of `voxedge bench sip`.
 #[derive(Debug, Clone, Args)]
@@ -253,8 +254,7 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
     if Command::new("sipp").arg("-v").output().is_err() {
         bail!("sipp is not installed (apt-get install sip-tester)");
     }
-    let dir = std::env::temp_dir().join(format!("voxedge-bench-sip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = WorkDir::create("sip")?;
     let (sip, uas_port, uac_port) = (free_port()?, free_port()?, free_port()?);
     let carrier = match a.via.as_str() {
         "voxedge" => start_voxedge(a, &dir, sip, uas_port),
@@ -263,13 +263,7 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
             "--via takes voxedge or kamailio, not {other}"
         )),
     };
-    let carrier = match carrier {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e);
-        }
-    };
+    let carrier = carrier?;
     let uas = Kill(
         Command::new("sipp")
             .args([
@@ -345,7 +339,7 @@ pub fn main(a: &SipArgs) -> anyhow::Result<()> {
             "carrier_log": tail(&dir.join(log), 4000),
         })
     });
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let report = json!({
         "bench": "sip",
         "offered_cps": a.rate,

@@ -23,6 +23,7 @@ use crate::proc;
 use crate::relay::free_port;
 use crate::rest::random_hex;
 use crate::sip::stat_field;
+use crate::workdir::WorkDir;
 
 /// Options of `voxedge bench voice`.
 #[derive(Debug, Clone, Args)]
@@ -130,8 +131,7 @@ pub fn main(a: &VoiceArgs) -> anyhow::Result<()> {
     if Command::new("espeak-ng").arg("--version").output().is_err() {
         bail!("espeak-ng is not installed (apt-get install espeak-ng)");
     }
-    let dir = std::env::temp_dir().join(format!("voxedge-bench-voice-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = WorkDir::create("voice")?;
     let (admin, sip, api, uac_port) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let requests = Arc::new(AtomicU64::new(0));
     let app = app_server(requests.clone())?;
@@ -212,9 +212,7 @@ callbacks_allow_private = true\nrequests_per_second_per_account = 1000000\n\
     let h = rtts(&dir);
     drop(serve);
     let fetched = requests.load(Ordering::Relaxed) - warm_requests;
-    if std::env::var_os("VOXEDGE_BENCH_KEEP").is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    drop(dir);
     let pct = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let report = json!({
         "bench": "voice",

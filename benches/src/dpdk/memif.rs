@@ -20,6 +20,7 @@ use voxedge_dataplane::wire::{checksum_add, checksum_fold};
 use super::DpdkArgs;
 use crate::proc;
 use crate::relay::{agent, free_port};
+use crate::workdir::WorkDir;
 
 const GEN_MAC: [u8; 6] = [0x02, 0x9e, 0x4e, 0, 0, 0x02];
 const RTP_PAYLOAD: usize = 172;
@@ -48,7 +49,8 @@ struct Child_ {
     child: Child,
     admin: String,
     management: String,
-    dir: std::path::PathBuf,
+    /// Held only to be removed after the child is stopped (fields drop after `Drop::drop`).
+    _dir: WorkDir,
 }
 
 impl Drop for Child_ {
@@ -66,13 +68,11 @@ impl Drop for Child_ {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn start_media(a: &DpdkArgs, relays: usize, socket: &str) -> anyhow::Result<Child_> {
-    let dir = std::env::temp_dir().join(format!("voxedge-bench-memif-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = WorkDir::create("memif")?;
     let addresses = relays.div_ceil(RELAYS_PER_ADDRESS).max(1);
     let (admin_port, mgmt_port) = (free_port()?, free_port()?);
     let cores: Vec<String> = (1..=a.workers).map(|c| c.to_string()).collect();
@@ -151,7 +151,7 @@ verify_checksums = {verify}
         child,
         admin: format!("http://127.0.0.1:{admin_port}"),
         management: format!("http://127.0.0.1:{mgmt_port}"),
-        dir,
+        _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
