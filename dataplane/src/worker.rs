@@ -362,9 +362,9 @@ impl<Io: PacketIo> Worker<Io> {
     /// [`StreamTable::for_each_prefetched`]). Without overlap the waves run back to back and
     /// the burst is processed and sent at once. With overlap ([`PacketIo::overlap_bursts`])
     /// the new burst is held until the next call, and its waves run between the steps of the
-    /// held one: its port-index entries are requested before the held burst is processed,
-    /// its ingress streams before the held burst is sent, its first egress streams after, so
-    /// that no wave waits for the one before. A held burst goes at the next call, whatever
+    /// held one: its port-index entries and then its ingress streams are requested before
+    /// the held burst is processed, its first egress streams after the held burst is sent,
+    /// so that the ingress and egress waves do not wait for the one before. A held burst goes at the next call, whatever
     /// that call receives (the receive does not wait while a burst is held): a packet waits
     /// one receive call and one burst longer, and the latency histogram counts that wait.
     fn bursts(&mut self, n: usize, now: u64) -> u64 {
@@ -382,9 +382,12 @@ impl<Io: PacketIo> Worker<Io> {
             self.transmit(self.cur, staged.len(), ntx);
             return self.record(now, now, staged.len());
         }
+        // Wave 2 right after wave 1 (the port index is small and near), so the new burst's
+        // ingress misses overlap with the held burst's processing: requested after it, as
+        // first built, they gained as much at 100k streams but cost 8 % at 1M.
         let held = self.held.take();
-        let ntx = held.map_or(0, |h| self.run_pipeline(self.cur ^ 1, &h.staged, now));
         let staged = self.table.stage_ingress(ports);
+        let ntx = held.map_or(0, |h| self.run_pipeline(self.cur ^ 1, &h.staged, now));
         let mut end = now;
         if let Some(h) = held {
             self.transmit(self.cur ^ 1, h.staged.len(), ntx);
