@@ -14,25 +14,7 @@
 //! added latency (generator clock, both processes on one host).
 
 use clap::{Args, ValueEnum};
-
-/// `--overlap-bursts`: the dataplane's `overlap_bursts` setting for the bench's worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Overlap {
-    Auto,
-    On,
-    Off,
-}
-
-impl Overlap {
-    /// The value as the dataplane's configuration (and its TOML) spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Overlap::Auto => "auto",
-            Overlap::On => "on",
-            Overlap::Off => "off",
-        }
-    }
-}
+use voxedge_dataplane::config::OverlapBursts;
 
 /// Which port the bench drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,11 +48,11 @@ pub struct DpdkArgs {
     /// verifying costs).
     #[arg(long)]
     pub verify_checksums: bool,
-    /// The worker holds each burst until its next receive and fetches the burst's streams
-    /// while it processes the one before (`dataplane.overlap_bursts`; `auto` is on for
-    /// DPDK). `off` shows the rate and latency without it.
-    #[arg(long, value_enum, default_value_t = Overlap::Auto)]
-    pub overlap_bursts: Overlap,
+    /// `auto`, `on` or `off`: the worker holds each burst until its next receive and fetches
+    /// the burst's streams while it processes the one before (`dataplane.overlap_bursts`;
+    /// `auto` is on for DPDK). `off` shows the rate and latency without it.
+    #[arg(long, default_value = "auto")]
+    pub overlap_bursts: OverlapBursts,
     /// null: relays rewrite the SSRC, sequence number and timestamp of what they send, as a
     /// B2BUA that hides the far side's numbering does. Without it every frame keeps the SSRC
     /// and sequence number it was filled with as it walks the chain, so a stream's RTP
@@ -165,7 +147,7 @@ mod imp {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     use serde_json::{json, Value};
-    use voxedge_dataplane::config::{Backend, DataplaneConfig, DpdkConfig, OverlapBursts};
+    use voxedge_dataplane::config::{Backend, DataplaneConfig, DpdkConfig};
     use voxedge_dataplane::ids::RelayId;
     use voxedge_dataplane::wire::frame::build_udp_frame;
     use voxedge_dataplane::wire::rtp::emit_header;
@@ -246,11 +228,7 @@ mod imp {
             port_max: PORT_MAX,
             media_timeout_ms: 0,
             streams_per_worker_max: relays * 4 + 16,
-            overlap_bursts: match a.overlap_bursts {
-                super::Overlap::Auto => OverlapBursts::Auto,
-                super::Overlap::On => OverlapBursts::On,
-                super::Overlap::Off => OverlapBursts::Off,
-            },
+            overlap_bursts: a.overlap_bursts,
             dpdk: DpdkConfig {
                 vdevs: vec![vdev],
                 port: "0".into(),

@@ -284,6 +284,29 @@ pub enum OverlapBursts {
     Off,
 }
 
+impl OverlapBursts {
+    /// The value as the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlapBursts::Auto => "auto",
+            OverlapBursts::On => "on",
+            OverlapBursts::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for OverlapBursts {
+    type Err = String;
+
+    /// The configuration's spelling (command-line options take the same words).
+    fn from_str(s: &str) -> Result<Self, String> {
+        [OverlapBursts::Auto, OverlapBursts::On, OverlapBursts::Off]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("expected auto, on or off, not {s:?}"))
+    }
+}
+
 /// A configuration that cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -462,6 +485,20 @@ mod tests {
             },
             ..DataplaneConfig::default()
         }
+    }
+
+    #[test]
+    fn overlap_bursts_is_spelled_as_in_the_config_file() {
+        #[derive(Deserialize)]
+        struct T {
+            v: OverlapBursts,
+        }
+        for v in [OverlapBursts::Auto, OverlapBursts::On, OverlapBursts::Off] {
+            let parsed: T = toml::from_str(&format!("v = \"{}\"", v.as_str())).unwrap();
+            assert_eq!(parsed.v, v);
+            assert_eq!(v.as_str().parse::<OverlapBursts>(), Ok(v));
+        }
+        assert!("yes".parse::<OverlapBursts>().is_err());
     }
 
     #[test]
