@@ -744,8 +744,8 @@ pub fn payload_sum_from_checksum(frame: &[u8], f: &crate::wire::frame::UdpFrame)
 
 /// `sum` of a payload after its first `N` bytes `old` were replaced by `new` (`N` even).
 /// Unchanged bytes (RTP not rewritten) return `sum` as it is; otherwise the words are summed
-/// at fixed size and folded in fixed steps, which this per-packet path needs (a slice loop
-/// with a fold until no carry was over a tenth of the transmit path's samples).
+/// at fixed size and folded in fixed steps ([`fold16`]), which this per-packet path needs (a
+/// slice loop with a fold until no carry was over a tenth of the transmit path's samples).
 #[inline]
 pub fn adjust_sum<const N: usize>(sum: u32, old: &[u8; N], new: &[u8; N]) -> u32 {
     if old == new {
@@ -759,21 +759,8 @@ pub fn adjust_sum<const N: usize>(sum: u32, old: &[u8; N], new: &[u8; N]) -> u32
         acc
     };
     // Subtracting in one's complement is adding the complement.
-    let o = fold_fixed(words(old));
-    u32::from(fold_fixed(u64::from(sum) + u64::from(!o) + words(new)))
-}
-
-/// End-around-carry fold to 16 bits, in three fixed steps (no loop), of a sum below 2³³ (what
-/// [`adjust_sum`] adds: a `u32`, a 16-bit word and `N / 2` words for small `N`): after the
-/// first step the value is below 2¹⁷ + 2¹⁶, after the second at most 0x1_0000, after the
-/// third at most 0xffff.
-#[inline]
-fn fold_fixed(x: u64) -> u16 {
-    debug_assert!(x < 1 << 33);
-    let x = (x & 0xffff) + (x >> 16);
-    let x = (x & 0xffff) + (x >> 16);
-    let x = (x & 0xffff) + (x >> 16);
-    x as u16
+    let o = fold16(words(old));
+    u32::from(fold16(u64::from(sum) + u64::from(!o) + words(new)))
 }
 
 /// Writes an Ethernet header (with an 802.1Q tag when `vlan` is set) into `eth`, which is 14

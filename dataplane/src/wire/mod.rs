@@ -172,13 +172,22 @@ pub(crate) fn fold16(sum: u64) -> u16 {
     fold64(sum) as u16
 }
 
+/// End-around-carry fold of any `u64` sum of 16-bit words to 16 bits, in four fixed steps:
+/// the per-packet paths fold a few sums per datagram, and a loop until no carry is left ran a
+/// data-dependent number of times (a branch the CPU guesses wrong now and then). Each step
+/// keeps the value's residue modulo 0xffff and never turns a non-zero value into zero, and
+/// leaves a value of 16 bits as it is, so the result is what folding until no carry gives.
 #[inline]
-fn fold64(mut sum: u64) -> u32 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    // `sum` <= 0xffff here, so the conversion is lossless.
-    u32::try_from(sum).unwrap_or(0xffff)
+pub(crate) fn fold64(sum: u64) -> u32 {
+    // <= 0xffff_ffff + 0xffff_ffff = 2^33 - 2.
+    let s = (sum & 0xffff_ffff) + (sum >> 32);
+    // <= 0xffff + (2^33 - 2) >> 16 = 0xffff + 0x1_ffff = 0x2_fffe.
+    let s = (s & 0xffff) + (s >> 16);
+    // <= 0xffff + 2 = 0x1_0001.
+    let s = (s & 0xffff) + (s >> 16);
+    // <= 0xffff: 0x1_0000..=0x1_0001 fold to 1..=2, and smaller values stay.
+    let s = (s & 0xffff) + (s >> 16);
+    s as u32
 }
 
 /// Fold a running sum to 16 bits and complement it: the value to store in a
@@ -274,6 +283,48 @@ pub(crate) fn wr_u32(b: &mut [u8], off: usize, val: u32) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Folding until no carry is left: what `fold64` must equal.
+    fn fold_by_loop(mut sum: u64) -> u32 {
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u32
+    }
+
+    #[test]
+    fn fixed_step_fold_equals_folding_until_no_carry() {
+        let mut edges = vec![0, 1, 0xfffe, 0xffff, 0x1_0000, 0x1_0001, 0x1_fffe, 0x2_fffe];
+        edges.extend([
+            u64::MAX,
+            u64::MAX - 1,
+            1 << 32,
+            (1 << 32) - 1,
+            (1 << 33) - 2,
+        ]);
+        edges.extend([
+            0xffff_0000_ffff_0000,
+            0x0000_ffff_0000_ffff,
+            0xffff_ffff_0000_0000,
+        ]);
+        for k in 0..64 {
+            edges.extend([1u64 << k, (1u64 << k).wrapping_sub(1), !(1u64 << k)]);
+        }
+        // And a million values of every size (an xorshift sequence, shifted to vary the width).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..1_000_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            edges.push(x >> (i % 64));
+        }
+        for v in edges {
+            let f = fold64(v);
+            assert_eq!(f, fold_by_loop(v), "fold of {v:#x}");
+            assert!(f <= 0xffff);
+            assert_eq!(u64::from(f) % 0xffff, v % 0xffff, "residue of {v:#x}");
+        }
+    }
 
     #[test]
     fn error_labels_are_unique_snake_case() {

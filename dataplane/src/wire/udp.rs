@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{checksum_add, checksum_fold, rd_u16, sub, sub_mut, wr_u16, WireError};
+use super::{checksum_add, checksum_fold, fold64, rd_u16, sub, sub_mut, wr_u16, WireError};
 
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
@@ -32,16 +32,7 @@ pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u32 {
         + u64::from(d & 0xffff)
         + u64::from(PROTO_UDP)
         + u64::from(udp_len);
-    fold_u64(sum)
-}
-
-/// Folds a sum of 16-bit words to 16 bits (end-around carry).
-#[inline]
-fn fold_u64(mut sum: u64) -> u32 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u32
+    fold64(sum)
 }
 
 /// Sum of the IPv6 pseudo-header for a UDP datagram of `udp_len` bytes.
@@ -52,7 +43,7 @@ pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, udp_len: u16) -> u32 {
             sum += ((a >> (k * 16)) & 0xffff) as u64;
         }
     }
-    fold_u64(sum)
+    fold64(sum)
 }
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
