@@ -326,7 +326,7 @@ impl StreamTable {
         self.stage_ports(ports);
         let staged = self.stage_ingress(ports);
         self.stage_egress(&staged);
-        self.for_each_staged(&staged, f);
+        self.for_each_staged(&staged, 0..staged.len(), f);
     }
 
     /// First wave of a burst: requests every packet's port-index entry.
@@ -367,12 +367,18 @@ impl StreamTable {
         }
     }
 
-    /// Calls `f(table, i)` for each packet of a staged burst in order, requesting the egress
-    /// stream of packet `i + EGRESS_AHEAD` before packet `i` (the rest of the third wave).
+    /// Calls `f(table, i)` for each packet `i` of `range` (of a staged burst) in order,
+    /// requesting the egress stream of packet `i + EGRESS_AHEAD` before packet `i` (the rest
+    /// of the third wave). A burst may be processed in consecutive ranges.
     #[inline]
-    pub fn for_each_staged(&mut self, staged: &Staged, mut f: impl FnMut(&mut StreamTable, usize)) {
+    pub fn for_each_staged(
+        &mut self,
+        staged: &Staged,
+        range: std::ops::Range<usize>,
+        mut f: impl FnMut(&mut StreamTable, usize),
+    ) {
         let n = staged.n.min(BURST_SIZE_MAX);
-        for i in 0..n {
+        for i in range.start..range.end.min(n) {
             if i + EGRESS_AHEAD < n {
                 self.prefetch_egress(staged.idx[i + EGRESS_AHEAD]);
             }
@@ -530,6 +536,18 @@ mod tests {
                 .map(|i| (i, i % 5 != 4))
                 .collect();
             assert_eq!(seen, want, "burst of {n}");
+            // The worker's way with overlapped bursts: the waves apart, and the burst in two
+            // ranges (the second running past the burst's end) with a wave between them.
+            let mut split = Vec::new();
+            t.stage_ports(&ports);
+            let staged = t.stage_ingress(&ports);
+            t.stage_egress(&staged);
+            let half = staged.len() / 2;
+            t.for_each_staged(&staged, 0..half, |_, i| split.push(i));
+            t.stage_ports(&ports);
+            t.for_each_staged(&staged, half..BURST_SIZE_MAX + 5, |_, i| split.push(i));
+            let order: Vec<usize> = want.iter().map(|&(i, _)| i).collect();
+            assert_eq!(split, order, "burst of {n} in two ranges");
         }
     }
 }
