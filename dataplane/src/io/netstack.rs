@@ -942,7 +942,7 @@ pub fn write_ipv4_udp_headers(
     ip[12..16].copy_from_slice(&src.ip().octets());
     ip[16..20].copy_from_slice(&dst.ip().octets());
     // Pseudo-header, header (ports, length; the checksum field counts as zero), payload.
-    let udp_sum = u64::from(udp::pseudo_v4(*src.ip(), *dst.ip(), udp_len))
+    let udp_sum = udp::pseudo_v4_words(*src.ip(), *dst.ip(), udp_len)
         + u64::from(src.port())
         + u64::from(dst.port())
         + u64::from(udp_len)

@@ -25,14 +25,20 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 
 /// Sum of the IPv4 pseudo-header for a UDP datagram of `udp_len` bytes.
 pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u32 {
+    fold64(pseudo_v4_words(src, dst, udp_len))
+}
+
+/// The IPv4 pseudo-header's six 16-bit words added up but not folded (below 6 × 0xffff), for
+/// the per-packet paths that add more words before their one fold.
+#[inline]
+pub fn pseudo_v4_words(src: Ipv4Addr, dst: Ipv4Addr, udp_len: u16) -> u64 {
     let (s, d) = (u32::from(src), u32::from(dst));
-    let sum = u64::from(s >> 16)
+    u64::from(s >> 16)
         + u64::from(s & 0xffff)
         + u64::from(d >> 16)
         + u64::from(d & 0xffff)
         + u64::from(PROTO_UDP)
-        + u64::from(udp_len);
-    fold64(sum)
+        + u64::from(udp_len)
 }
 
 /// Sum of the IPv6 pseudo-header for a UDP datagram of `udp_len` bytes.
