@@ -747,15 +747,48 @@ pub fn start_port(cfg: &DpdkConfig, ranges: &[(u16, u16)]) -> Result<Arc<PortCtx
 // ---------------------------------------------------------------------------------------------
 
 /// The mbufs of one burst and where each payload is.
+///
+/// What the pipeline and transmit need of each mbuf's header (where its buffer and payload
+/// are, whether it may be rewritten) is copied here when the burst is received, while the
+/// header is in cache: by the time an overlapped burst is processed and sent, other bursts'
+/// lines have pushed it out, and reading it again was a wait on every packet.
 pub struct DpdkBatch {
     mbufs: [*mut sys::rte_mbuf; BURST_SIZE_MAX],
     meta: [RxMeta; BURST_SIZE_MAX],
-    payload_off: [u16; BURST_SIZE_MAX],
+    /// Where each payload starts, inside its mbuf's buffer.
+    payload: [*mut u8; BURST_SIZE_MAX],
+    /// Bytes from the start of the mbuf's buffer to the payload: the room in front of it for
+    /// the headers transmit writes.
+    payload_at: [u16; BURST_SIZE_MAX],
+    /// Length of the mbuf's buffer.
+    buf_len: [u16; BURST_SIZE_MAX],
+    /// The mbuf's data may be rewritten in place (see [`writable`]).
+    writable: [bool; BURST_SIZE_MAX],
     /// One's-complement sum of the payload as received (when it was verified in software) and
     /// its first bytes, so transmit can adjust the sum for an RTP header rewrite instead of
     /// summing the payload again.
     payload_sum: [Option<u32>; BURST_SIZE_MAX],
     head: [[u8; RTP_HEAD]; BURST_SIZE_MAX],
+}
+
+impl DpdkBatch {
+    /// Copies what the pipeline and transmit need of mbuf `m`'s header into entry `i`, its
+    /// payload `off` bytes into its data.
+    ///
+    /// # Safety
+    /// `m` must be a valid single-segment mbuf owned by the batch as entry `i`, with its
+    /// payload (`off` and `meta[i].len` bytes from its data offset) inside its data.
+    #[inline]
+    unsafe fn keep_header(&mut self, i: usize, m: *mut sys::rte_mbuf, off: u16) {
+        // SAFETY: per the function contract; data_off + off lies inside the buffer.
+        unsafe {
+            let at = (*m).data_off + off;
+            self.payload[i] = (*m).buf_addr.cast::<u8>().add(usize::from(at));
+            self.payload_at[i] = at;
+            self.buf_len[i] = (*m).buf_len;
+            self.writable[i] = writable(m);
+        }
+    }
 }
 
 /// Bytes of an RTP header the pipeline may rewrite (seq, timestamp, SSRC live in 2..12).
@@ -769,20 +802,14 @@ impl RxBatch for DpdkBatch {
 
     #[inline]
     fn payload_mut(&mut self, i: usize) -> &mut [u8] {
-        let m = self.mbufs[i];
-        if m.is_null() {
+        if self.mbufs[i].is_null() {
             return &mut [];
         }
-        // SAFETY: `m` was received in this burst and is owned by the batch until tx_burst;
-        // rx_burst checked payload_off + len <= data_len of its single segment, so the range
-        // lies inside the mbuf's data; `&mut self` makes the slice unique.
-        unsafe {
-            let base = (*m).buf_addr.cast::<u8>().add(usize::from((*m).data_off));
-            std::slice::from_raw_parts_mut(
-                base.add(usize::from(self.payload_off[i])),
-                usize::from(self.meta[i].len),
-            )
-        }
+        // SAFETY: `payload[i]` points into the buffer of mbuf `i`, which was received or
+        // loaded in this burst and is owned by the batch until tx_burst (the pointer is set
+        // whenever `mbufs[i]` is); rx_burst and load checked that `len` bytes from it lie
+        // inside the mbuf's data; `&mut self` makes the slice unique.
+        unsafe { std::slice::from_raw_parts_mut(self.payload[i], usize::from(self.meta[i].len)) }
     }
 }
 
@@ -1305,7 +1332,10 @@ impl PacketIo for DpdkIo {
         DpdkBatch {
             mbufs: [std::ptr::null_mut(); BURST_SIZE_MAX],
             meta: [RxMeta::default(); BURST_SIZE_MAX],
-            payload_off: [0; BURST_SIZE_MAX],
+            payload: [std::ptr::null_mut(); BURST_SIZE_MAX],
+            payload_at: [0; BURST_SIZE_MAX],
+            buf_len: [0; BURST_SIZE_MAX],
+            writable: [false; BURST_SIZE_MAX],
             payload_sum: [None; BURST_SIZE_MAX],
             head: [[0; RTP_HEAD]; BURST_SIZE_MAX],
         }
@@ -1351,7 +1381,8 @@ impl PacketIo for DpdkIo {
             set_len(m, 0, payload.len());
         }
         batch.mbufs[i] = m;
-        batch.payload_off[i] = 0;
+        // SAFETY: m is a valid mbuf we own.
+        unsafe { batch.keep_header(i, m, 0) };
         batch.payload_sum[i] = None;
         batch.meta[i] = RxMeta {
             len: payload.len() as u16,
@@ -1423,7 +1454,8 @@ impl PacketIo for DpdkIo {
         for (i, &m) in raw[..ho + nrx].iter().enumerate() {
             if let Some((off, meta, sum)) = self.classify(m, i < ho) {
                 batch.mbufs[n] = m;
-                batch.payload_off[n] = off;
+                // SAFETY: m is a valid mbuf of this burst, now owned by the batch.
+                unsafe { batch.keep_header(n, m, off) };
                 batch.meta[n] = meta;
                 batch.payload_sum[n] = sum;
                 if sum.is_some() {
@@ -1460,8 +1492,7 @@ impl PacketIo for DpdkIo {
                 continue;
             }
             let m = batch.mbufs[i];
-            // SAFETY: non-null entries are mbufs of this burst, owned by the batch.
-            if m.is_null() || !unsafe { writable(m) } {
+            if m.is_null() || !batch.writable[i] {
                 // Shared or external buffers (some PMDs' RX modes) are not rewritten in place.
                 self.count(Stat::NotWritable);
                 continue;
@@ -1490,7 +1521,6 @@ impl PacketIo for DpdkIo {
             };
             let src = SocketAddr::new(src_ip, (d.port.0 & 0xffff) as u16);
             let hdr = self.iface.udp_header_len(dst.ip());
-            let off = usize::from(batch.payload_off[i]);
             let len = usize::from(d.len);
             // RTP: the pipeline may have rewritten seq/ts/SSRC (bytes 2..12) only, so adjust the
             // received payload's sum. RTCP (RFC 5761 payload-type range) may have had SSRCs
@@ -1507,24 +1537,27 @@ impl PacketIo for DpdkIo {
                 }
                 _ => None,
             };
-            // SAFETY: m is owned by this batch; the new frame starts `hdr` bytes before the
-            // payload, which stays inside the buffer because data_off + off >= headroom (128)
-            // + Ethernet/IP/UDP of the received frame, and we need at most 66 bytes; checked.
+            // The new frame starts `hdr` bytes before the payload, which stays inside the
+            // buffer because the payload is at least the headroom (128) plus the received
+            // frame's headers into it, and we need at most 66 bytes; checked.
+            let Some(start) = usize::from(batch.payload_at[i]).checked_sub(hdr) else {
+                continue;
+            };
+            let total = hdr + len;
+            if start + total > usize::from(batch.buf_len[i]) {
+                continue;
+            }
+            // SAFETY: m is a writable mbuf owned by this batch, whose buffer holds
+            // `payload_at` bytes and then the payload (keep_header), so `payload - hdr` is
+            // `start` bytes into it and `start + total` is within its length (checked). Its
+            // header is only written (read when received, and nothing changed it since).
             unsafe {
-                let abs_payload = usize::from((*m).data_off) + off;
-                let Some(start) = abs_payload.checked_sub(hdr) else {
-                    continue;
-                };
-                let total = hdr + len;
-                if start + total > usize::from((*m).buf_len) {
-                    continue;
-                }
                 (*m).data_off = start as u16;
                 (*m).data_len = total as u16;
                 (*m).pkt_len = total as u32;
-                (*m).ol_flags &= ATTACHED;
-                let frame =
-                    std::slice::from_raw_parts_mut((*m).buf_addr.cast::<u8>().add(start), total);
+                // Writable: no attachment flags to keep (see `writable`).
+                (*m).ol_flags = 0;
+                let frame = std::slice::from_raw_parts_mut(batch.payload[i].sub(hdr), total);
                 if write_udp_headers(
                     frame,
                     hdr,
