@@ -471,27 +471,30 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
     let mut phases = Vec::new();
     let report_rate;
     let max;
+    // The workers publish their latency histograms every 250 ms: without a pause before and
+    // after a phase, up to that much of the phase before (at saturation, where a packet waits
+    // a burst or two) would be counted in it, and its own last samples would be missed.
+    let measured = |port: &mut RawPort, frames: &mut Frames, name: &str, rate: f64| {
+        std::thread::sleep(HIST_SETTLE);
+        let before = worker_latency_buckets(&media);
+        let p = phase(port, frames, rate, a.duration, hz);
+        std::thread::sleep(HIST_SETTLE);
+        let after = worker_latency_buckets(&media);
+        let mut pj = phase_json(name, &p, rate);
+        pj["worker_latency_us_p99_at_most"] = json!(bucket_quantile(&before, &after, 0.99));
+        pj["worker_latency_us_p999_at_most"] = json!(bucket_quantile(&before, &after, 0.999));
+        (p, pj)
+    };
     if a.rate > 0.0 {
-        let p = phase(&mut port, &mut frames, a.rate, a.duration, hz);
-        phases.push(phase_json("fixed", &p, a.rate));
+        let (p, pj) = measured(&mut port, &mut frames, "fixed", a.rate);
+        phases.push(pj);
         report_rate = a.rate;
         max = p;
     } else {
         let p = phase(&mut port, &mut frames, 0.0, a.duration, hz);
         phases.push(phase_json("max", &p, 0.0));
         let half = p.received as f64 / p.secs / 2.0;
-        // The workers publish their latency histograms every 250 ms: without a pause, up to
-        // that much of the max phase (at saturation, where a packet waits a burst or two)
-        // would be counted in the half phase, and the half phase's last samples would be
-        // missed.
-        std::thread::sleep(HIST_SETTLE);
-        let before = worker_latency_buckets(&media);
-        let h = phase(&mut port, &mut frames, half, a.duration, hz);
-        std::thread::sleep(HIST_SETTLE);
-        let after = worker_latency_buckets(&media);
-        let mut pj = phase_json("half", &h, half);
-        pj["worker_latency_us_p99_at_most"] = json!(bucket_quantile(&before, &after, 0.99));
-        pj["worker_latency_us_p999_at_most"] = json!(bucket_quantile(&before, &after, 0.999));
+        let (_, pj) = measured(&mut port, &mut frames, "half", half);
         phases.push(pj);
         report_rate = half;
         max = p;
