@@ -415,6 +415,17 @@ fn memif_bench_reports_json() {
     assert!(r["loss_ratio"].as_f64().expect("number") < 0.01, "{r}");
     assert!(r["latency_us_p99"].as_f64().is_some(), "{r}");
     assert!(r["build"]["target_features"].is_array(), "{r}");
+    // The fixed-rate phase gives the workers' own latency too (an upper bucket bound; null
+    // only past the largest finite bucket, 10 ms).
+    let fixed = &r["phases"][0];
+    assert_eq!(fixed["phase"], "fixed", "{r}");
+    for q in [
+        "worker_latency_us_p99_at_most",
+        "worker_latency_us_p999_at_most",
+    ] {
+        let v = fixed[q].as_f64().unwrap_or(f64::INFINITY);
+        assert!(v > 0.0 && v <= 10_000.0, "{q}: {r}");
+    }
 }
 
 #[test]
