@@ -394,7 +394,7 @@ impl<Io: PacketIo> Worker<Io> {
                 let ntx = self.run_pipeline(self.cur ^ 1, &h.staged, 0..half, now, 0);
                 let staged = self.table.stage_ingress(ports);
                 let ntx =
-                    self.run_pipeline(self.cur ^ 1, &h.staged, half..BURST_SIZE_MAX, now, ntx);
+                    self.run_pipeline(self.cur ^ 1, &h.staged, half..h.staged.len(), now, ntx);
                 (staged, ntx)
             }
             None => (self.table.stage_ingress(ports), 0),

@@ -347,9 +347,10 @@ fn phase(port: &mut RawPort, frames: &mut Frames, rate: f64, secs: f64, hz: f64)
     }
 }
 
-/// How long the generator pauses before reading the workers' latency histogram: more than
-/// twice their publish interval (250 ms), so that everything a phase counted is published
-/// and nothing of the phase before is left to be.
+/// How long the generator pauses before and after a phase to read the workers' latency
+/// histogram: more than twice their publish interval (250 ms), so that everything the phase
+/// counted is published and nothing of the phase before (at saturation, where a packet waits
+/// a burst or two) is left to be.
 const HIST_SETTLE: Duration = Duration::from_millis(600);
 
 /// (upper bound in seconds, cumulative count) of the workers' latency histogram, summed.
@@ -471,9 +472,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
     let mut phases = Vec::new();
     let report_rate;
     let max;
-    // The workers publish their latency histograms every 250 ms: without a pause before and
-    // after a phase, up to that much of the phase before (at saturation, where a packet waits
-    // a burst or two) would be counted in it, and its own last samples would be missed.
+    // A phase with the workers' latency over it, read HIST_SETTLE before and after.
     let measured = |port: &mut RawPort, frames: &mut Frames, name: &str, rate: f64| {
         std::thread::sleep(HIST_SETTLE);
         let before = worker_latency_buckets(&media);
