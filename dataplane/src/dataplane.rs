@@ -1018,3 +1018,118 @@ fn resolve_advertise(bind: IpAddr) -> IpAddr {
     }
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::PortHandle;
+    use crate::io::{IoCounters, PacketBatch, TxDesc};
+
+    /// The in-memory backend, receiving one datagram per call and spending `cost` on each
+    /// call that returns one (as a memif or NIC queue spends on copies and descriptors);
+    /// `waits` is what it says of itself through `rx_waits`.
+    struct CostlyRx {
+        inner: MemoryIo,
+        cost: Duration,
+        waits: bool,
+    }
+
+    impl PacketIo for CostlyRx {
+        type Batch = PacketBatch;
+
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+
+        fn new_batch(&self) -> PacketBatch {
+            self.inner.new_batch()
+        }
+
+        fn open_port(&mut self, local: SocketAddr) -> Result<PortHandle, IoError> {
+            self.inner.open_port(local)
+        }
+
+        fn close_port(&mut self, port: PortHandle) {
+            self.inner.close_port(port);
+        }
+
+        fn rx_burst(&mut self, batch: &mut PacketBatch, _max: usize, _wait: Duration) -> usize {
+            let n = self.inner.rx_burst(batch, 1, Duration::ZERO);
+            if n > 0 {
+                let t = Instant::now();
+                while t.elapsed() < self.cost {
+                    std::hint::spin_loop();
+                }
+            }
+            n
+        }
+
+        fn tx_burst(&mut self, batch: &mut PacketBatch, n: usize, tx: &mut [TxDesc]) -> usize {
+            self.inner.tx_burst(batch, n, tx)
+        }
+
+        fn rx_waits(&self) -> bool {
+            self.waits
+        }
+
+        fn counters(&self) -> IoCounters {
+            self.inner.counters()
+        }
+    }
+
+    /// The worker's busy time after it received `n` datagrams, each in a call costing `cost`.
+    fn busy_after(n: usize, cost: Duration, waits: bool) -> Duration {
+        let cfg = DataplaneConfig {
+            workers: 1,
+            pin_cores: false,
+            bind: "127.0.0.1".parse().expect("ip"),
+            port_min: 20_000,
+            port_max: 20_099,
+            ..Default::default()
+        };
+        let (in_tx, in_rx) = bounded(n);
+        let (out_tx, _out_rx) = bounded(n);
+        let mut io = Some(CostlyRx {
+            inner: MemoryIo::new(in_rx, out_tx),
+            cost,
+            waits,
+        });
+        let mut dp = Dataplane::spawn(cfg, BackendKind::Memory, move |_| {
+            let io = io.take();
+            move || io.ok_or(IoError::TooManyPorts(0))
+        })
+        .expect("start");
+        for i in 0..n {
+            let d = Datagram {
+                src: SocketAddr::from(([192, 0, 2, 1], 4000)),
+                dst: SocketAddr::from(([127, 0, 0, 1], 20_000 + i as u16)),
+                payload: vec![0x80; 20],
+            };
+            in_tx.send(d).expect("queue");
+        }
+        // Each datagram is processed in the call that received it, before the worker looks
+        // at its commands again: once the queue is empty, a shutdown loses none.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !in_tx.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "worker did not take the datagrams"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        dp.shutdown();
+        let w = dp.workers().next().expect("one worker");
+        assert_eq!(w.packets_in.load(Ordering::Relaxed), n as u64);
+        Duration::from_nanos(w.busy_ns.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn busy_time_includes_receive_calls_that_cannot_have_waited() {
+        let (n, cost) = (5, Duration::from_millis(4));
+        let polled = busy_after(n, cost, false);
+        assert!(polled >= cost * n as u32, "{polled:?}");
+        // A backend that may have waited in the call: only what follows counts.
+        let waited = busy_after(n, cost, true);
+        assert!(waited < cost * n as u32, "{waited:?}");
+    }
+}

@@ -303,7 +303,7 @@ impl<Io: PacketIo> Worker<Io> {
         self.shared.running.store(true, Ordering::Release);
         let mut t_prev = self.now_ns();
         while !self.stop {
-            let t = self.poll_once();
+            let t = self.poll_once(t_prev);
             self.totals.wall_ns += t.saturating_sub(t_prev);
             t_prev = t;
         }
@@ -315,8 +315,9 @@ impl<Io: PacketIo> Worker<Io> {
         self.shared.running.store(false, Ordering::Release);
     }
 
-    /// One loop iteration; returns the last clock reading it took.
-    fn poll_once(&mut self) -> u64 {
+    /// One loop iteration, the last one having ended at `t_in`; returns the last clock
+    /// reading it took.
+    fn poll_once(&mut self, t_in: u64) -> u64 {
         let did_commands = self.apply_commands();
         let wait = if did_commands || self.held.is_some() {
             Duration::ZERO
@@ -335,7 +336,14 @@ impl<Io: PacketIo> Worker<Io> {
         let mut end = now;
         if n > 0 || self.held.is_some() {
             end = self.bursts(n, now);
-            self.totals.busy_ns += end - now;
+            // The receive call is work too when it cannot have waited (commands applied
+            // before it counted their own time).
+            let from = if n > 0 && !did_commands && !self.io.rx_waits() {
+                t_in.min(now)
+            } else {
+                now
+            };
+            self.totals.busy_ns += end - from;
         }
         if !self.players.is_empty() && end >= self.next_play_ns {
             let t0 = self.now_ns();

@@ -1351,6 +1351,11 @@ impl PacketIo for DpdkIo {
         true
     }
 
+    /// A poll returns what the queue holds; the idle sleep follows only an empty one.
+    fn rx_waits(&self) -> bool {
+        false
+    }
+
     /// A generated datagram (media playback) in a fresh mbuf from the worker's pool, its
     /// payload at the pool's headroom so transmit writes the headers in front, as for a
     /// received one; the checksum is computed at transmit (`payload_sum` unknown).

@@ -198,6 +198,14 @@ pub trait PacketIo {
         false
     }
 
+    /// Whether a receive call that returns datagrams may have waited for the first of them.
+    /// When it cannot (a poll-mode backend, which waits, if at all, only when it returns
+    /// none), the worker counts the whole call as busy time, copies and descriptor reads
+    /// included; otherwise only what follows it.
+    fn rx_waits(&self) -> bool {
+        true
+    }
+
     /// Whether [`PacketIo::load`] works: the worker can send packets it generated itself
     /// (media playback).
     fn can_generate(&self) -> bool {
