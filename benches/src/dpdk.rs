@@ -81,12 +81,14 @@ pub struct DpdkArgs {
     /// it, which compares across machines where packets/s alone does not.
     #[arg(long)]
     pub baseline: bool,
+    /// memif: run `voxedge media`'s memif port in copy mode. By default it is zero-copy: the
+    /// generator's side copies each frame into and out of the appliance's own mbufs, as a
+    /// NIC's DMA would, so the workers' figures leave out the copies memif adds.
+    #[arg(long)]
+    pub memif_copy: bool,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
-    /// Internal: the `voxedge media` child of memif mode uses this socket path.
-    #[arg(long, hide = true)]
-    pub memif_socket: Option<String>,
 }
 
 /// Runs the bench.
@@ -166,6 +168,9 @@ mod imp {
     pub fn main(a: &DpdkArgs) -> anyhow::Result<()> {
         if a.baseline && a.mode != Mode::Null {
             bail!("--baseline applies to --mode null (memif shares the cores with its generator)");
+        }
+        if a.memif_copy && a.mode != Mode::Memif {
+            bail!("--memif-copy applies to --mode memif");
         }
         if a.rewrite && a.mode != Mode::Null {
             bail!("--rewrite applies to --mode null (memif's generator numbers each stream consecutively already)");
@@ -533,6 +538,21 @@ mod imp {
             r["latency_us_p999"],
             r["latency_note"].as_str().unwrap_or("")
         );
+        if let (Some(ratio), Some(per_busy)) = (
+            r["worker_busy_ratio"].as_f64(),
+            r["mpps_per_busy_core"].as_f64(),
+        ) {
+            let zc = if r["memif_zero_copy"].as_bool() == Some(true) {
+                "zero-copy"
+            } else {
+                "copy mode"
+            };
+            println!(
+                "  workers busy {:.0} % of the max phase ({zc}): {per_busy:.2} M packets/s per \
+                 busy second of a worker core",
+                ratio * 100.0
+            );
+        }
         if let (Some(lo), Some(med), Some(hi)) = (
             r["mpps_per_core_min"].as_f64(),
             r["mpps_per_core_median"].as_f64(),

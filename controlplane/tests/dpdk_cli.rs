@@ -426,6 +426,39 @@ fn memif_bench_reports_json() {
         let v = fixed[q].as_f64().unwrap_or(f64::INFINITY);
         assert!(v > 0.0 && v <= 10_000.0, "{q}: {r}");
     }
+    // And the workers' busy time over it: at 20k packets/s a worker is busy for a small
+    // share of the phase, and per second of that time it forwards more than per second of
+    // the phase.
+    let ratio = fixed["worker_busy_ratio"].as_f64().expect("busy ratio");
+    assert!(ratio > 0.0 && ratio < 0.5, "{r}");
+    let per_busy = fixed["mpps_per_busy_core"].as_f64().expect("per busy core");
+    let per_core = r["mpps_per_core"].as_f64().expect("per core");
+    assert!(per_busy > per_core, "{r}");
+    let busy_s = fixed["worker_busy_s"].as_f64().expect("busy seconds");
+    let secs = r["duration_s"].as_f64().expect("duration");
+    assert!((ratio - busy_s / secs).abs() < 1e-9, "{r}");
+    assert_eq!(r["worker_busy_ratio"], fixed["worker_busy_ratio"], "{r}");
+    assert_eq!(r["mpps_per_busy_core"], fixed["mpps_per_busy_core"], "{r}");
+    assert_eq!(r["memif_zero_copy"], true, "{r}");
+}
+
+#[test]
+fn memif_bench_runs_the_appliance_port_in_copy_mode_on_request() {
+    let r = bench(&[
+        "--mode",
+        "memif",
+        "--memif-copy",
+        "--streams",
+        "200",
+        "--rate",
+        "20000",
+    ]);
+    assert_eq!(r["memif_zero_copy"], false, "{r}");
+    assert!(
+        r["delivered_pps"].as_f64().expect("number") > 15_000.0,
+        "{r}"
+    );
+    assert!(r["loss_ratio"].as_f64().expect("number") < 0.01, "{r}");
 }
 
 #[test]
@@ -449,7 +482,7 @@ fn null_bench_reports_its_rate_against_a_testpmd_baseline() {
 }
 
 #[test]
-fn null_only_options_outside_null_mode_are_clear_errors() {
+fn mode_only_options_outside_their_mode_are_clear_errors() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
         .args(["bench", "dpdk", "--mode", "memif", "--baseline", "--json"])
         .output()
@@ -460,4 +493,9 @@ fn null_only_options_outside_null_mode_are_clear_errors() {
         .output()
         .expect("run bench");
     assert_clear_failure(&out, &["--rewrite applies to --mode null"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_voxedge"))
+        .args(["bench", "dpdk", "--mode", "null", "--memif-copy", "--json"])
+        .output()
+        .expect("run bench");
+    assert_clear_failure(&out, &["--memif-copy applies to --mode memif"]);
 }

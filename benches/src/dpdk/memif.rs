@@ -83,12 +83,21 @@ fn start_media(a: &DpdkArgs, relays: usize, socket: &str) -> anyhow::Result<Chil
         .map(|k| format!("\"{}/16\"", media_addr(k)))
         .collect();
     let mbufs = 16_383u32;
+    let mut eal = super::eal_args(a.hugepages);
+    if !a.memif_copy {
+        // memif shares the client's mempool with the server in zero-copy mode: one file
+        // descriptor per memory segment list, which takes single-file segments.
+        eal.push("--single-file-segments".to_string());
+    }
     let toml = format!(
         r#"[admin]
 listen = "127.0.0.1:{admin_port}"
 
 [management]
 listen = "127.0.0.1:{mgmt_port}"
+
+[ng]
+listen = "127.0.0.1:0"
 
 [log]
 level = "warn"
@@ -108,7 +117,7 @@ overlap_bursts = "{overlap}"
 
 [dataplane.dpdk]
 main_lcore = 0
-vdevs = ["net_memif0,role=server,socket={socket},id=0"]
+vdevs = ["net_memif0,role=client,socket={socket},id=0,zero-copy={zc}"]
 port = "0"
 no_huge = {no_huge}
 memory_mb = [{mem}]
@@ -134,19 +143,33 @@ verify_checksums = {verify}
         verify = a.verify_checksums,
         overlap = a.overlap_bursts.as_str(),
         // A JSON array of plain strings is also a TOML array.
-        eal = serde_json::Value::from(super::eal_args(a.hugepages)),
+        eal = serde_json::Value::from(eal),
+        zc = if a.memif_copy { "no" } else { "yes" },
     );
     let cfg_path = dir.join("media.toml");
     std::fs::File::create(&cfg_path)?.write_all(toml.as_bytes())?;
     let exe = std::env::current_exe().context("locate voxedge binary")?;
-    let child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    // The generator has pinned this thread (and the EAL its main thread) to its core; the
+    // child would inherit that and find its worker cores missing.
+    let me = nix::unistd::Pid::from_raw(0);
+    let pinned = nix::sched::sched_getaffinity(me).ok();
+    let mut all = nix::sched::CpuSet::new();
+    for c in 0..nix::sched::CpuSet::count() {
+        let _ = all.set(c);
+    }
+    let _ = nix::sched::sched_setaffinity(me, &all);
+    let child = cmd
         .args(["media", "--config"])
         .arg(&cfg_path)
         .env_remove("VOXEDGE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .spawn()
-        .context("start voxedge media")?;
+        .spawn();
+    if let Some(p) = pinned {
+        let _ = nix::sched::sched_setaffinity(me, &p);
+    }
+    let child = child.context("start voxedge media")?;
     let mut c = Child_ {
         child,
         admin: format!("http://127.0.0.1:{admin_port}"),
@@ -353,18 +376,41 @@ fn phase(port: &mut RawPort, frames: &mut Frames, rate: f64, secs: f64, hz: f64)
 /// a burst or two) is left to be.
 const HIST_SETTLE: Duration = Duration::from_millis(600);
 
-/// (upper bound in seconds, cumulative count) of the workers' latency histogram, summed.
-fn worker_latency_buckets(c: &Child_) -> Vec<(f64, f64)> {
+/// What the generator reads from `voxedge media`'s metrics around a phase.
+#[derive(Default)]
+struct Scrape {
+    /// (upper bound in seconds, cumulative count) of the workers' latency histogram, summed.
+    latency: Vec<(f64, f64)>,
+    /// The workers' busy time (processing, not waiting for packets), summed; `None` when the
+    /// metrics could not be read.
+    busy_s: Option<f64>,
+}
+
+fn scrape(c: &Child_) -> Scrape {
     let Some(text) = agent()
         .get(&format!("{}/metrics", c.admin))
         .call()
         .ok()
         .and_then(|r| r.into_string().ok())
     else {
-        return Vec::new();
+        return Scrape::default();
     };
-    let mut out: Vec<(f64, f64)> = Vec::new();
+    parse_scrape(&text)
+}
+
+fn parse_scrape(text: &str) -> Scrape {
+    let value = |l: &str| -> f64 {
+        l.rsplit(' ')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut out = Scrape::default();
     for l in text.lines() {
+        if l.starts_with("voxedge_worker_busy_seconds_total{") {
+            *out.busy_s.get_or_insert(0.0) += value(l);
+            continue;
+        }
         let Some(rest) = l.strip_prefix("voxedge_worker_latency_seconds_bucket{") else {
             continue;
         };
@@ -376,17 +422,13 @@ fn worker_latency_buckets(c: &Child_) -> Vec<(f64, f64)> {
         } else {
             le.parse().unwrap_or(f64::NAN)
         };
-        let v: f64 = l
-            .rsplit(' ')
-            .next()
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0.0);
-        match out.iter_mut().find(|(b, _)| *b == le) {
+        let v = value(l);
+        match out.latency.iter_mut().find(|(b, _)| *b == le) {
             Some(e) => e.1 += v,
-            None => out.push((le, v)),
+            None => out.latency.push((le, v)),
         }
     }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out.latency.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
 }
 
@@ -431,10 +473,9 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         .join(format!("voxedge-memif-{}.sock", std::process::id()))
         .display()
         .to_string();
-    let t_setup = Instant::now();
-    let media = start_media(a, relays, &socket)?;
-    let streams = create_relays(&media, relays)?;
-    let setup_s = t_setup.elapsed().as_secs_f64();
+    // The generator's port is the memif server and starts first: the appliance's port is
+    // the client, which connects once when it starts, and which alone can be zero-copy
+    // (sharing its own mbufs, as a NIC's descriptors point at them; the server copies).
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let gen_core = cores.first().copied();
     if let Some(c) = gen_core {
@@ -443,7 +484,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
     let mut port = RawPort::start(&DpdkConfig {
         main_lcore: 0,
         vdevs: vec![format!(
-            "net_memif0,role=client,socket={socket},id=0,mac={}",
+            "net_memif0,role=server,socket={socket},id=0,mac={}",
             format_mac(GEN_MAC)
         )],
         port: "0".into(),
@@ -456,6 +497,10 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         ..DpdkConfig::default()
     })
     .context("starting the generator's memif port")?;
+    let t_setup = Instant::now();
+    let media = start_media(a, relays, &socket)?;
+    let streams = create_relays(&media, relays)?;
+    let setup_s = t_setup.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !port.link_up() {
         if Instant::now() > deadline {
@@ -463,7 +508,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The appliance's MAC: memif servers get a generated one; frames to it are accepted by
+    // The appliance's MAC: its memif port has a generated one; frames to it are accepted by
     // address, and the appliance does not filter UDP by destination MAC.
     let mut frames = build_frames(&streams, [0xff; 6]);
     let hz = tsc_hz() as f64;
@@ -472,16 +517,27 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
     let mut phases = Vec::new();
     let report_rate;
     let max;
-    // A phase with the workers' latency over it, read HIST_SETTLE before and after.
+    // A phase with the workers' latency and busy time over it, read HIST_SETTLE before and
+    // after.
     let measured = |port: &mut RawPort, frames: &mut Frames, name: &str, rate: f64| {
         std::thread::sleep(HIST_SETTLE);
-        let before = worker_latency_buckets(&media);
+        let before = scrape(&media);
         let p = phase(port, frames, rate, a.duration, hz);
         std::thread::sleep(HIST_SETTLE);
-        let after = worker_latency_buckets(&media);
+        let after = scrape(&media);
         let mut pj = phase_json(name, &p, rate);
-        pj["worker_latency_us_p99_at_most"] = json!(bucket_quantile(&before, &after, 0.99));
-        pj["worker_latency_us_p999_at_most"] = json!(bucket_quantile(&before, &after, 0.999));
+        pj["worker_latency_us_p99_at_most"] =
+            json!(bucket_quantile(&before.latency, &after.latency, 0.99));
+        pj["worker_latency_us_p999_at_most"] =
+            json!(bucket_quantile(&before.latency, &after.latency, 0.999));
+        let busy = before
+            .busy_s
+            .zip(after.busy_s)
+            .map(|(b, e)| e - b)
+            .filter(|d| *d > 0.0);
+        pj["worker_busy_s"] = json!(busy);
+        pj["worker_busy_ratio"] = json!(busy.map(|d| d / p.secs / a.workers as f64));
+        pj["mpps_per_busy_core"] = json!(busy.map(|d| p.received as f64 / d / 1e6));
         (p, pj)
     };
     if a.rate > 0.0 {
@@ -490,8 +546,8 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         report_rate = a.rate;
         max = p;
     } else {
-        let p = phase(&mut port, &mut frames, 0.0, a.duration, hz);
-        phases.push(phase_json("max", &p, 0.0));
+        let (p, pj) = measured(&mut port, &mut frames, "max", 0.0);
+        phases.push(pj);
         let half = p.received as f64 / p.secs / 2.0;
         let (_, pj) = measured(&mut port, &mut frames, "half", half);
         phases.push(pj);
@@ -513,6 +569,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         "hugepages": a.hugepages,
         "verify_checksums": a.verify_checksums,
         "overlap_bursts": a.overlap_bursts.as_str(),
+        "memif_zero_copy": !a.memif_copy,
         "setup_s": setup_s,
         "duration_s": max.secs,
         "offered_pps": max.sent as f64 / max.secs,
@@ -525,8 +582,36 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         "latency_us_p999": lat_phase["latency_us_p999"],
         "latency_at_pps": report_rate,
         "latency_note": "memif mode: generator TX stamp to generator RX, through voxedge media (both processes on this host); at the rate in latency_at_pps",
+        "worker_busy_ratio": phases[0]["worker_busy_ratio"],
+        "mpps_per_busy_core": phases[0]["mpps_per_busy_core"],
+        "busy_note": "from the first phase: the workers' busy time (receive calls that returned packets, processing, sending; not empty polls) from voxedge_worker_busy_seconds_total. mpps_per_busy_core is what the workers forwarded per second of that time: their capacity when the generator, not the workers, sets the rate",
         "media_cpu_s": cpu1 - cpu0,
         "generator_core": gen_core.map(|c| c.id),
         "phases": phases,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_sums_workers_busy_time_and_latency_buckets() {
+        let text = "\
+# TYPE voxedge_worker_busy_seconds_total counter
+voxedge_worker_busy_seconds_total{worker=\"0\"} 1.500000
+voxedge_worker_busy_seconds_total{worker=\"1\"} 0.250000
+voxedge_worker_busy_ratio{worker=\"0\"} 0.9
+voxedge_worker_latency_seconds_bucket{worker=\"0\",le=\"1e-5\"} 3
+voxedge_worker_latency_seconds_bucket{worker=\"1\",le=\"1e-5\"} 4
+voxedge_worker_latency_seconds_bucket{worker=\"0\",le=\"+Inf\"} 5
+voxedge_worker_latency_seconds_bucket{worker=\"1\",le=\"+Inf\"} 6
+";
+        let s = parse_scrape(text);
+        assert_eq!(s.busy_s, Some(1.75));
+        assert_eq!(s.latency, vec![(1e-5, 7.0), (f64::INFINITY, 11.0)]);
+        let none = parse_scrape("voxedge_worker_busy_ratio{worker=\"0\"} 0.9\n");
+        assert_eq!(none.busy_s, None);
+        assert!(none.latency.is_empty());
+    }
 }
