@@ -584,7 +584,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         "latency_note": "memif mode: generator TX stamp to generator RX, through voxedge media (both processes on this host); at the rate in latency_at_pps",
         "worker_busy_ratio": phases[0]["worker_busy_ratio"],
         "mpps_per_busy_core": phases[0]["mpps_per_busy_core"],
-        "busy_note": "from the first phase: the workers' busy time (receive calls that returned packets, processing, sending; not empty polls) from voxedge_worker_busy_seconds_total. mpps_per_busy_core is what the workers forwarded per second of that time: their capacity when the generator, not the workers, sets the rate",
+        "busy_note": "from the first phase: the workers' busy time (receive calls that returned packets, processing, sending; not empty polls) from voxedge_worker_busy_seconds_total. mpps_per_busy_core is what they forwarded per second of it: a lower bound on their capacity when the generator, not the workers, sets the rate (below saturation bursts are short and each costs its fixed part for fewer packets)",
         "media_cpu_s": cpu1 - cpu0,
         "generator_core": gen_core.map(|c| c.id),
         "phases": phases,
