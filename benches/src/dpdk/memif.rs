@@ -83,12 +83,7 @@ fn start_media(a: &DpdkArgs, relays: usize, socket: &str) -> anyhow::Result<Chil
         .map(|k| format!("\"{}/16\"", media_addr(k)))
         .collect();
     let mbufs = 16_383u32;
-    let mut eal = super::eal_args(a.hugepages);
-    if !a.memif_copy {
-        // memif shares the client's mempool with the server in zero-copy mode: one file
-        // descriptor per memory segment list, which takes single-file segments.
-        eal.push("--single-file-segments".to_string());
-    }
+    let eal = media_eal_args(a.hugepages, !a.memif_copy);
     let toml = format!(
         r#"[admin]
 listen = "127.0.0.1:{admin_port}"
@@ -189,6 +184,23 @@ verify_checksums = {verify}
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// EAL arguments of the `voxedge media` child.
+fn media_eal_args(hugepages: bool, zero_copy: bool) -> Vec<String> {
+    let mut eal = super::eal_args(hugepages);
+    if zero_copy {
+        // memif shares the client's mempool with the server in zero-copy mode: one file
+        // descriptor per memory segment list, which takes single-file segments.
+        eal.push("--single-file-segments".to_string());
+        if hugepages {
+            // EAL refuses single-file segments with --huge-unlink; --in-memory leaves no
+            // hugepage files behind either (its segments are memfds).
+            eal.retain(|x| x != "--huge-unlink");
+            eal.push("--in-memory".to_string());
+        }
+    }
+    eal
 }
 
 /// Creates the relays; returns per stream j (even: leg A, odd: leg B) the appliance address
@@ -613,5 +625,19 @@ voxedge_worker_latency_seconds_bucket{worker=\"1\",le=\"+Inf\"} 6
         let none = parse_scrape("voxedge_worker_busy_ratio{worker=\"0\"} 0.9\n");
         assert_eq!(none.busy_s, None);
         assert!(none.latency.is_empty());
+    }
+
+    #[test]
+    fn media_eal_arguments_never_pair_single_file_segments_with_huge_unlink() {
+        let has = |v: &[String], x: &str| v.iter().any(|a| a == x);
+        for hugepages in [false, true] {
+            let zc = media_eal_args(hugepages, true);
+            assert!(has(&zc, "--single-file-segments"), "{zc:?}");
+            assert!(!has(&zc, "--huge-unlink"), "{zc:?}");
+            assert_eq!(has(&zc, "--in-memory"), hugepages, "{zc:?}");
+            let copy = media_eal_args(hugepages, false);
+            assert!(!has(&copy, "--single-file-segments"), "{copy:?}");
+            assert_eq!(has(&copy, "--huge-unlink"), hugepages, "{copy:?}");
+        }
     }
 }
