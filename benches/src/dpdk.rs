@@ -548,9 +548,10 @@ mod imp {
                 "copy mode"
             };
             println!(
-                "  workers busy {:.0} % of the max phase ({zc}): {per_busy:.2} M packets/s per \
+                "  workers busy {:.0} % of the {} phase ({zc}): {per_busy:.2} M packets/s per \
                  busy second of a worker core",
-                ratio * 100.0
+                ratio * 100.0,
+                r["phases"][0]["phase"].as_str().unwrap_or("first")
             );
         }
         if let (Some(lo), Some(med), Some(hi)) = (

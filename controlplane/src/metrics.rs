@@ -206,7 +206,7 @@ pub fn render(dp: &Dataplane, window: &BusyWindow) -> String {
         &mut out,
         "voxedge_worker_busy_seconds_total",
         "counter",
-        "Time the worker spent processing rather than waiting for packets.",
+        "Time the worker spent working rather than waiting for packets (on DPDK, receive calls that returned packets included).",
     );
     for (i, w) in workers.iter().enumerate() {
         let _ = writeln!(

@@ -43,6 +43,10 @@ pub const COMMANDS_PER_LOOP: usize = 64;
 const HOUSEKEEPING_NS: u64 = 5_000_000;
 /// Histogram publish interval.
 const HIST_PUBLISH_NS: u64 = 250_000_000;
+/// Longest stretch before a poll-mode receive that returned packets still counted as busy: a
+/// full burst, copies included, takes a few microseconds. A longer one means the thread was
+/// descheduled, and that time is not the worker's work.
+pub(crate) const RX_CALL_MAX_NS: u64 = 50_000;
 /// Highest per-packet processing time the histogram resolves (10 ms); larger values saturate.
 const HIST_MAX_NS: u64 = 10_000_000;
 
@@ -318,8 +322,8 @@ impl<Io: PacketIo> Worker<Io> {
     /// One loop iteration, the last one having ended at `t_in`; returns the last clock
     /// reading it took.
     fn poll_once(&mut self, t_in: u64) -> u64 {
-        let did_commands = self.apply_commands();
-        let wait = if did_commands || self.held.is_some() {
+        let commands_end = self.apply_commands();
+        let wait = if commands_end.is_some() || self.held.is_some() {
             Duration::ZERO
         } else if self.players.is_empty() && self.mixer.is_empty() {
             self.cfg.idle_wait
@@ -336,10 +340,12 @@ impl<Io: PacketIo> Worker<Io> {
         let mut end = now;
         if n > 0 || self.held.is_some() {
             end = self.bursts(n, now);
-            // The receive call is work too when it cannot have waited (commands applied
-            // before it counted their own time).
-            let from = if n > 0 && !did_commands && !self.io.rx_waits() {
-                t_in.min(now)
+            // The receive call is work too when it cannot have waited. It began at the last
+            // clock reading before it: the end of the commands, if any (they counted their
+            // own time), or else the end of the last iteration.
+            let before = commands_end.unwrap_or(t_in).min(now);
+            let from = if n > 0 && !self.io.rx_waits() && now - before <= RX_CALL_MAX_NS {
+                before
             } else {
                 now
             };
@@ -359,6 +365,11 @@ impl<Io: PacketIo> Worker<Io> {
         }
         if now.saturating_sub(self.last_housekeeping_ns) >= HOUSEKEEPING_NS {
             self.housekeeping(now);
+            // Every few milliseconds: one more clock reading, so that the housekeeping counts
+            // as busy and is not in the next receive call's stretch.
+            let t = self.now_ns().max(end);
+            self.totals.busy_ns += t - end;
+            end = t;
         }
         end
     }
@@ -727,8 +738,8 @@ impl<Io: PacketIo> Worker<Io> {
     }
 
     /// Applies pending commands; the time they take counts as busy. The clock is read only
-    /// when there is a command.
-    fn apply_commands(&mut self) -> bool {
+    /// when there is a command. Returns the clock at the end, or `None` when there was none.
+    fn apply_commands(&mut self) -> Option<u64> {
         let mut started = None;
         for _ in 0..COMMANDS_PER_LOOP {
             match self.commands.try_recv() {
@@ -747,9 +758,10 @@ impl<Io: PacketIo> Worker<Io> {
                 }
             }
         }
-        let Some(t0) = started else { return false };
-        self.totals.busy_ns += self.now_ns().saturating_sub(t0);
-        true
+        let t0 = started?;
+        let end = self.now_ns();
+        self.totals.busy_ns += end.saturating_sub(t0);
+        Some(end)
     }
 
     fn apply(&mut self, cmd: MediaCommand, now: u64) {

@@ -145,26 +145,14 @@ verify_checksums = {verify}
     std::fs::File::create(&cfg_path)?.write_all(toml.as_bytes())?;
     let exe = std::env::current_exe().context("locate voxedge binary")?;
     let mut cmd = Command::new(exe);
-    // The generator has pinned this thread (and the EAL its main thread) to its core; the
-    // child would inherit that and find its worker cores missing.
-    let me = nix::unistd::Pid::from_raw(0);
-    let pinned = nix::sched::sched_getaffinity(me).ok();
-    let mut all = nix::sched::CpuSet::new();
-    for c in 0..nix::sched::CpuSet::count() {
-        let _ = all.set(c);
-    }
-    let _ = nix::sched::sched_setaffinity(me, &all);
     let child = cmd
         .args(["media", "--config"])
         .arg(&cfg_path)
         .env_remove("VOXEDGE_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .spawn();
-    if let Some(p) = pinned {
-        let _ = nix::sched::sched_setaffinity(me, &p);
-    }
-    let child = child.context("start voxedge media")?;
+        .spawn()
+        .context("start voxedge media")?;
     let mut c = Child_ {
         child,
         admin: format!("http://127.0.0.1:{admin_port}"),
@@ -488,6 +476,8 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
     // The generator's port is the memif server and starts first: the appliance's port is
     // the client, which connects once when it starts, and which alone can be zero-copy
     // (sharing its own mbufs, as a NIC's descriptors point at them; the server copies).
+    let me = nix::unistd::Pid::from_raw(0);
+    let launched = nix::sched::sched_getaffinity(me).ok();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let gen_core = cores.first().copied();
     if let Some(c) = gen_core {
@@ -509,10 +499,19 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         ..DpdkConfig::default()
     })
     .context("starting the generator's memif port")?;
+    // The child and the threads that create the relays run where the bench was started,
+    // not on the generator's core (which this thread and EAL have pinned it to).
+    let pinned = nix::sched::sched_getaffinity(me).ok();
+    if let Some(l) = &launched {
+        let _ = nix::sched::sched_setaffinity(me, l);
+    }
     let t_setup = Instant::now();
     let media = start_media(a, relays, &socket)?;
     let streams = create_relays(&media, relays)?;
     let setup_s = t_setup.elapsed().as_secs_f64();
+    if let (Some(_), Some(p)) = (&launched, &pinned) {
+        let _ = nix::sched::sched_setaffinity(me, p);
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     while !port.link_up() {
         if Instant::now() > deadline {
