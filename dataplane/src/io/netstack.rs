@@ -923,9 +923,7 @@ pub fn write_ipv4_udp_headers(
     let ip: &mut [u8; IP_UDP] = rest.try_into().map_err(|_| WireError::Truncated)?;
     put_ethernet(eth, src_mac, dst_mac, vlan, ETHERTYPE_IPV4);
     let tos = (dscp & 0x3f) << 2;
-    let (s, d) = (u32::from(*src.ip()), u32::from(*dst.ip()));
-    let addrs =
-        u64::from(s >> 16) + u64::from(s & 0xffff) + u64::from(d >> 16) + u64::from(d & 0xffff);
+    let addrs = udp::addr_words_v4(*src.ip(), *dst.ip());
     // Version/IHL + TOS, total length, DF, TTL + protocol, addresses.
     let ip_sum = u64::from(0x4500 | u16::from(tos))
         + u64::from(total)

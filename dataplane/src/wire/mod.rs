@@ -193,8 +193,7 @@ pub(crate) fn fold64(sum: u64) -> u32 {
 /// Fold a running sum to 16 bits and complement it: the value to store in a
 /// checksum field. A buffer whose checksum verifies folds to `0`.
 pub fn checksum_fold(acc: u32) -> u16 {
-    let folded = fold64(u64::from(acc));
-    !u16::try_from(folded).unwrap_or(0xffff)
+    !fold16(u64::from(acc))
 }
 
 /// The internet checksum of a single buffer.
