@@ -164,7 +164,7 @@ fn start_target(a: &RelayArgs) -> anyhow::Result<Target> {
 }
 
 /// Sum of a counter over all label sets in Prometheus text.
-fn metric_sum(text: &str, name: &str) -> f64 {
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -427,8 +427,8 @@ fn memif_bench_reports_json() {
         assert!(v > 0.0 && v <= 10_000.0, "{q}: {r}");
     }
     // And the workers' busy time over it: at 20k packets/s a worker is busy for a small
-    // share of the phase, and per second of that time it forwards more than per second of
-    // the phase.
+    // share of the phase, and the ratio and the rate per busy second follow from the busy
+    // seconds reported.
     let num = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("number: {r}"));
     let ratio = num(&fixed["worker_busy_ratio"]);
     assert!(ratio > 0.0 && ratio < 0.5, "{r}");

@@ -19,7 +19,7 @@ use voxedge_dataplane::wire::{checksum_add, checksum_fold};
 
 use super::DpdkArgs;
 use crate::proc;
-use crate::relay::{agent, free_port};
+use crate::relay::{agent, free_port, metric_sum};
 use crate::workdir::WorkDir;
 
 const GEN_MAC: [u8; 6] = [0x02, 0x9e, 0x4e, 0, 0, 0x02];
@@ -144,8 +144,7 @@ verify_checksums = {verify}
     let cfg_path = dir.join("media.toml");
     std::fs::File::create(&cfg_path)?.write_all(toml.as_bytes())?;
     let exe = std::env::current_exe().context("locate voxedge binary")?;
-    let mut cmd = Command::new(exe);
-    let child = cmd
+    let child = Command::new(exe)
         .args(["media", "--config"])
         .arg(&cfg_path)
         .env_remove("VOXEDGE_CONFIG")
@@ -399,18 +398,14 @@ fn scrape(c: &Child_) -> Scrape {
 }
 
 fn parse_scrape(text: &str) -> Scrape {
-    let value = |l: &str| -> f64 {
-        l.rsplit(' ')
-            .next()
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0.0)
+    const BUSY: &str = "voxedge_worker_busy_seconds_total";
+    let mut out = Scrape {
+        busy_s: text
+            .contains(&format!("{BUSY}{{"))
+            .then(|| metric_sum(text, BUSY)),
+        ..Scrape::default()
     };
-    let mut out = Scrape::default();
     for l in text.lines() {
-        if l.starts_with("voxedge_worker_busy_seconds_total{") {
-            *out.busy_s.get_or_insert(0.0) += value(l);
-            continue;
-        }
         let Some(rest) = l.strip_prefix("voxedge_worker_latency_seconds_bucket{") else {
             continue;
         };
@@ -422,7 +417,11 @@ fn parse_scrape(text: &str) -> Scrape {
         } else {
             le.parse().unwrap_or(f64::NAN)
         };
-        let v = value(l);
+        let v: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0);
         match out.latency.iter_mut().find(|(b, _)| *b == le) {
             Some(e) => e.1 += v,
             None => out.latency.push((le, v)),
@@ -595,7 +594,7 @@ pub fn run(a: &DpdkArgs) -> anyhow::Result<Value> {
         "latency_note": "memif mode: generator TX stamp to generator RX, through voxedge media (both processes on this host); at the rate in latency_at_pps",
         "worker_busy_ratio": phases[0]["worker_busy_ratio"],
         "mpps_per_busy_core": phases[0]["mpps_per_busy_core"],
-        "busy_note": "from the first phase: the workers' busy time (receive calls that returned packets, processing, sending; not empty polls) from voxedge_worker_busy_seconds_total. mpps_per_busy_core is what they forwarded per second of it: a lower bound on their capacity when the generator, not the workers, sets the rate (below saturation bursts are short and each costs its fixed part for fewer packets)",
+        "busy_note": "from the first phase: the workers' busy time (receive calls that returned packets, processing, sending, commands, housekeeping; not empty polls) from voxedge_worker_busy_seconds_total. mpps_per_busy_core is what they forwarded per second of it: a lower bound on their capacity when the generator, not the workers, sets the rate (below saturation bursts are short and each costs its fixed part for fewer packets)",
         "media_cpu_s": cpu1 - cpu0,
         "generator_core": gen_core.map(|c| c.id),
         "phases": phases,
